@@ -1,0 +1,141 @@
+"""Image decoding with bounds checked before any pixel is decoded.
+
+Every image entering the engine becomes an ``HxWx3 uint8`` RGB array here. Sizes come from the
+file header first, so a decompression bomb or an absurd dimension is refused without allocating
+its pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF"})
+DEFAULT_MAX_BYTES = 8 << 20
+DEFAULT_MAX_PIXELS = 4096 * 4096
+FILE_MAX_BYTES = 64 << 20  # files on disk (datasets) may be larger than frames on the wire
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; ``reason`` is a short machine-readable code.
+
+    Codes: ``empty``, ``corrupt``, ``too_large``, ``unsupported_format``, ``bad_dimensions``.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError("bad_dimensions", f"image is {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise ImageError("too_large", f"image is {width}x{height} pixels, more than the limit of {max_pixels}")
+
+
+def decode_image(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode JPEG/PNG/BMP/TIFF bytes to an ``HxWx3 uint8`` RGB array.
+
+    Grayscale becomes RGB, alpha is composited onto black, 16-bit samples are scaled to 8 bits.
+    Raises ``ImageError`` for anything else.
+    """
+    if not data:
+        raise ImageError("empty", "no image bytes")
+    if len(data) > max_bytes:
+        raise ImageError("too_large", f"{len(data)} bytes, more than the limit of {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (and raises past 2x) on its own bomb limit; ours is checked explicitly below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too_large", str(exc)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError("corrupt", f"not a readable image ({type(exc).__name__})") from None
+    with image:
+        if image.format not in SUPPORTED_FORMATS:
+            raise ImageError("unsupported_format", f"format {image.format!r} is not JPEG, PNG, BMP or TIFF")
+        width, height = image.size
+        _check_dimensions(width, height, max_pixels)
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageError("corrupt", f"pixel data cannot be decoded ({exc})") from None
+        rgb = _to_rgb(image)
+    if rgb.shape[:2] != (height, width):
+        raise ImageError("corrupt", f"decoded size {rgb.shape[1]}x{rgb.shape[0]} differs from header")
+    return rgb
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        samples = np.asarray(image).astype(np.float32)
+        # 16-bit data: scale the full 16-bit range onto 8 bits (not a per-image stretch).
+        gray = np.clip(samples / 257.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "F":
+        samples = np.nan_to_num(np.asarray(image, dtype=np.float32))
+        top = float(samples.max()) if samples.size else 0.0
+        scale = 255.0 if top <= 1.0 else (255.0 / 65535.0 if top > 255.0 else 1.0)
+        gray = np.clip(samples * scale + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[:, :, 3:4] / 255.0
+        return np.clip(rgba[:, :, :3] * alpha + 0.5, 0, 255).astype(np.uint8)
+    if mode != "RGB":
+        image = image.convert("RGB")
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+
+
+def raw_to_rgb(
+    data: bytes, width: int, height: int, channels: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Interpret raw 8-bit pixels (gray, RGB or RGBA, row-major) as an ``HxWx3 uint8`` array."""
+    if not data:
+        raise ImageError("empty", "no image bytes")
+    if channels not in (1, 3, 4):
+        raise ImageError("bad_dimensions", f"{channels} channels; raw frames have 1, 3 or 4")
+    _check_dimensions(width, height, max_pixels)
+    expected = width * height * channels
+    if len(data) != expected:
+        raise ImageError(
+            "bad_dimensions", f"{len(data)} bytes, but {width}x{height}x{channels} needs {expected}"
+        )
+    pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)
+    if channels == 1:
+        return np.repeat(pixels, 3, axis=2)
+    if channels == 4:
+        alpha = pixels[:, :, 3:4].astype(np.float32) / 255.0
+        return np.clip(pixels[:, :, :3] * alpha + 0.5, 0, 255).astype(np.uint8)
+    return pixels.copy()
+
+
+def load_image_file(path: str | Path, *, max_bytes: int = FILE_MAX_BYTES) -> np.ndarray:
+    """Read and decode an image file (same checks as ``decode_image``)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ImageError("too_large", f"{path.name} is {size} bytes, more than the limit of {max_bytes}")
+    return decode_image(path.read_bytes(), max_bytes=max_bytes)
+
+
+def validate_rgb(image: np.ndarray, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Check an already decoded array is ``HxWx3 uint8`` (what the model accepts)."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise ImageError("bad_dimensions", f"expected an HxWx3 array, got shape {shape}")
+    if image.dtype != np.uint8:
+        raise ImageError("unsupported_format", f"expected uint8 pixels, got {image.dtype}")
+    _check_dimensions(image.shape[1], image.shape[0], max_pixels)
+    return image

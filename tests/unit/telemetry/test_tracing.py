@@ -1,0 +1,35 @@
+from opentelemetry import trace
+
+from shared.telemetry.tracing import extract_context, inject_headers, setup_tracing, span_link
+
+
+def test_trace_context_round_trips_through_kafka_headers() -> None:
+    setup_tracing("test", "none")
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("camera") as span:
+        headers = inject_headers([("other", b"x")])
+        sent = span.get_span_context()
+    names = [k for k, _ in headers]
+    assert names[0] == "other" and "traceparent" in names
+    received = trace.get_current_span(extract_context(headers)).get_span_context()
+    assert received.trace_id == sent.trace_id and received.span_id == sent.span_id
+    link = span_link(headers)
+    assert link is not None and link.context.trace_id == sent.trace_id
+
+
+def test_reinjecting_replaces_the_old_traceparent() -> None:
+    setup_tracing("test", "none")
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("a"):
+        first = inject_headers()
+    with tracer.start_as_current_span("b"):
+        second = inject_headers(first)
+    assert [k for k, _ in second].count("traceparent") == 1
+    assert second != first
+
+
+def test_malformed_or_missing_trace_headers_give_no_link() -> None:
+    assert span_link(None) is None
+    assert span_link([("traceparent", b"garbage")]) is None
+    assert span_link([("traceparent", b"\xff\xfe")]) is None
+    assert span_link([("traceparent", b"0" * 4096)]) is None
