@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LINEGUARD_"
@@ -31,8 +32,10 @@ class BrokerSettings(BaseModel):
     port: int = Field(9092, ge=1, le=65535)
     controller_port: int = Field(9093, ge=1, le=65535)
     data_dir: Path = Path("var/kafka")
-    heap: str = "512m"
+    libs_dir: Path = Path(".cache/kafka/libs")  # filled by `make kafka-jars`
+    heap: str = Field("512m", pattern=r"^[1-9][0-9]*[mMgG]$")
     start_timeout_s: float = Field(90.0, gt=0)
+    stop_timeout_s: float = Field(30.0, gt=0)
 
 
 class ScorerSettings(BaseModel):
@@ -46,12 +49,139 @@ class ScorerSettings(BaseModel):
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(4096 * 4096, ge=64)
     transactional_id_prefix: str = "lineguard-scorer"
+    session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000)  # broker minimum is 6 s by default
+    watch_models: bool = True  # follow the models topic and hot-swap announced models
 
 
 class CameraSimSettings(BaseModel):
     line_id: str = "line-1"
     station_id: str = "station-1"
     camera_id: str = "cam-1"
+
+
+class EgressPolicy(StrEnum):
+    """What of a frame may leave the plant for the VLM endpoint."""
+
+    FULL = "full"  # frame, anomaly overlay and crop
+    CROP = "crop"  # only the crop around the top region
+    NONE = "none"  # nothing: offline fallback report only
+
+
+class UnavailablePolicy(StrEnum):
+    """What the explainer does with an event it cannot send (budget spent, endpoint down)."""
+
+    HOLD = "hold"  # keep it uncommitted and retry later
+    FALLBACK = "fallback"  # write the offline fallback report now
+
+
+class ModelPrice(BaseModel):
+    """USD per million tokens; used to estimate cost against the daily budget."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class ExplainerSettings(BaseModel):
+    """The VLM report writer (``lineguard explainer``); see docs/explainer.md."""
+
+    group_id: str = "lineguard-explainer"
+    provider: Literal["openai", "azure"] = "openai"
+    base_url: str | None = None  # None (and no Azure endpoint): fallback reports only
+    model: str = "gpt-4o-mini"
+    api_key: SecretStr | None = None  # else api_key_file, else OPENAI_API_KEY / AZURE_OPENAI_API_KEY
+    api_key_file: Path | None = None
+    azure_endpoint: str | None = None
+    azure_api_version: str = "2024-10-21"
+    language: Literal["en", "ko", "ja"] = "en"
+    report_dir: Path = Path("var/reports")
+    structured_outputs: bool = True  # else JSON mode plus local validation
+    request_timeout_s: float = Field(60.0, gt=0)
+    max_attempts: int = Field(4, ge=1, le=20)
+    backoff_base_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    max_concurrency: int = Field(2, ge=1, le=256)
+    requests_per_minute: float = Field(30.0, gt=0)
+    daily_budget_usd: float = Field(5.0, ge=0)
+    prices: dict[str, ModelPrice] = {}
+    default_price: ModelPrice = ModelPrice(input_per_mtok=5.0, output_per_mtok=15.0)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_reset_s: float = Field(60.0, gt=0)
+    when_budget_spent: UnavailablePolicy = UnavailablePolicy.FALLBACK
+    when_endpoint_down: UnavailablePolicy = UnavailablePolicy.HOLD
+    hold_retry_s: float = Field(30.0, gt=0)
+    max_hold_s: float = Field(3600.0, gt=0)  # then a fallback report, so nothing waits forever
+    max_pending: int = Field(64, ge=1, le=10_000)
+    egress: EgressPolicy = EgressPolicy.FULL
+    class_egress: dict[str, EgressPolicy] = {}
+    vocabulary: dict[str, list[str]] = {}
+    default_vocabulary: list[str] = [
+        "scratch", "crack", "spot", "stain", "missing part", "deformation", "contamination",
+    ]
+    references_dir: Path | None = None  # <dir>/<class>/{good,defect}/*.png|jpg
+    references_per_class: int = Field(1, ge=0, le=4)
+    follow_up_below: float = Field(0.5, ge=0, le=1)  # 0 disables the low-confidence follow-up
+    max_output_tokens: int = Field(800, ge=64, le=16_384)
+    temperature: float = Field(0.0, ge=0, le=2)
+    frame_max_side: int = Field(1024, ge=64, le=4096)
+    crop_max_side: int = Field(512, ge=32, le=4096)
+    severity_bands: tuple[float, float] = (0.6, 0.8)  # normalised score: minor < a <= moderate < b <= severe
+
+
+class FailSafeAction(StrEnum):
+    """What the PLC bridge asserts when the scorer goes silent or a tracked part misses its deadline."""
+
+    REJECT = "reject"  # assert the station's reject output
+    STOP_LINE = "stop_line"  # assert reject and the line-stop output
+
+
+class PlcBridgeSettings(BaseModel):
+    """``lineguard plc-bridge``: verdicts -> PLC outputs over Modbus TCP and/or OPC UA."""
+
+    group_id: str = "lineguard-plc-bridge"
+    # Station ids in register-block order: the n-th station owns block n of the register map.
+    stations: list[str] = ["station-1"]
+    modbus_host: str | None = None  # unset: no Modbus target
+    modbus_port: int = Field(default=502, ge=1, le=65535)
+    modbus_device_id: int = Field(default=1, ge=0, le=255)
+    opcua_url: str | None = None  # e.g. opc.tcp://plc:4840/; unset: no OPC UA target
+    opcua_namespace: str = "urn:lineguard:plc"
+    reject_decisions: list[str] = ["reject", "review", "error"]
+    fail_safe: FailSafeAction = FailSafeAction.REJECT
+    heartbeat_interval_s: float = Field(default=1.0, gt=0, le=60)  # bridge -> PLC heartbeat counter
+    scorer_timeout_s: float = Field(default=10.0, gt=0, le=3600)  # scorer group empty this long -> fail-safe
+    part_deadline_ms: int = Field(default=0, ge=0, le=600_000)  # 0: no part tracking via the PLC trigger counter
+    poll_interval_ms: int = Field(default=50, ge=5, le=10_000)
+    max_tracked_parts: int = Field(default=1000, ge=1, le=100_000)
+    dedup_window: int = Field(default=100_000, ge=1, le=10_000_000)  # frame ids remembered for duplicate detection
+    io_timeout_s: float = Field(default=2.0, gt=0, le=60)
+
+
+class WebhookFormat(StrEnum):
+    JSON = "json"
+    SLACK = "slack"
+    TEAMS = "teams"
+
+
+class AlertsSettings(BaseModel):
+    """``lineguard alerts``: operator alerts from the ``alerts`` topic -> a webhook."""
+
+    group_id: str = "lineguard-alerts"
+    webhook_url: str | None = None  # holds a secret for Slack/Teams: never logged
+    webhook_url_file: Path | None = None  # alternative: read the URL from a (secret) file
+    webhook_format: WebhookFormat = WebhookFormat.JSON
+    timeout_s: float = Field(default=5.0, gt=0, le=120)
+    dedup_window_s: float = Field(default=300.0, ge=0, le=86_400)
+    rate_limit_per_minute: int = Field(default=30, ge=1, le=10_000)
+    rate_limit_burst: int = Field(default=5, ge=1, le=10_000)  # alerts sent back to back before limiting
+    retry_initial_s: float = Field(default=0.5, gt=0, le=60)
+    retry_max_s: float = Field(default=30.0, gt=0, le=3600)
+    give_up_after_s: float = Field(default=600.0, gt=0, le=86_400)  # then the alert goes to the DLQ
+    # Detection, used by the scorer (shared/alerting.py)
+    consecutive_rejects: int = Field(default=5, ge=1, le=10_000)
+    unknown_product_cooldown_s: float = Field(default=60.0, ge=0, le=86_400)
+    drift_recent: int = Field(default=50, ge=5, le=10_000)
+    drift_baseline: int = Field(default=500, ge=10, le=1_000_000)
+    drift_threshold: float = Field(default=1.0, gt=0, le=100)  # shift of the recent mean, in baseline std devs
 
 
 class Settings(BaseSettings):
@@ -68,6 +198,9 @@ class Settings(BaseSettings):
     broker: BrokerSettings = BrokerSettings()
     scorer: ScorerSettings = ScorerSettings()
     camera_sim: CameraSimSettings = CameraSimSettings()
+    plc_bridge: PlcBridgeSettings = PlcBridgeSettings()
+    alerts: AlertsSettings = AlertsSettings()
+    explainer: ExplainerSettings = ExplainerSettings()
 
     @field_validator("topic_prefix")
     @classmethod

@@ -1,0 +1,594 @@
+"""Writes the Grafana dashboards in deploy/grafana/dashboards/ from the panel lists below.
+
+Dashboards as code: edit here, run ``python deploy/grafana/generate_dashboards.py``, commit both.
+A unit test checks the JSON files are what this script writes, and that every PromQL expression
+names only metrics the services export.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parent / "dashboards"
+DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+RI = "$__rate_interval"
+
+# (title, kind, unit, [(expr, legend)], width, height, extra)
+Panel = tuple[str, str, str, list[tuple[str, str]], int, int, dict[str, Any]]
+
+
+def _panel(pid: int, x: int, y: int, spec: Panel) -> dict[str, Any]:
+    title, kind, unit, queries, w, h, extra = spec
+    panel: dict[str, Any] = {
+        "id": pid,
+        "type": kind,
+        "title": title,
+        "datasource": DATASOURCE,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {},
+        "targets": [
+            {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": chr(ord("A") + i)}
+            for i, (expr, legend) in enumerate(queries)
+        ],
+    }
+    if "description" in extra:
+        panel["description"] = extra["description"]
+    if "threshold" in extra:  # a red line, e.g. the frame deadline
+        panel["fieldConfig"]["defaults"]["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"color": "green", "value": None}, {"color": "red", "value": extra["threshold"]}],
+        }
+        panel["fieldConfig"]["defaults"]["custom"] = {"thresholdsStyle": {"mode": "line"}}
+    if kind == "stat":
+        panel["options"] = {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"}
+    return panel
+
+
+def dashboard(uid: str, title: str, description: str, rows: list[tuple[str, list[Panel]]]) -> dict[str, Any]:
+    panels: list[dict[str, Any]] = []
+    y = 0
+    pid = 1
+    for row_title, specs in rows:
+        panels.append(
+            {
+                "id": pid,
+                "type": "row",
+                "title": row_title,
+                "collapsed": False,
+                "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
+                "panels": [],
+            }
+        )
+        pid += 1
+        y += 1
+        x = 0
+        row_height = 0
+        for spec in specs:
+            w, h = spec[4], spec[5]
+            if x + w > 24:
+                x, y = 0, y + row_height
+                row_height = 0
+            panels.append(_panel(pid, x, y, spec))
+            pid += 1
+            x += w
+            row_height = max(row_height, h)
+        y += row_height
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["lineguard"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": []},
+        "annotations": {"list": []},
+        "links": [{"title": "Lineguard", "type": "dashboards", "tags": ["lineguard"], "asDropdown": True}],
+        "panels": panels,
+    }
+
+
+def _ts(
+    title: str, unit: str, queries: list[tuple[str, str]], w: int = 12, h: int = 8, **extra: Any
+) -> Panel:
+    return (title, "timeseries", unit, queries, w, h, extra)
+
+
+def _stat(
+    title: str, unit: str, queries: list[tuple[str, str]], w: int = 4, h: int = 4, **extra: Any
+) -> Panel:
+    return (title, "stat", unit, queries, w, h, extra)
+
+
+def _q(pct: str, metric: str, by: str = "le") -> str:
+    return f"histogram_quantile({pct}, sum by ({by}) (rate({metric}_bucket[{RI}])))"
+
+
+def line_overview() -> dict[str, Any]:
+    verdicts = "lineguard_scorer_verdicts_total"
+    return dashboard(
+        "lineguard-line",
+        "Lineguard · Line overview",
+        "Frames in, verdicts out, latency against the deadline, lag and dead letters.",
+        [
+            (
+                "Now",
+                [
+                    _stat(
+                        "Frames / s",
+                        "ops",
+                        [(f"sum(rate(lineguard_scorer_frames_consumed_total[{RI}]))", "")],
+                    ),
+                    _stat(
+                        "Reject share (15 min)",
+                        "percentunit",
+                        [
+                            (
+                                f'sum(rate({verdicts}{{decision="reject"}}[15m]))'
+                                f" / sum(rate({verdicts}[15m]))",
+                                "",
+                            )
+                        ],
+                    ),
+                    _stat(
+                        "p99 capture → verdict",
+                        "s",
+                        [(_q("0.99", "lineguard_scorer_end_to_end_seconds"), "")],
+                        threshold=0.5,
+                    ),
+                    _stat("Scorers up", "none", [('sum(up{job="lineguard-scorer"})', "")]),
+                    _stat("Frames behind", "none", [("sum(lineguard_scorer_consumer_lag)", "")]),
+                    _stat(
+                        "PLC scorer heartbeat", "bool_on_off", [("min(lineguard_plc_bridge_scorer_ok)", "")]
+                    ),
+                ],
+            ),
+            (
+                "Throughput and verdicts",
+                [
+                    _ts(
+                        "Frames consumed / s",
+                        "ops",
+                        [
+                            (f"sum(rate(lineguard_scorer_frames_consumed_total[{RI}]))", "frames"),
+                            (f"sum(rate({verdicts}[{RI}]))", "verdicts"),
+                        ],
+                    ),
+                    _ts(
+                        "Verdicts / s by class and decision",
+                        "ops",
+                        [
+                            (
+                                f"sum by (product_class, decision) (rate({verdicts}[{RI}]))",
+                                "{{product_class}} {{decision}}",
+                            ),
+                        ],
+                    ),
+                    _ts(
+                        "Defect (reject) rate by class",
+                        "percentunit",
+                        [
+                            (
+                                f'sum by (product_class) (rate({verdicts}{{decision="reject"}}[5m])) '
+                                f"/ sum by (product_class) (rate({verdicts}[5m]))",
+                                "{{product_class}}",
+                            ),
+                            ("lineguard:defect_rate:6h", "{{product_class}} 6 h baseline"),
+                        ],
+                    ),
+                    _ts(
+                        "Defect events to the explainer / s",
+                        "ops",
+                        [
+                            (f"sum(rate(lineguard_scorer_defect_events_total[{RI}]))", "defect events"),
+                        ],
+                    ),
+                ],
+            ),
+            (
+                "Latency against the deadline",
+                [
+                    _ts(
+                        "Capture → verdict latency",
+                        "s",
+                        [
+                            (_q("0.5", "lineguard_scorer_end_to_end_seconds"), "p50"),
+                            (_q("0.99", "lineguard_scorer_end_to_end_seconds"), "p99"),
+                        ],
+                        threshold=0.5,
+                        description="Red line: the default 500 ms frame deadline.",
+                    ),
+                    _ts(
+                        "Late verdicts / s (fail-safe policy applied)",
+                        "ops",
+                        [
+                            (f"sum(rate(lineguard_scorer_late_verdicts_total[{RI}]))", "late"),
+                        ],
+                    ),
+                    _ts(
+                        "Stage seconds per batch (p99)",
+                        "s",
+                        [
+                            (_q("0.99", "lineguard_scorer_stage_seconds", "le, stage"), "{{stage}}"),
+                        ],
+                    ),
+                    _ts(
+                        "Batch size (p50 / p99)",
+                        "none",
+                        [
+                            (_q("0.5", "lineguard_scorer_batch_size"), "p50"),
+                            (_q("0.99", "lineguard_scorer_batch_size"), "p99"),
+                        ],
+                    ),
+                ],
+            ),
+            (
+                "Kafka",
+                [
+                    _ts(
+                        "Consumer lag by frames partition",
+                        "none",
+                        [
+                            ("sum by (partition) (lineguard_scorer_consumer_lag)", "partition {{partition}}"),
+                        ],
+                    ),
+                    _ts(
+                        "Partitions per scorer",
+                        "none",
+                        [
+                            ("sum by (instance) (lineguard_scorer_assigned_partitions)", "{{instance}}"),
+                        ],
+                    ),
+                    _ts(
+                        "Transactions / s by outcome",
+                        "ops",
+                        [
+                            (
+                                f"sum by (outcome) (rate(lineguard_scorer_transactions_total[{RI}]))",
+                                "{{outcome}}",
+                            ),
+                        ],
+                    ),
+                    _ts(
+                        "Dead letters / s by reason",
+                        "ops",
+                        [
+                            (
+                                f"sum by (reason) (rate(lineguard_scorer_dead_letters_total[{RI}]))",
+                                "scorer: {{reason}}",
+                            ),
+                            (
+                                f"sum by (reason) (rate(lineguard_plc_bridge_bad_messages_total[{RI}]))",
+                                "plc bridge: {{reason}}",
+                            ),
+                            (
+                                f"sum by (reason) (rate(lineguard_alerts_dead_letters_total[{RI}]))",
+                                "alerts: {{reason}}",
+                            ),
+                        ],
+                    ),
+                ],
+            ),
+            (
+                "PLC bridge and operator alerts",
+                [
+                    _ts(
+                        "Fail-safe rejects by station",
+                        "none",
+                        [
+                            (
+                                "sum by (station, cause) "
+                                "(increase(lineguard_plc_bridge_fail_safes_total[5m]))",
+                                "{{station}} {{cause}}",
+                            ),
+                        ],
+                        w=8,
+                    ),
+                    _ts(
+                        "Verdict → PLC write (p99)",
+                        "s",
+                        [
+                            (_q("0.99", "lineguard_plc_bridge_verdict_to_plc_seconds"), "p99"),
+                        ],
+                        w=8,
+                    ),
+                    _ts(
+                        "PLC connection",
+                        "bool_on_off",
+                        [
+                            ("lineguard_plc_bridge_plc_connected", "{{target}}"),
+                            ("lineguard_plc_bridge_scorer_ok", "scorer alive"),
+                        ],
+                        w=8,
+                    ),
+                    _ts(
+                        "Bridge verdicts / s by outcome",
+                        "ops",
+                        [
+                            (
+                                f"sum by (outcome) (rate(lineguard_plc_bridge_verdicts_total[{RI}]))",
+                                "{{outcome}}",
+                            ),
+                        ],
+                        w=8,
+                    ),
+                    _ts(
+                        "Operator alerts by kind",
+                        "none",
+                        [
+                            ("sum by (kind) (increase(lineguard_alerts_consumed_total[15m]))", "{{kind}}"),
+                        ],
+                        w=8,
+                    ),
+                    _ts(
+                        "Webhook deliveries by outcome",
+                        "none",
+                        [
+                            (
+                                "sum by (outcome) (increase(lineguard_alerts_deliveries_total[15m]))",
+                                "{{outcome}}",
+                            ),
+                        ],
+                        w=8,
+                    ),
+                ],
+            ),
+        ],
+    )
+
+
+def model_view() -> dict[str, Any]:
+    verdicts = "lineguard_scorer_verdicts_total"
+    return dashboard(
+        "lineguard-model",
+        "Lineguard · Model",
+        "What the model decides per class, the unknown-product rate and the model version serving.",
+        [
+            (
+                "Model in service",
+                [
+                    _stat(
+                        "Model version",
+                        "none",
+                        [("count by (version) (lineguard_scorer_model_info)", "{{version}}")],
+                        w=8,
+                        description="One series per version; two during a rolling swap.",
+                    ),
+                    _stat(
+                        "Model swaps (24 h)",
+                        "none",
+                        [("sum(increase(lineguard_scorer_model_swaps_total[24h]))", "")],
+                    ),
+                    _stat(
+                        "Refused models (24 h)",
+                        "none",
+                        [("sum(increase(lineguard_scorer_model_load_failures_total[24h]))", "")],
+                    ),
+                    _stat(
+                        "Unknown products (1 h)",
+                        "percentunit",
+                        [
+                            (
+                                f'sum(rate({verdicts}{{product_class="unknown"}}[1h]))'
+                                f" / sum(rate({verdicts}[1h]))",
+                                "",
+                            )
+                        ],
+                        w=8,
+                    ),
+                ],
+            ),
+            (
+                "Decisions per class",
+                [
+                    _ts(
+                        "Decision share by class",
+                        "percentunit",
+                        [
+                            (
+                                f"sum by (product_class, decision) (rate({verdicts}[5m])) "
+                                "/ ignoring (decision) group_left "
+                                f"sum by (product_class) (rate({verdicts}[5m]))",
+                                "{{product_class}} {{decision}}",
+                            ),
+                        ],
+                    ),
+                    _ts(
+                        "Unknown-product rate",
+                        "percentunit",
+                        [
+                            (
+                                f'sum(rate({verdicts}{{product_class="unknown"}}[5m]))'
+                                f" / sum(rate({verdicts}[5m]))",
+                                "unknown",
+                            ),
+                        ],
+                    ),
+                    _ts(
+                        "Reject rate vs 6 h baseline",
+                        "percentunit",
+                        [
+                            ("lineguard:defect_rate:15m", "{{product_class}} 15 min"),
+                            ("lineguard:defect_rate:6h", "{{product_class}} 6 h"),
+                        ],
+                    ),
+                    _ts(
+                        "Review and error verdicts / s",
+                        "ops",
+                        [
+                            (
+                                "sum by (product_class, decision) "
+                                f'(rate({verdicts}{{decision=~"review|error"}}[{RI}]))',
+                                "{{product_class}} {{decision}}",
+                            ),
+                        ],
+                    ),
+                ],
+            ),
+            (
+                "Model stages",
+                [
+                    _ts(
+                        "Model and k-NN seconds per batch (p50 / p99)",
+                        "s",
+                        [
+                            (_q("0.5", "lineguard_scorer_stage_seconds", "le, stage"), "p50 {{stage}}"),
+                            (_q("0.99", "lineguard_scorer_stage_seconds", "le, stage"), "p99 {{stage}}"),
+                        ],
+                        w=24,
+                    ),
+                ],
+            ),
+        ],
+    )
+
+
+def explainer_view() -> dict[str, Any]:
+    requests = "explainer_vlm_requests_total"
+    return dashboard(
+        "lineguard-explainer",
+        "Lineguard · Explainer",
+        "Defect reports, fallbacks, VLM latency, tokens and cost against the daily budget.",
+        [
+            (
+                "Now",
+                [
+                    _stat("Budget left (USD)", "currencyUSD", [("min(explainer_budget_remaining_usd)", "")]),
+                    _stat(
+                        "Cost today (USD, 24 h)",
+                        "currencyUSD",
+                        [("sum(increase(explainer_vlm_cost_usd_total[24h]))", "")],
+                    ),
+                    _stat("Reports (1 h)", "none", [("sum(increase(explainer_reports_total[1h]))", "")]),
+                    _stat(
+                        "Fallback share (1 h)",
+                        "percentunit",
+                        [
+                            (
+                                'sum(increase(explainer_reports_total{source="fallback"}[1h])) '
+                                "/ sum(increase(explainer_reports_total[1h]))",
+                                "",
+                            )
+                        ],
+                    ),
+                    _stat("Circuit breaker", "bool_on_off", [("max(explainer_circuit_open)", "")]),
+                    _stat("Events held", "none", [("sum(explainer_held_events)", "")]),
+                ],
+            ),
+            (
+                "Reports",
+                [
+                    _ts(
+                        "Reports / s by source",
+                        "ops",
+                        [
+                            (f"sum by (source) (rate(explainer_reports_total[{RI}]))", "{{source}}"),
+                        ],
+                    ),
+                    _ts(
+                        "Fallback reports by reason",
+                        "none",
+                        [
+                            (
+                                "sum by (reason) (increase(explainer_fallback_reports_total[15m]))",
+                                "{{reason}}",
+                            ),
+                        ],
+                    ),
+                    _ts(
+                        "Verdict → report latency",
+                        "s",
+                        [
+                            (_q("0.5", "explainer_report_seconds"), "p50"),
+                            (_q("0.99", "explainer_report_seconds"), "p99"),
+                        ],
+                    ),
+                    _ts(
+                        "Defects lag (events behind)",
+                        "none",
+                        [
+                            ("sum by (partition) (explainer_consumer_lag)", "partition {{partition}}"),
+                        ],
+                    ),
+                ],
+            ),
+            (
+                "VLM",
+                [
+                    _ts(
+                        "VLM requests / s by outcome",
+                        "ops",
+                        [
+                            (f"sum by (outcome) (rate({requests}[{RI}]))", "{{outcome}}"),
+                        ],
+                    ),
+                    _ts(
+                        "VLM request latency",
+                        "s",
+                        [
+                            (_q("0.5", "explainer_vlm_request_seconds"), "p50"),
+                            (_q("0.99", "explainer_vlm_request_seconds"), "p99"),
+                        ],
+                    ),
+                    _ts(
+                        "Tokens / min by kind",
+                        "none",
+                        [
+                            ("sum by (kind) (rate(explainer_vlm_tokens_total[5m])) * 60", "{{kind}}"),
+                        ],
+                    ),
+                    _ts(
+                        "Cost against the budget",
+                        "currencyUSD",
+                        [
+                            ("sum(increase(explainer_vlm_cost_usd_total[24h]))", "spent (24 h)"),
+                            ("min(explainer_budget_remaining_usd)", "left today"),
+                        ],
+                    ),
+                    _ts(
+                        "Answer repairs, location disagreements, duplicates",
+                        "none",
+                        [
+                            ("sum(increase(explainer_answer_repairs_total[15m]))", "repairs"),
+                            (
+                                "sum(increase(explainer_location_disagreements_total[15m]))",
+                                "location disagreements",
+                            ),
+                            ("sum(increase(explainer_duplicate_events_total[15m]))", "duplicates"),
+                        ],
+                        w=24,
+                    ),
+                ],
+            ),
+        ],
+    )
+
+
+DASHBOARDS = {
+    "line-overview.json": line_overview,
+    "model.json": model_view,
+    "explainer.json": explainer_view,
+}
+
+
+def render(name: str) -> str:
+    return json.dumps(DASHBOARDS[name](), indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in DASHBOARDS:
+        (OUT / name).write_text(render(name), encoding="utf-8")
+        print(f"wrote {OUT / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Operator alerts: the `alerts` topic -> a webhook (`lineguard alerts`)."""

@@ -1,0 +1,1 @@
+"""``lineguard kafka up|down|status`` and ``lineguard topics ensure``."""

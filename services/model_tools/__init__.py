@@ -1,0 +1,1 @@
+"""``lineguard fit``, ``evaluate`` and ``score``: the engine's command-line tools."""

@@ -1,0 +1,356 @@
+"""``lineguard plc-bridge``: the reference gateway from the ``verdicts`` topic to the line's PLC.
+
+A thin async shell around ``BridgeCore``: read verdicts, read the PLC's part triggers, watch the
+scorer's consumer group, then write the whole changed state to every PLC target and only then
+commit the consumed offsets. A PLC that cannot be written holds the commit; the state is written
+again (absolute values) until it lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from services.plc_bridge import metrics
+from services.plc_bridge.logic import BridgeCore, Outcome
+from services.plc_bridge.plc import ModbusPlc, OpcUaPlc, PlcError, PlcTarget
+from shared.settings import FailSafeAction, Settings, SettingsError, load_settings
+from shared.telemetry.logging import log_event, setup_logging
+
+log = logging.getLogger("lineguard.plc_bridge")
+SERVICE = "plc-bridge"
+
+
+def targets_from_settings(settings: Settings) -> list[PlcTarget]:
+    cfg = settings.plc_bridge
+    targets: list[PlcTarget] = []
+    if cfg.modbus_host:
+        targets.append(ModbusPlc(cfg.modbus_host, cfg.modbus_port, cfg.modbus_device_id, cfg.io_timeout_s))
+    if cfg.opcua_url:
+        targets.append(OpcUaPlc(cfg.opcua_url, cfg.opcua_namespace, cfg.io_timeout_s))
+    return targets
+
+
+def core_from_settings(settings: Settings, now: float) -> BridgeCore:
+    cfg = settings.plc_bridge
+    return BridgeCore(
+        cfg.stations,
+        reject_decisions=frozenset(cfg.reject_decisions),
+        stop_line_on_fail_safe=cfg.fail_safe is FailSafeAction.STOP_LINE,
+        scorer_timeout_s=cfg.scorer_timeout_s,
+        part_deadline_s=cfg.part_deadline_ms / 1000,
+        max_tracked_parts=cfg.max_tracked_parts,
+        dedup_window=cfg.dedup_window,
+        now=now,
+    )
+
+
+def validate(settings: Settings) -> None:
+    cfg = settings.plc_bridge
+    if not cfg.modbus_host and not cfg.opcua_url:
+        raise SettingsError(
+            "invalid configuration:\n  LINEGUARD_PLC_BRIDGE__MODBUS_HOST or LINEGUARD_PLC_BRIDGE__OPCUA_URL "
+            "must name the PLC"
+        )
+    if len(set(cfg.stations)) != len(cfg.stations) or not cfg.stations:
+        raise SettingsError(
+            "invalid configuration:\n  LINEGUARD_PLC_BRIDGE__STATIONS: need distinct station ids"
+        )
+    unknown = set(cfg.reject_decisions) - {"pass", "reject", "review", "error"}
+    if unknown:
+        raise SettingsError(
+            f"invalid configuration:\n  LINEGUARD_PLC_BRIDGE__REJECT_DECISIONS: unknown {sorted(unknown)}"
+        )
+
+
+class PlcBridge:
+    def __init__(
+        self,
+        settings: Settings,
+        targets: list[PlcTarget] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.plc_bridge
+        self.targets = targets if targets is not None else targets_from_settings(settings)
+        if not self.targets:
+            raise ValueError("no PLC target configured")
+        self.clock = clock
+        self.core = core_from_settings(settings, clock())
+        self.ready = asyncio.Event()
+        self._decided_at: list[int] = []  # decision times awaiting their PLC write (for the histogram)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from shared.kafka.client import make_admin, make_consumer, make_producer
+
+        await self._connect_and_seed(stop)
+        if stop.is_set():
+            return
+        consumer = make_consumer(
+            self.settings,
+            self.settings.topic("verdicts"),
+            group_id=self.cfg.group_id,
+            auto_offset_reset="latest",  # a fresh bridge acts on new verdicts, not last week's
+        )
+        producer = make_producer(self.settings)
+        admin = make_admin(self.settings)
+        await consumer.start()
+        await producer.start()
+        await admin.start()
+        try:
+            await self._await_assignment(consumer, stop)
+            self.ready.set()
+            log_event(
+                log,
+                "plc bridge ready",
+                stations=len(self.core.stations),
+                targets=[t.name for t in self.targets],
+            )
+            await self._loop(consumer, producer, admin, stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._flush()  # last state (e.g. fail-safe) reaches the PLC if it can
+            await consumer.stop()
+            await producer.stop()
+            await admin.close()
+            for target in self.targets:
+                await target.close()
+
+    async def _connect_and_seed(self, stop: asyncio.Event) -> None:
+        """Connect every target (retrying), then continue from the first target's counters."""
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                for target in self.targets:
+                    await target.connect()
+                primary = self.targets[0]
+                for i, station in enumerate(self.core.stations):
+                    self.core.seed(station, await primary.read_station(i, station))
+                for target in self.targets:
+                    metrics.PLC_CONNECTED.labels(target.name).set(1)
+                return
+            except PlcError as exc:
+                log_event(log, "plc not reachable, retrying", logging.WARNING, error=str(exc), retry_s=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 5.0)
+
+    @staticmethod
+    async def _await_assignment(consumer: Any, stop: asyncio.Event) -> None:
+        while not consumer.assignment() and not stop.is_set():
+            await consumer.getmany(timeout_ms=100)
+        for tp in consumer.assignment():
+            await consumer.position(tp)  # resolve "latest" now, so nothing produced after ready is missed
+        await consumer.commit()  # a durable starting point for a fresh group
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    async def _loop(self, consumer: Any, producer: Any, admin: Any, stop: asyncio.Event) -> None:
+        liveness_every = min(1.0, self.cfg.scorer_timeout_s / 3)
+        next_beat = next_liveness = self.clock()
+        uncommitted = False
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=self.cfg.poll_interval_ms, max_records=500)
+            for tp, records in batch.items():
+                for record in records:
+                    await self._handle(record, tp, producer)
+                    uncommitted = True
+            now = self.clock()
+            if self.cfg.part_deadline_ms > 0:
+                await self._read_triggers(now)
+            if now >= next_liveness:
+                next_liveness = now + liveness_every
+                await self._check_scorer_group(admin, now)
+            for station in self.core.tick(now):
+                cause = "scorer_silent" if not self.core.line.scorer_ok else "part_deadline"
+                metrics.FAIL_SAFES.labels(station, cause).inc()
+                log_event(log, "fail-safe reject asserted", logging.WARNING, station=station, cause=cause)
+            if now >= next_beat:
+                next_beat = now + self.cfg.heartbeat_interval_s
+                self.core.beat()
+            metrics.SCORER_OK.set(1 if self.core.line.scorer_ok else 0)
+            for station in self.core.stations:
+                metrics.PENDING_PARTS.labels(station).set(self.core.pending_parts(station))
+            if await self._flush() and uncommitted:
+                await consumer.commit()  # only what the PLC now shows
+                uncommitted = False
+
+    async def _handle(self, record: Any, tp: Any, producer: Any) -> None:
+        from shared.messages.codec import MessageError, decode, encode
+        from shared.messages.schemas import DeadLetter, Verdict
+
+        try:
+            verdict = decode(record.value, Verdict)
+        except MessageError as exc:
+            metrics.BAD_MESSAGES.labels(exc.reason).inc()
+            log_event(
+                log,
+                "undecodable verdict sent to dlq",
+                logging.WARNING,
+                reason=exc.reason,
+                partition=tp.partition,
+                offset=record.offset,
+            )
+            letter = DeadLetter(
+                reason=exc.reason,
+                detail=str(exc)[:4096],
+                source_topic=tp.topic,
+                source_partition=tp.partition,
+                source_offset=record.offset,
+                original_key=record.key,
+                original_value=record.value or b"",
+                original_headers=list(record.headers or []),
+                failed_at=time.time_ns(),
+                service=SERVICE,
+            )
+            await producer.send_and_wait(self.settings.topic("dlq"), encode(letter), key=record.key)
+            return
+        outcome = self.core.apply_verdict(verdict, self.clock())
+        metrics.VERDICTS.labels(outcome.value).inc()
+        if outcome is Outcome.APPLIED or outcome is Outcome.AFTER_FAIL_SAFE:
+            self._decided_at.append(verdict.decided_at)
+        elif outcome is Outcome.UNKNOWN_STATION:
+            log_event(log, "verdict for an unconfigured station", logging.WARNING, station=verdict.station_id)
+
+    async def _read_triggers(self, now: float) -> None:
+        primary = self.targets[0]
+        for i, station in enumerate(self.core.stations):
+            try:
+                counter = await primary.read_part_trigger(i, station)
+            except PlcError as exc:
+                log_event(
+                    log, "part trigger read failed", logging.WARNING, target=primary.name, error=str(exc)
+                )
+                return
+            self.core.part_trigger(station, counter, now)
+
+    async def _check_scorer_group(self, admin: Any, now: float) -> None:
+        """The scorer is alive while its consumer group has members (Kafka's own heartbeats)."""
+        try:
+            responses = await asyncio.wait_for(
+                admin.describe_consumer_groups([self.settings.scorer.group_id]), timeout=5.0
+            )
+        except Exception as exc:  # broker hiccup: no proof either way; verdicts still count
+            log_event(log, "scorer group check failed", logging.WARNING, error=str(exc))
+            return
+        for response in responses:
+            for group in response.to_object()["groups"]:
+                if group["error_code"] == 0 and group["members"]:
+                    self.core.scorer_alive(now)
+                    return
+
+    async def _flush(self) -> bool:
+        """Write what changed to every target; on any failure everything is written again later."""
+        stations, line = self.core.take_dirty()
+        if not stations and line is None:
+            return True
+        ok = True
+        for target in self.targets:
+            try:
+                for station, state in stations.items():
+                    await target.write_station(self.core.index[station], station, state)
+                if line is not None:
+                    await target.write_line(line, len(self.core.stations))
+                metrics.PLC_WRITES.labels(target.name, "ok").inc()
+                metrics.PLC_CONNECTED.labels(target.name).set(1)
+            except PlcError as exc:
+                ok = False
+                metrics.PLC_WRITES.labels(target.name, "error").inc()
+                metrics.PLC_CONNECTED.labels(target.name).set(0)
+                log_event(log, "plc write failed", logging.ERROR, target=target.name, error=str(exc))
+        if not ok:
+            self.core.mark_all_dirty()
+            return False
+        now_ns = time.time_ns()
+        for decided_at in self._decided_at:
+            metrics.VERDICT_TO_PLC_SECONDS.observe(max(now_ns - decided_at, 0) / 1e9)
+        self._decided_at.clear()
+        return True
+
+
+def _run(args: Any) -> int:
+    settings = load_settings()
+    validate(settings)
+    setup_logging(SERVICE, settings.log_level)
+    from shared.telemetry.metrics import start_metrics_server
+
+    start_metrics_server(settings.metrics_port, metrics.REGISTRY)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await PlcBridge(settings).run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _run_simulator(args: Any) -> int:
+    from services.plc_bridge.simulators import ModbusPlcSimulator, OpcUaPlcSimulator
+
+    settings = load_settings()
+    setup_logging("plc-sim", settings.log_level)
+    stations = args.stations.split(",") if args.stations else settings.plc_bridge.stations
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        modbus = ModbusPlcSimulator(args.host, args.modbus_port)
+        opcua = OpcUaPlcSimulator(
+            stations,
+            f"opc.tcp://{args.host}:{args.opcua_port}/lineguard/",
+            settings.plc_bridge.opcua_namespace,
+        )
+        await modbus.start()
+        await opcua.start()
+        log_event(
+            log,
+            "simulated plc serving",
+            modbus_port=args.modbus_port,
+            opcua_port=args.opcua_port,
+            stations=stations,
+        )
+        try:
+            await stop.wait()
+        finally:
+            await modbus.stop()
+            await opcua.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    sim = subparsers.add_parser(
+        "plc-sim",
+        help="serve a simulated PLC (Modbus TCP and OPC UA) with the bridge's register map",
+        description="For commissioning and the compose demo: a pymodbus server and an asyncua server "
+        "holding the register map of docs/operations.md.",
+    )
+    sim.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    sim.add_argument("--modbus-port", type=int, default=5020, help="Modbus TCP port (default 5020)")
+    sim.add_argument("--opcua-port", type=int, default=4840, help="OPC UA port (default 4840)")
+    sim.add_argument(
+        "--stations", help="station ids, comma separated (default: LINEGUARD_PLC_BRIDGE__STATIONS)"
+    )
+    sim.set_defaults(handler=_run_simulator)
+
+    parser = subparsers.add_parser(
+        "plc-bridge",
+        help="drive the line's PLC (Modbus TCP / OPC UA) from the verdicts topic",
+        description="Reference PLC gateway: per station a reject output, counters, the last frame id and a "
+        "heartbeat; fail-safe reject (or line stop) when the scorer goes silent or a tracked part misses "
+        "its deadline. Configured by LINEGUARD_PLC_BRIDGE__* variables (see docs/operations.md).",
+    )
+    parser.set_defaults(handler=_run)

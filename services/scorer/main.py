@@ -1,0 +1,447 @@
+"""``lineguard scorer``: the async shell around the scoring engine.
+
+Two stages connected by a one-slot queue, so publishing batch *n* overlaps scoring batch *n+1*:
+
+* intake: micro-batch from the ``frames`` consumer group (max size, max wait), decode in a thread
+  pool, score in a single-thread executor (the event loop stays free, so heartbeats never starve);
+* publish: per input partition, one transaction holding the partition's verdicts, defect events,
+  dead letters *and* its consumed offset (``send_offsets_to_transaction``), committed atomically.
+
+Exactly once: outputs and offsets commit together or not at all. On abort the partition is sought
+back to its first uncommitted offset and records fetched before that are dropped (epochs, see
+``partitions.py``). SIGTERM stops intake, publishes what is in flight, commits and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.scorer import metrics
+from services.scorer.handler import (
+    DecodedFrame,
+    Outcome,
+    RawRecord,
+    build_outcomes,
+    decode_record,
+    order_by_record,
+)
+from services.scorer.models import ModelHolder, ModelWatcher, ServingModel, load_model_dir
+from services.scorer.partitions import PartitionState, PartitionTransactions
+from shared.messages.codec import encode
+from shared.telemetry.logging import log_event
+from shared.telemetry.tracing import extract_context, get_tracer, inject_headers, span_link
+
+log = logging.getLogger("lineguard.scorer")
+tracer = get_tracer("lineguard.scorer")
+
+_POLL_MS = 200  # how long intake waits for the first record of a batch before checking for stop
+
+
+RecordKey = tuple[str, int, int]  # topic, partition, offset
+
+
+@dataclass
+class ScoredBatch:
+    outcomes: list[Outcome]
+    epochs: dict[RecordKey, int]  # each record's partition epoch when it was fetched
+    links: list[Any]  # span links to the frames' contexts
+
+
+class ScorerService:
+    def __init__(self, settings: Any, holder: ModelHolder) -> None:
+        self.settings = settings
+        self.cfg = settings.scorer
+        self.holder = holder
+        self.frames_topic = settings.topic("frames")
+        self.topics = {name: settings.topic(name) for name in ("verdicts", "defects", "dlq")}
+        self._decode_pool = ThreadPoolExecutor(self.cfg.decode_threads, thread_name_prefix="decode")
+        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._queue: asyncio.Queue[ScoredBatch | None] = asyncio.Queue(maxsize=1)
+        self.consumer: Any = None
+        self.partitions: PartitionTransactions | None = None
+        self.committed_batches = 0
+        self.committed_records = 0  # frames whose outputs and offset this instance committed
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        from shared.kafka.client import make_consumer
+
+        self.consumer = make_consumer(
+            self.settings,
+            group_id=self.cfg.group_id,
+            session_timeout_ms=self.cfg.session_timeout_ms,
+            heartbeat_interval_ms=max(100, self.cfg.session_timeout_ms // 3),
+            max_poll_records=self.cfg.max_batch,
+        )
+        self.partitions = PartitionTransactions(self.settings, self.consumer)
+        await self.consumer.start()
+        self.consumer.subscribe([self.frames_topic], listener=self.partitions.listener())
+        log_event(
+            log,
+            "scorer_started",
+            topic=self.frames_topic,
+            group=self.cfg.group_id,
+            model=self.holder.version,
+            max_batch=self.cfg.max_batch,
+            max_wait_ms=self.cfg.max_wait_ms,
+        )
+        publisher = asyncio.create_task(self._publish_loop(), name="publish")
+        try:
+            await self._intake_loop(stop, publisher)
+        finally:
+            await self._queue.put(None)  # publish what is queued, then stop
+            try:
+                await publisher
+            finally:
+                await self.consumer.stop()
+                await self.partitions.close()
+                self._decode_pool.shutdown(wait=False, cancel_futures=True)
+                self._model_pool.shutdown(wait=False, cancel_futures=True)
+        log_event(
+            log,
+            "scorer_stopped",
+            committed_batches=self.committed_batches,
+            committed_records=self.committed_records,
+        )
+
+    # -- intake: consume, decode, score ------------------------------------------------------------
+    async def _intake_loop(self, stop: asyncio.Event, publisher: asyncio.Task[None]) -> None:
+        assert self.partitions is not None
+        while not stop.is_set():
+            if publisher.done():  # a publish failure we cannot handle ends the service
+                publisher.result()
+                return
+            records, epochs = await self._next_batch(stop)
+            if not records:
+                continue
+            # During a rebalance wait for the new assignment; records fetched before it carry an old
+            # epoch and are dropped when published (the assignment's seek brings them back).
+            await self.partitions.wait_unpaused()
+            self.partitions.batch_started()
+            try:
+                batch = await self._score(records, epochs)
+            except BaseException:
+                await self.partitions.batch_finished()
+                raise
+            await self._queue.put(batch)
+
+    async def _next_batch(self, stop: asyncio.Event) -> tuple[list[RawRecord], dict[RecordKey, int]]:
+        """Up to ``max_batch`` records: waits for the first, then at most ``max_wait_ms`` for more.
+
+        Each record is tagged with its partition's epoch right when ``getmany`` returns it.
+        """
+        assert self.partitions is not None
+        consumer, partitions = self.consumer, self.partitions
+        epochs: dict[RecordKey, int] = {}
+
+        def tagged(batch: dict[Any, list[Any]]) -> list[Any]:
+            got = [r for rs in batch.values() for r in rs]
+            for r in got:
+                epochs[(r.topic, r.partition, r.offset)] = partitions.epoch_of(r.topic, r.partition)
+            return got
+
+        records = tagged(await consumer.getmany(timeout_ms=_POLL_MS, max_records=self.cfg.max_batch))
+        if not records:
+            return [], epochs
+        deadline = time.monotonic() + self.cfg.max_wait_ms / 1000
+        while len(records) < self.cfg.max_batch and not stop.is_set():
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                break
+            more = await consumer.getmany(
+                timeout_ms=remaining_ms, max_records=self.cfg.max_batch - len(records)
+            )
+            got = tagged(more)
+            if not got:
+                break
+            records.extend(got)
+        self._record_lag(records)
+        raw = [
+            RawRecord(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ())) for r in records
+        ]
+        return raw, epochs
+
+    def _record_lag(self, records: list[Any]) -> None:
+        last: dict[Any, int] = {}
+        for r in records:
+            last[(r.topic, r.partition)] = max(last.get((r.topic, r.partition), -1), r.offset)
+        from aiokafka import TopicPartition
+
+        for (topic, partition), offset in last.items():
+            highwater = self.consumer.highwater(TopicPartition(topic, partition))
+            if highwater is not None:
+                metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, highwater - offset - 1))
+
+    async def _score(self, records: list[RawRecord], epochs: dict[RecordKey, int]) -> ScoredBatch:
+        loop = asyncio.get_running_loop()
+        metrics.FRAMES_CONSUMED.inc(len(records))
+        metrics.BATCH_SIZE.observe(len(records))
+        links = [link for link in (span_link(r.headers) for r in records) if link is not None]
+        serving = self.holder.current()  # the only place a new model is swapped in: between batches
+        with tracer.start_as_current_span("score_batch", links=links) as span:
+            span.set_attribute("lineguard.batch_size", len(records))
+            span.set_attribute("lineguard.model_version", serving.version)
+            started = time.perf_counter()
+            decoded_or_bad = await asyncio.gather(
+                *(loop.run_in_executor(self._decode_pool, self._decode, r) for r in records)
+            )
+            metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
+            bad = [d for d in decoded_or_bad if isinstance(d, Outcome)]
+            good = [d for d in decoded_or_bad if isinstance(d, DecodedFrame)]
+            outcomes: list[Outcome] = list(bad)
+            if good:
+                outcomes.extend(await self._run_model(serving, good))
+        return ScoredBatch(order_by_record(outcomes), epochs, links)
+
+    def _decode(self, record: RawRecord) -> DecodedFrame | Outcome:
+        return decode_record(
+            record, max_image_bytes=self.cfg.max_image_bytes, max_pixels=self.cfg.max_image_pixels
+        )
+
+    async def _run_model(self, serving: ServingModel, good: list[DecodedFrame]) -> list[Outcome]:
+        loop = asyncio.get_running_loop()
+        timings: dict[str, float] = {}
+        hints = [d.frame.product for d in good]
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(
+                self._model_pool, lambda: serving.model.score_batch([d.pixels for d in good], hints, timings)
+            )
+            error = ""
+        except Exception as exc:  # a model bug must not stop the line: the PLC gets "error" verdicts
+            log_event(
+                log, "model_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}", frames=len(good)
+            )
+            results, error = None, f"model failed: {type(exc).__name__}"
+        metrics.STAGE_SECONDS.labels("model").observe(time.perf_counter() - started)
+        if "knn" in timings:
+            metrics.STAGE_SECONDS.labels("knn").observe(timings["knn"])
+        return await loop.run_in_executor(
+            self._decode_pool,
+            lambda: build_outcomes(
+                good, results, model_version=serving.version, late_policy=self.cfg.late_policy, error=error
+            ),
+        )
+
+    # -- publish: one transaction per input partition ----------------------------------------------
+    async def _publish_loop(self) -> None:
+        assert self.partitions is not None
+        while True:
+            batch = await self._queue.get()
+            if batch is None:
+                return
+            try:
+                started = time.perf_counter()
+                await self._publish(batch)
+                metrics.STAGE_SECONDS.labels("publish").observe(time.perf_counter() - started)
+            finally:
+                await self.partitions.batch_finished()
+
+    async def _publish(self, batch: ScoredBatch) -> None:
+        by_partition: dict[tuple[str, int], list[Outcome]] = defaultdict(list)
+        for outcome in batch.outcomes:
+            by_partition[(outcome.record.topic, outcome.record.partition)].append(outcome)
+        await asyncio.gather(
+            *(self._publish_partition(key, outcomes, batch) for key, outcomes in by_partition.items())
+        )
+
+    async def _publish_partition(
+        self, key: tuple[str, int], outcomes: list[Outcome], batch: ScoredBatch
+    ) -> None:
+        from aiokafka import TopicPartition
+        from aiokafka.errors import KafkaError, ProducerFenced
+
+        assert self.partitions is not None
+        state = self.partitions.state(*key)
+        if state is None:
+            metrics.TRANSACTIONS.labels("stale").inc()
+            return  # no longer ours
+        # Fetched before the partition's last seek (rebalance, abort), or already committed: dropped,
+        # because that seek fetches them again.
+        fresh = [
+            o
+            for o in outcomes
+            if batch.epochs.get((o.record.topic, o.record.partition, o.record.offset)) == state.epoch
+            and o.record.offset >= state.next_offset
+        ]
+        if len(fresh) < len(outcomes):
+            metrics.TRANSACTIONS.labels("stale").inc()
+        outcomes = fresh
+        if not outcomes:
+            return
+        producer = state.producer
+        first, last = outcomes[0].record.offset, outcomes[-1].record.offset
+        try:
+            with tracer.start_as_current_span("publish", links=batch.links) as span:
+                span.set_attribute("lineguard.partition", key[1])
+                await producer.begin_transaction()
+                for outcome in outcomes:
+                    await self._send(producer, outcome)
+                await producer.send_offsets_to_transaction(
+                    {TopicPartition(*key): last + 1}, self.cfg.group_id
+                )
+                await producer.commit_transaction()
+        except ProducerFenced:
+            metrics.TRANSACTIONS.labels("fenced").inc()
+            await self.partitions.drop(state, "producer fenced: the partition has a new owner")
+            return
+        except KafkaError as exc:
+            metrics.TRANSACTIONS.labels("aborted").inc()
+            log_event(
+                log,
+                "transaction_aborted",
+                logging.WARNING,
+                partition=key[1],
+                first_offset=first,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            await self._abort(state)
+            return
+        state.next_offset = last + 1
+        self.committed_batches += 1
+        self.committed_records += len(outcomes)
+        metrics.TRANSACTIONS.labels("committed").inc()
+        self._count_committed(outcomes)
+
+    async def _abort(self, state: PartitionState) -> None:
+        assert self.partitions is not None
+        try:
+            await state.producer.abort_transaction()
+        except Exception as exc:
+            # The producer is unusable; a fresh one with the same id takes over the partition.
+            log_event(log, "abort_failed", logging.ERROR, partition=state.partition, error=type(exc).__name__)
+            await self.partitions.drop(state, "transaction could not be aborted")
+            return
+        self.partitions.reset(state, state.next_offset)  # re-read everything not committed
+
+    async def _send(self, producer: Any, outcome: Outcome) -> None:
+        record = outcome.record
+        context = extract_context(record.headers)
+        if outcome.dead_letter is not None:
+            headers = inject_headers([], context=context)
+            await producer.send(
+                self.topics["dlq"], encode(outcome.dead_letter), key=record.key, headers=headers
+            )
+            return
+        verdict = outcome.verdict
+        assert verdict is not None
+        with tracer.start_as_current_span("verdict", context=context) as span:
+            span.set_attribute("lineguard.frame_id", verdict.frame_id)
+            span.set_attribute("lineguard.decision", verdict.decision)
+            headers = inject_headers([])
+        await producer.send(
+            self.topics["verdicts"], encode(verdict), key=verdict.station_id.encode(), headers=headers
+        )
+        if outcome.defect is not None:
+            await producer.send(
+                self.topics["defects"],
+                encode(outcome.defect),
+                key=verdict.station_id.encode(),
+                headers=headers,
+            )
+
+    @staticmethod
+    def _count_committed(outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.dead_letter is not None:
+                metrics.DEAD_LETTERS.labels(outcome.dead_letter.reason).inc()
+                continue
+            verdict = outcome.verdict
+            assert verdict is not None
+            metrics.VERDICTS.labels(verdict.product_class, verdict.decision).inc()
+            metrics.END_TO_END_SECONDS.observe(verdict.latency_ms / 1000)
+            if verdict.late:
+                metrics.LATE_VERDICTS.inc()
+            if outcome.defect is not None:
+                metrics.DEFECT_EVENTS.inc()
+
+
+async def serve(settings: Any, model_dir: Path | None, stop: asyncio.Event) -> int:
+    """Load the model (or wait for one on the models topic), then score until ``stop``."""
+    holder = ModelHolder()
+    if model_dir is not None:
+        serving = await asyncio.to_thread(load_model_dir, model_dir)
+        holder = ModelHolder(serving)
+        log_event(log, "model_loaded", version=serving.version, path=str(model_dir))
+    watcher_task: asyncio.Task[None] | None = None
+    if settings.scorer.watch_models:
+        watcher = ModelWatcher(settings, holder, from_latest=model_dir is None)
+        watcher_task = asyncio.create_task(watcher.run(), name="model-watcher")
+    try:
+        if holder.version is None:
+            log_event(log, "waiting_for_model", topic=settings.topic("models"))
+            waiter = asyncio.create_task(holder.wait_available())
+            stopper = asyncio.create_task(stop.wait())
+            pending = {waiter, stopper} | ({watcher_task} if watcher_task else set())
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if watcher_task in done:
+                watcher_task.result()  # raises why it stopped
+            if stop.is_set():
+                return 0
+        await ScorerService(settings, holder).run(stop)
+    finally:
+        if watcher_task is not None:
+            watcher_task.cancel()
+            await asyncio.gather(watcher_task, return_exceptions=True)
+    return 0
+
+
+def _command(args: argparse.Namespace) -> int:
+    from services.scorer.models import ModelRefused
+    from shared.settings import load_settings
+    from shared.telemetry.logging import setup_logging
+    from shared.telemetry.metrics import start_metrics_server
+    from shared.telemetry.tracing import setup_tracing
+
+    settings = load_settings()
+    setup_logging("scorer", settings.log_level)
+    setup_tracing("scorer", settings.otel_exporter)
+    start_metrics_server(settings.metrics_port, metrics.REGISTRY)
+    model_dir = args.model or settings.scorer.model_dir
+    if model_dir is None and not settings.scorer.watch_models:
+        print("scorer: no model: pass --model DIR or enable LINEGUARD_SCORER__WATCH_MODELS", file=sys.stderr)
+        return 2
+    import torch
+
+    torch.set_num_threads(settings.scorer.torch_threads)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await serve(settings, model_dir, stop)
+
+    try:
+        return asyncio.run(main())
+    except ModelRefused as exc:
+        print(f"scorer: model {model_dir} refused: {exc}", file=sys.stderr)
+        return 2
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "scorer",
+        help="score frames from Kafka and publish verdicts (exactly once)",
+        description="Consume the frames topic in a consumer group, score each frame with the inspection "
+        "model and publish verdicts, defect events and dead letters transactionally.",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="model directory (default: LINEGUARD_SCORER__MODEL_DIR, "
+        "else the latest announcement on the models topic)",
+    )
+    parser.set_defaults(handler=_command)

@@ -1,0 +1,70 @@
+"""The scorer's Prometheus metrics, in their own registry (served on LINEGUARD_METRICS_PORT)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+REGISTRY = CollectorRegistry()
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+
+FRAMES_CONSUMED = Counter(
+    "lineguard_scorer_frames_consumed", "Records consumed from the frames topic", registry=REGISTRY
+)
+VERDICTS = Counter(
+    "lineguard_scorer_verdicts",
+    "Verdicts committed, by product class and decision",
+    ["product_class", "decision"],
+    registry=REGISTRY,
+)
+LATE_VERDICTS = Counter(
+    "lineguard_scorer_late_verdicts", "Verdicts decided after the frame's deadline", registry=REGISTRY
+)
+DEFECT_EVENTS = Counter("lineguard_scorer_defect_events", "Defect events committed", registry=REGISTRY)
+DEAD_LETTERS = Counter(
+    "lineguard_scorer_dead_letters",
+    "Records sent to the dead-letter topic, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "lineguard_scorer_batch_size",
+    "Records per micro-batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
+STAGE_SECONDS = Histogram(
+    "lineguard_scorer_stage_seconds",
+    "Seconds per micro-batch spent in each stage (decode, model, knn, publish)",
+    ["stage"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+END_TO_END_SECONDS = Histogram(
+    "lineguard_scorer_end_to_end_seconds",
+    "Seconds from frame capture to verdict decision",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "lineguard_scorer_consumer_lag",
+    "Records behind the end of each frames partition",
+    ["partition"],
+    registry=REGISTRY,
+)
+TRANSACTIONS = Counter(
+    "lineguard_scorer_transactions",
+    "Per-partition transactions, by outcome (committed, aborted, fenced, stale)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+MODEL_INFO = Info("lineguard_scorer_model", "The model serving now", registry=REGISTRY)
+MODEL_SWAPS = Counter("lineguard_scorer_model_swaps", "Models swapped in while running", registry=REGISTRY)
+MODEL_LOAD_FAILURES = Counter(
+    "lineguard_scorer_model_load_failures",
+    "Announced models refused because they failed to load or verify (alert on any increase)",
+    registry=REGISTRY,
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "lineguard_scorer_assigned_partitions", "Frames partitions assigned to this scorer", registry=REGISTRY
+)

@@ -1,0 +1,287 @@
+"""Operator alerts from the stream of verdicts: pure detection logic, no Kafka, no clock.
+
+The scorer owns one ``AlertDetector`` and calls ``detector.observe(verdict)`` for every verdict it
+publishes; each returned ``AlertEvent`` goes to the ``alerts`` topic (key: station id), where
+``lineguard alerts`` forwards it to a webhook. Time comes from the verdicts (``decided_at``), so
+the detector is deterministic and replays give the same alerts.
+
+Three things an operator acts on at once:
+- ``consecutive_rejects``: N rejects in a row at one station (a jam, a bad batch, a dirty lens).
+  Raised once per streak; re-armed by any non-reject verdict at that station.
+- ``unknown_product``: a part the model could not route to any trained class. At most one per
+  station per cooldown, with the number of unknowns seen in between.
+- ``score_drift``: the recent mean score of one class at one station has moved away from its own
+  rolling baseline by more than ``threshold`` baseline standard deviations (lighting, camera or
+  process change). Raised once, re-armed when the shift falls below half the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from shared.messages.schemas import MAX_ALERT_FRAMES, AlertEvent
+
+UNKNOWN_CLASS = "unknown"
+_NS_PER_S = 1_000_000_000
+
+
+class VerdictLike(Protocol):
+    """The verdict fields the detector reads (``shared.messages.schemas.Verdict`` has them all)."""
+
+    @property
+    def frame_id(self) -> str: ...
+    @property
+    def line_id(self) -> str: ...
+    @property
+    def station_id(self) -> str: ...
+    @property
+    def product_class(self) -> str: ...
+    @property
+    def decision(self) -> str: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def decided_at(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class AlertRules:
+    consecutive_rejects: int = 5
+    unknown_product_cooldown_s: float = 60.0
+    drift_recent: int = 50  # verdicts in the recent window
+    drift_baseline: int = 500  # verdicts in the baseline window (those older than the recent ones)
+    drift_threshold: float = 1.0  # shift of the recent mean, in baseline standard deviations
+
+    def __post_init__(self) -> None:
+        if self.consecutive_rejects < 1:
+            raise ValueError("consecutive_rejects must be >= 1")
+        if self.drift_recent < 2 or self.drift_baseline < 2:
+            raise ValueError("drift windows must hold at least 2 verdicts")
+        if self.drift_threshold <= 0 or self.unknown_product_cooldown_s < 0:
+            raise ValueError("drift_threshold must be > 0 and the cooldown >= 0")
+
+    @classmethod
+    def from_settings(cls, settings: object) -> AlertRules:
+        """From ``Settings().alerts`` (``AlertsSettings``)."""
+        return cls(
+            consecutive_rejects=settings.consecutive_rejects,  # type: ignore[attr-defined]
+            unknown_product_cooldown_s=settings.unknown_product_cooldown_s,  # type: ignore[attr-defined]
+            drift_recent=settings.drift_recent,  # type: ignore[attr-defined]
+            drift_baseline=settings.drift_baseline,  # type: ignore[attr-defined]
+            drift_threshold=settings.drift_threshold,  # type: ignore[attr-defined]
+        )
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _alert(
+    verdict: VerdictLike,
+    kind: str,
+    severity: str,
+    summary: str,
+    frame_ids: list[str],
+    details: dict[str, str],
+    make_id: Callable[[], str],
+    product_class: str = "",
+) -> AlertEvent:
+    return AlertEvent(
+        alert_id=make_id(),
+        kind=kind,
+        severity=severity,
+        line_id=verdict.line_id,
+        station_id=verdict.station_id,
+        product_class=product_class,
+        summary=summary,
+        frame_ids=frame_ids[-MAX_ALERT_FRAMES:],
+        details=details,
+        raised_at=verdict.decided_at,
+    )
+
+
+class ConsecutiveRejectDetector:
+    """N rejects in a row at one station, raised once per streak."""
+
+    def __init__(self, limit: int, make_id: Callable[[], str] = _new_id) -> None:
+        self.limit = limit
+        self._make_id = make_id
+        self._streaks: dict[tuple[str, str], list[str]] = {}  # (line, station) -> frame ids
+
+    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+        key = (verdict.line_id, verdict.station_id)
+        if verdict.decision != "reject":
+            self._streaks.pop(key, None)
+            return []
+        streak = self._streaks.setdefault(key, [])
+        streak.append(verdict.frame_id)
+        if len(streak) != self.limit:  # exactly at the limit: once per streak
+            del streak[:-MAX_ALERT_FRAMES]
+            return []
+        return [
+            _alert(
+                verdict,
+                "consecutive_rejects",
+                "critical",
+                f"{self.limit} consecutive rejects at {verdict.line_id}/{verdict.station_id}",
+                list(streak),
+                {"count": str(self.limit), "last_class": verdict.product_class},
+                self._make_id,
+                product_class=verdict.product_class,
+            )
+        ]
+
+
+class UnknownProductDetector:
+    """Parts no trained class recognises; one alert per station per cooldown."""
+
+    def __init__(self, cooldown_s: float, make_id: Callable[[], str] = _new_id) -> None:
+        self.cooldown_ns = int(cooldown_s * _NS_PER_S)
+        self._make_id = make_id
+        self._last_raised: dict[tuple[str, str], int] = {}
+        self._since: dict[tuple[str, str], list[str]] = {}  # unknown frames not yet reported
+
+    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+        if verdict.product_class != UNKNOWN_CLASS:
+            return []
+        key = (verdict.line_id, verdict.station_id)
+        pending = self._since.setdefault(key, [])
+        pending.append(verdict.frame_id)
+        last = self._last_raised.get(key)
+        if last is not None and verdict.decided_at - last < self.cooldown_ns:
+            return []
+        self._last_raised[key] = verdict.decided_at
+        frames = pending[-MAX_ALERT_FRAMES:]
+        count = len(pending)
+        self._since[key] = []
+        return [
+            _alert(
+                verdict,
+                "unknown_product",
+                "warning",
+                f"unknown product at {verdict.line_id}/{verdict.station_id} ({count} since last alert)",
+                frames,
+                {"count": str(count), "decision": verdict.decision},
+                self._make_id,
+            )
+        ]
+
+
+@dataclass
+class _DriftState:
+    recent: deque[float]
+    baseline: deque[float]
+    frames: deque[str]
+    raised: bool = False
+    # Running sums over the baseline window keep observe() O(1).
+    base_sum: float = 0.0
+    base_sq: float = 0.0
+    recent_sum: float = 0.0
+
+
+def _mean_std(total: float, total_sq: float, n: int) -> tuple[float, float]:
+    mean = total / n
+    var = max(total_sq / n - mean * mean, 0.0)
+    return mean, math.sqrt(var)
+
+
+@dataclass
+class ScoreDriftDetector:
+    """Recent mean score vs the class's rolling baseline at one station."""
+
+    recent_size: int
+    baseline_size: int
+    threshold: float
+    make_id: Callable[[], str] = _new_id
+    # A perfectly constant baseline would make any change infinite drift: floor the deviation.
+    min_std: float = 0.01
+    _states: dict[tuple[str, str, str], _DriftState] = field(default_factory=dict)
+
+    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+        if verdict.decision == "error" or verdict.product_class == UNKNOWN_CLASS:
+            return []
+        if not math.isfinite(verdict.score):
+            return []
+        key = (verdict.line_id, verdict.station_id, verdict.product_class)
+        state = self._states.get(key)
+        if state is None:
+            state = _DriftState(
+                deque(maxlen=self.recent_size), deque(maxlen=self.baseline_size), deque(maxlen=8)
+            )
+            self._states[key] = state
+        self._push(state, verdict.score)
+        state.frames.append(verdict.frame_id)
+        if len(state.baseline) < self.baseline_size or len(state.recent) < self.recent_size:
+            return []  # not enough history to judge yet
+        base_mean, base_std = _mean_std(state.base_sum, state.base_sq, len(state.baseline))
+        recent_mean = state.recent_sum / len(state.recent)
+        shift = (recent_mean - base_mean) / max(base_std, self.min_std)
+        if state.raised:
+            if abs(shift) < self.threshold / 2:
+                state.raised = False  # hysteresis: re-arm only once clearly back to normal
+            return []
+        if abs(shift) < self.threshold:
+            return []
+        state.raised = True
+        direction = "up" if shift > 0 else "down"
+        return [
+            _alert(
+                verdict,
+                "score_drift",
+                "warning",
+                f"score drift {direction} for {verdict.product_class} at {verdict.line_id}/"
+                f"{verdict.station_id}: recent mean {recent_mean:.3f} vs baseline {base_mean:.3f}",
+                list(state.frames),
+                {
+                    "recent_mean": f"{recent_mean:.4f}",
+                    "baseline_mean": f"{base_mean:.4f}",
+                    "baseline_std": f"{base_std:.4f}",
+                    "shift_std": f"{shift:.2f}",
+                    "recent_n": str(len(state.recent)),
+                    "baseline_n": str(len(state.baseline)),
+                },
+                self.make_id,
+                product_class=verdict.product_class,
+            )
+        ]
+
+    @staticmethod
+    def _push(state: _DriftState, score: float) -> None:
+        # The oldest recent score graduates into the baseline, whose oldest one falls off.
+        if len(state.recent) == state.recent.maxlen:
+            moved = state.recent[0]
+            state.recent_sum -= moved
+            if len(state.baseline) == state.baseline.maxlen:
+                dropped = state.baseline[0]
+                state.base_sum -= dropped
+                state.base_sq -= dropped * dropped
+            state.baseline.append(moved)
+            state.base_sum += moved
+            state.base_sq += moved * moved
+        state.recent.append(score)
+        state.recent_sum += score
+
+
+class AlertDetector:
+    """All operator-alert detectors behind one call: ``observe(verdict) -> list[AlertEvent]``."""
+
+    def __init__(self, rules: AlertRules | None = None, make_id: Callable[[], str] = _new_id) -> None:
+        self.rules = rules or AlertRules()
+        self.detectors: list[ConsecutiveRejectDetector | UnknownProductDetector | ScoreDriftDetector] = [
+            ConsecutiveRejectDetector(self.rules.consecutive_rejects, make_id),
+            UnknownProductDetector(self.rules.unknown_product_cooldown_s, make_id),
+            ScoreDriftDetector(
+                self.rules.drift_recent, self.rules.drift_baseline, self.rules.drift_threshold, make_id
+            ),
+        ]
+
+    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+        alerts: list[AlertEvent] = []
+        for detector in self.detectors:
+            alerts.extend(detector.observe(verdict))
+        return alerts

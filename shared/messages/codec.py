@@ -1,0 +1,377 @@
+"""The one message codec: dataclasses <-> msgpack, strict and bounded.
+
+Wire format: a msgpack map ``{"schema": "lineguard.Frame", "v": 1, <field>: <value>, ...}``.
+Nested dataclasses (a DefectEvent's verdict, a Verdict's regions) are plain maps of their fields.
+
+Decoding never trusts the bytes: the total size is checked first, msgpack itself is given limits
+on every string, binary, array and map length (so a forged length cannot make it allocate), then
+every field is checked for presence, type and bounds, and unknown fields are refused (see the
+version policy in ``schemas.py``). Any failure is a ``MessageError`` with a reason code.
+Encoding validates the same way, so a producer cannot put a message on the wire that consumers
+would refuse; ``validate=False`` exists for fault injection (the camera simulator's bad frames).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from functools import cache
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+import msgpack
+
+from shared.messages import schemas
+from shared.messages.schemas import (
+    DEAD_LETTER_MAX_BYTES,
+    MAX_MESSAGE_BYTES,
+    MESSAGE_TYPES,
+    RAW_CHANNELS,
+    DeadLetter,
+    DefectEvent,
+    Frame,
+    Message,
+    ModelAnnouncement,
+)
+
+T = TypeVar("T")
+
+SCHEMA_KEY = "schema"
+VERSION_KEY = "v"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REASONS = ("malformed", "wrong_schema", "unsupported_version", "too_large", "invalid_field")
+
+
+def _msgpack_limits() -> dict[str, int]:
+    """Bounds handed to msgpack, derived from the schemas so a new field cannot slip past them:
+    no string, binary, array or map may claim more than the largest the schemas allow."""
+    str_len, bin_len, items, fields = 0, DEAD_LETTER_MAX_BYTES, 0, 0
+    for cls in MESSAGE_TYPES + schemas.NESTED_TYPES:
+        hints = typing.get_type_hints(cls)
+        fields = max(fields, len(dataclasses.fields(cls)) + 2)  # + schema name and version
+        for f in dataclasses.fields(cls):
+            lim = f.metadata.get("limits", {})
+            items = max(items, lim.get("max_items", 0))
+            if "str" in str(hints[f.name]):
+                str_len = max(str_len, lim.get("max_len", 0))
+    return {
+        "max_str_len": str_len,
+        "max_bin_len": bin_len,
+        "max_array_len": max(items, 2),  # 2: a header is a [name, value] pair
+        "max_map_len": max(items, fields),
+        "max_ext_len": 0,
+    }
+
+
+_MSGPACK_LIMITS = _msgpack_limits()
+
+_BY_SCHEMA: dict[str, type] = {cls.SCHEMA: cls for cls in MESSAGE_TYPES}  # type: ignore[attr-defined]
+
+
+class MessageError(ValueError):
+    """A message that cannot be encoded or decoded.
+
+    ``reason`` is one of ``malformed`` (not msgpack, or not a map), ``wrong_schema`` (another or
+    no schema name), ``unsupported_version``, ``too_large`` (message or field over its limit),
+    ``invalid_field`` (missing, unknown, wrongly typed or out of range; ``field`` names it).
+    """
+
+    def __init__(self, reason: str, detail: str, field: str | None = None) -> None:
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.field = field
+
+
+def size_limit(cls: type) -> int:
+    """Largest encoded size accepted for a message type."""
+    return DEAD_LETTER_MAX_BYTES if cls is DeadLetter else MAX_MESSAGE_BYTES
+
+
+# ---- encoding -------------------------------------------------------------------------------
+
+
+def _to_wire(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_to_wire(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_wire(v) for k, v in value.items()}
+    return value
+
+
+def encode(message: Message, *, validate: bool = True) -> bytes:
+    """Encode a message; with ``validate`` (the default) it must pass the decoder's checks."""
+    cls = type(message)
+    if cls not in MESSAGE_TYPES:
+        raise MessageError("wrong_schema", f"{cls.__name__} is not a top-level message type")
+    body = _to_wire(message)
+    if validate:
+        _check_dataclass(cls, body, "")
+        _check_rules(message)
+    wire = {SCHEMA_KEY: cls.SCHEMA, VERSION_KEY: cls.VERSION, **body}
+    data: bytes = msgpack.packb(wire, use_bin_type=True)
+    if validate and len(data) > size_limit(cls):
+        limit = size_limit(cls)
+        raise MessageError("too_large", f"encoded {cls.__name__} is {len(data)} bytes, over {limit}")
+    return data
+
+
+# ---- decoding -------------------------------------------------------------------------------
+
+
+def _unpack(data: bytes | bytearray | memoryview, limit: int) -> dict[str, Any]:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MessageError("malformed", f"expected bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise MessageError("malformed", "empty message")
+    if len(data) > limit:
+        raise MessageError("too_large", f"message is {len(data)} bytes, over {limit}")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, **_MSGPACK_LIMITS)
+    except msgpack.ExtraData:
+        raise MessageError("malformed", "trailing bytes after the message") from None
+    except ValueError as exc:  # includes UnicodeDecodeError and msgpack's limit errors
+        text = str(exc)
+        if "exceeds max" in text:
+            raise MessageError("too_large", f"a msgpack value is over its limit ({text})") from None
+        raise MessageError("malformed", f"not valid msgpack ({text})") from None
+    except Exception as exc:  # FormatError, StackError, TypeError (unhashable keys), ...
+        raise MessageError("malformed", f"not valid msgpack ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise MessageError("malformed", f"top level is a {type(obj).__name__}, not a map")
+    return obj
+
+
+def schema_of(data: bytes) -> tuple[str, int]:
+    """The (schema name, version) a message claims, after bounded unpacking."""
+    wire = _unpack(data, DEAD_LETTER_MAX_BYTES)
+    name, version = wire.get(SCHEMA_KEY), wire.get(VERSION_KEY)
+    if not isinstance(name, str):
+        raise MessageError("wrong_schema", "no schema name")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise MessageError("malformed", "no integer schema version")
+    return name, version
+
+
+def decode(data: bytes, expected: type[T]) -> T:
+    """Decode one message of type ``expected``; raise ``MessageError`` for anything else."""
+    if expected not in MESSAGE_TYPES:
+        raise TypeError(f"{expected!r} is not a top-level message type")
+    wire = _unpack(data, size_limit(expected))
+    return _from_wire(wire, expected)
+
+
+def decode_any(data: bytes) -> Message:
+    """Decode a message of any known type, chosen by its schema name."""
+    wire = _unpack(data, DEAD_LETTER_MAX_BYTES)
+    name = wire.get(SCHEMA_KEY)
+    cls = _BY_SCHEMA.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise MessageError("wrong_schema", f"unknown schema {_show(name)}")
+    if len(data) > size_limit(cls):
+        raise MessageError("too_large", f"message is {len(data)} bytes, over {size_limit(cls)}")
+    return typing.cast(Message, _from_wire(wire, cls))
+
+
+def _from_wire(wire: dict[str, Any], expected: type[T]) -> T:
+    name = wire.pop(SCHEMA_KEY, None)
+    want: str = expected.SCHEMA  # type: ignore[attr-defined]
+    if name != want:
+        raise MessageError("wrong_schema", f"expected {want}, got {_show(name)}")
+    version = wire.pop(VERSION_KEY, None)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise MessageError("malformed", f"schema version is {_show(version)}, not an integer")
+    known: int = expected.VERSION  # type: ignore[attr-defined]
+    if version != known:
+        raise MessageError("unsupported_version", f"{want} version {version}; this build reads {known}")
+    _check_dataclass(expected, wire, "")
+    message = _build(expected, wire)
+    _check_rules(message)
+    return message
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---- field checks ---------------------------------------------------------------------------
+
+
+@cache
+def _hints(cls: Any) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_dataclass(cls: type, body: Any, path: str) -> None:
+    if not isinstance(body, dict):
+        raise MessageError("invalid_field", f"{path or cls.__name__} must be a map", path or None)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise MessageError("invalid_field", f"unknown field {where}{unknown[0]}", where + unknown[0])
+    hints = _hints(cls)
+    for name, f in fields.items():
+        full = f"{path}.{name}" if path else name
+        if name not in body:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise MessageError("invalid_field", f"missing field {full}", full)
+            continue
+        _check_value(hints[name], body[name], f.metadata.get("limits", {}), full)
+
+
+def _check_value(tp: Any, value: Any, lim: dict[str, Any], path: str) -> None:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return
+            raise MessageError("invalid_field", f"{path} must not be null", path)
+        (inner,) = [o for o in options if o is not type(None)]
+        _check_value(inner, value, lim, path)
+        return
+    if dataclasses.is_dataclass(tp):
+        _check_dataclass(tp, value, path)  # type: ignore[arg-type]
+        return
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise MessageError("invalid_field", f"{path} must be an array", path)
+        if len(value) > lim.get("max_items", math.inf):
+            raise MessageError("too_large", f"{path} has {len(value)} items, over {lim['max_items']}", path)
+        item_lim = {k: v for k, v in lim.items() if k == "max_len"}
+        for i, item in enumerate(value):
+            _check_value(item_tp, item, item_lim, f"{path}[{i}]")
+        return
+    if origin is tuple:
+        item_tps = get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(item_tps):
+            raise MessageError("invalid_field", f"{path} must be an array of {len(item_tps)}", path)
+        for i, (item_tp, item) in enumerate(zip(item_tps, value, strict=True)):
+            _check_value(item_tp, item, lim, f"{path}[{i}]")
+        return
+    if origin is dict:
+        key_tp, value_tp = get_args(tp)
+        if not isinstance(value, dict):
+            raise MessageError("invalid_field", f"{path} must be a map", path)
+        if len(value) > lim.get("max_items", math.inf):
+            raise MessageError("too_large", f"{path} has {len(value)} entries, over {lim['max_items']}", path)
+        item_lim = {k: v for k, v in lim.items() if k == "max_len"}
+        for key, item in value.items():
+            _check_value(key_tp, key, item_lim, f"{path} key")
+            _check_value(value_tp, item, item_lim, f"{path}[{key!r}]")
+        return
+    _check_scalar(tp, value, lim, path)
+
+
+def _check_scalar(tp: Any, value: Any, lim: dict[str, Any], path: str) -> None:
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise MessageError("invalid_field", f"{path} must be a boolean", path)
+        return
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise MessageError("invalid_field", f"{path} must be an integer", path)
+        _check_range(value, lim, path)
+        return
+    if tp is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise MessageError("invalid_field", f"{path} must be a number", path)
+        if not math.isfinite(value):
+            raise MessageError("invalid_field", f"{path} must be finite", path)
+        _check_range(value, lim, path)
+        return
+    if tp is str or tp is bytes:
+        if tp is str and not isinstance(value, str):
+            raise MessageError("invalid_field", f"{path} must be a string", path)
+        if tp is bytes and not isinstance(value, bytes | bytearray):
+            raise MessageError("invalid_field", f"{path} must be binary", path)
+        if len(value) > lim.get("max_len", math.inf):
+            raise MessageError("too_large", f"{path} is {len(value)} long, over {lim['max_len']}", path)
+        if len(value) < lim.get("min_len", 0):
+            raise MessageError("invalid_field", f"{path} is shorter than {lim['min_len']}", path)
+        if "choices" in lim and value not in lim["choices"]:
+            raise MessageError(
+                "invalid_field", f"{path} is {_show(value)}, not one of {', '.join(lim['choices'])}", path
+            )
+        return
+    raise TypeError(f"no wire check for {tp!r} at {path}")  # a schema author's mistake
+
+
+def _check_range(value: float, lim: dict[str, Any], path: str) -> None:
+    if value < lim.get("minimum", -math.inf) or value > lim.get("maximum", math.inf):
+        low, high = lim.get("minimum", "-inf"), lim.get("maximum", "inf")
+        raise MessageError("invalid_field", f"{path} is {value}, outside [{low}, {high}]", path)
+
+
+def _build(cls: type[T], body: dict[str, Any]) -> T:
+    """Construct a checked wire map as its dataclass (floats as float, arrays as the declared type)."""
+    hints = _hints(typing.cast(Any, cls))
+    kwargs = {name: _convert(hints[name], value) for name, value in body.items()}
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        (inner,) = [o for o in get_args(tp) if o is not type(None)]
+        return _convert(inner, value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value)  # type: ignore[arg-type]
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        return [_convert(item_tp, v) for v in value]
+    if origin is tuple:
+        return tuple(_convert(t, v) for t, v in zip(get_args(tp), value, strict=True))
+    if origin is dict:
+        return dict(value)
+    if tp is float:
+        return float(value)
+    if tp is bytes:
+        return bytes(value)
+    return value
+
+
+# ---- cross-field rules ----------------------------------------------------------------------
+
+
+def _check_rules(message: Any) -> None:
+    if isinstance(message, Frame):
+        _check_image(message.encoding, message.image, message.width, message.height, "")
+    elif isinstance(message, DefectEvent):
+        _check_image(message.encoding, message.image, message.width, message.height, "")
+        if not message.anomaly_map_png.startswith(PNG_SIGNATURE):
+            raise MessageError("invalid_field", "anomaly_map_png is not a PNG", "anomaly_map_png")
+    elif isinstance(message, ModelAnnouncement) and any(c not in "0123456789abcdef" for c in message.sha256):
+        raise MessageError("invalid_field", "sha256 must be 64 lowercase hex digits", "sha256")
+
+
+def _check_image(encoding: str, image: bytes, width: int | None, height: int | None, path: str) -> None:
+    """Dimensions are checked here, before anyone decodes a pixel."""
+    if (width is None) != (height is None):
+        raise MessageError("invalid_field", "width and height must be given together", path + "width")
+    if width is not None and height is not None and width * height > schemas.MAX_PIXELS:
+        raise MessageError(
+            "too_large", f"image is {width}x{height}, over {schemas.MAX_PIXELS} pixels", path + "width"
+        )
+    channels = RAW_CHANNELS.get(encoding)
+    if channels is None:
+        return
+    if width is None or height is None:
+        detail = f"{encoding} images must declare width and height"
+        raise MessageError("invalid_field", detail, path + "width")
+    expected = width * height * channels
+    if len(image) != expected:
+        raise MessageError(
+            "invalid_field",
+            f"{encoding} {width}x{height} needs {expected} bytes, got {len(image)}",
+            path + "image",
+        )

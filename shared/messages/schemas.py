@@ -1,0 +1,267 @@
+"""The messages Lineguard sends through Kafka, as plain dataclasses.
+
+Each top-level message has a schema name and a version (``SCHEMA``/``VERSION``) that the codec
+writes into every encoded message. Field limits live in each field's metadata (see ``limits``) so
+that the codec, the AsyncAPI document and its test read them from one place. Cross-field rules
+(raw images must match their dimensions, decisions come from a fixed set) are in ``codec.py``.
+
+Version policy: a version's field set is closed. Adding, removing or retyping a field makes a new
+version; decoders refuse fields they do not know and versions newer than theirs, so consumers are
+upgraded before producers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+# Limits shared by several fields (and by the Kafka topic configuration in shared/kafka/topics.py).
+MAX_MESSAGE_BYTES = 16 << 20  # one encoded message (DeadLetter: see DEAD_LETTER_MAX_BYTES)
+DEAD_LETTER_MAX_BYTES = MAX_MESSAGE_BYTES + (1 << 20)  # room for a maximal original record + envelope
+MAX_IMAGE_BYTES = 8 << 20  # image bytes in a Frame or DefectEvent (4 MiB frames fit with room to spare)
+MAX_DIMENSION = 16384  # pixels per side
+MAX_PIXELS = 4096 * 4096  # width * height, the engine's default bound
+ID_MAX = 256  # ids, names, versions
+TEXT_MAX = 4096  # reasons, paths, attribute values
+DETAIL_MAX = 65536  # a dead letter's detail text
+MAX_ATTRIBUTES = 64
+MAX_REGIONS = 256
+MAX_HEADERS = 256
+MAX_TIMESTAMP_NS = (1 << 63) - 1
+
+ENCODINGS = ("jpeg", "png", "raw8", "raw-rgb")
+RAW_CHANNELS = {"raw8": 1, "raw-rgb": 3}  # bytes per pixel of the raw encodings, rows top to bottom
+DECISIONS = ("pass", "reject", "review", "error")
+
+
+def limits(
+    *,
+    min_len: int | None = None,
+    max_len: int | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    max_items: int | None = None,
+) -> dict[str, Any]:
+    """Field metadata read by the codec: lengths for str/bytes, bounds for numbers, item counts."""
+    spec = {
+        "min_len": min_len,
+        "max_len": max_len,
+        "minimum": minimum,
+        "maximum": maximum,
+        "choices": choices,
+        "max_items": max_items,
+    }
+    return {"limits": {k: v for k, v in spec.items() if v is not None}}
+
+
+# Metadata used by many fields (written out as field(metadata=...) so type checkers see the field).
+_ID = limits(min_len=1, max_len=ID_MAX)
+_TIMESTAMP = limits(minimum=0, maximum=MAX_TIMESTAMP_NS)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One camera image. Key on the ``frames`` topic: ``camera_id``."""
+
+    SCHEMA: ClassVar[str] = "lineguard.Frame"
+    VERSION: ClassVar[int] = 1
+
+    frame_id: str = field(metadata=_ID)
+    line_id: str = field(metadata=_ID)
+    station_id: str = field(metadata=_ID)
+    camera_id: str = field(metadata=_ID)
+    captured_at: int = field(metadata=_TIMESTAMP)  # ns since the epoch
+    encoding: str = field(metadata=limits(choices=ENCODINGS))
+    image: bytes = field(metadata=limits(min_len=1, max_len=MAX_IMAGE_BYTES))
+    # Required for raw8/raw-rgb (len(image) == width * height * channels), optional otherwise.
+    width: int | None = field(default=None, metadata=limits(minimum=1, maximum=MAX_DIMENSION))
+    height: int | None = field(default=None, metadata=limits(minimum=1, maximum=MAX_DIMENSION))
+    product: str | None = field(default=None, metadata=limits(min_len=1, max_len=ID_MAX))  # a hint
+    # Milliseconds after captured_at by which the PLC needs the verdict.
+    deadline_ms: int | None = field(default=None, metadata=limits(minimum=0, maximum=86_400_000))
+    attributes: dict[str, str] = field(
+        default_factory=dict, metadata=limits(max_items=MAX_ATTRIBUTES, max_len=TEXT_MAX)
+    )
+
+
+@dataclass(frozen=True)
+class RegionMsg:
+    """An anomalous region in the input image's pixel coordinates."""
+
+    x: int = field(metadata=limits(minimum=0, maximum=MAX_DIMENSION))
+    y: int = field(metadata=limits(minimum=0, maximum=MAX_DIMENSION))
+    width: int = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))
+    height: int = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))
+    score: float = field(metadata=limits())
+    area_fraction: float = field(metadata=limits(minimum=0.0, maximum=1.0))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision for one frame. Key on the ``verdicts`` (PLC) topic: ``station_id``."""
+
+    SCHEMA: ClassVar[str] = "lineguard.Verdict"
+    VERSION: ClassVar[int] = 1
+
+    frame_id: str = field(metadata=_ID)
+    line_id: str = field(metadata=_ID)
+    station_id: str = field(metadata=_ID)
+    camera_id: str = field(metadata=_ID)
+    product_class: str = field(metadata=_ID)  # routed (or hinted) class, or "unknown"
+    route_confidence: float = field(metadata=limits(minimum=0.0, maximum=1.0))
+    decision: str = field(metadata=limits(choices=DECISIONS))
+    score: float = field(metadata=limits())  # normalised: the class threshold maps to 0.5
+    raw_score: float = field(metadata=limits())
+    threshold: float = field(metadata=limits())
+    regions: list[RegionMsg] = field(metadata=limits(max_items=MAX_REGIONS))
+    model_version: str = field(metadata=limits(max_len=ID_MAX))  # "" when no model could score
+    captured_at: int = field(metadata=_TIMESTAMP)  # ns
+    decided_at: int = field(metadata=_TIMESTAMP)  # ns
+    latency_ms: float = field(metadata=limits(minimum=0.0))
+    late: bool = field(metadata=limits())
+    reason: str = field(metadata=limits(max_len=TEXT_MAX))  # "" or why (late, unknown product, ...)
+
+
+@dataclass(frozen=True)
+class DefectEvent:
+    """A rejected or review verdict with its evidence, for the explainer (``defects`` topic)."""
+
+    SCHEMA: ClassVar[str] = "lineguard.DefectEvent"
+    VERSION: ClassVar[int] = 1
+
+    verdict: Verdict = field(metadata=limits())
+    image: bytes = field(metadata=limits(min_len=1, max_len=MAX_IMAGE_BYTES))  # the frame's bytes
+    encoding: str = field(metadata=limits(choices=ENCODINGS))
+    width: int = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))
+    height: int = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))
+    # 8-bit grayscale PNG, width x height, 128 = the class threshold.
+    anomaly_map_png: bytes = field(metadata=limits(min_len=8, max_len=MAX_IMAGE_BYTES))
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that could not be processed, kept whole with why (``dlq`` topic)."""
+
+    SCHEMA: ClassVar[str] = "lineguard.DeadLetter"
+    VERSION: ClassVar[int] = 1
+
+    reason: str = field(metadata=_ID)  # machine-readable code, e.g. "malformed", "corrupt", "too_large"
+    detail: str = field(metadata=limits(max_len=DETAIL_MAX))
+    source_topic: str = field(metadata=_ID)
+    source_partition: int = field(metadata=limits(minimum=0, maximum=1 << 31))
+    source_offset: int = field(metadata=limits(minimum=0, maximum=MAX_TIMESTAMP_NS))
+    original_key: bytes | None = field(metadata=limits(max_len=1 << 20))
+    original_value: bytes = field(metadata=limits(max_len=MAX_MESSAGE_BYTES))
+    original_headers: list[tuple[str, bytes]] = field(metadata=limits(max_items=MAX_HEADERS, max_len=1 << 20))
+    failed_at: int = field(metadata=_TIMESTAMP)  # ns
+    service: str = field(metadata=_ID)
+
+
+@dataclass(frozen=True)
+class ModelAnnouncement:
+    """A model ready to serve (``models`` topic, compacted; key: ``"current"``)."""
+
+    SCHEMA: ClassVar[str] = "lineguard.ModelAnnouncement"
+    VERSION: ClassVar[int] = 1
+
+    model_version: str = field(metadata=_ID)
+    path: str = field(metadata=limits(min_len=1, max_len=TEXT_MAX))
+    announced_at: int = field(metadata=_TIMESTAMP)  # ns
+    sha256: str = field(metadata=limits(min_len=64, max_len=64))  # lowercase hex
+
+
+ALERT_KINDS = ("consecutive_rejects", "unknown_product", "score_drift")
+ALERT_SEVERITIES = ("info", "warning", "critical")
+MAX_ALERT_FRAMES = 64
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """Something an operator acts on at once (``alerts`` topic; key: ``station_id``).
+
+    Raised by the scorer's detector (``shared/alerting.py``), forwarded by ``lineguard alerts``.
+    """
+
+    SCHEMA: ClassVar[str] = "lineguard.AlertEvent"
+    VERSION: ClassVar[int] = 1
+
+    alert_id: str = field(metadata=_ID)  # unique per raised alert
+    kind: str = field(metadata=limits(choices=ALERT_KINDS))
+    severity: str = field(metadata=limits(choices=ALERT_SEVERITIES))
+    line_id: str = field(metadata=_ID)
+    station_id: str = field(metadata=_ID)
+    product_class: str = field(metadata=limits(max_len=ID_MAX))  # "" when not about one class
+    summary: str = field(metadata=limits(min_len=1, max_len=TEXT_MAX))  # one line for a human
+    frame_ids: list[str] = field(metadata=limits(max_items=MAX_ALERT_FRAMES, max_len=ID_MAX))  # evidence
+    details: dict[str, str] = field(metadata=limits(max_items=MAX_ATTRIBUTES, max_len=TEXT_MAX))
+    raised_at: int = field(metadata=_TIMESTAMP)  # ns
+
+
+REPORT_SOURCES = ("vlm", "fallback")
+REPORT_GRADES = ("A", "B", "C", "D", "E", "F")
+SEVERITIES = ("minor", "moderate", "severe")
+MAX_FINDINGS = 32
+MAX_ACTIONS = 32
+
+
+@dataclass(frozen=True)
+class FindingMsg:
+    """One defect in a report. ``location`` is a 3x3 grid cell code ("upper left", ...) or ""."""
+
+    defect_type: str = field(metadata=_ID)
+    location: str = field(metadata=limits(max_len=ID_MAX))
+    severity: str = field(metadata=limits(choices=SEVERITIES))
+    description: str = field(metadata=limits(max_len=TEXT_MAX))
+    possible_cause: str = field(metadata=limits(max_len=TEXT_MAX))
+    location_agrees: bool | None = field(metadata=limits())  # None: not cross-checked
+
+
+@dataclass(frozen=True)
+class Report:
+    """The explainer's defect report for one DefectEvent (``reports`` topic; key: ``station_id``).
+
+    The full report (evidence, images, HTML) is in the report store at ``report_path``.
+    """
+
+    SCHEMA: ClassVar[str] = "lineguard.Report"
+    VERSION: ClassVar[int] = 1
+
+    frame_id: str = field(metadata=_ID)
+    line_id: str = field(metadata=_ID)
+    station_id: str = field(metadata=_ID)
+    camera_id: str = field(metadata=_ID)
+    product_class: str = field(metadata=_ID)
+    decision: str = field(metadata=limits(choices=DECISIONS))
+    score: float = field(metadata=limits())
+    source: str = field(metadata=limits(choices=REPORT_SOURCES))  # "fallback": not written by a VLM
+    fallback_reason: str = field(metadata=limits(max_len=TEXT_MAX))  # "" for VLM reports
+    vlm_model: str = field(metadata=limits(max_len=ID_MAX))
+    language: str = field(metadata=limits(min_len=2, max_len=16))
+    grade: str = field(metadata=limits(choices=REPORT_GRADES))
+    anomalous: bool = field(metadata=limits())
+    confidence: float | None = field(metadata=limits(minimum=0.0, maximum=1.0))  # None: fallback
+    summary: str = field(metadata=limits(max_len=TEXT_MAX))
+    findings: list[FindingMsg] = field(metadata=limits(max_items=MAX_FINDINGS))
+    recommended_actions: list[str] = field(metadata=limits(max_items=MAX_ACTIONS, max_len=TEXT_MAX))
+    location_disagreement: bool = field(metadata=limits())
+    report_path: str = field(metadata=limits(min_len=1, max_len=TEXT_MAX))  # relative to the store root
+    prompt_tokens: int = field(metadata=limits(minimum=0, maximum=1 << 40))
+    completion_tokens: int = field(metadata=limits(minimum=0, maximum=1 << 40))
+    cost_usd: float = field(metadata=limits(minimum=0.0))
+    captured_at: int = field(metadata=_TIMESTAMP)  # ns, the frame's
+    created_at: int = field(metadata=_TIMESTAMP)  # ns
+
+
+MESSAGE_TYPES: tuple[type, ...] = (
+    Frame,
+    Verdict,
+    DefectEvent,
+    DeadLetter,
+    ModelAnnouncement,
+    AlertEvent,
+    Report,
+)
+NESTED_TYPES: tuple[type, ...] = (RegionMsg, FindingMsg)
+
+Message = Frame | Verdict | DefectEvent | DeadLetter | ModelAnnouncement | AlertEvent | Report

@@ -1,0 +1,151 @@
+"""Integration test harness: one real Kafka broker for the whole test session.
+
+If ``LINEGUARD_KAFKA_BOOTSTRAP`` is set, that broker is used (it must be reachable). Otherwise the
+harness starts its own single-node KRaft broker (``shared.kafka.broker.LocalBroker``) from the jars
+of ``make kafka-jars``, on free ports with a temporary data directory, and stops it at the end.
+A missing jar directory fails the tests rather than skipping them: these tests never pass without
+a real broker.
+
+Fixtures (stable names; every service's integration tests use them):
+
+``kafka_bootstrap`` (session)
+    ``"host:port"`` of the broker.
+``kafka_settings`` (function)
+    A ``Settings`` with ``kafka_bootstrap`` set and a topic prefix unique to the test, whose topics
+    (all of ``shared.kafka.topics.TOPICS``, frames with 2 partitions) already exist. Tests therefore
+    never see each other's messages. Adjust other sections with
+    ``kafka_settings.model_copy(update={...})``. The topics are deleted after the test.
+``make_kafka_settings`` (function)
+    Factory for more of the same: ``make_kafka_settings(frames_partitions=4)`` returns a fresh
+    ``Settings`` with its own unique prefix and ensured topics (also deleted after the test).
+``local_broker`` (session)
+    The ``LocalBroker`` the harness started, or ``None`` when an external broker is used.
+
+Every test in ``tests/integration`` is marked ``integration`` automatically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import re
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from shared.kafka.broker import LocalBroker, api_versions_ok
+from shared.kafka.client import ensure_topics, make_admin
+from shared.settings import BrokerSettings, Settings
+
+T = TypeVar("T")
+
+TEST_FRAMES_PARTITIONS = 2
+_SESSION_TOKEN = uuid.uuid4().hex[:8]
+_COUNTER = itertools.count()
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion on a private loop in another thread.
+
+    Sync fixtures use this so they neither need nor disturb pytest-asyncio's event loops.
+    """
+
+    async def main() -> T:
+        return await factory()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("localhost", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker | None]:
+    if os.environ.get("LINEGUARD_KAFKA_BOOTSTRAP"):
+        yield None
+        return
+    libs_dir = Path(os.environ.get("LINEGUARD_BROKER__LIBS_DIR", BrokerSettings().libs_dir))
+    if not any(libs_dir.glob("kafka_2.13-*.jar")):
+        pytest.fail(
+            f"no Kafka jars in {libs_dir.resolve()}: run `make kafka-jars` (integration tests need a broker)"
+        )
+    settings = BrokerSettings(
+        port=free_port(),
+        controller_port=free_port(),
+        data_dir=tmp_path_factory.mktemp("kafka"),
+        libs_dir=libs_dir,
+        heap="512m",
+    )
+    broker = LocalBroker(settings)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_broker: LocalBroker | None) -> str:
+    if local_broker is not None:
+        return local_broker.bootstrap
+    bootstrap = os.environ["LINEGUARD_KAFKA_BOOTSTRAP"]
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    if not api_versions_ok(host or "localhost", int(port)):
+        pytest.fail(f"LINEGUARD_KAFKA_BOOTSTRAP={bootstrap} does not answer as a Kafka broker")
+    return bootstrap
+
+
+def _unique_prefix(request: pytest.FixtureRequest) -> str:
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:40].strip("-")
+    return f"t{_SESSION_TOKEN}-{next(_COUNTER)}-{name}"
+
+
+async def _delete_topics(settings: Settings, topics: list[str]) -> None:
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def make_kafka_settings(
+    kafka_bootstrap: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Settings]]:
+    created: list[tuple[Settings, list[str]]] = []
+
+    def make(frames_partitions: int = TEST_FRAMES_PARTITIONS, **fields: Any) -> Settings:
+        settings = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=_unique_prefix(request), **fields)
+        topics = run_async(lambda: ensure_topics(settings, frames_partitions=frames_partitions))
+        created.append((settings, topics))
+        return settings
+
+    yield make
+    for settings, topics in created:
+        # Cleanup keeps a long session's broker small; a failure here must not fail the test.
+        with contextlib.suppress(Exception):
+            run_async(lambda s=settings, t=topics: _delete_topics(s, t))  # type: ignore[misc]
+
+
+@pytest.fixture
+def kafka_settings(make_kafka_settings: Callable[..., Settings]) -> Settings:
+    return make_kafka_settings()

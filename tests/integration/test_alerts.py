@@ -1,0 +1,178 @@
+"""``lineguard alerts`` on the real broker, delivering to a real HTTP server on localhost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from services.alerts.main import AlertsService
+from services.alerts.webhook import post_json_async
+from shared.kafka.client import make_consumer, make_producer
+from shared.messages.codec import decode, encode
+from shared.messages.schemas import AlertEvent, DeadLetter
+from shared.settings import AlertsSettings, Settings, WebhookFormat
+from tests.integration.conftest import free_port
+from tests.unit.ops.webhook_server import WebhookServer
+
+pytestmark = pytest.mark.integration
+
+
+def alert(n: int, station: str, *, kind: str = "consecutive_rejects", dt_s: float = 0.0) -> AlertEvent:
+    return AlertEvent(
+        alert_id=f"{uuid.uuid4().hex[:6]}-{n}",
+        kind=kind,
+        severity="critical",
+        line_id="line-1",
+        station_id=station,
+        product_class="washer",
+        summary=f"5 consecutive rejects at line-1/{station}",
+        frame_ids=["f1", "f2"],
+        details={"count": "5"},
+        raised_at=time.time_ns() + int(dt_s * 1e9),
+    )
+
+
+def alerts_settings(base: Settings, **fields: Any) -> Settings:
+    fields.setdefault("retry_initial_s", 0.05)
+    fields.setdefault("retry_max_s", 0.2)
+    return base.model_copy(
+        update={"alerts": AlertsSettings(group_id=f"alerts-{uuid.uuid4().hex[:8]}", **fields)}
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(service: AlertsService):  # type: ignore[no-untyped-def]
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        ready = asyncio.ensure_future(service.ready.wait())
+        done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+        assert service.ready.is_set(), "alerts service not ready in 30 s"
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+async def publish(settings: Settings, *values: AlertEvent | bytes) -> None:
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for value in values:
+            data = value if isinstance(value, bytes) else encode(value)
+            await producer.send_and_wait(settings.topic("alerts"), data, key=b"st")
+    finally:
+        await producer.stop()
+
+
+async def until(check: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def committed_and_end(settings: Settings, group_id: str) -> tuple[int | None, int]:
+    from aiokafka import TopicPartition
+
+    tp = TopicPartition(settings.topic("alerts"), 0)
+    consumer = make_consumer(settings, group_id=group_id)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        return await consumer.committed(tp), end
+    finally:
+        await consumer.stop()
+
+
+async def dead_letters(settings: Settings, count: int) -> list[DeadLetter]:
+    consumer = make_consumer(settings, settings.topic("dlq"), group_id=None)
+    await consumer.start()
+    try:
+        out: list[DeadLetter] = []
+        deadline = time.monotonic() + 15
+        while len(out) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                out += [decode(r.value, DeadLetter) for r in records]
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def test_retries_dedup_and_rate_limit_deliver_every_alert_once(kafka_settings: Settings) -> None:
+    settings = alerts_settings(
+        kafka_settings,
+        webhook_format=WebhookFormat.SLACK,
+        rate_limit_per_minute=60,
+        rate_limit_burst=2,
+        dedup_window_s=60,
+    )
+    first, repeat = alert(1, "st-1"), alert(2, "st-1", dt_s=1)
+    others = [alert(3, "st-2"), alert(4, "st-3"), alert(5, "st-4")]
+    with WebhookServer() as server:
+        server.script.extend([(500, {}), (429, {"Retry-After": "0.1"})])  # two failures, then 200
+        async with running(AlertsService(settings, server.url)):
+            await publish(settings, first, repeat, b"\xc1 not an alert", *others)
+            await until(lambda: len(server.delivered()) >= 3)
+            await asyncio.sleep(0.5)  # nothing more arrives
+        bodies = server.delivered()
+    assert len(bodies) == 3
+    assert first.station_id in bodies[0]["text"] and "blocks" in bodies[0]  # after two retries
+    assert "st-2" in bodies[1]["text"]
+    assert bodies[2]["text"].startswith("2 alerts held back") and "st-3" in bodies[2]["text"]
+    assert all("st-1" not in b["text"] for b in bodies[1:])  # the repeat was suppressed
+    (letter,) = await dead_letters(settings, 1)
+    assert letter.original_value == b"\xc1 not an alert" and letter.service == "alerts"
+    committed, end = await committed_and_end(settings, settings.alerts.group_id)
+    assert committed == end == 6
+
+
+async def test_undeliverable_alerts_go_to_the_dlq_and_are_committed(kafka_settings: Settings) -> None:
+    settings = alerts_settings(kafka_settings, give_up_after_s=0.6)
+    refused, unreachable = alert(1, "st-1"), alert(2, "st-2")
+    with WebhookServer() as server:
+        server.script.append((400, {}))  # a permanent refusal: no retry
+        server.default_status = 503  # then the endpoint is down for good
+        async with running(AlertsService(settings, server.url)):
+            await publish(settings, refused, unreachable)
+            letters = await dead_letters(settings, 2)
+    assert [(d.reason, decode(d.original_value, AlertEvent)) for d in letters] == [
+        ("webhook_rejected", refused),
+        ("webhook_unreachable", unreachable),
+    ]
+    assert "HTTP 503" in letters[1].detail
+    committed, end = await committed_and_end(settings, settings.alerts.group_id)
+    assert committed == end == 2
+
+
+async def test_an_alert_pending_at_stop_is_delivered_after_restart(kafka_settings: Settings) -> None:
+    settings = alerts_settings(kafka_settings, give_up_after_s=600)
+    attempts = 0
+
+    async def counting_post(*args: Any) -> Any:
+        nonlocal attempts
+        attempts += 1
+        return await post_json_async(*args)
+
+    dead_url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    pending = alert(1, "st-1")
+    async with running(AlertsService(settings, dead_url, poster=counting_post)):
+        await publish(settings, pending)
+        await until(lambda: attempts >= 2)
+    committed, end = await committed_and_end(settings, settings.alerts.group_id)
+    assert end == 1 and committed == 0  # not delivered, not committed
+
+    with WebhookServer() as server:
+        async with running(AlertsService(settings, server.url)):
+            await until(lambda: len(server.delivered()) == 1)
+        assert server.delivered()[0]["alert"]["alert_id"] == pending.alert_id
+    committed, end = await committed_and_end(settings, settings.alerts.group_id)
+    assert committed == end == 1

@@ -1,0 +1,133 @@
+"""The line on a real broker: frames in, exactly one verdict or dead letter out per frame."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from services.camera_sim.main import run_camera_sim
+from services.camera_sim.truth import read_truth
+from shared.messages.schemas import DeadLetter, DefectEvent, Verdict
+from shared.settings import LatePolicy, Settings
+from tests.integration.line_support import (
+    LineModels,
+    TopicReader,
+    frame_id_of,
+    line_models,
+    running_scorer,
+    scorer_settings,
+    sim_options,
+    traceparent_trace_id,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BAD_REASONS = {
+    "corrupt_bytes": "corrupt",
+    "truncated_image": "corrupt",
+    "wrong_schema": "wrong_schema",
+    "oversized_dimensions": "too_large",
+    "undecodable": "malformed",
+}
+
+
+@pytest.fixture
+def models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
+    return line_models(tmp_path_factory)
+
+
+async def test_each_good_frame_gets_one_verdict_and_each_bad_frame_one_dead_letter(
+    kafka_settings: Settings, models: LineModels, tmp_path: Path
+) -> None:
+    settings = scorer_settings(kafka_settings)
+    truth_path = tmp_path / "truth.jsonl"
+    options = sim_options(count=40, cameras=2, rate=20.0, bad_rate=0.25, truth=truth_path, seed=3)
+    async with (
+        TopicReader(settings, "verdicts", Verdict) as verdicts,
+        TopicReader(settings, "dlq", DeadLetter) as dlq,
+        TopicReader(settings, "defects", DefectEvent) as defects,
+        TopicReader(settings, "frames", None) as frames,
+        running_scorer(settings, models.a),
+    ):
+        stats = await run_camera_sim(settings, options)
+        truth = read_truth(truth_path)
+        good = {f for f, r in truth.items() if r.bad is None}
+        bad = {f: r.bad for f, r in truth.items() if r.bad is not None}
+        assert stats.sent == 40 and len(bad) == stats.bad and set(bad.values()) == set(BAD_REASONS)
+        got_verdicts = await verdicts.wait_for(len(good), timeout=90)
+        got_dlq = await dlq.wait_for(len(bad), timeout=30, settle=0.5)
+    verdict_ids = [v.frame_id for v in got_verdicts.values]
+    assert Counter(verdict_ids) == Counter(good)  # exactly one each, nothing else
+    letters = {frame_id_of(letter.original_headers): letter for letter, _ in got_dlq.items}
+    assert len(got_dlq.items) == len(bad) and set(letters) == set(bad), [
+        (frame_id_of(letter.original_headers), letter.source_partition, letter.source_offset, letter.reason)
+        for letter, _ in got_dlq.items
+    ]
+    for frame_id, kind in bad.items():
+        letter = letters[frame_id]
+        assert letter.reason == BAD_REASONS[kind], (kind, letter.detail)
+        assert letter.service == "scorer" and letter.original_value
+        assert (frame_id_of(letter.original_headers) or "") == frame_id
+    # Every reject and review has its defect event, and nothing else does.
+    flagged = {v.frame_id for v in got_verdicts.values if v.decision in ("reject", "review")}
+    assert Counter(e.verdict.frame_id for e in defects.received.values) == Counter(flagged)
+    for event in defects.received.values:
+        assert event.anomaly_map_png.startswith(b"\x89PNG") and event.width == event.height == 96
+    # Verdicts come from the model, and carry the frame's trace on.
+    assert {v.model_version for v in got_verdicts.values} == {models.version_a}
+    assert {v.product_class for v in got_verdicts.values} <= {"washer", "fabric", "unknown"}
+    for verdict in got_verdicts.values:
+        assert verdict.station_id == settings.camera_sim.station_id and not verdict.late
+        assert verdict.product_class == truth[verdict.frame_id].product
+    frame_traces = {frame_id_of(h): traceparent_trace_id(h) for _, h in frames.received.items}
+    for verdict, headers in got_verdicts.items:
+        assert traceparent_trace_id(headers) == frame_traces[verdict.frame_id]
+
+
+@pytest.mark.parametrize("policy", [LatePolicy.REJECT, LatePolicy.SCORE])
+async def test_late_frame_gets_the_fail_safe_verdict(
+    kafka_settings: Settings, models: LineModels, policy: LatePolicy
+) -> None:
+    settings = scorer_settings(kafka_settings, late_policy=policy)
+    async with TopicReader(settings, "verdicts", Verdict) as verdicts, running_scorer(settings, models.a):
+        # deadline 0 ms: every frame is late by the time any scorer decides.
+        await run_camera_sim(settings, sim_options(count=6, deadline_ms=0, run_id="late", defect_rate=0.0))
+        await run_camera_sim(settings, sim_options(count=6, deadline_ms=600_000, run_id="ontime", defect_rate=0.0))
+        got = await verdicts.wait_for(12, timeout=60)
+    late = [v for v in got.values if v.frame_id.startswith("late")]
+    on_time = [v for v in got.values if v.frame_id.startswith("ontime")]
+    assert len(late) == len(on_time) == 6
+    assert all(v.late and "late by" in v.reason and "deadline 0 ms" in v.reason for v in late)
+    assert not any(v.late for v in on_time)
+    if policy is LatePolicy.REJECT:
+        assert {v.decision for v in late} == {"reject"}
+        assert all("fail-safe reject" in v.reason for v in late)
+    else:  # scored anyway: normal parts pass like the on-time ones
+        assert [v.decision for v in late].count("pass") >= 4
+
+
+async def test_two_scorers_share_partitions_and_rebalance_when_one_stops(
+    make_kafka_settings, models: LineModels
+) -> None:
+    settings = scorer_settings(make_kafka_settings(frames_partitions=4))
+    options = sim_options(count=90, cameras=4, rate=6.0, bad_rate=0.0, seed=5, run_id="rb")  # ~4 s of frames
+    async with TopicReader(settings, "verdicts", Verdict) as verdicts, running_scorer(settings, models.a) as first:
+        async with running_scorer(settings, models.a) as second:
+            await wait_until(
+                lambda: len(first.service.partitions.assigned()) == 2 and len(second.service.partitions.assigned()) == 2,
+                60,
+                "both scorers to own two partitions",
+            )
+            sender = asyncio.create_task(run_camera_sim(settings, options))
+            await wait_until(lambda: second.service.committed_records >= 10, 60, "the second scorer to commit")
+        # The second scorer stopped gracefully mid-stream; the first takes over every partition.
+        await wait_until(lambda: len(first.service.partitions.assigned()) == 4, 60, "rebalance to the first scorer")
+        stats = await sender
+        got = await verdicts.wait_for(stats.sent, timeout=90)
+        assert first.service.committed_records > 0 and second.service.committed_records > 0
+        assert first.service.committed_records + second.service.committed_records == stats.sent
+    assert Counter(v.frame_id for v in got.values) == Counter(f"rb-{i:07d}" for i in range(90))

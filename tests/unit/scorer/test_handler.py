@@ -1,0 +1,219 @@
+"""The scorer's core without Kafka: bad records become dead letters, scores become verdicts."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from PIL import Image
+from shared.engine.model import Region
+
+from services.camera_sim.badframes import bad_record_value, oversized_png
+from services.camera_sim.images import encode_jpeg
+from services.camera_sim.plan import BAD_KINDS
+from services.scorer.handler import (
+    DecodedFrame,
+    Outcome,
+    RawRecord,
+    anomaly_map_png,
+    build_outcomes,
+    decode_record,
+    order_by_record,
+)
+from shared.messages.codec import decode, encode
+from shared.messages.schemas import DeadLetter, DefectEvent, Frame, Verdict
+from shared.settings import LatePolicy
+
+MAX_BYTES = 8 << 20
+
+
+@dataclass
+class Result:
+    """The fields of an engine ScoreResult that verdicts are built from."""
+
+    decision: str = "pass"
+    product_class: str = "washer"
+    route_confidence: float = 0.9
+    raw_score: float = 1.0
+    score: float = 0.3
+    threshold: float = 2.0
+    reason: str = ""
+    regions: list = field(default_factory=list)
+    anomaly_map: np.ndarray = field(default_factory=lambda: np.full((24, 32), 0.5, np.float32))
+
+
+def _frame(**changes) -> Frame:
+    image = encode_jpeg(np.full((24, 32, 3), 120, np.uint8))
+    frame = Frame(
+        frame_id="f-1",
+        line_id="line",
+        station_id="st",
+        camera_id="cam",
+        captured_at=time.time_ns(),
+        encoding="jpeg",
+        image=image,
+    )
+    return dataclasses.replace(frame, **changes)
+
+
+def _record(value: bytes, offset: int = 5, partition: int = 1) -> RawRecord:
+    return RawRecord("lineguard.frames", partition, offset, b"cam", value, (("h", b"v"),))
+
+
+def _decode(value: bytes) -> DecodedFrame | Outcome:
+    return decode_record(_record(value), max_image_bytes=MAX_BYTES, max_pixels=4096 * 4096)
+
+
+def test_good_frame_is_decoded_to_rgb() -> None:
+    decoded = _decode(encode(_frame()))
+    assert isinstance(decoded, DecodedFrame)
+    assert decoded.pixels.shape == (24, 32, 3) and decoded.pixels.dtype == np.uint8
+    raw = _frame(encoding="raw8", image=bytes(range(12)), width=4, height=3)
+    decoded = _decode(encode(raw))
+    assert isinstance(decoded, DecodedFrame) and decoded.pixels.shape == (3, 4, 3)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("corrupt_bytes", "corrupt"),
+        ("truncated_image", "corrupt"),
+        ("wrong_schema", "wrong_schema"),
+        ("oversized_dimensions", "too_large"),
+        ("undecodable", "malformed"),
+    ],
+)
+def test_every_injected_bad_frame_becomes_a_dead_letter_with_its_reason(kind: str, reason: str) -> None:
+    assert kind in BAD_KINDS
+    value = bad_record_value(kind, _frame(), np.random.default_rng(1))
+    outcome = _decode(value)
+    assert isinstance(outcome, Outcome) and outcome.verdict is None
+    letter = outcome.dead_letter
+    assert letter is not None and letter.reason == reason
+    # Kept whole: original bytes, key, headers and position, so nothing is lost.
+    assert (letter.original_value, letter.original_key, letter.original_headers) == (
+        value,
+        b"cam",
+        [("h", b"v")],
+    )
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == ("lineguard.frames", 1, 5)
+    assert decode(encode(letter), DeadLetter) == letter  # and it fits the dead-letter schema
+
+
+def test_oversized_png_header_is_refused_before_decoding() -> None:
+    outcome = _decode(encode(_frame(image=oversized_png(5000, 5000), encoding="png")))
+    assert isinstance(outcome, Outcome) and outcome.dead_letter is not None
+    assert outcome.dead_letter.reason == "too_large"
+
+
+def test_declared_dimensions_must_match_the_image() -> None:
+    outcome = _decode(encode(_frame(width=10, height=10)))
+    assert isinstance(outcome, Outcome) and outcome.dead_letter is not None
+    assert outcome.dead_letter.reason == "bad_dimensions"
+
+
+def test_scorer_pixel_limit_applies_to_declared_dimensions() -> None:
+    record = _record(encode(_frame(width=32, height=24)))
+    outcome = decode_record(record, max_image_bytes=MAX_BYTES, max_pixels=100)
+    assert isinstance(outcome, Outcome) and outcome.dead_letter is not None
+    assert outcome.dead_letter.reason == "too_large"
+
+
+def _decoded(frame: Frame, offset: int = 0) -> DecodedFrame:
+    decoded = decode_record(_record(encode(frame), offset), max_image_bytes=MAX_BYTES)
+    assert isinstance(decoded, DecodedFrame)
+    return decoded
+
+
+def test_verdicts_carry_the_score_and_only_reject_and_review_make_defect_events() -> None:
+    frames = [_decoded(_frame(frame_id=f"f{i}"), i) for i in range(3)]
+    region = Region(x=3, y=4, width=5, height=6, score=0.9, area_fraction=0.04)
+    results = [
+        Result("pass"),
+        Result("reject", regions=[region], score=0.8),
+        Result("review", product_class="unknown", reason="unknown product"),
+    ]
+    now = time.time_ns()
+    outcomes = build_outcomes(frames, results, model_version="v1", late_policy=LatePolicy.REJECT, now_ns=now)
+    verdicts = [o.verdict for o in outcomes]
+    assert [v.decision for v in verdicts] == ["pass", "reject", "review"]
+    assert [o.defect is not None for o in outcomes] == [False, True, True]
+    assert verdicts[1].regions[0].x == 3 and verdicts[1].score == 0.8
+    assert verdicts[2].product_class == "unknown" and verdicts[2].reason == "unknown product"
+    assert all(v.model_version == "v1" and not v.late and v.decided_at == now for v in verdicts)
+    assert decode(encode(verdicts[0]), Verdict) == verdicts[0]
+    event = outcomes[1].defect
+    assert event is not None and (event.width, event.height) == (32, 24)
+    assert event.image == frames[1].frame.image
+    assert decode(encode(event), DefectEvent) == event
+
+
+def test_anomaly_map_png_is_8_bit_with_the_threshold_at_128() -> None:
+    amap = np.array([[0.0, 0.5], [1.0, 7.0]], np.float32)
+    with Image.open(io.BytesIO(anomaly_map_png(amap, 2, 2))) as image:
+        assert image.mode == "L"
+        assert np.asarray(image).tolist() == [[0, 128], [255, 255]]
+    with Image.open(io.BytesIO(anomaly_map_png(amap, 8, 6))) as image:
+        assert image.size == (8, 6)
+
+
+@pytest.mark.parametrize(
+    ("policy", "model_decision", "expected"),
+    [
+        (LatePolicy.REJECT, "pass", "reject"),
+        (LatePolicy.REVIEW, "pass", "review"),
+        (LatePolicy.SCORE, "pass", "pass"),
+        (LatePolicy.REJECT, "reject", "reject"),
+    ],
+)
+def test_late_frame_gets_the_fail_safe_decision_and_is_marked(
+    policy: LatePolicy, model_decision: str, expected: str
+) -> None:
+    captured = time.time_ns() - 500_000_000
+    late = _decoded(_frame(captured_at=captured, deadline_ms=100))
+    on_time = _decoded(_frame(captured_at=captured, deadline_ms=10_000), 1)
+    outcomes = build_outcomes(
+        [late, on_time],
+        [Result(model_decision), Result(model_decision)],
+        model_version="v",
+        late_policy=policy,
+    )
+    verdict = outcomes[0].verdict
+    assert verdict is not None and verdict.late and verdict.decision == expected
+    assert "late by" in verdict.reason and "deadline 100 ms" in verdict.reason
+    assert f"model said {model_decision}" in verdict.reason
+    assert outcomes[1].verdict is not None and not outcomes[1].verdict.late
+    assert outcomes[1].verdict.decision == model_decision
+    assert verdict.latency_ms >= 500
+
+
+def test_model_failure_gives_error_verdicts_not_silence() -> None:
+    frames = [_decoded(_frame(frame_id="a", product="washer"))]
+    (outcome,) = build_outcomes(
+        frames, None, model_version="v", late_policy=LatePolicy.REJECT, error="model failed: X"
+    )
+    assert outcome.verdict is not None
+    assert (outcome.verdict.decision, outcome.verdict.product_class, outcome.verdict.reason) == (
+        "error",
+        "washer",
+        "model failed: X",
+    )
+    assert outcome.defect is None
+
+
+def test_results_must_match_frames() -> None:
+    with pytest.raises(ValueError):
+        build_outcomes([_decoded(_frame())], [], model_version="v", late_policy=LatePolicy.REJECT)
+
+
+def test_outcomes_are_ordered_by_partition_and_offset() -> None:
+    outcomes = [Outcome(_record(b"", offset=o, partition=p)) for p, o in [(1, 9), (0, 3), (1, 2)]]
+    assert [(o.record.partition, o.record.offset) for o in order_by_record(outcomes)] == [
+        (0, 3),
+        (1, 2),
+        (1, 9),
+    ]
