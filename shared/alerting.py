@@ -182,6 +182,7 @@ class _DriftState:
     base_sum: float = 0.0
     base_sq: float = 0.0
     recent_sum: float = 0.0
+    pushes: int = 0
 
 
 def _mean_std(total: float, total_sq: float, n: int) -> tuple[float, float]:
@@ -265,6 +266,11 @@ class ScoreDriftDetector:
             state.base_sq += moved * moved
         state.recent.append(score)
         state.recent_sum += score
+        state.pushes += 1
+        if state.pushes % 4096 == 0:  # running sums drift with rounding: recompute now and then
+            state.recent_sum = math.fsum(state.recent)
+            state.base_sum = math.fsum(state.baseline)
+            state.base_sq = math.fsum(x * x for x in state.baseline)
 
 
 class AlertDetector:

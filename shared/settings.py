@@ -149,10 +149,10 @@ class PlcBridgeSettings(BaseModel):
     fail_safe: FailSafeAction = FailSafeAction.REJECT
     heartbeat_interval_s: float = Field(default=1.0, gt=0, le=60)  # bridge -> PLC heartbeat counter
     scorer_timeout_s: float = Field(default=10.0, gt=0, le=3600)  # scorer group empty this long -> fail-safe
-    part_deadline_ms: int = Field(default=0, ge=0, le=600_000)  # 0: no part tracking via the PLC trigger counter
+    part_deadline_ms: int = Field(default=0, ge=0, le=600_000)  # 0: no part tracking (PLC trigger counter)
     poll_interval_ms: int = Field(default=50, ge=5, le=10_000)
     max_tracked_parts: int = Field(default=1000, ge=1, le=100_000)
-    dedup_window: int = Field(default=100_000, ge=1, le=10_000_000)  # frame ids remembered for duplicate detection
+    dedup_window: int = Field(default=100_000, ge=1, le=10_000_000)  # frame ids remembered against duplicates
     io_timeout_s: float = Field(default=2.0, gt=0, le=60)
 
 
@@ -181,7 +181,7 @@ class AlertsSettings(BaseModel):
     unknown_product_cooldown_s: float = Field(default=60.0, ge=0, le=86_400)
     drift_recent: int = Field(default=50, ge=5, le=10_000)
     drift_baseline: int = Field(default=500, ge=10, le=1_000_000)
-    drift_threshold: float = Field(default=1.0, gt=0, le=100)  # shift of the recent mean, in baseline std devs
+    drift_threshold: float = Field(default=1.0, gt=0, le=100)  # recent-mean shift, in baseline std devs
 
 
 class Settings(BaseSettings):

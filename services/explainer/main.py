@@ -54,6 +54,9 @@ def run_command(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     setup_logging(SERVICE, settings.log_level)
+    # At DEBUG these clients log whole request bodies (base64 images) and headers: never.
+    for noisy in ("openai", "httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     setup_tracing(SERVICE, settings.otel_exporter)
     start_metrics_server(settings.metrics_port, metrics.REGISTRY)
     try:
@@ -110,6 +113,7 @@ async def run_explainer(
             await consumer.stop()
     finally:
         await producer.stop()
+        await service.explainer.aclose()
 
 
 class _Service:
@@ -159,7 +163,9 @@ class _Service:
             await self._collect(wait=0.05 if self.in_flight else 0)
             await self._commit(consumer)
             self._observe_lag(consumer)
-        # Shutdown: finish what is in flight, commit it; held events stay uncommitted for next time.
+        # Shutdown: finish the calls in progress and commit; events still waiting for a call and
+        # held events stay uncommitted for next time.
+        self.explainer.stopping = True
         if self.in_flight:
             await asyncio.wait(list(self.in_flight), timeout=self.settings.explainer.request_timeout_s + 5)
             await self._collect(wait=0)

@@ -147,6 +147,11 @@ class Explainer:
         self.references = ReferenceLibrary(settings.references_dir, settings.references_per_class)
         self._calls = asyncio.Semaphore(settings.max_concurrency)
         self._per_frame: dict[tuple[str, str, str, int], list[Any]] = {}  # [lock, users]
+        self.stopping = False  # set on shutdown: events still waiting for a call are held
+
+    async def aclose(self) -> None:
+        if self.vlm is not None:
+            await self.vlm.client.close()
 
     async def handle(
         self,
@@ -252,6 +257,8 @@ class Explainer:
             top_position = facts.regions[0].position if facts.regions else ""
             try:
                 async with self._calls:
+                    if self.stopping:  # shutting down: do not start a paid call now
+                        return self._held(facts, "shutdown", self.settings.hold_retry_s)
                     exchange = await vlm.explain(build, top_position=top_position)
             except VlmFailure as failure:
                 log_event(

@@ -185,6 +185,7 @@ class VlmClient:
                     raise VlmFailure("rejected", f"HTTP {exc.status_code}", later=False) from None
             else:
                 self.breaker.record_success()
+                metrics.BREAKER_OPEN.set(0)
                 metrics.VLM_REQUESTS.labels("ok").inc()
                 metrics.VLM_LATENCY.observe(time.monotonic() - started)
                 usage = response.usage

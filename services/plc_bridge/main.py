@@ -84,6 +84,7 @@ class PlcBridge:
         self.core = core_from_settings(settings, clock())
         self.ready = asyncio.Event()
         self._decided_at: list[int] = []  # decision times awaiting their PLC write (for the histogram)
+        self._failing: set[str] = set()  # targets whose last write failed
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -260,11 +261,16 @@ class PlcBridge:
                     await target.write_line(line, len(self.core.stations))
                 metrics.PLC_WRITES.labels(target.name, "ok").inc()
                 metrics.PLC_CONNECTED.labels(target.name).set(1)
+                if target.name in self._failing:
+                    self._failing.discard(target.name)
+                    log_event(log, "plc writes recovered", target=target.name)
             except PlcError as exc:
                 ok = False
                 metrics.PLC_WRITES.labels(target.name, "error").inc()
                 metrics.PLC_CONNECTED.labels(target.name).set(0)
-                log_event(log, "plc write failed", logging.ERROR, target=target.name, error=str(exc))
+                if target.name not in self._failing:  # once per outage, not once per retry
+                    self._failing.add(target.name)
+                    log_event(log, "plc write failed", logging.ERROR, target=target.name, error=str(exc))
         if not ok:
             self.core.mark_all_dirty()
             return False

@@ -1,11 +1,12 @@
 """Greedy k-center coreset selection, exact and fast on a few hundred thousand patches.
 
 The classic greedy rule (next centre = the point farthest from all chosen centres) is applied to
-randomly projected features, as in PatchCore. A plain implementation touches every point for every
-new centre (~450k x 20k distance evaluations). Here points are first grouped into spatial blocks
-(k-means); a block whose points cannot get closer to the new centre than they already are to
-their nearest centre (triangle inequality on the block's radius) is skipped. The result is the same
-selection as the plain loop, at a fraction of the work once the coreset radius has shrunk.
+randomly projected features, as in PatchCore. A plain implementation updates the distance of every
+point to every new centre (~450k x 20k memory-bound vector operations). Only the farthest point
+matters, though, and a point's distance to the chosen set only ever shrinks: so each point keeps
+an upper bound (its distance when last updated), and only the points whose bound could still be
+the maximum are brought up to date, against all centres added since, as one matrix product. The
+selection is the same as the plain loop's.
 """
 
 from __future__ import annotations
@@ -29,17 +30,6 @@ def random_projection(features: torch.Tensor, dim: int, seed: int, chunk: int = 
     return out
 
 
-def _blocks(points: torch.Tensor, n_blocks: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-means block assignment of every point and the block centroids."""
-    import faiss
-
-    data = points.numpy()
-    kmeans = faiss.Kmeans(data.shape[1], n_blocks, niter=6, seed=seed, max_points_per_centroid=64)
-    kmeans.train(data)
-    _, assignment = kmeans.index.search(data, 1)
-    return torch.from_numpy(assignment[:, 0].astype(np.int64)), torch.from_numpy(kmeans.centroids.copy())
-
-
 def greedy_coreset(
     features: torch.Tensor,
     target: int,
@@ -47,62 +37,67 @@ def greedy_coreset(
     projection_dim: int = 128,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    pool_size: int = 4096,
+    refresh_size: int = 32,
 ) -> np.ndarray:
     """Indices of ``target`` rows of ``features`` chosen by greedy k-center, in selection order."""
     n_points = features.shape[0]
-    if target >= n_points:
-        return np.arange(n_points)
     if target <= 0:
         raise ValueError("coreset target size must be positive")
+    if target >= n_points:
+        return np.arange(n_points)
     points = random_projection(features, projection_dim, seed)
-    n_blocks = int(min(max(n_points // 400, 1), 2048))
-    if n_blocks > 1:
-        block_of, centroids = _blocks(points, n_blocks, seed)
-    else:
-        block_of, centroids = torch.zeros(n_points, dtype=torch.int64), points.mean(0, keepdim=True)
-    # Store points block by block so that each block is one contiguous slice.
-    order = torch.argsort(block_of, stable=True)
-    points = points[order].contiguous()
-    block_of = block_of[order]
-    counts = torch.bincount(block_of, minlength=n_blocks)
-    starts = torch.cumsum(counts, 0) - counts
     norms = (points * points).sum(1)
-    radius = torch.zeros(n_blocks).scatter_reduce(
-        0, block_of, (points - centroids[block_of]).norm(dim=1), reduce="amax", include_self=True
-    )
-    min_dist = torch.full((n_points,), float("inf"))
-    block_max = torch.full((n_blocks,), float("inf"))
-    chosen = np.empty(target, dtype=np.int64)
+    centres = torch.empty(target, points.shape[1])
+    centre_norms = torch.empty(target)
     first = int(torch.randint(n_points, (1,), generator=torch.Generator().manual_seed(seed)))
-    current = int(torch.argsort(order)[first])  # same first centre as the plain loop
-    slack = 1e-4  # guards the pruning test against rounding in the distances
-    for step in range(target):
+    # bound[i] >= distance of point i to the chosen set; exact for centres [0, seen[i]).
+    bound = (norms - 2 * (points @ points[first]) + norms[first]).clamp_min_(0).sqrt_()
+    seen = torch.ones(n_points, dtype=torch.int64)
+    chosen = np.empty(target, dtype=np.int64)
+    chosen[0] = first
+    centres[0], centre_norms[0] = points[first], norms[first]
+    pool_size = min(pool_size, n_points)
+    pool = torch.empty(0, dtype=torch.int64)
+    outside_max = float("inf")  # largest bound of any point outside the pool
+
+    def refresh(rows: torch.Tensor, upto: int) -> None:
+        # Distances of ``rows`` to the centres they have not seen yet, as one matrix product.
+        start = int(seen[rows].min())
+        if start >= upto:
+            return
+        block = centres[start:upto]
+        sq = norms[rows, None] - 2 * points[rows] @ block.T + centre_norms[None, start:upto]
+        nearest = sq.min(dim=1).values.clamp_min_(0).sqrt_()
+        bound[rows] = torch.minimum(bound[rows], nearest)
+        seen[rows] = upto
+
+    for step in range(1, target):
+        while True:
+            if pool.numel() == 0 or float(bound[pool].max()) < outside_max:
+                # Rebuild the pool: the points with the largest bounds.
+                top = torch.topk(bound, min(pool_size + 1, n_points))
+                pool = top.indices[:pool_size]
+                outside_max = float(top.values[pool_size]) if n_points > pool_size else float("-inf")
+            pool_bounds = bound[pool]
+            top_k = min(refresh_size, pool.numel())
+            candidates = pool[torch.topk(pool_bounds, top_k).indices]
+            refresh(candidates, step)
+            pool_bounds = bound[pool]
+            best = int(torch.argmax(pool_bounds))
+            best_row = pool[best]
+            # The best bound is exact and no other bound (inside or outside the pool) exceeds it.
+            if int(seen[best_row]) == step and float(pool_bounds[best]) >= outside_max:
+                break
+        current = int(best_row)
         chosen[step] = current
-        centre = points[current]
-        lower_bound = (centroids - centre).norm(dim=1) - radius
-        active = torch.nonzero(lower_bound < block_max * (1 + slack) + slack).flatten()
-        if active.numel() * 2 > n_blocks:  # most blocks touched: update every point without gathering
-            dist = (norms - 2 * (points @ centre) + norms[current]).clamp_min_(0).sqrt_()
-            torch.minimum(min_dist, dist, out=min_dist)
-            block_max = torch.zeros(n_blocks).scatter_reduce(0, block_of, min_dist, reduce="amax")
-        else:
-            lengths = counts[active]
-            offsets = torch.cumsum(lengths, 0) - lengths
-            rows = torch.arange(int(lengths.sum())) + torch.repeat_interleave(starts[active] - offsets, lengths)
-            dist = (norms[rows] - 2 * (points[rows] @ centre) + norms[current]).clamp_min_(0).sqrt_()
-            updated = torch.minimum(min_dist[rows], dist)
-            min_dist[rows] = updated
-            block_max[active] = torch.zeros(n_blocks).scatter_reduce(
-                0, block_of[rows], updated, reduce="amax"
-            )[active]
-        best_block = int(torch.argmax(block_max))
-        start = int(starts[best_block])
-        current = start + int(torch.argmax(min_dist[start : start + int(counts[best_block])]))
+        centres[step], centre_norms[step] = points[current], norms[current]
+        bound[current] = 0.0
         if progress is not None and (step + 1) % 1000 == 0:
             progress(1000)
     if progress is not None:
         progress(target % 1000)
-    return order[torch.from_numpy(chosen)].numpy()
+    return chosen
 
 
 def naive_greedy_coreset(features: torch.Tensor, target: int, *, projection_dim: int = 128, seed: int = 0) -> np.ndarray:

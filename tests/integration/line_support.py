@@ -178,7 +178,10 @@ async def running_scorer(settings: Settings, model_dir: Path) -> AsyncIterator[R
 
     holder = ModelHolder(await asyncio.to_thread(load_model_dir, model_dir))
     running = RunningScorer(
-        ScorerService(settings, holder), holder, ModelWatcher(settings, holder, from_latest=False), asyncio.Event()
+        ScorerService(settings, holder),
+        holder,
+        ModelWatcher(settings, holder, from_latest=False),
+        asyncio.Event(),
     )
     watcher = asyncio.create_task(running.watcher.run())
     task = asyncio.create_task(running.service.run(running.stop))
@@ -214,7 +217,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     )
     for name, value in settings.scorer.model_dump(mode="json").items():
         if value is not None:
-            env[f"LINEGUARD_SCORER__{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+            env[f"LINEGUARD_SCORER__{name.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
     return env
 
 
@@ -237,9 +242,13 @@ class ScorerProcess:
         return self.log_path.read_text(errors="replace")
 
     async def wait_for_log(self, needle: str, timeout: float) -> None:
-        await wait_until(lambda: needle in self.log_text() or self.process.poll() is not None, timeout, needle)
+        await wait_until(
+            lambda: needle in self.log_text() or self.process.poll() is not None, timeout, needle
+        )
         if needle not in self.log_text():
-            raise AssertionError(f"scorer exited ({self.process.returncode}) before {needle!r}:\n{self.log_text()[-3000:]}")
+            raise AssertionError(
+                f"scorer exited ({self.process.returncode}) before {needle!r}:\n{self.log_text()[-3000:]}"
+            )
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -254,7 +263,9 @@ class ScorerProcess:
             await asyncio.sleep(0.1)
         if self.process.poll() is None:
             self.kill()
-            raise AssertionError(f"scorer did not exit within {timeout}s of SIGTERM:\n{self.log_text()[-3000:]}")
+            raise AssertionError(
+                f"scorer did not exit within {timeout}s of SIGTERM:\n{self.log_text()[-3000:]}"
+            )
         self._log.close()
         return self.process.returncode
 

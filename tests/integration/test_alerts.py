@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -46,7 +47,7 @@ def alerts_settings(base: Settings, **fields: Any) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running(service: AlertsService):  # type: ignore[no-untyped-def]
+async def running(service: AlertsService) -> AsyncIterator[asyncio.Event]:
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
     try:

@@ -96,7 +96,9 @@ async def test_late_frame_gets_the_fail_safe_verdict(
     async with TopicReader(settings, "verdicts", Verdict) as verdicts, running_scorer(settings, models.a):
         # deadline 0 ms: every frame is late by the time any scorer decides.
         await run_camera_sim(settings, sim_options(count=6, deadline_ms=0, run_id="late", defect_rate=0.0))
-        await run_camera_sim(settings, sim_options(count=6, deadline_ms=600_000, run_id="ontime", defect_rate=0.0))
+        await run_camera_sim(
+            settings, sim_options(count=6, deadline_ms=600_000, run_id="ontime", defect_rate=0.0)
+        )
         got = await verdicts.wait_for(12, timeout=60)
     late = [v for v in got.values if v.frame_id.startswith("late")]
     on_time = [v for v in got.values if v.frame_id.startswith("ontime")]
@@ -115,17 +117,27 @@ async def test_two_scorers_share_partitions_and_rebalance_when_one_stops(
 ) -> None:
     settings = scorer_settings(make_kafka_settings(frames_partitions=4))
     options = sim_options(count=90, cameras=4, rate=6.0, bad_rate=0.0, seed=5, run_id="rb")  # ~4 s of frames
-    async with TopicReader(settings, "verdicts", Verdict) as verdicts, running_scorer(settings, models.a) as first:
+    async with (
+        TopicReader(settings, "verdicts", Verdict) as verdicts,
+        running_scorer(settings, models.a) as first,
+    ):
         async with running_scorer(settings, models.a) as second:
             await wait_until(
-                lambda: len(first.service.partitions.assigned()) == 2 and len(second.service.partitions.assigned()) == 2,
+                lambda: (
+                    len(first.service.partitions.assigned()) == 2
+                    and len(second.service.partitions.assigned()) == 2
+                ),
                 60,
                 "both scorers to own two partitions",
             )
             sender = asyncio.create_task(run_camera_sim(settings, options))
-            await wait_until(lambda: second.service.committed_records >= 10, 60, "the second scorer to commit")
+            await wait_until(
+                lambda: second.service.committed_records >= 10, 60, "the second scorer to commit"
+            )
         # The second scorer stopped gracefully mid-stream; the first takes over every partition.
-        await wait_until(lambda: len(first.service.partitions.assigned()) == 4, 60, "rebalance to the first scorer")
+        await wait_until(
+            lambda: len(first.service.partitions.assigned()) == 4, 60, "rebalance to the first scorer"
+        )
         stats = await sender
         got = await verdicts.wait_for(stats.sent, timeout=90)
         assert first.service.committed_records > 0 and second.service.committed_records > 0

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from services.plc_bridge.simulators import ModbusPlcSimulator, OpcUaPlcSimulator
 from shared.kafka.client import make_consumer, make_producer
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import DeadLetter, Verdict
-from shared.settings import FailSafeAction, PlcBridgeSettings, ScorerSettings, Settings
+from shared.settings import FailSafeAction, PlcBridgeSettings, Settings
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -65,13 +65,13 @@ def bridge_settings(base: Settings, **plc: Any) -> Settings:
     return base.model_copy(
         update={
             "plc_bridge": PlcBridgeSettings(group_id=f"plc-{uuid.uuid4().hex[:8]}", **plc),
-            "scorer": ScorerSettings(group_id=f"scorer-{uuid.uuid4().hex[:8]}"),
+            "scorer": base.scorer.model_copy(update={"group_id": f"scorer-{uuid.uuid4().hex[:8]}"}),
         }
     )
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings):  # type: ignore[no-untyped-def]
+async def running(settings: Settings) -> AsyncIterator[PlcBridge]:
     bridge = PlcBridge(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
@@ -291,3 +291,71 @@ async def test_tracked_part_missing_its_deadline_is_rejected(kafka_settings: Set
             assert not st["reject"] and st["fail_safe_count"] == 1 and st["pass_count"] == 2
     finally:
         await modbus.stop()
+
+
+async def test_plc_outage_holds_commits_and_the_state_is_rewritten_when_it_returns(
+    kafka_settings: Settings,
+) -> None:
+    from aiokafka import TopicPartition
+
+    port = free_port()
+    modbus = ModbusPlcSimulator(port=port)
+    await modbus.start()
+    settings = bridge_settings(
+        kafka_settings,
+        stations=["st-a"],
+        modbus_host="127.0.0.1",
+        modbus_port=port,
+        scorer_timeout_s=60,
+        io_timeout_s=0.5,
+    )
+    try:
+        async with running(settings) as bridge:
+            await publish(settings, verdict("before", "st-a", "reject"))
+            await eventually(lambda: _frame_is(modbus, 0, "before"))
+            await modbus.stop()  # the PLC goes away
+            await publish(settings, verdict("during", "st-a", "pass"))
+            await eventually(lambda: _core_saw(bridge, "during"))
+            await asyncio.sleep(1.0)
+            (partition,) = [p for p in range(4) if await _has_records(settings, p)]
+            tp = TopicPartition(settings.topic("verdicts"), partition)
+            committed, end = await _committed(settings, tp)
+            assert end == 2 and committed == 1  # "during" is not committed while the PLC is away
+
+            modbus = ModbusPlcSimulator(port=port)  # back, and blank (a replaced PLC)
+            await modbus.start()
+            await eventually(lambda: _frame_is(modbus, 0, "during"), timeout=20)
+            st = await modbus.station(0)
+            assert (st["pass_count"], st["reject_count"], st["reject"]) == (1, 1, False)
+            await eventually(lambda: _committed_is(settings, tp, 2))
+    finally:
+        await modbus.stop()
+
+
+async def _core_saw(bridge: PlcBridge, frame_id: str) -> bool:
+    return bridge.core.state["st-a"].last_frame_id == frame_id
+
+
+async def _committed(settings: Settings, tp: Any) -> tuple[int | None, int]:
+    consumer = make_consumer(settings, group_id=settings.plc_bridge.group_id)
+    await consumer.start()
+    try:
+        return await consumer.committed(tp), (await consumer.end_offsets([tp]))[tp]
+    finally:
+        await consumer.stop()
+
+
+async def _committed_is(settings: Settings, tp: Any, offset: int) -> bool:
+    return (await _committed(settings, tp))[0] == offset
+
+
+async def _has_records(settings: Settings, partition: int) -> bool:
+    from aiokafka import TopicPartition
+
+    consumer = make_consumer(settings, group_id=None)
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.topic("verdicts"), partition)
+        return bool((await consumer.end_offsets([tp]))[tp])
+    finally:
+        await consumer.stop()

@@ -1,8 +1,9 @@
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from services.explainer.processor import Explainer, build_explainer
 from shared.settings import ExplainerSettings
@@ -41,9 +42,16 @@ def explainer_settings(vlm_server: FakeOpenAIServer, tmp_path: Path) -> Callable
     return make
 
 
-@pytest.fixture
-def make_explainer(explainer_settings: Callable[..., ExplainerSettings]) -> Callable[..., Explainer]:
-    def make(**overrides: Any) -> Explainer:
-        return build_explainer(explainer_settings(**overrides))
+@pytest_asyncio.fixture(loop_scope="function")
+async def make_explainer(
+    explainer_settings: Callable[..., ExplainerSettings],
+) -> AsyncIterator[Callable[..., Explainer]]:
+    made: list[Explainer] = []
 
-    return make
+    def make(**overrides: Any) -> Explainer:
+        made.append(build_explainer(explainer_settings(**overrides)))
+        return made[-1]
+
+    yield make
+    for explainer in made:
+        await explainer.aclose()

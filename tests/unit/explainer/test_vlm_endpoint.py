@@ -260,6 +260,7 @@ async def test_endpoint_without_structured_outputs_gets_json_mode() -> None:
                 "json_object",
                 "json_object",
             ]
+            await explainer.aclose()
 
 
 async def test_low_confidence_gets_one_follow_up(
@@ -326,12 +327,15 @@ async def test_concurrent_duplicates_wait_for_the_original_and_publish_once(
     published: list[Report] = []
 
     async def publish(message: Report, headers: list[tuple[str, bytes]]) -> None:
-        assert any(name == "traceparent" for name, _ in headers)
+        assert trace_id in dict(headers)["traceparent"].decode()  # the frame's trace continues
         published.append(message)
 
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    frame_headers = [("traceparent", f"00-{trace_id}-b7ad6b7169203331-01".encode())]
     event = make_event("f-race")
     first, second = await asyncio.gather(
-        explainer.handle(event, publish=publish), explainer.handle(event, publish=publish)
+        explainer.handle(event, headers=frame_headers, publish=publish),
+        explainer.handle(event, headers=frame_headers, publish=publish),
     )
     assert sorted([first.kind, second.kind]) == ["duplicate", "reported"]
     assert first.published and second.published
@@ -342,6 +346,23 @@ async def test_concurrent_duplicates_wait_for_the_original_and_publish_once(
     lost = make_event("f-lost")
     vlm_server.script(Reply(content=answer_json()))
     await restarted.handle(lost)  # written, not published (no publisher)
-    again = await restarted.handle(lost, publish=publish)
+    again = await restarted.handle(lost, headers=frame_headers, publish=publish)
     assert again.kind == "duplicate" and again.published and published[-1].frame_id == "f-lost"
     assert len(vlm_server.chat_requests()) == 2
+
+
+async def test_on_shutdown_waiting_events_are_held_not_called(
+    vlm_server: FakeOpenAIServer, make_explainer: MakeExplainer
+) -> None:
+    import asyncio
+
+    vlm_server.script(Reply(content=answer_json(), delay_s=0.3))
+    explainer = make_explainer(max_concurrency=1)
+    in_call = asyncio.create_task(explainer.handle(make_event("f-calling", seed=1)))
+    await asyncio.sleep(0.1)
+    waiting = asyncio.create_task(explainer.handle(make_event("f-waiting", seed=2)))
+    await asyncio.sleep(0.05)
+    explainer.stopping = True
+    finished, held = await in_call, await waiting
+    assert finished.kind == "reported" and held.kind == "held" and held.hold_reason == "shutdown"
+    assert len(vlm_server.chat_requests()) == 1
