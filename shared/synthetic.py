@@ -44,7 +44,7 @@ def _fabric(rng: np.random.Generator, size: int) -> tuple[Canvas, np.ndarray]:
 def _marble(rng: np.random.Generator, size: int) -> tuple[Canvas, np.ndarray]:
     ys, xs = _grid(size)
     coarse = rng.normal(0, 1, (9, 9)).astype(np.float32)
-    field = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
+    field = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
     angle = rng.uniform(0, np.pi)
     veins = np.sin((xs * np.cos(angle) + ys * np.sin(angle)) / size * 14.0 + 3.0 * field)
     shade = 0.8 + 0.15 * veins[:, :, None]
@@ -139,7 +139,10 @@ def _missing(rng: np.random.Generator, img: Canvas, part: np.ndarray, product: s
 def render_sample(
     product: str, rng: np.random.Generator, size: int = 224, defect: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Render one image of ``product``, optionally with a defect; returns ``(HxWx3 uint8, HxW 0/255 mask)``."""
+    """Render one image of ``product``, optionally with a defect.
+
+    Returns ``(HxWx3 uint8 image, HxW uint8 mask with 0/255)``.
+    """
     if product not in PRODUCTS:
         raise ValueError(f"unknown synthetic product {product!r}; choose from {', '.join(PRODUCTS)}")
     if defect is not None and defect not in DEFECT_TYPES:

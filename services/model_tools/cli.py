@@ -30,24 +30,30 @@ def _positive(text: str) -> int:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     fit = subparsers.add_parser("fit", help="fit a model from normal images (MVTec AD layout)")
     fit.add_argument("--data", required=True, help="MVTec root or one class folder")
-    fit.add_argument("--class", dest="classes", action="append", metavar="NAME", help="class to fit (repeatable)")
+    fit.add_argument(
+        "--class", dest="classes", action="append", metavar="NAME", help="class to fit (repeatable)"
+    )
     fit.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONE_NAMES)
     fit.add_argument("--weights", help="backbone weight file (safetensors or .pth); default: local source")
     fit.add_argument("--input-size", type=_positive, default=224)
     fit.add_argument("--layers", type=_layers, help="ViT blocks or CNN stages, e.g. 2,3")
     fit.add_argument("--vit-combine", choices=("mean", "concat"), default="mean")
     fit.add_argument("--bank-size", type=_positive, default=10_000, help="coreset size per class")
-    fit.add_argument("--bank-ratio", type=float, help="coreset as a share of all patches (overrides --bank-size)")
+    fit.add_argument(
+        "--bank-ratio", type=float, help="coreset as a share of all patches (overrides --bank-size)"
+    )
     fit.add_argument("--scorer", choices=("knn", "patchcore", "gaussian"), default="knn")
     fit.add_argument("--k", type=_positive, default=1, help="neighbours averaged per patch")
     fit.add_argument("--index", choices=("flat", "hnsw", "ivf"), default="flat")
     fit.add_argument("--image-score", choices=("max", "top1"), default="max")
     fit.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate the threshold aims at")
     fit.add_argument("--holdout", type=float, default=0.2, help="share of normal images kept for calibration")
-    fit.add_argument("--defect-samples", help="folder of defective samples (per class subfolders) for an F1 threshold")
+    fit.add_argument(
+        "--defect-samples", help="folder of defective samples (per class subfolders) for an F1 threshold"
+    )
     fit.add_argument("--threads", type=_positive, help="torch/faiss threads (default: torch's)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", required=True, help="model directory to write")

@@ -23,7 +23,7 @@ from shared.engine.model import FitConfig, FitProgress, InspectionModel, ScoreRe
 
 class _TqdmProgress(FitProgress):
     def __init__(self) -> None:
-        self._bar: tqdm | None = None  # type: ignore[type-arg]
+        self._bar: tqdm | None = None
 
     def stage(self, name: str, total: int) -> None:
         self.close()
@@ -158,7 +158,9 @@ def run_score(args: argparse.Namespace) -> int:
             write_overlay(image, result, overlay_path)
             entry["overlay"] = str(overlay_path)
         entries.append(entry)
-        regions = "; ".join(f"{r['x']},{r['y']} {r['width']}x{r['height']} ({r['score']:.2f})" for r in entry["regions"])
+        regions = "; ".join(
+            f"{r['x']},{r['y']} {r['width']}x{r['height']} ({r['score']:.2f})" for r in entry["regions"]
+        )
         print(
             f"{name}: class {result.product_class} (confidence {result.route_confidence:.2f}), "
             f"score {result.score:.3f} (raw {result.raw_score:.4f}, threshold {result.threshold:.4f}), "
@@ -211,6 +213,7 @@ def write_overlay(image: np.ndarray, result: ScoreResult, path: Path) -> None:
     draw = ImageDraw.Draw(canvas)
     for region in result.regions:
         draw.rectangle(
-            [region.x, region.y, region.x + region.width - 1, region.y + region.height - 1], outline=(255, 0, 0)
+            [region.x, region.y, region.x + region.width - 1, region.y + region.height - 1],
+            outline=(255, 0, 0),
         )
     canvas.save(path)

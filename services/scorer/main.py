@@ -99,7 +99,8 @@ class ScorerService:
         try:
             await self._intake_loop(stop, publisher)
         finally:
-            await self._queue.put(None)  # publish what is queued, then stop
+            if not publisher.done():
+                await self._queue.put(None)  # publish what is queued, then stop
             try:
                 await publisher
             finally:
@@ -366,6 +367,13 @@ class ScorerService:
                 metrics.DEFECT_EVENTS.inc()
 
 
+def _report_watcher_end(task: asyncio.Task[None]) -> None:
+    """The watcher only ends on shutdown; anything else means hot swap is off, which must be loud."""
+    if not task.cancelled() and task.exception() is not None:
+        error = task.exception()
+        log_event(log, "model_watcher_failed", logging.ERROR, error=f"{type(error).__name__}: {error}")
+
+
 async def serve(settings: Any, model_dir: Path | None, stop: asyncio.Event) -> int:
     """Load the model (or wait for one on the models topic), then score until ``stop``."""
     holder = ModelHolder()
@@ -377,6 +385,7 @@ async def serve(settings: Any, model_dir: Path | None, stop: asyncio.Event) -> i
     if settings.scorer.watch_models:
         watcher = ModelWatcher(settings, holder, from_latest=model_dir is None)
         watcher_task = asyncio.create_task(watcher.run(), name="model-watcher")
+        watcher_task.add_done_callback(_report_watcher_end)
     try:
         if holder.version is None:
             log_event(log, "waiting_for_model", topic=settings.topic("models"))

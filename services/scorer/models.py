@@ -197,11 +197,12 @@ class ModelWatcher:
 
     @staticmethod
     async def _partitions(consumer: Any, topic: str) -> list[int]:
+        """The models topic's partitions, from the topic table (one: it holds a single key)."""
+        from shared.kafka.topics import topic_spec
+
         for _ in range(60):
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions:
-                return sorted(partitions)
-            await consumer.topics()  # refreshes metadata
+            if topic in await consumer.topics():
+                return list(range(topic_spec("models").partitions or 1))
             await asyncio.sleep(0.5)
         raise RuntimeError(f"topic {topic} does not exist; run `lineguard topics ensure`")
 

@@ -88,7 +88,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             f"(this Lineguard reads version {FORMAT_VERSION}); refit the model"
         )
     if manifest.get("manifest_sha256") != manifest_digest(manifest):
-        raise ArtifactError(f"{manifest_path} was modified after it was written (digest mismatch); refusing it")
+        raise ArtifactError(
+            f"{manifest_path} was modified after it was written (digest mismatch); refusing it"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{manifest_path} lists no files")

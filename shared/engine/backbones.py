@@ -61,7 +61,10 @@ BACKBONES: dict[str, BackboneSpec] = {
             "dinov2_vitb14_reg", "vit_base_patch14_reg4_dinov2", (4, 6, 8), "dinov2_vitb14_reg4_pretrain.pth"
         ),
         _dinov2(
-            "dinov2_vitl14_reg", "vit_large_patch14_reg4_dinov2", (8, 12, 16), "dinov2_vitl14_reg4_pretrain.pth"
+            "dinov2_vitl14_reg",
+            "vit_large_patch14_reg4_dinov2",
+            (8, 12, 16),
+            "dinov2_vitl14_reg4_pretrain.pth",
         ),
         BackboneSpec(
             name="wide_resnet50_2",
@@ -151,7 +154,9 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for non-weight files
-        raise BackboneError(f"{path.name} is not a loadable weight file ({type(exc).__name__}: {exc})") from None
+        raise BackboneError(
+            f"{path.name} is not a loadable weight file ({type(exc).__name__}: {exc})"
+        ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(wrapper), dict):
             loaded = loaded[wrapper]
@@ -171,14 +176,18 @@ def map_efficientnet_lite(source: dict[str, Any], target: dict[str, Any]) -> dic
     for (src_key, tensor), (dst_key, like) in zip(source.items(), target.items(), strict=True):
         if tuple(tensor.shape) != tuple(like.shape):
             raise BackboneError(
-                f"efficientnet-lite tensor {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(like.shape)}"
+                f"efficientnet-lite tensor {src_key} {tuple(tensor.shape)} "
+                f"does not fit {dst_key} {tuple(like.shape)}"
             )
         mapped[dst_key] = tensor
     return mapped
 
 
 def build_timm_model(
-    spec: BackboneSpec, input_size: int, weights_path: Path | None, arch_overrides: dict[str, Any] | None = None
+    spec: BackboneSpec,
+    input_size: int,
+    weights_path: Path | None,
+    arch_overrides: dict[str, Any] | None = None,
 ) -> Any:
     """Create the timm model for ``spec`` and load ``weights_path`` into it (random init if None)."""
     import timm
@@ -196,7 +205,7 @@ def build_timm_model(
         elif spec.kind == "vit":
             from timm.models.vision_transformer import checkpoint_filter_fn
 
-            state = checkpoint_filter_fn(state, model)  # original DINOv2 keys, position-embedding resize
+            state = checkpoint_filter_fn(state, model)  # type: ignore[arg-type]  # original DINOv2 keys, position-embedding resize
         result = model.load_state_dict(state, strict=False)
         ignorable = ("head.", "fc.", "classifier.")  # classifier heads are not used for features
         missing = [k for k in result.missing_keys if not k.startswith(ignorable)]

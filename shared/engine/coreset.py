@@ -53,6 +53,7 @@ def greedy_coreset(
     first = int(torch.randint(n_points, (1,), generator=torch.Generator().manual_seed(seed)))
     # bound[i] >= distance of point i to the chosen set; exact for centres [0, seen[i]).
     bound = (norms - 2 * (points @ points[first]) + norms[first]).clamp_min_(0).sqrt_()
+    bound[first] = -1.0
     seen = torch.ones(n_points, dtype=torch.int64)
     chosen = np.empty(target, dtype=np.int64)
     chosen[0] = first
@@ -80,19 +81,24 @@ def greedy_coreset(
                 pool = top.indices[:pool_size]
                 outside_max = float(top.values[pool_size]) if n_points > pool_size else float("-inf")
             pool_bounds = bound[pool]
-            top_k = min(refresh_size, pool.numel())
-            candidates = pool[torch.topk(pool_bounds, top_k).indices]
-            refresh(candidates, step)
-            pool_bounds = bound[pool]
-            best = int(torch.argmax(pool_bounds))
-            best_row = pool[best]
-            # The best bound is exact and no other bound (inside or outside the pool) exceeds it.
-            if int(seen[best_row]) == step and float(pool_bounds[best]) >= outside_max:
+            exact = seen[pool] == step
+            stale_bounds = pool_bounds.masked_fill(exact, float("-inf"))
+            exact_bounds = pool_bounds.masked_fill(~exact, float("-inf"))
+            best = int(torch.argmax(exact_bounds))
+            best_value = float(exact_bounds[best])
+            # Done when the best up-to-date distance beats every bound that is not up to date.
+            if bool(exact.any()) and best_value >= float(stale_bounds.max()) and best_value >= outside_max:
+                best_row = pool[best]
                 break
+            if not bool((~exact).any()):
+                pool = torch.empty(0, dtype=torch.int64)  # everything in the pool is below the outside
+                continue
+            top_k = min(refresh_size, int((~exact).sum()))
+            refresh(pool[torch.topk(stale_bounds, top_k).indices], step)
         current = int(best_row)
         chosen[step] = current
         centres[step], centre_norms[step] = points[current], norms[current]
-        bound[current] = 0.0
+        bound[current] = -1.0  # never chosen twice, even among duplicates
         if progress is not None and (step + 1) % 1000 == 0:
             progress(1000)
     if progress is not None:
@@ -100,7 +106,9 @@ def greedy_coreset(
     return chosen
 
 
-def naive_greedy_coreset(features: torch.Tensor, target: int, *, projection_dim: int = 128, seed: int = 0) -> np.ndarray:
+def naive_greedy_coreset(
+    features: torch.Tensor, target: int, *, projection_dim: int = 128, seed: int = 0
+) -> np.ndarray:
     """The plain O(N * target) greedy k-center loop; the reference the fast version must equal."""
     points = random_projection(features, projection_dim, seed)
     n_points = points.shape[0]

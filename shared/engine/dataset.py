@@ -68,7 +68,9 @@ def discover(root: str | Path, classes: list[str] | None = None) -> list[ClassDa
             if child.is_dir() and ((child / "train").is_dir() or (child / "test").is_dir())
         ]
     if not found:
-        raise DatasetError(f"{root} holds no class folders in MVTec layout (<class>/train/good, <class>/test)")
+        raise DatasetError(
+            f"{root} holds no class folders in MVTec layout (<class>/train/good, <class>/test)"
+        )
     if classes:
         by_name = {data.name: data for data in found}
         missing = [name for name in classes if name not in by_name]

@@ -33,7 +33,7 @@ def load_mask(sample: TestSample, shape: tuple[int, int]) -> np.ndarray:
     with Image.open(sample.mask_path) as mask_image:
         mask = mask_image.convert("L")
         if mask.size != (shape[1], shape[0]):
-            mask = mask.resize((shape[1], shape[0]), Image.NEAREST)
+            mask = mask.resize((shape[1], shape[0]), Image.Resampling.NEAREST)
         return np.asarray(mask) > 127
 
 
@@ -89,7 +89,9 @@ def evaluate(
             latencies.extend([(time.perf_counter() - began) * 1000 / len(chunk)] * len(chunk))
             for sample, result in zip(chunk, results, strict=True):
                 outcomes.append(
-                    ImageOutcome(sample, result.product_class, result.raw_score, result.threshold, result.anomaly_map)
+                    ImageOutcome(
+                        sample, result.product_class, result.raw_score, result.threshold, result.anomaly_map
+                    )
                 )
             if progress is not None:
                 progress(len(chunk))

@@ -40,7 +40,7 @@ class FeatureExtractor:
             if image.shape[0] == size and image.shape[1] == size:
                 batch[i] = image
             else:
-                batch[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+                batch[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
         tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
         return (tensor - self._mean) / self._std
 

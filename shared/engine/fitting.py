@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ def _load(source: ImageSource) -> np.ndarray:
     return load_image_file(source)
 
 
-def _fingerprint(data: dict[str, Sequence[ImageSource]]) -> str:
+def _fingerprint(data: Mapping[str, Sequence[ImageSource]]) -> str:
     digest = hashlib.sha256()
     for name in sorted(data):
         digest.update(name.encode() + b"\0")
@@ -69,7 +69,7 @@ def embed_sources(
 
 def fit_model(
     model_cls: type[InspectionModel],
-    data: dict[str, Sequence[ImageSource]],
+    data: Mapping[str, Sequence[ImageSource]],
     config: FitConfig,
     progress: FitProgress,
 ) -> InspectionModel:
@@ -115,20 +115,26 @@ def fit_model(
             target = min(target, len(patches))
             progress.stage(f"{name}: coreset", target)
             chosen = greedy_coreset(
-                patches, target, projection_dim=config.projection_dim, seed=generator_seed, progress=progress.advance
+                patches,
+                target,
+                projection_dim=config.projection_dim,
+                seed=generator_seed,
+                progress=progress.advance,
             )
             bank = patches[torch.from_numpy(np.sort(chosen))].numpy()
             scorer = KnnBank(build_index(bank, config.index, seed=generator_seed), config.k)
         del features
         progress.stage(f"{name}: calibration", len(holdout_idx))
-        held_features, _ = embed_sources(shell, [sources[i] for i in holdout_idx], config.batch_size, progress)
+        held_features, _ = embed_sources(
+            shell, [sources[i] for i in holdout_idx], config.batch_size, progress
+        )
         heldout.append((held_features.mean(axis=1), grid))
         placeholder = Normaliser(0.0, 0.0, 1.0)
         class_models.append(
             ClassModel(name, scorer, placeholder, 0.0, prototype, {"n_train": len(train_idx)})
         )
         shell.class_models = class_models
-        _, raw = _raw_for(shell, len(class_models) - 1, held_features, grid)
+        _, raw = shell.raw_maps(len(class_models) - 1, held_features, grid)
         threshold = threshold_at_frr(raw, config.target_frr)
         class_models[-1].normaliser = Normaliser(float(raw.min()), float(np.median(raw)), threshold)
         class_models[-1].calibration = {
@@ -171,10 +177,3 @@ def fit_model(
         metadata=metadata,
     )
 
-
-def _raw_for(
-    model: InspectionModel, class_index: int, features: np.ndarray, grid: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    from shared.engine.model import InspectionModel
-
-    return InspectionModel.raw_maps(model, class_index, features, grid)

@@ -36,7 +36,9 @@ def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageError("bad_dimensions", f"image is {width}x{height} pixels")
     if width * height > max_pixels:
-        raise ImageError("too_large", f"image is {width}x{height} pixels, more than the limit of {max_pixels}")
+        raise ImageError(
+            "too_large", f"image is {width}x{height} pixels, more than the limit of {max_pixels}"
+        )
 
 
 def decode_image(

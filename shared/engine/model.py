@@ -7,15 +7,14 @@ small per-frame post-processing.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from shared.engine.artifacts import ArtifactError, read_manifest, write_artifact
 from shared.engine.backbones import BackboneError, file_sha256, get_spec, resolve_weights
@@ -173,7 +172,7 @@ class InspectionModel:
     @classmethod
     def fit(
         cls,
-        data: dict[str, Sequence[Path | np.ndarray]],
+        data: Mapping[str, Sequence[Path | np.ndarray]],
         config: FitConfig | None = None,
         progress: FitProgress | None = None,
     ) -> InspectionModel:
@@ -188,7 +187,9 @@ class InspectionModel:
         features, grid = self.extractor(images)
         return features.numpy(), grid
 
-    def raw_maps(self, class_index: int, features: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def raw_maps(
+        self, class_index: int, features: np.ndarray, grid: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly maps (input resolution, raw scale) and raw image scores of one class's rows."""
         patch, image_raw = self.patch_scores(class_index, features)
         maps = anomaly_maps(patch, grid, self.input_size, self.config.blur_sigma)
@@ -245,7 +246,7 @@ class InspectionModel:
             score = float(class_model.normaliser(raw))
             normalised_map = class_model.normaliser(maps[i])
             height, width = image.shape[:2]
-            regions = [Region(*box) for box in find_regions(normalised_map, height, width)]
+            regions = [Region(*box) for box in find_regions(normalised_map, height, width, maps[i])]
             decision = "reject" if score >= 0.5 else "pass"
             if label == UNKNOWN or (mismatch and decision == "pass"):
                 decision = "review"
@@ -286,7 +287,9 @@ class InspectionModel:
         mismatch = hint is not None
         prefix = f"hint '{hint}' is not a class of this model; " if mismatch else ""
         if route.unknown:
-            reason = f"{prefix}unknown product (nearest class '{nearest_name}' at distance {route.distance:.3f})"
+            reason = (
+                f"{prefix}unknown product (nearest class '{nearest_name}' at distance {route.distance:.3f})"
+            )
             return route.nearest, UNKNOWN, route.confidence, mismatch, reason
         return route.nearest, nearest_name, route.confidence, mismatch, prefix.rstrip("; ")
 
@@ -315,7 +318,9 @@ class InspectionModel:
             {"f1_threshold": threshold, "f1": f1, "n_defect_samples": len(defect_images)}
         )
         if adopt:
-            class_model.normaliser = Normaliser(class_model.normaliser.low, class_model.normaliser.median, threshold)
+            class_model.normaliser = Normaliser(
+                class_model.normaliser.low, class_model.normaliser.median, threshold
+            )
             class_model.calibration["threshold_rule"] = "F1-optimal on held-out normals + supplied defects"
         return threshold, f1
 
@@ -423,10 +428,8 @@ class InspectionModel:
                 )
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
             raise ArtifactError(f"{root} is incomplete or incompatible: {exc!r}") from None
-        metadata = {
-            key: manifest[key]
-            for key in ("created_at", "training_data", "fit_seconds")
-            if key in manifest
+        metadata: dict[str, Any] = {
+            key: manifest[key] for key in ("created_at", "training_data", "fit_seconds") if key in manifest
         }
         return cls(
             config,
@@ -438,8 +441,6 @@ class InspectionModel:
             metadata=metadata,
         )
 
-    def describe(self) -> str:
-        return json.dumps({"version": self.version, "backbone": self.backbone_name, "classes": self.classes})
 
 
 def _locate_weights(name: str, backbone: dict[str, Any], override: str | Path | None) -> Path | None:
@@ -447,15 +448,18 @@ def _locate_weights(name: str, backbone: dict[str, Any], override: str | Path | 
     expected = backbone.get("weights_sha256")
     if expected is None:
         return None
-    candidates: list[Path] = []
     if override is not None:
-        candidates.append(Path(override))
+        override = Path(override)
+        if not override.is_file() or file_sha256(override) != expected:
+            raise ArtifactError(
+                f"weight file {override} is not the one the model was fitted with (sha256 {expected})"
+            )
+        return override
+    candidates: list[Path] = []
     if backbone.get("weights_path"):
         candidates.append(Path(backbone["weights_path"]))
-    try:
+    with contextlib.suppress(BackboneError):  # no default source: only the recorded path counts
         candidates.append(resolve_weights(get_spec(name), None))
-    except BackboneError:
-        pass
     for candidate in candidates:
         if candidate.is_file() and file_sha256(candidate) == expected:
             return candidate
@@ -464,5 +468,3 @@ def _locate_weights(name: str, backbone: dict[str, Any], override: str | Path | 
         f"(fitted from {backbone.get('weights_path')}); put that file there or pass it as weights"
     )
 
-
-ProgressCallback = Callable[[str, int], None]

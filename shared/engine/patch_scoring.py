@@ -86,7 +86,9 @@ class KnnBank:
             self._vectors = self.index.reconstruct_n(0, self.size)  # type: ignore[attr-defined]
         return self._vectors
 
-    def patchcore_image_scores(self, features: np.ndarray, patch_scores: np.ndarray, b: int = 9) -> np.ndarray:
+    def patchcore_image_scores(
+        self, features: np.ndarray, patch_scores: np.ndarray, b: int = 9
+    ) -> np.ndarray:
         """PatchCore's image score: the most anomalous patch's 1-NN distance, re-weighted by how
         isolated its nearest bank patch is (a patch near a sparse bank region counts for less)."""
         worst = patch_scores.argmax(axis=1)
@@ -122,7 +124,9 @@ class GaussianModel:
         self.dims = torch.from_numpy(np.asarray(dims, dtype=np.int64))
 
     @classmethod
-    def fit(cls, features: torch.Tensor, max_dims: int = 100, seed: int = 0, shrink: float = 0.01) -> GaussianModel:
+    def fit(
+        cls, features: torch.Tensor, max_dims: int = 100, seed: int = 0, shrink: float = 0.01
+    ) -> GaussianModel:
         """``features``: ``(n_images, N, D)`` of normal images."""
         n_images, _, dim = features.shape
         generator = torch.Generator().manual_seed(seed)

@@ -15,7 +15,7 @@ ImageScoreMode = Literal["max", "top1"]
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(4 * sigma)))
+    radius = max(1, math.ceil(4 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
     return kernel / kernel.sum()
@@ -61,14 +61,19 @@ class Normaliser:
 
     def __call__(self, raw: np.ndarray | float) -> np.ndarray:
         xs, ys = self.anchors
-        return np.interp(raw, xs, ys).astype(np.float32)
+        return np.asarray(np.interp(raw, xs, ys), dtype=np.float32)
 
 
 def find_regions(
-    normalised_map: np.ndarray, frame_height: int, frame_width: int, max_regions: int = 10
+    normalised_map: np.ndarray,
+    frame_height: int,
+    frame_width: int,
+    raw_map: np.ndarray | None = None,
+    max_regions: int = 10,
 ) -> list[tuple[int, int, int, int, float, float]]:
     """Connected components above 0.5 (the threshold) as frame-pixel boxes, most anomalous first.
 
+    The order comes from ``raw_map`` when given (the normalised map saturates at 1).
     Returns ``(x, y, width, height, peak score, area fraction)`` tuples.
     """
     above = normalised_map > 0.5
@@ -78,19 +83,23 @@ def find_regions(
     size_y, size_x = normalised_map.shape
     scale_y, scale_x = frame_height / size_y, frame_width / size_x
     peaks = ndimage.maximum(normalised_map, labels, index=np.arange(1, count + 1))
+    order_by = ndimage.maximum(
+        raw_map if raw_map is not None else normalised_map, labels, np.arange(1, count + 1)
+    )
     areas = ndimage.sum_labels(above, labels, index=np.arange(1, count + 1))
     regions = []
     for label, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
-        y0 = int(math.floor(box[0].start * scale_y))
-        y1 = min(frame_height, int(math.ceil(box[0].stop * scale_y)))
-        x0 = int(math.floor(box[1].start * scale_x))
-        x1 = min(frame_width, int(math.ceil(box[1].stop * scale_x)))
+        y0 = math.floor(box[0].start * scale_y)
+        y1 = min(frame_height, math.ceil(box[0].stop * scale_y))
+        x0 = math.floor(box[1].start * scale_x)
+        x1 = min(frame_width, math.ceil(box[1].stop * scale_x))
         fraction = float(areas[label - 1]) / above.size
-        regions.append((x0, y0, max(1, x1 - x0), max(1, y1 - y0), float(peaks[label - 1]), fraction))
-    regions.sort(key=lambda region: -region[4])
-    return regions[:max_regions]
+        box_tuple = (x0, y0, max(1, x1 - x0), max(1, y1 - y0), float(peaks[label - 1]), fraction)
+        regions.append((float(order_by[label - 1]), box_tuple))
+    regions.sort(key=lambda item: -item[0])
+    return [box_tuple for _, box_tuple in regions[:max_regions]]
 
 
 def resize_map(normalised_map: np.ndarray, height: int, width: int) -> np.ndarray:

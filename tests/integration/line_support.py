@@ -108,6 +108,7 @@ class TopicReader:
         self.topic = settings.topic(name)
         self.message_type = message_type
         self.received = Received()
+        self._seen: set[tuple[int, int]] = set()  # (partition, offset): a re-read is not a second message
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> TopicReader:
@@ -128,6 +129,9 @@ class TopicReader:
                 batches = await consumer.getmany(timeout_ms=200)
                 for records in batches.values():
                     for r in records:
+                        if (r.partition, r.offset) in self._seen:
+                            continue
+                        self._seen.add((r.partition, r.offset))
                         value = r.value if self.message_type is None else decode(r.value, self.message_type)
                         self.received.items.append((value, list(r.headers or ())))
         finally:

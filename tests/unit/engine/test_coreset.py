@@ -14,7 +14,9 @@ def test_fast_coreset_selects_what_the_plain_loop_selects() -> None:
     generator = torch.Generator().manual_seed(0)
     # Clustered, anisotropic data like patch features, in more dimensions than the projection.
     centres = torch.randn(30, 200, generator=generator) * 3
-    features = centres[torch.randint(30, (6000,), generator=generator)] + torch.randn(6000, 200, generator=generator)
+    features = centres[torch.randint(30, (6000,), generator=generator)] + torch.randn(
+        6000, 200, generator=generator
+    )
     fast = greedy_coreset(features, 400, projection_dim=64, seed=1, pool_size=512, refresh_size=16)
     plain = naive_greedy_coreset(features, 400, projection_dim=64, seed=1)
     assert len(set(fast.tolist())) == 400

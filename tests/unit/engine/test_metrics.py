@@ -20,7 +20,9 @@ def test_pixel_auroc_matches_sklearn() -> None:
     rng = np.random.default_rng(1)
     masks = [rng.random((12, 9)) > 0.8 for _ in range(3)]
     maps = [mask * 0.5 + rng.random(mask.shape) for mask in masks]
-    expected = roc_auc_score(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps]))
+    expected = roc_auc_score(
+        np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps])
+    )
     assert pixel_auroc(masks, maps) == pytest.approx(expected, abs=1e-12)
 
 

@@ -1,0 +1,156 @@
+"""CPU latency and throughput of ``InspectionModel.score_batch`` per backbone and bank size.
+
+    .venv/bin/python benchmarks/engine_latency.py
+
+DINOv2 ViTs with random weights (timing does not depend on the weight values), 224 px input.
+For each backbone: per-image latency at batch 1, throughput at batch 8, and the share of time in
+the k-NN search with a 10k and a 100k patch bank; then routing + scoring with 1 and with 20 classes.
+The banks are built from the backbone's real patch features of synthetic images, resampled with
+noise to the wanted size (search cost depends on bank size and dimension, not on content).
+Prints one JSON object at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared.engine.model import ClassModel, FitConfig, InspectionModel
+from shared.engine.patch_scoring import KnnBank, build_index
+from shared.synthetic import SYNTHETIC_CLASSES, render_sample
+
+TIMM_NAMES = {"dinov2_vits14": "vit_small_patch14_dinov2", "dinov2_vitb14": "vit_base_patch14_dinov2"}
+
+
+def random_weights(backbone: str, folder: Path) -> Path:
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model(TIMM_NAMES[backbone], pretrained=False)
+    path = folder / f"{backbone}_random.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def resampled_bank(features: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    rows = rng.integers(0, len(features), size)
+    noise = rng.normal(0, features.std() * 0.05, (size, features.shape[1])).astype(np.float32)
+    return features[rows] + noise
+
+
+def time_scoring(
+    model: InspectionModel, images: list[np.ndarray], batch: int, repeats: int
+) -> dict[str, float]:
+    model.score_batch(images[:batch])  # warm-up
+    timings: dict[str, float] = {}
+    began = time.perf_counter()
+    count = 0
+    for _ in range(repeats):
+        for start in range(0, len(images), batch):
+            chunk = images[start : start + batch]
+            model.score_batch(chunk, timings=timings)
+            count += len(chunk)
+    total = time.perf_counter() - began
+    return {
+        "ms_per_image": round(total / count * 1000, 2),
+        "images_per_s": round(count / total, 2),
+        "backbone_ms": round(timings["backbone"] / count * 1000, 2),
+        "knn_ms": round(timings["knn"] / count * 1000, 2),
+        "postprocess_ms": round(timings["postprocess"] / count * 1000, 2),
+        "knn_share_of_backbone": round(timings["knn"] / timings["backbone"], 3),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbones", nargs="+", default=["dinov2_vits14", "dinov2_vitb14"])
+    parser.add_argument("--banks", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    images = [render_sample(SYNTHETIC_CLASSES[i % 4], rng, 224)[0] for i in range(args.images)]
+    report: dict[str, object] = {
+        "machine": f"{platform.machine()} {platform.processor()}, {torch.get_num_threads()} torch threads",
+        "input_size": 224,
+        "results": {},
+    }
+    results: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for backbone in args.backbones:
+            weights = random_weights(backbone, Path(folder))
+            config = FitConfig(backbone=backbone, weights=str(weights), input_size=224, bank_size=2000)
+            train = {"fabric": [render_sample("fabric", rng, 224)[0] for _ in range(6)]}
+            model = InspectionModel.fit(train, config)
+            features, _ = model.embed(images[:8])
+            pool = features.reshape(-1, features.shape[-1])
+            for bank_size in args.banks:
+                bank = resampled_bank(pool, bank_size, rng)
+                model.class_models[0].scorer = KnnBank(build_index(bank, "flat"), 1)
+                entry = {
+                    "batch_1": time_scoring(model, images[: max(4, args.images // 2)], 1, 1),
+                    "batch_8": time_scoring(model, images, 8, 1),
+                }
+                results[f"{backbone} bank {bank_size}"] = entry
+                print(backbone, bank_size, json.dumps(entry), flush=True)
+            if backbone == args.backbones[0]:
+                # Routing cost vs number of classes: 20 classes, each with its own 10k bank.
+                base = model.class_models[0]
+                base.scorer = KnnBank(build_index(resampled_bank(pool, 10_000, rng), "flat"), 1)
+                one = InspectionModel(
+                    model.config,
+                    model.extractor,
+                    [base],
+                    version="bench",
+                    weights_sha256=None,
+                    weights_path=None,
+                    metadata={},
+                )
+                classes = [base]
+                for i in range(19):
+                    prototype = rng.normal(size=base.prototype.shape).astype(np.float32)
+                    bank = resampled_bank(pool, 10_000, rng)
+                    classes.append(
+                        ClassModel(
+                            f"class{i:02d}",
+                            KnnBank(build_index(bank, "flat"), 1),
+                            base.normaliser,
+                            base.unknown_threshold,
+                            prototype,
+                            {},
+                        )
+                    )
+                twenty = InspectionModel(
+                    model.config,
+                    model.extractor,
+                    classes,
+                    version="bench",
+                    weights_sha256=None,
+                    weights_path=None,
+                    metadata={},
+                )
+                fabric = [render_sample("fabric", rng, 224)[0] for _ in range(args.images)]
+                for name, candidate in (("1 class", one), ("20 classes", twenty)):
+                    routed = {r.product_class for r in candidate.score_batch(fabric[:4])}
+                    entry = {"batch_8": time_scoring(candidate, fabric, 8, 1), "routed_to": sorted(routed)}
+                    results[f"{backbone} routing {name}"] = entry
+                    print(backbone, name, json.dumps(entry), flush=True)
+    report["results"] = results
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Line throughput and latency through Kafka, next to the bare engine in the same run.
+
+    .venv/bin/python benchmarks/pipeline.py [--size 224] [--batch 8] [--threads 2] [--frames 400]
+
+1. Fits a model (efficientnet_lite0, real weights) on synthetic products.
+2. Bare engine: ``score_batch`` on decoded frames, batch ``--batch``, ``--threads`` torch threads:
+   images/s and the median time of one batch.
+3. Line, throughput: ``--frames`` frames are put on the frames topic first, then one
+   ``lineguard scorer`` subprocess (same model, batch size and threads) drains them; frames/s from
+   its first to its last committed verdict (decode + score + transactional publish).
+4. Line, latency: the camera simulator sends at half the bare engine's rate; end-to-end latency
+   from capture to the verdict being read by a read_committed consumer, p50/p99.
+
+Uses LINEGUARD_KAFKA_BOOTSTRAP if set, else starts (and stops) its own broker in a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PRODUCTS = ("washer", "fabric")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return int(sock.getsockname()[1])
+
+
+def fit_model(size: int, bank: int, out: Path) -> Any:
+    from shared.engine.model import FitConfig, InspectionModel
+    from shared.synthetic import render_sample
+
+    rng = np.random.default_rng(0)
+    data = {p: [render_sample(p, rng, size)[0] for _ in range(12)] for p in PRODUCTS}
+    model = InspectionModel.fit(data, FitConfig(input_size=size, bank_size=bank))
+    model.save(out)
+    return model
+
+
+def bare_engine(model: Any, size: int, batch: int, batches: int) -> dict[str, float]:
+    """Images/s of score_batch on decoded frames (the frames the line gets, decoded once)."""
+    from services.camera_sim.images import encode_jpeg
+    from shared.engine.images import decode_image
+    from shared.synthetic import render_sample
+
+    rng = np.random.default_rng(1)
+    images = [decode_image(encode_jpeg(render_sample(PRODUCTS[i % 2], rng, size)[0])) for i in range(batch)]
+    for _ in range(3):  # warm-up
+        model.score_batch(images)
+    times = []
+    for _ in range(batches):
+        started = time.perf_counter()
+        model.score_batch(images)
+        times.append(time.perf_counter() - started)
+    total = sum(times)
+    return {"fps": batch * batches / total, "batch_s_median": float(np.median(times))}
+
+
+async def read_verdicts(settings: Any, count: int, timeout_s: float) -> list[tuple[Any, int]]:
+    """(verdict, receive time ns) for ``count`` committed verdicts."""
+    from shared.kafka.client import make_consumer
+    from shared.messages.codec import decode
+    from shared.messages.schemas import Verdict
+
+    consumer = make_consumer(settings, settings.topic("verdicts"), group_id=None)
+    await consumer.start()
+    got: list[tuple[Any, int]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            now = time.time_ns()
+            got.extend((decode(r.value, Verdict), now) for rs in batches.values() for r in rs)
+    finally:
+        await consumer.stop()
+    if len(got) < count:
+        raise RuntimeError(f"only {len(got)} of {count} verdicts within {timeout_s}s")
+    return got
+
+
+def start_scorer(
+    settings: Any, model_dir: Path, batch: int, threads: int, log: Path
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEGUARD_")}
+    env.update(
+        {
+            "LINEGUARD_KAFKA_BOOTSTRAP": settings.bootstrap,
+            "LINEGUARD_TOPIC_PREFIX": settings.topic_prefix,
+            "LINEGUARD_SCORER__GROUP_ID": f"{settings.topic_prefix}-scorer",
+            "LINEGUARD_SCORER__TRANSACTIONAL_ID_PREFIX": f"{settings.topic_prefix}-txn",
+            "LINEGUARD_SCORER__MAX_BATCH": str(batch),
+            "LINEGUARD_SCORER__TORCH_THREADS": str(threads),
+            "LINEGUARD_SCORER__WATCH_MODELS": "false",
+        }
+    )
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "scorer", "--model", str(model_dir)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 120
+    while '"partitions_assigned"' not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"scorer did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def line_run(
+    args: argparse.Namespace, settings_base: Any, model_dir: Path, engine_fps: float, work: Path
+) -> dict[str, Any]:
+    from services.camera_sim.main import SimOptions, run_camera_sim
+    from shared.kafka.client import ensure_topics
+
+    results: dict[str, Any] = {}
+    # Throughput: a backlog of frames drained as fast as the scorer can.
+    settings = settings_base.model_copy(update={"topic_prefix": f"bench-tp-{int(time.time())}"})
+    await ensure_topics(settings, frames_partitions=2)
+    options = SimOptions(
+        products=PRODUCTS, size=args.size, pool=32, rate=1000.0, count=args.frames, cameras=2, run_id="tp"
+    )
+    await run_camera_sim(settings, options)
+    scorer = start_scorer(settings, model_dir, args.batch, args.threads, work / "scorer-throughput.log")
+    try:
+        got = await read_verdicts(settings, args.frames, timeout_s=600)
+    finally:
+        stop(scorer)
+    decided = sorted(v.decided_at for v, _ in got)
+    skip = min(len(decided) // 10, 2 * args.batch)  # leave out the start-up batches
+    span = (decided[-1] - decided[skip]) / 1e9
+    results["line_fps"] = (len(decided) - 1 - skip) / span
+    # Latency at half the engine's rate.
+    settings = settings_base.model_copy(update={"topic_prefix": f"bench-lat-{int(time.time())}"})
+    await ensure_topics(settings, frames_partitions=2)
+    scorer = start_scorer(settings, model_dir, args.batch, args.threads, work / "scorer-latency.log")
+    try:
+        rate = engine_fps / 2
+        count = int(rate * args.latency_seconds)
+        options = SimOptions(
+            products=PRODUCTS, size=args.size, pool=32, rate=rate / 2, count=count, cameras=2, run_id="lat"
+        )
+        reader = asyncio.create_task(read_verdicts(settings, count, timeout_s=args.latency_seconds + 120))
+        await run_camera_sim(settings, options)
+        got = await reader
+    finally:
+        stop(scorer)
+    e2e_ms = np.array([(received - v.captured_at) / 1e6 for v, received in got])
+    decided_ms = np.array([v.latency_ms for v, _ in got])
+    results.update(
+        {
+            "latency_rate_fps": rate,
+            "latency_frames": count,
+            "e2e_consumed_ms_p50": float(np.percentile(e2e_ms, 50)),
+            "e2e_consumed_ms_p99": float(np.percentile(e2e_ms, 99)),
+            "capture_to_decision_ms_p50": float(np.percentile(decided_ms, 50)),
+            "capture_to_decision_ms_p99": float(np.percentile(decided_ms, 99)),
+        }
+    )
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--bank", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=400)
+    parser.add_argument("--engine-batches", type=int, default=30)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (model, scorer logs)")
+    args = parser.parse_args()
+
+    import torch
+
+    from shared.kafka.broker import LocalBroker
+    from shared.settings import BrokerSettings, Settings
+
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="lineguard-bench-"))
+    broker = None
+    bootstrap = os.environ.get("LINEGUARD_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        broker = LocalBroker(
+            BrokerSettings(
+                port=_free_port(),
+                controller_port=_free_port(),
+                data_dir=work / "kafka",
+                libs_dir=REPO / ".cache/kafka/libs",
+            )
+        )
+        broker.start()
+        bootstrap = broker.bootstrap
+    try:
+        started = time.perf_counter()
+        model = fit_model(args.size, args.bank, work / "model")
+        fit_s = time.perf_counter() - started
+        engine = bare_engine(model, args.size, args.batch, args.engine_batches)
+        line = asyncio.run(
+            line_run(args, Settings(kafka_bootstrap=bootstrap), work / "model", engine["fps"], work)
+        )
+        # Measured again after the line: on a shared machine the load drifts, so report both.
+        engine_after = bare_engine(model, args.size, args.batch, args.engine_batches)
+    finally:
+        if broker is not None:
+            broker.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    results = {
+        "machine": f"{machine}, torch {torch.__version__}",
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "fit_s": fit_s,
+        "engine_fps_before": engine["fps"],
+        "engine_fps_after": engine_after["fps"],
+        "engine_fps": (engine["fps"] + engine_after["fps"]) / 2,
+        "engine_batch_ms_median": (engine["batch_s_median"] + engine_after["batch_s_median"]) / 2 * 1000,
+        **line,
+    }
+    results["line_vs_engine"] = results["line_fps"] / results["engine_fps"]
+    results["p99_vs_engine_batch"] = results["e2e_consumed_ms_p99"] / results["engine_batch_ms_median"]
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""``lineguard fit``, ``evaluate`` and ``score`` run in-process on a small synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from services.cli import main
+from shared.synthetic import write_mvtec_dataset
+
+CLASS_KEYS = {
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "f1_max",
+    "false_reject_rate",
+    "escape_rate",
+    "n_good",
+    "n_defect",
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_mvtec_dataset(
+        tmp_path_factory.mktemp("data"), ["fabric", "washer"], 8, 3, 3, size=96, seed=4
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("models") / "m1"
+    args = ["fit", "--data", str(dataset), "--input-size", "96", "--bank-size", "500", "--out", str(out)]
+    assert main(args) == 0
+    return out
+
+
+def test_fit_writes_a_model(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert [c["name"] for c in manifest["classes"]] == ["fabric", "washer"]
+    assert manifest["backbone"]["name"] == "efficientnet_lite0"
+
+
+def test_fit_refuses_existing_output_and_bad_data(model_dir: Path, dataset: Path, tmp_path: Path) -> None:
+    assert main(["fit", "--data", str(dataset), "--out", str(model_dir)]) == 2
+    assert main(["fit", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "m")]) == 2
+    assert main(["fit", "--data", str(dataset), "--class", "teapot", "--out", str(tmp_path / "m")]) == 2
+
+
+def test_evaluate_json_has_exactly_the_agreed_keys(
+    model_dir: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(dataset), "--json"]) == 0
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    report = json.loads(last_line)
+    assert set(report) == {"classes", "mean", "routing_accuracy", "latency_ms"}
+    assert set(report["classes"]) == {"fabric", "washer"}
+    for metrics in report["classes"].values():
+        assert set(metrics) == CLASS_KEYS
+        assert metrics["n_good"] == 3 and metrics["n_defect"] == 3
+        assert metrics["image_auroc"] >= 0.8
+    assert set(report["mean"]) == CLASS_KEYS
+    assert report["routing_accuracy"] == 1.0
+    assert set(report["latency_ms"]) == {"p50", "p99"} and report["latency_ms"]["p50"] > 0
+
+
+def test_evaluate_a_single_class_folder(
+    model_dir: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(dataset / "washer"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(report["classes"]) == ["washer"] and report["routing_accuracy"] is None
+
+
+def test_score_prints_results_and_writes_overlays(
+    model_dir: Path, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = dataset / "fabric" / "test" / "good" / "000.png"
+    bad = next((dataset / "washer" / "test" / "spot").iterdir())
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG garbage")
+    capsys.readouterr()
+    code = main(
+        [
+            "score",
+            "--model",
+            str(model_dir),
+            str(good),
+            str(bad),
+            str(broken),
+            "--json",
+            "--overlay-dir",
+            str(tmp_path / "overlays"),
+        ]
+    )
+    assert code == 1  # one image could not be read; the others were still scored
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    first, second, third = report["results"]
+    assert first["product_class"] == "fabric" and first["decision"] in ("pass", "reject")
+    assert second["product_class"] == "washer" and second["decision"] == "reject" and second["regions"]
+    assert "corrupt" in third["error"]
+    assert Path(first["overlay"]).is_file() and Path(second["overlay"]).is_file()
+
+
+def test_score_refuses_a_tampered_model(model_dir: Path, dataset: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "m"
+    copy.mkdir()
+    for item in model_dir.iterdir():
+        (copy / item.name).write_bytes(item.read_bytes())
+    (copy / "tensors.safetensors").write_bytes((copy / "tensors.safetensors").read_bytes() + b"x")
+    assert main(["score", "--model", str(copy), str(dataset / "fabric" / "test" / "good" / "000.png")]) == 2
