@@ -190,6 +190,27 @@ def line_overview() -> dict[str, Any]:
                             (f"sum(rate(lineguard_scorer_defect_events_total[{RI}]))", "defect events"),
                         ],
                     ),
+                    _ts(
+                        "Verdicts / s by station and decision",
+                        "ops",
+                        [
+                            (
+                                f"sum by (station_id, decision) (rate({verdicts}[{RI}]))",
+                                "{{station_id}} {{decision}}",
+                            ),
+                        ],
+                    ),
+                    _ts(
+                        "Reject rate by station",
+                        "percentunit",
+                        [
+                            (
+                                f'sum by (station_id) (rate({verdicts}{{decision="reject"}}[5m])) '
+                                f"/ sum by (station_id) (rate({verdicts}[5m]))",
+                                "{{station_id}}",
+                            ),
+                        ],
+                    ),
                 ],
             ),
             (
@@ -429,6 +450,50 @@ def model_view() -> dict[str, Any]:
                                 "{{product_class}} {{decision}}",
                             ),
                         ],
+                    ),
+                ],
+            ),
+            (
+                "Scores, thresholds and routing",
+                [
+                    _ts(
+                        "Normalised score by class (p50 / p99; 0.5 is the threshold)",
+                        "none",
+                        [
+                            (
+                                _q("0.5", "lineguard_scorer_score", "le, product_class"),
+                                "p50 {{product_class}}",
+                            ),
+                            (
+                                _q("0.99", "lineguard_scorer_score", "le, product_class"),
+                                "p99 {{product_class}}",
+                            ),
+                        ],
+                        threshold=0.5,
+                    ),
+                    _ts(
+                        "Raw threshold by class",
+                        "none",
+                        [("max by (product_class) (lineguard_scorer_class_threshold)", "{{product_class}}")],
+                    ),
+                    _ts(
+                        "Routing confidence by class (p10 / p50)",
+                        "percentunit",
+                        [
+                            (
+                                _q("0.1", "lineguard_scorer_route_confidence", "le, product_class"),
+                                "p10 {{product_class}}",
+                            ),
+                            (
+                                _q("0.5", "lineguard_scorer_route_confidence", "le, product_class"),
+                                "p50 {{product_class}}",
+                            ),
+                        ],
+                    ),
+                    _ts(
+                        "Operator alerts raised / s by kind",
+                        "ops",
+                        [(f"sum by (kind) (rate(lineguard_scorer_alerts_total[{RI}]))", "{{kind}}")],
                     ),
                 ],
             ),

@@ -37,6 +37,7 @@ from services.scorer.handler import (
 )
 from services.scorer.models import ModelHolder, ModelWatcher, ServingModel, load_model_dir
 from services.scorer.partitions import PartitionState, PartitionTransactions
+from shared.alerting import AlertDetector, AlertRules
 from shared.messages.codec import encode
 from shared.telemetry.logging import log_event
 from shared.telemetry.tracing import extract_context, get_tracer, inject_headers, span_link
@@ -63,7 +64,9 @@ class ScorerService:
         self.cfg = settings.scorer
         self.holder = holder
         self.frames_topic = settings.topic("frames")
-        self.topics = {name: settings.topic(name) for name in ("verdicts", "defects", "dlq")}
+        self.topics = {name: settings.topic(name) for name in ("verdicts", "defects", "dlq", "alerts")}
+        # Operator alerts ride in the same transaction as the verdicts that raised them.
+        self.alert_detector = AlertDetector(AlertRules.from_settings(settings.alerts))
         self._decode_pool = ThreadPoolExecutor(self.cfg.decode_threads, thread_name_prefix="decode")
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._queue: asyncio.Queue[ScoredBatch | None] = asyncio.Queue(maxsize=1)
@@ -350,6 +353,12 @@ class ScorerService:
                 key=verdict.station_id.encode(),
                 headers=headers,
             )
+        for alert in self.alert_detector.observe(verdict):
+            await producer.send(
+                self.topics["alerts"], encode(alert), key=alert.station_id.encode(), headers=headers
+            )
+            metrics.ALERTS.labels(alert.kind).inc()
+            log_event(log, "alert_raised", kind=alert.kind, station=alert.station_id, summary=alert.summary)
 
     @staticmethod
     def _count_committed(outcomes: list[Outcome]) -> None:
@@ -359,7 +368,10 @@ class ScorerService:
                 continue
             verdict = outcome.verdict
             assert verdict is not None
-            metrics.VERDICTS.labels(verdict.product_class, verdict.decision).inc()
+            metrics.VERDICTS.labels(verdict.product_class, verdict.decision, verdict.station_id).inc()
+            if verdict.decision != "error":  # an error verdict carries no score
+                metrics.SCORES.labels(verdict.product_class).observe(verdict.score)
+                metrics.ROUTE_CONFIDENCE.labels(verdict.product_class).observe(verdict.route_confidence)
             metrics.END_TO_END_SECONDS.observe(verdict.latency_ms / 1000)
             if verdict.late:
                 metrics.LATE_VERDICTS.inc()
@@ -454,3 +466,31 @@ def register(subparsers: Any) -> None:
         "else the latest announcement on the models topic)",
     )
     parser.set_defaults(handler=_command)
+
+    announce = subparsers.add_parser(
+        "announce",
+        help="announce a model directory on the models topic (running scorers swap it in)",
+        description="Verify a model directory (every hash, a full load) and publish its announcement on "
+        "the compacted models topic. Every scorer loads it in the background and swaps it in between "
+        "batches; a scorer that cannot load or verify it keeps its current model. The path must be "
+        "readable at the same location by every scorer.",
+    )
+    announce.add_argument("--model", type=Path, required=True, help="model directory written by `fit`")
+    announce.set_defaults(handler=_announce_command)
+
+
+def _announce_command(args: argparse.Namespace) -> int:
+    from services.scorer.models import ModelRefused, announcement_for, load_model_dir, publish_announcement
+    from shared.settings import load_settings
+
+    settings = load_settings()
+    path = args.model.resolve()
+    try:
+        serving = load_model_dir(path)  # refuse to announce what a scorer would refuse to load
+        announcement = announcement_for(path)
+    except ModelRefused as exc:
+        print(f"announce: model {path} refused: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(publish_announcement(settings, announcement))
+    print(f"announced model {serving.version} ({path}) on {settings.topic('models')}")
+    return 0

@@ -13,8 +13,8 @@ FRAMES_CONSUMED = Counter(
 )
 VERDICTS = Counter(
     "lineguard_scorer_verdicts",
-    "Verdicts committed, by product class and decision",
-    ["product_class", "decision"],
+    "Verdicts committed, by product class, decision and station",
+    ["product_class", "decision", "station_id"],
     registry=REGISTRY,
 )
 LATE_VERDICTS = Counter(
@@ -67,4 +67,28 @@ MODEL_LOAD_FAILURES = Counter(
 )
 ASSIGNED_PARTITIONS = Gauge(
     "lineguard_scorer_assigned_partitions", "Frames partitions assigned to this scorer", registry=REGISTRY
+)
+SCORES = Histogram(
+    "lineguard_scorer_score",
+    "Normalised anomaly scores of committed verdicts per class (0.5 is the class threshold)",
+    ["product_class"],
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 1.0, 1.5, 2.0, 5.0),
+    registry=REGISTRY,
+)
+ROUTE_CONFIDENCE = Histogram(
+    "lineguard_scorer_route_confidence",
+    "Routing confidence (margin between the nearest and second-nearest class) of committed verdicts",
+    ["product_class"],
+    buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0),
+    registry=REGISTRY,
+)
+CLASS_THRESHOLD = Gauge(
+    "lineguard_scorer_class_threshold",
+    "Raw decision threshold of each class in the model serving now",
+    ["product_class"],
+    registry=REGISTRY,
+)
+ALERTS = Counter(
+    "lineguard_scorer_alerts", "Operator alerts published on the alerts topic, by kind", ["kind"],
+    registry=REGISTRY,
 )

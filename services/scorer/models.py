@@ -84,6 +84,9 @@ class ModelHolder:
     @staticmethod
     def _publish_info(serving: ServingModel) -> None:
         metrics.MODEL_INFO.info({"version": serving.version, "source": serving.source})
+        metrics.CLASS_THRESHOLD.clear()
+        for class_model in serving.model.class_models:
+            metrics.CLASS_THRESHOLD.labels(class_model.name).set(class_model.threshold)
 
 
 def announced_digest(path: Path) -> str:

@@ -108,8 +108,10 @@ def file_sha256(path: Path) -> str:
 
 
 def _hf_cached_file(repo: str) -> Path | None:
-    """The repo's weight file if it is already in the local Hugging Face cache (no network)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """The repo's weight file if it is already in the local Hugging Face cache.
+
+    ``try_to_load_from_cache`` only looks at the cache folder; it never touches the network.
+    """
     from huggingface_hub import try_to_load_from_cache
 
     for filename in ("model.safetensors", "pytorch_model.bin"):

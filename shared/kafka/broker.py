@@ -48,6 +48,15 @@ class BrokerStatus:
     log_file: Path
 
 
+def _new_cluster_id() -> str:
+    """A random KRaft cluster id. Like Kafka's own ``Uuid.randomUuid``, never one that starts with
+    '-': the storage tool's argument parser would read it as an option and fail."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class LocalBroker:
     def __init__(self, settings: BrokerSettings, libs_dir: Path | None = None) -> None:
         self.settings = settings
@@ -209,7 +218,7 @@ class LocalBroker:
         return [*command, "-cp", classpath]
 
     def _format_storage(self, java: str, classpath: str) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = _new_cluster_id()
         command = [
             *self._java_command(java, classpath),
             "kafka.tools.StorageTool",

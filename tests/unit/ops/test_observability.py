@@ -155,7 +155,7 @@ def test_suffixes_follow_the_metric_types(known: dict[str, set[str] | None]) -> 
         known
     )
     assert known["lineguard_scorer_end_to_end_seconds_bucket"] == {"le"}
-    assert known["lineguard_scorer_verdicts_total"] == {"product_class", "decision"}
+    assert known["lineguard_scorer_verdicts_total"] == {"product_class", "decision", "station_id"}
     assert known["lineguard_scorer_model_info"] is None
 
 
