@@ -144,3 +144,29 @@ async def test_two_scorers_share_partitions_and_rebalance_when_one_stops(
         assert first.service.committed_records > 0 and second.service.committed_records > 0
         assert first.service.committed_records + second.service.committed_records == stats.sent
     assert Counter(v.frame_id for v in got.values) == Counter(f"rb-{i:07d}" for i in range(90))
+
+
+async def test_consecutive_rejects_raise_one_operator_alert_in_the_verdicts_transaction(
+    kafka_settings: Settings, models: LineModels
+) -> None:
+    from shared.messages.schemas import AlertEvent
+
+    settings = scorer_settings(kafka_settings, late_policy=LatePolicy.REJECT, max_batch=2)
+    alerts_section = settings.alerts.model_copy(update={"consecutive_rejects": 4})
+    settings = settings.model_copy(update={"alerts": alerts_section})
+    async with (
+        TopicReader(settings, "verdicts", Verdict) as verdicts,
+        TopicReader(settings, "alerts", AlertEvent) as alerts,
+        running_scorer(settings, models.a),
+    ):
+        # deadline 0 ms: every frame is late, so the fail-safe policy rejects all 6 in a row.
+        await run_camera_sim(settings, sim_options(count=6, deadline_ms=0, run_id="streak", defect_rate=0.0))
+        got = await verdicts.wait_for(6, timeout=60)
+        raised = await alerts.wait_for(1, timeout=30)
+    assert {v.decision for v in got.values} == {"reject"}
+    streak = [a for a in raised.values if a.kind == "consecutive_rejects"]
+    assert len(streak) == 1, raised.values  # once per streak, not once per reject after the 4th
+    alert = streak[0]
+    rejected = [v.frame_id for v in got.values]
+    assert alert.frame_ids == rejected[:4]
+    assert alert.station_id == settings.camera_sim.station_id and alert.severity == "critical"
