@@ -277,6 +277,7 @@ class InspectionModel:
     def _resolve_class(self, route: RouteDecision, hint: str | None) -> tuple[int, str, float, bool, str]:
         """``(class index to score against, reported class, confidence, hint mismatch, reason)``."""
         nearest_name = self.classes[route.nearest]
+        shown = hint if hint is None or len(hint) <= 64 else hint[:64] + "..."  # hints come off the wire
         if hint is not None and hint in self._class_index:
             hinted = self._class_index[hint]
             if route.unknown:
@@ -285,7 +286,7 @@ class InspectionModel:
                 return hinted, hint, 0.0, True, f"hint '{hint}' but routed to '{nearest_name}'"
             return hinted, hint, route.confidence, False, ""
         mismatch = hint is not None
-        prefix = f"hint '{hint}' is not a class of this model; " if mismatch else ""
+        prefix = f"hint '{shown}' is not a class of this model; " if mismatch else ""
         if route.unknown:
             reason = (
                 f"{prefix}unknown product (nearest class '{nearest_name}' at distance {route.distance:.3f})"
