@@ -200,19 +200,8 @@ class AlertsService:
         from shared.messages.codec import encode
         from shared.messages.schemas import DeadLetter
 
-        for tp, record in records:
-            letter = DeadLetter(
-                reason=reason,
-                detail=detail[:4096],
-                source_topic=tp.topic,
-                source_partition=tp.partition,
-                source_offset=record.offset,
-                original_key=record.key,
-                original_value=record.value or b"",
-                original_headers=list(record.headers or []),
-                failed_at=time.time_ns(),
-                service=SERVICE,
-            )
+        for _partition, record in records:
+            letter = DeadLetter.for_record(record, reason=reason, detail=detail, service=SERVICE)
             await producer.send_and_wait(self.settings.topic("dlq"), encode(letter), key=record.key)
             metrics.DEAD_LETTERS.labels(reason).inc()
         log_event(

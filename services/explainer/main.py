@@ -238,18 +238,7 @@ class _Service:
         from shared.messages.schemas import DeadLetter
 
         metrics.BAD_EVENTS.labels(reason).inc()
-        letter = DeadLetter(
-            reason=reason,
-            detail=detail[:65536],
-            source_topic=record.topic,
-            source_partition=record.partition,
-            source_offset=record.offset,
-            original_key=record.key,
-            original_value=record.value,
-            original_headers=list(record.headers or []),
-            failed_at=time.time_ns(),
-            service=SERVICE,
-        )
+        letter = DeadLetter.for_record(record, reason=reason, detail=detail, service=SERVICE)
         await producer.send_and_wait(self.settings.topic("dlq"), encode(letter), key=record.key)
         log_event(
             log,

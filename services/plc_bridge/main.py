@@ -199,18 +199,7 @@ class PlcBridge:
                 partition=tp.partition,
                 offset=record.offset,
             )
-            letter = DeadLetter(
-                reason=exc.reason,
-                detail=str(exc)[:4096],
-                source_topic=tp.topic,
-                source_partition=tp.partition,
-                source_offset=record.offset,
-                original_key=record.key,
-                original_value=record.value or b"",
-                original_headers=list(record.headers or []),
-                failed_at=time.time_ns(),
-                service=SERVICE,
-            )
+            letter = DeadLetter.for_record(record, reason=exc.reason, detail=str(exc), service=SERVICE)
             await producer.send_and_wait(self.settings.topic("dlq"), encode(letter), key=record.key)
             return
         outcome = self.core.apply_verdict(verdict, self.clock())

@@ -33,7 +33,6 @@ from shared.settings import LatePolicy
 
 SERVICE = "scorer"
 UNKNOWN_CLASS = "unknown"
-DETAIL_LIMIT = 2000  # characters of an error's text kept in a dead letter
 
 
 @dataclass(frozen=True)
@@ -80,18 +79,7 @@ class ScoreLike(Protocol):
 
 
 def dead_letter(record: RawRecord, reason: str, detail: str, now_ns: int | None = None) -> DeadLetter:
-    return DeadLetter(
-        reason=reason,
-        detail=detail[:DETAIL_LIMIT],
-        source_topic=record.topic,
-        source_partition=record.partition,
-        source_offset=record.offset,
-        original_key=record.key,
-        original_value=record.value,
-        original_headers=[(k, bytes(v)) for k, v in record.headers],
-        failed_at=now_ns if now_ns is not None else time.time_ns(),
-        service=SERVICE,
-    )
+    return DeadLetter.for_record(record, reason=reason, detail=detail, service=SERVICE, failed_at=now_ns)
 
 
 def decode_record(

@@ -12,6 +12,7 @@ upgraded before producers.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -156,6 +157,25 @@ class DeadLetter:
     original_headers: list[tuple[str, bytes]] = field(metadata=limits(max_items=MAX_HEADERS, max_len=1 << 20))
     failed_at: int = field(metadata=_TIMESTAMP)  # ns
     service: str = field(metadata=_ID)
+
+    @classmethod
+    def for_record(
+        cls, record: Any, *, reason: str, detail: str, service: str, failed_at: int | None = None
+    ) -> DeadLetter:
+        """The dead letter for a consumed record (anything with Kafka's ``topic``, ``partition``,
+        ``offset``, ``key``, ``value`` and ``headers``): kept whole, with why it failed."""
+        return cls(
+            reason=reason,
+            detail=detail[:DETAIL_MAX],
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            original_key=record.key,
+            original_value=record.value or b"",
+            original_headers=[(k, bytes(v)) for k, v in record.headers or ()],
+            failed_at=failed_at if failed_at is not None else time.time_ns(),
+            service=service,
+        )
 
 
 @dataclass(frozen=True)
