@@ -274,7 +274,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--workdir", default="var/demo", help="dataset, model, ground truth and logs")
     parser.add_argument("--products", default="washer,fabric", help="synthetic products (two or more)")
     parser.add_argument("--size", type=int, default=160, help="image and model input size in pixels")
-    parser.add_argument("--train", type=int, default=20, help="training images per product")
+    parser.add_argument("--train", type=int, default=40, help="training images per product")
     parser.add_argument("--bank", type=int, default=1000, help="memory bank size per product")
     parser.add_argument("--frames", type=int, default=200, help="frames to send in all")
     parser.add_argument("--cameras", type=int, default=2)

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
+# Held-out scores beyond the target quantile needed before the empirical quantile is trusted alone.
+_MIN_TAIL_SAMPLES = 5
+# Below this a standard deviation is too uncertain to extrapolate a tail from (chi-square, < 4 dof).
+_MIN_GAUSSIAN_SAMPLES = 5
+
 
 def threshold_at_frr(normal_scores: np.ndarray, target_frr: float) -> float:
-    """The smallest threshold that rejects at most ``target_frr`` of the held-out normal images."""
-    if len(normal_scores) == 0:
+    """A threshold that rejects about ``target_frr`` of normal images, from held-out normal scores.
+
+    The empirical quantile is used when the held-out set has enough images beyond it. With fewer
+    (say 8 images for a 1% target) it is just the sample maximum, which new normal images exceed
+    far more often than ``target_frr``; then a Gaussian tail fitted to the same scores (from 5
+    scores up) bounds it from below, so a small calibration set errs towards fewer false rejects.
+    """
+    scores = np.asarray(normal_scores, dtype=np.float64)
+    if len(scores) == 0:
         raise ValueError("calibration needs at least one held-out normal image")
-    return float(np.quantile(np.asarray(normal_scores, dtype=np.float64), 1.0 - target_frr, method="higher"))
+    empirical = float(np.quantile(scores, 1.0 - target_frr, method="higher"))
+    if len(scores) < _MIN_GAUSSIAN_SAMPLES or len(scores) * target_frr >= _MIN_TAIL_SAMPLES:
+        return empirical
+    z = NormalDist().inv_cdf(1.0 - target_frr)
+    return max(empirical, float(scores.mean() + z * scores.std(ddof=1)))
 
 
 def f1_optimal_threshold(normal_scores: np.ndarray, defect_scores: np.ndarray) -> tuple[float, float]:

@@ -142,7 +142,7 @@ def fit_model(
             "n_holdout": len(holdout_idx),
             "target_frr": config.target_frr,
             "heldout_scores": [float(score) for score in raw],
-            "threshold_rule": "quantile(held-out normal scores, 1 - target_frr)",
+            "threshold_rule": "quantile(held-out normal scores, 1 - target_frr), Gaussian tail if few",
         }
 
     prototypes = np.stack([model.prototype for model in class_models])
