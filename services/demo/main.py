@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,14 +163,16 @@ def run_demo(args: argparse.Namespace) -> int:
         _say(f"topics ready: {', '.join(topics)}")
 
         data_root = work / "data"
-        if not (data_root / ".complete").exists() or sorted(
-            p.name for p in data_root.iterdir() if p.is_dir()
-        ) != sorted(products):
+        # The dataset is deterministic in these parameters; regenerate only when they change.
+        recipe = json.dumps({"products": sorted(products), "train": args.train, "size": args.size})
+        marker = data_root / ".complete"
+        if not marker.exists() or marker.read_text() != recipe:
             _say(f"generating a synthetic MVTec-layout dataset of {', '.join(products)} in {data_root} ...")
+            shutil.rmtree(data_root, ignore_errors=True)
             write_mvtec_dataset(
                 data_root, products, n_train=args.train, n_test_good=20, n_test_defect=10, size=args.size
             )
-            (data_root / ".complete").touch()
+            marker.write_text(recipe)
         model_dir = work / "models" / f"model-{run_id}"
         t0 = time.monotonic()
         version = _fit_model(data_root, products, model_dir, args.size, args.bank)
