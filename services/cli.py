@@ -17,11 +17,11 @@ COMMAND_MODULES = (
     "services.model_tools.cli",  # fit, evaluate, score
     "services.kafka_admin.cli",  # kafka up|down|status, topics ensure
     "services.camera_sim.main",  # camera-sim
-    "services.scorer.main",  # scorer
+    "services.scorer.main",  # scorer, announce
     "services.explainer.main",  # explainer
     "services.demo.main",  # demo
     "services.alerts.main",  # alerts
-    "services.plc_bridge.main",  # plc-bridge
+    "services.plc_bridge.main",  # plc-sim, plc-bridge
 )
 
 
@@ -29,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lineguard", description="Kafka-native visual inspection.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # a service not built into this install
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 
