@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 from PIL import Image
-from shared.engine.model import Region
 
 from services.camera_sim.badframes import bad_record_value, oversized_png
 from services.camera_sim.images import encode_jpeg
@@ -24,6 +23,7 @@ from services.scorer.handler import (
     decode_record,
     order_by_record,
 )
+from shared.engine.model import Region
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import DeadLetter, DefectEvent, Frame, Verdict
 from shared.settings import LatePolicy
