@@ -48,7 +48,7 @@ class PlainPatchCore:
 
         size = self.input_size
         batch = np.stack(
-            [np.asarray(Image.fromarray(i).resize((size, size), Image.BILINEAR)) for i in images]
+            [np.asarray(Image.fromarray(i).resize((size, size), Image.Resampling.BILINEAR)) for i in images]
         )
         pixels = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
         with torch.inference_mode():
@@ -96,6 +96,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 3], help="engine k values to run")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument(
+        "--bank-from-train-only",
+        action="store_true",
+        help="engine keeps its calibration images out of the bank (default: refit on all normals)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     (data,) = discover(args.data)
@@ -105,12 +110,17 @@ def main() -> int:
         "n_test": len(data.test),
         "input_size": args.input_size,
         "bank_size": args.bank_size,
+        "engine_bank_from_all_normals": not args.bank_from_train_only,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
     }
     for k in args.k:
         began = time.perf_counter()
         config = FitConfig(
-            backbone="efficientnet_lite0", input_size=args.input_size, bank_size=args.bank_size, k=k
+            backbone="efficientnet_lite0",
+            input_size=args.input_size,
+            bank_size=args.bank_size,
+            k=k,
+            bank_from_all_normals=not args.bank_from_train_only,
         )
         model = InspectionModel.fit({data.name: list(data.train)}, config)
         fit_seconds = time.perf_counter() - began

@@ -54,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--defect-samples", help="folder of defective samples (per class subfolders) for an F1 threshold"
     )
+    fit.add_argument(
+        "--bank-from-train-only",
+        action="store_true",
+        help="keep the calibration images out of the final bank (default: refit the bank on all normals)",
+    )
     fit.add_argument("--threads", type=_positive, help="torch/faiss threads (default: torch's)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", required=True, help="model directory to write")

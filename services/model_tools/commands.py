@@ -70,6 +70,7 @@ def run_fit(args: argparse.Namespace) -> int:
             image_score=args.image_score,
             target_frr=args.target_frr,
             holdout_fraction=args.holdout,
+            bank_from_all_normals=not args.bank_from_train_only,
             seed=args.seed,
         )
         out = Path(args.out)

@@ -39,6 +39,7 @@ def greedy_coreset(
     progress: Callable[[int], None] | None = None,
     pool_size: int = 4096,
     refresh_size: int = 32,
+    method: str = "auto",
 ) -> np.ndarray:
     """Indices of ``target`` rows of ``features`` chosen by greedy k-center, in selection order."""
     n_points = features.shape[0]
@@ -46,6 +47,10 @@ def greedy_coreset(
         raise ValueError("coreset target size must be positive")
     if target >= n_points:
         return np.arange(n_points)
+    small = n_points * target <= 50_000_000 or target * 4 > n_points
+    if method == "plain" or (method == "auto" and small):
+        # Small problems, or a coreset that keeps most points: the plain loop is quicker there.
+        return naive_greedy_coreset(features, target, projection_dim=projection_dim, seed=seed)
     points = random_projection(features, projection_dim, seed)
     norms = (points * points).sum(1)
     centres = torch.empty(target, points.shape[1])
@@ -120,5 +125,6 @@ def naive_greedy_coreset(
         chosen.append(current)
         dist = (norms - 2 * (points @ points[current]) + norms[current]).clamp_min_(0).sqrt_()
         torch.minimum(min_dist, dist, out=min_dist)
+        min_dist[current] = -1.0  # never chosen twice, even among duplicates
         current = int(torch.argmax(min_dist))
     return np.asarray(chosen, dtype=np.int64)

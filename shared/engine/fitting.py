@@ -95,35 +95,13 @@ def fit_model(
 
     class_models: list[ClassModel] = []
     heldout: list[tuple[np.ndarray, tuple[int, int]]] = []
-    generator_seed = config.seed
     for name in sorted(data):
         sources = list(data[name])
         train_idx, holdout_idx = split_holdout(len(sources), config)
         progress.stage(f"{name}: features", len(train_idx))
         features, grid = embed_sources(shell, [sources[i] for i in train_idx], config.batch_size, progress)
         prototype = l2_normalise(l2_normalise(features.mean(axis=1)).mean(axis=0))
-        scorer: KnnBank | GaussianModel
-        if config.scorer == "gaussian":
-            progress.stage(f"{name}: gaussian", 1)
-            scorer = GaussianModel.fit(torch.from_numpy(features), seed=generator_seed)
-            progress.advance(1)
-        else:
-            patches = torch.from_numpy(features.reshape(-1, features.shape[-1]))
-            target = config.bank_size
-            if config.bank_ratio is not None:
-                target = max(1, int(config.bank_ratio * len(patches)))
-            target = min(target, len(patches))
-            progress.stage(f"{name}: coreset", target)
-            chosen = greedy_coreset(
-                patches,
-                target,
-                projection_dim=config.projection_dim,
-                seed=generator_seed,
-                progress=progress.advance,
-            )
-            bank = patches[torch.from_numpy(np.sort(chosen))].numpy()
-            scorer = KnnBank(build_index(bank, config.index, seed=generator_seed), config.k)
-        del features
+        scorer = _fit_scorer(name, features, config, progress)
         progress.stage(f"{name}: calibration", len(holdout_idx))
         held_features, _ = embed_sources(
             shell, [sources[i] for i in holdout_idx], config.batch_size, progress
@@ -143,7 +121,15 @@ def fit_model(
             "target_frr": config.target_frr,
             "heldout_scores": [float(score) for score in raw],
             "threshold_rule": "quantile(held-out normal scores, 1 - target_frr), Gaussian tail if few",
+            "bank_includes_holdout": config.bank_from_all_normals,
         }
+        if config.bank_from_all_normals:
+            # The threshold above came from images the bank had not seen. The final bank also
+            # covers them (more normal variety); new normal images can then only score lower.
+            everything = np.concatenate([features, held_features])
+            class_models[-1].scorer = _fit_scorer(name, everything, config, progress)
+            del everything
+        del features
 
     prototypes = np.stack([model.prototype for model in class_models])
     for model, (embeddings, _) in zip(class_models, heldout, strict=True):
@@ -177,3 +163,24 @@ def fit_model(
         metadata=metadata,
     )
 
+
+def _fit_scorer(
+    name: str, features: np.ndarray, config: FitConfig, progress: FitProgress
+) -> KnnBank | GaussianModel:
+    """A class's model of normal patches: PaDiM Gaussians, or a coreset memory bank."""
+    if config.scorer == "gaussian":
+        progress.stage(f"{name}: gaussian", 1)
+        gaussian = GaussianModel.fit(torch.from_numpy(features), seed=config.seed)
+        progress.advance(1)
+        return gaussian
+    patches = torch.from_numpy(features.reshape(-1, features.shape[-1]))
+    target = config.bank_size
+    if config.bank_ratio is not None:
+        target = max(1, int(config.bank_ratio * len(patches)))
+    target = min(target, len(patches))
+    progress.stage(f"{name}: coreset", target)
+    chosen = greedy_coreset(
+        patches, target, projection_dim=config.projection_dim, seed=config.seed, progress=progress.advance
+    )
+    bank = patches[torch.from_numpy(np.sort(chosen))].numpy()
+    return KnnBank(build_index(bank, config.index, seed=config.seed), config.k)

@@ -17,7 +17,9 @@ def test_fast_coreset_selects_what_the_plain_loop_selects() -> None:
     features = centres[torch.randint(30, (6000,), generator=generator)] + torch.randn(
         6000, 200, generator=generator
     )
-    fast = greedy_coreset(features, 400, projection_dim=64, seed=1, pool_size=512, refresh_size=16)
+    fast = greedy_coreset(
+        features, 400, projection_dim=64, seed=1, pool_size=512, refresh_size=16, method="lazy"
+    )
     plain = naive_greedy_coreset(features, 400, projection_dim=64, seed=1)
     assert len(set(fast.tolist())) == 400
     assert (fast == plain).mean() > 0.98  # identical up to rounding-level ties
@@ -30,4 +32,5 @@ def test_coreset_edge_cases() -> None:
     np.testing.assert_array_equal(greedy_coreset(features, 80), np.arange(50))
     assert len(greedy_coreset(features, 1)) == 1
     duplicates = torch.ones(100, 8)  # all points identical: any selection is valid, no hang
-    assert len(set(greedy_coreset(duplicates, 5).tolist())) == 5
+    for method in ("lazy", "plain"):
+        assert len(set(greedy_coreset(duplicates, 5, method=method).tolist())) == 5

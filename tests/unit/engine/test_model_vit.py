@@ -64,13 +64,20 @@ def test_defects_are_found_localised_and_routed(vit_model: InspectionModel, prod
 
 
 def test_regions_are_in_frame_pixels_of_any_size(vit_model: InspectionModel) -> None:
-    image, mask = render_sample("washer", np.random.default_rng(7), 336, "missing")
-    wide = np.ascontiguousarray(np.repeat(image, 2, axis=1))  # 336 x 672 frame
-    (result,) = vit_model.score_batch([wide])
-    assert result.anomaly_map.shape == (336, 672)
-    for region in result.regions:
-        assert region.x >= 0 and region.x + region.width <= 672 and region.y + region.height <= 336
-    assert overlaps_mask(result, np.repeat(mask, 2, axis=1))
+    image, _ = render_sample("washer", np.random.default_rng(7), VIT_SIZE, "missing")
+    (small,) = vit_model.score_batch([image])
+    assert small.regions
+    big = np.ascontiguousarray(np.repeat(np.repeat(image, 2, axis=0), 3, axis=1))  # 2x tall, 3x wide
+    (result,) = vit_model.score_batch([big])
+    assert result.anomaly_map.shape == big.shape[:2]
+    assert result.raw_score == pytest.approx(small.raw_score, rel=0.05)
+    # The same top region, in the bigger frame's pixels (resizing a resized frame is not exact:
+    # allow a few input pixels).
+    before, after = small.regions[0], result.regions[0]
+    assert abs(after.x - 3 * before.x) <= 12 and abs(after.width - 3 * before.width) <= 24
+    assert abs(after.y - 2 * before.y) <= 8 and abs(after.height - 2 * before.height) <= 16
+    for after in result.regions:
+        assert after.x + after.width <= big.shape[1] and after.y + after.height <= big.shape[0]
 
 
 def test_unknown_product_is_scored_but_flagged_for_review(vit_model: InspectionModel) -> None:
