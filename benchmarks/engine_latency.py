@@ -78,7 +78,7 @@ def main() -> int:
     parser.add_argument("--banks", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--search-threads", type=int, default=1, help="faiss OpenMP threads")
+    parser.add_argument("--search-threads", type=int, default=2, help="faiss OpenMP threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     set_search_threads(args.search_threads)

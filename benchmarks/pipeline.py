@@ -97,7 +97,7 @@ async def read_verdicts(settings: Any, count: int, timeout_s: float) -> list[tup
 
 
 def start_scorer(
-    settings: Any, model_dir: Path, batch: int, threads: int, log: Path
+    settings: Any, model_dir: Path, batch: int, threads: int, search_threads: int, log: Path
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINEGUARD_")}
     env.update(
@@ -108,6 +108,7 @@ def start_scorer(
             "LINEGUARD_SCORER__TRANSACTIONAL_ID_PREFIX": f"{settings.topic_prefix}-txn",
             "LINEGUARD_SCORER__MAX_BATCH": str(batch),
             "LINEGUARD_SCORER__TORCH_THREADS": str(threads),
+            "LINEGUARD_SCORER__SEARCH_THREADS": str(search_threads),
             "LINEGUARD_SCORER__WATCH_MODELS": "false",
         }
     )
@@ -150,7 +151,9 @@ async def line_run(
         products=PRODUCTS, size=args.size, pool=32, rate=1000.0, count=args.frames, cameras=2, run_id="tp"
     )
     await run_camera_sim(settings, options)
-    scorer = start_scorer(settings, model_dir, args.batch, args.threads, work / "scorer-throughput.log")
+    scorer = start_scorer(
+        settings, model_dir, args.batch, args.threads, args.search_threads, work / "scorer-throughput.log"
+    )
     try:
         got = await read_verdicts(settings, args.frames, timeout_s=600)
     finally:
@@ -162,7 +165,9 @@ async def line_run(
     # Latency at half the engine's rate.
     settings = settings_base.model_copy(update={"topic_prefix": f"bench-lat-{int(time.time())}"})
     await ensure_topics(settings, frames_partitions=2)
-    scorer = start_scorer(settings, model_dir, args.batch, args.threads, work / "scorer-latency.log")
+    scorer = start_scorer(
+        settings, model_dir, args.batch, args.threads, args.search_threads, work / "scorer-latency.log"
+    )
     try:
         rate = engine_fps / 2
         count = int(rate * args.latency_seconds)
@@ -197,6 +202,7 @@ def main() -> int:
     parser.add_argument("--bank", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--search-threads", type=int, default=2, help="faiss threads (engine and scorer)")
     parser.add_argument("--frames", type=int, default=400)
     parser.add_argument("--engine-batches", type=int, default=30)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
@@ -206,10 +212,12 @@ def main() -> int:
 
     import torch
 
+    from shared.engine.patch_scoring import set_search_threads
     from shared.kafka.broker import LocalBroker
     from shared.settings import BrokerSettings, Settings
 
     torch.set_num_threads(args.threads)
+    set_search_threads(args.search_threads)  # the same faiss threads as the scorer gets
     work = Path(tempfile.mkdtemp(prefix="lineguard-bench-"))
     broker = None
     bootstrap = os.environ.get("LINEGUARD_KAFKA_BOOTSTRAP")

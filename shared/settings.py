@@ -45,6 +45,9 @@ class ScorerSettings(BaseModel):
     max_wait_ms: int = Field(20, ge=0, le=10_000)
     decode_threads: int = Field(2, ge=1, le=64)
     torch_threads: int = Field(2, ge=1, le=256)
+    # faiss OpenMP threads for the k-NN search; on a dedicated machine as many as torch uses (on a
+    # 2-core machine 2 threads halve the search time; lower it where other work shares the cores).
+    search_threads: int = Field(2, ge=1, le=256)
     late_policy: LatePolicy = LatePolicy.REJECT
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(4096 * 4096, ge=64)

@@ -436,7 +436,10 @@ def _command(args: argparse.Namespace) -> int:
         return 2
     import torch
 
+    from shared.engine.patch_scoring import set_search_threads
+
     torch.set_num_threads(settings.scorer.torch_threads)
+    set_search_threads(settings.scorer.search_threads)
 
     async def main() -> int:
         stop = asyncio.Event()

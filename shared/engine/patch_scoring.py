@@ -15,9 +15,10 @@ import torch
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
 _FAISS_READY = False
-# faiss's OpenMP threads for searches. One by default: on a busy 2-core machine (frame decoding,
-# other services) two OpenMP threads spin against each other and a 256-query search took 5x
-# longer than with one (366 ms vs 65 ms measured here). Raise it on a dedicated machine.
+# faiss's OpenMP threads for searches. One unless the caller says otherwise: on an oversubscribed
+# machine two OpenMP threads spin against each other (a 256-query search took 366 ms instead of
+# 65 ms with one). On a dedicated 2-core machine two halve it (12 vs 23 ms); the scorer sets
+# LINEGUARD_SCORER__SEARCH_THREADS (default 2).
 _SEARCH_THREADS = 1
 
 
