@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from services.alerts import metrics
 from services.alerts.forwarding import Admission, Forwarder, RetryPolicy
 from services.alerts.payloads import payload
 from services.alerts.webhook import DeliveryResult, post_json_async
+from shared.lifecycle import run_until_signalled
 from shared.settings import Settings, SettingsError, load_settings
 from shared.telemetry.logging import log_event, setup_logging
 
@@ -217,14 +217,7 @@ def _run(args: Any) -> int:
 
     start_metrics_server(settings.metrics_port, metrics.REGISTRY)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await AlertsService(settings, url).run(stop)
-
-    asyncio.run(main())
+    run_until_signalled(AlertsService(settings, url).run)
     return 0
 
 

@@ -10,13 +10,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from shared.lifecycle import run_until_signalled
 
 log = logging.getLogger("lineguard.camera_sim")
 
@@ -217,17 +218,13 @@ def _command(args: argparse.Namespace) -> int:
     setup_tracing("camera-sim", settings.otel_exporter)
     options = _options_from_args(args)
 
-    async def main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    async def main(stop: asyncio.Event) -> int:
         stats = await run_camera_sim(settings, options, stop)
         print(f"camera-sim: sent {stats.sent} frames ({stats.bad} bad on purpose)", file=sys.stderr)
         return 0
 
     try:
-        return asyncio.run(main())
+        return run_until_signalled(main)
     except (ValueError, FileNotFoundError) as exc:
         print(f"camera-sim: {exc}", file=sys.stderr)
         return 2

@@ -14,12 +14,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from services.explainer import metrics
+from shared.lifecycle import run_until_signalled
 from shared.settings import Settings, load_settings
 from shared.telemetry.logging import log_event
 
@@ -60,19 +60,11 @@ def run_command(args: argparse.Namespace) -> int:
     setup_tracing(SERVICE, settings.otel_exporter)
     start_metrics_server(settings.metrics_port, metrics.REGISTRY)
     try:
-        asyncio.run(_run_until_signalled(settings, max(0, args.max_events)))
+        run_until_signalled(lambda stop: run_explainer(settings, stop, max_events=max(0, args.max_events)))
     except ValueError as exc:  # configuration the settings object cannot see (a key file, ...)
         log_event(log, "explainer_config_error", logging.ERROR, detail=str(exc))
         return 2
     return 0
-
-
-async def _run_until_signalled(settings: Settings, max_events: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await run_explainer(settings, stop, max_events=max_events)
 
 
 @dataclass

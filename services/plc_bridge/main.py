@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from services.plc_bridge import metrics
 from services.plc_bridge.logic import BridgeCore, Outcome
 from services.plc_bridge.plc import ModbusPlc, OpcUaPlc, PlcError, PlcTarget
+from shared.lifecycle import run_until_signalled
 from shared.settings import FailSafeAction, Settings, SettingsError, load_settings
 from shared.telemetry.logging import log_event, setup_logging
 
@@ -278,14 +278,7 @@ def _run(args: Any) -> int:
 
     start_metrics_server(settings.metrics_port, metrics.REGISTRY)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await PlcBridge(settings).run(stop)
-
-    asyncio.run(main())
+    run_until_signalled(PlcBridge(settings).run)
     return 0
 
 
@@ -296,11 +289,7 @@ def _run_simulator(args: Any) -> int:
     setup_logging("plc-sim", settings.log_level)
     stations = args.stations.split(",") if args.stations else settings.plc_bridge.stations
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    async def main(stop: asyncio.Event) -> None:
         modbus = ModbusPlcSimulator(args.host, args.modbus_port)
         opcua = OpcUaPlcSimulator(
             stations,
@@ -322,7 +311,7 @@ def _run_simulator(args: Any) -> int:
             await modbus.stop()
             await opcua.stop()
 
-    asyncio.run(main())
+    run_until_signalled(main)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 import time
 from collections import defaultdict
@@ -38,6 +37,7 @@ from services.scorer.handler import (
 from services.scorer.models import ModelHolder, ModelWatcher, ServingModel, load_model_dir
 from services.scorer.partitions import PartitionState, PartitionTransactions
 from shared.alerting import AlertDetector, AlertRules
+from shared.lifecycle import run_until_signalled
 from shared.messages.codec import encode
 from shared.telemetry.logging import log_event
 from shared.telemetry.tracing import extract_context, get_tracer, inject_headers, span_link
@@ -441,15 +441,8 @@ def _command(args: argparse.Namespace) -> int:
     torch.set_num_threads(settings.scorer.torch_threads)
     set_search_threads(settings.scorer.search_threads)
 
-    async def main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return await serve(settings, model_dir, stop)
-
     try:
-        return asyncio.run(main())
+        return run_until_signalled(lambda stop: serve(settings, model_dir, stop))
     except ModelRefused as exc:
         print(f"scorer: model {model_dir} refused: {exc}", file=sys.stderr)
         return 2
