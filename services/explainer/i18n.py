@@ -7,6 +7,8 @@ correct and identical across reports.
 
 from __future__ import annotations
 
+from services.explainer.geometry import LOCATION_CODES
+
 LANGUAGES = ("en", "ko", "ja")
 LANGUAGE_NAMES = {"en": "English", "ko": "Korean", "ja": "Japanese"}
 
@@ -141,21 +143,7 @@ TEXTS: dict[str, dict[str, str]] = {
 }
 
 POSITIONS: dict[str, dict[str, str]] = {
-    "en": {
-        code: code
-        for code in (
-            "upper left",
-            "upper middle",
-            "upper right",
-            "middle left",
-            "center",
-            "middle right",
-            "lower left",
-            "lower middle",
-            "lower right",
-            "whole part",
-        )
-    },
+    "en": {code: code for code in LOCATION_CODES},
     "ko": {
         "upper left": "왼쪽 위",
         "upper middle": "위쪽 가운데",
