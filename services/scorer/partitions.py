@@ -134,6 +134,8 @@ class PartitionTransactions:
         wanted = {(tp.topic, tp.partition) for tp in assigned}
         for key in [k for k in self._states if k not in wanted]:
             await _stop_quietly(self._states.pop(key).producer)
+        # Partitions we keep were ours without a break, so what we committed is what is committed.
+        kept_next = {key: state.next_offset for key, state in self._states.items()}
         new = [k for k in wanted if k not in self._states]
         producers = await asyncio.gather(
             *(self._start_producer(topic, partition) for topic, partition in new)
@@ -145,6 +147,10 @@ class PartitionTransactions:
             committed = await self._consumer.committed(tp)
             if committed is None:  # nothing committed yet: the group starts at the beginning
                 committed = (await self._consumer.beginning_offsets([tp]))[tp]
+            # The group coordinator answers with the last *completed* offset commit: right after our
+            # own transaction commits, its markers may still be on their way and the answer one
+            # transaction old. Re-reading from there would score those frames twice.
+            committed = max(committed, kept_next.get((tp.topic, tp.partition), 0))
             self.reset(self._states[(tp.topic, tp.partition)], committed)
         if assigned:
             self._consumer.resume(*assigned)
