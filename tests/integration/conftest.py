@@ -32,6 +32,7 @@ import itertools
 import os
 import re
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,9 @@ from typing import Any, TypeVar
 import pytest
 
 from shared.kafka.broker import LocalBroker, api_versions_ok
-from shared.kafka.client import ensure_topics, make_admin
+from shared.kafka.client import ensure_topics, make_admin, make_consumer
+from shared.messages.codec import decode
+from shared.messages.schemas import DeadLetter
 from shared.settings import BrokerSettings, Settings
 
 T = TypeVar("T")
@@ -75,6 +78,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("localhost", 0))
         return int(sock.getsockname()[1])
+
+
+async def read_dead_letters(settings: Settings, count: int, timeout_s: float = 15.0) -> list[DeadLetter]:
+    """Up to ``count`` dead letters from the start of the ``dlq`` topic, waiting at most ``timeout_s``."""
+    consumer = make_consumer(settings, settings.topic("dlq"), group_id=None)
+    await consumer.start()
+    try:
+        out: list[DeadLetter] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                out += [decode(r.value, DeadLetter) for r in records]
+        return out
+    finally:
+        await consumer.stop()
 
 
 @pytest.fixture(scope="session")

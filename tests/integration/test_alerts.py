@@ -15,9 +15,9 @@ from services.alerts.main import AlertsService
 from services.alerts.webhook import post_json_async
 from shared.kafka.client import make_consumer, make_producer
 from shared.messages.codec import decode, encode
-from shared.messages.schemas import AlertEvent, DeadLetter
+from shared.messages.schemas import AlertEvent
 from shared.settings import AlertsSettings, Settings, WebhookFormat
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, read_dead_letters
 from tests.unit.ops.webhook_server import WebhookServer
 
 pytestmark = pytest.mark.integration
@@ -94,20 +94,6 @@ async def committed_and_end(settings: Settings, group_id: str) -> tuple[int | No
         await consumer.stop()
 
 
-async def dead_letters(settings: Settings, count: int) -> list[DeadLetter]:
-    consumer = make_consumer(settings, settings.topic("dlq"), group_id=None)
-    await consumer.start()
-    try:
-        out: list[DeadLetter] = []
-        deadline = time.monotonic() + 15
-        while len(out) < count and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=300)).values():
-                out += [decode(r.value, DeadLetter) for r in records]
-        return out
-    finally:
-        await consumer.stop()
-
-
 async def test_retries_dedup_and_rate_limit_deliver_every_alert_once(kafka_settings: Settings) -> None:
     settings = alerts_settings(
         kafka_settings,
@@ -130,7 +116,7 @@ async def test_retries_dedup_and_rate_limit_deliver_every_alert_once(kafka_setti
     assert "st-2" in bodies[1]["text"]
     assert bodies[2]["text"].startswith("2 alerts held back") and "st-3" in bodies[2]["text"]
     assert all("st-1" not in b["text"] for b in bodies[1:])  # the repeat was suppressed
-    (letter,) = await dead_letters(settings, 1)
+    (letter,) = await read_dead_letters(settings, 1)
     assert letter.original_value == b"\xc1 not an alert" and letter.service == "alerts"
     committed, end = await committed_and_end(settings, settings.alerts.group_id)
     assert committed == end == 6
@@ -144,7 +130,7 @@ async def test_undeliverable_alerts_go_to_the_dlq_and_are_committed(kafka_settin
         server.default_status = 503  # then the endpoint is down for good
         async with running(AlertsService(settings, server.url)):
             await publish(settings, refused, unreachable)
-            letters = await dead_letters(settings, 2)
+            letters = await read_dead_letters(settings, 2)
     assert [(d.reason, decode(d.original_value, AlertEvent)) for d in letters] == [
         ("webhook_rejected", refused),
         ("webhook_unreachable", unreachable),

@@ -15,10 +15,10 @@ from services.plc_bridge import registers as reg
 from services.plc_bridge.main import PlcBridge
 from services.plc_bridge.simulators import ModbusPlcSimulator, OpcUaPlcSimulator
 from shared.kafka.client import make_consumer, make_producer
-from shared.messages.codec import decode, encode
-from shared.messages.schemas import DeadLetter, Verdict
+from shared.messages.codec import encode
+from shared.messages.schemas import Verdict
 from shared.settings import FailSafeAction, PlcBridgeSettings, Settings
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, read_dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -169,7 +169,7 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
         await modbus.stop()
         await opcua.stop()
 
-    letters = await _dead_letters(settings, 1)
+    letters = await read_dead_letters(settings, 1)
     assert (
         letters[0].source_topic == settings.topic("verdicts")
         and letters[0].original_value == b"\x00not msgpack"
@@ -183,20 +183,6 @@ async def _heartbeat_moved(modbus: ModbusPlcSimulator, first: int) -> bool:
 
 async def _frame_is(modbus: ModbusPlcSimulator, index: int, frame_id: str) -> bool:
     return (await modbus.station(index))["last_frame_id"] == frame_id
-
-
-async def _dead_letters(settings: Settings, count: int) -> list[DeadLetter]:
-    consumer = make_consumer(settings, settings.topic("dlq"), group_id=None)
-    await consumer.start()
-    try:
-        out: list[DeadLetter] = []
-        deadline = time.monotonic() + 15
-        while len(out) < count and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=300)).values():
-                out += [decode(r.value, DeadLetter) for r in records]
-        return out
-    finally:
-        await consumer.stop()
 
 
 async def test_scorer_silence_stops_the_line_until_the_scorer_is_back(kafka_settings: Settings) -> None:
