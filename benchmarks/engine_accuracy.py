@@ -31,6 +31,7 @@ from shared.engine.evaluation import evaluate, load_mask
 from shared.engine.images import load_image_file
 from shared.engine.metrics import aupro, auroc, pixel_auroc
 from shared.engine.model import FitConfig, InspectionModel
+from shared.engine.patch_scoring import INDEX_KINDS
 from shared.engine.postprocess import anomaly_maps, resize_map
 
 
@@ -96,6 +97,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--k", type=int, nargs="+", default=[1, 3], help="engine k values to run")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--index", choices=INDEX_KINDS, default="flat", help="engine's faiss index")
+    parser.add_argument("--reduced-dims", type=int, default=50, help="pca-refine: candidate dims")
+    parser.add_argument("--refine-factor", type=int, default=8, help="pca-refine: candidates per neighbour")
     parser.add_argument(
         "--bank-from-train-only",
         action="store_true",
@@ -110,6 +114,12 @@ def main() -> int:
         "n_test": len(data.test),
         "input_size": args.input_size,
         "bank_size": args.bank_size,
+        "engine_index": args.index,
+        **(
+            {"reduced_dims": args.reduced_dims, "refine_factor": args.refine_factor}
+            if args.index == "pca-refine"
+            else {}
+        ),
         "engine_bank_from_all_normals": not args.bank_from_train_only,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
     }
@@ -120,6 +130,9 @@ def main() -> int:
             input_size=args.input_size,
             bank_size=args.bank_size,
             k=k,
+            index=args.index,
+            reduced_dims=args.reduced_dims,
+            refine_factor=args.refine_factor,
             bank_from_all_normals=not args.bank_from_train_only,
         )
         model = InspectionModel.fit({data.name: list(data.train)}, config)

@@ -44,10 +44,13 @@ class ScorerSettings(BaseModel):
     max_batch: int = Field(8, ge=1, le=256)
     max_wait_ms: int = Field(20, ge=0, le=10_000)
     decode_threads: int = Field(2, ge=1, le=64)
-    torch_threads: int = Field(2, ge=1, le=256)
-    # faiss OpenMP threads for the k-NN search; on a dedicated machine as many as torch uses (on a
-    # 2-core machine 2 threads halve the search time; lower it where other work shares the cores).
-    search_threads: int = Field(2, ge=1, le=256)
+    # Batches scored at once, each with ``torch_threads`` intra-op and ``search_threads`` faiss
+    # threads. On CPUs, one worker per core with one thread each beats one worker with every core:
+    # 48-52 vs 37-41 images/s on 2 cores (docs/benchmarks.md), and work from the Kafka client or
+    # the broker then stalls one worker instead of every thread of a parallel region. On a GPU use 1.
+    model_workers: int = Field(2, ge=1, le=64)
+    torch_threads: int = Field(1, ge=1, le=256)
+    search_threads: int = Field(1, ge=1, le=256)
     late_policy: LatePolicy = LatePolicy.REJECT
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(4096 * 4096, ge=64)
@@ -118,7 +121,13 @@ class ExplainerSettings(BaseModel):
     class_egress: dict[str, EgressPolicy] = {}
     vocabulary: dict[str, list[str]] = {}
     default_vocabulary: list[str] = [
-        "scratch", "crack", "spot", "stain", "missing part", "deformation", "contamination",
+        "scratch",
+        "crack",
+        "spot",
+        "stain",
+        "missing part",
+        "deformation",
+        "contamination",
     ]
     references_dir: Path | None = None  # <dir>/<class>/{good,defect}/*.png|jpg
     references_per_class: int = Field(1, ge=0, le=4)

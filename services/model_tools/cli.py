@@ -15,6 +15,9 @@ BACKBONE_NAMES = (
     "efficientnet_lite0",
 )
 
+# shared.engine.patch_scoring.INDEX_KINDS, spelled out so that building the parser imports no torch.
+INDEX_CHOICES = ("flat", "pca-refine", "hnsw", "ivf")
+
 
 def _layers(text: str) -> tuple[int, ...]:
     try:
@@ -47,7 +50,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     fit.add_argument("--scorer", choices=("knn", "patchcore", "gaussian"), default="knn")
     fit.add_argument("--k", type=_positive, default=1, help="neighbours averaged per patch")
-    fit.add_argument("--index", choices=("flat", "hnsw", "ivf"), default="flat")
+    fit.add_argument(
+        "--index",
+        choices=INDEX_CHOICES,
+        default="flat",
+        help="flat: exact; pca-refine: PCA candidates re-ranked exactly (faster for ViT features); "
+        "hnsw/ivf: approximate, for very large banks",
+    )
+    fit.add_argument("--reduced-dims", type=_positive, default=128, help="pca-refine: candidate search dims")
+    fit.add_argument(
+        "--refine-factor", type=_positive, default=8, help="pca-refine: candidates per neighbour"
+    )
     fit.add_argument("--image-score", choices=("max", "top1"), default="max")
     fit.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate the threshold aims at")
     fit.add_argument("--holdout", type=float, default=0.2, help="share of normal images kept for calibration")

@@ -65,6 +65,8 @@ def run_fit(args: argparse.Namespace) -> int:
             scorer=args.scorer,
             k=args.k,
             index=args.index,
+            reduced_dims=args.reduced_dims,
+            refine_factor=args.refine_factor,
             bank_size=args.bank_size,
             bank_ratio=args.bank_ratio,
             image_score=args.image_score,

@@ -1,11 +1,14 @@
 """``lineguard scorer``: the async shell around the scoring engine.
 
-Two stages connected by a one-slot queue, so publishing batch *n* overlaps scoring batch *n+1*:
+Two stages connected by a queue of scoring tasks, so publishing batch *n* overlaps scoring the
+next ones:
 
-* intake: micro-batch from the ``frames`` consumer group (max size, max wait), decode in a thread
-  pool, score in a single-thread executor (the event loop stays free, so heartbeats never starve);
-* publish: per input partition, one transaction holding the partition's verdicts, defect events,
-  dead letters *and* its consumed offset (``send_offsets_to_transaction``), committed atomically.
+* intake: micro-batch from the ``frames`` consumer group (max size, max wait) and start scoring it
+  as a task: decode in a thread pool, score in an executor of ``model_workers`` threads (the event
+  loop stays free, so heartbeats never starve). Up to ``model_workers`` batches are scored at once;
+* publish: takes the tasks in intake order (so verdicts keep the frames' order) and, per input
+  partition, commits one transaction holding the partition's verdicts, defect events, dead letters
+  *and* its consumed offset (``send_offsets_to_transaction``).
 
 Exactly once: outputs and offsets commit together or not at all. On abort the partition is sought
 back to its first uncommitted offset and records fetched before that are dropped (epochs, see
@@ -68,8 +71,11 @@ class ScorerService:
         # Operator alerts ride in the same transaction as the verdicts that raised them.
         self.alert_detector = AlertDetector(AlertRules.from_settings(settings.alerts))
         self._decode_pool = ThreadPoolExecutor(self.cfg.decode_threads, thread_name_prefix="decode")
-        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self._queue: asyncio.Queue[ScoredBatch | None] = asyncio.Queue(maxsize=1)
+        self._model_pool = ThreadPoolExecutor(self.cfg.model_workers, thread_name_prefix="model")
+        # Scoring tasks in intake order; one more than the workers so a worker never waits for intake.
+        self._queue: asyncio.Queue[asyncio.Task[ScoredBatch] | None] = asyncio.Queue(
+            maxsize=self.cfg.model_workers
+        )
         self.consumer: Any = None
         self.partitions: PartitionTransactions | None = None
         self.committed_batches = 0
@@ -103,10 +109,15 @@ class ScorerService:
             await self._intake_loop(stop, publisher)
         finally:
             if not publisher.done():
-                await self._queue.put(None)  # publish what is queued, then stop
+                # Publish what is queued, then stop (unless the publisher dies first).
+                await self._enqueue(None, publisher, raise_if_stopped=False)
             try:
                 await publisher
             finally:
+                while not self._queue.empty():  # left behind by a failed publisher
+                    leftover = self._queue.get_nowait()
+                    if leftover is not None:
+                        leftover.cancel()
                 await self.consumer.stop()
                 await self.partitions.close()
                 self._decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -132,12 +143,29 @@ class ScorerService:
             # epoch and are dropped when published (the assignment's seek brings them back).
             await self.partitions.wait_unpaused()
             self.partitions.batch_started()
+            scoring = asyncio.create_task(self._score(records, epochs), name="score")
             try:
-                batch = await self._score(records, epochs)
+                await self._enqueue(scoring, publisher)
             except BaseException:
+                scoring.cancel()
                 await self.partitions.batch_finished()
                 raise
-            await self._queue.put(batch)
+
+    async def _enqueue(
+        self,
+        item: asyncio.Task[ScoredBatch] | None,
+        publisher: asyncio.Task[None],
+        *,
+        raise_if_stopped: bool = True,
+    ) -> None:
+        """Queue an item for the publisher without hanging on a full queue if the publisher dies."""
+        putting = asyncio.ensure_future(self._queue.put(item))
+        await asyncio.wait({putting, publisher}, return_when=asyncio.FIRST_COMPLETED)
+        if not putting.done():
+            putting.cancel()
+            if raise_if_stopped:
+                publisher.result()  # raises what ended the publisher
+                raise RuntimeError("publisher stopped")
 
     async def _next_batch(self, stop: asyncio.Event) -> tuple[list[RawRecord], dict[RecordKey, int]]:
         """Up to ``max_batch`` records: waits for the first, then at most ``max_wait_ms`` for more.
@@ -241,10 +269,11 @@ class ScorerService:
     async def _publish_loop(self) -> None:
         assert self.partitions is not None
         while True:
-            batch = await self._queue.get()
-            if batch is None:
+            scoring = await self._queue.get()
+            if scoring is None:
                 return
             try:
+                batch = await scoring
                 started = time.perf_counter()
                 await self._publish(batch)
                 metrics.STAGE_SECONDS.labels("publish").observe(time.perf_counter() - started)
@@ -438,7 +467,7 @@ def _command(args: argparse.Namespace) -> int:
 
     from shared.engine.patch_scoring import set_search_threads
 
-    torch.set_num_threads(settings.scorer.torch_threads)
+    torch.set_num_threads(settings.scorer.torch_threads)  # per model worker (set_num_threads is global)
     set_search_threads(settings.scorer.search_threads)
 
     try:

@@ -89,6 +89,8 @@ CLASS_THRESHOLD = Gauge(
     registry=REGISTRY,
 )
 ALERTS = Counter(
-    "lineguard_scorer_alerts", "Operator alerts published on the alerts topic, by kind", ["kind"],
+    "lineguard_scorer_alerts",
+    "Operator alerts published on the alerts topic, by kind",
+    ["kind"],
     registry=REGISTRY,
 )

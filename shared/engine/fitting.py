@@ -183,4 +183,11 @@ def _fit_scorer(
         patches, target, projection_dim=config.projection_dim, seed=config.seed, progress=progress.advance
     )
     bank = patches[torch.from_numpy(np.sort(chosen))].numpy()
-    return KnnBank(build_index(bank, config.index, seed=config.seed), config.k)
+    index = build_index(
+        bank,
+        config.index,
+        seed=config.seed,
+        reduced_dims=config.reduced_dims,
+        refine_factor=config.refine_factor,
+    )
+    return KnnBank(index, config.k)

@@ -21,7 +21,7 @@ from shared.engine.backbones import BackboneError, file_sha256, get_spec, resolv
 from shared.engine.calibration import RouteDecision, Router, f1_optimal_threshold
 from shared.engine.features import FeatureConfig, FeatureExtractor
 from shared.engine.images import validate_rgb
-from shared.engine.patch_scoring import GaussianModel, IndexKind, KnnBank
+from shared.engine.patch_scoring import INDEX_KINDS, GaussianModel, IndexKind, KnnBank
 from shared.engine.postprocess import (
     ImageScoreMode,
     Normaliser,
@@ -73,6 +73,8 @@ class FitConfig:
     scorer: ScorerKind = "knn"
     k: int = 1
     index: IndexKind = "flat"
+    reduced_dims: int = 128  # pca-refine: dimensions of the candidate search
+    refine_factor: int = 8  # pca-refine: candidates per neighbour re-ranked exactly
     bank_size: int = 10_000  # coreset target per class
     bank_ratio: float | None = None  # if set: coreset = ratio * patches (overrides bank_size)
     projection_dim: int = 128
@@ -94,6 +96,10 @@ class FitConfig:
             self.layers = tuple(int(layer) for layer in self.layers)
         if self.k < 1:
             raise ValueError("k must be at least 1")
+        if self.index not in INDEX_KINDS:
+            raise ValueError(f"unknown index {self.index!r}; choose one of {', '.join(INDEX_KINDS)}")
+        if self.reduced_dims < 1 or self.refine_factor < 1:
+            raise ValueError("reduced_dims and refine_factor must be at least 1")
         if self.scorer not in ("knn", "patchcore", "gaussian"):
             raise ValueError(f"unknown scorer {self.scorer!r}; choose knn, patchcore or gaussian")
         if not 0 < self.holdout_fraction < 1:
@@ -446,7 +452,6 @@ class InspectionModel:
         )
 
 
-
 def _locate_weights(name: str, backbone: dict[str, Any], override: str | Path | None) -> Path | None:
     """The backbone weight file whose sha256 the manifest names (random-init models have none)."""
     expected = backbone.get("weights_sha256")
@@ -471,4 +476,3 @@ def _locate_weights(name: str, backbone: dict[str, Any], override: str | Path | 
         f"the model needs the {name} weight file with sha256 {expected} "
         f"(fitted from {backbone.get('weights_path')}); put that file there or pass it as weights"
     )
-

@@ -8,12 +8,13 @@ Gaussian, patch score = Mahalanobis distance.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
-IndexKind = Literal["flat", "hnsw", "ivf"]
+IndexKind = Literal["flat", "pca-refine", "hnsw", "ivf"]
+INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
 _FAISS_READY = False
 # faiss's OpenMP threads for searches. One unless the caller says otherwise: on an oversubscribed
 # machine two OpenMP threads spin against each other (a 256-query search took 366 ms instead of
@@ -42,12 +43,39 @@ def _faiss() -> object:
     return faiss
 
 
-def build_index(bank: np.ndarray, kind: IndexKind = "flat", seed: int = 0) -> object:
+def build_index(
+    bank: np.ndarray,
+    kind: IndexKind = "flat",
+    seed: int = 0,
+    reduced_dims: int = 128,
+    refine_factor: int = 8,
+) -> object:
+    """A faiss index over ``bank``.
+
+    ``flat``: exact search. ``pca-refine``: candidates (``refine_factor`` x k per query) from an
+    exact search in a PCA space of ``reduced_dims`` fitted on the bank, re-ranked with exact
+    full-dimension distances; the distances returned are exact, and so is the neighbour whenever
+    it is among the candidates (recall measured in docs/benchmarks.md). ``hnsw``/``ivf``:
+    approximate, for banks of hundreds of thousands of patches.
+    """
     faiss: object = _faiss()
     bank = np.ascontiguousarray(bank, dtype=np.float32)
     dim = bank.shape[1]
     if kind == "flat":
         index = faiss.IndexFlatL2(dim)  # type: ignore[attr-defined]
+    elif kind == "pca-refine":
+        if refine_factor < 1:
+            raise ValueError("refine_factor must be at least 1")
+        if not 0 < reduced_dims < dim:
+            raise ValueError(f"reduced_dims must be between 1 and the feature dimension {dim - 1}")
+        # PCA needs at least as many bank vectors as dimensions to estimate the subspace.
+        if len(bank) < dim:
+            raise ValueError(f"pca-refine needs a bank of at least {dim} patches, got {len(bank)}")
+        pca = faiss.PCAMatrix(dim, reduced_dims)  # type: ignore[attr-defined]
+        candidates = faiss.IndexPreTransform(pca, faiss.IndexFlatL2(reduced_dims))  # type: ignore[attr-defined]
+        index = faiss.IndexRefineFlat(candidates)  # type: ignore[attr-defined]
+        index.k_factor = float(refine_factor)
+        index.train(bank)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, 32)  # type: ignore[attr-defined]
         index.hnsw.efConstruction = 80
@@ -61,7 +89,7 @@ def build_index(bank: np.ndarray, kind: IndexKind = "flat", seed: int = 0) -> ob
         index.nprobe = max(1, n_lists // 8)
         index.make_direct_map()
     else:
-        raise ValueError(f"unknown index kind {kind!r}; choose flat, hnsw or ivf")
+        raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
     index.add(bank)
     return index
 

@@ -51,9 +51,7 @@ def get_tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
 
 
-def inject_headers(
-    headers: Headers | None = None, context: otel_context.Context | None = None
-) -> Headers:
+def inject_headers(headers: Headers | None = None, context: otel_context.Context | None = None) -> Headers:
     """Return ``headers`` plus the trace context of ``context`` (default: the current one)."""
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier, context=context)

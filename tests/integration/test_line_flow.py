@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,6 +89,52 @@ async def test_each_good_frame_gets_one_verdict_and_each_bad_frame_one_dead_lett
     frame_traces = {frame_id_of(h): traceparent_trace_id(h) for _, h in frames.received.items}
     for verdict, headers in got_verdicts.items:
         assert traceparent_trace_id(headers) == frame_traces[verdict.frame_id]
+
+
+class FirstBatchSlow:
+    """The real model, except that its first batch takes 1.5 s longer, so later batches overtake it."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._lock = threading.Lock()
+        self.started = 0
+        self.finished: list[int] = []  # call numbers in the order their scoring ended
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def score_batch(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self.started += 1
+            call = self.started
+        if call == 1:
+            time.sleep(1.5)
+        try:
+            return self._model.score_batch(*args, **kwargs)
+        finally:
+            with self._lock:
+                self.finished.append(call)
+
+
+async def test_batches_scored_at_once_are_published_in_frame_order(
+    kafka_settings: Settings, models: LineModels
+) -> None:
+    from services.scorer.models import ServingModel
+
+    settings = scorer_settings(kafka_settings, model_workers=3, max_batch=2, max_wait_ms=0)
+    async with (
+        TopicReader(settings, "verdicts", Verdict) as verdicts,
+        TopicReader(settings, "frames", None) as frames,
+        running_scorer(settings, models.a) as scorer,
+    ):
+        current = scorer.holder.current()
+        slow = FirstBatchSlow(current.model)
+        scorer.holder.offer(ServingModel(slow, current.version, current.source))  # swapped in next batch
+        await run_camera_sim(settings, sim_options(count=12, cameras=1, rate=50.0, run_id="order"))
+        got = await verdicts.wait_for(12, timeout=60)
+    assert slow.finished.index(1) > 0, f"no batch overtook the first: {slow.finished}"
+    sent = [frame_id_of(headers) for _, headers in frames.received.items]
+    assert [v.frame_id for v in got.values] == sent  # one camera, one partition: the same order
 
 
 @pytest.mark.parametrize("policy", [LatePolicy.REJECT, LatePolicy.SCORE])

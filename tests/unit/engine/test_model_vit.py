@@ -247,3 +247,19 @@ def test_alternative_scorers_find_defects_and_round_trip(
     model.save(tmp_path / "m")
     reloaded = [r.raw_score for r in InspectionModel.load(tmp_path / "m").score_batch(images)]
     assert reloaded == scores
+
+
+def test_pca_refine_index_scores_like_the_exact_index(tiny_vit_weights: Path, tmp_path: Path) -> None:
+    data = synthetic_split(("fabric",), 10, VIT_SIZE)
+    exact = InspectionModel.fit(data, vit_config(tiny_vit_weights))
+    refined = InspectionModel.fit(
+        data, vit_config(tiny_vit_weights, index="pca-refine", reduced_dims=32, refine_factor=8)
+    )
+    images, _, _ = synthetic_test("fabric", VIT_SIZE, n_good=3, n_per_defect=1)
+    exact_scores = np.array([r.raw_score for r in exact.score_batch(images)])
+    refined_scores = np.array([r.raw_score for r in refined.score_batch(images)])
+    np.testing.assert_allclose(refined_scores, exact_scores, rtol=1e-3)
+    refined.save(tmp_path / "m")
+    reloaded = InspectionModel.load(tmp_path / "m")
+    assert reloaded.config.index == "pca-refine" and reloaded.config.reduced_dims == 32
+    assert [r.raw_score for r in reloaded.score_batch(images)] == refined_scores.tolist()

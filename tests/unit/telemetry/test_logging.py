@@ -9,7 +9,11 @@ from shared.telemetry.logging import log_event, setup_logging
 def test_one_json_line_per_event_without_secrets_or_bytes(capsys: pytest.CaptureFixture[str]) -> None:
     setup_logging("scorer", "INFO")
     log_event(
-        logging.getLogger("t"), "frame_rejected", frame_id="f1", image=b"\x00" * 10, api_key="sk-123",
+        logging.getLogger("t"),
+        "frame_rejected",
+        frame_id="f1",
+        image=b"\x00" * 10,
+        api_key="sk-123",
         prompt_tokens=5,
     )
     lines = capsys.readouterr().err.strip().splitlines()

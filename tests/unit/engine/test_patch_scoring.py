@@ -1,0 +1,106 @@
+"""faiss indexes behind the memory bank: the exact one, PCA candidates re-ranked exactly, approximate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.model_tools.cli import INDEX_CHOICES
+from shared.engine.patch_scoring import INDEX_KINDS, KnnBank, build_index
+
+DIM = 96
+
+
+def structured(n: int, seed: int) -> np.ndarray:
+    """Patch-like features: most variance in a few directions, plus isotropic noise."""
+    rng = np.random.default_rng(seed)
+    basis = np.random.default_rng(0).normal(size=(DIM, DIM)).astype(np.float32)
+    scales = (1.0 / np.arange(1, DIM + 1) ** 0.8).astype(np.float32)
+    return (rng.normal(size=(n, DIM)).astype(np.float32) * scales) @ basis
+
+
+@pytest.fixture(scope="module")
+def bank() -> np.ndarray:
+    return structured(3000, seed=1)
+
+
+@pytest.fixture(scope="module")
+def queries() -> np.ndarray:
+    return structured(400, seed=2)
+
+
+def test_pca_refine_returns_exact_distances_of_the_true_neighbours(
+    bank: np.ndarray, queries: np.ndarray
+) -> None:
+    exact_dist, exact_ids = KnnBank(build_index(bank, "flat"), 1).search(queries, 3)
+    refined = KnnBank(build_index(bank, "pca-refine", reduced_dims=32, refine_factor=8), 1)
+    dist, ids = refined.search(queries, 3)
+    assert (ids[:, 0] == exact_ids[:, 0]).mean() >= 0.99
+    # Every distance returned is a true full-dimension distance to the id returned.
+    true = np.linalg.norm(bank[ids] - queries[:, None, :], axis=2)
+    np.testing.assert_allclose(dist, true, rtol=1e-4, atol=1e-4)
+    assert (dist >= exact_dist - 1e-4).all()  # never nearer than the real nearest
+
+
+def test_pca_refine_with_one_candidate_per_neighbour_is_approximate(
+    bank: np.ndarray, queries: np.ndarray
+) -> None:
+    """The refine factor is what buys exactness: without candidates to re-rank recall drops."""
+    _, exact_ids = KnnBank(build_index(bank, "flat"), 1).search(queries, 1)
+    _, coarse = KnnBank(build_index(bank, "pca-refine", reduced_dims=8, refine_factor=1), 1).search(
+        queries, 1
+    )
+    _, refined = KnnBank(build_index(bank, "pca-refine", reduced_dims=8, refine_factor=32), 1).search(
+        queries, 1
+    )
+    assert (coarse[:, 0] == exact_ids[:, 0]).mean() < (refined[:, 0] == exact_ids[:, 0]).mean()
+
+
+def test_pca_refine_round_trips_through_its_index_file(
+    bank: np.ndarray, queries: np.ndarray, tmp_path: Path
+) -> None:
+    original = KnnBank(build_index(bank, "pca-refine", reduced_dims=24, refine_factor=4), 2)
+    original.write(tmp_path / "bank.faiss")
+    reloaded = KnnBank.read(tmp_path / "bank.faiss", 2)
+    assert reloaded.index.k_factor == 4  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(reloaded.patch_scores(queries[None]), original.patch_scores(queries[None]))
+    np.testing.assert_array_equal(reloaded.vectors(), bank)  # the exact vectors, not a PCA reconstruction
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_indexes_find_most_true_neighbours(
+    bank: np.ndarray, queries: np.ndarray, kind: str
+) -> None:
+    exact_dist, _ = KnnBank(build_index(bank, "flat"), 1).search(queries, 1)
+    dist, _ = KnnBank(build_index(bank, kind), 1).search(queries, 1)  # type: ignore[arg-type]
+    assert (dist >= exact_dist - 1e-3).all()
+    assert np.isclose(dist, exact_dist, rtol=1e-4).mean() >= 0.8
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"reduced_dims": DIM}, "reduced_dims"),
+        ({"reduced_dims": 0}, "reduced_dims"),
+        ({"refine_factor": 0}, "refine_factor"),
+    ],
+)
+def test_bad_pca_refine_settings_are_refused(bank: np.ndarray, changes: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_index(bank, "pca-refine", **changes)  # type: ignore[arg-type]
+
+
+def test_pca_refine_needs_a_bank_at_least_as_large_as_the_dimension() -> None:
+    with pytest.raises(ValueError, match="at least 96 patches"):
+        build_index(structured(50, seed=3), "pca-refine", reduced_dims=16)
+
+
+def test_unknown_index_kind_is_refused(bank: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="choose one of flat, pca-refine, hnsw, ivf"):
+        build_index(bank, "annoy")  # type: ignore[arg-type]
+
+
+def test_the_cli_offers_exactly_the_engines_index_kinds() -> None:
+    assert INDEX_CHOICES == INDEX_KINDS
