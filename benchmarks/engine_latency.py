@@ -127,9 +127,12 @@ def main() -> int:
                     }
                     if kind != "flat":
                         dist, _ = scorer.search(held_out, 1)
+                        relative = (dist - exact_dist) / np.maximum(exact_dist, 1e-6)
                         entry["held_out_1nn_exact_share"] = round(
                             float(np.isclose(dist, exact_dist, rtol=1e-4).mean()), 4
                         )
+                        entry["held_out_score_error_mean"] = round(float(relative.mean()), 5)
+                        entry["held_out_score_error_max"] = round(float(relative.max()), 4)
                     results[f"{backbone} bank {bank_size} {kind}"] = entry
                     print(backbone, bank_size, kind, json.dumps(entry), flush=True)
             if backbone == args.backbones[0]:

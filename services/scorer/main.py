@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,7 @@ from services.scorer.handler import (
     decode_record,
     order_by_record,
 )
-from services.scorer.models import ModelHolder, ModelWatcher, ServingModel, load_model_dir
+from services.scorer.models import ModelHolder, ModelWatcher, ServingModel, load_model_dir, warm_up
 from services.scorer.partitions import PartitionState, PartitionTransactions
 from shared.alerting import AlertDetector, AlertRules
 from shared.lifecycle import run_until_signalled
@@ -61,6 +62,30 @@ class ScoredBatch:
     links: list[Any]  # span links to the frames' contexts
 
 
+def merge_batches(batches: list[ScoredBatch]) -> ScoredBatch:
+    """Consecutive scored batches as one, in intake order (so each partition's order is kept)."""
+    if len(batches) == 1:
+        return batches[0]
+    epochs: dict[RecordKey, int] = {}
+    for batch in batches:
+        epochs.update(batch.epochs)
+    return ScoredBatch(
+        [o for b in batches for o in b.outcomes], epochs, [link for b in batches for link in b.links]
+    )
+
+
+def split_for_idle_workers(records: list[RawRecord], idle_workers: int) -> list[list[RawRecord]]:
+    """The batch as consecutive parts, one per idle model worker (at most one part per record).
+
+    A burst that arrives while workers idle is then scored in parallel instead of by one worker
+    while the others wait; under full load no worker is idle and batches stay whole.
+    """
+    parts = max(1, min(idle_workers, len(records)))
+    size, extra = divmod(len(records), parts)
+    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
+    return [records[bounds[i] : bounds[i + 1]] for i in range(parts)]
+
+
 class ScorerService:
     def __init__(self, settings: Any, holder: ModelHolder) -> None:
         self.settings = settings
@@ -80,6 +105,7 @@ class ScorerService:
         self.partitions: PartitionTransactions | None = None
         self.committed_batches = 0
         self.committed_records = 0  # frames whose outputs and offset this instance committed
+        self._scoring = 0  # batches between intake and the end of their model run
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -93,6 +119,7 @@ class ScorerService:
             max_poll_records=self.cfg.max_batch,
         )
         self.partitions = PartitionTransactions(self.settings, self.consumer)
+        await self._warm_up_workers()
         await self.consumer.start()
         self.consumer.subscribe([self.frames_topic], listener=self.partitions.listener())
         log_event(
@@ -129,6 +156,21 @@ class ScorerService:
             committed_records=self.committed_records,
         )
 
+    async def _warm_up_workers(self) -> None:
+        """A warm-up batch on every model worker thread before taking partitions (see ``warm_up``)."""
+        serving = self.holder.current()
+        workers = self.cfg.model_workers
+        barrier = threading.Barrier(workers)  # so that each worker thread takes exactly one
+
+        def warm() -> None:
+            barrier.wait(timeout=120)
+            warm_up(serving.model)
+
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        await asyncio.gather(*(loop.run_in_executor(self._model_pool, warm) for _ in range(workers)))
+        log_event(log, "model_workers_warm", workers=workers, seconds=round(time.perf_counter() - started, 2))
+
     # -- intake: consume, decode, score ------------------------------------------------------------
     async def _intake_loop(self, stop: asyncio.Event, publisher: asyncio.Task[None]) -> None:
         assert self.partitions is not None
@@ -142,14 +184,16 @@ class ScorerService:
             # During a rebalance wait for the new assignment; records fetched before it carry an old
             # epoch and are dropped when published (the assignment's seek brings them back).
             await self.partitions.wait_unpaused()
-            self.partitions.batch_started()
-            scoring = asyncio.create_task(self._score(records, epochs), name="score")
-            try:
-                await self._enqueue(scoring, publisher)
-            except BaseException:
-                scoring.cancel()
-                await self.partitions.batch_finished()
-                raise
+            for part in split_for_idle_workers(records, self.cfg.model_workers - self._scoring):
+                self.partitions.batch_started()
+                self._scoring += 1
+                scoring = asyncio.create_task(self._score(part, epochs), name="score")
+                try:
+                    await self._enqueue(scoring, publisher)
+                except BaseException:
+                    scoring.cancel()
+                    await self.partitions.batch_finished()
+                    raise
 
     async def _enqueue(
         self,
@@ -215,6 +259,12 @@ class ScorerService:
                 metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, highwater - offset - 1))
 
     async def _score(self, records: list[RawRecord], epochs: dict[RecordKey, int]) -> ScoredBatch:
+        try:
+            return await self._decode_and_score(records, epochs)
+        finally:
+            self._scoring -= 1
+
+    async def _decode_and_score(self, records: list[RawRecord], epochs: dict[RecordKey, int]) -> ScoredBatch:
         loop = asyncio.get_running_loop()
         metrics.FRAMES_CONSUMED.inc(len(records))
         metrics.BATCH_SIZE.observe(len(records))
@@ -268,17 +318,29 @@ class ScorerService:
     # -- publish: one transaction per input partition ----------------------------------------------
     async def _publish_loop(self) -> None:
         assert self.partitions is not None
+        held: list[asyncio.Task[ScoredBatch] | None] = []  # taken from the queue, not yet due
         while True:
-            scoring = await self._queue.get()
+            scoring = held.pop() if held else await self._queue.get()
             if scoring is None:
                 return
+            taken = 1
             try:
-                batch = await scoring
+                batches = [await scoring]
+                # Batches already scored behind it share its transactions: a publisher that fell
+                # behind (a slow commit, a retried send) catches up instead of queueing commits.
+                while not self._queue.empty():
+                    following = self._queue.get_nowait()
+                    if following is None or not following.done():
+                        held.append(following)
+                        break
+                    taken += 1
+                    batches.append(following.result())
                 started = time.perf_counter()
-                await self._publish(batch)
+                await self._publish(merge_batches(batches))
                 metrics.STAGE_SECONDS.labels("publish").observe(time.perf_counter() - started)
             finally:
-                await self.partitions.batch_finished()
+                for _ in range(taken):
+                    await self.partitions.batch_finished()
 
     async def _publish(self, batch: ScoredBatch) -> None:
         by_partition: dict[tuple[str, int], list[Outcome]] = defaultdict(list)
