@@ -58,20 +58,36 @@ RecordKey = tuple[str, int, int]  # topic, partition, offset
 @dataclass
 class ScoredBatch:
     outcomes: list[Outcome]
-    epochs: dict[RecordKey, int]  # each record's partition epoch when it was fetched
+    epochs: list[int]  # per outcome: its partition's epoch when the record was fetched
     links: list[Any]  # span links to the frames' contexts
 
 
 def merge_batches(batches: list[ScoredBatch]) -> ScoredBatch:
-    """Consecutive scored batches as one, in intake order (so each partition's order is kept)."""
+    """Consecutive scored batches as one, in intake order (so each partition's order is kept).
+
+    Epochs stay with their outcomes: after a seek the same record can sit in two of the batches,
+    once from before the seek (stale) and once from after it.
+    """
     if len(batches) == 1:
         return batches[0]
-    epochs: dict[RecordKey, int] = {}
-    for batch in batches:
-        epochs.update(batch.epochs)
     return ScoredBatch(
-        [o for b in batches for o in b.outcomes], epochs, [link for b in batches for link in b.links]
+        [o for b in batches for o in b.outcomes],
+        [e for b in batches for e in b.epochs],
+        [link for b in batches for link in b.links],
     )
+
+
+def fresh_outcomes(tagged: list[tuple[Outcome, int]], epoch: int, next_offset: int) -> list[Outcome]:
+    """What of one partition's ``(outcome, fetch epoch)`` pairs is still to publish: fetched in the
+    partition's current epoch (anything older is fetched again by the seek that ended its epoch),
+    not yet committed, and each offset once, in increasing order."""
+    fresh = []
+    for outcome, fetched_in in tagged:
+        offset = outcome.record.offset
+        if fetched_in == epoch and offset >= next_offset:
+            fresh.append(outcome)
+            next_offset = offset + 1
+    return fresh
 
 
 def split_for_idle_workers(records: list[RawRecord], idle_workers: int) -> list[list[RawRecord]]:
@@ -283,7 +299,9 @@ class ScorerService:
             outcomes: list[Outcome] = list(bad)
             if good:
                 outcomes.extend(await self._run_model(serving, good))
-        return ScoredBatch(order_by_record(outcomes), epochs, links)
+        ordered = order_by_record(outcomes)
+        fetched_in = [epochs[(o.record.topic, o.record.partition, o.record.offset)] for o in ordered]
+        return ScoredBatch(ordered, fetched_in, links)
 
     def _decode(self, record: RawRecord) -> DecodedFrame | Outcome:
         return decode_record(
@@ -343,15 +361,15 @@ class ScorerService:
                     await self.partitions.batch_finished()
 
     async def _publish(self, batch: ScoredBatch) -> None:
-        by_partition: dict[tuple[str, int], list[Outcome]] = defaultdict(list)
-        for outcome in batch.outcomes:
-            by_partition[(outcome.record.topic, outcome.record.partition)].append(outcome)
+        by_partition: dict[tuple[str, int], list[tuple[Outcome, int]]] = defaultdict(list)
+        for outcome, epoch in zip(batch.outcomes, batch.epochs, strict=True):
+            by_partition[(outcome.record.topic, outcome.record.partition)].append((outcome, epoch))
         await asyncio.gather(
-            *(self._publish_partition(key, outcomes, batch) for key, outcomes in by_partition.items())
+            *(self._publish_partition(key, tagged, batch) for key, tagged in by_partition.items())
         )
 
     async def _publish_partition(
-        self, key: tuple[str, int], outcomes: list[Outcome], batch: ScoredBatch
+        self, key: tuple[str, int], tagged: list[tuple[Outcome, int]], batch: ScoredBatch
     ) -> None:
         from aiokafka import TopicPartition
         from aiokafka.errors import KafkaError, ProducerFenced
@@ -363,15 +381,9 @@ class ScorerService:
             return  # no longer ours
         # Fetched before the partition's last seek (rebalance, abort), or already committed: dropped,
         # because that seek fetches them again.
-        fresh = [
-            o
-            for o in outcomes
-            if batch.epochs.get((o.record.topic, o.record.partition, o.record.offset)) == state.epoch
-            and o.record.offset >= state.next_offset
-        ]
-        if len(fresh) < len(outcomes):
+        outcomes = fresh_outcomes(tagged, state.epoch, state.next_offset)
+        if len(outcomes) < len(tagged):
             metrics.TRANSACTIONS.labels("stale").inc()
-        outcomes = fresh
         if not outcomes:
             return
         producer = state.producer

@@ -134,7 +134,9 @@ async def test_batches_scored_at_once_are_published_in_frame_order(
         got = await verdicts.wait_for(12, timeout=60)
     assert slow.finished.index(1) > 0, f"no batch overtook the first: {slow.finished}"
     sent = [frame_id_of(headers) for _, headers in frames.received.items]
-    assert [v.frame_id for v in got.values] == sent  # one camera, one partition: the same order
+    published = [v.frame_id for v in got.values]
+    # One camera, one partition: the same order.
+    assert published == sent, f"verdicts {published} frames {sent} finished {slow.finished}"
 
 
 @pytest.mark.parametrize("policy", [LatePolicy.REJECT, LatePolicy.SCORE])

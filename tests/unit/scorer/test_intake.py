@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.scorer.handler import RawRecord
-from services.scorer.main import split_for_idle_workers
+from services.scorer.handler import Outcome, RawRecord
+from services.scorer.main import ScoredBatch, fresh_outcomes, merge_batches, split_for_idle_workers
 
 
 def records(n: int) -> list[RawRecord]:
@@ -33,22 +33,32 @@ def test_a_batch_is_split_into_consecutive_parts_one_per_idle_worker(
     assert [r for part in parts for r in part] == batch  # nothing lost, order kept
 
 
-def test_merged_batches_keep_intake_order_and_every_epoch() -> None:
-    from services.scorer.handler import Outcome
-    from services.scorer.main import ScoredBatch, merge_batches
-
+def test_merged_batches_keep_intake_order_and_each_outcomes_epoch() -> None:
     first, second = records(3), [RawRecord("frames", 1, 7, b"cam", b"", ())]
     batches = [
-        ScoredBatch([Outcome(r) for r in first], {("frames", 0, r.offset): 1 for r in first}, ["a"]),
-        ScoredBatch([Outcome(r) for r in second], {("frames", 1, 7): 2}, ["b"]),
+        ScoredBatch([Outcome(r) for r in first], [1, 1, 1], ["a"]),
+        ScoredBatch([Outcome(r) for r in second], [2], ["b"]),
     ]
     merged = merge_batches(batches)
     assert [o.record for o in merged.outcomes] == first + second
-    assert merged.epochs == {
-        ("frames", 0, 0): 1,
-        ("frames", 0, 1): 1,
-        ("frames", 0, 2): 1,
-        ("frames", 1, 7): 2,
-    }
+    assert merged.epochs == [1, 1, 1, 2]
     assert merged.links == ["a", "b"]
     assert merge_batches(batches[:1]) is batches[0]
+
+
+def test_a_record_fetched_before_and_after_a_seek_is_published_once() -> None:
+    """Offsets 0-1 fetched in epoch 1, the partition sought back (epoch 2), 0-2 fetched again: both
+    copies can meet in one merged batch, and only the current epoch's go out, each once."""
+    before = ScoredBatch([Outcome(r) for r in records(2)], [1, 1], [])
+    after = ScoredBatch([Outcome(r) for r in records(3)], [2, 2, 2], [])
+    merged = merge_batches([before, after])
+    tagged = list(zip(merged.outcomes, merged.epochs, strict=True))
+    assert [o.record.offset for o in fresh_outcomes(tagged, epoch=2, next_offset=0)] == [0, 1, 2]
+    assert [o.record.offset for o in fresh_outcomes(tagged, epoch=2, next_offset=2)] == [2]  # 0-1 committed
+    assert fresh_outcomes(tagged, epoch=3, next_offset=0) == []  # sought again since: all stale
+
+
+def test_an_offset_repeated_within_an_epoch_is_published_once() -> None:
+    repeated = [Outcome(r) for r in records(2)] * 2
+    fresh = fresh_outcomes([(o, 5) for o in repeated], epoch=5, next_offset=0)
+    assert [o.record.offset for o in fresh] == [0, 1]
