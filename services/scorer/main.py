@@ -113,7 +113,8 @@ class ScorerService:
         self.alert_detector = AlertDetector(AlertRules.from_settings(settings.alerts))
         self._decode_pool = ThreadPoolExecutor(self.cfg.decode_threads, thread_name_prefix="decode")
         self._model_pool = ThreadPoolExecutor(self.cfg.model_workers, thread_name_prefix="model")
-        # Scoring tasks in intake order; one more than the workers so a worker never waits for intake.
+        # Scoring tasks in intake order: one per worker waiting here, plus the one the publisher holds,
+        # so a worker that finishes finds the next batch already fetched and decoding.
         self._queue: asyncio.Queue[asyncio.Task[ScoredBatch] | None] = asyncio.Queue(
             maxsize=self.cfg.model_workers
         )
