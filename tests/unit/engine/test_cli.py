@@ -113,3 +113,41 @@ def test_score_refuses_a_tampered_model(model_dir: Path, dataset: Path, tmp_path
         (copy / item.name).write_bytes(item.read_bytes())
     (copy / "tensors.safetensors").write_bytes((copy / "tensors.safetensors").read_bytes() + b"x")
     assert main(["score", "--model", str(copy), str(dataset / "fabric" / "test" / "good" / "000.png")]) == 2
+
+
+def test_fit_with_the_pca_refine_index_records_it_and_evaluates(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m-pca"
+    common = ["fit", "--data", str(dataset), "--input-size", "96", "--bank-size", "500"]
+    assert (
+        main(
+            [
+                *common,
+                "--index",
+                "pca-refine",
+                "--reduced-dims",
+                "32",
+                "--refine-factor",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    config = json.loads((out / "manifest.json").read_text())["config"]
+    assert (config["index"], config["reduced_dims"], config["refine_factor"]) == ("pca-refine", 32, 4)
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data", str(dataset), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["classes"]) == {"fabric", "washer"}
+
+
+def test_fit_refuses_more_reduced_dims_than_the_features_have(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["fit", "--data", str(dataset), "--input-size", "96", "--bank-size", "500"]
+    assert main([*args, "--index", "pca-refine", "--reduced-dims", "4000", "--out", str(tmp_path / "m")]) == 2
+    assert "reduced_dims must be between 1 and the feature dimension" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
