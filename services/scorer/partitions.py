@@ -177,6 +177,9 @@ class PartitionTransactions:
         # committed offset read next authoritative.
         await producer.begin_transaction()
         await producer.commit_transaction()
+        # Metadata of every output topic now, not on the first verdict's send (a round trip each).
+        for name in ("verdicts", "defects", "dlq", "alerts"):
+            await producer.partitions_for(self._settings.topic(name))
         return producer
 
     async def close(self) -> None:

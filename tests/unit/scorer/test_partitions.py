@@ -27,6 +27,9 @@ class RecordingProducer:
     async def stop(self) -> None:
         self.calls.append("stop")
 
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
 
 class CoordinatorView:
     """The consumer calls the listener makes: committed offsets as the group coordinator reports them."""
