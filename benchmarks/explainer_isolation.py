@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,17 +38,11 @@ sys.path.insert(0, str(REPO))
 from shared.kafka.client import ensure_topics, make_consumer  # noqa: E402
 from shared.messages.codec import decode  # noqa: E402
 from shared.messages.schemas import Report, Verdict  # noqa: E402
-from shared.settings import BrokerSettings, Settings  # noqa: E402
+from shared.settings import Settings  # noqa: E402
 from tests.support.defect_events import answer_json  # noqa: E402
 from tests.support.openai_server import FakeOpenAIServer, ReceivedRequest, Reply  # noqa: E402
 
 PRODUCTS = ("washer", "fabric")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return int(sock.getsockname()[1])
 
 
 def fit_demo_model(out: Path, per_class: int) -> Path:
@@ -192,14 +185,7 @@ async def main() -> int:
         if not bootstrap:
             from shared.kafka.broker import LocalBroker
 
-            broker = LocalBroker(
-                BrokerSettings(
-                    port=free_port(),
-                    controller_port=free_port(),
-                    data_dir=workdir / "kafka",
-                    libs_dir=REPO / ".cache/kafka/libs",
-                )
-            )
+            broker = LocalBroker.on_free_ports(workdir / "kafka", REPO / ".cache/kafka/libs")
             broker.start()
             bootstrap = broker.bootstrap
         try:

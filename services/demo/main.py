@@ -118,21 +118,10 @@ async def _collect(settings: Any, good: int, bad: int, timeout_s: float) -> tupl
     return verdicts, letters
 
 
-async def _delete_topics(settings: Any, topics: list[str]) -> None:
-    from shared.kafka.client import make_admin
-
-    admin = make_admin(settings)
-    await admin.start()
-    try:
-        await admin.delete_topics(topics)
-    finally:
-        await admin.close()
-
-
 def run_demo(args: argparse.Namespace) -> int:
     from services.camera_sim.truth import evaluate, format_report, read_truth
     from shared.kafka.broker import LocalBroker
-    from shared.kafka.client import ensure_topics
+    from shared.kafka.client import delete_topics, ensure_topics
     from shared.settings import load_settings
     from shared.synthetic import write_mvtec_dataset
 
@@ -249,7 +238,7 @@ def run_demo(args: argparse.Namespace) -> int:
         children.stop_all()
         if topics:
             with contextlib.suppress(Exception):
-                asyncio.run(_delete_topics(settings, topics))
+                asyncio.run(delete_topics(settings, topics))
         if broker is not None:
             _say("stopping the Kafka broker this demo started")
             broker.stop()

@@ -57,7 +57,23 @@ def _new_cluster_id() -> str:
             return cluster_id
 
 
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("localhost", 0))
+        return int(sock.getsockname()[1])
+
+
 class LocalBroker:
+    @classmethod
+    def on_free_ports(cls, data_dir: Path, libs_dir: Path, heap: str = "512m") -> LocalBroker:
+        """A throw-away broker for tests and benchmarks: free client and controller ports."""
+        return cls(
+            BrokerSettings(
+                port=free_port(), controller_port=free_port(), data_dir=data_dir, libs_dir=libs_dir, heap=heap
+            )
+        )
+
     def __init__(self, settings: BrokerSettings, libs_dir: Path | None = None) -> None:
         self.settings = settings
         self.libs_dir = Path(libs_dir if libs_dir is not None else settings.libs_dir).resolve()

@@ -93,6 +93,15 @@ def make_admin(settings: Settings, **overrides: Any) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**config)
 
 
+async def delete_topics(settings: Settings, topics: list[str]) -> None:
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(
     settings: Settings, *, frames_partitions: int = 4, timeout_s: float = 30.0
 ) -> list[str]:

@@ -31,7 +31,6 @@ import contextlib
 import itertools
 import os
 import re
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -42,7 +41,7 @@ from typing import Any, TypeVar
 import pytest
 
 from shared.kafka.broker import LocalBroker, api_versions_ok
-from shared.kafka.client import ensure_topics, make_admin, make_consumer
+from shared.kafka.client import delete_topics, ensure_topics, make_consumer
 from shared.messages.codec import decode
 from shared.messages.schemas import DeadLetter
 from shared.settings import BrokerSettings, Settings
@@ -74,12 +73,6 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(asyncio.run, main()).result()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("localhost", 0))
-        return int(sock.getsockname()[1])
-
-
 async def read_dead_letters(settings: Settings, count: int, timeout_s: float = 15.0) -> list[DeadLetter]:
     """Up to ``count`` dead letters from the start of the ``dlq`` topic, waiting at most ``timeout_s``."""
     consumer = make_consumer(settings, settings.topic("dlq"), group_id=None)
@@ -105,14 +98,7 @@ def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBrok
         pytest.fail(
             f"no Kafka jars in {libs_dir.resolve()}: run `make kafka-jars` (integration tests need a broker)"
         )
-    settings = BrokerSettings(
-        port=free_port(),
-        controller_port=free_port(),
-        data_dir=tmp_path_factory.mktemp("kafka"),
-        libs_dir=libs_dir,
-        heap="512m",
-    )
-    broker = LocalBroker(settings)
+    broker = LocalBroker.on_free_ports(tmp_path_factory.mktemp("kafka"), libs_dir)
     broker.start()
     try:
         yield broker
@@ -136,15 +122,6 @@ def _unique_prefix(request: pytest.FixtureRequest) -> str:
     return f"t{_SESSION_TOKEN}-{next(_COUNTER)}-{name}"
 
 
-async def _delete_topics(settings: Settings, topics: list[str]) -> None:
-    admin = make_admin(settings)
-    await admin.start()
-    try:
-        await admin.delete_topics(topics)
-    finally:
-        await admin.close()
-
-
 @pytest.fixture
 def make_kafka_settings(
     kafka_bootstrap: str, request: pytest.FixtureRequest
@@ -161,7 +138,7 @@ def make_kafka_settings(
     for settings, topics in created:
         # Cleanup keeps a long session's broker small; a failure here must not fail the test.
         with contextlib.suppress(Exception):
-            run_async(lambda s=settings, t=topics: _delete_topics(s, t))  # type: ignore[misc]
+            run_async(lambda s=settings, t=topics: delete_topics(s, t))  # type: ignore[misc]
 
 
 @pytest.fixture

@@ -13,11 +13,12 @@ import pytest
 
 from services.alerts.main import AlertsService
 from services.alerts.webhook import post_json_async
+from shared.kafka.broker import free_port
 from shared.kafka.client import make_consumer, make_producer
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import AlertEvent
 from shared.settings import AlertsSettings, Settings, WebhookFormat
-from tests.integration.conftest import free_port, read_dead_letters
+from tests.integration.conftest import read_dead_letters
 from tests.unit.ops.webhook_server import WebhookServer
 
 pytestmark = pytest.mark.integration

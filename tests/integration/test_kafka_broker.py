@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from services.kafka_admin import cli
-from shared.kafka.broker import BrokerError, LocalBroker, api_versions_ok
+from shared.kafka.broker import BrokerError, LocalBroker, api_versions_ok, free_port
 from shared.settings import BrokerSettings
-from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,12 @@ import pytest
 from services.plc_bridge import registers as reg
 from services.plc_bridge.main import PlcBridge
 from services.plc_bridge.simulators import ModbusPlcSimulator, OpcUaPlcSimulator
+from shared.kafka.broker import free_port
 from shared.kafka.client import make_consumer, make_producer
 from shared.messages.codec import encode
 from shared.messages.schemas import Verdict
 from shared.settings import FailSafeAction, PlcBridgeSettings, Settings
-from tests.integration.conftest import free_port, read_dead_letters
+from tests.integration.conftest import read_dead_letters
 
 pytestmark = pytest.mark.integration
 
