@@ -17,7 +17,7 @@ COMMAND_MODULES = (
     "services.model_tools.cli",  # fit, evaluate, score
     "services.kafka_admin.cli",  # kafka up|down|status, topics ensure
     "services.camera_sim.main",  # camera-sim
-    "services.scorer.main",  # scorer, announce
+    "services.scorer.cli",  # scorer, announce
     "services.explainer.main",  # explainer
     "services.demo.main",  # demo
     "services.alerts.main",  # alerts
