@@ -18,7 +18,6 @@ from typing import Any
 from services.alerts import metrics
 from services.alerts.core import Admission, Forwarder, RetryPolicy, payload, webhook_url
 from services.alerts.webhook import DeliveryResult, post_json_async
-from shared.errors import MessageError
 from shared.settings import Settings
 from shared.telemetry.logging import log_event
 
@@ -95,7 +94,7 @@ class AlertsService:
             await producer.stop()
 
     async def _handle(self, tp: Any, record: Any, producer: Any) -> None:
-        from shared.messages.codec import decode
+        from shared.messages.codec import MessageError, decode
         from shared.messages.schemas import AlertEvent
 
         try:

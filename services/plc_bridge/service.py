@@ -18,7 +18,7 @@ from typing import Any
 from services.plc_bridge import metrics
 from services.plc_bridge.core import VerdictOutcome, core_from_settings
 from services.plc_bridge.plc import ModbusPlc, OpcUaPlc, PlcError, PlcTarget
-from shared.errors import ConfigError, MessageError
+from shared.errors import ConfigError
 from shared.settings import Settings
 from shared.telemetry.logging import log_event
 
@@ -152,7 +152,7 @@ class PlcBridge:
                 uncommitted = False
 
     async def _handle(self, record: Any, tp: Any, producer: Any) -> None:
-        from shared.messages.codec import decode, encode
+        from shared.messages.codec import MessageError, decode, encode
         from shared.messages.schemas import DeadLetter, Verdict
 
         try:
