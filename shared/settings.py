@@ -193,7 +193,7 @@ class AlertsSettings(BaseModel):
     retry_initial_s: float = Field(default=0.5, gt=0, le=60)
     retry_max_s: float = Field(default=30.0, gt=0, le=3600)
     give_up_after_s: float = Field(default=600.0, gt=0, le=86_400)  # then the alert goes to the DLQ
-    # Detection, used by the scorer (shared/alerting.py)
+    # Detection, used by the scorer (services/scorer/alerts.py)
     consecutive_rejects: int = Field(default=5, ge=1, le=10_000)
     unknown_product_cooldown_s: float = Field(default=60.0, ge=0, le=86_400)
     drift_recent: int = Field(default=50, ge=5, le=10_000)
