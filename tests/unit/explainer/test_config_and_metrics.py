@@ -6,7 +6,8 @@ import pytest
 from services.explainer import metrics
 from services.explainer.policy import ReferenceLibrary, egress_for, vocabulary_for
 from services.explainer.vlm import make_openai_client, resolve_api_key
-from shared.settings import EgressPolicy, ExplainerSettings, SettingsError, load_settings
+from shared.errors import ConfigError
+from shared.settings import EgressPolicy, ExplainerSettings, load_settings
 from tests.support.defect_events import png_bytes
 
 
@@ -38,7 +39,7 @@ def test_bad_explainer_settings_name_the_variable(
     monkeypatch: pytest.MonkeyPatch, var: str, value: str
 ) -> None:
     monkeypatch.setenv(var, value)
-    with pytest.raises(SettingsError, match=var):
+    with pytest.raises(ConfigError, match=var):
         load_settings()
 
 

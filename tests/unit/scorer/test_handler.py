@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from services.camera_sim.badframes import bad_record_value, oversized_png
+from services.camera_sim.core import BAD_KINDS
 from services.camera_sim.images import encode_jpeg
-from services.camera_sim.plan import BAD_KINDS
 from services.scorer.handler import (
     DecodedFrame,
     Outcome,

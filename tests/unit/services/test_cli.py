@@ -1,4 +1,6 @@
-"""`lineguard alerts` and `lineguard plc-bridge` refuse incomplete configuration with one clear line."""
+"""Errors end a `lineguard` command with one clear line: exit 2 for configuration, 1 for the rest.
+
+`lineguard alerts` and `lineguard plc-bridge` refuse incomplete configuration."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 import pytest
 
 from services.cli import main
+from shared.kafka.broker import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +52,17 @@ def test_plc_bridge_needs_a_plc_and_sane_stations(
     monkeypatch.setenv("LINEGUARD_PLC_BRIDGE__FAIL_SAFE", "explode")
     assert main(["plc-bridge"]) == 2
     assert "LINEGUARD_PLC_BRIDGE__FAIL_SAFE" in capsys.readouterr().err
+
+
+def test_a_failure_that_is_not_configuration_exits_1_with_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bootstrap = f"127.0.0.1:{free_port()}"  # nothing listens there
+    assert main(["topics", "ensure", "--bootstrap", bootstrap]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("lineguard: topics ensure: ") and bootstrap in last
+
+
+def test_a_usage_error_inside_a_command_exits_2(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    assert main(["demo", "--products", "washer", "--workdir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "lineguard: --products: the demo needs at least two products"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.ops.promql import PromQLSyntaxError, selectors
+from tests.support.promql import PromQLSyntaxError, selectors
 
 ROOT = Path(__file__).resolve().parents[3]
 GRAFANA = ROOT / "deploy" / "grafana"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from services.plc_bridge import registers as reg
-from services.plc_bridge.logic import BridgeCore, Outcome, StationState
+from services.plc_bridge.core import BridgeCore, StationState, VerdictOutcome
 
 
 @dataclass
@@ -24,7 +24,7 @@ def core(**kw) -> BridgeCore:
 
 def test_verdicts_drive_outputs_and_counters():
     c = core()
-    assert c.apply_verdict(V("a", decision="pass"), 0) is Outcome.APPLIED
+    assert c.apply_verdict(V("a", decision="pass"), 0) is VerdictOutcome.APPLIED
     assert c.state["s1"].reject is False and c.state["s1"].pass_count == 1
     c.apply_verdict(V("b", decision="reject"), 0)
     c.apply_verdict(V("c", decision="review"), 0)
@@ -44,23 +44,23 @@ def test_reject_decisions_are_configurable():
 def test_duplicate_frame_ids_apply_once_and_unknown_stations_are_refused():
     c = core()
     c.apply_verdict(V("a", decision="reject"), 0)
-    assert c.apply_verdict(V("a", decision="reject"), 0) is Outcome.DUPLICATE
+    assert c.apply_verdict(V("a", decision="reject"), 0) is VerdictOutcome.DUPLICATE
     assert c.state["s1"].reject_count == 1 and c.state["s1"].sequence == 1
-    assert c.apply_verdict(V("z", station_id="elsewhere"), 0) is Outcome.UNKNOWN_STATION
+    assert c.apply_verdict(V("z", station_id="elsewhere"), 0) is VerdictOutcome.UNKNOWN_STATION
 
 
 def test_dedup_window_is_bounded():
     c = core(dedup_window=2)
     for fid in ("a", "b", "c"):
         c.apply_verdict(V(fid), 0)
-    assert c.apply_verdict(V("a"), 0) is Outcome.APPLIED  # forgotten: outside the window
-    assert c.apply_verdict(V("c"), 0) is Outcome.DUPLICATE
+    assert c.apply_verdict(V("a"), 0) is VerdictOutcome.APPLIED  # forgotten: outside the window
+    assert c.apply_verdict(V("c"), 0) is VerdictOutcome.DUPLICATE
 
 
 def test_seed_continues_counters_and_refuses_the_last_frame_again():
     c = core()
     c.seed("s1", StationState(pass_count=41, reject_count=7, sequence=9, last_frame_id="last"))
-    assert c.apply_verdict(V("last"), 0) is Outcome.DUPLICATE
+    assert c.apply_verdict(V("last"), 0) is VerdictOutcome.DUPLICATE
     c.apply_verdict(V("next"), 0)
     assert c.state["s1"].pass_count == 42 and c.state["s1"].sequence == 10
 
@@ -92,16 +92,16 @@ def test_tracked_part_missing_its_deadline_is_failed_safe_and_its_late_verdict_k
     c = core(part_deadline_s=0.5)
     assert c.part_trigger("s1", 100, 0.0) == 0  # first read is the baseline
     assert c.part_trigger("s1", 102, 0.1) == 2
-    assert c.apply_verdict(V("p1", decision="pass"), 0.3) is Outcome.APPLIED
+    assert c.apply_verdict(V("p1", decision="pass"), 0.3) is VerdictOutcome.APPLIED
     assert c.pending_parts("s1") == 1
     assert c.tick(0.7) == ["s1"]  # p2's deadline passed
     st = c.state["s1"]
     assert st.reject and st.fail_safe_count == 1 and c.line.fail_safe_active
-    assert c.apply_verdict(V("p2", decision="pass"), 0.8) is Outcome.AFTER_FAIL_SAFE
+    assert c.apply_verdict(V("p2", decision="pass"), 0.8) is VerdictOutcome.AFTER_FAIL_SAFE
     assert st.reject and st.pass_count == 2  # counted, but the part was already diverted
     assert not c.line.fail_safe_active
     c.part_trigger("s1", 103, 1.0)
-    assert c.apply_verdict(V("p3", decision="pass"), 1.1) is Outcome.APPLIED
+    assert c.apply_verdict(V("p3", decision="pass"), 1.1) is VerdictOutcome.APPLIED
     assert not st.reject
 
 
@@ -129,7 +129,7 @@ def test_failed_safe_part_whose_verdict_never_comes_is_forgotten():
     c.tick(150.0)  # grace = max(scorer timeout, 10 x deadline) = 100 s
     assert not c.line.fail_safe_active
     c.part_trigger("s1", 2, 150.0)
-    assert c.apply_verdict(V("x"), 150.1) is Outcome.APPLIED
+    assert c.apply_verdict(V("x"), 150.1) is VerdictOutcome.APPLIED
 
 
 def test_heartbeat_wraps_and_dirty_tracking():

@@ -1,6 +1,6 @@
-"""``lineguard plc-bridge``: the reference gateway from the ``verdicts`` topic to the line's PLC.
+"""The PLC bridge's async shell: the ``verdicts`` topic -> the line's PLC (``lineguard plc-bridge``).
 
-A thin async shell around ``BridgeCore``: read verdicts, read the PLC's part triggers, watch the
+A thin shell around ``BridgeCore``: read verdicts, read the PLC's part triggers, watch the
 scorer's consumer group, then write the whole changed state to every PLC target and only then
 commit the consumed offsets. A PLC that cannot be written holds the commit; the state is written
 again (absolute values) until it lands.
@@ -16,11 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from services.plc_bridge import metrics
-from services.plc_bridge.logic import BridgeCore, Outcome
+from services.plc_bridge.core import VerdictOutcome, core_from_settings
 from services.plc_bridge.plc import ModbusPlc, OpcUaPlc, PlcError, PlcTarget
-from shared.lifecycle import run_until_signalled
-from shared.settings import FailSafeAction, Settings, SettingsError, load_settings
-from shared.telemetry.logging import log_event, setup_logging
+from shared.errors import ConfigError
+from shared.settings import Settings
+from shared.telemetry.logging import log_event
 
 log = logging.getLogger("lineguard.plc_bridge")
 SERVICE = "plc-bridge"
@@ -36,38 +36,6 @@ def targets_from_settings(settings: Settings) -> list[PlcTarget]:
     return targets
 
 
-def core_from_settings(settings: Settings, now: float) -> BridgeCore:
-    cfg = settings.plc_bridge
-    return BridgeCore(
-        cfg.stations,
-        reject_decisions=frozenset(cfg.reject_decisions),
-        stop_line_on_fail_safe=cfg.fail_safe is FailSafeAction.STOP_LINE,
-        scorer_timeout_s=cfg.scorer_timeout_s,
-        part_deadline_s=cfg.part_deadline_ms / 1000,
-        max_tracked_parts=cfg.max_tracked_parts,
-        dedup_window=cfg.dedup_window,
-        now=now,
-    )
-
-
-def validate(settings: Settings) -> None:
-    cfg = settings.plc_bridge
-    if not cfg.modbus_host and not cfg.opcua_url:
-        raise SettingsError(
-            "invalid configuration:\n  LINEGUARD_PLC_BRIDGE__MODBUS_HOST or LINEGUARD_PLC_BRIDGE__OPCUA_URL "
-            "must name the PLC"
-        )
-    if len(set(cfg.stations)) != len(cfg.stations) or not cfg.stations:
-        raise SettingsError(
-            "invalid configuration:\n  LINEGUARD_PLC_BRIDGE__STATIONS: need distinct station ids"
-        )
-    unknown = set(cfg.reject_decisions) - {"pass", "reject", "review", "error"}
-    if unknown:
-        raise SettingsError(
-            f"invalid configuration:\n  LINEGUARD_PLC_BRIDGE__REJECT_DECISIONS: unknown {sorted(unknown)}"
-        )
-
-
 class PlcBridge:
     def __init__(
         self,
@@ -79,7 +47,7 @@ class PlcBridge:
         self.cfg = settings.plc_bridge
         self.targets = targets if targets is not None else targets_from_settings(settings)
         if not self.targets:
-            raise ValueError("no PLC target configured")
+            raise ConfigError("no PLC target configured")
         self.clock = clock
         self.core = core_from_settings(settings, clock())
         self.ready = asyncio.Event()
@@ -204,9 +172,9 @@ class PlcBridge:
             return
         outcome = self.core.apply_verdict(verdict, self.clock())
         metrics.VERDICTS.labels(outcome.value).inc()
-        if outcome is Outcome.APPLIED or outcome is Outcome.AFTER_FAIL_SAFE:
+        if outcome is VerdictOutcome.APPLIED or outcome is VerdictOutcome.AFTER_FAIL_SAFE:
             self._decided_at.append(verdict.decided_at)
-        elif outcome is Outcome.UNKNOWN_STATION:
+        elif outcome is VerdictOutcome.UNKNOWN_STATION:
             log_event(log, "verdict for an unconfigured station", logging.WARNING, station=verdict.station_id)
 
     async def _read_triggers(self, now: float) -> None:
@@ -268,73 +236,3 @@ class PlcBridge:
             metrics.VERDICT_TO_PLC_SECONDS.observe(max(now_ns - decided_at, 0) / 1e9)
         self._decided_at.clear()
         return True
-
-
-def _run(args: Any) -> int:
-    settings = load_settings()
-    validate(settings)
-    setup_logging(SERVICE, settings.log_level)
-    from shared.telemetry.metrics import start_metrics_server
-
-    start_metrics_server(settings.metrics_port, metrics.REGISTRY)
-
-    run_until_signalled(PlcBridge(settings).run)
-    return 0
-
-
-def _run_simulator(args: Any) -> int:
-    from services.plc_bridge.simulators import ModbusPlcSimulator, OpcUaPlcSimulator
-
-    settings = load_settings()
-    setup_logging("plc-sim", settings.log_level)
-    stations = args.stations.split(",") if args.stations else settings.plc_bridge.stations
-
-    async def main(stop: asyncio.Event) -> None:
-        modbus = ModbusPlcSimulator(args.host, args.modbus_port)
-        opcua = OpcUaPlcSimulator(
-            stations,
-            f"opc.tcp://{args.host}:{args.opcua_port}/lineguard/",
-            settings.plc_bridge.opcua_namespace,
-        )
-        await modbus.start()
-        await opcua.start()
-        log_event(
-            log,
-            "simulated plc serving",
-            modbus_port=args.modbus_port,
-            opcua_port=args.opcua_port,
-            stations=stations,
-        )
-        try:
-            await stop.wait()
-        finally:
-            await modbus.stop()
-            await opcua.stop()
-
-    run_until_signalled(main)
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    sim = subparsers.add_parser(
-        "plc-sim",
-        help="serve a simulated PLC (Modbus TCP and OPC UA) with the bridge's register map",
-        description="For commissioning and the compose demo: a pymodbus server and an asyncua server "
-        "holding the register map of docs/operations.md.",
-    )
-    sim.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    sim.add_argument("--modbus-port", type=int, default=5020, help="Modbus TCP port (default 5020)")
-    sim.add_argument("--opcua-port", type=int, default=4840, help="OPC UA port (default 4840)")
-    sim.add_argument(
-        "--stations", help="station ids, comma separated (default: LINEGUARD_PLC_BRIDGE__STATIONS)"
-    )
-    sim.set_defaults(handler=_run_simulator)
-
-    parser = subparsers.add_parser(
-        "plc-bridge",
-        help="drive the line's PLC (Modbus TCP / OPC UA) from the verdicts topic",
-        description="Reference PLC gateway: per station a reject output, counters, the last frame id and a "
-        "heartbeat; fail-safe reject (or line stop) when the scorer goes silent or a tracked part misses "
-        "its deadline. Configured by LINEGUARD_PLC_BRIDGE__* variables (see docs/operations.md).",
-    )
-    parser.set_defaults(handler=_run)

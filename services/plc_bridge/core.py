@@ -16,21 +16,19 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
 
-from services.plc_bridge.registers import DECISION_CODES
+from services.plc_bridge.registers import DECISION_CODES, FAIL_SAFE
+from shared.engine.config import DECISIONS, Decision
+from shared.errors import ConfigError
+from shared.messages.schemas import Verdict
+from shared.settings import FailSafeAction, Settings, config_error
 
-
-class VerdictLike(Protocol):
-    @property
-    def frame_id(self) -> str: ...
-    @property
-    def station_id(self) -> str: ...
-    @property
-    def decision(self) -> str: ...
+DEFAULT_REJECT_DECISIONS = frozenset({Decision.REJECT, Decision.REVIEW, Decision.ERROR})
 
 
-class Outcome(StrEnum):
+class VerdictOutcome(StrEnum):
+    """What applying one verdict did (the ``outcome`` label of the verdicts metric)."""
+
     APPLIED = "applied"
     DUPLICATE = "duplicate"  # same frame_id seen before: applied once only
     UNKNOWN_STATION = "unknown_station"  # not in the configured station list
@@ -71,7 +69,7 @@ class BridgeCore:
         self,
         stations: list[str],
         *,
-        reject_decisions: frozenset[str] = frozenset({"reject", "review", "error"}),
+        reject_decisions: frozenset[Decision] = DEFAULT_REJECT_DECISIONS,
         stop_line_on_fail_safe: bool = False,
         scorer_timeout_s: float = 10.0,
         part_deadline_s: float = 0.0,
@@ -80,7 +78,7 @@ class BridgeCore:
         now: float = 0.0,
     ) -> None:
         if len(set(stations)) != len(stations) or not stations:
-            raise ValueError("stations must be a non-empty list of distinct station ids")
+            raise ConfigError("stations must be a non-empty list of distinct station ids")
         self.stations = list(stations)
         self.index = {s: i for i, s in enumerate(stations)}
         self.reject_decisions = reject_decisions
@@ -111,30 +109,30 @@ class BridgeCore:
 
     # ---- verdicts -------------------------------------------------------------------------
 
-    def apply_verdict(self, verdict: VerdictLike, now: float) -> Outcome:
+    def apply_verdict(self, verdict: Verdict, now: float) -> VerdictOutcome:
         station = verdict.station_id
         if station not in self.state:
-            return Outcome.UNKNOWN_STATION
+            return VerdictOutcome.UNKNOWN_STATION
         self.scorer_alive(now)  # a verdict is the best proof of life
         if verdict.frame_id in self._seen:
             self._seen.move_to_end(verdict.frame_id)
-            return Outcome.DUPLICATE
+            return VerdictOutcome.DUPLICATE
         self._remember(verdict.frame_id)
         st = self.state[station]
         rejected = verdict.decision in self.reject_decisions
         if rejected:
             st.reject_count += 1
-        elif verdict.decision == "pass":
+        elif verdict.decision == Decision.PASS:
             st.pass_count += 1
         st.last_frame_id = verdict.frame_id
         self.dirty.add(station)
         if self._consume_part(station, now):  # the part was already failed safe: keep the reject
             self._update_fail_safe_flags()
-            return Outcome.AFTER_FAIL_SAFE
+            return VerdictOutcome.AFTER_FAIL_SAFE
         st.reject = rejected
-        st.last_decision = DECISION_CODES.get(verdict.decision, DECISION_CODES["error"])
+        st.last_decision = DECISION_CODES.get(verdict.decision, DECISION_CODES[Decision.ERROR])
         st.sequence = (st.sequence + 1) & 0xFFFF
-        return Outcome.APPLIED
+        return VerdictOutcome.APPLIED
 
     def _remember(self, frame_id: str) -> None:
         self._seen[frame_id] = None
@@ -213,7 +211,7 @@ class BridgeCore:
         st = self.state[station]
         st.reject = True
         st.fail_safe_count += 1
-        st.last_decision = DECISION_CODES["fail_safe"]
+        st.last_decision = DECISION_CODES[FAIL_SAFE]
         st.sequence = (st.sequence + 1) & 0xFFFF
         self.dirty.add(station)
 
@@ -244,3 +242,31 @@ class BridgeCore:
         """After a failed write or a reconnect: write everything again."""
         self.dirty = set(self.stations)
         self.line_dirty = True
+
+
+def check_settings(settings: Settings) -> None:
+    """What the settings object alone cannot check: a PLC to drive, distinct stations, known decisions."""
+    cfg = settings.plc_bridge
+    if not cfg.modbus_host and not cfg.opcua_url:
+        raise config_error(
+            "LINEGUARD_PLC_BRIDGE__MODBUS_HOST or LINEGUARD_PLC_BRIDGE__OPCUA_URL must name the PLC"
+        )
+    if len(set(cfg.stations)) != len(cfg.stations) or not cfg.stations:
+        raise config_error("LINEGUARD_PLC_BRIDGE__STATIONS: need distinct station ids")
+    unknown = set(cfg.reject_decisions) - set(DECISIONS)
+    if unknown:
+        raise config_error(f"LINEGUARD_PLC_BRIDGE__REJECT_DECISIONS: unknown {sorted(unknown)}")
+
+
+def core_from_settings(settings: Settings, now: float) -> BridgeCore:
+    cfg = settings.plc_bridge
+    return BridgeCore(
+        cfg.stations,
+        reject_decisions=frozenset(Decision(d) for d in cfg.reject_decisions),
+        stop_line_on_fail_safe=cfg.fail_safe is FailSafeAction.STOP_LINE,
+        scorer_timeout_s=cfg.scorer_timeout_s,
+        part_deadline_s=cfg.part_deadline_ms / 1000,
+        max_tracked_parts=cfg.max_tracked_parts,
+        dedup_window=cfg.dedup_window,
+        now=now,
+    )

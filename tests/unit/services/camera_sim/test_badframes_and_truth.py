@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from services.camera_sim.badframes import bad_record_value, oversized_png
+from services.camera_sim.core import BAD_KINDS, DEFECT, NORMAL, SampleSpec
 from services.camera_sim.images import encode_jpeg, sample_image
-from services.camera_sim.plan import BAD_KINDS, DEFECT, NORMAL, SampleSpec
 from services.camera_sim.truth import (
     FRAME_ID_HEADER,
     TruthRecord,

@@ -1,6 +1,7 @@
 import pytest
 
-from shared.settings import LatePolicy, SettingsError, load_settings
+from shared.errors import ConfigError
+from shared.settings import LatePolicy, load_settings
 
 
 def test_defaults_and_topic_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,5 +38,5 @@ def test_invalid_values_name_the_variable(
     monkeypatch: pytest.MonkeyPatch, var: str, value: str, named: str
 ) -> None:
     monkeypatch.setenv(var, value)
-    with pytest.raises(SettingsError, match=named):
+    with pytest.raises(ConfigError, match=named):
         load_settings()

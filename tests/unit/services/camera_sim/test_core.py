@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.camera_sim.plan import (
+from services.camera_sim.core import (
     BAD_KINDS,
     DEFECT,
     NORMAL,

@@ -1,7 +1,8 @@
-"""What the camera simulator will send: samples to draw from and the frame-by-frame plan.
+"""What the camera simulator will send: its options, the samples to draw from, the frame-by-frame plan.
 
-Plain logic, no Kafka and no clock: the publisher in ``main.py`` walks the plan. A plan is a
+Plain logic, no Kafka and no clock: the publisher in ``service.py`` walks the plan. A plan is a
 deterministic function of the samples, the counts and the seed, so tests and benchmarks can replay it.
+Option values it cannot use are a ``ConfigError`` (a usage error of ``lineguard camera-sim``).
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from shared.errors import ConfigError
+from shared.synthetic import DEFECT_TYPES, SYNTHETIC_CLASSES
 
 NORMAL = "normal"
 DEFECT = "defect"
@@ -56,6 +60,46 @@ class PlannedFrame:
     bad_kind: str | None  # one of BAD_KINDS, or None for a good frame
 
 
+@dataclass
+class SimOptions:
+    data: Path | None = None  # MVTec-layout folder; None: synthetic
+    products: Sequence[str] = ()  # synthetic products; empty: all
+    defect_rate: float = 0.3
+    pool: int = 48
+    size: int = 224
+    rate: float = 5.0  # frames per second per camera
+    count: int | None = 100  # None: until stopped
+    cameras: int = 1
+    bad_rate: float = 0.0
+    bad_kinds: Sequence[str] = ()
+    truth: Path | None = None
+    deadline_ms: int | None = None
+    hint: bool = False
+    seed: int = 0
+    run_id: str | None = None
+
+
+@dataclass
+class SimStats:
+    sent: int = 0
+    bad: int = 0
+    max_behind_s: float = 0.0  # how far the sender fell behind its clock
+    started: float = 0.0
+    finished: float = 0.0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+def load_samples(options: SimOptions) -> list[SampleSpec]:
+    """The dataset's test images, or a pool of synthetic samples of the chosen products."""
+    if options.data is not None:
+        return scan_mvtec(options.data)
+    products = list(options.products) or list(SYNTHETIC_CLASSES)
+    unknown = set(products) - set(SYNTHETIC_CLASSES)
+    if unknown:
+        raise ConfigError(f"unknown synthetic products {sorted(unknown)}; choose from {SYNTHETIC_CLASSES}")
+    return synthetic_samples(products, DEFECT_TYPES, options.pool, options.defect_rate, options.seed)
+
+
 def scan_mvtec(root: Path) -> list[SampleSpec]:
     """Test images of an MVTec-layout folder: ``root`` is one class folder or a folder of classes."""
     root = Path(root)
@@ -90,11 +134,11 @@ def synthetic_samples(
 ) -> list[SampleSpec]:
     """A pool of synthetic samples over ``products``; a ``defect_rate`` share of them defective."""
     if not products:
-        raise ValueError("at least one product is needed")
+        raise ConfigError("at least one product is needed")
     if not 0.0 <= defect_rate <= 1.0:
-        raise ValueError("defect rate must be between 0 and 1")
+        raise ConfigError("defect rate must be between 0 and 1")
     if pool < 1:
-        raise ValueError("the sample pool needs at least one sample")
+        raise ConfigError("the sample pool needs at least one sample")
     rng = np.random.default_rng(seed)
     n_defect = round(pool * defect_rate)
     samples = []
@@ -115,7 +159,7 @@ def synthetic_samples(
 
 def camera_ids(base: str, cameras: int) -> list[str]:
     if cameras < 1:
-        raise ValueError("at least one camera is needed")
+        raise ConfigError("at least one camera is needed")
     return [base] if cameras == 1 else [f"{base}-{i}" for i in range(cameras)]
 
 
@@ -137,14 +181,14 @@ def frame_plan(
     kind shows up.
     """
     if n_samples < 1:
-        raise ValueError("no samples to send")
+        raise ConfigError("no samples to send")
     if count is not None and count < 0:
-        raise ValueError("count must not be negative")
+        raise ConfigError("count must not be negative")
     if not 0.0 <= bad_rate <= 1.0:
-        raise ValueError("bad rate must be between 0 and 1")
+        raise ConfigError("bad rate must be between 0 and 1")
     unknown = set(bad_kinds) - set(BAD_KINDS)
     if unknown or not bad_kinds:
-        raise ValueError(f"bad kinds must be among {', '.join(BAD_KINDS)}")
+        raise ConfigError(f"bad kinds must be among {', '.join(BAD_KINDS)}")
     rng = np.random.default_rng(seed)
     run_id = run_id or uuid.uuid4().hex[:8]
     order: list[int] = []
@@ -171,5 +215,5 @@ def tick_time(start: float, index: int, rate: float) -> float:
     Computed from the start rather than from the previous tick, so sleep overshoot never accumulates.
     """
     if rate <= 0:
-        raise ValueError("rate must be positive")
+        raise ConfigError("rate must be positive")
     return start + index / rate

@@ -79,7 +79,7 @@ def test_every_lineguard_variable_is_a_real_setting_with_a_valid_value(
             monkeypatch.delenv(variable)
         for variable, value in variables.items():
             monkeypatch.setenv(variable, value)
-        load_settings()  # raises SettingsError on a bad value
+        load_settings()  # raises ConfigError on a bad value
 
 
 def test_the_settings_checker_refuses_unknown_variables() -> None:

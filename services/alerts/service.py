@@ -1,4 +1,4 @@
-"""``lineguard alerts``: forward operator alerts from the ``alerts`` topic to a webhook.
+"""The alerts service's async shell: operator alerts from the ``alerts`` topic -> a webhook.
 
 Offsets are committed only once every consumed alert is delivered, suppressed as a duplicate, or
 handed durably to the DLQ (the producer's acknowledgement awaited). A stop or crash in between
@@ -14,15 +14,12 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from services.alerts import metrics
-from services.alerts.forwarding import Admission, Forwarder, RetryPolicy
-from services.alerts.payloads import payload
+from services.alerts.core import Admission, Forwarder, RetryPolicy, payload, webhook_url
 from services.alerts.webhook import DeliveryResult, post_json_async
-from shared.lifecycle import run_until_signalled
-from shared.settings import Settings, SettingsError, load_settings
-from shared.telemetry.logging import log_event, setup_logging
+from shared.settings import Settings
+from shared.telemetry.logging import log_event
 
 log = logging.getLogger("lineguard.alerts")
 SERVICE = "alerts"
@@ -30,30 +27,12 @@ SERVICE = "alerts"
 Poster = Callable[[str, dict[str, Any], float, dict[str, str] | None], Any]
 
 
-def webhook_url(settings: Settings) -> str:
-    """The configured URL (from the variable or the secret file), checked but never echoed."""
-    cfg = settings.alerts
-    url = cfg.webhook_url
-    if url is None and cfg.webhook_url_file is not None:
-        try:
-            url = cfg.webhook_url_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise SettingsError(
-                f"invalid configuration:\n  LINEGUARD_ALERTS__WEBHOOK_URL_FILE: cannot read: {exc.strerror}"
-            ) from None
-    if not url:
-        raise SettingsError(
-            "invalid configuration:\n  LINEGUARD_ALERTS__WEBHOOK_URL or LINEGUARD_ALERTS__WEBHOOK_URL_FILE "
-            "must name the webhook"
-        )
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError("invalid configuration:\n  LINEGUARD_ALERTS__WEBHOOK_URL: must be an http(s) URL")
-    return url
+class _Interrupted(BaseException):
+    """Stop requested while a delivery was pending: unwind to ``run`` and leave its offsets uncommitted.
 
-
-class _Interrupted(Exception):
-    """Stop requested while a delivery was pending: leave its offsets uncommitted."""
+    Control flow, not an error (like ``asyncio.CancelledError``, hence ``BaseException``): no
+    ``except Exception`` on the way may swallow it, and ``run`` always catches it.
+    """
 
 
 class AlertsService:
@@ -207,26 +186,3 @@ class AlertsService:
         log_event(
             log, "alerts sent to the dlq", logging.ERROR, reason=reason, detail=detail, records=len(records)
         )
-
-
-def _run(args: Any) -> int:
-    settings = load_settings()
-    url = webhook_url(settings)
-    setup_logging(SERVICE, settings.log_level)
-    from shared.telemetry.metrics import start_metrics_server
-
-    start_metrics_server(settings.metrics_port, metrics.REGISTRY)
-
-    run_until_signalled(AlertsService(settings, url).run)
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "alerts",
-        help="forward operator alerts from the alerts topic to a webhook (JSON, Slack, Teams)",
-        description="De-duplicates and rate-limits alerts, retries failed deliveries with backoff and "
-        "dead-letters what cannot be delivered; offsets are committed only after delivery. Configured by "
-        "LINEGUARD_ALERTS__* variables (see docs/operations.md).",
-    )
-    parser.set_defaults(handler=_run)

@@ -6,28 +6,19 @@ import json
 
 import pytest
 
-from services.alerts.forwarding import Admission, Forwarder, RetryPolicy, TokenBucket
-from services.alerts.payloads import payload
+from services.alerts.core import Admission, Forwarder, RetryPolicy, TokenBucket, payload
 from services.alerts.webhook import post_json
 from shared.messages.schemas import AlertEvent
 from shared.settings import WebhookFormat
-from tests.unit.ops.webhook_server import WebhookServer
+from tests.support.alert_events import alert_event
+from tests.support.webhook_server import WebhookServer
 
 S = 1_000_000_000
 
 
 def alert(n: int, *, kind: str = "consecutive_rejects", station: str = "st-1", t: float = 0.0) -> AlertEvent:
-    return AlertEvent(
-        alert_id=f"a{n}",
-        kind=kind,
-        severity="critical",
-        line_id="line-1",
-        station_id=station,
-        product_class="washer",
-        summary=f"5 consecutive rejects at line-1/{station}",
-        frame_ids=[f"f{i}" for i in range(8)],
-        details={"count": "5"},
-        raised_at=int(t * S),
+    return alert_event(
+        f"a{n}", raised_at=int(t * S), station=station, kind=kind, frame_ids=[f"f{i}" for i in range(8)]
     )
 
 
