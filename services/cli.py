@@ -18,7 +18,7 @@ COMMAND_MODULES = (
     "services.kafka_admin.cli",  # kafka up|down|status, topics ensure
     "services.camera_sim.main",  # camera-sim
     "services.scorer.main",  # scorer, announce
-    "services.explainer.main",  # explainer
+    "services.explainer.cli",  # explainer
     "services.demo.main",  # demo
     "services.alerts.main",  # alerts
     "services.plc_bridge.main",  # plc-sim, plc-bridge

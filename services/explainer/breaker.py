@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 
+from shared.errors import ConfigError
+
 
 class BreakerState(StrEnum):
     CLOSED = "closed"
@@ -19,7 +21,7 @@ class CircuitBreaker:
         self, failure_threshold: int, reset_after_s: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
         if failure_threshold < 1:
-            raise ValueError("failure_threshold must be at least 1")
+            raise ConfigError("failure_threshold must be at least 1")
         self.failure_threshold = failure_threshold
         self.reset_after_s = reset_after_s
         self.clock = clock

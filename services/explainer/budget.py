@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.errors import ConfigError
 from shared.settings import ModelPrice
 
 # Until real calls have been seen, a call is assumed to cost this many tokens (three images,
@@ -116,7 +117,7 @@ class DailyBudget:
                 self.calls = int(data["calls"])
                 self.usage = Usage(int(data["prompt_tokens"]), int(data["completion_tokens"]))
             except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"budget state {path} is unreadable ({exc}); fix or remove it") from None
+                raise ConfigError(f"budget state {path} is unreadable ({exc}); fix or remove it") from None
 
     def _save(self) -> None:
         path = self._path(self._day)

@@ -6,13 +6,15 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from shared.errors import ConfigError
+
 
 class RateLimiter:
     def __init__(
         self, per_minute: float, burst: int = 1, clock: Callable[[], float] = time.monotonic
     ) -> None:
         if per_minute <= 0 or burst < 1:
-            raise ValueError("per_minute must be positive and burst at least 1")
+            raise ConfigError("per_minute must be positive and burst at least 1")
         self.rate = per_minute / 60.0
         self.burst = float(burst)
         self.clock = clock

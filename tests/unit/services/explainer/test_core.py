@@ -5,15 +5,20 @@ import io
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from services.explainer.processor import Explainer
+from services.explainer.core import Explainer, report_message
+from services.explainer.facts import read_facts
+from services.explainer.report import build_fallback_report
+from shared.messages.codec import decode, encode
+from shared.messages.schemas import Report
 from tests.support.defect_events import answer_json, make_event
 from tests.support.openai_server import FakeOpenAIServer, Reply
-from tests.unit.explainer.conftest import API_KEY
+from tests.unit.services.explainer.conftest import API_KEY
 
 MakeExplainer = Callable[..., Explainer]
 
@@ -235,7 +240,7 @@ async def test_endpoint_without_structured_outputs_gets_json_mode() -> None:
         import tempfile
         from pathlib import Path
 
-        from services.explainer.processor import build_explainer
+        from services.explainer.core import build_explainer
         from shared.settings import ExplainerSettings
 
         with tempfile.TemporaryDirectory() as root:
@@ -366,3 +371,22 @@ async def test_on_shutdown_waiting_events_are_held_not_called(
     finished, held = await in_call, await waiting
     assert finished.kind == "reported" and held.kind == "held" and held.hold_reason == "shutdown"
     assert len(vlm_server.chat_requests()) == 1
+
+
+def test_report_message_round_trips_through_the_codec(tmp_path: Path) -> None:
+    facts = read_facts(make_event("f-msg"), frame_max_side=1024, crop_max_side=512)
+    doc = build_fallback_report(
+        facts,
+        reason="no_endpoint",
+        vocabulary=["scratch"],
+        severity_bands=(0.6, 0.8),
+        language="ko",
+        created_at=facts.verdict.decided_at + 1,
+        egress="full",
+    )
+    doc.summary = "x" * 10_000  # clipped for the topic; the files keep it whole
+    message = report_message(doc, "2023-11-14/line-1/station-1/f-msg.json")
+    again = decode(encode(message), Report)
+    assert again == message and len(again.summary) == 4096
+    assert again.source == "fallback" and again.findings[0].defect_type == "scratch"
+    assert again.confidence is None and again.language == "ko"
