@@ -59,11 +59,10 @@ def read_facts(event: DefectEvent, *, frame_max_side: int, crop_max_side: int) -
         )
         return replace(facts, image_problem=exc.reason)
     regions = event.verdict.regions
-    top = regions[0] if regions else None
     pictures = make_pictures(
         frame,
         levels,
-        (top.x, top.y, top.width, top.height) if top else None,
+        regions[0] if regions else None,
         frame_max_side=frame_max_side,
         crop_max_side=crop_max_side,
     )

@@ -18,6 +18,7 @@ from services.explainer.geometry import Box, crop_box
 from shared.engine import images as engine_images
 from shared.errors import ImageError
 from shared.messages.anomaly_map import overlay, resize_levels
+from shared.messages.schemas import RegionMsg
 
 # What an unusable picture raises. The engine's decoder still has its own ImageError until it moves
 # under shared.errors (issue 8, engine side); then both names are one class and this is one type.
@@ -67,19 +68,22 @@ def data_url(jpeg: bytes) -> str:
 def make_pictures(
     frame: np.ndarray,
     levels: np.ndarray,
-    top_region: tuple[int, int, int, int] | None,
+    top_region: RegionMsg | None,
     *,
     frame_max_side: int = 1024,
     crop_max_side: int = 512,
 ) -> EventPictures:
-    """Frame, overlay of the anomaly map's ``levels`` and the crop around ``top_region``
-    (x, y, w, h); without a region the crop is centred on the heatmap's peak."""
+    """Frame, overlay of the anomaly map's ``levels`` and the crop around ``top_region``; without
+    a region the crop is centred on the heatmap's peak."""
     h, w = frame.shape[:2]
+    min_side = max(64, min(w, h) // 4)
     if top_region is None:
         heat = resize_levels(levels, w, h)
         peak_y, peak_x = np.unravel_index(int(np.argmax(heat)), heat.shape)
-        top_region = (int(peak_x), int(peak_y), 1, 1)
-    box = crop_box(*top_region, w, h, min_side=max(64, min(w, h) // 4))
+        box = crop_box(int(peak_x), int(peak_y), 1, 1, w, h, min_side=min_side)
+    else:
+        r = top_region
+        box = crop_box(r.x, r.y, r.width, r.height, w, h, min_side=min_side)
     crop = frame[box.y0 : box.y1, box.x0 : box.x1]
     return EventPictures(
         frame=encode_jpeg(fit_within(frame, frame_max_side)),

@@ -5,6 +5,7 @@ from PIL import Image
 
 from services.explainer.pictures import make_pictures
 from shared.messages.anomaly_map import overlay
+from shared.messages.schemas import RegionMsg
 
 
 def test_pictures_crop_the_region_and_overlay_marks_the_heat() -> None:
@@ -12,7 +13,8 @@ def test_pictures_crop_the_region_and_overlay_marks_the_heat() -> None:
     frame[40:50, 150:170] = 255
     heat = np.zeros((50, 100), np.uint8)  # half size: resized onto the frame
     heat[20:25, 75:85] = 255
-    pictures = make_pictures(frame, heat, (150, 40, 20, 10), frame_max_side=100, crop_max_side=512)
+    region = RegionMsg(x=150, y=40, width=20, height=10, score=0.9, area_fraction=0.01)
+    pictures = make_pictures(frame, heat, region, frame_max_side=100, crop_max_side=512)
     box = pictures.crop_box
     assert box.x0 <= 150 and box.x1 >= 170 and box.y0 <= 40 and box.y1 >= 50
     with Image.open(io.BytesIO(pictures.frame)) as image:

@@ -17,7 +17,7 @@ def test_prompt_full_egress_carries_references_frame_overlay_and_crop() -> None:
     pictures = make_pictures(
         decode_pixels(event.image, "jpeg", 160, 120),
         decode_anomaly_map(event.anomaly_map_png),
-        (100, 10, 30, 8),
+        event.verdict.regions[0],  # (100, 10, 30, 8)
     )
     references = [Reference("normal", b"\xff\xd8ref")]
     messages = build_messages(
