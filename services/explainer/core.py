@@ -25,13 +25,12 @@ from typing import Any, Literal
 from opentelemetry import trace
 
 from services.explainer import metrics
-from services.explainer.breaker import CircuitBreaker
-from services.explainer.budget import DailyBudget
+from services.explainer.controls import CircuitBreaker, DailyBudget, RateLimiter
+from services.explainer.document import ReportDocument
 from services.explainer.facts import EventFacts, read_facts
 from services.explainer.policy import ReferenceLibrary, egress_for, vocabulary_for
 from services.explainer.prompt import build_prompt
-from services.explainer.ratelimit import RateLimiter
-from services.explainer.report import ReportDocument, build_fallback_report, build_vlm_report
+from services.explainer.report import build_fallback_report, build_vlm_report
 from services.explainer.store import ReportStore, StoredReport
 from services.explainer.vlm import VlmClient, VlmExchange, VlmFailure, make_openai_client
 from shared.messages.schemas import TEXT_MAX, DefectEvent, FindingMsg, Report

@@ -8,8 +8,8 @@ import time
 from html import escape
 
 from services.explainer import i18n
+from services.explainer.document import ReportDocument
 from services.explainer.pictures import EventPictures, data_url
-from services.explainer.report import ReportDocument
 
 
 def render_json(doc: ReportDocument) -> str:

@@ -1,5 +1,5 @@
-"""Step four of an event's path: the report document, built either from the VLM's answer or from
-local signals alone (fallback).
+"""Step four of an event's path: the report (``document.ReportDocument``), written either from the
+VLM's answer or from local signals alone (fallback).
 
 Everything here is deterministic given its inputs: the quality grade and template actions come
 from fixed rules so that two reports with the same findings always get the same grade.
@@ -7,17 +7,15 @@ from fixed rules so that two reports with the same findings always get the same 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from services.explainer import i18n
 from services.explainer.answer import VlmAnswer
+from services.explainer.document import Finding, ReportDocument
 from services.explainer.facts import EventFacts
 from services.explainer.geometry import LocationCheck, check_location, elongation
-from shared.engine.config import Decision
 from shared.messages.schemas import RegionMsg
 
-REPORT_FORMAT_VERSION = 1
 SEVERITY_ORDER = {"minor": 0, "moderate": 1, "severe": 2}
 LARGE_AREA = 0.05  # a region covering this share of the image counts as extensive
 
@@ -62,77 +60,6 @@ def shape_of(region: RegionMsg) -> str:
 def candidate_types(shape: str, vocabulary: list[str]) -> list[str]:
     keys = _SHAPE_FAMILIES[shape]
     return [term for term in vocabulary if any(key in term.lower() for key in keys)]
-
-
-@dataclass
-class Finding:
-    defect_type: str
-    location: str  # position code
-    severity: str
-    description: str
-    possible_cause: str
-    location_agrees: bool | None  # None: taken from the heatmap itself, nothing to cross-check
-    observed_locations: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ReportDocument:
-    frame_id: str
-    line_id: str
-    station_id: str
-    camera_id: str
-    product_class: str
-    decision: Decision
-    score: float
-    raw_score: float
-    threshold: float
-    model_version: str
-    captured_at: int
-    decided_at: int
-    created_at: int
-    language: str
-    source: str  # "vlm" | "fallback"
-    fallback_reason: str  # "" for VLM reports
-    vlm_model: str
-    egress: str
-    regions: list[RegionMsg]
-    region_positions: list[str]  # grid cell code of each region's centre
-    anomalous: bool
-    confidence: float | None  # None for fallback reports
-    summary: str
-    findings: list[Finding]
-    evidence: list[str]
-    root_cause: str
-    recommended_actions: list[str]
-    grade: str
-    location_disagreement: bool
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    vlm_calls: int = 0
-    repaired: bool = False
-    follow_up: bool = False
-    format_version: int = REPORT_FORMAT_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON record. Each region is written with its grid cell beside its box (format 1)."""
-        data = asdict(self)
-        positions = data.pop("region_positions")
-        data["regions"] = [
-            {**region, "position": position}
-            for region, position in zip(data["regions"], positions, strict=True)
-        ]
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ReportDocument:
-        values = dict(data)
-        regions = [dict(region) for region in values["regions"]]
-        values["region_positions"] = [region.pop("position") for region in regions]
-        values["regions"] = [RegionMsg(**region) for region in regions]
-        values["decision"] = Decision(values["decision"])
-        values["findings"] = [Finding(**f) for f in values["findings"]]
-        return cls(**values)
 
 
 def _region_lines(facts: EventFacts, language: str) -> list[str]:

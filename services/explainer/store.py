@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.explainer.document import ReportDocument
 from services.explainer.pictures import EventPictures
 from services.explainer.render import render_html, render_json, render_markdown
-from services.explainer.report import ReportDocument
 from shared.errors import LineguardError
 
 

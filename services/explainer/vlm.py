@@ -32,10 +32,8 @@ from services.explainer.answer import (
     repair_messages,
     response_format,
 )
-from services.explainer.breaker import CircuitBreaker
-from services.explainer.budget import INITIAL_PROMPT_TOKENS, DailyBudget, Usage
+from services.explainer.controls import INITIAL_PROMPT_TOKENS, CircuitBreaker, DailyBudget, RateLimiter, Usage
 from services.explainer.prompt import Prompt
-from services.explainer.ratelimit import RateLimiter
 from shared.errors import ConfigError, LineguardError
 from shared.settings import ExplainerSettings
 from shared.telemetry.logging import log_event

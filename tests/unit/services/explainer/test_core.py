@@ -4,6 +4,7 @@ protocol (tests/support/openai_server.py), scripted per test."""
 import io
 import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from services.explainer import core
 from services.explainer.core import Explainer, report_message
 from services.explainer.facts import read_facts
 from services.explainer.report import build_fallback_report
@@ -390,3 +392,46 @@ def test_report_message_round_trips_through_the_codec(tmp_path: Path) -> None:
     assert again == message and len(again.summary) == 4096
     assert again.source == "fallback" and again.findings[0].defect_type == "scratch"
     assert again.confidence is None and again.language == "ko"
+
+
+STEPS = ("facts", "prompt", "vlm", "report", "store")
+
+
+async def test_an_events_path_goes_through_each_step_from_the_core_without_round_trips(
+    vlm_server: FakeOpenAIServer, make_explainer: MakeExplainer
+) -> None:
+    """defect event -> facts -> prompt -> VLM answer -> report -> store: every step module is
+    entered from core.py only, and no module of the explainer calls back into one upstream of it."""
+    vlm_server.script(Reply(content=answer_json()), Reply(content=answer_json()))
+    explainer = make_explainer()
+    await explainer.handle(make_event("f-warm-up"))  # first-call set-up is not part of the path
+    package = str(Path(core.__file__).parent)
+    calls: set[tuple[str, str]] = set()
+
+    def record(frame: object, event: str, _: object) -> None:
+        caller = getattr(frame, "f_back", None)
+        if event != "call" or caller is None:
+            return
+        callee_file, caller_file = frame.f_code.co_filename, caller.f_code.co_filename  # type: ignore[attr-defined]
+        if callee_file.startswith(package) and caller_file.startswith(package):
+            calls.add((Path(caller_file).stem, Path(callee_file).stem))
+
+    sys.setprofile(record)
+    try:
+        result = await explainer.handle(make_event("f-path"))
+    finally:
+        sys.setprofile(None)
+    assert result.document is not None and result.document.source == "vlm"
+    edges = {(a, b) for a, b in calls if a != b}
+    for step in STEPS:
+        assert {a for a, b in edges if b == step} == {"core"}, step
+    downstream: dict[str, set[str]] = {}
+    for a, b in edges:
+        downstream.setdefault(a, set()).add(b)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(
+            n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in downstream.get(start, ())
+        )
+
+    assert [(a, b) for a, b in sorted(edges) if reaches(b, a, {b})] == []  # no call back upstream

@@ -3,12 +3,12 @@ import re
 import pytest
 
 from services.explainer.answer import parse_answer
+from services.explainer.document import ReportDocument
 from services.explainer.facts import EventFacts, verdict_facts
 from services.explainer.geometry import POSITION_CODES, Box
 from services.explainer.pictures import EventPictures
 from services.explainer.render import render_html, render_json, render_markdown
 from services.explainer.report import (
-    ReportDocument,
     build_fallback_report,
     build_vlm_report,
     quality_grade,
