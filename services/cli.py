@@ -22,7 +22,7 @@ COMMAND_MODULES = (
     "services.kafka_admin.cli",  # kafka up|down|status, topics ensure
     "services.camera_sim.cli",  # camera-sim
     "services.scorer.main",  # scorer, announce
-    "services.explainer.main",  # explainer
+    "services.explainer.cli",  # explainer
     "services.demo.cli",  # demo
     "services.alerts.cli",  # alerts
     "services.plc_bridge.cli",  # plc-sim, plc-bridge

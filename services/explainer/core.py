@@ -1,9 +1,15 @@
 """One defect event in, one report out: the explainer's logic, without Kafka.
 
-Order of checks, cheapest first: already reported (idempotency: no second call, no second report)?
-then decodable pictures, an endpoint, an egress policy that lets something out, budget; only then
-a VLM call. Anything that stops the call either holds the event (the service keeps it uncommitted
-and retries it later) or produces a marked fallback report, as configured. Nothing is dropped.
+The path of an event (``Explainer.explain``), one call into one module per step:
+
+    defect event -> facts (facts.py) -> prompt (prompt.py) -> VLM answer (vlm.py)
+                 -> report (report.py) -> store (store.py) and publish (``handle``'s ``publish``)
+
+First of all, the store is asked whether the event was already reported (idempotency: no second
+call, no second report). Before the prompt, the cheap checks that can stop a call: an endpoint, an
+egress policy that lets something out, decodable pictures, budget. Anything that stops the call
+either holds the event (the service keeps it uncommitted and retries it later) or produces a marked
+fallback report, as configured. Nothing is dropped.
 """
 
 from __future__ import annotations
@@ -19,30 +25,14 @@ from typing import Any, Literal
 from opentelemetry import trace
 
 from services.explainer import metrics
-from services.explainer.breaker import CircuitBreaker
-from services.explainer.budget import DailyBudget
-from services.explainer.geometry import cell_shares
-from services.explainer.imaging import (
-    EventPictures,
-    decode_anomaly_map,
-    decode_frame,
-    make_pictures,
-    resize_map,
-)
+from services.explainer.controls import CircuitBreaker, DailyBudget, RateLimiter
+from services.explainer.document import ReportDocument
+from services.explainer.facts import EventFacts, read_facts
 from services.explainer.policy import ReferenceLibrary, egress_for, vocabulary_for
-from services.explainer.prompt import Message, build_messages
-from services.explainer.ratelimit import RateLimiter
-from services.explainer.render import render_html, render_json, render_markdown
-from services.explainer.report import (
-    EventFacts,
-    ReportDocument,
-    build_fallback_report,
-    build_vlm_report,
-    region_facts,
-)
-from services.explainer.store import ReportStore
+from services.explainer.prompt import build_prompt
+from services.explainer.report import build_fallback_report, build_vlm_report
+from services.explainer.store import ReportStore, StoredReport
 from services.explainer.vlm import VlmClient, VlmExchange, VlmFailure, make_openai_client
-from shared.engine.images import ImageError
 from shared.messages.schemas import TEXT_MAX, DefectEvent, FindingMsg, Report
 from shared.settings import EgressPolicy, ExplainerSettings, UnavailablePolicy
 from shared.telemetry.logging import log_event
@@ -54,37 +44,26 @@ tracer = get_tracer("lineguard.explainer")
 
 
 @dataclass
-class Outcome:
+class EventResult:
+    """What became of one defect event: ``reported`` (a new report), ``duplicate`` (its report was
+    already in the store) or ``held`` (no report yet; the service retries it after
+    ``retry_after_s``)."""
+
     kind: Literal["reported", "duplicate", "held"]
     document: ReportDocument | None = None
     json_path: Path | None = None
-    published: bool = False  # duplicates: whether the Report message already went out
+    published: bool = False  # whether the Report message went out (for duplicates: earlier)
     hold_reason: str = ""
     retry_after_s: float = 0.0
     headers: list[tuple[str, bytes]] = field(default_factory=list)  # trace context for the Report
 
 
-def event_facts(event: DefectEvent) -> EventFacts:
-    v = event.verdict
-    regions = [(r.x, r.y, r.width, r.height, r.score, r.area_fraction) for r in v.regions]
-    return EventFacts(
-        frame_id=v.frame_id,
-        line_id=v.line_id,
-        station_id=v.station_id,
-        camera_id=v.camera_id,
-        product_class=v.product_class,
-        decision=v.decision,
-        score=v.score,
-        raw_score=v.raw_score,
-        threshold=v.threshold,
-        route_confidence=v.route_confidence,
-        model_version=v.model_version,
-        captured_at=v.captured_at,
-        decided_at=v.decided_at,
-        image_width=event.width,
-        image_height=event.height,
-        regions=region_facts(regions, event.width, event.height),
-    )
+@dataclass(frozen=True)
+class _Answer:
+    """The VLM exchange (None without a call) and, when its answer cannot stand, why."""
+
+    exchange: VlmExchange | None
+    fallback_reason: str = ""
 
 
 def _clip(text: str, limit: int = TEXT_MAX) -> str:
@@ -160,7 +139,7 @@ class Explainer:
         headers: Sequence[tuple[str, bytes]] | None = None,
         first_seen: float | None = None,
         publish: Publish | None = None,
-    ) -> Outcome:
+    ) -> EventResult:
         """Report on ``event``, or say it is a duplicate, or that it must be held.
 
         ``first_seen``: when the service first received it (for the maximum hold time).
@@ -187,15 +166,15 @@ class Explainer:
         headers: Sequence[tuple[str, bytes]] | None,
         first_seen: float | None,
         publish: Publish | None,
-    ) -> Outcome:
+    ) -> EventResult:
         with tracer.start_as_current_span(
             "explainer.report", context=extract_context(headers), kind=trace.SpanKind.CONSUMER
         ) as span:
             span.set_attribute("lineguard.frame_id", event.verdict.frame_id)
-            outcome = await self._handle(event, first_seen if first_seen is not None else self.clock())
-            span.set_attribute("lineguard.outcome", outcome.kind)
-            outcome.headers = inject_headers([])
-            document, json_path = outcome.document, outcome.json_path
+            result = await self.explain(event, first_seen if first_seen is not None else self.clock())
+            span.set_attribute("lineguard.outcome", result.kind)
+            result.headers = inject_headers([])
+            document, json_path = result.document, result.json_path
             if document is not None:
                 span.set_attribute("lineguard.report.source", document.source)
                 span.set_attribute("lineguard.report.grade", document.grade)
@@ -203,124 +182,94 @@ class Explainer:
                 publish is not None
                 and document is not None
                 and json_path is not None
-                and not outcome.published
+                and not result.published
             ):
-                await publish(report_message(document, self.store.relative(json_path)), outcome.headers)
+                await publish(report_message(document, self.store.relative(json_path)), result.headers)
                 self.store.mark_published(document)
-                outcome.published = True
-            return outcome
+                result.published = True
+            return result
 
-    async def _handle(self, event: DefectEvent, first_seen: float) -> Outcome:
+    async def explain(self, event: DefectEvent, first_seen: float) -> EventResult:
+        """The path of one event, step by step (publishing is ``handle``'s last step)."""
         v = event.verdict
         stored = self.store.lookup(v.frame_id, v.line_id, v.station_id, v.captured_at)
         if stored is not None:
-            metrics.DUPLICATES.inc()
-            log_event(log, "duplicate_event", frame_id=v.frame_id, published=stored.published)
-            return Outcome("duplicate", stored.document, stored.json_path, stored.published)
+            return self._duplicate(stored)
+        facts = read_facts(
+            event, frame_max_side=self.settings.frame_max_side, crop_max_side=self.settings.crop_max_side
+        )
+        egress = egress_for(self.settings, v.product_class)
+        answer = await self._ask(facts, egress, first_seen)
+        if isinstance(answer, EventResult):  # held: no report yet
+            return answer
+        document = self._report(facts, answer, egress)
+        json_path = self.store.write(document, facts.pictures)
+        self._count(document, json_path)
+        return EventResult("reported", document, json_path)
 
-        facts = event_facts(event)
-        pictures, shares, image_problem = self._pictures(event, facts)
-        egress = egress_for(self.settings, facts.product_class)
-        exchange: VlmExchange | None = None
-        reason = ""
-        waited = self.clock() - first_seen
-        may_hold = waited < self.settings.max_hold_s
+    def _duplicate(self, stored: StoredReport) -> EventResult:
+        metrics.DUPLICATES.inc()
+        log_event(log, "duplicate_event", frame_id=stored.document.frame_id, published=stored.published)
+        return EventResult("duplicate", stored.document, stored.json_path, stored.published)
+
+    async def _ask(self, facts: EventFacts, egress: EgressPolicy, first_seen: float) -> _Answer | EventResult:
+        """The prompt, then the VLM's answer. Without a call the answer is the fallback reason;
+        an ``EventResult`` when the policy holds the event instead."""
+        v = facts.verdict
+        may_hold = self.clock() - first_seen < self.settings.max_hold_s
         if self.vlm is None:
-            reason = "no_endpoint"
-        elif egress is EgressPolicy.NONE:
-            reason = "egress_none"
-        elif pictures is None:
-            reason = f"image_{image_problem}"
-        elif not self.vlm.budget.can_spend(self.vlm.budget.estimate(self.vlm.model)):
+            return _Answer(None, "no_endpoint")
+        if egress is EgressPolicy.NONE:
+            return _Answer(None, "egress_none")
+        if facts.pictures is None:
+            return _Answer(None, f"image_{facts.image_problem}")
+        if not self.vlm.can_afford_a_call():
             metrics.BUDGET_REMAINING.set(self.vlm.budget.remaining())
             if self.settings.when_budget_spent is UnavailablePolicy.HOLD and may_hold:
                 retry = min(self.settings.hold_retry_s, self.vlm.budget.seconds_until_reset())
-                return self._held(facts, "budget_spent", retry)
-            reason = "budget_spent"
-        else:
-            vlm = self.vlm
-            vocabulary = vocabulary_for(self.settings, facts.product_class)
-            references = self.references.for_class(facts.product_class) if egress is EgressPolicy.FULL else []
-            shown = pictures
-
-            def build(structured: bool) -> list[Message]:
-                return build_messages(
-                    facts,
-                    shown,
-                    egress=egress,
-                    vocabulary=vocabulary,
-                    language=self.settings.language,
-                    structured=structured,
-                    references=references,
-                )
-
-            top_position = facts.regions[0].position if facts.regions else ""
-            try:
-                async with self._calls:
-                    if self.stopping:  # shutting down: do not start a paid call now
-                        return self._held(facts, "shutdown", self.settings.hold_retry_s)
-                    exchange = await vlm.explain(build, top_position=top_position)
-            except VlmFailure as failure:
-                log_event(
-                    log,
-                    "vlm_failed",
-                    logging.WARNING,
-                    frame_id=facts.frame_id,
-                    kind=failure.kind,
-                    detail=failure.detail,
-                )
-                if failure.later and self.settings.when_endpoint_down is UnavailablePolicy.HOLD and may_hold:
-                    retry = max(self.settings.hold_retry_s, vlm.breaker.retry_after())
-                    return self._held(facts, "endpoint_down", retry)
-                exchange = failure.exchange
-                reason = "endpoint_down" if failure.later else f"vlm_{failure.kind}"
-        document = self._document(facts, exchange, shares, reason, egress)
-        json_path = self._write(document, pictures)
-        return Outcome("reported", document, json_path)
-
-    def _pictures(
-        self, event: DefectEvent, facts: EventFacts
-    ) -> tuple[EventPictures | None, dict[str, float] | None, str]:
+                return self._held(v.frame_id, "budget_spent", retry)
+            return _Answer(None, "budget_spent")
+        prompt = build_prompt(
+            facts,
+            facts.pictures,
+            egress=egress,
+            vocabulary=vocabulary_for(self.settings, v.product_class),
+            language=self.settings.language,
+            references=self.references.for_class(v.product_class) if egress is EgressPolicy.FULL else [],
+        )
         try:
-            frame = decode_frame(event.image, event.encoding, event.width, event.height)
-            anomaly_map = decode_anomaly_map(event.anomaly_map_png)
-        except ImageError as exc:
+            async with self._calls:
+                if self.stopping:  # shutting down: do not start a paid call now
+                    return self._held(v.frame_id, "shutdown", self.settings.hold_retry_s)
+                return _Answer(await self.vlm.explain(prompt))
+        except VlmFailure as failure:
             log_event(
-                log, "event_image_unusable", logging.WARNING, frame_id=facts.frame_id, reason=exc.reason
+                log,
+                "vlm_failed",
+                logging.WARNING,
+                frame_id=v.frame_id,
+                kind=failure.kind,
+                detail=failure.detail,
             )
-            return None, None, exc.reason
-        h, w = frame.shape[:2]
-        top = facts.regions[0] if facts.regions else None
-        pictures = make_pictures(
-            frame,
-            anomaly_map,
-            (top.x, top.y, top.width, top.height) if top else None,
-            frame_max_side=self.settings.frame_max_side,
-            crop_max_side=self.settings.crop_max_side,
-        )
-        return pictures, cell_shares(resize_map(anomaly_map, w, h)), ""
+            if failure.later and self.settings.when_endpoint_down is UnavailablePolicy.HOLD and may_hold:
+                retry = max(self.settings.hold_retry_s, self.vlm.breaker.retry_after())
+                return self._held(v.frame_id, "endpoint_down", retry)
+            return _Answer(failure.exchange, "endpoint_down" if failure.later else f"vlm_{failure.kind}")
 
-    def _held(self, facts: EventFacts, reason: str, retry_after_s: float) -> Outcome:
-        log_event(
-            log, "event_held", frame_id=facts.frame_id, reason=reason, retry_after_s=round(retry_after_s, 1)
-        )
-        return Outcome("held", hold_reason=reason, retry_after_s=retry_after_s)
+    def _held(self, frame_id: str, reason: str, retry_after_s: float) -> EventResult:
+        log_event(log, "event_held", frame_id=frame_id, reason=reason, retry_after_s=round(retry_after_s, 1))
+        return EventResult("held", hold_reason=reason, retry_after_s=retry_after_s)
 
-    def _document(
-        self,
-        facts: EventFacts,
-        exchange: VlmExchange | None,
-        shares: dict[str, float] | None,
-        reason: str,
-        egress: EgressPolicy,
-    ) -> ReportDocument:
+    def _report(self, facts: EventFacts, answer: _Answer, egress: EgressPolicy) -> ReportDocument:
+        """The VLM's report when its answer stands, else the fallback; either way with what was spent."""
         created = time.time_ns()
         language = self.settings.language
-        if exchange is not None and exchange.answer is not None and not reason:
+        exchange = answer.exchange
+        if exchange is not None and exchange.answer is not None and not answer.fallback_reason:
             document = build_vlm_report(
                 facts,
                 exchange.answer,
-                shares,
+                facts.heat_shares,
                 language=language,
                 vlm_model=self.settings.model,
                 created_at=created,
@@ -329,8 +278,8 @@ class Explainer:
         else:
             document = build_fallback_report(
                 facts,
-                reason=reason or "no_answer",
-                vocabulary=vocabulary_for(self.settings, facts.product_class),
+                reason=answer.fallback_reason or "no_answer",
+                vocabulary=vocabulary_for(self.settings, facts.verdict.product_class),
                 severity_bands=self.settings.severity_bands,
                 language=language,
                 created_at=created,
@@ -345,13 +294,7 @@ class Explainer:
             document.follow_up = exchange.follow_up
         return document
 
-    def _write(self, document: ReportDocument, pictures: EventPictures | None) -> Path:
-        json_path = self.store.write(
-            document,
-            json_text=render_json(document),
-            markdown=render_markdown(document),
-            html=render_html(document, pictures),
-        )
+    def _count(self, document: ReportDocument, json_path: Path) -> None:
         metrics.REPORTS.labels(document.source).inc()
         if document.source == "fallback":
             metrics.FALLBACKS.labels(document.fallback_reason).inc()
@@ -368,7 +311,6 @@ class Explainer:
             cost_usd=round(document.cost_usd, 6),
             path=self.store.relative(json_path),
         )
-        return json_path
 
 
 def build_explainer(settings: ExplainerSettings) -> Explainer:

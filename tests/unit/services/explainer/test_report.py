@@ -3,18 +3,18 @@ import re
 import pytest
 
 from services.explainer.answer import parse_answer
+from services.explainer.document import ReportDocument
+from services.explainer.facts import EventFacts, verdict_facts
 from services.explainer.geometry import POSITION_CODES, Box
-from services.explainer.imaging import EventPictures
+from services.explainer.pictures import EventPictures
 from services.explainer.render import render_html, render_json, render_markdown
 from services.explainer.report import (
-    EventFacts,
-    ReportDocument,
     build_fallback_report,
     build_vlm_report,
     quality_grade,
-    region_facts,
     severity_from_score,
 )
+from shared.messages.schemas import RegionMsg, Verdict
 from tests.support.defect_events import answer_json
 
 VOCABULARY = ["scratch", "dent", "missing part"]
@@ -24,24 +24,26 @@ def facts(
     score: float = 0.8, regions: list[tuple[int, int, int, int, float, float]] | None = None
 ) -> EventFacts:
     regions = [(100, 10, 30, 4, score, 0.006)] if regions is None else regions
-    return EventFacts(
+    verdict = Verdict(
         frame_id="f-1",
         line_id="line-1",
         station_id="st-1",
         camera_id="cam-1",
         product_class="washer",
+        route_confidence=0.9,
         decision="reject",
         score=score,
         raw_score=2 * score,
         threshold=1.0,
-        route_confidence=0.9,
+        regions=[RegionMsg(*region) for region in regions],
         model_version="m1",
         captured_at=1_700_000_000_000_000_000,
         decided_at=1_700_000_000_010_000_000,
-        image_width=160,
-        image_height=120,
-        regions=region_facts(regions, 160, 120),
+        latency_ms=10.0,
+        late=False,
+        reason="",
     )
+    return verdict_facts(verdict, 160, 120)
 
 
 @pytest.mark.parametrize(

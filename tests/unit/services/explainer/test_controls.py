@@ -1,14 +1,18 @@
-"""Budget, circuit breaker, rate limit and offset tracking: the cost and delivery controls."""
+"""Budget, circuit breaker and rate limit: the cost and load controls on VLM calls."""
 
 import asyncio
 from pathlib import Path
 
 import pytest
 
-from services.explainer.breaker import BreakerState, CircuitBreaker
-from services.explainer.budget import DailyBudget, Usage, seconds_to_next_day
-from services.explainer.offsets import OffsetTracker
-from services.explainer.ratelimit import RateLimiter
+from services.explainer.controls import (
+    BreakerState,
+    CircuitBreaker,
+    DailyBudget,
+    RateLimiter,
+    Usage,
+    seconds_to_next_day,
+)
 from shared.settings import ModelPrice
 
 
@@ -107,27 +111,3 @@ async def test_rate_limiter_blocks_until_a_token_is_free() -> None:
     for _ in range(4):
         await limiter.acquire()
     assert loop.time() - start >= 0.27  # three waits of ~0.1 s
-
-
-def test_offsets_commit_only_the_contiguous_finished_run() -> None:
-    tracker: OffsetTracker[str] = OffsetTracker()
-    for offset in (10, 11, 12, 14):  # 13 is a transaction marker: never delivered
-        tracker.received("p0", offset)
-    tracker.finished("p0", 11)
-    assert tracker.committable() == {}  # 10 still in flight
-    tracker.finished("p0", 10)
-    assert tracker.committable() == {"p0": 12}
-    tracker.mark_committed({"p0": 12})
-    tracker.finished("p0", 14)
-    assert tracker.committable() == {}  # 12 is held
-    tracker.finished("p0", 12)
-    assert tracker.committable() == {"p0": 15}  # past the gap
-    assert tracker.outstanding() == 0
-
-
-def test_offsets_of_a_revoked_partition_are_forgotten() -> None:
-    tracker: OffsetTracker[str] = OffsetTracker()
-    tracker.received("p1", 0)
-    tracker.forget("p1")
-    tracker.finished("p1", 0)  # a late finish for a partition we no longer own
-    assert tracker.committable() == {}

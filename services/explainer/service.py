@@ -1,4 +1,4 @@
-"""``lineguard explainer``: the thin async shell around ``processor.Explainer``.
+"""The explainer's thin async shell around ``core.Explainer``.
 
 Consumes ``defects`` (committed data only, its own consumer group, never on the verdict path),
 runs up to ``max_pending`` events at once (VLM calls are further limited by the explainer's own
@@ -10,7 +10,6 @@ lets the events in flight finish (up to the request timeout), commits and exits.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -19,52 +18,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from services.explainer import metrics
-from shared.lifecycle import run_until_signalled
-from shared.settings import Settings, load_settings
+from shared.settings import Settings
 from shared.telemetry.logging import log_event
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.structs import ConsumerRecord, TopicPartition
 
-    from services.explainer.processor import Explainer, Outcome
+    from services.explainer.core import EventResult, Explainer
 
 log = logging.getLogger("lineguard.explainer.service")
 SERVICE = "explainer"
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "explainer",
-        help="write defect reports with a vision-language model (consumes the defects topic)",
-        description="Consume defect events and write a report for each: VLM-written when an "
-        "OpenAI-compatible endpoint is configured (LINEGUARD_EXPLAINER__BASE_URL), otherwise a "
-        "marked fallback report from local signals. See docs/explainer.md.",
-    )
-    parser.add_argument(
-        "--max-events", type=int, default=0, help="stop after this many events (0: run until stopped)"
-    )
-    parser.set_defaults(handler=run_command)
-
-
-def run_command(args: argparse.Namespace) -> int:
-    from shared.telemetry.logging import setup_logging
-    from shared.telemetry.metrics import start_metrics_server
-    from shared.telemetry.tracing import setup_tracing
-
-    settings = load_settings()
-    setup_logging(SERVICE, settings.log_level)
-    # At DEBUG these clients log whole request bodies (base64 images) and headers: never.
-    for noisy in ("openai", "httpx", "httpx2", "httpcore", "httpcore2"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    setup_tracing(SERVICE, settings.otel_exporter)
-    start_metrics_server(settings.metrics_port, metrics.REGISTRY)
-    try:
-        run_until_signalled(lambda stop: run_explainer(settings, stop, max_events=max(0, args.max_events)))
-    except ValueError as exc:  # configuration the settings object cannot see (a key file, ...)
-        log_event(log, "explainer_config_error", logging.ERROR, detail=str(exc))
-        return 2
-    return 0
 
 
 @dataclass
@@ -80,8 +44,8 @@ async def run_explainer(
     """Run until ``stop`` is set (or ``max_events`` events are done); returns the number done."""
     from aiokafka import ConsumerRebalanceListener
 
+    from services.explainer.core import build_explainer
     from services.explainer.offsets import OffsetTracker
-    from services.explainer.processor import build_explainer
     from shared.kafka.client import make_consumer, make_producer
 
     service = _Service(settings, explainer or build_explainer(settings.explainer), OffsetTracker())
@@ -113,7 +77,7 @@ class _Service:
         self.settings = settings
         self.explainer = explainer
         self.tracker = tracker
-        self.in_flight: dict[asyncio.Task[Outcome | None], tuple[Any, ConsumerRecord, float]] = {}
+        self.in_flight: dict[asyncio.Task[EventResult | None], tuple[Any, ConsumerRecord, float]] = {}
         self.held: list[_Held] = []
         self.next_offset: dict[Any, int] = {}  # per partition: the offset after the last one read
         self.done = 0
@@ -176,20 +140,20 @@ class _Service:
         finished, _ = await asyncio.wait(list(self.in_flight), timeout=wait)
         for task in finished:
             tp, record, first_seen = self.in_flight.pop(task)
-            outcome = task.result()
-            if outcome is None or outcome.kind != "held":
+            result = task.result()
+            if result is None or result.kind != "held":
                 self.tracker.finished(tp, record.offset)
                 self.done += 1
             else:
-                self.held.append(_Held(record, first_seen, time.time() + outcome.retry_after_s))
+                self.held.append(_Held(record, first_seen, time.time() + result.retry_after_s))
         metrics.HELD_EVENTS.set(len(self.held))
 
     async def _process(
         self, record: ConsumerRecord, first_seen: float, producer: AIOKafkaProducer
-    ) -> Outcome | None:
+    ) -> EventResult | None:
         """Report on one record. None: the record went to the DLQ. Failures of our own (disk,
         Kafka) hold the event instead of dropping it."""
-        from services.explainer.processor import Outcome
+        from services.explainer.core import EventResult
         from shared.messages.codec import MessageError, decode, encode
         from shared.messages.schemas import DefectEvent, Report
 
@@ -219,7 +183,7 @@ class _Service:
                 frame_id=event.verdict.frame_id,
                 error=f"{type(exc).__name__}: {exc}"[:500],
             )
-            return Outcome(
+            return EventResult(
                 "held", hold_reason="internal_error", retry_after_s=self.settings.explainer.hold_retry_s
             )
 

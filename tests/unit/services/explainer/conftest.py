@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from services.explainer.processor import Explainer, build_explainer
+from services.explainer.core import Explainer, build_explainer
 from shared.settings import ExplainerSettings
 from tests.support.openai_server import FakeOpenAIServer
 

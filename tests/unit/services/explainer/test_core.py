@@ -4,16 +4,23 @@ protocol (tests/support/openai_server.py), scripted per test."""
 import io
 import json
 import logging
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from services.explainer.processor import Explainer
+from services.explainer import core
+from services.explainer.core import Explainer, report_message
+from services.explainer.facts import read_facts
+from services.explainer.report import build_fallback_report
+from shared.messages.codec import decode, encode
+from shared.messages.schemas import Report
 from tests.support.defect_events import answer_json, make_event
 from tests.support.openai_server import FakeOpenAIServer, Reply
-from tests.unit.explainer.conftest import API_KEY
+from tests.unit.services.explainer.conftest import API_KEY
 
 MakeExplainer = Callable[..., Explainer]
 
@@ -235,7 +242,7 @@ async def test_endpoint_without_structured_outputs_gets_json_mode() -> None:
         import tempfile
         from pathlib import Path
 
-        from services.explainer.processor import build_explainer
+        from services.explainer.core import build_explainer
         from shared.settings import ExplainerSettings
 
         with tempfile.TemporaryDirectory() as root:
@@ -366,3 +373,65 @@ async def test_on_shutdown_waiting_events_are_held_not_called(
     finished, held = await in_call, await waiting
     assert finished.kind == "reported" and held.kind == "held" and held.hold_reason == "shutdown"
     assert len(vlm_server.chat_requests()) == 1
+
+
+def test_report_message_round_trips_through_the_codec(tmp_path: Path) -> None:
+    facts = read_facts(make_event("f-msg"), frame_max_side=1024, crop_max_side=512)
+    doc = build_fallback_report(
+        facts,
+        reason="no_endpoint",
+        vocabulary=["scratch"],
+        severity_bands=(0.6, 0.8),
+        language="ko",
+        created_at=facts.verdict.decided_at + 1,
+        egress="full",
+    )
+    doc.summary = "x" * 10_000  # clipped for the topic; the files keep it whole
+    message = report_message(doc, "2023-11-14/line-1/station-1/f-msg.json")
+    again = decode(encode(message), Report)
+    assert again == message and len(again.summary) == 4096
+    assert again.source == "fallback" and again.findings[0].defect_type == "scratch"
+    assert again.confidence is None and again.language == "ko"
+
+
+STEPS = ("facts", "prompt", "vlm", "report", "store")
+
+
+async def test_an_events_path_goes_through_each_step_from_the_core_without_round_trips(
+    vlm_server: FakeOpenAIServer, make_explainer: MakeExplainer
+) -> None:
+    """defect event -> facts -> prompt -> VLM answer -> report -> store: every step module is
+    entered from core.py only, and no module of the explainer calls back into one upstream of it."""
+    vlm_server.script(Reply(content=answer_json()), Reply(content=answer_json()))
+    explainer = make_explainer()
+    await explainer.handle(make_event("f-warm-up"))  # first-call set-up is not part of the path
+    package = str(Path(core.__file__).parent)
+    calls: set[tuple[str, str]] = set()
+
+    def record(frame: object, event: str, _: object) -> None:
+        caller = getattr(frame, "f_back", None)
+        if event != "call" or caller is None:
+            return
+        callee_file, caller_file = frame.f_code.co_filename, caller.f_code.co_filename  # type: ignore[attr-defined]
+        if callee_file.startswith(package) and caller_file.startswith(package):
+            calls.add((Path(caller_file).stem, Path(callee_file).stem))
+
+    sys.setprofile(record)
+    try:
+        result = await explainer.handle(make_event("f-path"))
+    finally:
+        sys.setprofile(None)
+    assert result.document is not None and result.document.source == "vlm"
+    edges = {(a, b) for a, b in calls if a != b}
+    for step in STEPS:
+        assert {a for a, b in edges if b == step} == {"core"}, step
+    downstream: dict[str, set[str]] = {}
+    for a, b in edges:
+        downstream.setdefault(a, set()).add(b)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(
+            n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in downstream.get(start, ())
+        )
+
+    assert [(a, b) for a, b in sorted(edges) if reaches(b, a, {b})] == []  # no call back upstream
