@@ -70,8 +70,8 @@ def bare_engine(
 
     import torch
 
+    from services.camera_sim.core import SimOptions, load_samples
     from services.camera_sim.images import sample_image
-    from services.camera_sim.main import SimOptions, load_samples
     from shared.engine.images import decode_image
     from shared.engine.patch_scoring import set_search_threads
 
@@ -174,7 +174,8 @@ async def drain_backlog(
 ) -> tuple[float, dict[str, int]]:
     """Frames/s of a fresh scorer draining a backlog of frames put on the topic first, and its
     verdicts by decision (rejects and reviews each publish a defect event too, the larger message)."""
-    from services.camera_sim.main import SimOptions, run_camera_sim
+    from services.camera_sim.core import SimOptions
+    from services.camera_sim.service import run_camera_sim
     from shared.kafka.client import ensure_topics
 
     frames = args.warmup_frames if run_id == "warm" else args.frames
@@ -205,7 +206,8 @@ async def drain_backlog(
 async def line_run(
     args: argparse.Namespace, settings_base: Any, model_dir: Path, measure_engine: Any, work: Path
 ) -> dict[str, Any]:
-    from services.camera_sim.main import SimOptions, run_camera_sim
+    from services.camera_sim.core import SimOptions
+    from services.camera_sim.service import run_camera_sim
     from shared.kafka.client import ensure_topics
 
     results: dict[str, Any] = {}

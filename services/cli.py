@@ -1,7 +1,11 @@
 """The ``lineguard`` command: one entry point, one subcommand per tool or service.
 
-Each subcommand lives with its service and exposes ``register(subparsers)``; heavy imports
-(torch, aiokafka) happen inside the command so that ``lineguard --help`` stays fast.
+Each service's commands live in its ``cli.py`` and are added by ``register(subparsers)``; heavy
+imports (torch, aiokafka) happen inside the command so that ``lineguard --help`` stays fast.
+
+Every deliberate error derives from ``shared.errors.LineguardError``; this is the one place that
+turns one into a line on stderr and an exit code: 2 for configuration and usage (``ConfigError``),
+1 for anything else.
 """
 
 from __future__ import annotations
@@ -10,19 +14,23 @@ import argparse
 import importlib
 import sys
 
-from shared.settings import SettingsError
+from shared.errors import ConfigError, LineguardError
 
 # Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
     "services.model_tools.cli",  # fit, evaluate, score
     "services.kafka_admin.cli",  # kafka up|down|status, topics ensure
-    "services.camera_sim.main",  # camera-sim
+    "services.camera_sim.cli",  # camera-sim
     "services.scorer.cli",  # scorer, announce
-    "services.explainer.main",  # explainer
-    "services.demo.main",  # demo
-    "services.alerts.main",  # alerts
-    "services.plc_bridge.main",  # plc-sim, plc-bridge
+    "services.explainer.cli",  # explainer
+    "services.demo.cli",  # demo
+    "services.alerts.cli",  # alerts
+    "services.plc_bridge.cli",  # plc-sim, plc-bridge
 )
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.handler(args)
-    except SettingsError as exc:
-        print(f"lineguard: {exc}", file=sys.stderr)
-        return 2
+    except LineguardError as exc:
+        print(f"lineguard: {str(exc) or exc.reason}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     return int(result or 0)
 
 

@@ -15,6 +15,10 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.engine.config import Decision
+from shared.errors import ConfigError
+from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
+
 ENV_PREFIX = "LINEGUARD_"
 
 
@@ -52,8 +56,8 @@ class ScorerSettings(BaseModel):
     torch_threads: int = Field(1, ge=1, le=256)
     search_threads: int = Field(1, ge=1, le=256)
     late_policy: LatePolicy = LatePolicy.REJECT
-    max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(4096 * 4096, ge=64)
+    max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1024)
+    max_image_pixels: int = Field(MAX_PIXELS, ge=64)
     transactional_id_prefix: str = "lineguard-scorer"
     session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000)  # broker minimum is 6 s by default
     watch_models: bool = True  # follow the models topic and hot-swap announced models
@@ -157,7 +161,8 @@ class PlcBridgeSettings(BaseModel):
     modbus_device_id: int = Field(default=1, ge=0, le=255)
     opcua_url: str | None = None  # e.g. opc.tcp://plc:4840/; unset: no OPC UA target
     opcua_namespace: str = "urn:lineguard:plc"
-    reject_decisions: list[str] = ["reject", "review", "error"]
+    # Checked against Decision by the bridge (its message names an unknown value; pydantic's would not).
+    reject_decisions: list[str] = [Decision.REJECT, Decision.REVIEW, Decision.ERROR]
     fail_safe: FailSafeAction = FailSafeAction.REJECT
     heartbeat_interval_s: float = Field(default=1.0, gt=0, le=60)  # bridge -> PLC heartbeat counter
     scorer_timeout_s: float = Field(default=10.0, gt=0, le=3600)  # scorer group empty this long -> fail-safe
@@ -188,7 +193,7 @@ class AlertsSettings(BaseModel):
     retry_initial_s: float = Field(default=0.5, gt=0, le=60)
     retry_max_s: float = Field(default=30.0, gt=0, le=3600)
     give_up_after_s: float = Field(default=600.0, gt=0, le=86_400)  # then the alert goes to the DLQ
-    # Detection, used by the scorer (shared/alerting.py)
+    # Detection, used by the scorer (services/scorer/alerts.py)
     consecutive_rejects: int = Field(default=5, ge=1, le=10_000)
     unknown_product_cooldown_s: float = Field(default=60.0, ge=0, le=86_400)
     drift_recent: int = Field(default=50, ge=5, le=10_000)
@@ -240,11 +245,8 @@ class Settings(BaseSettings):
         return self.kafka_bootstrap or f"localhost:{self.broker.port}"
 
 
-class SettingsError(ValueError):
-    """Raised with one readable line per invalid environment variable."""
-
-
 def load_settings() -> Settings:
+    """The settings from the environment; a ``ConfigError`` names every invalid variable, one a line."""
     try:
         return Settings()
     except ValidationError as exc:
@@ -252,4 +254,9 @@ def load_settings() -> Settings:
         for err in exc.errors():
             var = ENV_PREFIX + "__".join(str(p) for p in err["loc"]).upper()
             lines.append(f"{var}: {err['msg']}")
-        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+        raise config_error(*lines) from None
+
+
+def config_error(*problems: str) -> ConfigError:
+    """The one shape of a configuration error: a heading, then one indented line per problem."""
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

@@ -516,7 +516,7 @@ def model_view() -> dict[str, Any]:
 
 
 def explainer_view() -> dict[str, Any]:
-    requests = "explainer_vlm_requests_total"
+    requests = "lineguard_explainer_vlm_requests_total"
     return dashboard(
         "lineguard-explainer",
         "Lineguard · Explainer",
@@ -525,26 +525,34 @@ def explainer_view() -> dict[str, Any]:
             (
                 "Now",
                 [
-                    _stat("Budget left (USD)", "currencyUSD", [("min(explainer_budget_remaining_usd)", "")]),
+                    _stat(
+                        "Budget left (USD)",
+                        "currencyUSD",
+                        [("min(lineguard_explainer_budget_remaining_usd)", "")],
+                    ),
                     _stat(
                         "Cost today (USD, 24 h)",
                         "currencyUSD",
-                        [("sum(increase(explainer_vlm_cost_usd_total[24h]))", "")],
+                        [("sum(increase(lineguard_explainer_vlm_cost_usd_total[24h]))", "")],
                     ),
-                    _stat("Reports (1 h)", "none", [("sum(increase(explainer_reports_total[1h]))", "")]),
+                    _stat(
+                        "Reports (1 h)",
+                        "none",
+                        [("sum(increase(lineguard_explainer_reports_total[1h]))", "")],
+                    ),
                     _stat(
                         "Fallback share (1 h)",
                         "percentunit",
                         [
                             (
-                                'sum(increase(explainer_reports_total{source="fallback"}[1h])) '
-                                "/ sum(increase(explainer_reports_total[1h]))",
+                                'sum(increase(lineguard_explainer_reports_total{source="fallback"}[1h])) '
+                                "/ sum(increase(lineguard_explainer_reports_total[1h]))",
                                 "",
                             )
                         ],
                     ),
-                    _stat("Circuit breaker", "bool_on_off", [("max(explainer_circuit_open)", "")]),
-                    _stat("Events held", "none", [("sum(explainer_held_events)", "")]),
+                    _stat("Circuit breaker", "bool_on_off", [("max(lineguard_explainer_circuit_open)", "")]),
+                    _stat("Events held", "none", [("sum(lineguard_explainer_held_events)", "")]),
                 ],
             ),
             (
@@ -554,7 +562,10 @@ def explainer_view() -> dict[str, Any]:
                         "Reports / s by source",
                         "ops",
                         [
-                            (f"sum by (source) (rate(explainer_reports_total[{RI}]))", "{{source}}"),
+                            (
+                                f"sum by (source) (rate(lineguard_explainer_reports_total[{RI}]))",
+                                "{{source}}",
+                            ),
                         ],
                     ),
                     _ts(
@@ -562,7 +573,7 @@ def explainer_view() -> dict[str, Any]:
                         "none",
                         [
                             (
-                                "sum by (reason) (increase(explainer_fallback_reports_total[15m]))",
+                                "sum by (reason) (increase(lineguard_explainer_fallback_reports_total[15m]))",
                                 "{{reason}}",
                             ),
                         ],
@@ -571,15 +582,18 @@ def explainer_view() -> dict[str, Any]:
                         "Verdict → report latency",
                         "s",
                         [
-                            (_q("0.5", "explainer_report_seconds"), "p50"),
-                            (_q("0.99", "explainer_report_seconds"), "p99"),
+                            (_q("0.5", "lineguard_explainer_report_seconds"), "p50"),
+                            (_q("0.99", "lineguard_explainer_report_seconds"), "p99"),
                         ],
                     ),
                     _ts(
                         "Defects lag (events behind)",
                         "none",
                         [
-                            ("sum by (partition) (explainer_consumer_lag)", "partition {{partition}}"),
+                            (
+                                "sum by (partition) (lineguard_explainer_consumer_lag)",
+                                "partition {{partition}}",
+                            ),
                         ],
                     ),
                 ],
@@ -598,35 +612,38 @@ def explainer_view() -> dict[str, Any]:
                         "VLM request latency",
                         "s",
                         [
-                            (_q("0.5", "explainer_vlm_request_seconds"), "p50"),
-                            (_q("0.99", "explainer_vlm_request_seconds"), "p99"),
+                            (_q("0.5", "lineguard_explainer_vlm_request_seconds"), "p50"),
+                            (_q("0.99", "lineguard_explainer_vlm_request_seconds"), "p99"),
                         ],
                     ),
                     _ts(
                         "Tokens / min by kind",
                         "none",
                         [
-                            ("sum by (kind) (rate(explainer_vlm_tokens_total[5m])) * 60", "{{kind}}"),
+                            (
+                                "sum by (kind) (rate(lineguard_explainer_vlm_tokens_total[5m])) * 60",
+                                "{{kind}}",
+                            ),
                         ],
                     ),
                     _ts(
                         "Cost against the budget",
                         "currencyUSD",
                         [
-                            ("sum(increase(explainer_vlm_cost_usd_total[24h]))", "spent (24 h)"),
-                            ("min(explainer_budget_remaining_usd)", "left today"),
+                            ("sum(increase(lineguard_explainer_vlm_cost_usd_total[24h]))", "spent (24 h)"),
+                            ("min(lineguard_explainer_budget_remaining_usd)", "left today"),
                         ],
                     ),
                     _ts(
                         "Answer repairs, location disagreements, duplicates",
                         "none",
                         [
-                            ("sum(increase(explainer_answer_repairs_total[15m]))", "repairs"),
+                            ("sum(increase(lineguard_explainer_answer_repairs_total[15m]))", "repairs"),
                             (
-                                "sum(increase(explainer_location_disagreements_total[15m]))",
+                                "sum(increase(lineguard_explainer_location_disagreements_total[15m]))",
                                 "location disagreements",
                             ),
-                            ("sum(increase(explainer_duplicate_events_total[15m]))", "duplicates"),
+                            ("sum(increase(lineguard_explainer_duplicate_events_total[15m]))", "duplicates"),
                         ],
                         w=24,
                     ),

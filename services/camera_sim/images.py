@@ -7,10 +7,10 @@ import io
 import numpy as np
 from PIL import Image
 
-from services.camera_sim.plan import IMAGE_SUFFIXES, SampleSpec
+from services.camera_sim.core import IMAGE_SUFFIXES, SampleSpec
+from shared.errors import ImageError
+from shared.limits import MAX_IMAGE_BYTES
 from shared.synthetic import render_sample
-
-MAX_SAMPLE_FILE_BYTES = 8 << 20  # the wire limit for one image
 
 
 def encode_jpeg(pixels: np.ndarray, quality: int = 92) -> bytes:
@@ -27,8 +27,8 @@ def sample_image(sample: SampleSpec, size: int = 224) -> tuple[bytes, str]:
         )
         return encode_jpeg(pixels), "jpeg"
     fmt = IMAGE_SUFFIXES.get(sample.path.suffix.lower())
-    if sample.path.stat().st_size > MAX_SAMPLE_FILE_BYTES:
-        raise ValueError(f"{sample.path} is larger than {MAX_SAMPLE_FILE_BYTES} bytes")
+    if sample.path.stat().st_size > MAX_IMAGE_BYTES:  # a frame on the wire could not carry it
+        raise ImageError("too_large", f"{sample.path} is larger than {MAX_IMAGE_BYTES} bytes")
     data = sample.path.read_bytes()
     if fmt in ("jpeg", "png"):
         return data, fmt

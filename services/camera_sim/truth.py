@@ -15,7 +15,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from services.camera_sim.plan import DEFECT, NORMAL
+from services.camera_sim.core import DEFECT, NORMAL, PlannedFrame, SampleSpec
+from shared.engine.config import Decision
 from shared.messages.schemas import DeadLetter, Verdict
 
 FRAME_ID_HEADER = "lineguard-frame-id"  # set on every record the simulator sends, good or bad
@@ -31,6 +32,20 @@ class TruthRecord:
     bad: str | None  # bad-frame kind, or None
     source: str  # dataset file path or "synthetic"
     captured_at: int  # ns
+
+    @classmethod
+    def for_frame(cls, planned: PlannedFrame, sample: SampleSpec, captured_at: int) -> TruthRecord:
+        """What was sent for one planned frame of ``sample``."""
+        return cls(
+            frame_id=planned.frame_id,
+            camera_id=planned.camera_id,
+            product=sample.product,
+            label=sample.label,
+            defect_type=sample.defect_type,
+            bad=planned.bad_kind,
+            source=str(sample.path) if sample.path else "synthetic",
+            captured_at=captured_at,
+        )
 
 
 def write_truth_line(out: IO[str], record: TruthRecord) -> None:
@@ -71,12 +86,12 @@ class ClassScore:
 
     @property
     def correct(self) -> int:
-        return self.confusion[NORMAL]["pass"] + self.confusion[DEFECT]["reject"]
+        return self.confusion[NORMAL][Decision.PASS] + self.confusion[DEFECT][Decision.REJECT]
 
     @property
     def escaped(self) -> int:
         """Defective parts that were passed: the costly error."""
-        return self.confusion[DEFECT]["pass"]
+        return self.confusion[DEFECT][Decision.PASS]
 
 
 @dataclass
@@ -194,7 +209,8 @@ def format_report(evaluation: Evaluation) -> str:
         accuracy = score.correct / score.total if score.total else 0.0
         lines.append(
             f"{product:<14}{score.total:>7}{score.correct:>9}{accuracy:>10.1%}   "
-            f"{n['pass']:>6}/{n['reject']}/{n['review']:<18}{d['reject']:>6}/{d['review']}/{d['pass']}"
+            f"{n[Decision.PASS]:>6}/{n[Decision.REJECT]}/{n[Decision.REVIEW]:<18}"
+            f"{d[Decision.REJECT]:>6}/{d[Decision.REVIEW]}/{d[Decision.PASS]}"
         )
     lines += [
         "",

@@ -1,4 +1,5 @@
-"""The VLM's answer: its JSON schema, and a tolerant parser with strict validation.
+"""The VLM's answer: its JSON schema and how it is requested, a tolerant parser with strict
+validation, and the two turns that ask again (repair, follow-up).
 
 Endpoints differ: some honour structured outputs, some only JSON mode, some wrap JSON in markdown
 fences or add chatter around it. ``parse_answer`` finds the JSON object in whatever came back and
@@ -14,9 +15,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.explainer.geometry import LOCATION_CODES
+from shared.errors import LineguardError
 
 SEVERITIES = ("minor", "moderate", "severe")
 MAX_ANSWER_CHARS = 64_000  # an answer longer than this is not a report
+Message = dict[str, Any]  # one chat-completions message, as sent
 
 
 class DefectFinding(BaseModel):
@@ -85,11 +88,11 @@ ANSWER_SCHEMA: dict[str, Any] = {
 }
 
 
-class AnswerError(ValueError):
+class AnswerError(LineguardError, ValueError):
     """The text is not a valid answer; ``detail`` says why, briefly (shown to the model on repair)."""
 
     def __init__(self, detail: str) -> None:
-        super().__init__(detail)
+        super().__init__(detail, reason="invalid_answer")
         self.detail = detail
 
 
@@ -138,3 +141,50 @@ def validate_answer(value: dict[str, Any]) -> VlmAnswer:
 
 def parse_answer(text: str) -> VlmAnswer:
     return validate_answer(extract_json_object(text))
+
+
+def response_format(structured: bool) -> dict[str, Any]:
+    """How the answer is requested: the schema itself (structured outputs), or any JSON object
+    (JSON mode; the schema is then spelled out in the prompt)."""
+    if structured:
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "defect_assessment", "strict": True, "schema": ANSWER_SCHEMA},
+        }
+    return {"type": "json_object"}
+
+
+def repair_messages(messages: list[Message], bad_answer: str, problem: str) -> list[Message]:
+    """The one repair round-trip: show the model its answer and what is wrong with it."""
+    return [
+        *messages,
+        {"role": "assistant", "content": bad_answer[:8000]},
+        {
+            "role": "user",
+            "content": (
+                f"That answer cannot be used: {problem[:1000]}. Reply with only the corrected JSON object, "
+                "conforming to this schema, and nothing else:\n"
+                + json.dumps(ANSWER_SCHEMA, separators=(",", ":"))
+            ),
+        },
+    ]
+
+
+def follow_up_messages(
+    messages: list[Message], answer_json: str, confidence: float, top_position: str
+) -> list[Message]:
+    """The low-confidence follow-up: ask the model to look again where the heatmap points."""
+    where = f" at the {top_position}" if top_position else ""
+    return [
+        *messages,
+        {"role": "assistant", "content": answer_json},
+        {
+            "role": "user",
+            "content": (
+                f"Your confidence is low ({confidence:.2f}). Look again at the close-up crop and the "
+                f"region{where} the anomaly model flagged. Is there a visible defect, or is it normal "
+                "variation (texture, lighting, dust on the lens)? Answer again with the complete JSON "
+                "object, same schema."
+            ),
+        },
+    ]

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.errors import ImageError
+from shared.messages.anomaly_map import THRESHOLD_LEVEL
+
 POSITION_CODES: tuple[str, ...] = (
     "upper left",
     "upper middle",
@@ -57,7 +60,7 @@ def position_code(cx: float, cy: float) -> str:
 def region_position(x: int, y: int, width: int, height: int, image_width: int, image_height: int) -> str:
     """Grid cell of a region's centre."""
     if image_width <= 0 or image_height <= 0:
-        raise ValueError(f"image size {image_width}x{image_height} is not positive")
+        raise ImageError("bad_dimensions", f"image size {image_width}x{image_height} is not positive")
     return position_code((x + width / 2) / image_width, (y + height / 2) / image_height)
 
 
@@ -81,7 +84,7 @@ def crop_box(
     """A box around a region, grown by ``margin`` of its size on each side (context for the
     viewer) and to at least ``min_side`` pixels, clipped to the image."""
     if image_width <= 0 or image_height <= 0:
-        raise ValueError(f"image size {image_width}x{image_height} is not positive")
+        raise ImageError("bad_dimensions", f"image size {image_width}x{image_height} is not positive")
     grow_x = max(width * margin, (min_side - width) / 2, 0.0)
     grow_y = max(height * margin, (min_side - height) / 2, 0.0)
     x0 = int(max(0, np.floor(x - grow_x)))
@@ -93,22 +96,22 @@ def crop_box(
     return Box(x0, y0, x1, y1)
 
 
-def hot_mask(anomaly_map: np.ndarray) -> np.ndarray:
-    """The pixels the heatmap calls anomalous: at or above threshold (128 on the 8-bit map, where
-    the threshold is 0.5), or the upper half of the map's range when nothing reaches it."""
-    if anomaly_map.ndim != 2 or anomaly_map.size == 0:
-        raise ValueError(f"anomaly map must be a non-empty 2-D array, got shape {anomaly_map.shape}")
-    values = anomaly_map.astype(np.float32)
+def hot_mask(levels: np.ndarray) -> np.ndarray:
+    """The pixels the 8-bit anomaly map calls anomalous: at or above ``THRESHOLD_LEVEL`` (the class
+    threshold), or the upper half of the map's range when nothing reaches it."""
+    if levels.ndim != 2 or levels.size == 0:
+        raise ImageError("bad_dimensions", f"anomaly map must be a non-empty 2-D array, got {levels.shape}")
+    values = levels.astype(np.float32)
     top = float(values.max())
     if top <= 0:
         return np.zeros(values.shape, dtype=bool)
-    level = 128.0 if top >= 128.0 else top * 0.5
+    level = float(THRESHOLD_LEVEL) if top >= THRESHOLD_LEVEL else top * 0.5
     return values >= level
 
 
-def cell_shares(anomaly_map: np.ndarray) -> dict[str, float]:
+def cell_shares(levels: np.ndarray) -> dict[str, float]:
     """Share of the hot pixels falling into each grid cell (all zero when nothing is hot)."""
-    mask = hot_mask(anomaly_map)
+    mask = hot_mask(levels)
     total = int(mask.sum())
     h, w = mask.shape
     shares: dict[str, float] = {}

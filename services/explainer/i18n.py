@@ -54,7 +54,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "shape_compact": "a compact defect",
         "shape_large": "a large-area defect",
         "no_region": "The anomaly model reported no region above threshold.",
-        "unknown": "not determined",
+        "undetermined": "not determined",
     },
     "ko": {
         "title": "검사 보고서",
@@ -96,7 +96,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "shape_compact": "작고 뭉친 결함",
         "shape_large": "넓은 면적의 결함",
         "no_region": "이상 탐지 모델이 임계값을 넘는 영역을 보고하지 않았습니다.",
-        "unknown": "판단 불가",
+        "undetermined": "판단 불가",
     },
     "ja": {
         "title": "検査レポート",
@@ -138,7 +138,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "shape_compact": "小さくまとまった欠陥",
         "shape_large": "広範囲の欠陥",
         "no_region": "異常検知モデルはしきい値を超える領域を報告していません。",
-        "unknown": "判定不能",
+        "undetermined": "判定不能",
     },
 }
 

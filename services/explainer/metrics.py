@@ -7,63 +7,75 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry()
 
 EVENTS_CONSUMED = Counter(
-    "explainer_events_consumed_total", "Defect events read from the defects topic", registry=REGISTRY
+    "lineguard_explainer_events_consumed_total",
+    "Defect events read from the defects topic",
+    registry=REGISTRY,
 )
 BAD_EVENTS = Counter(
-    "explainer_bad_events_total",
+    "lineguard_explainer_bad_events_total",
     "Defect events that could not be decoded (sent to the DLQ)",
     ["reason"],
     registry=REGISTRY,
 )
 VLM_REQUESTS = Counter(
-    "explainer_vlm_requests_total",
+    "lineguard_explainer_vlm_requests_total",
     "HTTP requests to the VLM endpoint by outcome (ok, rate_limited, server_error, timeout, "
     "connection_error, rejected)",
     ["outcome"],
     registry=REGISTRY,
 )
 VLM_LATENCY = Histogram(
-    "explainer_vlm_request_seconds",
+    "lineguard_explainer_vlm_request_seconds",
     "Duration of one VLM request",
     buckets=(0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
     registry=REGISTRY,
 )
-VLM_TOKENS = Counter("explainer_vlm_tokens_total", "Tokens used, by kind", ["kind"], registry=REGISTRY)
+VLM_TOKENS = Counter(
+    "lineguard_explainer_vlm_tokens_total", "Tokens used, by kind", ["kind"], registry=REGISTRY
+)
 VLM_COST = Counter(
-    "explainer_vlm_cost_usd_total", "Estimated VLM cost from the price table", registry=REGISTRY
+    "lineguard_explainer_vlm_cost_usd_total", "Estimated VLM cost from the price table", registry=REGISTRY
 )
 BUDGET_REMAINING = Gauge(
-    "explainer_budget_remaining_usd", "What is left of today's budget", registry=REGISTRY
+    "lineguard_explainer_budget_remaining_usd", "What is left of today's budget", registry=REGISTRY
 )
 REPORTS = Counter(
-    "explainer_reports_total", "Reports written, by source (vlm, fallback)", ["source"], registry=REGISTRY
+    "lineguard_explainer_reports_total",
+    "Reports written, by source (vlm, fallback)",
+    ["source"],
+    registry=REGISTRY,
 )
 FALLBACKS = Counter(
-    "explainer_fallback_reports_total", "Fallback reports, by reason", ["reason"], registry=REGISTRY
+    "lineguard_explainer_fallback_reports_total", "Fallback reports, by reason", ["reason"], registry=REGISTRY
 )
 DUPLICATES = Counter(
-    "explainer_duplicate_events_total", "Re-delivered events answered from the store", registry=REGISTRY
+    "lineguard_explainer_duplicate_events_total",
+    "Re-delivered events answered from the store",
+    registry=REGISTRY,
 )
 REPAIRS = Counter(
-    "explainer_answer_repairs_total", "Repair round-trips for invalid answers", registry=REGISTRY
+    "lineguard_explainer_answer_repairs_total", "Repair round-trips for invalid answers", registry=REGISTRY
 )
 LOCATION_DISAGREEMENTS = Counter(
-    "explainer_location_disagreements_total",
+    "lineguard_explainer_location_disagreements_total",
     "Reports whose stated location contradicts the heatmap",
     registry=REGISTRY,
 )
 HELD_EVENTS = Gauge(
-    "explainer_held_events", "Events held for a later retry (not committed)", registry=REGISTRY
+    "lineguard_explainer_held_events", "Events held for a later retry (not committed)", registry=REGISTRY
 )
 BREAKER_OPEN = Gauge(
-    "explainer_circuit_open", "1 while the circuit breaker is open or half-open", registry=REGISTRY
+    "lineguard_explainer_circuit_open", "1 while the circuit breaker is open or half-open", registry=REGISTRY
 )
 REPORT_SECONDS = Histogram(
-    "explainer_report_seconds",
+    "lineguard_explainer_report_seconds",
     "Seconds from the defect verdict to the report",
     buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600),
     registry=REGISTRY,
 )
 CONSUMER_LAG = Gauge(
-    "explainer_consumer_lag", "Messages behind the end of the defects topic", ["partition"], registry=REGISTRY
+    "lineguard_explainer_consumer_lag",
+    "Messages behind the end of the defects topic",
+    ["partition"],
+    registry=REGISTRY,
 )

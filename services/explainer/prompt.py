@@ -1,5 +1,5 @@
-"""The grounded inspection prompt: what the scorer knows, in words, plus the pictures the egress
-policy lets out, as OpenAI chat-completions messages."""
+"""Step two of an event's path: the grounded inspection prompt. What the scorer knows, in words,
+plus the pictures the egress policy lets out, as OpenAI chat-completions messages."""
 
 from __future__ import annotations
 
@@ -7,22 +7,24 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from services.explainer.answer import ANSWER_SCHEMA
+from services.explainer.answer import ANSWER_SCHEMA, Message
+from services.explainer.facts import EventFacts
 from services.explainer.geometry import LOCATION_CODES
 from services.explainer.i18n import LANGUAGE_NAMES
-from services.explainer.imaging import EventPictures, data_url
-from services.explainer.report import EventFacts
+from services.explainer.pictures import EventPictures, Reference, data_url
+from shared.errors import ConfigError
 from shared.settings import EgressPolicy
-
-Message = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class Reference:
-    """A few-shot reference picture of the class: ``label`` is "normal" or "defective"."""
+class Prompt:
+    """The opening of the conversation in the two forms an endpoint may need: with structured
+    outputs the schema travels in the request, in JSON mode it is spelled out in the text. Also
+    where the heatmap points, for the follow-up question."""
 
-    label: str
-    jpeg: bytes
+    structured: list[Message]
+    json_mode: list[Message]
+    top_position: str
 
 
 def system_prompt(language: str) -> str:
@@ -43,19 +45,19 @@ def system_prompt(language: str) -> str:
 def grounding_text(
     facts: EventFacts, vocabulary: list[str], egress: EgressPolicy, crop_origin: tuple[int, int] | None
 ) -> str:
+    v = facts.verdict
     lines = [
-        f"Line {facts.line_id}, station {facts.station_id}, camera {facts.camera_id}.",
-        f"Product class: {facts.product_class} (routing confidence {facts.route_confidence:.2f}).",
-        f"Anomaly model decision: {facts.decision}; score {facts.score:.3f} on a scale where 0.5 is the "
-        f"class threshold (raw score {facts.raw_score:.4g}, raw threshold {facts.threshold:.4g}).",
+        f"Line {v.line_id}, station {v.station_id}, camera {v.camera_id}.",
+        f"Product class: {v.product_class} (routing confidence {v.route_confidence:.2f}).",
+        f"Anomaly model decision: {facts.decision}; score {v.score:.3f} on a scale where 0.5 is the "
+        f"class threshold (raw score {v.raw_score:.4g}, raw threshold {v.threshold:.4g}).",
+        f"Image size: {facts.width}x{facts.height} pixels.",
     ]
-    if facts.image_width and facts.image_height:
-        lines.append(f"Image size: {facts.image_width}x{facts.image_height} pixels.")
-    if facts.regions:
+    if v.regions:
         lines.append("Anomalous regions, most anomalous first:")
-        for index, region in enumerate(facts.regions[:5], 1):
+        for index, (region, position) in enumerate(zip(v.regions[:5], facts.positions, strict=False), 1):
             lines.append(
-                f"  {index}. {region.position or 'position unknown'}: box x={region.x} y={region.y} "
+                f"  {index}. {position}: box x={region.x} y={region.y} "
                 f"w={region.width} h={region.height}, {region.area_fraction:.2%} of the part, "
                 f"region score {region.score:.3f}"
             )
@@ -94,13 +96,13 @@ def build_messages(
     """System and user messages; images per the egress policy (``full``: frame, overlay, crop and
     references; ``crop``: the crop alone). ``none`` never reaches here."""
     if egress is EgressPolicy.NONE:
-        raise ValueError("egress policy 'none' sends nothing; write the fallback report instead")
+        raise ConfigError("egress policy 'none' sends nothing; write the fallback report instead")
     origin = (pictures.crop_box.x0, pictures.crop_box.y0)
     content: list[dict[str, Any]] = [_label(grounding_text(facts, vocabulary, egress, origin))]
     if egress is EgressPolicy.FULL:
         for reference in references or []:
             content += [
-                _label(f"Reference image of a {reference.label} {facts.product_class} part:"),
+                _label(f"Reference image of a {reference.label} {facts.verdict.product_class} part:"),
                 _image(data_url(reference.jpeg)),
             ]
         content += [
@@ -119,46 +121,26 @@ def build_messages(
     return [{"role": "system", "content": system_prompt(language)}, {"role": "user", "content": content}]
 
 
-def response_format(structured: bool) -> dict[str, Any]:
-    if structured:
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": "defect_assessment", "strict": True, "schema": ANSWER_SCHEMA},
-        }
-    return {"type": "json_object"}
+def build_prompt(
+    facts: EventFacts,
+    pictures: EventPictures,
+    *,
+    egress: EgressPolicy,
+    vocabulary: list[str],
+    language: str,
+    references: list[Reference],
+) -> Prompt:
+    """The prompt for ``facts``, in both forms (see ``Prompt``)."""
 
+    def messages(structured: bool) -> list[Message]:
+        return build_messages(
+            facts,
+            pictures,
+            egress=egress,
+            vocabulary=vocabulary,
+            language=language,
+            structured=structured,
+            references=references,
+        )
 
-def repair_messages(messages: list[Message], bad_answer: str, problem: str) -> list[Message]:
-    """The one repair round-trip: show the model its answer and what is wrong with it."""
-    return [
-        *messages,
-        {"role": "assistant", "content": bad_answer[:8000]},
-        {
-            "role": "user",
-            "content": (
-                f"That answer cannot be used: {problem[:1000]}. Reply with only the corrected JSON object, "
-                "conforming to this schema, and nothing else:\n"
-                + json.dumps(ANSWER_SCHEMA, separators=(",", ":"))
-            ),
-        },
-    ]
-
-
-def follow_up_messages(
-    messages: list[Message], answer_json: str, confidence: float, top_position: str
-) -> list[Message]:
-    """The low-confidence follow-up: ask the model to look again where the heatmap points."""
-    where = f" at the {top_position}" if top_position else ""
-    return [
-        *messages,
-        {"role": "assistant", "content": answer_json},
-        {
-            "role": "user",
-            "content": (
-                f"Your confidence is low ({confidence:.2f}). Look again at the close-up crop and the "
-                f"region{where} the anomaly model flagged. Is there a visible defect, or is it normal "
-                "variation (texture, lighting, dust on the lens)? Answer again with the complete JSON "
-                "object, same schema."
-            ),
-        },
-    ]
+    return Prompt(messages(True), messages(False), facts.positions[0] if facts.positions else "")

@@ -3,14 +3,13 @@ with the frame, heatmap and crop embedded. All free text is escaped; the HTML lo
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from html import escape
 
 from services.explainer import i18n
-from services.explainer.imaging import EventPictures
-from services.explainer.report import ReportDocument
+from services.explainer.document import ReportDocument
+from services.explainer.pictures import EventPictures, data_url
 
 
 def render_json(doc: ReportDocument) -> str:
@@ -64,7 +63,7 @@ def render_markdown(doc: ReportDocument) -> str:
     if not doc.findings:
         lines.append(t("no_findings"))
     for number, f in enumerate(doc.findings, 1):
-        position = i18n.position_words(lang, f.location) if f.location else t("unknown")
+        position = i18n.position_words(lang, f.location) if f.location else t("undetermined")
         flag = " ⚠" if f.location_agrees is False else ""
         lines.append(
             f"{number}. **{_md(f.defect_type)}** — {t('location')}: {_md(position)}{flag}; "
@@ -89,7 +88,7 @@ _STYLE = (
 
 
 def _img(jpeg: bytes, caption: str) -> str:
-    src = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+    src = data_url(jpeg)
     label = escape(caption)
     return f'<figure><img src="{src}" alt="{label}"><figcaption>{label}</figcaption></figure>'
 
@@ -128,7 +127,7 @@ def render_html(doc: ReportDocument, pictures: EventPictures | None) -> str:
         head = [t("type"), t("location"), t("severity"), t("findings"), t("cause")]
         parts.append("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>")
         for f in doc.findings:
-            position = i18n.position_words(lang, f.location) if f.location else t("unknown")
+            position = i18n.position_words(lang, f.location) if f.location else t("undetermined")
             css = ' class="mismatch"' if f.location_agrees is False else ""
             cells = [
                 f"<td>{escape(f.defect_type)}</td>",

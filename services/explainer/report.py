@@ -1,4 +1,5 @@
-"""The report document, built either from a VLM answer or from local signals alone (fallback).
+"""Step four of an event's path: the report (``document.ReportDocument``), written either from the
+VLM's answer or from local signals alone (fallback).
 
 Everything here is deterministic given its inputs: the quality grade and template actions come
 from fixed rules so that two reports with the same findings always get the same grade.
@@ -6,14 +7,15 @@ from fixed rules so that two reports with the same findings always get the same 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from services.explainer import i18n
 from services.explainer.answer import VlmAnswer
-from services.explainer.geometry import LocationCheck, check_location, elongation, region_position
+from services.explainer.document import Finding, ReportDocument
+from services.explainer.facts import EventFacts
+from services.explainer.geometry import LocationCheck, check_location, elongation
+from shared.messages.schemas import RegionMsg
 
-REPORT_FORMAT_VERSION = 1
 SEVERITY_ORDER = {"minor": 0, "moderate": 1, "severe": 2}
 LARGE_AREA = 0.05  # a region covering this share of the image counts as extensive
 
@@ -23,50 +25,6 @@ _SHAPE_FAMILIES = {
     "compact": ("spot", "stain", "hole", "blowhole", "dent", "dot", "particle", "contamination", "pit"),
     "large": ("missing", "deformation", "uneven", "discolo", "break", "warp", "contamination"),
 }
-
-
-@dataclass(frozen=True)
-class RegionFacts:
-    x: int
-    y: int
-    width: int
-    height: int
-    score: float
-    area_fraction: float
-    position: str  # grid cell code, or "" when the image size is unknown
-
-
-@dataclass(frozen=True)
-class EventFacts:
-    """What the scorer knew about the frame: the grounding for the prompt and the report."""
-
-    frame_id: str
-    line_id: str
-    station_id: str
-    camera_id: str
-    product_class: str
-    decision: str
-    score: float
-    raw_score: float
-    threshold: float
-    route_confidence: float
-    model_version: str
-    captured_at: int
-    decided_at: int
-    image_width: int | None
-    image_height: int | None
-    regions: tuple[RegionFacts, ...]
-
-
-def region_facts(
-    regions: list[tuple[int, int, int, int, float, float]], width: int | None, height: int | None
-) -> tuple[RegionFacts, ...]:
-    """Regions (x, y, w, h, score, area_fraction) with their position words."""
-    out = []
-    for x, y, w, h, score, area in regions:
-        position = region_position(x, y, w, h, width, height) if width and height else ""
-        out.append(RegionFacts(x, y, w, h, float(score), float(area), position))
-    return tuple(out)
 
 
 def severity_from_score(score: float, bands: tuple[float, float]) -> str:
@@ -93,7 +51,7 @@ def quality_grade(anomalous: bool, severities: list[str], score: float, max_area
     return "F" if severe_count >= 2 or max_area >= LARGE_AREA else "E"
 
 
-def shape_of(region: RegionFacts) -> str:
+def shape_of(region: RegionMsg) -> str:
     if region.area_fraction >= LARGE_AREA:
         return "large"
     return "elongated" if elongation(region.width, region.height) >= 3.0 else "compact"
@@ -104,79 +62,17 @@ def candidate_types(shape: str, vocabulary: list[str]) -> list[str]:
     return [term for term in vocabulary if any(key in term.lower() for key in keys)]
 
 
-@dataclass
-class Finding:
-    defect_type: str
-    location: str  # position code
-    severity: str
-    description: str
-    possible_cause: str
-    location_agrees: bool | None  # None: taken from the heatmap itself, nothing to cross-check
-    observed_locations: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ReportDocument:
-    frame_id: str
-    line_id: str
-    station_id: str
-    camera_id: str
-    product_class: str
-    decision: str
-    score: float
-    raw_score: float
-    threshold: float
-    model_version: str
-    captured_at: int
-    decided_at: int
-    created_at: int
-    language: str
-    source: str  # "vlm" | "fallback"
-    fallback_reason: str  # "" for VLM reports
-    vlm_model: str
-    egress: str
-    regions: list[RegionFacts]
-    anomalous: bool
-    confidence: float | None  # None for fallback reports
-    summary: str
-    findings: list[Finding]
-    evidence: list[str]
-    root_cause: str
-    recommended_actions: list[str]
-    grade: str
-    location_disagreement: bool
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    vlm_calls: int = 0
-    repaired: bool = False
-    follow_up: bool = False
-    format_version: int = REPORT_FORMAT_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ReportDocument:
-        values = dict(data)
-        values["regions"] = [RegionFacts(**r) for r in values["regions"]]
-        values["findings"] = [Finding(**f) for f in values["findings"]]
-        return cls(**values)
-
-
 def _region_lines(facts: EventFacts, language: str) -> list[str]:
     return [
         i18n.text(
             language,
             "region",
             index=i + 1,
-            position=i18n.position_words(language, r.position)
-            if r.position
-            else i18n.text(language, "unknown"),
+            position=i18n.position_words(language, position),
             share=f"{r.area_fraction:.1%}",
             score=f"{r.score:.2f}",
         )
-        for i, r in enumerate(facts.regions)
+        for i, (r, position) in enumerate(zip(facts.verdict.regions, facts.positions, strict=True))
     ]
 
 
@@ -185,23 +81,25 @@ def _grade_actions(language: str, grade: str) -> list[str]:
 
 
 def _common(facts: EventFacts, language: str, created_at: int, egress: str) -> dict[str, Any]:
+    v = facts.verdict
     return {
-        "frame_id": facts.frame_id,
-        "line_id": facts.line_id,
-        "station_id": facts.station_id,
-        "camera_id": facts.camera_id,
-        "product_class": facts.product_class,
+        "frame_id": v.frame_id,
+        "line_id": v.line_id,
+        "station_id": v.station_id,
+        "camera_id": v.camera_id,
+        "product_class": v.product_class,
         "decision": facts.decision,
-        "score": facts.score,
-        "raw_score": facts.raw_score,
-        "threshold": facts.threshold,
-        "model_version": facts.model_version,
-        "captured_at": facts.captured_at,
-        "decided_at": facts.decided_at,
+        "score": v.score,
+        "raw_score": v.raw_score,
+        "threshold": v.threshold,
+        "model_version": v.model_version,
+        "captured_at": v.captured_at,
+        "decided_at": v.decided_at,
         "created_at": created_at,
         "language": language,
         "egress": egress,
-        "regions": list(facts.regions),
+        "regions": list(v.regions),
+        "region_positions": list(facts.positions),
     }
 
 
@@ -217,7 +115,7 @@ def build_vlm_report(
 ) -> ReportDocument:
     """A report from the model's answer, its stated locations cross-checked with the heatmap
     (``shares``: heat share per grid cell; None when the map could not be read)."""
-    region_cells = [r.position for r in facts.regions if r.position]
+    region_cells = list(facts.positions)
     findings: list[Finding] = []
     evidence = [answer.observations.strip()] if answer.observations.strip() else []
     evidence += _region_lines(facts, language)
@@ -245,11 +143,11 @@ def build_vlm_report(
                 "location_mismatch",
                 stated=i18n.position_words(language, check.stated),
                 observed=", ".join(i18n.position_words(language, c) for c in check.observed)
-                or i18n.text(language, "unknown"),
+                or i18n.text(language, "undetermined"),
             )
         )
-    max_area = max((r.area_fraction for r in facts.regions), default=0.0)
-    grade = quality_grade(answer.anomalous, [f.severity for f in findings], facts.score, max_area)
+    max_area = max((r.area_fraction for r in facts.verdict.regions), default=0.0)
+    grade = quality_grade(answer.anomalous, [f.severity for f in findings], facts.verdict.score, max_area)
     actions = [a.strip() for a in answer.recommended_actions if a.strip()]
     actions += [a for a in _grade_actions(language, grade) if a not in actions]
     return ReportDocument(
@@ -281,54 +179,48 @@ def build_fallback_report(
 ) -> ReportDocument:
     """A report from local signals only: region geometry, position words, severity from the score
     band, candidate types from the class vocabulary. Marked as not written by a VLM."""
-    severity = severity_from_score(facts.score, severity_bands)
+    score = facts.verdict.score
+    severity = severity_from_score(score, severity_bands)
     findings: list[Finding] = []
-    for region in facts.regions[:5]:
+    regions = facts.verdict.regions
+    for region, position in zip(regions[:5], facts.positions, strict=False):
         shape = shape_of(region)
         candidates = candidate_types(shape, vocabulary)
-        position_text = (
-            i18n.position_words(language, region.position)
-            if region.position
-            else i18n.text(language, "unknown")
-        )
         findings.append(
             Finding(
                 defect_type=candidates[0] if candidates else "anomaly",
-                location=region.position,
+                location=position,
                 severity=severity,
                 description=i18n.text(
                     language,
                     "fallback_finding",
-                    position=position_text,
+                    position=i18n.position_words(language, position),
                     share=f"{region.area_fraction:.1%}",
                     shape=i18n.text(language, f"shape_{shape}"),
                 ),
                 possible_cause="",
                 location_agrees=None,
-                observed_locations=[region.position] if region.position else [],
+                observed_locations=[position],
             )
         )
-    anomalous = bool(facts.regions) and facts.score >= 0.5
-    if facts.regions:
-        top = facts.regions[0]
+    anomalous = bool(regions) and score >= 0.5
+    if regions:
         summary = i18n.text(
             language,
             "fallback_summary",
-            product=facts.product_class,
+            product=facts.verdict.product_class,
             decision=facts.decision,
-            score=f"{facts.score:.2f}",
-            count=len(facts.regions),
-            position=i18n.position_words(language, top.position)
-            if top.position
-            else i18n.text(language, "unknown"),
+            score=f"{score:.2f}",
+            count=len(regions),
+            position=i18n.position_words(language, facts.positions[0]),
         )
     else:
         summary = i18n.text(language, "no_region")
     evidence = [i18n.text(language, "fallback_notice", reason=reason), *_region_lines(facts, language)]
     if vocabulary:
         evidence.append(i18n.text(language, "candidate_types", types=", ".join(vocabulary)))
-    max_area = max((r.area_fraction for r in facts.regions), default=0.0)
-    grade = quality_grade(anomalous, [f.severity for f in findings], facts.score, max_area)
+    max_area = max((r.area_fraction for r in regions), default=0.0)
+    grade = quality_grade(anomalous, [f.severity for f in findings], score, max_area)
     return ReportDocument(
         **_common(facts, language, created_at, egress),
         source="fallback",

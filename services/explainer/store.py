@@ -1,4 +1,5 @@
-"""The report store: ``<root>/<YYYY-MM-DD>/<line>/<station>/<frame_id>.{json,md,html}``.
+"""Step five of an event's path, and the first check of every event: the report store,
+``<root>/<YYYY-MM-DD>/<line>/<station>/<frame_id>.{json,md,html}``.
 
 The path is a pure function of the event (date from ``captured_at``), so a re-delivered event
 finds its report without an index: that lookup is what makes the explainer idempotent. The JSON
@@ -17,7 +18,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.explainer.report import ReportDocument
+from services.explainer.document import ReportDocument
+from services.explainer.pictures import EventPictures
+from services.explainer.render import render_html, render_json, render_markdown
+from shared.errors import LineguardError
+
+
+class ReportStoreError(LineguardError):
+    """The store holds something it cannot use at an event's path."""
+
+    default_reason = "report_store"
+
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -65,17 +76,18 @@ class ReportStore:
             return None
         document = ReportDocument.from_dict(json.loads(json_path.read_text(encoding="utf-8")))
         if document.frame_id != frame_id:  # two ids sharing a sanitised name: not ours
-            raise ValueError(f"report store holds {document.frame_id!r} at the path of {frame_id!r}")
+            raise ReportStoreError(f"report store holds {document.frame_id!r} at the path of {frame_id!r}")
         published = base.with_name(base.name + ".published").exists()
         return StoredReport(document, json_path, published)
 
-    def write(self, document: ReportDocument, *, json_text: str, markdown: str, html: str) -> Path:
+    def write(self, document: ReportDocument, pictures: EventPictures | None) -> Path:
+        """The report's three files (the HTML embeds ``pictures``); returns the JSON file's path."""
         base = self.base_path(document.frame_id, document.line_id, document.station_id, document.captured_at)
         base.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(base.with_name(base.name + ".html"), html.encode("utf-8"))
-        _atomic_write(base.with_name(base.name + ".md"), markdown.encode("utf-8"))
+        _atomic_write(base.with_name(base.name + ".html"), render_html(document, pictures).encode("utf-8"))
+        _atomic_write(base.with_name(base.name + ".md"), render_markdown(document).encode("utf-8"))
         json_path = base.with_name(base.name + ".json")
-        _atomic_write(json_path, json_text.encode("utf-8"))  # last: marks the report complete
+        _atomic_write(json_path, render_json(document).encode("utf-8"))  # last: marks the report complete
         return json_path
 
     def mark_published(self, document: ReportDocument) -> None:

@@ -1,4 +1,5 @@
-"""Calls to an OpenAI-compatible chat-completions endpoint, with the cost and load controls.
+"""Step three of an event's path: the VLM's answer, from an OpenAI-compatible chat-completions
+endpoint, with the cost and load controls.
 
 Retries (429, 5xx, timeouts, connection errors; exponential backoff with jitter, honouring
 Retry-After) are done here rather than by the openai client so that each attempt passes the rate
@@ -22,31 +23,41 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from services.explainer import metrics
-from services.explainer.answer import AnswerError, VlmAnswer, parse_answer
-from services.explainer.breaker import CircuitBreaker
-from services.explainer.budget import INITIAL_PROMPT_TOKENS, DailyBudget, Usage
-from services.explainer.prompt import Message, follow_up_messages, repair_messages, response_format
-from services.explainer.ratelimit import RateLimiter
+from services.explainer.answer import (
+    AnswerError,
+    Message,
+    VlmAnswer,
+    follow_up_messages,
+    parse_answer,
+    repair_messages,
+    response_format,
+)
+from services.explainer.controls import INITIAL_PROMPT_TOKENS, CircuitBreaker, DailyBudget, RateLimiter, Usage
+from services.explainer.prompt import Prompt
+from shared.errors import ConfigError, LineguardError
 from shared.settings import ExplainerSettings
 from shared.telemetry.logging import log_event
 
 log = logging.getLogger("lineguard.explainer.vlm")
 
 
-class VlmFailure(Exception):
+class VlmFailure(LineguardError):
     """No usable answer. ``later``: the endpoint is down or busy, so the same call may work later
-    (hold policy applies); otherwise the failure is final for this event (fallback report)."""
+    (hold policy applies); otherwise the failure is final for this event (fallback report).
+    ``kind`` (also the ``reason``): endpoint_down, rejected or invalid_answer."""
 
     def __init__(self, kind: str, detail: str, *, later: bool) -> None:
-        super().__init__(f"{kind}: {detail}")
+        super().__init__(f"{kind}: {detail}", reason=kind)
         self.kind = kind
         self.detail = detail
         self.later = later
         self.exchange: VlmExchange | None = None  # what was spent before failing
 
 
-class _StructuredRejected(Exception):
-    pass
+class _StructuredRejected(LineguardError):
+    """The endpoint refused a structured-output request (400/422): retry it in JSON mode."""
+
+    default_reason = "structured_outputs_unsupported"
 
 
 @dataclass
@@ -70,9 +81,9 @@ def resolve_api_key(settings: ExplainerSettings, environ: dict[str, str] | None 
         try:
             key = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ValueError(f"cannot read the API key file {path}: {exc.strerror}") from None
+            raise ConfigError(f"cannot read the API key file {path}: {exc.strerror}") from None
         if not key:
-            raise ValueError(f"the API key file {path} is empty")
+            raise ConfigError(f"the API key file {path} is empty")
         return key
     name = "AZURE_OPENAI_API_KEY" if settings.provider == "azure" else "OPENAI_API_KEY"
     return env.get(name) or None
@@ -86,7 +97,7 @@ def make_openai_client(settings: ExplainerSettings) -> openai.AsyncOpenAI | None
         if not settings.azure_endpoint:
             return None
         if key is None:
-            raise ValueError(
+            raise ConfigError(
                 "Azure provider needs an API key (LINEGUARD_EXPLAINER__API_KEY[_FILE] or "
                 "AZURE_OPENAI_API_KEY)"
             )
@@ -212,27 +223,27 @@ class VlmClient:
                 await self.sleep(self._backoff(attempt, hint))
         raise VlmFailure("endpoint_down", f"{detail} after {self.settings.max_attempts} attempts", later=True)
 
-    async def explain(
-        self, build_messages: Callable[[bool], list[Message]], *, top_position: str = ""
-    ) -> VlmExchange:
+    def can_afford_a_call(self) -> bool:
+        """Does what is left of today's budget cover one more call at its expected cost?"""
+        return self.budget.can_spend(self.budget.estimate(self.model))
+
+    async def explain(self, prompt: Prompt) -> VlmExchange:
         """Ask, repair once if the answer is invalid, and follow up once if confidence is low."""
         exchange = VlmExchange(structured=self.structured_supported)
         try:
-            return await self._explain(exchange, build_messages, top_position)
+            return await self._explain(exchange, prompt)
         except VlmFailure as failure:
             failure.exchange = exchange
             raise
 
-    async def _explain(
-        self, exchange: VlmExchange, build_messages: Callable[[bool], list[Message]], top_position: str
-    ) -> VlmExchange:
-        messages = build_messages(exchange.structured)
+    async def _explain(self, exchange: VlmExchange, prompt: Prompt) -> VlmExchange:
+        messages = prompt.structured if exchange.structured else prompt.json_mode
         try:
             text = await self._call(messages, exchange.structured, exchange)
         except _StructuredRejected:
             log_event(log, "structured_outputs_unsupported", logging.WARNING, model=self.model)
             self.structured_supported = exchange.structured = False
-            messages = build_messages(False)
+            messages = prompt.json_mode
             try:
                 text = await self._call(messages, False, exchange)
             except _StructuredRejected:  # cannot happen with structured=False; keeps mypy honest
@@ -240,7 +251,7 @@ class VlmClient:
         try:
             answer = parse_answer(text)
         except AnswerError as first:
-            if not self.budget.can_spend(self.budget.estimate(self.model)):
+            if not self.can_afford_a_call():
                 raise VlmFailure(
                     "invalid_answer", f"{first.detail}; no budget left to repair", later=False
                 ) from None
@@ -254,10 +265,12 @@ class VlmClient:
             text = repaired_text
         exchange.answer = answer
         threshold = self.settings.follow_up_below
-        if answer.confidence < threshold and self.budget.can_spend(self.budget.estimate(self.model)):
+        if answer.confidence < threshold and self.can_afford_a_call():
             try:
                 again = await self._call_final(
-                    follow_up_messages(messages, answer.model_dump_json(), answer.confidence, top_position),
+                    follow_up_messages(
+                        messages, answer.model_dump_json(), answer.confidence, prompt.top_position
+                    ),
                     exchange,
                 )
                 exchange.answer = parse_answer(again)

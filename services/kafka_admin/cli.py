@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 from typing import Any
 
+from shared.errors import BrokerError, LineguardError
 from shared.settings import Settings, load_settings
 
 
@@ -82,14 +82,7 @@ def _broker(args: argparse.Namespace) -> Any:
 
 
 def _kafka_up(args: argparse.Namespace) -> int:
-    from shared.kafka.broker import BrokerError
-
-    broker = _broker(args)
-    try:
-        status = broker.start()
-    except BrokerError as exc:
-        print(f"lineguard kafka up: {exc}", file=sys.stderr)
-        return 1
+    status = _broker(args).start()  # a BrokerError says what to do; the lineguard command prints it
     print(
         f"kafka ready at {status.bootstrap} (pid {status.pid}, data {status.data_dir}, log {status.log_file})"
     )
@@ -123,11 +116,11 @@ def _topics_ensure(args: argparse.Namespace) -> int:
     settings = _settings(args)
     try:
         names = asyncio.run(ensure_topics(settings, frames_partitions=args.frames_partitions))
-    except Exception as exc:  # a CLI reports, it does not trace back
-        print(
-            f"lineguard topics ensure: {type(exc).__name__}: {exc} (bootstrap {settings.bootstrap})",
-            file=sys.stderr,
-        )
-        return 1
+    except LineguardError:
+        raise
+    except Exception as exc:  # the Kafka client's many errors: one line, not a traceback
+        raise BrokerError(
+            f"topics ensure: {type(exc).__name__}: {exc} (bootstrap {settings.bootstrap})"
+        ) from exc
     print("topics ready: " + ", ".join(names))
     return 0

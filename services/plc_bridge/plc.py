@@ -12,11 +12,14 @@ import logging
 from typing import Any, Protocol
 
 from services.plc_bridge import registers as reg
-from services.plc_bridge.logic import LineState, StationState
+from services.plc_bridge.core import LineState, StationState
+from shared.errors import LineguardError
 
 
-class PlcError(RuntimeError):
+class PlcError(LineguardError, RuntimeError):
     """A PLC could not be reached or refused a read/write."""
+
+    default_reason = "plc"
 
 
 class PlcTarget(Protocol):

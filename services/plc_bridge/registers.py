@@ -35,8 +35,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Decision codes in the "last decision" register.
-DECISION_CODES = {"none": 0, "pass": 1, "reject": 2, "review": 3, "error": 4, "fail_safe": 5}
+from shared.engine.config import Decision
+
+# Codes of the "last decision" register: the verdict decisions, plus nothing yet and the bridge's
+# own fail-safe reject (asserted without a verdict).
+NO_DECISION = "none"
+FAIL_SAFE = "fail_safe"
+DECISION_CODES: dict[str, int] = {
+    NO_DECISION: 0,
+    Decision.PASS: 1,
+    Decision.REJECT: 2,
+    Decision.REVIEW: 3,
+    Decision.ERROR: 4,
+    FAIL_SAFE: 5,
+}
 
 COIL_STOP_LINE = 0
 COIL_SCORER_OK = 1

@@ -7,10 +7,14 @@ Both expose the same small inspection API: read what the bridge wrote, play the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from services.plc_bridge import registers as reg
+from shared.telemetry.logging import log_event
+
+log = logging.getLogger("lineguard.plc_bridge")
 
 
 class ModbusPlcSimulator:
@@ -141,3 +145,19 @@ class OpcUaPlcSimulator:
         node = self._vars[reg.OpcUaNames.station(station_id, "part_trigger")]
         current = await node.read_value()
         await node.write_value(ua.DataValue(ua.Variant((current + parts) & 0xFFFF, ua.VariantType.UInt32)))
+
+
+async def serve_simulators(
+    host: str, modbus_port: int, opcua_port: int, stations: list[str], namespace: str, stop: asyncio.Event
+) -> None:
+    """``lineguard plc-sim``: both simulated PLCs until ``stop`` is set."""
+    modbus = ModbusPlcSimulator(host, modbus_port)
+    opcua = OpcUaPlcSimulator(stations, f"opc.tcp://{host}:{opcua_port}/lineguard/", namespace)
+    await modbus.start()
+    await opcua.start()
+    log_event(log, "simulated plc serving", modbus_port=modbus_port, opcua_port=opcua_port, stations=stations)
+    try:
+        await stop.wait()
+    finally:
+        await modbus.stop()
+        await opcua.stop()

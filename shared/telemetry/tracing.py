@@ -15,6 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from shared.errors import ConfigError
+
 _PROPAGATOR = TraceContextTextMapPropagator()
 _TRACE_HEADERS = ("traceparent", "tracestate")
 # A header value longer than this is not a trace context; ignore it rather than parse it.
@@ -36,12 +38,12 @@ def setup_tracing(service: str, exporter: str = "none") -> None:
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         except ImportError as exc:  # optional dependency
-            raise ValueError(
+            raise ConfigError(
                 "LINEGUARD_OTEL_EXPORTER=otlp needs opentelemetry-exporter-otlp-proto-http installed"
             ) from exc
         span_exporter = OTLPSpanExporter()
     else:
-        raise ValueError(f"unknown trace exporter {exporter!r}: use none, console or otlp")
+        raise ConfigError(f"LINEGUARD_OTEL_EXPORTER: {exporter!r} is not none, console or otlp")
     if span_exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from services.camera_sim.main import SimOptions
+from services.camera_sim.core import SimOptions
 from services.camera_sim.truth import FRAME_ID_HEADER
 from shared.kafka.client import make_consumer
 from shared.messages.codec import decode

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from services.alerts.main import AlertsService
+from services.alerts.service import AlertsService
 from services.alerts.webhook import post_json_async
 from shared.kafka.broker import free_port
 from shared.kafka.client import make_consumer, make_producer
@@ -19,24 +19,15 @@ from shared.messages.codec import decode, encode
 from shared.messages.schemas import AlertEvent
 from shared.settings import AlertsSettings, Settings, WebhookFormat
 from tests.integration.conftest import read_dead_letters
-from tests.unit.ops.webhook_server import WebhookServer
+from tests.support.alert_events import alert_event
+from tests.support.webhook_server import WebhookServer
 
 pytestmark = pytest.mark.integration
 
 
 def alert(n: int, station: str, *, kind: str = "consecutive_rejects", dt_s: float = 0.0) -> AlertEvent:
-    return AlertEvent(
-        alert_id=f"{uuid.uuid4().hex[:6]}-{n}",
-        kind=kind,
-        severity="critical",
-        line_id="line-1",
-        station_id=station,
-        product_class="washer",
-        summary=f"5 consecutive rejects at line-1/{station}",
-        frame_ids=["f1", "f2"],
-        details={"count": "5"},
-        raised_at=time.time_ns() + int(dt_s * 1e9),
-    )
+    alert_id = f"{uuid.uuid4().hex[:6]}-{n}"
+    return alert_event(alert_id, raised_at=time.time_ns() + int(dt_s * 1e9), station=station, kind=kind)
 
 
 def alerts_settings(base: Settings, **fields: Any) -> Settings:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from services.explainer import metrics
-from services.explainer.main import run_explainer
+from services.explainer.service import run_explainer
 from services.explainer.store import ReportStore
 from shared.kafka.client import header, make_consumer, make_producer
 from shared.messages.codec import decode, encode
@@ -143,7 +143,7 @@ async def test_held_events_stay_uncommitted_and_are_reported_after_a_restart(
         stop = asyncio.Event()
         service = asyncio.create_task(run_explainer(settings, stop))
         deadline = time.monotonic() + 30
-        while metrics.REGISTRY.get_sample_value("explainer_held_events") != len(events):
+        while metrics.REGISTRY.get_sample_value("lineguard_explainer_held_events") != len(events):
             assert time.monotonic() < deadline, "the explainer did not hold the events"
             await asyncio.sleep(0.1)
         assert down.chat_requests()  # it did try the endpoint

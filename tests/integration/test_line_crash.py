@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.camera_sim.main import run_camera_sim
+from services.camera_sim.service import run_camera_sim
 from shared.messages.schemas import DeadLetter, Verdict
 from shared.settings import Settings
 from tests.integration.line_support import (

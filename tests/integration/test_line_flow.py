@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from services.camera_sim.main import run_camera_sim
+from services.camera_sim.service import run_camera_sim
 from services.camera_sim.truth import read_truth
 from shared.messages.schemas import DeadLetter, DefectEvent, Verdict
 from shared.settings import LatePolicy, Settings

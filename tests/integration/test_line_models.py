@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.camera_sim.main import run_camera_sim
+from services.camera_sim.service import run_camera_sim
 from services.scorer import metrics
 from services.scorer.models import announcement_for, publish_announcement
 from shared.messages.schemas import Verdict

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from services.plc_bridge import registers as reg
-from services.plc_bridge.main import PlcBridge
+from services.plc_bridge.service import PlcBridge
 from services.plc_bridge.simulators import ModbusPlcSimulator, OpcUaPlcSimulator
 from shared.kafka.broker import free_port
 from shared.kafka.client import make_consumer, make_producer
@@ -62,10 +62,14 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0)
         await asyncio.sleep(0.05)
 
 
-def bridge_settings(base: Settings, **plc: Any) -> Settings:
+def bridge_settings(base: Settings, stations: list[str], modbus_port: int, **plc: Any) -> Settings:
+    """A bridge of ``stations`` with a Modbus PLC on this machine (and whatever else ``plc`` sets)."""
+    group_id = f"plc-{uuid.uuid4().hex[:8]}"
     return base.model_copy(
         update={
-            "plc_bridge": PlcBridgeSettings(group_id=f"plc-{uuid.uuid4().hex[:8]}", **plc),
+            "plc_bridge": PlcBridgeSettings(
+                group_id=group_id, stations=stations, modbus_host="127.0.0.1", modbus_port=modbus_port, **plc
+            ),
             "scorer": base.scorer.model_copy(update={"group_id": f"scorer-{uuid.uuid4().hex[:8]}"}),
         }
     )
@@ -111,9 +115,8 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
     await opcua.start()
     settings = bridge_settings(
         kafka_settings,
-        stations=["st-a", "st-b"],
-        modbus_host="127.0.0.1",
-        modbus_port=modbus.port,
+        ["st-a", "st-b"],
+        modbus.port,
         opcua_url=opcua_url,
         heartbeat_interval_s=0.2,
         scorer_timeout_s=60,
@@ -191,9 +194,8 @@ async def test_scorer_silence_stops_the_line_until_the_scorer_is_back(kafka_sett
     await modbus.start()
     settings = bridge_settings(
         kafka_settings,
-        stations=["st-a", "st-b"],
-        modbus_host="127.0.0.1",
-        modbus_port=modbus.port,
+        ["st-a", "st-b"],
+        modbus.port,
         scorer_timeout_s=1.5,
         fail_safe=FailSafeAction.STOP_LINE,
     )
@@ -245,13 +247,7 @@ async def test_tracked_part_missing_its_deadline_is_rejected(kafka_settings: Set
     modbus = ModbusPlcSimulator(port=free_port())
     await modbus.start()
     settings = bridge_settings(
-        kafka_settings,
-        stations=["st-a"],
-        modbus_host="127.0.0.1",
-        modbus_port=modbus.port,
-        scorer_timeout_s=60,
-        part_deadline_ms=400,
-        poll_interval_ms=20,
+        kafka_settings, ["st-a"], modbus.port, scorer_timeout_s=60, part_deadline_ms=400, poll_interval_ms=20
     )
     try:
         async with running(settings):
@@ -288,14 +284,7 @@ async def test_plc_outage_holds_commits_and_the_state_is_rewritten_when_it_retur
     port = free_port()
     modbus = ModbusPlcSimulator(port=port)
     await modbus.start()
-    settings = bridge_settings(
-        kafka_settings,
-        stations=["st-a"],
-        modbus_host="127.0.0.1",
-        modbus_port=port,
-        scorer_timeout_s=60,
-        io_timeout_s=0.5,
-    )
+    settings = bridge_settings(kafka_settings, ["st-a"], port, scorer_timeout_s=60, io_timeout_s=0.5)
     try:
         async with running(settings) as bridge:
             await publish(settings, verdict("before", "st-a", "reject"))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from services.camera_sim.badframes import bad_record_value, oversized_png
+from services.camera_sim.core import BAD_KINDS
 from services.camera_sim.images import encode_jpeg
-from services.camera_sim.plan import BAD_KINDS
 from services.scorer.core import (
     DecodedFrame,
     RawRecord,

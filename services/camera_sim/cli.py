@@ -1,0 +1,90 @@
+"""``lineguard camera-sim``: publish camera frames (dataset or synthetic) to the ``frames`` topic."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import ConfigError, ImageError
+from shared.lifecycle import run_service
+
+if TYPE_CHECKING:
+    from services.camera_sim.core import SimOptions
+    from shared.settings import Settings
+
+HELP = "publish camera frames (dataset or synthetic) to the frames topic"
+DESCRIPTION = (
+    "Publish frames at a steady rate per camera, optionally with bad frames injected, and write the "
+    "ground truth for evaluation."
+)
+
+
+def _options_from_args(args: argparse.Namespace) -> SimOptions:
+    """The options of the same name, with the comma lists split and ``--count 0`` as "until stopped"."""
+    from services.camera_sim.core import SimOptions
+
+    names = {f.name for f in dataclasses.fields(SimOptions)}
+    values = {name: value for name, value in vars(args).items() if name in names}
+    values.update(
+        products=_comma_list(args.products), bad_kinds=_comma_list(args.bad_kinds), count=args.count or None
+    )
+    return SimOptions(**values)
+
+
+def _comma_list(text: str | None) -> list[str]:
+    return [part for part in (text or "").split(",") if part]
+
+
+def _command(args: argparse.Namespace) -> int:
+    from services.camera_sim.service import run_camera_sim
+
+    options = _options_from_args(args)
+
+    async def serve(settings: Settings, stop: asyncio.Event) -> None:
+        stats = await run_camera_sim(settings, options, stop)
+        print(f"camera-sim: sent {stats.sent} frames ({stats.bad} bad on purpose)", file=sys.stderr)
+
+    try:
+        return run_service("camera-sim", serve, tracing=True)
+    except (FileNotFoundError, ImageError) as exc:  # what --data or --truth names cannot be used
+        raise ConfigError(str(exc)) from exc
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("camera-sim", help=HELP, description=DESCRIPTION)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data", type=Path, help="MVTec-layout folder (one class, or a folder of classes)")
+    source.add_argument("--synthetic", action="store_true", help="render synthetic products (default)")
+    parser.add_argument("--products", help="synthetic products, comma separated (default: all)")
+    parser.add_argument("--defect-rate", type=_probability, default=0.3, help="synthetic defect share")
+    parser.add_argument("--pool", type=_positive_int, default=48, help="synthetic samples to cycle through")
+    parser.add_argument("--size", type=_positive_int, default=224, help="synthetic image side in pixels")
+    parser.add_argument("--rate", type=float, default=5.0, help="frames per second per camera")
+    parser.add_argument("--count", type=int, default=100, help="frames in all (0: until stopped)")
+    parser.add_argument("--cameras", type=_positive_int, default=1, help="number of cameras")
+    parser.add_argument("--bad-rate", type=_probability, default=0.0, help="share of bad frames")
+    parser.add_argument("--bad-kinds", help="bad frame kinds, comma separated (default: all)")
+    parser.add_argument("--truth", type=Path, help="write the ground truth here (JSON lines)")
+    parser.add_argument("--deadline-ms", type=int, help="verdict deadline after capture, in ms")
+    parser.add_argument("--hint", action="store_true", help="send the product class as a hint")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-id", help="prefix of frame ids (default: random)")
+    parser.set_defaults(handler=_command)

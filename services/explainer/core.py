@@ -1,0 +1,338 @@
+"""One defect event in, one report out: the explainer's logic, without Kafka.
+
+The path of an event (``Explainer.explain``), one call into one module per step:
+
+    defect event -> facts (facts.py) -> prompt (prompt.py) -> VLM answer (vlm.py)
+                 -> report (report.py) -> store (store.py) and publish (``handle``'s ``publish``)
+
+First of all, the store is asked whether the event was already reported (idempotency: no second
+call, no second report). Before the prompt, the cheap checks that can stop a call: an endpoint, an
+egress policy that lets something out, decodable pictures, budget. Anything that stops the call
+either holds the event (the service keeps it uncommitted and retries it later) or produces a marked
+fallback report, as configured. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from opentelemetry import trace
+
+from services.explainer import metrics
+from services.explainer.controls import CircuitBreaker, DailyBudget, RateLimiter
+from services.explainer.document import ReportDocument
+from services.explainer.facts import EventFacts, read_facts
+from services.explainer.policy import ReferenceLibrary, egress_for, vocabulary_for
+from services.explainer.prompt import build_prompt
+from services.explainer.report import build_fallback_report, build_vlm_report
+from services.explainer.store import ReportStore, StoredReport
+from services.explainer.vlm import VlmClient, VlmExchange, VlmFailure, make_openai_client
+from shared.messages.schemas import TEXT_MAX, DefectEvent, FindingMsg, Report
+from shared.settings import EgressPolicy, ExplainerSettings, UnavailablePolicy
+from shared.telemetry.logging import log_event
+from shared.telemetry.tracing import extract_context, get_tracer, inject_headers
+
+log = logging.getLogger("lineguard.explainer")
+Publish = Callable[[Report, list[tuple[str, bytes]]], Awaitable[None]]
+tracer = get_tracer("lineguard.explainer")
+
+
+@dataclass
+class EventResult:
+    """What became of one defect event: ``reported`` (a new report), ``duplicate`` (its report was
+    already in the store) or ``held`` (no report yet; the service retries it after
+    ``retry_after_s``)."""
+
+    kind: Literal["reported", "duplicate", "held"]
+    document: ReportDocument | None = None
+    json_path: Path | None = None
+    published: bool = False  # whether the Report message went out (for duplicates: earlier)
+    hold_reason: str = ""
+    retry_after_s: float = 0.0
+    headers: list[tuple[str, bytes]] = field(default_factory=list)  # trace context for the Report
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """The VLM exchange (None without a call) and, when its answer cannot stand, why."""
+
+    exchange: VlmExchange | None
+    fallback_reason: str = ""
+
+
+def _clip(text: str, limit: int = TEXT_MAX) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def report_message(doc: ReportDocument, report_path: str) -> Report:
+    """The compact ``Report`` message for the topic (long texts clipped; the files have them whole)."""
+    return Report(
+        frame_id=doc.frame_id,
+        line_id=doc.line_id,
+        station_id=doc.station_id,
+        camera_id=doc.camera_id,
+        product_class=doc.product_class,
+        decision=doc.decision,
+        score=doc.score,
+        source=doc.source,
+        fallback_reason=_clip(doc.fallback_reason),
+        vlm_model=_clip(doc.vlm_model, 256),
+        language=doc.language,
+        grade=doc.grade,
+        anomalous=doc.anomalous,
+        confidence=doc.confidence,
+        summary=_clip(doc.summary),
+        findings=[
+            FindingMsg(
+                defect_type=_clip(f.defect_type, 256) or "anomaly",
+                location=f.location,
+                severity=f.severity,
+                description=_clip(f.description),
+                possible_cause=_clip(f.possible_cause),
+                location_agrees=f.location_agrees,
+            )
+            for f in doc.findings[:32]
+        ],
+        recommended_actions=[_clip(a) for a in doc.recommended_actions[:32]],
+        location_disagreement=doc.location_disagreement,
+        report_path=report_path,
+        prompt_tokens=doc.prompt_tokens,
+        completion_tokens=doc.completion_tokens,
+        cost_usd=doc.cost_usd,
+        captured_at=doc.captured_at,
+        created_at=doc.created_at,
+    )
+
+
+class Explainer:
+    def __init__(
+        self,
+        settings: ExplainerSettings,
+        store: ReportStore,
+        *,
+        vlm: VlmClient | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.vlm = vlm
+        self.clock = clock
+        self.references = ReferenceLibrary(settings.references_dir, settings.references_per_class)
+        self._calls = asyncio.Semaphore(settings.max_concurrency)
+        self._per_frame: dict[tuple[str, str, str, int], list[Any]] = {}  # [lock, users]
+        self.stopping = False  # set on shutdown: events still waiting for a call are held
+
+    async def aclose(self) -> None:
+        if self.vlm is not None:
+            await self.vlm.client.close()
+
+    async def handle(
+        self,
+        event: DefectEvent,
+        *,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+        first_seen: float | None = None,
+        publish: Publish | None = None,
+    ) -> EventResult:
+        """Report on ``event``, or say it is a duplicate, or that it must be held.
+
+        ``first_seen``: when the service first received it (for the maximum hold time).
+        ``publish``: sends the ``Report`` message; called for a new report, and for a stored one
+        whose message never went out (a crash in between), then recorded in the store.
+        Events for the same frame are handled one at a time, so a duplicate arriving while the
+        original is in flight waits for it and then finds its report.
+        """
+        v = event.verdict
+        key = (v.frame_id, v.line_id, v.station_id, v.captured_at)
+        entry = self._per_frame.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                return await self._traced(event, headers, first_seen, publish)
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._per_frame[key]
+
+    async def _traced(
+        self,
+        event: DefectEvent,
+        headers: Sequence[tuple[str, bytes]] | None,
+        first_seen: float | None,
+        publish: Publish | None,
+    ) -> EventResult:
+        with tracer.start_as_current_span(
+            "explainer.report", context=extract_context(headers), kind=trace.SpanKind.CONSUMER
+        ) as span:
+            span.set_attribute("lineguard.frame_id", event.verdict.frame_id)
+            result = await self.explain(event, first_seen if first_seen is not None else self.clock())
+            span.set_attribute("lineguard.outcome", result.kind)
+            result.headers = inject_headers([])
+            document, json_path = result.document, result.json_path
+            if document is not None:
+                span.set_attribute("lineguard.report.source", document.source)
+                span.set_attribute("lineguard.report.grade", document.grade)
+            if (
+                publish is not None
+                and document is not None
+                and json_path is not None
+                and not result.published
+            ):
+                await publish(report_message(document, self.store.relative(json_path)), result.headers)
+                self.store.mark_published(document)
+                result.published = True
+            return result
+
+    async def explain(self, event: DefectEvent, first_seen: float) -> EventResult:
+        """The path of one event, step by step (publishing is ``handle``'s last step)."""
+        v = event.verdict
+        stored = self.store.lookup(v.frame_id, v.line_id, v.station_id, v.captured_at)
+        if stored is not None:
+            return self._duplicate(stored)
+        facts = read_facts(
+            event, frame_max_side=self.settings.frame_max_side, crop_max_side=self.settings.crop_max_side
+        )
+        egress = egress_for(self.settings, v.product_class)
+        answer = await self._ask(facts, egress, first_seen)
+        if isinstance(answer, EventResult):  # held: no report yet
+            return answer
+        document = self._report(facts, answer, egress)
+        json_path = self.store.write(document, facts.pictures)
+        self._count(document, json_path)
+        return EventResult("reported", document, json_path)
+
+    def _duplicate(self, stored: StoredReport) -> EventResult:
+        metrics.DUPLICATES.inc()
+        log_event(log, "duplicate_event", frame_id=stored.document.frame_id, published=stored.published)
+        return EventResult("duplicate", stored.document, stored.json_path, stored.published)
+
+    async def _ask(self, facts: EventFacts, egress: EgressPolicy, first_seen: float) -> _Answer | EventResult:
+        """The prompt, then the VLM's answer. Without a call the answer is the fallback reason;
+        an ``EventResult`` when the policy holds the event instead."""
+        v = facts.verdict
+        may_hold = self.clock() - first_seen < self.settings.max_hold_s
+        if self.vlm is None:
+            return _Answer(None, "no_endpoint")
+        if egress is EgressPolicy.NONE:
+            return _Answer(None, "egress_none")
+        if facts.pictures is None:
+            return _Answer(None, f"image_{facts.image_problem}")
+        if not self.vlm.can_afford_a_call():
+            metrics.BUDGET_REMAINING.set(self.vlm.budget.remaining())
+            if self.settings.when_budget_spent is UnavailablePolicy.HOLD and may_hold:
+                retry = min(self.settings.hold_retry_s, self.vlm.budget.seconds_until_reset())
+                return self._held(v.frame_id, "budget_spent", retry)
+            return _Answer(None, "budget_spent")
+        prompt = build_prompt(
+            facts,
+            facts.pictures,
+            egress=egress,
+            vocabulary=vocabulary_for(self.settings, v.product_class),
+            language=self.settings.language,
+            references=self.references.for_class(v.product_class) if egress is EgressPolicy.FULL else [],
+        )
+        try:
+            async with self._calls:
+                if self.stopping:  # shutting down: do not start a paid call now
+                    return self._held(v.frame_id, "shutdown", self.settings.hold_retry_s)
+                return _Answer(await self.vlm.explain(prompt))
+        except VlmFailure as failure:
+            log_event(
+                log,
+                "vlm_failed",
+                logging.WARNING,
+                frame_id=v.frame_id,
+                kind=failure.kind,
+                detail=failure.detail,
+            )
+            if failure.later and self.settings.when_endpoint_down is UnavailablePolicy.HOLD and may_hold:
+                retry = max(self.settings.hold_retry_s, self.vlm.breaker.retry_after())
+                return self._held(v.frame_id, "endpoint_down", retry)
+            return _Answer(failure.exchange, "endpoint_down" if failure.later else f"vlm_{failure.kind}")
+
+    def _held(self, frame_id: str, reason: str, retry_after_s: float) -> EventResult:
+        log_event(log, "event_held", frame_id=frame_id, reason=reason, retry_after_s=round(retry_after_s, 1))
+        return EventResult("held", hold_reason=reason, retry_after_s=retry_after_s)
+
+    def _report(self, facts: EventFacts, answer: _Answer, egress: EgressPolicy) -> ReportDocument:
+        """The VLM's report when its answer stands, else the fallback; either way with what was spent."""
+        created = time.time_ns()
+        language = self.settings.language
+        exchange = answer.exchange
+        if exchange is not None and exchange.answer is not None and not answer.fallback_reason:
+            document = build_vlm_report(
+                facts,
+                exchange.answer,
+                facts.heat_shares,
+                language=language,
+                vlm_model=self.settings.model,
+                created_at=created,
+                egress=egress.value,
+            )
+        else:
+            document = build_fallback_report(
+                facts,
+                reason=answer.fallback_reason or "no_answer",
+                vocabulary=vocabulary_for(self.settings, facts.verdict.product_class),
+                severity_bands=self.settings.severity_bands,
+                language=language,
+                created_at=created,
+                egress=egress.value,
+            )
+        if exchange is not None:  # what was spent, even when it ended in a fallback
+            document.prompt_tokens = exchange.usage.prompt_tokens
+            document.completion_tokens = exchange.usage.completion_tokens
+            document.cost_usd = exchange.cost_usd
+            document.vlm_calls = exchange.calls
+            document.repaired = exchange.repaired
+            document.follow_up = exchange.follow_up
+        return document
+
+    def _count(self, document: ReportDocument, json_path: Path) -> None:
+        metrics.REPORTS.labels(document.source).inc()
+        if document.source == "fallback":
+            metrics.FALLBACKS.labels(document.fallback_reason).inc()
+        if document.location_disagreement:
+            metrics.LOCATION_DISAGREEMENTS.inc()
+        metrics.REPORT_SECONDS.observe(max(0.0, (document.created_at - document.decided_at) / 1e9))
+        log_event(
+            log,
+            "report_written",
+            frame_id=document.frame_id,
+            source=document.source,
+            grade=document.grade,
+            fallback_reason=document.fallback_reason,
+            cost_usd=round(document.cost_usd, 6),
+            path=self.store.relative(json_path),
+        )
+
+
+def build_explainer(settings: ExplainerSettings) -> Explainer:
+    """The explainer as configured: store, budget (persisted in the store), breaker, rate limit and
+    the VLM client (None when no endpoint is configured)."""
+    store = ReportStore(settings.report_dir)
+    client = make_openai_client(settings)
+    vlm = None
+    if client is not None:
+        budget = DailyBudget(
+            settings.daily_budget_usd,
+            settings.prices,
+            settings.default_price,
+            max_output_tokens=settings.max_output_tokens,
+            state_dir=store.state_dir(),
+        )
+        metrics.BUDGET_REMAINING.set(budget.remaining())
+        vlm = VlmClient(
+            client,
+            settings,
+            budget=budget,
+            breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
+            limiter=RateLimiter(settings.requests_per_minute, burst=settings.max_concurrency),
+        )
+    return Explainer(settings, store, vlm=vlm)

@@ -1,0 +1,240 @@
+"""The explainer's thin async shell around ``core.Explainer``.
+
+Consumes ``defects`` (committed data only, its own consumer group, never on the verdict path),
+runs up to ``max_pending`` events at once (VLM calls are further limited by the explainer's own
+concurrency and rate limits), publishes one ``Report`` per event on ``reports`` and commits an
+event's offset only after its report is on disk and on the topic. Held events stay uncommitted
+and are retried in process; undecodable records go to the DLQ whole. SIGTERM stops fetching,
+lets the events in flight finish (up to the request timeout), commits and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from services.explainer import metrics
+from shared.settings import Settings
+from shared.telemetry.logging import log_event
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.structs import ConsumerRecord, TopicPartition
+
+    from services.explainer.core import EventResult, Explainer
+
+log = logging.getLogger("lineguard.explainer.service")
+SERVICE = "explainer"
+
+
+@dataclass
+class _Held:
+    record: ConsumerRecord
+    first_seen: float
+    due: float
+
+
+async def run_explainer(
+    settings: Settings, stop: asyncio.Event, *, max_events: int = 0, explainer: Explainer | None = None
+) -> int:
+    """Run until ``stop`` is set (or ``max_events`` events are done); returns the number done."""
+    from aiokafka import ConsumerRebalanceListener
+
+    from services.explainer.core import build_explainer
+    from services.explainer.offsets import OffsetTracker
+    from shared.kafka.client import make_consumer, make_producer
+
+    service = _Service(settings, explainer or build_explainer(settings.explainer), OffsetTracker())
+    consumer = make_consumer(settings, group_id=settings.explainer.group_id, isolation_level="read_committed")
+    producer = make_producer(settings)
+
+    class Listener(ConsumerRebalanceListener):
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            await service.on_revoked(consumer, set(revoked))
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            return None
+
+    await producer.start()
+    try:
+        await consumer.start()
+        try:
+            consumer.subscribe([settings.topic("defects")], listener=Listener())
+            return await service.loop(consumer, producer, stop, max_events)
+        finally:
+            await consumer.stop()
+    finally:
+        await producer.stop()
+        await service.explainer.aclose()
+
+
+class _Service:
+    def __init__(self, settings: Settings, explainer: Explainer, tracker: Any) -> None:
+        self.settings = settings
+        self.explainer = explainer
+        self.tracker = tracker
+        self.in_flight: dict[asyncio.Task[EventResult | None], tuple[Any, ConsumerRecord, float]] = {}
+        self.held: list[_Held] = []
+        self.next_offset: dict[Any, int] = {}  # per partition: the offset after the last one read
+        self.done = 0
+
+    async def loop(
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event, max_events: int
+    ) -> int:
+        cfg = self.settings.explainer
+        log_event(
+            log,
+            "explainer_started",
+            group_id=cfg.group_id,
+            endpoint=bool(self.explainer.vlm),
+            model=cfg.model if self.explainer.vlm else "",
+            language=cfg.language,
+        )
+        while not stop.is_set() and not (max_events and self.done >= max_events):
+            busy = len(self.in_flight) + len(self.held) >= cfg.max_pending
+            assignment = consumer.assignment()
+            if busy:
+                consumer.pause(*assignment)
+            else:
+                consumer.resume(*assignment)
+            # Keep polling even when paused: it keeps the group membership alive.
+            batches = await consumer.getmany(
+                timeout_ms=100, max_records=max(1, cfg.max_pending - len(self.in_flight))
+            )
+            now = time.time()
+            for tp, records in batches.items():
+                for record in records:
+                    metrics.EVENTS_CONSUMED.inc()
+                    self.tracker.received(tp, record.offset)
+                    self.next_offset[tp] = record.offset + 1
+                    self._start(tp, record, now, producer)
+            for held in [h for h in self.held if h.due <= now]:
+                self.held.remove(held)
+                tp = _tp(held.record)
+                self._start(tp, held.record, held.first_seen, producer)
+            await self._collect(wait=0.05 if self.in_flight else 0)
+            await self._commit(consumer)
+            self._observe_lag(consumer)
+        # Shutdown: finish the calls in progress and commit; events still waiting for a call and
+        # held events stay uncommitted for next time.
+        self.explainer.stopping = True
+        if self.in_flight:
+            await asyncio.wait(list(self.in_flight), timeout=self.settings.explainer.request_timeout_s + 5)
+            await self._collect(wait=0)
+        await self._commit(consumer)
+        log_event(log, "explainer_stopped", done=self.done, held=len(self.held))
+        return self.done
+
+    def _start(self, tp: Any, record: ConsumerRecord, first_seen: float, producer: AIOKafkaProducer) -> None:
+        task = asyncio.create_task(self._process(record, first_seen, producer))
+        self.in_flight[task] = (tp, record, first_seen)
+
+    async def _collect(self, wait: float) -> None:
+        if not self.in_flight:
+            metrics.HELD_EVENTS.set(len(self.held))
+            return
+        finished, _ = await asyncio.wait(list(self.in_flight), timeout=wait)
+        for task in finished:
+            tp, record, first_seen = self.in_flight.pop(task)
+            result = task.result()
+            if result is None or result.kind != "held":
+                self.tracker.finished(tp, record.offset)
+                self.done += 1
+            else:
+                self.held.append(_Held(record, first_seen, time.time() + result.retry_after_s))
+        metrics.HELD_EVENTS.set(len(self.held))
+
+    async def _process(
+        self, record: ConsumerRecord, first_seen: float, producer: AIOKafkaProducer
+    ) -> EventResult | None:
+        """Report on one record. None: the record went to the DLQ. Failures of our own (disk,
+        Kafka) hold the event instead of dropping it."""
+        from services.explainer.core import EventResult
+        from shared.messages.codec import MessageError, decode, encode
+        from shared.messages.schemas import DefectEvent, Report
+
+        try:
+            event = decode(record.value, DefectEvent)
+        except MessageError as exc:
+            await self._dead_letter(producer, record, exc.reason, exc.detail)
+            return None
+
+        async def publish(message: Report, headers: list[tuple[str, bytes]]) -> None:
+            await producer.send_and_wait(
+                self.settings.topic("reports"),
+                encode(message),
+                key=message.station_id.encode(),
+                headers=headers,
+            )
+
+        try:
+            return await self.explainer.handle(
+                event, headers=record.headers, first_seen=first_seen, publish=publish
+            )
+        except Exception as exc:  # never lose the event: hold it and try again later
+            log_event(
+                log,
+                "event_failed",
+                logging.ERROR,
+                frame_id=event.verdict.frame_id,
+                error=f"{type(exc).__name__}: {exc}"[:500],
+            )
+            return EventResult(
+                "held", hold_reason="internal_error", retry_after_s=self.settings.explainer.hold_retry_s
+            )
+
+    async def _dead_letter(
+        self, producer: AIOKafkaProducer, record: ConsumerRecord, reason: str, detail: str
+    ) -> None:
+        from shared.messages.codec import encode
+        from shared.messages.schemas import DeadLetter
+
+        metrics.BAD_EVENTS.labels(reason).inc()
+        letter = DeadLetter.for_record(record, reason=reason, detail=detail, service=SERVICE)
+        await producer.send_and_wait(self.settings.topic("dlq"), encode(letter), key=record.key)
+        log_event(
+            log,
+            "dead_letter",
+            logging.WARNING,
+            reason=reason,
+            partition=record.partition,
+            offset=record.offset,
+        )
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        positions = self.tracker.committable()
+        if not positions:
+            return
+        from aiokafka.structs import OffsetAndMetadata
+
+        await consumer.commit({tp: OffsetAndMetadata(pos, "") for tp, pos in positions.items()})
+        self.tracker.mark_committed(positions)
+
+    async def on_revoked(self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]) -> None:
+        """Finish and commit what belongs to partitions we lose; held events for them are dropped
+        here uncommitted, so their new owner receives them again."""
+        mine = [t for t, (tp, _, _) in self.in_flight.items() if tp in revoked]
+        if mine:
+            await asyncio.wait(mine, timeout=self.settings.explainer.request_timeout_s)
+            await self._collect(wait=0)
+        with contextlib.suppress(Exception):  # the group may already be gone on shutdown
+            await self._commit(consumer)
+        self.held = [h for h in self.held if _tp(h.record) not in revoked]
+        for tp in revoked:
+            self.tracker.forget(tp)
+
+    def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            end = consumer.last_stable_offset(tp) or consumer.highwater(tp)
+            if end is not None and tp in self.next_offset:
+                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, end - self.next_offset[tp]))
+
+
+def _tp(record: ConsumerRecord) -> TopicPartition:
+    from aiokafka.structs import TopicPartition
+
+    return TopicPartition(record.topic, record.partition)

@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+
+from services.explainer.policy import ReferenceLibrary, egress_for, vocabulary_for
+from shared.errors import ConfigError
+from shared.settings import EgressPolicy, load_settings
+from tests.support.defect_events import png_bytes
+
+
+def test_explainer_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LINEGUARD_EXPLAINER__BASE_URL", "http://vlm.local:8000/v1")
+    monkeypatch.setenv("LINEGUARD_EXPLAINER__CLASS_EGRESS", '{"pcb": "crop", "secret": "none"}')
+    monkeypatch.setenv("LINEGUARD_EXPLAINER__VOCABULARY", '{"pcb": ["short", "open", "scratch"]}')
+    monkeypatch.setenv("LINEGUARD_EXPLAINER__PRICES", '{"m": {"input_per_mtok": 1, "output_per_mtok": 4}}')
+    monkeypatch.setenv("LINEGUARD_EXPLAINER__LANGUAGE", "ja")
+    settings = load_settings().explainer
+    assert egress_for(settings, "pcb") is EgressPolicy.CROP
+    assert egress_for(settings, "secret") is EgressPolicy.NONE
+    assert egress_for(settings, "washer") is EgressPolicy.FULL
+    assert vocabulary_for(settings, "pcb") == ["short", "open", "scratch"]
+    assert vocabulary_for(settings, "washer") == settings.default_vocabulary
+    assert settings.prices["m"].output_per_mtok == 4 and settings.language == "ja"
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("LINEGUARD_EXPLAINER__LANGUAGE", "fr"),
+        ("LINEGUARD_EXPLAINER__EGRESS", "everything"),
+        ("LINEGUARD_EXPLAINER__MAX_CONCURRENCY", "0"),
+        ("LINEGUARD_EXPLAINER__WHEN_BUDGET_SPENT", "drop"),
+    ],
+)
+def test_bad_explainer_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=var):
+        load_settings()
+
+
+def test_reference_library_reads_class_folders_safely(tmp_path: Path) -> None:
+    import numpy as np
+
+    (tmp_path / "washer" / "good").mkdir(parents=True)
+    (tmp_path / "washer" / "defect").mkdir(parents=True)
+    (tmp_path / "washer" / "good" / "a.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
+    (tmp_path / "washer" / "good" / "b.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
+    (tmp_path / "washer" / "defect" / "broken.png").write_bytes(b"not an image")
+    library = ReferenceLibrary(tmp_path, per_class=1)
+    refs = library.for_class("washer")
+    assert [r.label for r in refs] == ["normal"]  # one per kind; the unreadable one is skipped
+    assert library.for_class("../washer") == [] and library.for_class("pcb") == []
+    assert ReferenceLibrary(None, 2).for_class("washer") == []

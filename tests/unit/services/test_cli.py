@@ -1,0 +1,68 @@
+"""Errors end a `lineguard` command with one clear line: exit 2 for configuration, 1 for the rest.
+
+`lineguard alerts` and `lineguard plc-bridge` refuse incomplete configuration."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from services.cli import main
+from shared.kafka.broker import free_port
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("LINEGUARD_")]:
+        monkeypatch.delenv(name)
+
+
+def test_alerts_needs_a_webhook(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    assert main(["alerts"]) == 2
+    assert "LINEGUARD_ALERTS__WEBHOOK_URL" in capsys.readouterr().err
+    monkeypatch.setenv("LINEGUARD_ALERTS__WEBHOOK_URL_FILE", str(tmp_path / "missing"))
+    assert main(["alerts"]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    secret = "ftp://hooks.example/T000/secret-token"
+    monkeypatch.setenv("LINEGUARD_ALERTS__WEBHOOK_URL", secret)
+    assert main(["alerts"]) == 2
+    err = capsys.readouterr().err
+    assert "must be an http(s) URL" in err and secret not in err
+    monkeypatch.setenv("LINEGUARD_ALERTS__WEBHOOK_FORMAT", "email")
+    assert main(["alerts"]) == 2
+    assert "LINEGUARD_ALERTS__WEBHOOK_FORMAT" in capsys.readouterr().err
+
+
+def test_plc_bridge_needs_a_plc_and_sane_stations(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["plc-bridge"]) == 2
+    assert "LINEGUARD_PLC_BRIDGE__MODBUS_HOST or LINEGUARD_PLC_BRIDGE__OPCUA_URL" in capsys.readouterr().err
+    monkeypatch.setenv("LINEGUARD_PLC_BRIDGE__MODBUS_HOST", "127.0.0.1")
+    monkeypatch.setenv("LINEGUARD_PLC_BRIDGE__STATIONS", '["a", "a"]')
+    assert main(["plc-bridge"]) == 2
+    assert "LINEGUARD_PLC_BRIDGE__STATIONS" in capsys.readouterr().err
+    monkeypatch.setenv("LINEGUARD_PLC_BRIDGE__STATIONS", '["a"]')
+    monkeypatch.setenv("LINEGUARD_PLC_BRIDGE__REJECT_DECISIONS", '["reject", "maybe"]')
+    assert main(["plc-bridge"]) == 2
+    assert "maybe" in capsys.readouterr().err
+    monkeypatch.setenv("LINEGUARD_PLC_BRIDGE__FAIL_SAFE", "explode")
+    assert main(["plc-bridge"]) == 2
+    assert "LINEGUARD_PLC_BRIDGE__FAIL_SAFE" in capsys.readouterr().err
+
+
+def test_a_failure_that_is_not_configuration_exits_1_with_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bootstrap = f"127.0.0.1:{free_port()}"  # nothing listens there
+    assert main(["topics", "ensure", "--bootstrap", bootstrap]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("lineguard: topics ensure: ") and bootstrap in last
+
+
+def test_a_usage_error_inside_a_command_exits_2(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    assert main(["demo", "--products", "washer", "--workdir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "lineguard: --products: the demo needs at least two products"

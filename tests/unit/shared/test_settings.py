@@ -1,0 +1,42 @@
+import pytest
+
+from shared.errors import ConfigError
+from shared.settings import LatePolicy, load_settings
+
+
+def test_defaults_and_topic_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LINEGUARD_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.delenv("LINEGUARD_TOPIC_PREFIX", raising=False)
+    settings = load_settings()
+    assert settings.topic("verdicts") == "lineguard.verdicts"
+    assert settings.bootstrap == f"localhost:{settings.broker.port}"
+    assert settings.scorer.late_policy is LatePolicy.REJECT
+
+
+def test_environment_overrides_top_level_and_sections(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LINEGUARD_KAFKA_BOOTSTRAP", "broker:19092")
+    monkeypatch.setenv("LINEGUARD_TOPIC_PREFIX", "plant7")
+    monkeypatch.setenv("LINEGUARD_SCORER__MAX_BATCH", "4")
+    monkeypatch.setenv("LINEGUARD_SCORER__LATE_POLICY", "review")
+    settings = load_settings()
+    assert settings.bootstrap == "broker:19092"
+    assert settings.topic("frames") == "plant7.frames"
+    assert settings.scorer.max_batch == 4
+    assert settings.scorer.late_policy is LatePolicy.REVIEW
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "named"),
+    [
+        ("LINEGUARD_SCORER__MAX_BATCH", "0", "LINEGUARD_SCORER__MAX_BATCH"),
+        ("LINEGUARD_SCORER__LATE_POLICY", "ignore", "LINEGUARD_SCORER__LATE_POLICY"),
+        ("LINEGUARD_TOPIC_PREFIX", "bad prefix!", "LINEGUARD_TOPIC_PREFIX"),
+        ("LINEGUARD_LOG_LEVEL", "loud", "LINEGUARD_LOG_LEVEL"),
+    ],
+)
+def test_invalid_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=named):
+        load_settings()
