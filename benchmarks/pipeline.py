@@ -46,8 +46,9 @@ FRAME_POOL = 32  # distinct frames the simulator cycles through (30% of them def
 def fit_model(size: int, bank: int, out: Path) -> Any:
     """A model fitted on what the line will see: the simulator's JPEGs, decoded."""
     from services.camera_sim.images import encode_jpeg
+    from shared.engine.config import FitConfig
     from shared.engine.images import decode_image
-    from shared.engine.model import FitConfig, InspectionModel
+    from shared.engine.model import InspectionModel
     from shared.synthetic import render_sample
 
     rng = np.random.default_rng(0)

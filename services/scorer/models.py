@@ -17,15 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from services.scorer import metrics
-from shared.messages.codec import MessageError, decode
+from shared.errors import ArtifactError, LineguardError, MessageError, ModelRefused
+from shared.messages.codec import decode
 from shared.messages.schemas import ModelAnnouncement
 from shared.telemetry.logging import log_event
 
 log = logging.getLogger("lineguard.scorer.models")
-
-
-class ModelRefused(ValueError):
-    """An announced model that must not serve: unreadable, tampered or inconsistent."""
 
 
 @dataclass
@@ -140,7 +137,6 @@ def load_model_dir(
     source: str | None = None,
 ) -> ServingModel:
     """Load and verify a model directory (blocking: run it in a worker thread)."""
-    from shared.engine.artifacts import ArtifactError
     from shared.engine.model import InspectionModel
 
     path = Path(path)
@@ -220,7 +216,9 @@ class ModelWatcher:
             if topic in await consumer.topics():
                 return list(range(topic_spec("models").partitions or 1))
             await asyncio.sleep(0.5)
-        raise RuntimeError(f"topic {topic} does not exist; run `lineguard topics ensure`")
+        raise LineguardError(
+            f"topic {topic} does not exist; run `lineguard topics ensure`", reason="no_topic"
+        )
 
     async def _consider(self, value: bytes) -> None:
         try:

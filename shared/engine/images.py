@@ -14,22 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from shared.errors import ImageError
+
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF"})
 DEFAULT_MAX_BYTES = 8 << 20
 DEFAULT_MAX_PIXELS = 4096 * 4096
 FILE_MAX_BYTES = 64 << 20  # files on disk (datasets) may be larger than frames on the wire
-
-
-class ImageError(ValueError):
-    """An image that cannot be used; ``reason`` is a short machine-readable code.
-
-    Codes: ``empty``, ``corrupt``, ``too_large``, ``unsupported_format``, ``bad_dimensions``.
-    """
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def _check_dimensions(width: int, height: int, max_pixels: int) -> None:

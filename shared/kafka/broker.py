@@ -26,16 +26,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.kafka.topics import KAFKA_MAX_MESSAGE_BYTES
+from shared.errors import BrokerError
+from shared.limits import KAFKA_MAX_MESSAGE_BYTES
 from shared.settings import BrokerSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_LOG4J_CONFIG = REPO_ROOT / "deploy" / "kafka" / "log4j2.xml"
 MIN_JAVA = 17  # Kafka 4 brokers need Java 17+
-
-
-class BrokerError(RuntimeError):
-    """The broker could not be started, stopped or found; the message says what to do."""
 
 
 @dataclass(frozen=True)

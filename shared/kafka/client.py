@@ -14,7 +14,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from shared.kafka.topics import KAFKA_MAX_MESSAGE_BYTES, TOPICS, partitions_for
+from shared.errors import BrokerError, ConfigError
+from shared.kafka.topics import TOPICS, partitions_for
+from shared.limits import KAFKA_MAX_MESSAGE_BYTES
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -115,7 +117,7 @@ async def ensure_topics(
     from aiokafka.errors import for_code
 
     if frames_partitions < 1:
-        raise ValueError("frames_partitions must be at least 1")
+        raise ConfigError("frames_partitions must be at least 1")
     wanted = {settings.topic(spec.name): spec for spec in TOPICS}
     admin = make_admin(settings)
     await admin.start()
@@ -137,7 +139,7 @@ async def ensure_topics(
                 code = item["error_code"]
                 if code not in (0, _TOPIC_ALREADY_EXISTS):
                     message = item.get("error_message") or for_code(code).__name__
-                    raise RuntimeError(f"could not create topic {item['topic']}: {message}")
+                    raise BrokerError(f"could not create topic {item['topic']}: {message}")
             log.info("created topics %s", ", ".join(t.name for t in missing))
         await _wait_for_leaders(admin, list(wanted), timeout_s)
         for name, spec in wanted.items():
@@ -161,7 +163,7 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str], timeo
         if not pending:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"topics without leaders after {timeout_s}s: {', '.join(pending)}")
+            raise BrokerError(f"topics without leaders after {timeout_s}s: {', '.join(pending)}")
         await asyncio.sleep(0.1)
 
 

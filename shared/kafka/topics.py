@@ -9,14 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shared.messages.schemas import DEAD_LETTER_MAX_BYTES
-
-# Largest record batch a topic, the broker and our producers accept: the biggest message
-# (a dead letter carrying a maximal original record) plus Kafka's record and header overhead.
-KAFKA_MAX_MESSAGE_BYTES = DEAD_LETTER_MAX_BYTES + (1 << 20)
+from shared.limits import KAFKA_MAX_MESSAGE_BYTES
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
+GIB = 1 << 30
 
 # The key of every ModelAnnouncement: the compacted topic then keeps exactly the current model.
 MODEL_ANNOUNCEMENT_KEY = b"current"
@@ -32,80 +29,50 @@ class TopicSpec:
     config: Mapping[str, str] = field(default_factory=dict)
 
 
-def _config(retention_ms: int, **extra: str) -> dict[str, str]:
-    return {
-        "retention.ms": str(retention_ms),
-        "max.message.bytes": str(KAFKA_MAX_MESSAGE_BYTES),
-        **extra,
-    }
+def _stream(
+    name: str,
+    key: str,
+    schema: str,
+    partitions: int | None,
+    retention_ms: int,
+    description: str,
+    **extra: int,
+) -> TopicSpec:
+    """A topic kept for ``retention_ms`` (``extra``: more configuration, ``retention_bytes=`` for
+    ``retention.bytes``) whose records may be as large as the largest message."""
+    config = {"retention.ms": str(retention_ms), "max.message.bytes": str(KAFKA_MAX_MESSAGE_BYTES)}
+    config.update({option.replace("_", "."): str(value) for option, value in extra.items()})
+    return TopicSpec(name, key, f"lineguard.{schema}", partitions, description, config)
 
 
+# One row per topic: name, key, value schema, partitions, retention, description, extra configuration.
+# fmt: off
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(
-        "frames",
-        key="camera_id",
-        schema="lineguard.Frame",
-        partitions=None,
-        description="Camera frames in. One partition per scorer at full parallelism.",
-        # Frames are big and only useful while fresh: an hour, and at most 1 GiB per partition.
-        config=_config(HOUR_MS, **{"retention.bytes": str(1 << 30), "segment.bytes": str(256 << 20)}),
-    ),
-    TopicSpec(
-        "verdicts",
-        key="station_id",
-        schema="lineguard.Verdict",
-        partitions=4,
-        description="One verdict per frame: the PLC gateway topic. Keyed by station so each "
-        "station's verdicts stay in order.",
-        config=_config(7 * DAY_MS),
-    ),
-    TopicSpec(
-        "defects",
-        key="station_id",
-        schema="lineguard.DefectEvent",
-        partitions=2,
-        description="Rejected and review verdicts with the image and anomaly map, for the explainer.",
-        config=_config(3 * DAY_MS, **{"retention.bytes": str(1 << 30)}),
-    ),
-    TopicSpec(
-        "reports",
-        key="station_id",
-        schema="lineguard.Report",
-        partitions=2,
-        description="The explainer's defect reports (VLM or marked fallback), one per defect event; "
-        "the full report files are in the report store.",
-        config=_config(30 * DAY_MS),
-    ),
-    TopicSpec(
-        "dlq",
-        key="source key (the original record's key)",
-        schema="lineguard.DeadLetter",
-        partitions=1,
-        description="Dead letters: records that could not be processed, kept whole with the reason.",
-        config=_config(14 * DAY_MS),
-    ),
-    TopicSpec(
-        "alerts",
-        key="station_id",
-        schema="lineguard.AlertEvent",
-        partitions=1,
-        description="Operator alerts raised by the scorer (consecutive rejects, unknown product, "
-        "score drift), forwarded to a webhook by `lineguard alerts`.",
-        config=_config(7 * DAY_MS),
-    ),
-    TopicSpec(
-        "models",
-        key='"current"',
-        schema="lineguard.ModelAnnouncement",
-        partitions=1,
-        description="Model announcements; compacted, so the last one is the model to serve.",
-        config={
-            "cleanup.policy": "compact",
-            "max.message.bytes": str(1 << 20),
-            "min.cleanable.dirty.ratio": "0.1",
-        },
-    ),
+    # Frames are big and only useful while fresh: an hour, and at most 1 GiB per partition.
+    _stream("frames", "camera_id", "Frame", None, HOUR_MS,
+            "Camera frames in. One partition per scorer at full parallelism.",
+            retention_bytes=GIB, segment_bytes=256 << 20),
+    _stream("verdicts", "station_id", "Verdict", 4, 7 * DAY_MS,
+            "One verdict per frame: the PLC gateway topic. Keyed by station so each station's verdicts "
+            "stay in order."),
+    _stream("defects", "station_id", "DefectEvent", 2, 3 * DAY_MS,
+            "Rejected and review verdicts with the image and anomaly map, for the explainer.",
+            retention_bytes=GIB),
+    _stream("reports", "station_id", "Report", 2, 30 * DAY_MS,
+            "The explainer's defect reports (VLM or marked fallback), one per defect event; the full "
+            "report files are in the report store."),
+    _stream("dlq", "source key (the original record's key)", "DeadLetter", 1, 14 * DAY_MS,
+            "Dead letters: records that could not be processed, kept whole with the reason."),
+    _stream("alerts", "station_id", "AlertEvent", 1, 7 * DAY_MS,
+            "Operator alerts raised by the scorer (consecutive rejects, unknown product, score drift), "
+            "forwarded to a webhook by `lineguard alerts`."),
+    # Compacted, not retained by time: the last announcement is the model to serve.
+    TopicSpec("models", '"current"', "lineguard.ModelAnnouncement", 1,
+              "Model announcements; compacted, so the last one is the model to serve.",
+              {"cleanup.policy": "compact", "max.message.bytes": str(1 << 20),
+               "min.cleanable.dirty.ratio": "0.1"}),
 )
+# fmt: on
 
 
 def topic_spec(name: str) -> TopicSpec:

@@ -1,6 +1,8 @@
-"""Lineguard's Kafka messages: dataclasses (``schemas``) and the msgpack codec (``codec``)."""
+"""Lineguard's Kafka messages: dataclasses (``schemas``), the msgpack codec (``codec``), a frame's
+pixels (``pixels``) and the anomaly map's wire encoding (``anomaly_map``)."""
 
-from shared.messages.codec import MessageError, decode, decode_any, encode
+from shared.errors import MessageError
+from shared.messages.codec import decode, decode_any, encode
 from shared.messages.schemas import (
     DeadLetter,
     DefectEvent,

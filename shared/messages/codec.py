@@ -22,12 +22,12 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 
 import msgpack
 
-from shared.messages import schemas
+from shared.errors import MessageError
+from shared.limits import DEAD_LETTER_MAX_BYTES, MAX_MESSAGE_BYTES, MAX_PIXELS
+from shared.messages.pixels import RAW_CHANNELS
 from shared.messages.schemas import (
-    DEAD_LETTER_MAX_BYTES,
-    MAX_MESSAGE_BYTES,
     MESSAGE_TYPES,
-    RAW_CHANNELS,
+    NESTED_TYPES,
     DeadLetter,
     DefectEvent,
     Frame,
@@ -47,7 +47,7 @@ def _msgpack_limits() -> dict[str, int]:
     """Bounds handed to msgpack, derived from the schemas so a new field cannot slip past them:
     no string, binary, array or map may claim more than the largest the schemas allow."""
     str_len, bin_len, items, fields = 0, DEAD_LETTER_MAX_BYTES, 0, 0
-    for cls in MESSAGE_TYPES + schemas.NESTED_TYPES:
+    for cls in MESSAGE_TYPES + NESTED_TYPES:
         hints = typing.get_type_hints(cls)
         fields = max(fields, len(dataclasses.fields(cls)) + 2)  # + schema name and version
         for f in dataclasses.fields(cls):
@@ -69,20 +69,15 @@ _MSGPACK_LIMITS = _msgpack_limits()
 _BY_SCHEMA: dict[str, type] = {cls.SCHEMA: cls for cls in MESSAGE_TYPES}  # type: ignore[attr-defined]
 
 
-class MessageError(ValueError):
-    """A message that cannot be encoded or decoded.
+def _refusal(reason: str, detail: str, field: str | None = None) -> MessageError:
+    """The ``MessageError`` to raise; ``reason`` is one of ``REASONS``:
 
-    ``reason`` is one of ``malformed`` (not msgpack, or not a map), ``wrong_schema`` (another or
-    no schema name), ``unsupported_version``, ``too_large`` (message or field over its limit),
-    ``invalid_field`` (missing, unknown, wrongly typed or out of range; ``field`` names it).
+    ``malformed`` (not msgpack, or not a map), ``wrong_schema`` (another or no schema name),
+    ``unsupported_version``, ``too_large`` (message or field over its limit), ``invalid_field``
+    (missing, unknown, wrongly typed or out of range; ``field`` names it).
     """
-
-    def __init__(self, reason: str, detail: str, field: str | None = None) -> None:
-        assert reason in REASONS, reason
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.field = field
+    assert reason in REASONS, reason
+    return MessageError(reason, detail, field)
 
 
 def size_limit(cls: type) -> int:
@@ -107,7 +102,7 @@ def encode(message: Message, *, validate: bool = True) -> bytes:
     """Encode a message; with ``validate`` (the default) it must pass the decoder's checks."""
     cls = type(message)
     if cls not in MESSAGE_TYPES:
-        raise MessageError("wrong_schema", f"{cls.__name__} is not a top-level message type")
+        raise _refusal("wrong_schema", f"{cls.__name__} is not a top-level message type")
     body = _to_wire(message)
     if validate:
         _check_dataclass(cls, body, "")
@@ -116,7 +111,7 @@ def encode(message: Message, *, validate: bool = True) -> bytes:
     data: bytes = msgpack.packb(wire, use_bin_type=True)
     if validate and len(data) > size_limit(cls):
         limit = size_limit(cls)
-        raise MessageError("too_large", f"encoded {cls.__name__} is {len(data)} bytes, over {limit}")
+        raise _refusal("too_large", f"encoded {cls.__name__} is {len(data)} bytes, over {limit}")
     return data
 
 
@@ -125,24 +120,24 @@ def encode(message: Message, *, validate: bool = True) -> bytes:
 
 def _unpack(data: bytes | bytearray | memoryview, limit: int) -> dict[str, Any]:
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise MessageError("malformed", f"expected bytes, got {type(data).__name__}")
+        raise _refusal("malformed", f"expected bytes, got {type(data).__name__}")
     if len(data) == 0:
-        raise MessageError("malformed", "empty message")
+        raise _refusal("malformed", "empty message")
     if len(data) > limit:
-        raise MessageError("too_large", f"message is {len(data)} bytes, over {limit}")
+        raise _refusal("too_large", f"message is {len(data)} bytes, over {limit}")
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True, **_MSGPACK_LIMITS)
     except msgpack.ExtraData:
-        raise MessageError("malformed", "trailing bytes after the message") from None
+        raise _refusal("malformed", "trailing bytes after the message") from None
     except ValueError as exc:  # includes UnicodeDecodeError and msgpack's limit errors
         text = str(exc)
         if "exceeds max" in text:
-            raise MessageError("too_large", f"a msgpack value is over its limit ({text})") from None
-        raise MessageError("malformed", f"not valid msgpack ({text})") from None
+            raise _refusal("too_large", f"a msgpack value is over its limit ({text})") from None
+        raise _refusal("malformed", f"not valid msgpack ({text})") from None
     except Exception as exc:  # FormatError, StackError, TypeError (unhashable keys), ...
-        raise MessageError("malformed", f"not valid msgpack ({type(exc).__name__}: {exc})") from None
+        raise _refusal("malformed", f"not valid msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
-        raise MessageError("malformed", f"top level is a {type(obj).__name__}, not a map")
+        raise _refusal("malformed", f"top level is a {type(obj).__name__}, not a map")
     return obj
 
 
@@ -151,9 +146,9 @@ def schema_of(data: bytes) -> tuple[str, int]:
     wire = _unpack(data, DEAD_LETTER_MAX_BYTES)
     name, version = wire.get(SCHEMA_KEY), wire.get(VERSION_KEY)
     if not isinstance(name, str):
-        raise MessageError("wrong_schema", "no schema name")
+        raise _refusal("wrong_schema", "no schema name")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise MessageError("malformed", "no integer schema version")
+        raise _refusal("malformed", "no integer schema version")
     return name, version
 
 
@@ -171,9 +166,9 @@ def decode_any(data: bytes) -> Message:
     name = wire.get(SCHEMA_KEY)
     cls = _BY_SCHEMA.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise MessageError("wrong_schema", f"unknown schema {_show(name)}")
+        raise _refusal("wrong_schema", f"unknown schema {_show(name)}")
     if len(data) > size_limit(cls):
-        raise MessageError("too_large", f"message is {len(data)} bytes, over {size_limit(cls)}")
+        raise _refusal("too_large", f"message is {len(data)} bytes, over {size_limit(cls)}")
     return typing.cast(Message, _from_wire(wire, cls))
 
 
@@ -181,13 +176,13 @@ def _from_wire(wire: dict[str, Any], expected: type[T]) -> T:
     name = wire.pop(SCHEMA_KEY, None)
     want: str = expected.SCHEMA  # type: ignore[attr-defined]
     if name != want:
-        raise MessageError("wrong_schema", f"expected {want}, got {_show(name)}")
+        raise _refusal("wrong_schema", f"expected {want}, got {_show(name)}")
     version = wire.pop(VERSION_KEY, None)
     if not isinstance(version, int) or isinstance(version, bool):
-        raise MessageError("malformed", f"schema version is {_show(version)}, not an integer")
+        raise _refusal("malformed", f"schema version is {_show(version)}, not an integer")
     known: int = expected.VERSION  # type: ignore[attr-defined]
     if version != known:
-        raise MessageError("unsupported_version", f"{want} version {version}; this build reads {known}")
+        raise _refusal("unsupported_version", f"{want} version {version}; this build reads {known}")
     _check_dataclass(expected, wire, "")
     message = _build(expected, wire)
     _check_rules(message)
@@ -209,18 +204,18 @@ def _hints(cls: Any) -> dict[str, Any]:
 
 def _check_dataclass(cls: type, body: Any, path: str) -> None:
     if not isinstance(body, dict):
-        raise MessageError("invalid_field", f"{path or cls.__name__} must be a map", path or None)
+        raise _refusal("invalid_field", f"{path or cls.__name__} must be a map", path or None)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(body) - set(fields))
     if unknown:
         where = f"{path}." if path else ""
-        raise MessageError("invalid_field", f"unknown field {where}{unknown[0]}", where + unknown[0])
+        raise _refusal("invalid_field", f"unknown field {where}{unknown[0]}", where + unknown[0])
     hints = _hints(cls)
     for name, f in fields.items():
         full = f"{path}.{name}" if path else name
         if name not in body:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise MessageError("invalid_field", f"missing field {full}", full)
+                raise _refusal("invalid_field", f"missing field {full}", full)
             continue
         _check_value(hints[name], body[name], f.metadata.get("limits", {}), full)
 
@@ -232,7 +227,7 @@ def _check_value(tp: Any, value: Any, lim: dict[str, Any], path: str) -> None:
         if value is None:
             if type(None) in options:
                 return
-            raise MessageError("invalid_field", f"{path} must not be null", path)
+            raise _refusal("invalid_field", f"{path} must not be null", path)
         (inner,) = [o for o in options if o is not type(None)]
         _check_value(inner, value, lim, path)
         return
@@ -242,9 +237,9 @@ def _check_value(tp: Any, value: Any, lim: dict[str, Any], path: str) -> None:
     if origin is list:
         (item_tp,) = get_args(tp)
         if not isinstance(value, list | tuple):
-            raise MessageError("invalid_field", f"{path} must be an array", path)
+            raise _refusal("invalid_field", f"{path} must be an array", path)
         if len(value) > lim.get("max_items", math.inf):
-            raise MessageError("too_large", f"{path} has {len(value)} items, over {lim['max_items']}", path)
+            raise _refusal("too_large", f"{path} has {len(value)} items, over {lim['max_items']}", path)
         item_lim = {k: v for k, v in lim.items() if k == "max_len"}
         for i, item in enumerate(value):
             _check_value(item_tp, item, item_lim, f"{path}[{i}]")
@@ -252,16 +247,16 @@ def _check_value(tp: Any, value: Any, lim: dict[str, Any], path: str) -> None:
     if origin is tuple:
         item_tps = get_args(tp)
         if not isinstance(value, list | tuple) or len(value) != len(item_tps):
-            raise MessageError("invalid_field", f"{path} must be an array of {len(item_tps)}", path)
+            raise _refusal("invalid_field", f"{path} must be an array of {len(item_tps)}", path)
         for i, (item_tp, item) in enumerate(zip(item_tps, value, strict=True)):
             _check_value(item_tp, item, lim, f"{path}[{i}]")
         return
     if origin is dict:
         key_tp, value_tp = get_args(tp)
         if not isinstance(value, dict):
-            raise MessageError("invalid_field", f"{path} must be a map", path)
+            raise _refusal("invalid_field", f"{path} must be a map", path)
         if len(value) > lim.get("max_items", math.inf):
-            raise MessageError("too_large", f"{path} has {len(value)} entries, over {lim['max_items']}", path)
+            raise _refusal("too_large", f"{path} has {len(value)} entries, over {lim['max_items']}", path)
         item_lim = {k: v for k, v in lim.items() if k == "max_len"}
         for key, item in value.items():
             _check_value(key_tp, key, item_lim, f"{path} key")
@@ -273,31 +268,31 @@ def _check_value(tp: Any, value: Any, lim: dict[str, Any], path: str) -> None:
 def _check_scalar(tp: Any, value: Any, lim: dict[str, Any], path: str) -> None:
     if tp is bool:
         if not isinstance(value, bool):
-            raise MessageError("invalid_field", f"{path} must be a boolean", path)
+            raise _refusal("invalid_field", f"{path} must be a boolean", path)
         return
     if tp is int:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise MessageError("invalid_field", f"{path} must be an integer", path)
+            raise _refusal("invalid_field", f"{path} must be an integer", path)
         _check_range(value, lim, path)
         return
     if tp is float:
         if not isinstance(value, int | float) or isinstance(value, bool):
-            raise MessageError("invalid_field", f"{path} must be a number", path)
+            raise _refusal("invalid_field", f"{path} must be a number", path)
         if not math.isfinite(value):
-            raise MessageError("invalid_field", f"{path} must be finite", path)
+            raise _refusal("invalid_field", f"{path} must be finite", path)
         _check_range(value, lim, path)
         return
     if tp is str or tp is bytes:
         if tp is str and not isinstance(value, str):
-            raise MessageError("invalid_field", f"{path} must be a string", path)
+            raise _refusal("invalid_field", f"{path} must be a string", path)
         if tp is bytes and not isinstance(value, bytes | bytearray):
-            raise MessageError("invalid_field", f"{path} must be binary", path)
+            raise _refusal("invalid_field", f"{path} must be binary", path)
         if len(value) > lim.get("max_len", math.inf):
-            raise MessageError("too_large", f"{path} is {len(value)} long, over {lim['max_len']}", path)
+            raise _refusal("too_large", f"{path} is {len(value)} long, over {lim['max_len']}", path)
         if len(value) < lim.get("min_len", 0):
-            raise MessageError("invalid_field", f"{path} is shorter than {lim['min_len']}", path)
+            raise _refusal("invalid_field", f"{path} is shorter than {lim['min_len']}", path)
         if "choices" in lim and value not in lim["choices"]:
-            raise MessageError(
+            raise _refusal(
                 "invalid_field", f"{path} is {_show(value)}, not one of {', '.join(lim['choices'])}", path
             )
         return
@@ -307,7 +302,7 @@ def _check_scalar(tp: Any, value: Any, lim: dict[str, Any], path: str) -> None:
 def _check_range(value: float, lim: dict[str, Any], path: str) -> None:
     if value < lim.get("minimum", -math.inf) or value > lim.get("maximum", math.inf):
         low, high = lim.get("minimum", "-inf"), lim.get("maximum", "inf")
-        raise MessageError("invalid_field", f"{path} is {value}, outside [{low}, {high}]", path)
+        raise _refusal("invalid_field", f"{path} is {value}, outside [{low}, {high}]", path)
 
 
 def _build(cls: type[T], body: dict[str, Any]) -> T:
@@ -349,28 +344,26 @@ def _check_rules(message: Any) -> None:
     elif isinstance(message, DefectEvent):
         _check_image(message.encoding, message.image, message.width, message.height, "")
         if not message.anomaly_map_png.startswith(PNG_SIGNATURE):
-            raise MessageError("invalid_field", "anomaly_map_png is not a PNG", "anomaly_map_png")
+            raise _refusal("invalid_field", "anomaly_map_png is not a PNG", "anomaly_map_png")
     elif isinstance(message, ModelAnnouncement) and any(c not in "0123456789abcdef" for c in message.sha256):
-        raise MessageError("invalid_field", "sha256 must be 64 lowercase hex digits", "sha256")
+        raise _refusal("invalid_field", "sha256 must be 64 lowercase hex digits", "sha256")
 
 
 def _check_image(encoding: str, image: bytes, width: int | None, height: int | None, path: str) -> None:
     """Dimensions are checked here, before anyone decodes a pixel."""
     if (width is None) != (height is None):
-        raise MessageError("invalid_field", "width and height must be given together", path + "width")
-    if width is not None and height is not None and width * height > schemas.MAX_PIXELS:
-        raise MessageError(
-            "too_large", f"image is {width}x{height}, over {schemas.MAX_PIXELS} pixels", path + "width"
-        )
+        raise _refusal("invalid_field", "width and height must be given together", path + "width")
+    if width is not None and height is not None and width * height > MAX_PIXELS:
+        raise _refusal("too_large", f"image is {width}x{height}, over {MAX_PIXELS} pixels", path + "width")
     channels = RAW_CHANNELS.get(encoding)
     if channels is None:
         return
     if width is None or height is None:
         detail = f"{encoding} images must declare width and height"
-        raise MessageError("invalid_field", detail, path + "width")
+        raise _refusal("invalid_field", detail, path + "width")
     expected = width * height * channels
     if len(image) != expected:
-        raise MessageError(
+        raise _refusal(
             "invalid_field",
             f"{encoding} {width}x{height} needs {expected} bytes, got {len(image)}",
             path + "image",

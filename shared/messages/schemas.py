@@ -12,27 +12,25 @@ upgraded before producers.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-# Limits shared by several fields (and by the Kafka topic configuration in shared/kafka/topics.py).
-MAX_MESSAGE_BYTES = 16 << 20  # one encoded message (DeadLetter: see DEAD_LETTER_MAX_BYTES)
-DEAD_LETTER_MAX_BYTES = MAX_MESSAGE_BYTES + (1 << 20)  # room for a maximal original record + envelope
-MAX_IMAGE_BYTES = 8 << 20  # image bytes in a Frame or DefectEvent (4 MiB frames fit with room to spare)
-MAX_DIMENSION = 16384  # pixels per side
-MAX_PIXELS = 4096 * 4096  # width * height, the engine's default bound
-ID_MAX = 256  # ids, names, versions
-TEXT_MAX = 4096  # reasons, paths, attribute values
-DETAIL_MAX = 65536  # a dead letter's detail text
-MAX_ATTRIBUTES = 64
-MAX_REGIONS = 256
-MAX_HEADERS = 256
-MAX_TIMESTAMP_NS = (1 << 63) - 1
-
-ENCODINGS = ("jpeg", "png", "raw8", "raw-rgb")
-RAW_CHANNELS = {"raw8": 1, "raw-rgb": 3}  # bytes per pixel of the raw encodings, rows top to bottom
-DECISIONS = ("pass", "reject", "review", "error")
+from shared.engine.config import DECISIONS, UNKNOWN, Decision, Region, ScoreResult
+from shared.limits import (
+    DETAIL_MAX,
+    ID_MAX,
+    MAX_ATTRIBUTES,
+    MAX_DIMENSION,
+    MAX_HEADERS,
+    MAX_IMAGE_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_REGIONS,
+    MAX_TIMESTAMP_NS,
+    TEXT_MAX,
+)
+from shared.messages.pixels import ENCODINGS
 
 
 def limits(
@@ -97,6 +95,24 @@ class RegionMsg:
     score: float = field(metadata=limits())
     area_fraction: float = field(metadata=limits(minimum=0.0, maximum=1.0))
 
+    @classmethod
+    def from_region(cls, region: Region) -> RegionMsg:
+        """The engine's region on the wire (the one conversion): at least one pixel wide and high,
+        finite score, area fraction within 0..1."""
+        return cls(
+            x=int(region.x),
+            y=int(region.y),
+            width=max(1, int(region.width)),
+            height=max(1, int(region.height)),
+            score=_finite(region.score),
+            area_fraction=min(1.0, max(0.0, _finite(region.area_fraction))),
+        )
+
+
+def _finite(value: float) -> float:
+    """The wire refuses NaN and infinities; an engine value that is not finite goes out as 0."""
+    return float(value) if math.isfinite(value) else 0.0
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -122,6 +138,53 @@ class Verdict:
     latency_ms: float = field(metadata=limits(minimum=0.0))
     late: bool = field(metadata=limits())
     reason: str = field(metadata=limits(max_len=TEXT_MAX))  # "" or why (late, unknown product, ...)
+
+    @classmethod
+    def for_frame(
+        cls,
+        frame: Frame,
+        result: ScoreResult | None,
+        *,
+        decision: Decision,
+        reason: str,
+        model_version: str,
+        decided_at: int,
+        late: bool,
+    ) -> Verdict:
+        """The one way a verdict is built: the frame's identity and timing, ``result``'s class,
+        scores and regions (made wire-safe), and the decision the scorer took.
+
+        ``result=None``: the frame could not be scored; the verdict names the hinted class (or
+        ``unknown``) and carries no scores or regions.
+        """
+        regions: list[RegionMsg] = []
+        if result is None:
+            product_class = frame.product or UNKNOWN
+            route_confidence = score = raw_score = threshold = 0.0
+        else:
+            product_class = result.product_class or UNKNOWN
+            route_confidence = min(1.0, max(0.0, _finite(result.route_confidence)))
+            score, raw_score, threshold = map(_finite, (result.score, result.raw_score, result.threshold))
+            regions = [RegionMsg.from_region(r) for r in result.regions]
+        return cls(
+            frame_id=frame.frame_id,
+            line_id=frame.line_id,
+            station_id=frame.station_id,
+            camera_id=frame.camera_id,
+            product_class=product_class,
+            route_confidence=route_confidence,
+            decision=decision,
+            score=score,
+            raw_score=raw_score,
+            threshold=threshold,
+            regions=regions,
+            model_version=model_version,
+            captured_at=frame.captured_at,
+            decided_at=decided_at,
+            latency_ms=max(0.0, (decided_at - frame.captured_at) / 1e6),
+            late=late,
+            reason=reason[:4000],
+        )
 
 
 @dataclass(frozen=True)
@@ -200,7 +263,7 @@ MAX_ALERT_FRAMES = 64
 class AlertEvent:
     """Something an operator acts on at once (``alerts`` topic; key: ``station_id``).
 
-    Raised by the scorer's detector (``shared/alerting.py``), forwarded by ``lineguard alerts``.
+    Raised by the scorer's rules (``services/scorer/alerts.py``), forwarded by ``lineguard alerts``.
     """
 
     SCHEMA: ClassVar[str] = "lineguard.AlertEvent"

@@ -168,7 +168,7 @@ def traceparent_trace_id(headers: list[tuple[str, bytes]]) -> str | None:
 
 @dataclass
 class RunningScorer:
-    service: Any  # services.scorer.main.ScorerService
+    service: Any  # services.scorer.service.ScorerService
     holder: Any  # services.scorer.models.ModelHolder
     watcher: Any  # services.scorer.models.ModelWatcher
     stop: asyncio.Event
@@ -177,8 +177,8 @@ class RunningScorer:
 @contextlib.asynccontextmanager
 async def running_scorer(settings: Settings, model_dir: Path) -> AsyncIterator[RunningScorer]:
     """A scorer in this process (the service's own classes), stopped gracefully on exit."""
-    from services.scorer.main import ScorerService
     from services.scorer.models import ModelHolder, ModelWatcher, load_model_dir
+    from services.scorer.service import ScorerService
 
     holder = ModelHolder(await asyncio.to_thread(load_model_dir, model_dir))
     running = RunningScorer(

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from services.kafka_admin import cli
-from shared.kafka.broker import BrokerError, LocalBroker, api_versions_ok, free_port
+from shared.errors import BrokerError
+from shared.kafka.broker import LocalBroker, api_versions_ok, free_port
 from shared.settings import BrokerSettings
 
 pytestmark = pytest.mark.integration

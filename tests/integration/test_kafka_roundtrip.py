@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from shared.errors import MessageError
 from shared.kafka.client import header, make_consumer, make_producer
-from shared.messages import Frame, MessageError, decode, encode
+from shared.messages import Frame, decode, encode
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from shared.kafka.client import ensure_topics, make_admin
-from shared.kafka.topics import KAFKA_MAX_MESSAGE_BYTES, TOPICS, partitions_for
+from shared.kafka.topics import TOPICS, partitions_for
+from shared.limits import KAFKA_MAX_MESSAGE_BYTES
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration

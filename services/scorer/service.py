@@ -1,4 +1,4 @@
-"""``lineguard scorer``: the async shell around the scoring engine.
+"""The scorer's async shell: consume frames, call the core and the model, publish transactionally.
 
 Two stages connected by a queue of scoring tasks, so publishing batch *n* overlaps scoring the
 next ones:
@@ -17,31 +17,33 @@ back to its first uncommitted offset and records fetched before that are dropped
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import sys
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from services.scorer import metrics
-from services.scorer.handler import (
+from services.scorer.alerts import AlertDetector, AlertRules
+from services.scorer.core import (
     DecodedFrame,
-    Outcome,
     RawRecord,
+    RecordKey,
+    RecordOutcome,
+    ScoredBatch,
     build_outcomes,
     decode_record,
+    fresh_outcomes,
+    merge_batches,
     order_by_record,
+    split_for_idle_workers,
 )
 from services.scorer.models import ModelHolder, ModelWatcher, ServingModel, load_model_dir, warm_up
 from services.scorer.partitions import PartitionState, PartitionTransactions
-from shared.alerting import AlertDetector, AlertRules
-from shared.lifecycle import run_until_signalled
+from shared.engine.config import Decision
 from shared.messages.codec import encode
 from shared.telemetry.logging import log_event
 from shared.telemetry.tracing import extract_context, get_tracer, inject_headers, span_link
@@ -50,56 +52,6 @@ log = logging.getLogger("lineguard.scorer")
 tracer = get_tracer("lineguard.scorer")
 
 _POLL_MS = 200  # how long intake waits for the first record of a batch before checking for stop
-
-
-RecordKey = tuple[str, int, int]  # topic, partition, offset
-
-
-@dataclass
-class ScoredBatch:
-    outcomes: list[Outcome]
-    epochs: list[int]  # per outcome: its partition's epoch when the record was fetched
-    links: list[Any]  # span links to the frames' contexts
-
-
-def merge_batches(batches: list[ScoredBatch]) -> ScoredBatch:
-    """Consecutive scored batches as one, in intake order (so each partition's order is kept).
-
-    Epochs stay with their outcomes: after a seek the same record can sit in two of the batches,
-    once from before the seek (stale) and once from after it.
-    """
-    if len(batches) == 1:
-        return batches[0]
-    return ScoredBatch(
-        [o for b in batches for o in b.outcomes],
-        [e for b in batches for e in b.epochs],
-        [link for b in batches for link in b.links],
-    )
-
-
-def fresh_outcomes(tagged: list[tuple[Outcome, int]], epoch: int, next_offset: int) -> list[Outcome]:
-    """What of one partition's ``(outcome, fetch epoch)`` pairs is still to publish: fetched in the
-    partition's current epoch (anything older is fetched again by the seek that ended its epoch),
-    not yet committed, and each offset once, in increasing order."""
-    fresh = []
-    for outcome, fetched_in in tagged:
-        offset = outcome.record.offset
-        if fetched_in == epoch and offset >= next_offset:
-            fresh.append(outcome)
-            next_offset = offset + 1
-    return fresh
-
-
-def split_for_idle_workers(records: list[RawRecord], idle_workers: int) -> list[list[RawRecord]]:
-    """The batch as consecutive parts, one per idle model worker (at most one part per record).
-
-    A burst that arrives while workers idle is then scored in parallel instead of by one worker
-    while the others wait; under full load no worker is idle and batches stay whole.
-    """
-    parts = max(1, min(idle_workers, len(records)))
-    size, extra = divmod(len(records), parts)
-    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
-    return [records[bounds[i] : bounds[i + 1]] for i in range(parts)]
 
 
 class ScorerService:
@@ -295,21 +247,21 @@ class ScorerService:
                 *(loop.run_in_executor(self._decode_pool, self._decode, r) for r in records)
             )
             metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
-            bad = [d for d in decoded_or_bad if isinstance(d, Outcome)]
+            bad = [d for d in decoded_or_bad if isinstance(d, RecordOutcome)]
             good = [d for d in decoded_or_bad if isinstance(d, DecodedFrame)]
-            outcomes: list[Outcome] = list(bad)
+            outcomes: list[RecordOutcome] = list(bad)
             if good:
                 outcomes.extend(await self._run_model(serving, good))
         ordered = order_by_record(outcomes)
         fetched_in = [epochs[(o.record.topic, o.record.partition, o.record.offset)] for o in ordered]
         return ScoredBatch(ordered, fetched_in, links)
 
-    def _decode(self, record: RawRecord) -> DecodedFrame | Outcome:
+    def _decode(self, record: RawRecord) -> DecodedFrame | RecordOutcome:
         return decode_record(
             record, max_image_bytes=self.cfg.max_image_bytes, max_pixels=self.cfg.max_image_pixels
         )
 
-    async def _run_model(self, serving: ServingModel, good: list[DecodedFrame]) -> list[Outcome]:
+    async def _run_model(self, serving: ServingModel, good: list[DecodedFrame]) -> list[RecordOutcome]:
         loop = asyncio.get_running_loop()
         timings: dict[str, float] = {}
         hints = [d.frame.product for d in good]
@@ -362,7 +314,7 @@ class ScorerService:
                     await self.partitions.batch_finished()
 
     async def _publish(self, batch: ScoredBatch) -> None:
-        by_partition: dict[tuple[str, int], list[tuple[Outcome, int]]] = defaultdict(list)
+        by_partition: dict[tuple[str, int], list[tuple[RecordOutcome, int]]] = defaultdict(list)
         for outcome, epoch in zip(batch.outcomes, batch.epochs, strict=True):
             by_partition[(outcome.record.topic, outcome.record.partition)].append((outcome, epoch))
         await asyncio.gather(
@@ -370,7 +322,7 @@ class ScorerService:
         )
 
     async def _publish_partition(
-        self, key: tuple[str, int], tagged: list[tuple[Outcome, int]], batch: ScoredBatch
+        self, key: tuple[str, int], tagged: list[tuple[RecordOutcome, int]], batch: ScoredBatch
     ) -> None:
         from aiokafka import TopicPartition
         from aiokafka.errors import KafkaError, ProducerFenced
@@ -432,7 +384,7 @@ class ScorerService:
             return
         self.partitions.reset(state, state.next_offset)  # re-read everything not committed
 
-    async def _send(self, producer: Any, outcome: Outcome) -> None:
+    async def _send(self, producer: Any, outcome: RecordOutcome) -> None:
         record = outcome.record
         context = extract_context(record.headers)
         if outcome.dead_letter is not None:
@@ -465,7 +417,7 @@ class ScorerService:
             log_event(log, "alert_raised", kind=alert.kind, station=alert.station_id, summary=alert.summary)
 
     @staticmethod
-    def _count_committed(outcomes: list[Outcome]) -> None:
+    def _count_committed(outcomes: list[RecordOutcome]) -> None:
         for outcome in outcomes:
             if outcome.dead_letter is not None:
                 metrics.DEAD_LETTERS.labels(outcome.dead_letter.reason).inc()
@@ -473,7 +425,7 @@ class ScorerService:
             verdict = outcome.verdict
             assert verdict is not None
             metrics.VERDICTS.labels(verdict.product_class, verdict.decision, verdict.station_id).inc()
-            if verdict.decision != "error":  # an error verdict carries no score
+            if verdict.decision != Decision.ERROR:  # an error verdict carries no score
                 metrics.SCORES.labels(verdict.product_class).observe(verdict.score)
                 metrics.ROUTE_CONFIDENCE.labels(verdict.product_class).observe(verdict.route_confidence)
             metrics.END_TO_END_SECONDS.observe(verdict.latency_ms / 1000)
@@ -520,77 +472,4 @@ async def serve(settings: Any, model_dir: Path | None, stop: asyncio.Event) -> i
         if watcher_task is not None:
             watcher_task.cancel()
             await asyncio.gather(watcher_task, return_exceptions=True)
-    return 0
-
-
-def _command(args: argparse.Namespace) -> int:
-    from services.scorer.models import ModelRefused
-    from shared.settings import load_settings
-    from shared.telemetry.logging import setup_logging
-    from shared.telemetry.metrics import start_metrics_server
-    from shared.telemetry.tracing import setup_tracing
-
-    settings = load_settings()
-    setup_logging("scorer", settings.log_level)
-    setup_tracing("scorer", settings.otel_exporter)
-    start_metrics_server(settings.metrics_port, metrics.REGISTRY)
-    model_dir = args.model or settings.scorer.model_dir
-    if model_dir is None and not settings.scorer.watch_models:
-        print("scorer: no model: pass --model DIR or enable LINEGUARD_SCORER__WATCH_MODELS", file=sys.stderr)
-        return 2
-    import torch
-
-    from shared.engine.patch_scoring import set_search_threads
-
-    torch.set_num_threads(settings.scorer.torch_threads)  # per model worker (set_num_threads is global)
-    set_search_threads(settings.scorer.search_threads)
-
-    try:
-        return run_until_signalled(lambda stop: serve(settings, model_dir, stop))
-    except ModelRefused as exc:
-        print(f"scorer: model {model_dir} refused: {exc}", file=sys.stderr)
-        return 2
-
-
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "scorer",
-        help="score frames from Kafka and publish verdicts (exactly once)",
-        description="Consume the frames topic in a consumer group, score each frame with the inspection "
-        "model and publish verdicts, defect events and dead letters transactionally.",
-    )
-    parser.add_argument(
-        "--model",
-        type=Path,
-        help="model directory (default: LINEGUARD_SCORER__MODEL_DIR, "
-        "else the latest announcement on the models topic)",
-    )
-    parser.set_defaults(handler=_command)
-
-    announce = subparsers.add_parser(
-        "announce",
-        help="announce a model directory on the models topic (running scorers swap it in)",
-        description="Verify a model directory (every hash, a full load) and publish its announcement on "
-        "the compacted models topic. Every scorer loads it in the background and swaps it in between "
-        "batches; a scorer that cannot load or verify it keeps its current model. The path must be "
-        "readable at the same location by every scorer.",
-    )
-    announce.add_argument("--model", type=Path, required=True, help="model directory written by `fit`")
-    announce.set_defaults(handler=_announce_command)
-
-
-def _announce_command(args: argparse.Namespace) -> int:
-    from services.scorer.models import ModelRefused, announcement_for, load_model_dir, publish_announcement
-    from shared.settings import load_settings
-
-    settings = load_settings()
-    path = args.model.resolve()
-    try:
-        serving = load_model_dir(path)  # refuse to announce what a scorer would refuse to load
-        announcement = announcement_for(path)
-    except ModelRefused as exc:
-        print(f"announce: model {path} refused: {exc}", file=sys.stderr)
-        return 2
-    asyncio.run(publish_announcement(settings, announcement))
-    print(f"announced model {serving.version} ({path}) on {settings.topic('models')}")
     return 0

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from services.camera_sim.badframes import bad_record_value, oversized_png
 from services.camera_sim.core import BAD_KINDS
 from services.camera_sim.images import encode_jpeg
-from services.scorer.handler import (
+from services.scorer.core import (
     DecodedFrame,
-    Outcome,
     RawRecord,
-    anomaly_map_png,
+    RecordOutcome,
     build_outcomes,
     decode_record,
     order_by_record,
 )
-from shared.engine.model import Region
+from shared.engine.config import Region
+from shared.messages.anomaly_map import THRESHOLD_LEVEL, decode_anomaly_map, encode_anomaly_map
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import DeadLetter, DefectEvent, Frame, Verdict
 from shared.settings import LatePolicy
@@ -64,7 +62,7 @@ def _record(value: bytes, offset: int = 5, partition: int = 1) -> RawRecord:
     return RawRecord("lineguard.frames", partition, offset, b"cam", value, (("h", b"v"),))
 
 
-def _decode(value: bytes) -> DecodedFrame | Outcome:
+def _decode(value: bytes) -> DecodedFrame | RecordOutcome:
     return decode_record(_record(value), max_image_bytes=MAX_BYTES, max_pixels=4096 * 4096)
 
 
@@ -91,7 +89,7 @@ def test_every_injected_bad_frame_becomes_a_dead_letter_with_its_reason(kind: st
     assert kind in BAD_KINDS
     value = bad_record_value(kind, _frame(), np.random.default_rng(1))
     outcome = _decode(value)
-    assert isinstance(outcome, Outcome) and outcome.verdict is None
+    assert isinstance(outcome, RecordOutcome) and outcome.verdict is None
     letter = outcome.dead_letter
     assert letter is not None and letter.reason == reason
     # Kept whole: original bytes, key, headers and position, so nothing is lost.
@@ -106,20 +104,20 @@ def test_every_injected_bad_frame_becomes_a_dead_letter_with_its_reason(kind: st
 
 def test_oversized_png_header_is_refused_before_decoding() -> None:
     outcome = _decode(encode(_frame(image=oversized_png(5000, 5000), encoding="png")))
-    assert isinstance(outcome, Outcome) and outcome.dead_letter is not None
+    assert isinstance(outcome, RecordOutcome) and outcome.dead_letter is not None
     assert outcome.dead_letter.reason == "too_large"
 
 
 def test_declared_dimensions_must_match_the_image() -> None:
     outcome = _decode(encode(_frame(width=10, height=10)))
-    assert isinstance(outcome, Outcome) and outcome.dead_letter is not None
+    assert isinstance(outcome, RecordOutcome) and outcome.dead_letter is not None
     assert outcome.dead_letter.reason == "bad_dimensions"
 
 
 def test_scorer_pixel_limit_applies_to_declared_dimensions() -> None:
     record = _record(encode(_frame(width=32, height=24)))
     outcome = decode_record(record, max_image_bytes=MAX_BYTES, max_pixels=100)
-    assert isinstance(outcome, Outcome) and outcome.dead_letter is not None
+    assert isinstance(outcome, RecordOutcome) and outcome.dead_letter is not None
     assert outcome.dead_letter.reason == "too_large"
 
 
@@ -152,13 +150,19 @@ def test_verdicts_carry_the_score_and_only_reject_and_review_make_defect_events(
     assert decode(encode(event), DefectEvent) == event
 
 
-def test_anomaly_map_png_is_8_bit_with_the_threshold_at_128() -> None:
-    amap = np.array([[0.0, 0.5], [1.0, 7.0]], np.float32)
-    with Image.open(io.BytesIO(anomaly_map_png(amap, 2, 2))) as image:
-        assert image.mode == "L"
-        assert np.asarray(image).tolist() == [[0, 128], [255, 255]]
-    with Image.open(io.BytesIO(anomaly_map_png(amap, 8, 6))) as image:
-        assert image.size == (8, 6)
+def test_the_defect_event_map_is_the_wire_encoding_at_the_frame_size_and_nan_is_not_hidden() -> None:
+    amap = np.full((12, 16), 0.5, np.float32)
+    amap[0, 0] = np.nan  # a model fault must show as anomalous (255), never as a clean 0
+    (outcome,) = build_outcomes(
+        [_decoded(_frame())],
+        [Result("reject", anomaly_map=amap)],
+        model_version="v",
+        late_policy=LatePolicy.REJECT,
+    )
+    assert outcome.defect is not None
+    assert outcome.defect.anomaly_map_png == encode_anomaly_map(amap, 32, 24)
+    levels = decode_anomaly_map(outcome.defect.anomaly_map_png)
+    assert levels.shape == (24, 32) and levels[0, 0] == 255 and levels[23, 31] == THRESHOLD_LEVEL
 
 
 @pytest.mark.parametrize(
@@ -211,7 +215,7 @@ def test_results_must_match_frames() -> None:
 
 
 def test_outcomes_are_ordered_by_partition_and_offset() -> None:
-    outcomes = [Outcome(_record(b"", offset=o, partition=p)) for p, o in [(1, 9), (0, 3), (1, 2)]]
+    outcomes = [RecordOutcome(_record(b"", offset=o, partition=p)) for p, o in [(1, 9), (0, 3), (1, 2)]]
     assert [(o.record.partition, o.record.offset) for o in order_by_record(outcomes)] == [
         (0, 3),
         (1, 2),

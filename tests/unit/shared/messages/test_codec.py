@@ -9,7 +9,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from shared.messages import codec, schemas
+from shared import limits
+from shared.messages import codec
 from shared.messages.codec import MessageError, decode, decode_any, encode, schema_of
 from shared.messages.schemas import (
     DeadLetter,
@@ -253,15 +254,15 @@ def test_unsupported_version(version: int) -> None:
 
 
 def test_message_over_the_size_limit_is_refused_before_unpacking() -> None:
-    data = b"\x00" * (schemas.MAX_MESSAGE_BYTES + 1)
+    data = b"\x00" * (limits.MAX_MESSAGE_BYTES + 1)
     assert reason_of(data).reason == "too_large"
     with pytest.raises(MessageError) as info:
-        decode_any(b"\x00" * (schemas.DEAD_LETTER_MAX_BYTES + 1))
+        decode_any(b"\x00" * (limits.DEAD_LETTER_MAX_BYTES + 1))
     assert info.value.reason == "too_large"
 
 
 def test_decode_any_applies_the_limit_of_the_claimed_type() -> None:
-    big = pack(wire(frame(), image=b"x" * (schemas.MAX_MESSAGE_BYTES + 10)))
+    big = pack(wire(frame(), image=b"x" * (limits.MAX_MESSAGE_BYTES + 10)))
     with pytest.raises(MessageError) as info:
         decode_any(big)
     assert info.value.reason == "too_large"
@@ -280,10 +281,10 @@ def test_forged_msgpack_lengths_hit_msgpack_limits() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("image", b"x" * (schemas.MAX_IMAGE_BYTES + 1)),
-        ("frame_id", "x" * (schemas.ID_MAX + 1)),
-        ("attributes", {f"k{i}": "v" for i in range(schemas.MAX_ATTRIBUTES + 1)}),
-        ("attributes", {"k": "v" * (schemas.TEXT_MAX + 1)}),
+        ("image", b"x" * (limits.MAX_IMAGE_BYTES + 1)),
+        ("frame_id", "x" * (limits.ID_MAX + 1)),
+        ("attributes", {f"k{i}": "v" for i in range(limits.MAX_ATTRIBUTES + 1)}),
+        ("attributes", {"k": "v" * (limits.TEXT_MAX + 1)}),
     ],
     ids=["image", "frame_id", "attribute-count", "attribute-value"],
 )
@@ -299,7 +300,7 @@ def test_too_many_pixels_is_refused_before_decoding() -> None:
 
 
 def test_encode_refuses_an_oversized_message() -> None:
-    half = schemas.MAX_IMAGE_BYTES
+    half = limits.MAX_IMAGE_BYTES
     with pytest.raises(MessageError) as info:
         encode(defect(image=b"x" * half, anomaly_map_png=PNG + b"x" * (half - len(PNG))))
     assert info.value.reason == "too_large"
@@ -307,7 +308,7 @@ def test_encode_refuses_an_oversized_message() -> None:
 
 def test_regions_over_the_limit() -> None:
     # Whichever layer sees it first (msgpack's array bound or the field's max_items), it is too large.
-    data = pack(wire(verdict(), regions=[wire_region()] * (schemas.MAX_REGIONS + 1)))
+    data = pack(wire(verdict(), regions=[wire_region()] * (limits.MAX_REGIONS + 1)))
     assert reason_of(data, Verdict).reason == "too_large"
 
 

@@ -1,4 +1,4 @@
-"""Operator-alert detection (shared/alerting.py): pure, driven by verdict timestamps."""
+"""The scorer's operator-alert rules (services/scorer/alerts.py): pure, driven by verdict timestamps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from shared.alerting import (
+from services.scorer.alerts import (
     AlertDetector,
     AlertRules,
     ConsecutiveRejectDetector,

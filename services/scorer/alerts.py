@@ -1,9 +1,9 @@
-"""Operator alerts from the stream of verdicts: pure detection logic, no Kafka, no clock.
+"""The scorer's operator-alert rules: pure detection over the stream of verdicts, no Kafka, no clock.
 
 The scorer owns one ``AlertDetector`` and calls ``detector.observe(verdict)`` for every verdict it
-publishes; each returned ``AlertEvent`` goes to the ``alerts`` topic (key: station id), where
-``lineguard alerts`` forwards it to a webhook. Time comes from the verdicts (``decided_at``), so
-the detector is deterministic and replays give the same alerts.
+publishes; each returned ``AlertEvent`` goes to the ``alerts`` topic (key: station id) in the same
+transaction, and ``lineguard alerts`` forwards it to a webhook. Time comes from the verdicts
+(``decided_at``), so the detector is deterministic and replays give the same alerts.
 
 Three things an operator acts on at once:
 - ``consecutive_rejects``: N rejects in a row at one station (a jam, a bad batch, a dirty lens).
@@ -24,9 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from shared.engine.config import UNKNOWN, Decision
+from shared.errors import ConfigError
 from shared.messages.schemas import MAX_ALERT_FRAMES, AlertEvent
+from shared.settings import AlertsSettings
 
-UNKNOWN_CLASS = "unknown"
 _NS_PER_S = 1_000_000_000
 
 
@@ -59,21 +61,21 @@ class AlertRules:
 
     def __post_init__(self) -> None:
         if self.consecutive_rejects < 1:
-            raise ValueError("consecutive_rejects must be >= 1")
+            raise ConfigError("consecutive_rejects must be >= 1")
         if self.drift_recent < 2 or self.drift_baseline < 2:
-            raise ValueError("drift windows must hold at least 2 verdicts")
+            raise ConfigError("drift windows must hold at least 2 verdicts")
         if self.drift_threshold <= 0 or self.unknown_product_cooldown_s < 0:
-            raise ValueError("drift_threshold must be > 0 and the cooldown >= 0")
+            raise ConfigError("drift_threshold must be > 0 and the cooldown >= 0")
 
     @classmethod
-    def from_settings(cls, settings: object) -> AlertRules:
-        """From ``Settings().alerts`` (``AlertsSettings``)."""
+    def from_settings(cls, settings: AlertsSettings) -> AlertRules:
+        """From ``Settings().alerts``."""
         return cls(
-            consecutive_rejects=settings.consecutive_rejects,  # type: ignore[attr-defined]
-            unknown_product_cooldown_s=settings.unknown_product_cooldown_s,  # type: ignore[attr-defined]
-            drift_recent=settings.drift_recent,  # type: ignore[attr-defined]
-            drift_baseline=settings.drift_baseline,  # type: ignore[attr-defined]
-            drift_threshold=settings.drift_threshold,  # type: ignore[attr-defined]
+            consecutive_rejects=settings.consecutive_rejects,
+            unknown_product_cooldown_s=settings.unknown_product_cooldown_s,
+            drift_recent=settings.drift_recent,
+            drift_baseline=settings.drift_baseline,
+            drift_threshold=settings.drift_threshold,
         )
 
 
@@ -115,7 +117,7 @@ class ConsecutiveRejectDetector:
 
     def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
         key = (verdict.line_id, verdict.station_id)
-        if verdict.decision != "reject":
+        if verdict.decision != Decision.REJECT:
             self._streaks.pop(key, None)
             return []
         streak = self._streaks.setdefault(key, [])
@@ -147,7 +149,7 @@ class UnknownProductDetector:
         self._since: dict[tuple[str, str], list[str]] = {}  # unknown frames not yet reported
 
     def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
-        if verdict.product_class != UNKNOWN_CLASS:
+        if verdict.product_class != UNKNOWN:
             return []
         key = (verdict.line_id, verdict.station_id)
         pending = self._since.setdefault(key, [])
@@ -204,7 +206,7 @@ class ScoreDriftDetector:
     _states: dict[tuple[str, str, str], _DriftState] = field(default_factory=dict)
 
     def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
-        if verdict.decision == "error" or verdict.product_class == UNKNOWN_CLASS:
+        if verdict.decision == Decision.ERROR or verdict.product_class == UNKNOWN:
             return []
         if not math.isfinite(verdict.score):
             return []

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from services.scorer.handler import Outcome, RawRecord
-from services.scorer.main import ScoredBatch, fresh_outcomes, merge_batches, split_for_idle_workers
+from services.scorer.core import (
+    RawRecord,
+    RecordOutcome,
+    ScoredBatch,
+    fresh_outcomes,
+    merge_batches,
+    split_for_idle_workers,
+)
 
 
 def records(n: int) -> list[RawRecord]:
@@ -36,8 +42,8 @@ def test_a_batch_is_split_into_consecutive_parts_one_per_idle_worker(
 def test_merged_batches_keep_intake_order_and_each_outcomes_epoch() -> None:
     first, second = records(3), [RawRecord("frames", 1, 7, b"cam", b"", ())]
     batches = [
-        ScoredBatch([Outcome(r) for r in first], [1, 1, 1], ["a"]),
-        ScoredBatch([Outcome(r) for r in second], [2], ["b"]),
+        ScoredBatch([RecordOutcome(r) for r in first], [1, 1, 1], ["a"]),
+        ScoredBatch([RecordOutcome(r) for r in second], [2], ["b"]),
     ]
     merged = merge_batches(batches)
     assert [o.record for o in merged.outcomes] == first + second
@@ -49,8 +55,8 @@ def test_merged_batches_keep_intake_order_and_each_outcomes_epoch() -> None:
 def test_a_record_fetched_before_and_after_a_seek_is_published_once() -> None:
     """Offsets 0-1 fetched in epoch 1, the partition sought back (epoch 2), 0-2 fetched again: both
     copies can meet in one merged batch, and only the current epoch's go out, each once."""
-    before = ScoredBatch([Outcome(r) for r in records(2)], [1, 1], [])
-    after = ScoredBatch([Outcome(r) for r in records(3)], [2, 2, 2], [])
+    before = ScoredBatch([RecordOutcome(r) for r in records(2)], [1, 1], [])
+    after = ScoredBatch([RecordOutcome(r) for r in records(3)], [2, 2, 2], [])
     merged = merge_batches([before, after])
     tagged = list(zip(merged.outcomes, merged.epochs, strict=True))
     assert [o.record.offset for o in fresh_outcomes(tagged, epoch=2, next_offset=0)] == [0, 1, 2]
@@ -59,6 +65,6 @@ def test_a_record_fetched_before_and_after_a_seek_is_published_once() -> None:
 
 
 def test_an_offset_repeated_within_an_epoch_is_published_once() -> None:
-    repeated = [Outcome(r) for r in records(2)] * 2
+    repeated = [RecordOutcome(r) for r in records(2)] * 2
     fresh = fresh_outcomes([(o, 5) for o in repeated], epoch=5, next_offset=0)
     assert [o.record.offset for o in fresh] == [0, 1]

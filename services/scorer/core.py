@@ -1,0 +1,250 @@
+"""The scorer's functional core: raw Kafka records in, verdicts, defect events and dead letters out.
+
+No Kafka and no event loop here, so every rule (what is a bad frame, what a late frame gets, what a
+defect event carries, which records of a batch are still to publish) is testable with plain calls.
+The async shell (``service.py``) runs ``decode_record`` in a thread pool, the model's
+``score_batch`` in an executor, then ``build_outcomes``, and publishes the result in one
+transaction per input partition.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.engine.config import Decision, ScoreResult
+from shared.errors import ImageError, MessageError
+from shared.limits import MAX_PIXELS
+from shared.messages.anomaly_map import encode_anomaly_map
+from shared.messages.codec import decode
+from shared.messages.pixels import decode_pixels
+from shared.messages.schemas import DeadLetter, DefectEvent, Frame, Verdict
+from shared.settings import LatePolicy
+
+SERVICE = "scorer"
+
+RecordKey = tuple[str, int, int]  # topic, partition, offset
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A consumed Kafka record, reduced to what the core needs (and what a dead letter keeps)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    record: RawRecord
+    frame: Frame
+    pixels: np.ndarray  # HxWx3 uint8 RGB
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    """What one input record produces: a verdict (+ defect event), or a dead letter."""
+
+    record: RawRecord
+    verdict: Verdict | None = None
+    defect: DefectEvent | None = None
+    dead_letter: DeadLetter | None = None
+
+
+def dead_letter(record: RawRecord, reason: str, detail: str, now_ns: int | None = None) -> DeadLetter:
+    return DeadLetter.for_record(record, reason=reason, detail=detail, service=SERVICE, failed_at=now_ns)
+
+
+def decode_record(
+    record: RawRecord, *, max_image_bytes: int, max_pixels: int = MAX_PIXELS
+) -> DecodedFrame | RecordOutcome:
+    """Decode and validate one record; a bad one comes back as a ``RecordOutcome`` with its dead letter.
+
+    Sizes are checked before any pixel is decoded: the message size by the codec, the declared
+    dimensions and the image header's by ``decode_pixels``.
+    """
+    try:
+        frame = decode(record.value, Frame)
+    except MessageError as exc:
+        return RecordOutcome(record, dead_letter=dead_letter(record, exc.reason, str(exc)))
+    try:
+        pixels = decode_pixels(
+            frame.image,
+            frame.encoding,
+            frame.width,
+            frame.height,
+            max_bytes=max_image_bytes,
+            max_pixels=max_pixels,
+        )
+    except ImageError as exc:
+        detail = f"frame {frame.frame_id}: {exc}"
+        return RecordOutcome(record, dead_letter=dead_letter(record, exc.reason, detail))
+    return DecodedFrame(record, frame, pixels)
+
+
+def late_by_ms(frame: Frame, now_ns: int) -> float | None:
+    """How many ms past its deadline the frame is at ``now_ns``; None when on time or no deadline."""
+    if frame.deadline_ms is None:
+        return None
+    over_ns = now_ns - (frame.captured_at + frame.deadline_ms * 1_000_000)
+    return over_ns / 1e6 if over_ns > 0 else None
+
+
+def apply_late_policy(
+    decision: Decision, reason: str, over_ms: float, deadline_ms: int, policy: LatePolicy
+) -> tuple[Decision, str]:
+    """Fail-safe for a late verdict: the PLC has (or should have) acted already, so be conservative."""
+    late = f"late by {over_ms:.0f} ms (deadline {deadline_ms} ms)"
+    model_said = f"model said {decision}" + (f": {reason}" if reason else "")
+    if policy is LatePolicy.SCORE:
+        return decision, f"{late}; {model_said}"
+    return Decision(policy.value), f"{late}; fail-safe {policy.value} ({model_said})"
+
+
+def verdict_for(
+    frame: Frame,
+    result: ScoreResult,
+    *,
+    model_version: str,
+    now_ns: int,
+    late_policy: LatePolicy,
+) -> Verdict:
+    decision, reason = Decision(result.decision), result.reason
+    over_ms = late_by_ms(frame, now_ns)
+    if over_ms is not None:
+        assert frame.deadline_ms is not None
+        decision, reason = apply_late_policy(decision, reason, over_ms, frame.deadline_ms, late_policy)
+    return Verdict.for_frame(
+        frame,
+        result,
+        decision=decision,
+        reason=reason,
+        model_version=model_version,
+        decided_at=now_ns,
+        late=over_ms is not None,
+    )
+
+
+def error_verdict(frame: Frame, *, model_version: str, now_ns: int, reason: str) -> Verdict:
+    """The verdict for a valid frame the model could not score: the PLC still gets an answer."""
+    return Verdict.for_frame(
+        frame,
+        None,
+        decision=Decision.ERROR,
+        reason=reason,
+        model_version=model_version,
+        decided_at=now_ns,
+        late=late_by_ms(frame, now_ns) is not None,
+    )
+
+
+def build_outcomes(
+    decoded: Sequence[DecodedFrame],
+    results: Sequence[ScoreResult] | None,
+    *,
+    model_version: str,
+    late_policy: LatePolicy,
+    now_ns: int | None = None,
+    error: str = "",
+) -> list[RecordOutcome]:
+    """Verdicts (and defect events for reject/review) for scored frames.
+
+    ``results=None`` means the model failed on this batch; each frame then gets an ``error`` verdict
+    with ``error`` as the reason.
+    """
+    now_ns = now_ns if now_ns is not None else time.time_ns()
+    if results is None:
+        return [
+            RecordOutcome(
+                d.record,
+                verdict=error_verdict(
+                    d.frame, model_version=model_version, now_ns=now_ns, reason=error or "model failed"
+                ),
+            )
+            for d in decoded
+        ]
+    if len(results) != len(decoded):
+        raise ValueError(f"{len(results)} results for {len(decoded)} frames")
+    outcomes = []
+    for item, result in zip(decoded, results, strict=True):
+        verdict = verdict_for(
+            item.frame, result, model_version=model_version, now_ns=now_ns, late_policy=late_policy
+        )
+        defect = None
+        if Decision(verdict.decision).is_defect:
+            height, width = item.pixels.shape[:2]
+            defect = DefectEvent(
+                verdict=verdict,
+                image=item.frame.image,
+                encoding=item.frame.encoding,
+                width=width,
+                height=height,
+                anomaly_map_png=encode_anomaly_map(result.anomaly_map, width, height),
+            )
+        outcomes.append(RecordOutcome(item.record, verdict=verdict, defect=defect))
+    return outcomes
+
+
+def order_by_record(outcomes: Sequence[RecordOutcome]) -> list[RecordOutcome]:
+    """Outcomes in input order (partition, offset), so each partition's outputs keep frame order."""
+    return sorted(outcomes, key=lambda o: (o.record.topic, o.record.partition, o.record.offset))
+
+
+# -- batches between intake and publish ----------------------------------------------------------
+
+
+@dataclass
+class ScoredBatch:
+    outcomes: list[RecordOutcome]
+    epochs: list[int]  # per outcome: its partition's epoch when the record was fetched
+    links: list[Any]  # span links to the frames' contexts
+
+
+def merge_batches(batches: list[ScoredBatch]) -> ScoredBatch:
+    """Consecutive scored batches as one, in intake order (so each partition's order is kept).
+
+    Epochs stay with their outcomes: after a seek the same record can sit in two of the batches,
+    once from before the seek (stale) and once from after it.
+    """
+    if len(batches) == 1:
+        return batches[0]
+    return ScoredBatch(
+        [o for b in batches for o in b.outcomes],
+        [e for b in batches for e in b.epochs],
+        [link for b in batches for link in b.links],
+    )
+
+
+def fresh_outcomes(
+    tagged: list[tuple[RecordOutcome, int]], epoch: int, next_offset: int
+) -> list[RecordOutcome]:
+    """What of one partition's ``(outcome, fetch epoch)`` pairs is still to publish: fetched in the
+    partition's current epoch (anything older is fetched again by the seek that ended its epoch),
+    not yet committed, and each offset once, in increasing order."""
+    fresh = []
+    for outcome, fetched_in in tagged:
+        offset = outcome.record.offset
+        if fetched_in == epoch and offset >= next_offset:
+            fresh.append(outcome)
+            next_offset = offset + 1
+    return fresh
+
+
+def split_for_idle_workers(records: list[RawRecord], idle_workers: int) -> list[list[RawRecord]]:
+    """The batch as consecutive parts, one per idle model worker (at most one part per record).
+
+    A burst that arrives while workers idle is then scored in parallel instead of by one worker
+    while the others wait; under full load no worker is idle and batches stay whole.
+    """
+    parts = max(1, min(idle_workers, len(records)))
+    size, extra = divmod(len(records), parts)
+    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
+    return [records[bounds[i] : bounds[i + 1]] for i in range(parts)]
