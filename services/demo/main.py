@@ -82,14 +82,16 @@ def _wait_for_log(path: Path, needle: str, process: subprocess.Popen[bytes], tim
 def _fit_model(data_root: Path, products: list[str], model_dir: Path, input_size: int, bank_size: int) -> str:
     import torch
 
-    from shared.engine.model import FitConfig, InspectionModel
+    from shared.engine.config import FitConfig
+    from shared.engine.fitting import fit_model
+    from shared.engine.persistence import save_model
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     train: dict[str, Sequence[Path | np.ndarray]] = {
         p: sorted((data_root / p / "train" / "good").glob("*.png")) for p in products
     }
-    model = InspectionModel.fit(train, FitConfig(input_size=input_size, bank_size=bank_size))
-    model.save(model_dir)
+    model = fit_model(train, FitConfig(input_size=input_size, bank_size=bank_size))
+    save_model(model, model_dir)
     return model.version
 
 

@@ -140,8 +140,8 @@ def load_model_dir(
     source: str | None = None,
 ) -> ServingModel:
     """Load and verify a model directory (blocking: run it in a worker thread)."""
-    from shared.engine.artifacts import ArtifactError
-    from shared.engine.model import InspectionModel
+    from shared.engine.persistence import load_model
+    from shared.errors import ArtifactError
 
     path = Path(path)
     try:
@@ -149,7 +149,7 @@ def load_model_dir(
             actual = announced_digest(path)
             if actual != expected_sha256:
                 raise ModelRefused(f"manifest sha256 {actual} does not match the announced {expected_sha256}")
-        model = InspectionModel.load(path)
+        model = load_model(path)
     except (ArtifactError, OSError) as exc:
         raise ModelRefused(f"{type(exc).__name__}: {exc}") from exc
     if expected_version is not None and model.version != expected_version:

@@ -19,14 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from shared.engine.backbones import file_sha256
+from shared.errors import ArtifactError
 
 FORMAT_NAME = "lineguard-model"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-class ArtifactError(ValueError):
-    """A model directory that is missing, tampered with or of an incompatible format."""
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 Every image entering the engine becomes an ``HxWx3 uint8`` RGB array here. Sizes come from the
 file header first, so a decompression bomb or an absurd dimension is refused without allocating
-its pixels.
+its pixels. The limits (bytes, pixels, pixels per side) are the project's (``shared.limits``).
 """
 
 from __future__ import annotations
@@ -14,27 +14,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from shared.errors import ImageError
+from shared.limits import MAX_DIMENSION, MAX_FILE_BYTES, MAX_IMAGE_BYTES, MAX_PIXELS
+
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF"})
-DEFAULT_MAX_BYTES = 8 << 20
-DEFAULT_MAX_PIXELS = 4096 * 4096
-FILE_MAX_BYTES = 64 << 20  # files on disk (datasets) may be larger than frames on the wire
-
-
-class ImageError(ValueError):
-    """An image that cannot be used; ``reason`` is a short machine-readable code.
-
-    Codes: ``empty``, ``corrupt``, ``too_large``, ``unsupported_format``, ``bad_dimensions``.
-    """
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageError("bad_dimensions", f"image is {width}x{height} pixels")
+    if width > MAX_DIMENSION or height > MAX_DIMENSION:
+        raise ImageError(
+            "too_large", f"image is {width}x{height} pixels, more than {MAX_DIMENSION} on a side"
+        )
     if width * height > max_pixels:
         raise ImageError(
             "too_large", f"image is {width}x{height} pixels, more than the limit of {max_pixels}"
@@ -42,7 +34,7 @@ def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
 
 
 def decode_image(
-    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
     """Decode JPEG/PNG/BMP/TIFF bytes to an ``HxWx3 uint8`` RGB array.
 
@@ -101,7 +93,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 
 def raw_to_rgb(
-    data: bytes, width: int, height: int, channels: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, width: int, height: int, channels: int, *, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
     """Interpret raw 8-bit pixels (gray, RGB or RGBA, row-major) as an ``HxWx3 uint8`` array."""
     if not data:
@@ -123,7 +115,7 @@ def raw_to_rgb(
     return pixels.copy()
 
 
-def load_image_file(path: str | Path, *, max_bytes: int = FILE_MAX_BYTES) -> np.ndarray:
+def load_image_file(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
     """Read and decode an image file (same checks as ``decode_image``)."""
     path = Path(path)
     size = path.stat().st_size
@@ -132,7 +124,7 @@ def load_image_file(path: str | Path, *, max_bytes: int = FILE_MAX_BYTES) -> np.
     return decode_image(path.read_bytes(), max_bytes=max_bytes)
 
 
-def validate_rgb(image: np.ndarray, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def validate_rgb(image: np.ndarray, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Check an already decoded array is ``HxWx3 uint8`` (what the model accepts)."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", None)

@@ -23,7 +23,7 @@ from services.scorer.handler import (
     decode_record,
     order_by_record,
 )
-from shared.engine.model import Region
+from shared.engine.config import Region
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import DeadLetter, DefectEvent, Frame, Verdict
 from shared.settings import LatePolicy
