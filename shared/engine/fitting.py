@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -23,47 +23,14 @@ from shared.engine.calibration import threshold_at_frr
 from shared.engine.class_model import ClassModel, raw_maps
 from shared.engine.config import FitConfig, FitProgress, is_valid_class_name
 from shared.engine.features import FeatureExtractor, make_extractor
-from shared.engine.images import load_image_file, validate_rgb
+from shared.engine.images import ImageSource, LazyImages, load_image_file, load_source
 from shared.engine.model import InspectionModel
 from shared.engine.postprocess import Normaliser
 from shared.engine.routing import l2_normalise
 from shared.engine.scorers.base import FitContext, LabelledSamples, ScoreInput, scorer_class
 from shared.errors import ConfigError, DatasetError
 
-ImageSource = Path | np.ndarray
 DefectSample = tuple[ImageSource, ImageSource]  # a defective image and its mask (nonzero = defect)
-
-
-def load_source(source: ImageSource) -> np.ndarray:
-    """An image given as a file or as an array, as ``HxWx3 uint8``."""
-    if isinstance(source, np.ndarray):
-        return validate_rgb(source)
-    return load_image_file(source)
-
-
-class LazyImages(Sequence[np.ndarray]):
-    """Images read from their sources when accessed, so that scorers that never look at pixels
-    cost nothing."""
-
-    def __init__(self, sources: Sequence[ImageSource]) -> None:
-        self._sources = list(sources)
-
-    def __len__(self) -> int:
-        return len(self._sources)
-
-    @overload
-    def __getitem__(self, index: int) -> np.ndarray: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> LazyImages: ...
-
-    def __getitem__(self, index: int | slice) -> np.ndarray | LazyImages:
-        if isinstance(index, slice):
-            return LazyImages(self._sources[index])
-        return load_source(self._sources[index])
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return (load_source(source) for source in self._sources)
 
 
 def _fingerprint(data: Mapping[str, Sequence[ImageSource]]) -> str:

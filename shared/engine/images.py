@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -18,6 +20,7 @@ from shared.errors import ImageError
 from shared.limits import MAX_DIMENSION, MAX_FILE_BYTES, MAX_IMAGE_BYTES, MAX_PIXELS
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF"})
+ImageSource = Path | np.ndarray  # an image file, or pixels already decoded
 
 
 def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
@@ -133,3 +136,35 @@ def validate_rgb(image: np.ndarray, *, max_pixels: int = MAX_PIXELS) -> np.ndarr
         raise ImageError("unsupported_format", f"expected uint8 pixels, got {image.dtype}")
     _check_dimensions(image.shape[1], image.shape[0], max_pixels)
     return image
+
+
+def load_source(source: ImageSource) -> np.ndarray:
+    """An image given as a file or as an array, as ``HxWx3 uint8``."""
+    if isinstance(source, np.ndarray):
+        return validate_rgb(source)
+    return load_image_file(source)
+
+
+class LazyImages(Sequence[np.ndarray]):
+    """Images read from their sources when accessed, so that scorers that never look at pixels
+    cost nothing."""
+
+    def __init__(self, sources: Sequence[ImageSource]) -> None:
+        self._sources = list(sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> LazyImages: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | LazyImages:
+        if isinstance(index, slice):
+            return LazyImages(self._sources[index])
+        return load_source(self._sources[index])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (load_source(source) for source in self._sources)

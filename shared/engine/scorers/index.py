@@ -13,7 +13,7 @@ _FAISS_READY = False
 # faiss's OpenMP threads for searches. One unless the caller says otherwise: on an oversubscribed
 # machine two OpenMP threads spin against each other (a 256-query search took 366 ms instead of
 # 65 ms with one). On a dedicated 2-core machine two halve it (12 vs 23 ms); the scorer sets
-# LINEGUARD_SCORER__SEARCH_THREADS (default 2).
+# LINEGUARD_SCORER__SEARCH_THREADS per model worker (default 1: one worker per core instead).
 _SEARCH_THREADS = 1
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.engine.images import decode_image, load_image_file, raw_to_rgb, validate_rgb
+from shared.engine.images import LazyImages, decode_image, load_image_file, raw_to_rgb, validate_rgb
 from shared.errors import ImageError
 from shared.limits import MAX_DIMENSION, MAX_PIXELS
 
@@ -169,3 +169,17 @@ def test_a_side_longer_than_the_limit_is_refused_even_within_the_pixel_budget() 
         validate_rgb(np.zeros((1, long_side, 3), dtype=np.uint8))
     assert excinfo.value.reason == "too_large"
     assert raw_to_rgb(bytes(MAX_DIMENSION), MAX_DIMENSION, 1, 1).shape == (1, MAX_DIMENSION, 3)
+
+
+def test_lazy_images_read_each_source_when_asked(tmp_path) -> None:
+    path = tmp_path / "x.png"
+    path.write_bytes(encode(np.full((5, 6, 3), 7, dtype=np.uint8), "PNG"))
+    array = np.zeros((3, 4, 3), dtype=np.uint8)
+    images = LazyImages([path, array, np.zeros((3, 4), dtype=np.uint8)])
+    assert len(images) == 3 and len(images[:2]) == 2
+    assert images[0].shape == (5, 6, 3) and images[1] is array
+    path.unlink()  # read on access, not when listed
+    with pytest.raises(FileNotFoundError):
+        images[0]
+    with pytest.raises(ImageError):
+        list(images[1:])
