@@ -25,13 +25,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.engine.backbones import build_timm_model, get_spec, resolve_weights
+from shared.engine.config import INDEX_KINDS, FitConfig
 from shared.engine.coreset import greedy_coreset
 from shared.engine.dataset import discover
 from shared.engine.evaluation import evaluate, load_mask
+from shared.engine.fitting import fit_model
 from shared.engine.images import load_image_file
 from shared.engine.metrics import aupro, auroc, pixel_auroc
-from shared.engine.model import FitConfig, InspectionModel
-from shared.engine.patch_scoring import INDEX_KINDS
 from shared.engine.postprocess import anomaly_maps, resize_map
 
 
@@ -135,7 +135,7 @@ def main() -> int:
             refine_factor=args.refine_factor,
             bank_from_all_normals=not args.bank_from_train_only,
         )
-        model = InspectionModel.fit({data.name: list(data.train)}, config)
+        model = fit_model({data.name: list(data.train)}, config)
         fit_seconds = time.perf_counter() - began
         result = evaluate(model, [data])
         metrics = result["classes"][data.name]

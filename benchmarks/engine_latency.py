@@ -27,8 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.engine.model import ClassModel, FitConfig, InspectionModel
-from shared.engine.patch_scoring import INDEX_KINDS, KnnBank, build_index, set_search_threads
+from shared.engine.class_model import ClassModel
+from shared.engine.config import INDEX_KINDS, FitConfig
+from shared.engine.fitting import fit_model
+from shared.engine.model import InspectionModel
+from shared.engine.scorers.index import KnnBank, build_index, set_search_threads
+from shared.engine.scorers.knn import KnnScorer
 from shared.synthetic import SYNTHETIC_CLASSES, render_sample
 
 TIMM_NAMES = {"dinov2_vits14": "vit_small_patch14_dinov2", "dinov2_vitb14": "vit_base_patch14_dinov2"}
@@ -101,7 +105,7 @@ def main() -> int:
             weights = random_weights(backbone, Path(folder))
             config = FitConfig(backbone=backbone, weights=str(weights), input_size=224, bank_size=2000)
             train = {"fabric": [render_sample("fabric", rng, 224)[0] for _ in range(6)]}
-            model = InspectionModel.fit(train, config)
+            model = fit_model(train, config)
             features, _ = model.embed(images[:8])
             pool = features.reshape(-1, features.shape[-1])
             held_out, _ = model.embed(images[8:])  # queries the bank was not built from
@@ -120,7 +124,7 @@ def main() -> int:
                         ),
                         1,
                     )
-                    model.class_models[0].scorer = scorer
+                    model.class_models[0].scorer = KnnScorer(scorer)
                     entry: dict[str, object] = {
                         "batch_1": time_scoring(model, images[: max(4, args.images // 2)], 1, 1),
                         "batch_8": time_scoring(model, images, 8, 1),
@@ -138,7 +142,7 @@ def main() -> int:
             if backbone == args.backbones[0]:
                 # Routing cost vs number of classes: 20 classes, each with its own 10k bank.
                 base = model.class_models[0]
-                base.scorer = KnnBank(build_index(resampled_bank(pool, 10_000, rng), "flat"), 1)
+                base.scorer = KnnScorer(KnnBank(build_index(resampled_bank(pool, 10_000, rng), "flat"), 1))
                 one = InspectionModel(
                     model.config,
                     model.extractor,
@@ -155,7 +159,7 @@ def main() -> int:
                     classes.append(
                         ClassModel(
                             f"class{i:02d}",
-                            KnnBank(build_index(bank, "flat"), 1),
+                            KnnScorer(KnnBank(build_index(bank, "flat"), 1)),
                             base.normaliser,
                             base.unknown_threshold,
                             prototype,

@@ -48,15 +48,17 @@ PRODUCTS = ("washer", "fabric")
 def fit_demo_model(out: Path, per_class: int) -> Path:
     import numpy as np
 
-    from shared.engine.model import FitConfig, InspectionModel
+    from shared.engine.config import FitConfig
+    from shared.engine.fitting import fit_model
+    from shared.engine.persistence import save_model
     from shared.synthetic import render_sample
 
     rng = np.random.default_rng(0)
     data: dict[str, Sequence[Path | np.ndarray]] = {
         p: [render_sample(p, rng)[0] for _ in range(per_class)] for p in PRODUCTS
     }
-    model = InspectionModel.fit(data, FitConfig(bank_size=2000))
-    model.save(out)
+    model = fit_model(data, FitConfig(bank_size=2000))
+    save_model(model, out)
     return out
 
 

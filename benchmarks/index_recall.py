@@ -25,11 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.engine.backbones import get_spec, resolve_weights
+from shared.engine.config import FitConfig
 from shared.engine.coreset import greedy_coreset
 from shared.engine.dataset import discover
+from shared.engine.features import make_extractor
 from shared.engine.images import load_image_file
-from shared.engine.model import FitConfig, InspectionModel
-from shared.engine.patch_scoring import KnnBank, build_index, set_search_threads
+from shared.engine.scorers.index import KnnBank, build_index, set_search_threads
 
 
 def features_of(paths: list[Path], extractor: object, batch: int = 16) -> np.ndarray:
@@ -59,7 +60,7 @@ def main() -> int:
     set_search_threads(args.threads)
     (data,) = discover(args.data, None)
     config = FitConfig()
-    extractor = InspectionModel.make_extractor(config, resolve_weights(get_spec(config.backbone), None))
+    extractor = make_extractor(config, resolve_weights(get_spec(config.backbone), None))
     rng = np.random.default_rng(0)
     train = [
         data.train[i]

@@ -46,17 +46,18 @@ FRAME_POOL = 32  # distinct frames the simulator cycles through (30% of them def
 def fit_model(size: int, bank: int, out: Path) -> Any:
     """A model fitted on what the line will see: the simulator's JPEGs, decoded."""
     from services.camera_sim.images import encode_jpeg
+    from shared.engine import fitting
     from shared.engine.config import FitConfig
     from shared.engine.images import decode_image
-    from shared.engine.model import InspectionModel
+    from shared.engine.persistence import save_model
     from shared.synthetic import render_sample
 
     rng = np.random.default_rng(0)
     data = {
         p: [decode_image(encode_jpeg(render_sample(p, rng, size)[0])) for _ in range(24)] for p in PRODUCTS
     }
-    model = InspectionModel.fit(data, FitConfig(input_size=size, bank_size=bank))
-    model.save(out)
+    model = fitting.fit_model(data, FitConfig(input_size=size, bank_size=bank))
+    save_model(model, out)
     return model
 
 
@@ -73,7 +74,7 @@ def bare_engine(
     from services.camera_sim.core import SimOptions, load_samples
     from services.camera_sim.images import sample_image
     from shared.engine.images import decode_image
-    from shared.engine.patch_scoring import set_search_threads
+    from shared.engine.scorers.index import set_search_threads
 
     torch.set_num_threads(threads)
     set_search_threads(threads)

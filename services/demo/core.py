@@ -90,14 +90,16 @@ def prepare_dataset(data_root: Path, products: list[str], train: int, size: int)
 def fit_model(data_root: Path, products: list[str], model_dir: Path, input_size: int, bank_size: int) -> str:
     import torch
 
-    from shared.engine.model import FitConfig, InspectionModel
+    from shared.engine.config import FitConfig
+    from shared.engine.fitting import fit_model
+    from shared.engine.persistence import save_model
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     train: dict[str, Sequence[Path | np.ndarray]] = {
         p: sorted((data_root / p / "train" / "good").glob("*.png")) for p in products
     }
-    model = InspectionModel.fit(train, FitConfig(input_size=input_size, bank_size=bank_size))
-    model.save(model_dir)
+    model = fit_model(train, FitConfig(input_size=input_size, bank_size=bank_size))
+    save_model(model, model_dir)
     return model.version
 
 

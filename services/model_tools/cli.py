@@ -1,22 +1,23 @@
-"""Registers ``fit``, ``evaluate`` and ``score``; the heavy imports happen inside the handlers."""
+"""``lineguard fit``, ``evaluate`` and ``score``: arguments in, ``core`` called, results printed.
+
+Building the parser imports no torch: the core (and with it the engine) is imported by the
+handlers, when one of these commands runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
 
-BACKBONE_NAMES = (
-    "dinov2_vits14",
-    "dinov2_vitb14",
-    "dinov2_vitl14",
-    "dinov2_vits14_reg",
-    "dinov2_vitb14_reg",
-    "dinov2_vitl14_reg",
-    "wide_resnet50_2",
-    "efficientnet_lite0",
-)
+from shared.engine.backbones import BACKBONES
+from shared.engine.config import INDEX_KINDS, SCORER_KINDS, FitConfig, FitProgress
+from shared.errors import LineguardError
 
-# shared.engine.patch_scoring.INDEX_KINDS, spelled out so that building the parser imports no torch.
-INDEX_CHOICES = ("flat", "pca-refine", "hnsw", "ivf")
+BACKBONE_NAMES = tuple(BACKBONES)
+INDEX_CHOICES = INDEX_KINDS
 
 
 def _layers(text: str) -> tuple[int, ...]:
@@ -48,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--bank-ratio", type=float, help="coreset as a share of all patches (overrides --bank-size)"
     )
-    fit.add_argument("--scorer", choices=("knn", "patchcore", "gaussian"), default="knn")
+    fit.add_argument("--scorer", choices=SCORER_KINDS, default="knn")
     fit.add_argument("--k", type=_positive, default=1, help="neighbours averaged per patch")
     fit.add_argument(
         "--index",
@@ -72,11 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the calibration images out of the final bank (default: refit the bank on all normals)",
     )
-    fit.add_argument("--threads", type=_positive, help="torch/faiss threads (default: torch's)")
+    fit.add_argument("--threads", type=_positive, help="torch threads (default: torch's)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", required=True, help="model directory to write")
     fit.add_argument("--force", action="store_true", help="replace an existing model directory")
-    fit.set_defaults(handler=_run_fit)
+    fit.set_defaults(handler=run_fit)
 
     evaluate = subparsers.add_parser("evaluate", help="evaluate a model on MVTec-layout test data")
     evaluate.add_argument("--model", required=True, help="model directory")
@@ -85,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=_positive, default=1)
     evaluate.add_argument("--threads", type=_positive)
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line")
-    evaluate.set_defaults(handler=_run_evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
 
     score = subparsers.add_parser("score", help="score image files with a model")
     score.add_argument("--model", required=True, help="model directory")
@@ -94,22 +95,160 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--overlay-dir", help="write <name>_overlay.png heatmaps here")
     score.add_argument("--threads", type=_positive)
     score.add_argument("--json", action="store_true", help="end with one JSON line")
-    score.set_defaults(handler=_run_score)
+    score.set_defaults(handler=run_score)
 
 
-def _run_fit(args: argparse.Namespace) -> int:
-    from services.model_tools.commands import run_fit
-
-    return run_fit(args)
-
-
-def _run_evaluate(args: argparse.Namespace) -> int:
-    from services.model_tools.commands import run_evaluate
-
-    return run_evaluate(args)
+def _fail(message: str) -> int:
+    print(f"lineguard: {message}", file=sys.stderr)
+    return 2
 
 
-def _run_score(args: argparse.Namespace) -> int:
-    from services.model_tools.commands import run_score
+class _TqdmProgress(FitProgress):
+    """Fitting progress as one tqdm bar per stage, on stderr."""
 
-    return run_score(args)
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def stage(self, name: str, total: int) -> None:
+        from tqdm import tqdm
+
+        self.close()
+        self._bar = tqdm(total=total, desc=name, unit="it", file=sys.stderr, leave=True)
+
+    def advance(self, amount: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(amount)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from services.model_tools import core
+
+    core.set_threads(args.threads)
+    out = Path(args.out)
+    progress = _TqdmProgress()
+    try:
+        config = FitConfig(
+            backbone=args.backbone,
+            weights=args.weights,
+            input_size=args.input_size,
+            layers=args.layers,
+            vit_combine=args.vit_combine,
+            scorer=args.scorer,
+            k=args.k,
+            index=args.index,
+            reduced_dims=args.reduced_dims,
+            refine_factor=args.refine_factor,
+            bank_size=args.bank_size,
+            bank_ratio=args.bank_ratio,
+            image_score=args.image_score,
+            target_frr=args.target_frr,
+            holdout_fraction=args.holdout,
+            bank_from_all_normals=not args.bank_from_train_only,
+            seed=args.seed,
+        )
+        if out.exists() and not args.force:  # before fitting, not after minutes of it
+            return _fail(f"{out} already exists; pass --force to replace it")
+        model = core.fit_folder(
+            args.data,
+            args.classes,
+            config,
+            out,
+            overwrite=args.force,
+            defect_samples=args.defect_samples,
+            progress=progress,
+        )
+    except LineguardError as exc:
+        return _fail(str(exc))
+    finally:
+        progress.close()
+    print(f"model {model.version} ({', '.join(model.classes)}) written to {out}")
+    for class_model in model.class_models:
+        calibration = class_model.calibration
+        extra = ""
+        if "f1_threshold" in calibration:
+            extra = f", F1-optimal threshold {calibration['f1_threshold']:.4f} (F1 {calibration['f1']:.3f})"
+        print(
+            f"  {class_model.name}: threshold {class_model.threshold:.4f} at {calibration['target_frr']:.1%} "
+            f"false rejects on {calibration['n_holdout']} held-out normal images{extra}"
+        )
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from services.model_tools import core
+
+    core.set_threads(args.threads)
+    bars: list[tqdm] = []
+    try:
+        model, report = core.evaluate_folder(
+            args.model,
+            args.data,
+            args.classes,
+            batch_size=args.batch_size,
+            on_start=lambda total: bars.append(
+                tqdm(total=total, desc="scoring", unit="img", file=sys.stderr)
+            ),
+            progress=lambda done: bars[-1].update(done),
+        )
+    except LineguardError as exc:
+        return _fail(str(exc))
+    finally:
+        for bar in bars:
+            bar.close()
+    fit_seconds = model.metadata.get("fit_seconds")
+    print(f"model {model.version}: backbone {model.backbone_name}, fit time {fit_seconds} s")
+    for name, metrics in report["classes"].items():
+        print(f"  {name}: " + ", ".join(f"{key} {_fmt(value)}" for key, value in metrics.items()))
+    print("  mean: " + ", ".join(f"{key} {_fmt(value)}" for key, value in report["mean"].items()))
+    print(f"  routing accuracy {_fmt(report['routing_accuracy'])}, latency ms {report['latency_ms']}")
+    if args.json:
+        print(json.dumps(report, sort_keys=False))
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from services.model_tools import core
+    from shared.engine.persistence import load_model
+
+    core.set_threads(args.threads)
+    try:
+        model = load_model(args.model)
+    except LineguardError as exc:
+        return _fail(str(exc))
+    overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None
+    if overlay_dir is not None:
+        overlay_dir.mkdir(parents=True, exist_ok=True)
+    entries: list[dict[str, Any]] = []
+    failed = False
+    for name in args.images:
+        scored = core.score_file(model, name, args.hint, overlay_dir)
+        entries.append(scored.entry)
+        result = scored.result
+        if result is None:
+            failed = True
+            print(f"{name}: error: {scored.entry['error']}")
+            continue
+        regions = "; ".join(
+            f"{r['x']},{r['y']} {r['width']}x{r['height']} ({r['score']:.2f})"
+            for r in scored.entry["regions"]
+        )
+        print(
+            f"{name}: class {result.product_class} (confidence {result.route_confidence:.2f}), "
+            f"score {result.score:.3f} (raw {result.raw_score:.4f}, threshold {result.threshold:.4f}), "
+            f"{result.decision}{' - ' + result.reason if result.reason else ''}"
+            f"{', regions ' + regions if regions else ''}"
+        )
+    if args.json:
+        print(json.dumps({"model_version": model.version, "results": entries}))
+    return 1 if failed else 0

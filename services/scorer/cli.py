@@ -60,7 +60,7 @@ def _scorer_command(args: argparse.Namespace) -> int:
         return 2
     import torch
 
-    from shared.engine.patch_scoring import set_search_threads
+    from shared.engine.scorers.index import set_search_threads
 
     torch.set_num_threads(settings.scorer.torch_threads)  # per model worker (set_num_threads is global)
     set_search_threads(settings.scorer.search_threads)

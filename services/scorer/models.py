@@ -137,7 +137,7 @@ def load_model_dir(
     source: str | None = None,
 ) -> ServingModel:
     """Load and verify a model directory (blocking: run it in a worker thread)."""
-    from shared.engine.model import InspectionModel
+    from shared.engine.persistence import load_model
 
     path = Path(path)
     try:
@@ -145,7 +145,7 @@ def load_model_dir(
             actual = announced_digest(path)
             if actual != expected_sha256:
                 raise ModelRefused(f"manifest sha256 {actual} does not match the announced {expected_sha256}")
-        model = InspectionModel.load(path)
+        model = load_model(path)
     except (ArtifactError, OSError) as exc:
         raise ModelRefused(f"{type(exc).__name__}: {exc}") from exc
     if expected_version is not None and model.version != expected_version:

@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from shared.errors import BackboneError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class BackboneError(ValueError):
-    """Unknown backbone, missing or unusable weights."""
 
 
 @dataclass(frozen=True)

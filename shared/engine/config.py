@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from shared.engine.scorers import registry
 from shared.errors import ConfigError
 from shared.limits import CLASS_NAME_MAX
 
@@ -34,8 +35,7 @@ class Decision(StrEnum):
 
 DECISIONS: tuple[str, ...] = tuple(d.value for d in Decision)
 
-ScorerKind = Literal["knn", "patchcore", "gaussian"]
-SCORER_KINDS: tuple[str, ...] = get_args(ScorerKind)
+SCORER_KINDS: tuple[str, ...] = registry.SCORER_NAMES  # the scorer registry's names
 IndexKind = Literal["flat", "pca-refine", "hnsw", "ivf"]
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
 ImageScoreMode = Literal["max", "top1"]
@@ -93,7 +93,7 @@ class FitConfig:
     vit_combine: Literal["mean", "concat"] = "mean"
     feature_dim: int | None = None
     arch_overrides: dict[str, Any] = field(default_factory=dict)
-    scorer: ScorerKind = "knn"
+    scorer: str = "knn"  # a name in shared.engine.scorers.registry
     k: int = 1
     index: IndexKind = "flat"
     reduced_dims: int = 128  # pca-refine: dimensions of the candidate search
@@ -123,9 +123,19 @@ class FitConfig:
             raise ConfigError(f"unknown index {self.index!r}; choose one of {', '.join(INDEX_KINDS)}")
         if self.reduced_dims < 1 or self.refine_factor < 1:
             raise ConfigError("reduced_dims and refine_factor must be at least 1")
-        if self.scorer not in SCORER_KINDS:
-            raise ConfigError(f"unknown scorer {self.scorer!r}; choose one of {', '.join(SCORER_KINDS)}")
+        if self.scorer not in registry.SCORERS:
+            raise ConfigError(f"unknown scorer {self.scorer!r}; choose one of {', '.join(registry.SCORERS)}")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError("holdout_fraction must be between 0 and 1")
         if not 0 < self.target_frr < 1:
             raise ConfigError("target_frr must be between 0 and 1")
+
+
+class FitProgress:
+    """Progress hooks for fitting; the CLI draws bars with them. The default does nothing."""
+
+    def stage(self, name: str, total: int) -> None:
+        """A new stage with ``total`` units of work begins."""
+
+    def advance(self, amount: int = 1) -> None:
+        """``amount`` units of the current stage are done."""

@@ -8,11 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.errors import DatasetError
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-
-
-class DatasetError(ValueError):
-    """A data folder that is not in the expected layout."""
 
 
 @dataclass(frozen=True)

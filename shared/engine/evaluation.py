@@ -14,6 +14,7 @@ from shared.engine.dataset import ClassData, TestSample
 from shared.engine.images import load_image_file
 from shared.engine.metrics import aupro, auroc, f1_max, pixel_auroc, rates_at_threshold
 from shared.engine.model import InspectionModel
+from shared.errors import ConfigError, DatasetError
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "false_reject_rate", "escape_rate")
 
@@ -71,7 +72,7 @@ def evaluate(
     """Score every test image without hints (as the line would) and compute the report."""
     unknown = [data.name for data in classes if data.name not in model.classes]
     if unknown:
-        raise ValueError(f"class(es) {', '.join(unknown)} are not in the model ({', '.join(model.classes)})")
+        raise ConfigError(f"class(es) {', '.join(unknown)} are not in the model ({', '.join(model.classes)})")
     first = next((data.test[0] for data in classes if data.test), None)
     if first is not None:  # warm-up: the first call pays for lazy initialisation, not a frame
         model.score_batch([load_image_file(first.path)])
@@ -96,7 +97,7 @@ def evaluate(
             if progress is not None:
                 progress(len(chunk))
         if not outcomes:
-            raise ValueError(f"class {data.name} has no test images")
+            raise DatasetError(f"class {data.name} has no test images")
         routed_right += sum(o.product_class == data.name for o in outcomes)
         routed_total += len(outcomes)
         threshold = model.class_models[model.classes.index(data.name)].threshold

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from shared.engine.backbones import BackboneSpec, build_timm_model
+from shared.engine.backbones import BackboneSpec, build_timm_model, get_spec
+from shared.engine.config import FitConfig
 
 
 @dataclass(frozen=True)
@@ -87,3 +89,16 @@ class FeatureExtractor:
             reduced = F.adaptive_avg_pool1d(flat, self.config.feature_dim)
             combined = reduced.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
         return combined
+
+
+def make_extractor(config: FitConfig, weights_path: Path | None) -> FeatureExtractor:
+    """The feature extractor a model's settings describe (``weights_path`` None: random weights)."""
+    spec = get_spec(config.backbone)
+    feature_config = FeatureConfig(
+        layers=config.layers or spec.default_layers,
+        input_size=config.input_size,
+        vit_combine=config.vit_combine,
+        feature_dim=config.feature_dim,
+        arch_overrides=dict(config.arch_overrides),
+    )
+    return FeatureExtractor(spec, feature_config, weights_path)

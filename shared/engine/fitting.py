@@ -1,4 +1,9 @@
-"""Fitting: memory banks (or Gaussians), calibration on held-out normals, routing prototypes."""
+"""Fitting a model: per class a scorer of normal patches, a threshold calibrated on held-out normal
+images, and a routing prototype; then the routing thresholds of all classes.
+
+``fit_model`` builds finished parts only (extractor, scorers, class models) and constructs the
+``InspectionModel`` once at the end; the model module never imports this one.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
+from PIL import Image
 
 from shared.engine.backbones import file_sha256, get_spec, resolve_weights
-from shared.engine.calibration import l2_normalise, threshold_at_frr
-from shared.engine.coreset import greedy_coreset
-from shared.engine.images import load_image_file, validate_rgb
-from shared.engine.patch_scoring import GaussianModel, KnnBank, build_index
+from shared.engine.calibration import threshold_at_frr
+from shared.engine.class_model import ClassModel, raw_maps
+from shared.engine.config import FitConfig, FitProgress, is_valid_class_name
+from shared.engine.features import FeatureExtractor, make_extractor
+from shared.engine.images import ImageSource, LazyImages, load_image_file, load_source
+from shared.engine.model import InspectionModel
 from shared.engine.postprocess import Normaliser
+from shared.engine.routing import l2_normalise
+from shared.engine.scorers.base import FitContext, LabelledSamples, ScoreInput, scorer_class
+from shared.errors import ConfigError, DatasetError
 
-if TYPE_CHECKING:
-    from shared.engine.model import ClassModel, FitConfig, FitProgress, InspectionModel
-
-ImageSource = Path | np.ndarray
-
-
-def _load(source: ImageSource) -> np.ndarray:
-    if isinstance(source, np.ndarray):
-        return validate_rgb(source)
-    return load_image_file(source)
+DefectSample = tuple[ImageSource, ImageSource]  # a defective image and its mask (nonzero = defect)
 
 
 def _fingerprint(data: Mapping[str, Sequence[ImageSource]]) -> str:
@@ -47,7 +48,7 @@ def _fingerprint(data: Mapping[str, Sequence[ImageSource]]) -> str:
 def split_holdout(n_images: int, config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the training and the held-out calibration images (seeded, reproducible)."""
     if n_images < 2:
-        raise ValueError("a class needs at least 2 normal images (one to fit, one to calibrate)")
+        raise DatasetError("a class needs at least 2 normal images (one to fit, one to calibrate)")
     order = np.random.default_rng(config.seed).permutation(n_images)
     n_holdout = max(config.min_holdout, round(config.holdout_fraction * n_images))
     n_holdout = min(n_holdout, n_images - 1)
@@ -55,67 +56,93 @@ def split_holdout(n_images: int, config: FitConfig) -> tuple[np.ndarray, np.ndar
 
 
 def embed_sources(
-    model: InspectionModel, sources: Sequence[ImageSource], batch_size: int, progress: FitProgress
+    extractor: FeatureExtractor, sources: Sequence[ImageSource], batch_size: int, progress: FitProgress
 ) -> tuple[np.ndarray, tuple[int, int]]:
+    """``(n, N, D)`` float32 patch features of ``sources``, embedded ``batch_size`` at a time."""
     chunks = []
     grid = (0, 0)
     for start in range(0, len(sources), batch_size):
-        images = [_load(source) for source in sources[start : start + batch_size]]
-        features, grid = model.embed(images)
-        chunks.append(features)
+        images = [load_source(source) for source in sources[start : start + batch_size]]
+        features, grid = extractor(images)
+        chunks.append(features.numpy())
         progress.advance(len(images))
     return np.concatenate(chunks), grid
 
 
-def fit_model(
-    model_cls: type[InspectionModel],
-    data: Mapping[str, Sequence[ImageSource]],
-    config: FitConfig,
-    progress: FitProgress,
-) -> InspectionModel:
-    from shared.engine.model import ClassModel, _valid_class_name
+def _mask_at(source: ImageSource, size: int) -> np.ndarray:
+    """A ground-truth mask (nonzero = defect) as ``size`` x ``size`` float32 0/1, resized nearest."""
+    pixels = source if isinstance(source, np.ndarray) else load_image_file(source)
+    gray = pixels if pixels.ndim == 2 else pixels.max(axis=2)
+    binary = Image.fromarray(np.where(gray > 0, 255, 0).astype(np.uint8))
+    return (np.asarray(binary.resize((size, size), Image.Resampling.NEAREST)) > 0).astype(np.float32)
 
+
+def _labelled(
+    samples: Sequence[DefectSample], extractor: FeatureExtractor, config: FitConfig, progress: FitProgress
+) -> LabelledSamples:
+    features, _ = embed_sources(extractor, [image for image, _ in samples], config.batch_size, progress)
+    masks = np.stack([_mask_at(mask, config.input_size) for _, mask in samples])
+    return LabelledSamples(features, masks)
+
+
+def _check(data: Mapping[str, Sequence[ImageSource]], defects: Mapping[str, Sequence[DefectSample]]) -> None:
     if not data:
-        raise ValueError("no classes to fit")
+        raise DatasetError("no classes to fit")
     for name, sources in data.items():
-        if not _valid_class_name(name):
-            raise ValueError(f"invalid class name {name!r}: 1-64 letters, digits, '.', '_' or '-'")
+        if not is_valid_class_name(name):
+            raise ConfigError(f"invalid class name {name!r}: 1-64 letters, digits, '.', '_' or '-'")
         if len(sources) < 2:
-            raise ValueError(f"class {name!r} has {len(sources)} normal images; at least 2 are needed")
+            raise DatasetError(f"class {name!r} has {len(sources)} normal images; at least 2 are needed")
+    foreign = sorted(set(defects) - set(data))
+    if foreign:
+        raise DatasetError(f"defective samples for class(es) {', '.join(foreign)} that are not being fitted")
+
+
+def fit_model(
+    data: Mapping[str, Sequence[ImageSource]],
+    config: FitConfig | None = None,
+    progress: FitProgress | None = None,
+    *,
+    defects: Mapping[str, Sequence[DefectSample]] | None = None,
+) -> InspectionModel:
+    """Fit one model for all classes in ``data`` (class name -> normal training images).
+
+    ``defects`` (class name -> defective images with masks) are handed to the scorers that learn
+    from labelled defects; the thresholds still come from held-out normal images only.
+    """
+    config = config or FitConfig()
+    progress = progress or FitProgress()
+    defects = defects or {}
+    _check(data, defects)
     started = time.perf_counter()
     spec = get_spec(config.backbone)
     weights_path = resolve_weights(spec, config.weights)
     config = replace(config, layers=config.layers or spec.default_layers, weights=str(weights_path))
-    extractor = model_cls.make_extractor(config, weights_path)
-    # A shell model whose extractor embeds images; class models are filled in below.
-    shell = object.__new__(model_cls)
-    shell.extractor = extractor
-    shell.config = config
-    shell.input_size = config.input_size
+    extractor = make_extractor(config, weights_path)
+    scorer_type = scorer_class(config.scorer)
 
     class_models: list[ClassModel] = []
-    heldout: list[tuple[np.ndarray, tuple[int, int]]] = []
+    heldout_embeddings: list[np.ndarray] = []
     for name in sorted(data):
         sources = list(data[name])
         train_idx, holdout_idx = split_holdout(len(sources), config)
+        train_sources = [sources[i] for i in train_idx]
+        holdout_sources = [sources[i] for i in holdout_idx]
         progress.stage(f"{name}: features", len(train_idx))
-        features, grid = embed_sources(shell, [sources[i] for i in train_idx], config.batch_size, progress)
+        features, grid = embed_sources(extractor, train_sources, config.batch_size, progress)
         prototype = l2_normalise(l2_normalise(features.mean(axis=1)).mean(axis=0))
-        scorer = _fit_scorer(name, features, config, progress)
+        labelled = None
+        if defects.get(name):
+            progress.stage(f"{name}: defective samples", len(defects[name]))
+            labelled = _labelled(defects[name], extractor, config, progress)
+        context = FitContext(name, features, grid, config, progress, LazyImages(train_sources), labelled)
+        scorer = scorer_type.fit(context)
         progress.stage(f"{name}: calibration", len(holdout_idx))
-        held_features, _ = embed_sources(
-            shell, [sources[i] for i in holdout_idx], config.batch_size, progress
-        )
-        heldout.append((held_features.mean(axis=1), grid))
-        placeholder = Normaliser(0.0, 0.0, 1.0)
-        class_models.append(
-            ClassModel(name, scorer, placeholder, 0.0, prototype, {"n_train": len(train_idx)})
-        )
-        shell.class_models = class_models
-        _, raw = shell.raw_maps(len(class_models) - 1, held_features, grid)
+        held_features, _ = embed_sources(extractor, holdout_sources, config.batch_size, progress)
+        heldout_embeddings.append(held_features.mean(axis=1))
+        _, raw = raw_maps(scorer, ScoreInput(held_features, grid, LazyImages(holdout_sources)), config)
         threshold = threshold_at_frr(raw, config.target_frr)
-        class_models[-1].normaliser = Normaliser(float(raw.min()), float(np.median(raw)), threshold)
-        class_models[-1].calibration = {
+        calibration = {
             "n_train": len(train_idx),
             "n_holdout": len(holdout_idx),
             "target_frr": config.target_frr,
@@ -124,17 +151,23 @@ def fit_model(
             "bank_includes_holdout": config.bank_from_all_normals,
         }
         if config.bank_from_all_normals:
-            # The threshold above came from images the bank had not seen. The final bank also
+            # The threshold above came from images the scorer had not seen. The final scorer also
             # covers them (more normal variety); new normal images can then only score lower.
-            everything = np.concatenate([features, held_features])
-            class_models[-1].scorer = _fit_scorer(name, everything, config, progress)
+            everything = replace(
+                context,
+                features=np.concatenate([features, held_features]),
+                images=LazyImages(train_sources + holdout_sources),
+            )
+            scorer = scorer_type.fit(everything)
             del everything
-        del features
+        del features, context
+        normaliser = Normaliser(float(raw.min()), float(np.median(raw)), threshold)
+        class_models.append(ClassModel(name, scorer, normaliser, 0.0, prototype, calibration))
 
     prototypes = np.stack([model.prototype for model in class_models])
-    for model, (embeddings, _) in zip(class_models, heldout, strict=True):
+    for index, (model, embeddings) in enumerate(zip(class_models, heldout_embeddings, strict=True)):
         distances = 1.0 - l2_normalise(embeddings) @ l2_normalise(prototypes).T
-        own = distances[:, class_models.index(model)]
+        own = distances[:, index]
         # Normal images of one product sit close together; defects move an image only a little,
         # another product moves it far. The floor keeps tightly clustered classes from calling
         # their own defective images unknown.
@@ -153,7 +186,7 @@ def fit_model(
         },
         "fit_seconds": round(fit_seconds, 3),
     }
-    return model_cls(
+    return InspectionModel(
         config,
         extractor,
         class_models,
@@ -162,32 +195,3 @@ def fit_model(
         weights_path=str(weights_path.resolve()),
         metadata=metadata,
     )
-
-
-def _fit_scorer(
-    name: str, features: np.ndarray, config: FitConfig, progress: FitProgress
-) -> KnnBank | GaussianModel:
-    """A class's model of normal patches: PaDiM Gaussians, or a coreset memory bank."""
-    if config.scorer == "gaussian":
-        progress.stage(f"{name}: gaussian", 1)
-        gaussian = GaussianModel.fit(torch.from_numpy(features), seed=config.seed)
-        progress.advance(1)
-        return gaussian
-    patches = torch.from_numpy(features.reshape(-1, features.shape[-1]))
-    target = config.bank_size
-    if config.bank_ratio is not None:
-        target = max(1, int(config.bank_ratio * len(patches)))
-    target = min(target, len(patches))
-    progress.stage(f"{name}: coreset", target)
-    chosen = greedy_coreset(
-        patches, target, projection_dim=config.projection_dim, seed=config.seed, progress=progress.advance
-    )
-    bank = patches[torch.from_numpy(np.sort(chosen))].numpy()
-    index = build_index(
-        bank,
-        config.index,
-        seed=config.seed,
-        reduced_dims=config.reduced_dims,
-        refine_factor=config.refine_factor,
-    )
-    return KnnBank(index, config.k)

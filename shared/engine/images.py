@@ -2,29 +2,34 @@
 
 Every image entering the engine becomes an ``HxWx3 uint8`` RGB array here. Sizes come from the
 file header first, so a decompression bomb or an absurd dimension is refused without allocating
-its pixels.
+its pixels. The limits (bytes, pixels, pixels per side) are the project's (``shared.limits``).
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from shared.errors import ImageError
+from shared.limits import MAX_DIMENSION, MAX_FILE_BYTES, MAX_IMAGE_BYTES, MAX_PIXELS
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF"})
-DEFAULT_MAX_BYTES = 8 << 20
-DEFAULT_MAX_PIXELS = 4096 * 4096
-FILE_MAX_BYTES = 64 << 20  # files on disk (datasets) may be larger than frames on the wire
+ImageSource = Path | np.ndarray  # an image file, or pixels already decoded
 
 
 def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageError("bad_dimensions", f"image is {width}x{height} pixels")
+    if width > MAX_DIMENSION or height > MAX_DIMENSION:
+        raise ImageError(
+            "too_large", f"image is {width}x{height} pixels, more than {MAX_DIMENSION} on a side"
+        )
     if width * height > max_pixels:
         raise ImageError(
             "too_large", f"image is {width}x{height} pixels, more than the limit of {max_pixels}"
@@ -32,7 +37,7 @@ def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
 
 
 def decode_image(
-    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
     """Decode JPEG/PNG/BMP/TIFF bytes to an ``HxWx3 uint8`` RGB array.
 
@@ -91,7 +96,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 
 def raw_to_rgb(
-    data: bytes, width: int, height: int, channels: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, width: int, height: int, channels: int, *, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
     """Interpret raw 8-bit pixels (gray, RGB or RGBA, row-major) as an ``HxWx3 uint8`` array."""
     if not data:
@@ -113,7 +118,7 @@ def raw_to_rgb(
     return pixels.copy()
 
 
-def load_image_file(path: str | Path, *, max_bytes: int = FILE_MAX_BYTES) -> np.ndarray:
+def load_image_file(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
     """Read and decode an image file (same checks as ``decode_image``)."""
     path = Path(path)
     size = path.stat().st_size
@@ -122,7 +127,7 @@ def load_image_file(path: str | Path, *, max_bytes: int = FILE_MAX_BYTES) -> np.
     return decode_image(path.read_bytes(), max_bytes=max_bytes)
 
 
-def validate_rgb(image: np.ndarray, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def validate_rgb(image: np.ndarray, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Check an already decoded array is ``HxWx3 uint8`` (what the model accepts)."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         shape = getattr(image, "shape", None)
@@ -131,3 +136,35 @@ def validate_rgb(image: np.ndarray, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         raise ImageError("unsupported_format", f"expected uint8 pixels, got {image.dtype}")
     _check_dimensions(image.shape[1], image.shape[0], max_pixels)
     return image
+
+
+def load_source(source: ImageSource) -> np.ndarray:
+    """An image given as a file or as an array, as ``HxWx3 uint8``."""
+    if isinstance(source, np.ndarray):
+        return validate_rgb(source)
+    return load_image_file(source)
+
+
+class LazyImages(Sequence[np.ndarray]):
+    """Images read from their sources when accessed, so that scorers that never look at pixels
+    cost nothing."""
+
+    def __init__(self, sources: Sequence[ImageSource]) -> None:
+        self._sources = list(sources)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> LazyImages: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | LazyImages:
+        if isinstance(index, slice):
+            return LazyImages(self._sources[index])
+        return load_source(self._sources[index])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (load_source(source) for source in self._sources)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-ImageScoreMode = Literal["max", "top1"]
+from shared.engine.config import ImageScoreMode, Region
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -70,11 +69,10 @@ def find_regions(
     frame_width: int,
     raw_map: np.ndarray | None = None,
     max_regions: int = 10,
-) -> list[tuple[int, int, int, int, float, float]]:
+) -> list[Region]:
     """Connected components above 0.5 (the threshold) as frame-pixel boxes, most anomalous first.
 
     The order comes from ``raw_map`` when given (the normalised map saturates at 1).
-    Returns ``(x, y, width, height, peak score, area fraction)`` tuples.
     """
     above = normalised_map > 0.5
     if not above.any():
@@ -96,13 +94,14 @@ def find_regions(
         x0 = math.floor(box[1].start * scale_x)
         x1 = min(frame_width, math.ceil(box[1].stop * scale_x))
         fraction = float(areas[label - 1]) / above.size
-        box_tuple = (x0, y0, max(1, x1 - x0), max(1, y1 - y0), float(peaks[label - 1]), fraction)
-        regions.append((float(order_by[label - 1]), box_tuple))
+        region = Region(x0, y0, max(1, x1 - x0), max(1, y1 - y0), float(peaks[label - 1]), fraction)
+        regions.append((float(order_by[label - 1]), region))
     regions.sort(key=lambda item: -item[0])
-    return [box_tuple for _, box_tuple in regions[:max_regions]]
+    return [region for _, region in regions[:max_regions]]
 
 
 def resize_map(normalised_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A float map resized (bilinear) to ``height`` x ``width``; (height, width) order, as numpy shapes."""
     if normalised_map.shape == (height, width):
         return normalised_map.astype(np.float32, copy=False)
     tensor = torch.from_numpy(np.ascontiguousarray(normalised_map, dtype=np.float32))[None, None]

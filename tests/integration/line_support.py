@@ -50,7 +50,9 @@ def line_models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
     """Two real models (different seeds, so different versions), fitted once per session."""
     global _models
     if _models is None:
-        from shared.engine.model import FitConfig, InspectionModel
+        from shared.engine.config import FitConfig
+        from shared.engine.fitting import fit_model
+        from shared.engine.persistence import save_model
         from shared.synthetic import render_sample
 
         root = tmp_path_factory.mktemp("line-models")
@@ -58,9 +60,9 @@ def line_models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
         for seed in (0, 1):
             rng = np.random.default_rng(seed)
             data = {p: [render_sample(p, rng, IMAGE_SIZE)[0] for _ in range(10)] for p in PRODUCTS}
-            model = InspectionModel.fit(data, FitConfig(input_size=IMAGE_SIZE, bank_size=300, seed=seed))
+            model = fit_model(data, FitConfig(input_size=IMAGE_SIZE, bank_size=300, seed=seed))
             path = root / f"model-{seed}"
-            model.save(path)
+            save_model(model, path)
             paths.append(path)
             versions.append(model.version)
         assert versions[0] != versions[1]

@@ -1,25 +1,19 @@
-"""Patch scorers: distance of each patch feature to a class's model of normal patches.
-
-``KnnBank``: faiss index over the class's memory bank; patch score = mean distance to the k nearest
-(or PatchCore's 1-NN with its image-level re-weighting). ``GaussianModel``: PaDiM-style per-position
-Gaussian, patch score = Mahalanobis distance.
-"""
+"""The faiss index behind a memory bank: exact, PCA candidates re-ranked exactly, or approximate."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
-import torch
 
-IndexKind = Literal["flat", "pca-refine", "hnsw", "ivf"]
-INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
+from shared.engine.config import INDEX_KINDS, IndexKind
+from shared.errors import ConfigError
+
 _FAISS_READY = False
 # faiss's OpenMP threads for searches. One unless the caller says otherwise: on an oversubscribed
 # machine two OpenMP threads spin against each other (a 256-query search took 366 ms instead of
 # 65 ms with one). On a dedicated 2-core machine two halve it (12 vs 23 ms); the scorer sets
-# LINEGUARD_SCORER__SEARCH_THREADS (default 2).
+# LINEGUARD_SCORER__SEARCH_THREADS per model worker (default 1: one worker per core instead).
 _SEARCH_THREADS = 1
 
 
@@ -27,7 +21,7 @@ def set_search_threads(threads: int) -> None:
     """Number of OpenMP threads faiss may use per search (default 1)."""
     global _SEARCH_THREADS
     if threads < 1:
-        raise ValueError("search threads must be at least 1")
+        raise ConfigError("search threads must be at least 1")
     _SEARCH_THREADS = threads
 
 
@@ -65,12 +59,12 @@ def build_index(
         index = faiss.IndexFlatL2(dim)  # type: ignore[attr-defined]
     elif kind == "pca-refine":
         if refine_factor < 1:
-            raise ValueError("refine_factor must be at least 1")
+            raise ConfigError("refine_factor must be at least 1")
         if not 0 < reduced_dims < dim:
-            raise ValueError(f"reduced_dims must be between 1 and the feature dimension {dim - 1}")
+            raise ConfigError(f"reduced_dims must be between 1 and the feature dimension {dim - 1}")
         # PCA needs at least as many bank vectors as dimensions to estimate the subspace.
         if len(bank) < dim:
-            raise ValueError(f"pca-refine needs a bank of at least {dim} patches, got {len(bank)}")
+            raise ConfigError(f"pca-refine needs a bank of at least {dim} patches, got {len(bank)}")
         pca = faiss.PCAMatrix(dim, reduced_dims)  # type: ignore[attr-defined]
         candidates = faiss.IndexPreTransform(pca, faiss.IndexFlatL2(reduced_dims))  # type: ignore[attr-defined]
         index = faiss.IndexRefineFlat(candidates)  # type: ignore[attr-defined]
@@ -89,13 +83,14 @@ def build_index(
         index.nprobe = max(1, n_lists // 8)
         index.make_direct_map()
     else:
-        raise ValueError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+        raise ConfigError(f"unknown index kind {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
     index.add(bank)
     return index
 
 
 class KnnBank:
-    """A class's memory bank behind a faiss index."""
+    """A class's memory bank behind a faiss index; a patch's score is its mean distance to the
+    ``k`` nearest bank patches."""
 
     def __init__(self, index: object, k: int = 1) -> None:
         self.index = index
@@ -127,25 +122,6 @@ class KnnBank:
             self._vectors = self.index.reconstruct_n(0, self.size)  # type: ignore[attr-defined]
         return self._vectors
 
-    def patchcore_image_scores(
-        self, features: np.ndarray, patch_scores: np.ndarray, b: int = 9
-    ) -> np.ndarray:
-        """PatchCore's image score: the most anomalous patch's 1-NN distance, re-weighted by how
-        isolated its nearest bank patch is (a patch near a sparse bank region counts for less)."""
-        worst = patch_scores.argmax(axis=1)
-        query = features[np.arange(len(features)), worst]  # (B, D)
-        s_star = patch_scores[np.arange(len(features)), worst]
-        _, nearest = self.search(query, 1)
-        vectors = self.vectors()
-        neighbours_dist, neighbours = self.search(vectors[nearest[:, 0]], min(b, self.size))
-        to_neighbours = np.linalg.norm(vectors[neighbours] - query[:, None, :], axis=2)  # (B, b)
-        # 1 - exp(s*) / sum(exp(||x* - m||)), computed stably in log space.
-        top = to_neighbours.max(axis=1, keepdims=True)
-        log_denominator = np.log(np.exp(to_neighbours - top).sum(axis=1)) + top[:, 0]
-        weight = 1.0 - np.exp(s_star - log_denominator)
-        del neighbours_dist
-        return weight * s_star
-
     def write(self, path: Path) -> None:
         faiss: object = _faiss()
         faiss.write_index(self.index, str(path))  # type: ignore[attr-defined]
@@ -154,36 +130,3 @@ class KnnBank:
     def read(cls, path: Path, k: int) -> KnnBank:
         faiss: object = _faiss()
         return cls(faiss.read_index(str(path)), k)  # type: ignore[attr-defined]
-
-
-class GaussianModel:
-    """PaDiM-style model: one Gaussian per grid position over a random subset of channels."""
-
-    def __init__(self, mean: np.ndarray, inv_cov: np.ndarray, dims: np.ndarray) -> None:
-        self.mean = torch.from_numpy(np.ascontiguousarray(mean, dtype=np.float32))  # (N, d)
-        self.inv_cov = torch.from_numpy(np.ascontiguousarray(inv_cov, dtype=np.float32))  # (N, d, d)
-        self.dims = torch.from_numpy(np.asarray(dims, dtype=np.int64))
-
-    @classmethod
-    def fit(
-        cls, features: torch.Tensor, max_dims: int = 100, seed: int = 0, shrink: float = 0.01
-    ) -> GaussianModel:
-        """``features``: ``(n_images, N, D)`` of normal images."""
-        n_images, _, dim = features.shape
-        generator = torch.Generator().manual_seed(seed)
-        dims = torch.randperm(dim, generator=generator)[: min(max_dims, dim)].sort().values
-        selected = features[:, :, dims].double()
-        mean = selected.mean(0)
-        centred = (selected - mean).permute(1, 0, 2)  # (N, n, d)
-        cov = centred.transpose(1, 2) @ centred / max(n_images - 1, 1)
-        eye = torch.eye(len(dims), dtype=torch.float64)
-        # Shrink towards a scaled identity: few images cannot estimate a full covariance.
-        scale = cov.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-6)[:, None, None]
-        cov = (1 - shrink) * cov + shrink * scale * eye + 1e-6 * eye
-        inv_cov = torch.linalg.inv(cov)
-        return cls(mean.float().numpy(), inv_cov.float().numpy(), dims.numpy())
-
-    def patch_scores(self, features: np.ndarray) -> np.ndarray:
-        selected = torch.from_numpy(features)[:, :, self.dims] - self.mean
-        mahalanobis = torch.einsum("bnd,nde,bne->bn", selected, self.inv_cov, selected)
-        return mahalanobis.clamp_min(0).sqrt().numpy()

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.engine.images import ImageError, decode_image, load_image_file, raw_to_rgb, validate_rgb
+from shared.engine.images import LazyImages, decode_image, load_image_file, raw_to_rgb, validate_rgb
+from shared.errors import ImageError
+from shared.limits import MAX_DIMENSION, MAX_PIXELS
 
 
 def encode(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
@@ -152,3 +154,32 @@ def test_validate_rgb_and_file_loading(tmp_path) -> None:
     with pytest.raises(ImageError) as excinfo:
         load_image_file(empty)
     assert excinfo.value.reason == "empty"
+
+
+def test_a_side_longer_than_the_limit_is_refused_even_within_the_pixel_budget() -> None:
+    long_side = MAX_DIMENSION + 1  # one row of it is far below MAX_PIXELS
+    assert long_side < MAX_PIXELS
+    with pytest.raises(ImageError) as excinfo:
+        decode_image(png_claiming(long_side, 1))
+    assert excinfo.value.reason == "too_large"
+    with pytest.raises(ImageError) as excinfo:
+        raw_to_rgb(bytes(long_side), 1, long_side, 1)
+    assert excinfo.value.reason == "too_large"
+    with pytest.raises(ImageError) as excinfo:
+        validate_rgb(np.zeros((1, long_side, 3), dtype=np.uint8))
+    assert excinfo.value.reason == "too_large"
+    assert raw_to_rgb(bytes(MAX_DIMENSION), MAX_DIMENSION, 1, 1).shape == (1, MAX_DIMENSION, 3)
+
+
+def test_lazy_images_read_each_source_when_asked(tmp_path) -> None:
+    path = tmp_path / "x.png"
+    path.write_bytes(encode(np.full((5, 6, 3), 7, dtype=np.uint8), "PNG"))
+    array = np.zeros((3, 4, 3), dtype=np.uint8)
+    images = LazyImages([path, array, np.zeros((3, 4), dtype=np.uint8)])
+    assert len(images) == 3 and len(images[:2]) == 2
+    assert images[0].shape == (5, 6, 3) and images[1] is array
+    path.unlink()  # read on access, not when listed
+    with pytest.raises(FileNotFoundError):
+        images[0]
+    with pytest.raises(ImageError):
+        list(images[1:])

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.model_tools.cli import INDEX_CHOICES
-from shared.engine.patch_scoring import INDEX_KINDS, KnnBank, build_index
+from shared.engine.scorers.index import KnnBank, build_index
 
 DIM = 96
 
@@ -100,7 +99,3 @@ def test_pca_refine_needs_a_bank_at_least_as_large_as_the_dimension() -> None:
 def test_unknown_index_kind_is_refused(bank: np.ndarray) -> None:
     with pytest.raises(ValueError, match="choose one of flat, pca-refine, hnsw, ivf"):
         build_index(bank, "annoy")  # type: ignore[arg-type]
-
-
-def test_the_cli_offers_exactly_the_engines_index_kinds() -> None:
-    assert INDEX_CHOICES == INDEX_KINDS

@@ -9,12 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.engine.artifacts import ArtifactError
-from shared.engine.images import ImageError
+from shared.engine.config import FitConfig
+from shared.engine.fitting import fit_model
 from shared.engine.metrics import auroc
-from shared.engine.model import FitConfig, InspectionModel
+from shared.engine.model import InspectionModel
+from shared.engine.persistence import load_model, save_model
+from shared.errors import ArtifactError, ImageError
 from shared.synthetic import render_sample
-from tests.unit.engine.conftest import FITTED_CLASSES, VIT_ARCH, VIT_SIZE, synthetic_split, synthetic_test
+from tests.unit.shared.engine.conftest import (
+    FITTED_CLASSES,
+    VIT_ARCH,
+    VIT_SIZE,
+    synthetic_split,
+    synthetic_test,
+)
 
 
 def vit_config(weights: Path, **changes: object) -> FitConfig:
@@ -31,13 +39,13 @@ def vit_config(weights: Path, **changes: object) -> FitConfig:
 
 @pytest.fixture(scope="module")
 def vit_model(tiny_vit_weights: Path) -> InspectionModel:
-    return InspectionModel.fit(synthetic_split(FITTED_CLASSES, 10, VIT_SIZE), vit_config(tiny_vit_weights))
+    return fit_model(synthetic_split(FITTED_CLASSES, 10, VIT_SIZE), vit_config(tiny_vit_weights))
 
 
 @pytest.fixture(scope="module")
 def saved_model(vit_model: InspectionModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("artifacts") / "model"
-    vit_model.save(path)
+    save_model(vit_model, path)
     return path
 
 
@@ -125,7 +133,7 @@ def test_calibration_comes_from_held_out_normals(vit_model: InspectionModel) -> 
 
 
 def test_f1_threshold_is_offered_from_supplied_defects(tiny_vit_weights: Path) -> None:
-    model = InspectionModel.fit(synthetic_split(("fabric",), 8, VIT_SIZE), vit_config(tiny_vit_weights))
+    model = fit_model(synthetic_split(("fabric",), 8, VIT_SIZE), vit_config(tiny_vit_weights))
     images, _, _ = synthetic_test("fabric", VIT_SIZE, n_good=0, n_per_defect=2, seed=9)
     frr_threshold = model.class_models[0].threshold
     threshold, f1 = model.offer_f1_threshold("fabric", images)
@@ -136,7 +144,7 @@ def test_f1_threshold_is_offered_from_supplied_defects(tiny_vit_weights: Path) -
 
 
 def test_artifact_round_trip_is_exact(vit_model: InspectionModel, saved_model: Path) -> None:
-    loaded = InspectionModel.load(saved_model)
+    loaded = load_model(saved_model)
     assert loaded.version == vit_model.version and loaded.classes == vit_model.classes
     images = [render_sample(p, np.random.default_rng(3), VIT_SIZE, "spot")[0] for p in FITTED_CLASSES]
     for before, after in zip(vit_model.score_batch(images), loaded.score_batch(images), strict=True):
@@ -178,7 +186,7 @@ def test_a_changed_byte_in_a_data_file_is_refused(saved_model: Path, tmp_path: P
     data[len(data) // 2] ^= 0x01
     (copy / victim).write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=f"{victim} .*sha256"):
-        InspectionModel.load(copy)
+        load_model(copy)
 
 
 def test_a_changed_manifest_is_refused(saved_model: Path, tmp_path: Path) -> None:
@@ -188,33 +196,33 @@ def test_a_changed_manifest_is_refused(saved_model: Path, tmp_path: Path) -> Non
     manifest["classes"][0]["threshold"] *= 2
     (copy / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     with pytest.raises(ArtifactError, match="modified"):
-        InspectionModel.load(copy)
+        load_model(copy)
     (copy / "manifest.json").write_text(text[:-20])
     with pytest.raises(ArtifactError, match="not valid JSON"):
-        InspectionModel.load(copy)
+        load_model(copy)
     manifest = json.loads(text)
     manifest["format_version"] = 99
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="not supported"):
-        InspectionModel.load(copy)
+        load_model(copy)
 
 
 def test_missing_files_and_weights_are_refused(saved_model: Path, tmp_path: Path) -> None:
     copy = copy_model(saved_model, tmp_path / "model")
     (copy / "index_002.faiss").unlink()
     with pytest.raises(ArtifactError, match=r"missing index_002\.faiss"):
-        InspectionModel.load(copy)
+        load_model(copy)
     with pytest.raises(ArtifactError, match=r"no manifest\.json"):
-        InspectionModel.load(tmp_path)
+        load_model(tmp_path)
     other_weights = tmp_path / "other.safetensors"
-    from tests.unit.engine.conftest import save_tiny_vit
+    from tests.unit.shared.engine.conftest import save_tiny_vit
 
     save_tiny_vit(other_weights, seed=11)
     with pytest.raises(ArtifactError, match="sha256"):
-        InspectionModel.load(saved_model, weights=other_weights)
+        load_model(saved_model, weights=other_weights)
     manifest = json.loads((saved_model / "manifest.json").read_text())
     with pytest.raises(ArtifactError) as excinfo:
-        InspectionModel.load(_without_weights(saved_model, tmp_path))
+        load_model(_without_weights(saved_model, tmp_path))
     assert manifest["backbone"]["weights_sha256"] in str(excinfo.value)
 
 
@@ -232,7 +240,7 @@ def _without_weights(saved_model: Path, tmp_path: Path) -> Path:
 
 def test_saving_never_overwrites_by_accident(vit_model: InspectionModel, saved_model: Path) -> None:
     with pytest.raises(ArtifactError, match="already exists"):
-        vit_model.save(saved_model)
+        save_model(vit_model, saved_model)
 
 
 @pytest.mark.parametrize("scorer", ["gaussian", "patchcore"])
@@ -240,26 +248,26 @@ def test_alternative_scorers_find_defects_and_round_trip(
     tiny_vit_weights: Path, tmp_path: Path, scorer: str
 ) -> None:
     config = vit_config(tiny_vit_weights, scorer=scorer)
-    model = InspectionModel.fit(synthetic_split(("fabric",), 10, VIT_SIZE), config)
+    model = fit_model(synthetic_split(("fabric",), 10, VIT_SIZE), config)
     images, labels, _ = synthetic_test("fabric", VIT_SIZE, n_good=5, n_per_defect=2)
     scores = [r.raw_score for r in model.score_batch(images)]
     assert auroc(labels, np.array(scores)) >= 0.8
-    model.save(tmp_path / "m")
-    reloaded = [r.raw_score for r in InspectionModel.load(tmp_path / "m").score_batch(images)]
+    save_model(model, tmp_path / "m")
+    reloaded = [r.raw_score for r in load_model(tmp_path / "m").score_batch(images)]
     assert reloaded == scores
 
 
 def test_pca_refine_index_scores_like_the_exact_index(tiny_vit_weights: Path, tmp_path: Path) -> None:
     data = synthetic_split(("fabric",), 10, VIT_SIZE)
-    exact = InspectionModel.fit(data, vit_config(tiny_vit_weights))
-    refined = InspectionModel.fit(
+    exact = fit_model(data, vit_config(tiny_vit_weights))
+    refined = fit_model(
         data, vit_config(tiny_vit_weights, index="pca-refine", reduced_dims=32, refine_factor=8)
     )
     images, _, _ = synthetic_test("fabric", VIT_SIZE, n_good=3, n_per_defect=1)
     exact_scores = np.array([r.raw_score for r in exact.score_batch(images)])
     refined_scores = np.array([r.raw_score for r in refined.score_batch(images)])
     np.testing.assert_allclose(refined_scores, exact_scores, rtol=1e-3)
-    refined.save(tmp_path / "m")
-    reloaded = InspectionModel.load(tmp_path / "m")
+    save_model(refined, tmp_path / "m")
+    reloaded = load_model(tmp_path / "m")
     assert reloaded.config.index == "pca-refine" and reloaded.config.reduced_dims == 32
     assert [r.raw_score for r in reloaded.score_batch(images)] == refined_scores.tolist()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shared.engine.config import FitConfig
+from shared.engine.fitting import fit_model
 from shared.engine.metrics import auroc
-from shared.engine.model import FitConfig, InspectionModel
-from tests.unit.engine.conftest import FITTED_CLASSES, synthetic_split, synthetic_test
+from shared.engine.model import InspectionModel
+from tests.unit.shared.engine.conftest import FITTED_CLASSES, synthetic_split, synthetic_test
 
 SIZE = 128
 
@@ -15,7 +17,7 @@ SIZE = 128
 @pytest.fixture(scope="module")
 def cnn_model() -> InspectionModel:
     config = FitConfig(backbone="efficientnet_lite0", input_size=SIZE, bank_size=1500)
-    return InspectionModel.fit(synthetic_split(FITTED_CLASSES, 10, SIZE), config)
+    return fit_model(synthetic_split(FITTED_CLASSES, 10, SIZE), config)
 
 
 @pytest.mark.parametrize("product", FITTED_CLASSES)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
 from services.cli import main
+from services.model_tools.cli import INDEX_CHOICES, register
+from shared.engine.config import INDEX_KINDS, SCORER_KINDS
 from shared.synthetic import write_mvtec_dataset
 
 CLASS_KEYS = {
@@ -151,3 +154,22 @@ def test_fit_refuses_more_reduced_dims_than_the_features_have(
     assert main([*args, "--index", "pca-refine", "--reduced-dims", "4000", "--out", str(tmp_path / "m")]) == 2
     assert "reduced_dims must be between 1 and the feature dimension" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_the_cli_offers_exactly_the_engines_index_kinds() -> None:
+    assert INDEX_CHOICES == INDEX_KINDS
+
+
+def test_the_cli_offers_exactly_the_registered_scorers_and_index_kinds() -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    fit = parser.parse_args(["fit", "--data", "d", "--out", "o"])
+    assert (fit.scorer, fit.index) == ("knn", "flat")
+    for flag, expected in (("--scorer", SCORER_KINDS), ("--index", INDEX_KINDS)):
+        for value in expected:
+            assert (
+                getattr(parser.parse_args(["fit", "--data", "d", "--out", "o", flag, value]), flag[2:])
+                == value
+            )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["fit", "--data", "d", "--out", "o", "--scorer", "padim"])

@@ -1,0 +1,153 @@
+"""What ``lineguard fit``, ``evaluate`` and ``score`` do, as plain functions (no argument parsing,
+no printing): the engine's command-line tools without the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from shared.engine.config import FitConfig, FitProgress, ScoreResult
+from shared.engine.dataset import IMAGE_SUFFIXES, discover
+from shared.engine.evaluation import evaluate
+from shared.engine.fitting import fit_model
+from shared.engine.images import load_image_file
+from shared.engine.model import InspectionModel
+from shared.engine.persistence import load_model, save_model
+from shared.errors import DatasetError, ImageError
+from shared.messages.anomaly_map import overlay, to_levels
+
+REGION_OUTLINE = (255, 0, 0)  # region boxes drawn on overlays
+OVERLAY_SUFFIX = "_overlay.png"  # <image stem>_overlay.png in --overlay-dir
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's intra-op threads (None: torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def fit_folder(
+    data: str | Path,
+    classes: list[str] | None,
+    config: FitConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    defect_samples: str | Path | None = None,
+    progress: FitProgress | None = None,
+) -> InspectionModel:
+    """Fit a model on the normal training images of an MVTec-layout folder and write it to ``out``.
+
+    ``defect_samples`` (a folder of defective images, one subfolder per class when there are
+    several classes) adds an F1-optimal threshold to each class's calibration record.
+    """
+    found = discover(data, classes)
+    empty = [class_data.name for class_data in found if len(class_data.train) < 2]
+    if empty:
+        raise DatasetError(f"class(es) {', '.join(empty)} have fewer than 2 images in train/good")
+    training: dict[str, list[Path | np.ndarray]] = {d.name: list(d.train) for d in found}
+    model = fit_model(training, config, progress)
+    if defect_samples:
+        offer_f1_thresholds(model, Path(defect_samples))
+    save_model(model, out, overwrite=overwrite)
+    return model
+
+
+def offer_f1_thresholds(model: InspectionModel, folder: Path) -> None:
+    """Record an F1-optimal threshold per class from the defective images under ``folder``."""
+    for name in model.classes:
+        class_folder = folder / name if (folder / name).is_dir() else folder
+        if len(model.classes) > 1 and class_folder == folder:
+            continue
+        paths = sorted(p for p in class_folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if paths:
+            model.offer_f1_threshold(name, [load_image_file(p) for p in paths])
+
+
+def evaluate_folder(
+    model_dir: str | Path,
+    data: str | Path,
+    classes: list[str] | None,
+    *,
+    batch_size: int = 1,
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> tuple[InspectionModel, dict[str, Any]]:
+    """The model and its report on the test images of an MVTec-layout folder.
+
+    ``on_start`` learns the number of test images before scoring begins (for a progress bar).
+    """
+    model = load_model(model_dir)
+    found = discover(data, classes)
+    if on_start is not None:
+        on_start(sum(len(class_data.test) for class_data in found))
+    return model, evaluate(model, found, batch_size=batch_size, progress=progress)
+
+
+@dataclass
+class ScoredFile:
+    """One image file's outcome: ``entry`` is its JSON record; ``result`` is None when the file
+    could not be read (``entry["error"]`` says why)."""
+
+    entry: dict[str, Any]
+    result: ScoreResult | None
+
+
+def score_file(
+    model: InspectionModel, name: str, hint: str | None, overlay_dir: Path | None = None
+) -> ScoredFile:
+    """Score one image file; with ``overlay_dir``, write its heatmap overlay there."""
+    try:
+        image = load_image_file(name)
+    except (ImageError, OSError) as exc:
+        return ScoredFile({"image": name, "error": str(exc)}, None)
+    result = model.score_batch([image], hints=[hint])[0]
+    entry = result_entry(name, result)
+    if overlay_dir is not None:
+        overlay_path = overlay_dir / f"{Path(name).stem}{OVERLAY_SUFFIX}"
+        write_overlay(image, result, overlay_path)
+        entry["overlay"] = str(overlay_path)
+    return ScoredFile(entry, result)
+
+
+def result_entry(name: str, result: ScoreResult) -> dict[str, Any]:
+    return {
+        "image": name,
+        "product_class": result.product_class,
+        "route_confidence": round(result.route_confidence, 4),
+        "hint_mismatch": result.hint_mismatch,
+        "score": round(result.score, 4),
+        "raw_score": round(result.raw_score, 6),
+        "threshold": round(result.threshold, 6),
+        "decision": result.decision.value,
+        "reason": result.reason,
+        "regions": [
+            {
+                "x": r.x,
+                "y": r.y,
+                "width": r.width,
+                "height": r.height,
+                "score": round(r.score, 4),
+                "area_fraction": round(r.area_fraction, 5),
+            }
+            for r in result.regions
+        ],
+    }
+
+
+def write_overlay(image: np.ndarray, result: ScoreResult, path: Path) -> None:
+    """The anomaly map over the image in the project's one colour ramp, region boxes outlined."""
+    canvas = Image.fromarray(overlay(image, to_levels(result.anomaly_map)))
+    draw = ImageDraw.Draw(canvas)
+    for region in result.regions:
+        draw.rectangle(
+            [region.x, region.y, region.x + region.width - 1, region.y + region.height - 1],
+            outline=REGION_OUTLINE,
+        )
+    canvas.save(path)

@@ -1,0 +1,42 @@
+"""One fitted product class, and the one way a class's patch scores become maps and image scores.
+
+``raw_maps`` is shared by inference (``InspectionModel``) and calibration (``fitting``), so a
+threshold is always set on exactly the numbers it is later compared with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.engine.config import FitConfig
+from shared.engine.postprocess import Normaliser, anomaly_maps, image_scores
+from shared.engine.scorers.base import PatchScorer, PatchScores, ScoreInput
+
+
+@dataclass
+class ClassModel:
+    name: str
+    scorer: PatchScorer
+    normaliser: Normaliser
+    unknown_threshold: float  # routing: cosine distance beyond which an image is 'unknown'
+    prototype: np.ndarray  # routing: the class's mean global embedding
+    calibration: dict[str, Any]  # how the threshold was set (stored in the manifest)
+
+    @property
+    def threshold(self) -> float:
+        return self.normaliser.threshold
+
+
+def maps_and_scores(patch: PatchScores, config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly maps (model input resolution, raw scale) and raw image scores from patch scores."""
+    maps = anomaly_maps(patch.patch, patch.grid, config.input_size, config.blur_sigma)
+    image_raw = patch.image if patch.image is not None else image_scores(maps, config.image_score)
+    return maps, image_raw
+
+
+def raw_maps(scorer: PatchScorer, batch: ScoreInput, config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly maps and raw image scores of ``batch`` against one class's scorer."""
+    return maps_and_scores(scorer.score(batch), config)
