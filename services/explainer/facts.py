@@ -13,8 +13,9 @@ import logging
 from dataclasses import dataclass, replace
 
 from services.explainer.geometry import cell_shares, region_position
-from services.explainer.pictures import IMAGE_ERRORS, EventPictures, make_pictures
+from services.explainer.pictures import EventPictures, make_pictures
 from shared.engine.config import Decision
+from shared.errors import ImageError
 from shared.messages.anomaly_map import decode_anomaly_map, resize_levels
 from shared.messages.pixels import decode_pixels
 from shared.messages.schemas import DefectEvent, Verdict
@@ -49,7 +50,7 @@ def read_facts(event: DefectEvent, *, frame_max_side: int, crop_max_side: int) -
     try:
         frame = decode_pixels(event.image, event.encoding, event.width, event.height)
         levels = decode_anomaly_map(event.anomaly_map_png)
-    except IMAGE_ERRORS as exc:
+    except ImageError as exc:
         log_event(
             log,
             "event_image_unusable",

@@ -15,14 +15,8 @@ import numpy as np
 from PIL import Image
 
 from services.explainer.geometry import Box, crop_box
-from shared.engine import images as engine_images
-from shared.errors import ImageError
 from shared.messages.anomaly_map import overlay, resize_levels
 from shared.messages.schemas import RegionMsg
-
-# What an unusable picture raises. The engine's decoder still has its own ImageError until it moves
-# under shared.errors (issue 8, engine side); then both names are one class and this is one type.
-IMAGE_ERRORS = (ImageError, engine_images.ImageError)
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from services.explainer.pictures import IMAGE_ERRORS, Reference, encode_jpeg, fit_within
+from services.explainer.pictures import Reference, encode_jpeg, fit_within
 from services.explainer.store import safe_component
 from shared.engine.images import load_image_file
+from shared.errors import ImageError
 from shared.settings import EgressPolicy, ExplainerSettings
 from shared.telemetry.logging import log_event
 
@@ -57,7 +58,7 @@ class ReferenceLibrary:
             for path in files[: self.per_class]:
                 try:
                     image = load_image_file(path)
-                except IMAGE_ERRORS as exc:
+                except ImageError as exc:
                     log_event(log, "reference_unreadable", logging.WARNING, path=str(path), reason=exc.reason)
                     continue
                 references.append(Reference(label, encode_jpeg(fit_within(image, _REFERENCE_MAX_SIDE))))
