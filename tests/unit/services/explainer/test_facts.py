@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from services.explainer.facts import read_facts
-from services.explainer.pictures import IMAGE_ERRORS
 from shared.engine.config import Decision
+from shared.errors import ImageError
 from shared.messages.anomaly_map import decode_anomaly_map
 from shared.messages.pixels import decode_pixels
 from tests.support.defect_events import make_event, png_bytes
@@ -17,12 +17,12 @@ def test_event_images_are_decoded_with_bounds() -> None:
     raw = bytes(range(256)) * 3  # 16x16x3
     assert decode_pixels(raw, "raw-rgb", 16, 16).shape == (16, 16, 3)
     assert decode_pixels(raw[:256], "raw8", 16, 16).shape == (16, 16, 3)
-    with pytest.raises(IMAGE_ERRORS) as err:
+    with pytest.raises(ImageError) as err:
         decode_pixels(raw, "raw-rgb", 16, 17)
     assert err.value.reason == "bad_dimensions"
-    with pytest.raises(IMAGE_ERRORS):
+    with pytest.raises(ImageError):
         decode_pixels(b"GIF89a....", "gif", None, None)
-    with pytest.raises(IMAGE_ERRORS) as err:
+    with pytest.raises(ImageError) as err:
         decode_anomaly_map(b"\x89PNG\r\n\x1a\nbroken")
     assert err.value.reason == "corrupt"
     assert decode_anomaly_map(png_bytes(np.zeros((4, 5), np.uint8))).shape == (4, 5)
