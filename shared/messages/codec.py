@@ -56,7 +56,8 @@ def _msgpack_limits() -> dict[str, int]:
             if "str" in str(hints[f.name]):
                 str_len = max(str_len, lim.get("max_len", 0))
     return {
-        "max_str_len": str_len,
+        # Field limits count characters; msgpack counts bytes, and UTF-8 takes up to 4 per character.
+        "max_str_len": 4 * str_len,
         "max_bin_len": bin_len,
         "max_array_len": max(items, 2),  # 2: a header is a [name, value] pair
         "max_map_len": max(items, fields),
@@ -345,8 +346,15 @@ def _check_rules(message: Any) -> None:
         _check_image(message.encoding, message.image, message.width, message.height, "")
         if not message.anomaly_map_png.startswith(PNG_SIGNATURE):
             raise _refusal("invalid_field", "anomaly_map_png is not a PNG", "anomaly_map_png")
-    elif isinstance(message, ModelAnnouncement) and any(c not in "0123456789abcdef" for c in message.sha256):
-        raise _refusal("invalid_field", "sha256 must be 64 lowercase hex digits", "sha256")
+    elif isinstance(message, ModelAnnouncement):
+        _check_hex(message.sha256, "sha256")
+    elif isinstance(message, DeadLetter):
+        _check_hex(message.original_value_sha256, "original_value_sha256")
+
+
+def _check_hex(digest: str, path: str) -> None:
+    if any(c not in "0123456789abcdef" for c in digest):
+        raise _refusal("invalid_field", f"{path} must be 64 lowercase hex digits", path)
 
 
 def _check_image(encoding: str, image: bytes, width: int | None, height: int | None, path: str) -> None:

@@ -125,6 +125,11 @@ def _letter(frame_id: str, reason: str) -> DeadLetter:
         original_key=None,
         original_value=b"x",
         original_headers=[(FRAME_ID_HEADER, frame_id.encode())],
+        truncated=False,
+        original_key_size=0,
+        original_value_size=1,
+        original_value_sha256="00" * 32,
+        original_header_count=1,
         failed_at=1,
         service="scorer",
     )

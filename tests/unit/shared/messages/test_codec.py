@@ -79,7 +79,12 @@ def dead_letter(**changes: Any) -> DeadLetter:
         source_offset=42,
         original_key=b"cam-1",
         original_value=b"\x00\x01garbage",
-        original_headers=[("traceparent", b"00-abc-def-01")],
+        original_headers=[("traceparent", b"00-abc-def-01"), ("no-value", None)],
+        truncated=False,
+        original_key_size=5,
+        original_value_size=9,
+        original_value_sha256="cd" * 32,
+        original_header_count=2,
         failed_at=5,
         service="scorer",
     )
@@ -140,7 +145,7 @@ def test_round_trip(message: Any) -> None:
     data = encode(message)
     assert decode(data, type(message)) == message
     assert decode_any(data) == message
-    assert schema_of(data) == (type(message).SCHEMA, 1)
+    assert schema_of(data) == (type(message).SCHEMA, type(message).VERSION)
 
 
 def test_every_message_carries_schema_and_version() -> None:
@@ -156,7 +161,7 @@ def test_decoded_types_are_the_declared_ones() -> None:
     assert isinstance(got.score, float)
     assert isinstance(got.regions[0], RegionMsg)
     headers = decode(encode(dead_letter()), DeadLetter).original_headers
-    assert headers == [("traceparent", b"00-abc-def-01")]
+    assert headers == [("traceparent", b"00-abc-def-01"), ("no-value", None)]
     assert isinstance(headers[0], tuple)
 
 
@@ -399,6 +404,9 @@ def test_invalid_nested_and_cross_field_rules() -> None:
         ({"original_key": "text"}, "original_key"),
         ({"source_partition": -1}, "source_partition"),
         ({"original_value": None}, "original_value"),
+        ({"original_value_sha256": "CD" * 32}, "original_value_sha256"),
+        ({"truncated": 1}, "truncated"),
+        ({"original_value_size": -1}, "original_value_size"),
     ],
 )
 def test_invalid_dead_letter_fields(changes: dict[str, Any], field: str) -> None:
