@@ -434,3 +434,10 @@ def test_message_error_carries_reason_detail_and_field() -> None:
     assert error.reason in codec.REASONS
     assert error.detail and str(error).startswith("invalid_field: ")
     assert isinstance(error, ValueError)
+
+
+def test_a_string_within_its_character_limit_decodes_whatever_its_utf8_size() -> None:
+    """Limits count characters, msgpack counts bytes: what encode accepts must decode."""
+    name = "\U0001f600" * 400_000  # 400k characters, 1.6 MB of UTF-8: within a header name's limit
+    letter = dead_letter(original_headers=[(name, b"v")], original_header_count=1)
+    assert decode(encode(letter), DeadLetter) == letter
