@@ -80,6 +80,10 @@ class ScorerSettings(BaseModel):
     transaction_timeout_ms: int = Field(60_000, ge=1_000, le=900_000)
     # A partition with records to process and no progress for this long: health red, exit non-zero.
     progress_timeout_s: float = Field(120.0, gt=0, le=86_400)
+    # Wire values (stations, hinted classes) kept as distinct metric label values, and as keys of
+    # each alert-detector map; past the cap they are counted as "other" / the oldest is evicted.
+    max_label_values: int = Field(256, ge=1, le=100_000)
+    max_alert_keys: int = Field(4096, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _timeouts_fit(self) -> ScorerSettings:

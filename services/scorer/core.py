@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from shared.engine.config import Decision, ScoreResult
-from shared.errors import ImageError, MessageError
+from shared.errors import ImageError, LineguardError, MessageError
 from shared.limits import MAX_PIXELS
 from shared.messages.anomaly_map import encode_anomaly_map
 from shared.messages.codec import decode
@@ -29,6 +29,13 @@ from shared.settings import LatePolicy, NonFinitePolicy
 SERVICE = "scorer"
 
 RecordKey = tuple[str, int, int]  # topic, partition, offset
+
+
+class ScorerFailure(LineguardError):
+    """The scorer cannot go on without losing or stalling frames: it leaves the group and exits
+    non-zero, so that the group rebalances and a restarted scorer takes over cleanly."""
+
+    default_reason = "scorer_failed"
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class RecordOutcome:
     dead_letter: DeadLetter | None = None
     outputs: tuple[OutRecord, ...] = ()
     non_finite: bool = False
+    fallback: int = 0  # how far the dead letter fell back: 0 whole, 1 truncated, 2 bare (outputs.py)
 
 
 def dead_letter(

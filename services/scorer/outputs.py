@@ -70,11 +70,10 @@ def dead_letter_outputs(
         try:
             value = encode(letter)
         except MessageError as exc:
-            log_event(log, "dead_letter_fallback", logging.WARNING, level=step, error=describe(exc))
+            log_event(log, "dead_letter_fallback", logging.WARNING, fallback=step, error=describe(exc))
             continue
-        return RecordOutcome(
-            record, dead_letter=letter, outputs=(OutRecord("dlq", value, letter.original_key, headers),)
-        )
+        out = OutRecord("dlq", value, letter.original_key, headers)
+        return RecordOutcome(record, dead_letter=letter, outputs=(out,), fallback=step)
     raise AssertionError("a bare dead letter always encodes")  # _bare keeps every field within its limits
 
 
@@ -115,12 +114,14 @@ def _trace_headers(record: RawRecord) -> tuple[tuple[str, bytes], ...]:
         return ()
 
 
-def alert_outputs(alerts: Sequence[AlertEvent], headers: Sequence[tuple[str, bytes]]) -> list[OutRecord]:
-    """Alerts as records; one the codec refuses is logged and left out (the verdict still goes)."""
+def alert_outputs(
+    alerts: Sequence[AlertEvent], headers: Sequence[tuple[str, bytes]]
+) -> list[tuple[AlertEvent, OutRecord]]:
+    """Alerts with their records; one the codec refuses is logged and left out (the verdict goes)."""
     out = []
     for alert in alerts:
         try:
-            out.append(OutRecord("alerts", encode(alert), alert.station_id.encode(), tuple(headers)))
+            out.append((alert, OutRecord("alerts", encode(alert), alert.station_id.encode(), tuple(headers))))
         except MessageError as exc:
             log_event(log, "alert_invalid", logging.ERROR, kind=alert.kind, error=describe(exc))
     return out

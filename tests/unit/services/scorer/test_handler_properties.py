@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -95,9 +96,7 @@ def _value(data: st.DataObject) -> bytes | None:
         )
         return msgpack.packb(wire, use_bin_type=True)
     wire = data.draw(
-        st.dictionaries(
-            st.text(max_size=10), st.one_of(_ints, st.text(max_size=20), st.binary(max_size=20))
-        )
+        st.dictionaries(st.text(max_size=10), st.one_of(_ints, st.text(max_size=20), st.binary(max_size=20)))
     )
     return msgpack.packb(wire, use_bin_type=True)
 
@@ -177,8 +176,9 @@ def _check(outcome: RecordOutcome) -> None:
         assert decode(outcome.outputs[1].value, DefectEvent).verdict == verdict
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # huge generated floats overflow float32 maps
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 @given(st.data())
 def test_every_record_gets_exactly_one_verdict_or_one_dead_letter(data: st.DataObject) -> None:
