@@ -159,11 +159,18 @@ def load_model_dir(
 
 def warm_up(model: Any) -> None:
     """Score two plain grey frames. The first calls of a model (and of each thread that runs it) pay
-    for lazy initialisation, hundreds of ms that the first real frames would otherwise wait for."""
+    for lazy initialisation, hundreds of ms that the first real frames would otherwise wait for.
+    Their scores must be finite: a model that gives NaN or infinity for a plain frame is refused."""
     import numpy as np
 
+    from services.scorer.core import non_finite_numbers
+
     frame = np.full((model.input_size, model.input_size, 3), 128, dtype=np.uint8)
-    model.score_batch([frame, frame])
+    for result in model.score_batch([frame, frame]):
+        bad = non_finite_numbers(result)
+        if bad:
+            found = ", ".join(f"{name}={value}" for name, value in bad.items())
+            raise ModelRefused(f"class {result.product_class}: warm-up gave non-finite {found}")
 
 
 class ModelWatcher:

@@ -69,8 +69,17 @@ _STOP_TIMEOUT_S = 15.0  # leaving the group when failing
 
 
 class ScorerService:
-    def __init__(self, settings: Any, holder: ModelHolder, health: Health | None = None) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        holder: ModelHolder,
+        health: Health | None = None,
+        *,
+        make_producer: Callable[..., Any] | None = None,
+    ) -> None:
+        """``make_producer``: how partition producers are made (default ``shared.kafka.client``'s)."""
         self.settings = settings
+        self._make_producer = make_producer
         self.cfg = settings.scorer
         self.holder = holder
         self.health = health or Health()
@@ -122,7 +131,9 @@ class ScorerService:
             heartbeat_interval_ms=max(100, self.cfg.session_timeout_ms // 3),
             max_poll_records=self.cfg.max_batch,
         )
-        self.partitions = PartitionTransactions(self.settings, self.consumer, on_failure=self.fail)
+        self.partitions = PartitionTransactions(
+            self.settings, self.consumer, make_producer=self._make_producer, on_failure=self.fail
+        )
         self.publisher = PartitionPublisher(
             self.settings, self.partitions, self.alert_detector, count=self._count_committed
         )

@@ -232,13 +232,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class ScorerProcess:
     """``lineguard scorer`` as a real subprocess, with its JSON log in a file."""
 
-    def __init__(self, settings: Settings, model_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, model_dir: Path, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
+        """``env``: more environment variables (e.g. ``LINEGUARD_METRICS_PORT``)."""
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "scorer", "--model", str(model_dir)],
             cwd=REPO_ROOT,
-            env=settings_env(settings),
+            env={**settings_env(settings), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
