@@ -158,6 +158,9 @@ class ScorerService:
         except Exception as exc:
             self.fail(exc if isinstance(exc, ScorerFailure) else ScorerFailure(describe(exc)))
         finally:
+            log_event(
+                log, "scorer_stopping", failed=self.failure is not None, batches_in_flight=self._scoring
+            )
             watch.cancel()
             if self.failure is None and not publisher.done():
                 # Publish what is queued, then stop (unless the publisher dies first).

@@ -13,7 +13,7 @@ from shared.errors import MessageError
 from shared.messages.codec import decode, decode_any, encode
 from shared.messages.schemas import MESSAGE_TYPES, DeadLetter, Frame, RegionMsg, Verdict
 
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ints = st.integers(-(1 << 63), (1 << 64) - 1)
 any_float = st.floats(allow_nan=True, allow_infinity=True)
 wire_value = st.recursive(
