@@ -106,6 +106,8 @@ class ExplainerSettings(BaseModel):
     report_dir: Path = Path("var/reports")
     structured_outputs: bool = True  # else JSON mode plus local validation
     request_timeout_s: float = Field(60.0, gt=0)
+    max_response_bytes: int = Field(4 << 20, ge=64 << 10, le=256 << 20)  # a bigger answer is refused unread
+    ca_file: Path | None = None  # CA bundle (PEM) the endpoint's certificate must chain to; None: system CAs
     max_attempts: int = Field(4, ge=1, le=20)
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)

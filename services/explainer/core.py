@@ -139,10 +139,13 @@ class Explainer:
         headers: Sequence[tuple[str, bytes]] | None = None,
         first_seen: float | None = None,
         publish: Publish | None = None,
+        fallback_reason: str = "",
     ) -> EventResult:
         """Report on ``event``, or say it is a duplicate, or that it must be held.
 
-        ``first_seen``: when the service first received it (for the maximum hold time).
+        ``first_seen``: when the service first received it; the event ends in a report no later
+        than ``max_hold_s`` after it. ``fallback_reason``: write the fallback report without
+        asking the VLM (the service's last resort for an event held past that limit).
         ``publish``: sends the ``Report`` message; called for a new report, and for a stored one
         whose message never went out (a crash in between), then recorded in the store.
         Events for the same frame are handled one at a time, so a duplicate arriving while the
@@ -154,7 +157,7 @@ class Explainer:
         entry[1] += 1
         try:
             async with entry[0]:
-                return await self._traced(event, headers, first_seen, publish)
+                return await self._traced(event, headers, first_seen, publish, fallback_reason)
         finally:
             entry[1] -= 1
             if entry[1] == 0:
@@ -166,12 +169,14 @@ class Explainer:
         headers: Sequence[tuple[str, bytes]] | None,
         first_seen: float | None,
         publish: Publish | None,
+        fallback_reason: str,
     ) -> EventResult:
         with tracer.start_as_current_span(
             "explainer.report", context=extract_context(headers), kind=trace.SpanKind.CONSUMER
         ) as span:
             span.set_attribute("lineguard.frame_id", event.verdict.frame_id)
-            result = await self.explain(event, first_seen if first_seen is not None else self.clock())
+            seen = first_seen if first_seen is not None else self.clock()
+            result = await self.explain(event, seen, fallback_reason)
             span.set_attribute("lineguard.outcome", result.kind)
             result.headers = inject_headers([])
             document, json_path = result.document, result.json_path
@@ -189,7 +194,7 @@ class Explainer:
                 result.published = True
             return result
 
-    async def explain(self, event: DefectEvent, first_seen: float) -> EventResult:
+    async def explain(self, event: DefectEvent, first_seen: float, fallback_reason: str = "") -> EventResult:
         """The path of one event, step by step (publishing is ``handle``'s last step)."""
         v = event.verdict
         stored = self.store.lookup(v.frame_id, v.line_id, v.station_id, v.captured_at)
@@ -199,7 +204,9 @@ class Explainer:
             event, frame_max_side=self.settings.frame_max_side, crop_max_side=self.settings.crop_max_side
         )
         egress = egress_for(self.settings, v.product_class)
-        answer = await self._ask(facts, egress, first_seen)
+        answer = (
+            _Answer(None, fallback_reason) if fallback_reason else await self._ask(facts, egress, first_seen)
+        )
         if isinstance(answer, EventResult):  # held: no report yet
             return answer
         document = self._report(facts, answer, egress)
@@ -216,7 +223,8 @@ class Explainer:
         """The prompt, then the VLM's answer. Without a call the answer is the fallback reason;
         an ``EventResult`` when the policy holds the event instead."""
         v = facts.verdict
-        may_hold = self.clock() - first_seen < self.settings.max_hold_s
+        left_s = first_seen + self.settings.max_hold_s - self.clock()  # until the report is due
+        may_hold = left_s > 0
         if self.vlm is None:
             return _Answer(None, "no_endpoint")
         if egress is EgressPolicy.NONE:
@@ -226,9 +234,11 @@ class Explainer:
         if not self.vlm.can_afford_a_call():
             metrics.BUDGET_REMAINING.set(self.vlm.budget.remaining())
             if self.settings.when_budget_spent is UnavailablePolicy.HOLD and may_hold:
-                retry = min(self.settings.hold_retry_s, self.vlm.budget.seconds_until_reset())
+                retry = min(self.settings.hold_retry_s, self.vlm.budget.seconds_until_reset(), left_s)
                 return self._held(v.frame_id, "budget_spent", retry)
             return _Answer(None, "budget_spent")
+        if not may_hold:  # held until the limit: the report is due now
+            return _Answer(None, "hold_limit")
         prompt = build_prompt(
             facts,
             facts.pictures,
@@ -237,11 +247,20 @@ class Explainer:
             language=self.settings.language,
             references=self.references.for_class(v.product_class) if egress is EgressPolicy.FULL else [],
         )
+        exchange = VlmExchange()
         try:
-            async with self._calls:
-                if self.stopping:  # shutting down: do not start a paid call now
-                    return self._held(v.frame_id, "shutdown", self.settings.hold_retry_s)
-                return _Answer(await self.vlm.explain(prompt))
+            # The whole exchange (retries, repair, follow-up) ends by the hold limit, whatever
+            # the endpoint does; a cancelled call settles its breaker permit on the way out.
+            async with asyncio.timeout(left_s):
+                async with self._calls:
+                    if self.stopping:  # shutting down: do not start a paid call now
+                        return self._held(v.frame_id, "shutdown", self.settings.hold_retry_s)
+                    return _Answer(await self.vlm.explain(prompt, exchange))
+        except TimeoutError:
+            log_event(log, "vlm_past_hold_limit", logging.WARNING, frame_id=v.frame_id)
+            if exchange.answer is not None:  # cut short in the follow-up: the first answer stands
+                return _Answer(exchange)
+            return _Answer(exchange, "hold_limit")
         except VlmFailure as failure:
             log_event(
                 log,
@@ -253,7 +272,7 @@ class Explainer:
             )
             if failure.later and self.settings.when_endpoint_down is UnavailablePolicy.HOLD and may_hold:
                 retry = max(self.settings.hold_retry_s, self.vlm.breaker.retry_after())
-                return self._held(v.frame_id, "endpoint_down", retry)
+                return self._held(v.frame_id, "endpoint_down", min(retry, left_s))
             return _Answer(failure.exchange, "endpoint_down" if failure.later else f"vlm_{failure.kind}")
 
     def _held(self, frame_id: str, reason: str, retry_after_s: float) -> EventResult:

@@ -36,6 +36,7 @@ class _Held:
     record: ConsumerRecord
     first_seen: float
     due: float
+    failed: bool  # held after an internal error, not by the hold policy
 
 
 async def run_explainer(
@@ -115,7 +116,7 @@ class _Service:
             for held in [h for h in self.held if h.due <= now]:
                 self.held.remove(held)
                 tp = _tp(held.record)
-                self._start(tp, held.record, held.first_seen, producer)
+                self._start(tp, held.record, held.first_seen, producer, held.failed)
             await self._collect(wait=0.05 if self.in_flight else 0)
             await self._commit(consumer)
             self._observe_lag(consumer)
@@ -129,8 +130,15 @@ class _Service:
         log_event(log, "explainer_stopped", done=self.done, held=len(self.held))
         return self.done
 
-    def _start(self, tp: Any, record: ConsumerRecord, first_seen: float, producer: AIOKafkaProducer) -> None:
-        task = asyncio.create_task(self._process(record, first_seen, producer))
+    def _start(
+        self,
+        tp: Any,
+        record: ConsumerRecord,
+        first_seen: float,
+        producer: AIOKafkaProducer,
+        failed: bool = False,
+    ) -> None:
+        task = asyncio.create_task(self._process(record, first_seen, producer, failed))
         self.in_flight[task] = (tp, record, first_seen)
 
     async def _collect(self, wait: float) -> None:
@@ -145,14 +153,16 @@ class _Service:
                 self.tracker.finished(tp, record.offset)
                 self.done += 1
             else:
-                self.held.append(_Held(record, first_seen, time.time() + result.retry_after_s))
+                failed = result.hold_reason == "internal_error"
+                self.held.append(_Held(record, first_seen, time.time() + result.retry_after_s, failed))
         metrics.HELD_EVENTS.set(len(self.held))
 
     async def _process(
-        self, record: ConsumerRecord, first_seen: float, producer: AIOKafkaProducer
+        self, record: ConsumerRecord, first_seen: float, producer: AIOKafkaProducer, failed_before: bool
     ) -> EventResult | None:
         """Report on one record. None: the record went to the DLQ. Failures of our own (disk,
-        Kafka) hold the event instead of dropping it."""
+        Kafka) hold the event instead of dropping it; one that failed so until its report is due
+        gets the fallback report (``failed_before``: its last try ended in such a failure)."""
         from services.explainer.core import EventResult
         from shared.messages.codec import MessageError, decode, encode
         from shared.messages.schemas import DefectEvent, Report
@@ -171,9 +181,16 @@ class _Service:
                 headers=headers,
             )
 
+        cfg = self.settings.explainer
+        overdue = time.time() - first_seen >= cfg.max_hold_s
         try:
             return await self.explainer.handle(
-                event, headers=record.headers, first_seen=first_seen, publish=publish
+                event,
+                headers=record.headers,
+                first_seen=first_seen,
+                publish=publish,
+                # Failed until its report was due: the fallback, without the VLM (issue 9).
+                fallback_reason="internal_error" if overdue and failed_before else "",
             )
         except Exception as exc:  # never lose the event: hold it and try again later
             log_event(
@@ -183,8 +200,9 @@ class _Service:
                 frame_id=event.verdict.frame_id,
                 error=f"{type(exc).__name__}: {exc}"[:500],
             )
+            left = max(0.0, first_seen + cfg.max_hold_s - time.time())
             return EventResult(
-                "held", hold_reason="internal_error", retry_after_s=self.settings.explainer.hold_retry_s
+                "held", hold_reason="internal_error", retry_after_s=min(cfg.hold_retry_s, left)
             )
 
     async def _dead_letter(

@@ -152,7 +152,8 @@ async def test_500_forever_with_hold_policy_holds_the_event(
 async def test_held_too_long_falls_back(vlm_server: FakeOpenAIServer, make_explainer: MakeExplainer) -> None:
     explainer = make_explainer(when_endpoint_down="hold", max_attempts=1, max_hold_s=60)
     outcome = await explainer.handle(make_event("f-old"), first_seen=explainer.clock() - 61)
-    assert outcome.document is not None and outcome.document.fallback_reason == "endpoint_down"
+    assert outcome.document is not None and outcome.document.fallback_reason == "hold_limit"
+    assert vlm_server.chat_requests() == []  # its report was due: written at once, no call
 
 
 async def test_circuit_breaker_stops_calls_to_a_dead_endpoint(
