@@ -135,6 +135,9 @@ class ExplainerSettings(BaseModel):
         "deformation",
         "contamination",
     ]
+    # Fixed actions a class's defect reports list after the grade's template actions (the VLM's
+    # suggestions are never actions: they are quoted as its words).
+    class_actions: dict[str, list[str]] = {}
     references_dir: Path | None = None  # <dir>/<class>/{good,defect}/*.png|jpg
     references_per_class: int = Field(1, ge=0, le=4)
     follow_up_below: float = Field(0.5, ge=0, le=1)  # 0 disables the low-confidence follow-up

@@ -70,6 +70,13 @@ def _clip(text: str, limit: int = TEXT_MAX) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def summary_with_quote(doc: ReportDocument) -> str:
+    """The report's own summary, then the VLM's assessment quoted as its words."""
+    if not doc.vlm_assessment:
+        return doc.summary
+    return f"{doc.summary} VLM ({doc.vlm_model}), quoted: \u201c{doc.vlm_assessment}\u201d"
+
+
 def report_message(doc: ReportDocument, report_path: str) -> Report:
     """The compact ``Report`` message for the topic (long texts clipped; the files have them whole)."""
     return Report(
@@ -87,7 +94,7 @@ def report_message(doc: ReportDocument, report_path: str) -> Report:
         grade=doc.grade,
         anomalous=doc.anomalous,
         confidence=doc.confidence,
-        summary=_clip(doc.summary),
+        summary=_clip(summary_with_quote(doc)),
         findings=[
             FindingMsg(
                 defect_type=_clip(f.defect_type, 256) or "anomaly",
@@ -101,6 +108,7 @@ def report_message(doc: ReportDocument, report_path: str) -> Report:
         ],
         recommended_actions=[_clip(a) for a in doc.recommended_actions[:32]],
         location_disagreement=doc.location_disagreement,
+        vlm_disagrees=doc.vlm_disagrees,
         report_path=report_path,
         prompt_tokens=doc.prompt_tokens,
         completion_tokens=doc.completion_tokens,
@@ -293,6 +301,9 @@ class Explainer:
                 vlm_model=self.settings.model,
                 created_at=created,
                 egress=egress.value,
+                vocabulary=vocabulary_for(self.settings, facts.verdict.product_class),
+                class_actions=self.settings.class_actions.get(facts.verdict.product_class, []),
+                severity_bands=self.settings.severity_bands,
             )
         else:
             document = build_fallback_report(
@@ -303,6 +314,7 @@ class Explainer:
                 language=language,
                 created_at=created,
                 egress=egress.value,
+                class_actions=self.settings.class_actions.get(facts.verdict.product_class, []),
             )
         if exchange is not None:  # what was spent, even when it ended in a fallback
             document.prompt_tokens = exchange.usage.prompt_tokens
@@ -319,6 +331,16 @@ class Explainer:
             metrics.FALLBACKS.labels(document.fallback_reason).inc()
         if document.location_disagreement:
             metrics.LOCATION_DISAGREEMENTS.inc()
+        if document.vlm_disagrees:
+            metrics.VLM_DISAGREEMENTS.inc()
+            log_event(
+                log,
+                "vlm_disagrees",
+                logging.WARNING,
+                frame_id=document.frame_id,
+                decision=document.decision.value,
+                score=round(document.score, 4),
+            )
         metrics.REPORT_SECONDS.observe(max(0.0, (document.created_at - document.decided_at) / 1e9))
         log_event(
             log,
@@ -351,7 +373,11 @@ def build_explainer(settings: ExplainerSettings) -> Explainer:
             client,
             settings,
             budget=budget,
-            breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
+            breaker=CircuitBreaker(
+                settings.breaker_failures,
+                settings.breaker_reset_s,
+                trial_timeout_s=2 * settings.request_timeout_s + 5,  # a trial outlives no request
+            ),
             limiter=RateLimiter(settings.requests_per_minute, burst=settings.max_concurrency),
         )
     return Explainer(settings, store, vlm=vlm)

@@ -61,6 +61,12 @@ LOCATION_DISAGREEMENTS = Counter(
     "Reports whose stated location contradicts the heatmap",
     registry=REGISTRY,
 )
+VLM_DISAGREEMENTS = Counter(
+    "lineguard_explainer_vlm_disagreements_total",
+    "VLM reports whose model found no defect where the scorer decided reject or review (the "
+    "decision stands; the report says so)",
+    registry=REGISTRY,
+)
 HELD_EVENTS = Gauge(
     "lineguard_explainer_held_events", "Events held for a later retry (not committed)", registry=REGISTRY
 )

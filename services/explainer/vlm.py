@@ -35,6 +35,7 @@ from services.explainer.answer import (
     response_format,
 )
 from services.explainer.controls import INITIAL_PROMPT_TOKENS, CircuitBreaker, DailyBudget, RateLimiter, Usage
+from services.explainer.i18n import LANGUAGE_NAMES
 from services.explainer.prompt import Prompt
 from shared.errors import ConfigError, LineguardError
 from shared.settings import ExplainerSettings
@@ -283,13 +284,13 @@ class VlmClient:
         outcome and has its latency observed."""
         detail = "no attempt made"
         for attempt in range(self.settings.max_attempts):
+            await self.limiter.acquire()  # first: a permit covers the request alone
             permit = self.breaker.allow()
             if permit is None:
                 metrics.BREAKER_OPEN.set(1)
                 raise VlmFailure("endpoint_down", f"circuit open ({detail})", later=True)
             settled = False
             try:
-                await self.limiter.acquire()
                 started = time.monotonic()
                 outcome, detail, hint = await self._attempt(messages, structured, exchange)
                 settled = True
@@ -401,7 +402,8 @@ class VlmClient:
                     "invalid_answer", f"{first.detail}; no budget left to repair", later=False
                 ) from None
             metrics.REPAIRS.inc()
-            repaired_text = await self._call_final(repair_messages(messages, text, first.detail), exchange)
+            note = f"Keep all free text in {LANGUAGE_NAMES[self.settings.language]}."
+            repaired_text = await self._call_final(repair_messages(note, text, first.detail), exchange)
             try:
                 answer = parse_answer(repaired_text)
             except AnswerError as second:

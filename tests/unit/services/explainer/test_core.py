@@ -39,7 +39,7 @@ async def test_valid_json_answer_makes_a_vlm_report(
     outcome = await explainer.handle(make_event("f-valid"))
     assert outcome.kind == "reported" and outcome.document is not None and outcome.json_path is not None
     doc = outcome.document
-    assert doc.source == "vlm" and doc.vlm_model == "vision-test" and doc.grade == "D"
+    assert doc.source == "vlm" and doc.vlm_model == "vision-test" and doc.grade == "E"  # reject, 0.8
     assert doc.findings[0].defect_type == "scratch" and doc.findings[0].location_agrees is True
     assert (doc.prompt_tokens, doc.completion_tokens, doc.vlm_calls) == (2000, 250, 1)
     assert doc.cost_usd == pytest.approx((2000 * 5 + 250 * 15) / 1e6)
