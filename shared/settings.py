@@ -123,8 +123,12 @@ class ExplainerSettings(BaseModel):
     hold_retry_s: float = Field(30.0, gt=0)
     max_hold_s: float = Field(3600.0, gt=0)  # then a fallback report, so nothing waits forever
     max_pending: int = Field(64, ge=1, le=10_000)
+    # Egress fails closed (services/explainer/policy.py): a class gets class_egress[class] only if
+    # listed and confirmed by the image; any other class (renamed, unknown, an unconfirmed camera
+    # hint) gets unlisted_egress, or if unset the strictest of egress and the class_egress values.
     egress: EgressPolicy = EgressPolicy.FULL
     class_egress: dict[str, EgressPolicy] = {}
+    unlisted_egress: EgressPolicy | None = None
     vocabulary: dict[str, list[str]] = {}
     default_vocabulary: list[str] = [
         "scratch",

@@ -211,7 +211,7 @@ class Explainer:
         facts = read_facts(
             event, frame_max_side=self.settings.frame_max_side, crop_max_side=self.settings.crop_max_side
         )
-        egress = egress_for(self.settings, v.product_class)
+        egress = egress_for(self.settings, v)
         answer = (
             _Answer(None, fallback_reason) if fallback_reason else await self._ask(facts, egress, first_seen)
         )

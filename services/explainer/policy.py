@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from services.explainer.pictures import Reference, encode_jpeg, fit_within
 from services.explainer.store import safe_component
+from shared.engine.config import UNKNOWN
 from shared.engine.images import load_image_file
 from shared.errors import ImageError
+from shared.messages.schemas import Verdict
 from shared.settings import EgressPolicy, ExplainerSettings
 from shared.telemetry.logging import log_event
 
@@ -21,8 +24,26 @@ def vocabulary_for(settings: ExplainerSettings, product_class: str) -> list[str]
     return list(settings.vocabulary.get(product_class, settings.default_vocabulary))
 
 
-def egress_for(settings: ExplainerSettings, product_class: str) -> EgressPolicy:
-    return settings.class_egress.get(product_class, settings.egress)
+_STRICTNESS = (EgressPolicy.FULL, EgressPolicy.CROP, EgressPolicy.NONE)  # least to most strict
+
+
+def strictest(policies: Iterable[EgressPolicy]) -> EgressPolicy:
+    return max(policies, key=_STRICTNESS.index)
+
+
+def egress_for(settings: ExplainerSettings, verdict: Verdict) -> EgressPolicy:
+    """What of this frame may leave the plant. Fails closed: a class gets its own policy only
+    when it has one (``class_egress``) and the image confirmed the class; anything else (a class
+    renamed by a new model, ``unknown`` unless listed itself, a camera's product hint the router
+    contradicted, reported with routing confidence 0) gets ``unlisted_egress``, or when that is
+    unset the strictest policy configured (``egress`` and every ``class_egress`` value)."""
+    name = verdict.product_class
+    confirmed = name == UNKNOWN or verdict.route_confidence > 0.0
+    if confirmed and name in settings.class_egress:
+        return settings.class_egress[name]
+    if settings.unlisted_egress is not None:
+        return settings.unlisted_egress
+    return strictest([settings.egress, *settings.class_egress.values()])
 
 
 class ReferenceLibrary:

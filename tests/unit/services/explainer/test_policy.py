@@ -4,8 +4,13 @@ import pytest
 
 from services.explainer.policy import ReferenceLibrary, egress_for, vocabulary_for
 from shared.errors import ConfigError
+from shared.messages.schemas import Verdict
 from shared.settings import EgressPolicy, load_settings
-from tests.support.defect_events import png_bytes
+from tests.support.defect_events import make_event, png_bytes
+
+
+def verdict(product: str) -> Verdict:
+    return make_event(product=product).verdict
 
 
 def test_explainer_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -15,9 +20,9 @@ def test_explainer_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("LINEGUARD_EXPLAINER__PRICES", '{"m": {"input_per_mtok": 1, "output_per_mtok": 4}}')
     monkeypatch.setenv("LINEGUARD_EXPLAINER__LANGUAGE", "ja")
     settings = load_settings().explainer
-    assert egress_for(settings, "pcb") is EgressPolicy.CROP
-    assert egress_for(settings, "secret") is EgressPolicy.NONE
-    assert egress_for(settings, "washer") is EgressPolicy.FULL
+    assert egress_for(settings, verdict("pcb")) is EgressPolicy.CROP
+    assert egress_for(settings, verdict("secret")) is EgressPolicy.NONE
+    assert egress_for(settings, verdict("washer")) is EgressPolicy.NONE  # unlisted: the strictest
     assert vocabulary_for(settings, "pcb") == ["short", "open", "scratch"]
     assert vocabulary_for(settings, "washer") == settings.default_vocabulary
     assert settings.prices["m"].output_per_mtok == 4 and settings.language == "ja"
