@@ -192,9 +192,15 @@ class AlertsSettings(BaseModel):
     """``lineguard alerts``: operator alerts from the ``alerts`` topic -> a webhook."""
 
     group_id: str = "lineguard-alerts"
-    webhook_url: str | None = None  # holds a secret for Slack/Teams: never logged
+    # The webhook URL holds a secret for Slack/Teams: never logged. Unset, empty, or a missing or
+    # empty file: the service runs without a webhook (each alert logged once, see operations.md).
+    webhook_url: str | None = None
     webhook_url_file: Path | None = None  # alternative: read the URL from a (secret) file
     webhook_format: WebhookFormat = WebhookFormat.JSON
+    ca_file: Path | None = None  # CA bundle (PEM) the webhook's certificate must chain to; None: system CAs
+    state_dir: Path = Path("var/alerts")  # the delivery ledger (which alerts went out), kept across restarts
+    ledger_retention_s: float = Field(default=7 * 86_400.0, ge=60, le=365 * 86_400)
+    max_tracked: int = Field(default=100_000, ge=100, le=10_000_000)  # ledger entries and dedup keys kept
     timeout_s: float = Field(default=5.0, gt=0, le=120)
     dedup_window_s: float = Field(default=300.0, ge=0, le=86_400)
     rate_limit_per_minute: int = Field(default=30, ge=1, le=10_000)

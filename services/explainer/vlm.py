@@ -77,8 +77,8 @@ class VlmExchange:
 def resolve_api_key(settings: ExplainerSettings, environ: dict[str, str] | None = None) -> str | None:
     """The key from the settings, else the secret file, else the provider's usual variable."""
     env = os.environ if environ is None else environ
-    if settings.api_key is not None:
-        return settings.api_key.get_secret_value()
+    if settings.api_key is not None and settings.api_key.get_secret_value().strip():
+        return settings.api_key.get_secret_value().strip()
     if settings.api_key_file is not None:
         path = Path(settings.api_key_file)
         try:
@@ -157,8 +157,17 @@ def http_client(settings: ExplainerSettings) -> httpx2.AsyncClient:
 
 
 def make_openai_client(settings: ExplainerSettings) -> openai.AsyncOpenAI | None:
-    """The async client, or None when no endpoint is configured (fallback reports only)."""
-    key = resolve_api_key(settings)
+    """The async client, or None when no endpoint is configured (fallback reports only).
+
+    A missing or empty optional secret (no key file, an empty one, Azure without a key) is not a
+    reason to stop: the explainer runs in its fallback mode and says why, once, at start."""
+    try:
+        key = resolve_api_key(settings)
+    except ConfigError as exc:
+        if not settings.base_url and not settings.azure_endpoint:
+            return None  # no endpoint either: the plain offline mode
+        log_event(log, "vlm_disabled", logging.WARNING, reason="api_key_unusable", detail=str(exc))
+        return None
     common: dict[str, Any] = {
         "timeout": settings.request_timeout_s,
         "max_retries": 0,
@@ -168,10 +177,14 @@ def make_openai_client(settings: ExplainerSettings) -> openai.AsyncOpenAI | None
         if not settings.azure_endpoint:
             return None
         if key is None:
-            raise ConfigError(
-                "Azure provider needs an API key (LINEGUARD_EXPLAINER__API_KEY[_FILE] or "
-                "AZURE_OPENAI_API_KEY)"
+            log_event(
+                log,
+                "vlm_disabled",
+                logging.WARNING,
+                reason="no_api_key",
+                detail="Azure needs an API key (LINEGUARD_EXPLAINER__API_KEY[_FILE] or AZURE_OPENAI_API_KEY)",
             )
+            return None
         return openai.AsyncAzureOpenAI(
             azure_endpoint=settings.azure_endpoint,
             api_version=settings.azure_api_version,
