@@ -40,6 +40,9 @@ from shared.telemetry.tracing import extract_context, get_tracer, inject_headers
 
 log = logging.getLogger("lineguard.explainer")
 Publish = Callable[[Report, list[tuple[str, bytes]]], Awaitable[None]]
+# Is this report's message already on the topic? Asked only for a stored report without its
+# publication marker (a crash, or a failed send, between publishing and marking).
+OnTopic = Callable[[ReportDocument], Awaitable[bool]]
 tracer = get_tracer("lineguard.explainer")
 
 
@@ -148,6 +151,7 @@ class Explainer:
         first_seen: float | None = None,
         publish: Publish | None = None,
         fallback_reason: str = "",
+        on_topic: OnTopic | None = None,
     ) -> EventResult:
         """Report on ``event``, or say it is a duplicate, or that it must be held.
 
@@ -156,6 +160,8 @@ class Explainer:
         asking the VLM (the service's last resort for an event held past that limit).
         ``publish``: sends the ``Report`` message; called for a new report, and for a stored one
         whose message never went out (a crash in between), then recorded in the store.
+        ``on_topic``: for a stored report without its marker, whether its message did go out
+        before the crash; then it is only marked, so the topic gets it exactly once.
         Events for the same frame are handled one at a time, so a duplicate arriving while the
         original is in flight waits for it and then finds its report.
         """
@@ -165,7 +171,7 @@ class Explainer:
         entry[1] += 1
         try:
             async with entry[0]:
-                return await self._traced(event, headers, first_seen, publish, fallback_reason)
+                return await self._traced(event, headers, first_seen, publish, fallback_reason, on_topic)
         finally:
             entry[1] -= 1
             if entry[1] == 0:
@@ -178,6 +184,7 @@ class Explainer:
         first_seen: float | None,
         publish: Publish | None,
         fallback_reason: str,
+        on_topic: OnTopic | None,
     ) -> EventResult:
         with tracer.start_as_current_span(
             "explainer.report", context=extract_context(headers), kind=trace.SpanKind.CONSUMER
@@ -197,7 +204,11 @@ class Explainer:
                 and json_path is not None
                 and not result.published
             ):
-                await publish(report_message(document, self.store.relative(json_path)), result.headers)
+                if result.kind == "duplicate" and on_topic is not None and await on_topic(document):
+                    metrics.REPUBLISH_AVOIDED.inc()
+                    log_event(log, "report_found_on_topic", frame_id=document.frame_id)
+                else:
+                    await publish(report_message(document, self.store.relative(json_path)), result.headers)
                 self.store.mark_published(document)
                 result.published = True
             return result

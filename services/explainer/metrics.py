@@ -53,6 +53,17 @@ DUPLICATES = Counter(
     "Re-delivered events answered from the store",
     registry=REGISTRY,
 )
+REPUBLISH_AVOIDED = Counter(
+    "lineguard_explainer_republish_avoided_total",
+    "Stored reports without a publication marker whose message was found on the topic (a crash "
+    "between publishing and marking): marked, not sent again",
+    registry=REGISTRY,
+)
+REFERENCE_CLASSES_EVICTED = Counter(
+    "lineguard_explainer_reference_classes_evicted_total",
+    "Classes whose reference pictures were dropped from memory because the cache reached its cap",
+    registry=REGISTRY,
+)
 REPAIRS = Counter(
     "lineguard_explainer_answer_repairs_total", "Repair round-trips for invalid answers", registry=REGISTRY
 )

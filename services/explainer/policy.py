@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from services.explainer import metrics
 from services.explainer.pictures import Reference, encode_jpeg, fit_within
 from services.explainer.store import safe_component
 from shared.engine.config import UNKNOWN
@@ -18,6 +19,7 @@ from shared.telemetry.logging import log_event
 log = logging.getLogger("lineguard.explainer.policy")
 _REFERENCE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 _REFERENCE_MAX_SIDE = 512
+MAX_REFERENCE_CLASSES = 64  # classes whose reference pictures stay in memory
 
 
 def vocabulary_for(settings: ExplainerSettings, product_class: str) -> list[str]:
@@ -53,14 +55,20 @@ class ReferenceLibrary:
     def __init__(self, root: Path | None, per_class: int) -> None:
         self.root = root
         self.per_class = per_class
+        # Keyed by a class name off the wire: least recently used first, capped.
         self._cache: dict[str, list[Reference]] = {}
 
     def for_class(self, product_class: str) -> list[Reference]:
         if self.root is None or self.per_class == 0:
             return []
-        if product_class not in self._cache:
-            self._cache[product_class] = self._load(product_class)
-        return self._cache[product_class]
+        references = self._cache.pop(product_class, None)
+        if references is None:
+            references = self._load(product_class)
+        self._cache[product_class] = references
+        while len(self._cache) > MAX_REFERENCE_CLASSES:
+            del self._cache[next(iter(self._cache))]
+            metrics.REFERENCE_CLASSES_EVICTED.inc()
+        return references
 
     def _load(self, product_class: str) -> list[Reference]:
         assert self.root is not None

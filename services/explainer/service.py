@@ -26,9 +26,13 @@ if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord, TopicPartition
 
     from services.explainer.core import EventResult, Explainer
+    from services.explainer.document import ReportDocument
 
 log = logging.getLogger("lineguard.explainer.service")
 SERVICE = "explainer"
+# A report's message is timestamped when sent, after the report was written; the slack covers a
+# broker that stamps with its own clock (LogAppendTime) a little behind ours.
+_SCAN_SLACK_MS = 60_000
 
 
 @dataclass
@@ -82,6 +86,7 @@ class _Service:
         self.held: list[_Held] = []
         self.next_offset: dict[Any, int] = {}  # per partition: the offset after the last one read
         self.done = 0
+        self._scan_lock = asyncio.Lock()
 
     async def loop(
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event, max_events: int
@@ -189,6 +194,7 @@ class _Service:
                 headers=record.headers,
                 first_seen=first_seen,
                 publish=publish,
+                on_topic=lambda document: self._on_topic(document, producer),
                 # Failed until its report was due: the fallback, without the VLM (issue 9).
                 fallback_reason="internal_error" if overdue and failed_before else "",
             )
@@ -204,6 +210,60 @@ class _Service:
             return EventResult(
                 "held", hold_reason="internal_error", retry_after_s=min(cfg.hold_retry_s, left)
             )
+
+    async def _on_topic(self, document: ReportDocument, producer: AIOKafkaProducer) -> bool:
+        """Is the ``Report`` of ``document`` on the ``reports`` topic (committed)? Scans every
+        partition from shortly before the report was written to the end: only asked after a crash
+        or a failed send, and reports are few. Raises if the topic cannot be read to its end in
+        time (the event is then held and asked again)."""
+        from aiokafka.errors import KafkaError
+        from aiokafka.structs import TopicPartition
+
+        from shared.kafka.client import make_consumer
+        from shared.messages.codec import MessageError, decode
+        from shared.messages.schemas import Report
+
+        topic = self.settings.topic("reports")
+        async with self._scan_lock:
+            partitions = await producer.partitions_for(topic)  # fetches the metadata if needed
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer = make_consumer(self.settings, group_id=None)
+            await consumer.start()
+            try:
+                consumer.assign(tps)
+                since_ms = document.created_at // 1_000_000 - _SCAN_SLACK_MS
+                deadline = time.monotonic() + self.settings.explainer.request_timeout_s
+                while True:  # leadership may be moving: retry what the client calls retriable
+                    try:
+                        starts = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+                        ends = await consumer.end_offsets(tps)
+                        break
+                    except KafkaError as exc:
+                        if not exc.retriable or time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.2)
+                for tp in tps:
+                    found = starts.get(tp)
+                    consumer.seek(tp, found.offset if found is not None else ends[tp])
+                while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"could not read {topic} to its end to look for a report")
+                    for records in (await consumer.getmany(timeout_ms=200)).values():
+                        for r in records:
+                            try:
+                                report = decode(r.value, Report)
+                            except MessageError:
+                                continue
+                            if (report.frame_id, report.line_id, report.station_id, report.captured_at) == (
+                                document.frame_id,
+                                document.line_id,
+                                document.station_id,
+                                document.captured_at,
+                            ):
+                                return True
+                return False
+            finally:
+                await consumer.stop()
 
     async def _dead_letter(
         self, producer: AIOKafkaProducer, record: ConsumerRecord, reason: str, detail: str

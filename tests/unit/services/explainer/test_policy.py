@@ -58,3 +58,16 @@ def test_reference_library_reads_class_folders_safely(tmp_path: Path) -> None:
     assert [r.label for r in refs] == ["normal"]  # one per kind; the unreadable one is skipped
     assert library.for_class("../washer") == [] and library.for_class("pcb") == []
     assert ReferenceLibrary(None, 2).for_class("washer") == []
+
+
+def test_reference_cache_is_capped_for_class_names_off_the_wire(tmp_path: Path) -> None:
+    from services.explainer import metrics
+    from services.explainer.policy import MAX_REFERENCE_CLASSES
+
+    before = metrics.REGISTRY.get_sample_value("lineguard_explainer_reference_classes_evicted_total") or 0.0
+    library = ReferenceLibrary(tmp_path, per_class=1)
+    for n in range(MAX_REFERENCE_CLASSES + 10):
+        assert library.for_class(f"hostile-{n}") == []
+    assert len(library._cache) == MAX_REFERENCE_CLASSES
+    evicted = metrics.REGISTRY.get_sample_value("lineguard_explainer_reference_classes_evicted_total")
+    assert evicted == before + 10
