@@ -339,7 +339,7 @@ class Explainer:
     def _count(self, document: ReportDocument, json_path: Path) -> None:
         metrics.REPORTS.labels(document.source).inc()
         if document.source == "fallback":
-            metrics.FALLBACKS.labels(document.fallback_reason).inc()
+            metrics.FALLBACKS.labels(metrics.code_label(document.fallback_reason)).inc()
         if document.location_disagreement:
             metrics.LOCATION_DISAGREEMENTS.inc()
         if document.vlm_disagrees:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry()
@@ -96,3 +98,12 @@ CONSUMER_LAG = Gauge(
     ["partition"],
     registry=REGISTRY,
 )
+
+
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+def code_label(value: str) -> str:
+    """A reason code as a label value: short snake_case codes pass, anything else (a value that
+    could have come off the wire) becomes "other", so the label set stays small and fixed."""
+    return value if _CODE.match(value) else "other"

@@ -271,7 +271,7 @@ class _Service:
         from shared.messages.codec import encode
         from shared.messages.schemas import DeadLetter
 
-        metrics.BAD_EVENTS.labels(reason).inc()
+        metrics.BAD_EVENTS.labels(metrics.code_label(reason)).inc()
         letter = DeadLetter.for_record(record, reason=reason, detail=detail, service=SERVICE)
         await producer.send_and_wait(self.settings.topic("dlq"), encode(letter), key=record.key)
         log_event(

@@ -71,3 +71,10 @@ def test_reference_cache_is_capped_for_class_names_off_the_wire(tmp_path: Path) 
     assert len(library._cache) == MAX_REFERENCE_CLASSES
     evicted = metrics.REGISTRY.get_sample_value("lineguard_explainer_reference_classes_evicted_total")
     assert evicted == before + 10
+
+
+def test_reason_labels_are_codes_or_other() -> None:
+    from services.explainer.metrics import code_label
+
+    assert code_label("vlm_refused") == "vlm_refused" and code_label("image_too_large") == "image_too_large"
+    assert code_label("Robert'); DROP") == "other" and code_label("x" * 100) == "other"
