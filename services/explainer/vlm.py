@@ -90,12 +90,14 @@ def resolve_api_key(settings: ExplainerSettings, environ: dict[str, str] | None 
 
 
 def make_openai_client(settings: ExplainerSettings) -> openai.AsyncOpenAI | None:
-    """The async client, or None when no endpoint is configured (fallback reports only)."""
-    key = resolve_api_key(settings)
+    """The async client, or None when no endpoint is configured (fallback reports only).
+
+    The key is read only for an endpoint: without one an empty or absent key secret is fine."""
     common: dict[str, Any] = {"timeout": settings.request_timeout_s, "max_retries": 0}
     if settings.provider == "azure":
         if not settings.azure_endpoint:
             return None
+        key = resolve_api_key(settings)
         if key is None:
             raise ConfigError(
                 "Azure provider needs an API key (LINEGUARD_EXPLAINER__API_KEY[_FILE] or "
@@ -109,6 +111,7 @@ def make_openai_client(settings: ExplainerSettings) -> openai.AsyncOpenAI | None
         )
     if not settings.base_url:
         return None
+    key = resolve_api_key(settings)
     # Local servers (vLLM, Ollama) ignore the key, but the client insists on having one.
     return openai.AsyncOpenAI(base_url=settings.base_url, api_key=key or "no-key", **common)
 

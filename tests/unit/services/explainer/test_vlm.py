@@ -39,3 +39,13 @@ def test_client_per_provider(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(azure, openai.AsyncAzureOpenAI)
     with pytest.raises(ValueError, match="Azure"):
         make_openai_client(ExplainerSettings(provider="azure", azure_endpoint="https://x.openai.azure.com"))
+
+
+def test_no_endpoint_needs_no_key_so_an_empty_key_file_is_fine(tmp_path: Path) -> None:
+    # docker-compose.yml's default: no endpoint and an empty key secret ("empty: fallback reports only")
+    empty = tmp_path / "vlm_api_key"
+    empty.write_text("")
+    assert make_openai_client(ExplainerSettings(base_url="", api_key_file=empty)) is None
+    assert make_openai_client(ExplainerSettings(provider="azure", api_key_file=empty)) is None
+    with pytest.raises(ValueError, match="empty"):  # with an endpoint the key file must hold a key
+        make_openai_client(ExplainerSettings(base_url="http://127.0.0.1:9/v1", api_key_file=empty))
