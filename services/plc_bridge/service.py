@@ -40,7 +40,7 @@ LINE_CAUSES = (FailSafeCause.SCORER_SILENT, FailSafeCause.FRAMES_STALLED, FailSa
 MAX_UNKNOWN_STATIONS_LOGGED = 64  # distinct unknown station ids logged once each, then only counted
 MAX_DECIDED_AT = 10_000  # decision times awaiting their PLC write (histogram samples)
 KAFKA_START_TIMEOUT_S = 30.0
-SHUTDOWN_TIMEOUT_S = 3.0  # per Kafka client: a stop with Kafka away still ends well inside 30 s
+SHUTDOWN_TIMEOUT_S = 3.0  # each step of a stop (last commit, Kafka clients, each PLC): inside compose's 10 s
 
 
 def targets_from_settings(settings: Settings) -> list[PlcTarget]:
@@ -106,17 +106,20 @@ class PlcBridge:
             if kafka is not None:
                 await self._serve(kafka, stop, outputs)
         finally:
+            started = self.clock()
             self._outputs_done.set()
             self._wake.set()
             try:
                 await outputs  # its last write (e.g. a fail-safe) reaches the PLC if it can
             finally:
+                log_event(log, "plc outputs stopped", seconds=round(self.clock() - started, 3))
                 if kafka is not None:
-                    await self._commit(kafka.consumer)  # what the PLC shows now
+                    await self._commit(kafka.consumer, SHUTDOWN_TIMEOUT_S)  # what the PLC shows now
                     await self._close_kafka(kafka)
                 for target in self.targets:
                     with contextlib.suppress(Exception):
-                        await target.close()
+                        await asyncio.wait_for(target.close(), SHUTDOWN_TIMEOUT_S)
+                log_event(log, "plc bridge stopped", seconds=round(self.clock() - started, 3))
 
     async def _connect_and_seed(self, stop: asyncio.Event) -> None:
         """Connect every target (retrying), then continue from the first target's counters."""
@@ -196,11 +199,15 @@ class PlcBridge:
 
     async def _close_kafka(self, kafka: _Kafka) -> None:
         """Stop every client; bounded, so that an unreachable Kafka cannot hold the shutdown."""
-        for stop_client in (kafka.consumer.stop, kafka.producer.stop, kafka.admin.close, kafka.watcher.stop):
+
+        async def close(stop_client: Callable[[], Coroutine[Any, Any, Any]]) -> None:
             try:
                 await asyncio.wait_for(stop_client(), SHUTDOWN_TIMEOUT_S)
             except Exception as exc:  # on the way out: note it, close the rest
                 log_event(log, "kafka client did not close cleanly", logging.WARNING, error=repr(exc))
+
+        clients = (kafka.consumer.stop, kafka.producer.stop, kafka.admin.close, kafka.watcher.stop)
+        await asyncio.gather(*(close(stop_client) for stop_client in clients))
 
     # ---- outputs: the bridge's own clock --------------------------------------------------
 
@@ -218,7 +225,7 @@ class PlcBridge:
                 self.core.beat()
             self._report(now)
             applied = dict(self._handled)  # every verdict applied so far is in what is written next
-            if await self._flush():
+            if await self._flush(last=self._outputs_done.is_set()):
                 shown = {tp: offset for tp, offset in applied.items() if self._committable.get(tp) != offset}
                 if shown:
                     self._committable.update(shown)
@@ -257,13 +264,19 @@ class PlcBridge:
                 return
             self.core.part_trigger(station, counter, now)
 
-    async def _flush(self) -> bool:
-        """Write what changed to every target; on any failure everything is written again later."""
+    async def _flush(self, *, last: bool = False) -> bool:
+        """Write what changed to every target; on any failure everything is written again later.
+
+        ``last``: the write on the way out, skipped for targets already failing (a stop must not
+        wait for connection attempts to a PLC that is away)."""
         stations, line = self.core.take_dirty()
         if not stations and line is None:
             return True
         ok = True
         for target in self.targets:
+            if last and target.name in self._failing:
+                ok = False
+                continue
             try:
                 for station, state in stations.items():
                     await target.write_station(self.core.index[station], station, state)
@@ -463,7 +476,7 @@ class PlcBridge:
                 await asyncio.sleep(1.0)
                 self._commit_wanted.set()
 
-    async def _commit(self, consumer: Any) -> bool:
+    async def _commit(self, consumer: Any, timeout_s: float | None = None) -> bool:
         """Commit what the PLC shows (bounded); False to try again later."""
         assignment = consumer.assignment()
         offsets = {
@@ -474,7 +487,7 @@ class PlcBridge:
         if not offsets:
             return True
         try:
-            await asyncio.wait_for(consumer.commit(offsets), self.call_timeout_s)
+            await asyncio.wait_for(consumer.commit(offsets), timeout_s or self.call_timeout_s)
         except Exception as exc:  # Kafka away, a rebalance, a timeout: the offsets are committed later
             metrics.COMMITS.labels("error").inc()
             if not self._commit_failing:

@@ -135,8 +135,7 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
             )
 
             async def modbus_done() -> bool:
-                a = await modbus.station(0)
-                return a["last_frame_id"] == "f3" and (await modbus.station(1))["last_frame_id"] == "g1"
+                return await _frame_is(modbus, 0, "f3") and await _frame_is(modbus, 1, "g1")
 
             await eventually(modbus_done)
             a, b = await modbus.station(0), await modbus.station(1)
@@ -145,8 +144,10 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
             assert a["last_decision"] == reg.DECISION_CODES["reject"] and a["fail_safe_count"] == 1
             assert (b["pass_count"], b["reject_count"], b["reject"], b["sequence"]) == (1, 0, False, 1)
 
-            async def opcua_done() -> bool:
-                return (await opcua.station("st-a"))["last_frame_id"] == "f3"
+            async def opcua_done() -> bool:  # shown, and written whole (read the same twice)
+                first = await opcua.station("st-a")
+                await asyncio.sleep(0.1)
+                return first["last_frame_id"] == "f3" and await opcua.station("st-a") == first
 
             await eventually(opcua_done)
             ua_a = await opcua.station("st-a")
@@ -189,7 +190,13 @@ async def _heartbeat_moved(modbus: ModbusPlcSimulator, first: int) -> bool:
 
 
 async def _frame_is(modbus: ModbusPlcSimulator, index: int, frame_id: str) -> bool:
-    return (await modbus.station(index))["last_frame_id"] == frame_id
+    """The station shows ``frame_id`` and its result is written whole: the bridge writes a result
+    in several requests (the sequence last), so the station must read the same twice in a row."""
+    first = await modbus.station(index)
+    if first["last_frame_id"] != frame_id:
+        return False
+    await asyncio.sleep(0.1)
+    return await modbus.station(index) == first
 
 
 async def test_scorer_silence_stops_the_line_until_the_scorer_is_back(kafka_settings: Settings) -> None:
