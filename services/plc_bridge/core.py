@@ -216,6 +216,11 @@ class BridgeCore:
             self._remember(station, state.last_frame_id)
         self.dirty.add(station)
 
+    def watching_from(self, now: float) -> None:
+        """Liveness is measured from ``now``: the bridge has just started watching (connecting the
+        PLC may have taken long; that is no sign of a silent scorer)."""
+        self._scorer_seen_at = self._kafka_seen_at = now
+
     # ---- verdicts -------------------------------------------------------------------------
 
     def apply_verdict(

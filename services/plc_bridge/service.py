@@ -99,6 +99,7 @@ class PlcBridge:
         await self._connect_and_seed(stop)
         if stop.is_set():
             return
+        self.core.watching_from(self.clock())
         outputs = asyncio.create_task(self._output_loop(), name="plc-outputs")
         kafka: _Kafka | None = None
         try:

@@ -301,3 +301,12 @@ def test_station_ids_must_be_safe_as_labels_and_node_ids():
         BridgeCore(["x" * 65])
     with pytest.raises(ValueError):
         BridgeCore([f"s{i}" for i in range(reg.MAX_STATIONS + 1)])
+
+
+def test_liveness_is_measured_from_when_the_bridge_starts_watching():
+    c = core(scorer_timeout_s=5.0)  # made at 0; the PLC took 60 s to answer
+    c.watching_from(60.0)
+    c.tick(64.0)
+    assert c.take_fail_safes() == [] and c.line.scorer_ok
+    c.tick(65.5)
+    assert {cause for _, cause in c.take_fail_safes()} == {FailSafeCause.KAFKA_UNREACHABLE}

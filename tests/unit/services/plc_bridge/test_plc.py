@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.plc_bridge.plc import ModbusPlc, OpcUaPlc
-from services.plc_bridge.service import PlcBridge, targets_from_settings
+from services.plc_bridge.service import PlcBridge, _station_of, targets_from_settings
 from shared.settings import PlcBridgeSettings, Settings
 
 
@@ -16,3 +16,10 @@ def test_targets_are_built_outside_a_running_event_loop() -> None:
     targets = targets_from_settings(settings)
     assert [type(t) for t in targets] == [ModbusPlc, OpcUaPlc]
     assert PlcBridge(settings).targets[0].name == "modbus"
+
+
+def test_an_undecodable_records_key_names_a_station_only_when_it_is_a_configured_one() -> None:
+    stations = {"st-a": 0, "st-b": 1}
+    assert _station_of(b"st-b", stations) == "st-b"
+    for key in (None, b"", b"st-c", b"\xff\xfe", b"st-a" * 100):
+        assert _station_of(key, stations) is None
