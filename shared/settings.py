@@ -174,11 +174,16 @@ class PlcBridgeSettings(BaseModel):
     reject_decisions: list[str] = [Decision.REJECT, Decision.REVIEW, Decision.ERROR]
     fail_safe: FailSafeAction = FailSafeAction.REJECT
     heartbeat_interval_s: float = Field(default=1.0, gt=0, le=60)  # bridge -> PLC heartbeat counter
-    scorer_timeout_s: float = Field(default=10.0, gt=0, le=3600)  # scorer group empty this long -> fail-safe
+    # No proof of a working scorer this long -> fail-safe: Kafka unreachable, the scorer's group empty,
+    # or frames waiting on a partition while the group's committed offset there does not move.
+    scorer_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     part_deadline_ms: int = Field(default=0, ge=0, le=600_000)  # 0: no part tracking (PLC trigger counter)
+    # A verdict older than this on arrival (from its frame's capture) fails its station safe; 0: only
+    # verdicts the scorer marked late do.
+    verdict_deadline_ms: int = Field(default=2000, ge=0, le=600_000)
     poll_interval_ms: int = Field(default=50, ge=5, le=10_000)
     max_tracked_parts: int = Field(default=1000, ge=1, le=100_000)
-    dedup_window: int = Field(default=100_000, ge=1, le=10_000_000)  # frame ids remembered against duplicates
+    dedup_window: int = Field(default=100_000, ge=1, le=10_000_000)  # (station, frame id)s remembered
     io_timeout_s: float = Field(default=2.0, gt=0, le=60)
 
 
