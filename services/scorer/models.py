@@ -150,7 +150,7 @@ async def publish_announcement(settings: Any, announcement: ModelAnnouncement) -
 
 
 def _artifact_reason(exc: ArtifactError) -> str:
-    return "outside_models_root" if exc.reason == "outside_models_root" else "bad_artifact"
+    return exc.reason if exc.reason in ("outside_models_root", "digest_mismatch") else "bad_artifact"
 
 
 def load_model_dir(
@@ -172,13 +172,9 @@ def load_model_dir(
     from shared.engine.persistence import model_from_artifact
 
     try:
-        artifact = read_artifact(path, root=root)
+        # The announced digest is checked before any file but the manifest is read.
+        artifact = read_artifact(path, root=root, manifest_sha256=expected_sha256)
         actual = str(artifact.manifest["manifest_sha256"])
-        if expected_sha256 is not None and actual != expected_sha256:
-            raise ModelRefused(
-                f"manifest sha256 {actual} does not match the announced {expected_sha256}",
-                reason="digest_mismatch",
-            )
         model = model_from_artifact(artifact, weights_dir=weights_dir)
     except ArtifactError as exc:
         raise ModelRefused(f"{type(exc).__name__}: {exc}", reason=_artifact_reason(exc)) from exc

@@ -109,15 +109,27 @@ class VerifiedArtifact:
 
 
 def read_artifact(
-    path: str | Path, *, root: str | Path | None = None, max_bytes: int = MAX_ARTIFACT_BYTES
+    path: str | Path,
+    *,
+    root: str | Path | None = None,
+    manifest_sha256: str | None = None,
+    max_bytes: int = MAX_ARTIFACT_BYTES,
 ) -> VerifiedArtifact:
     """Read and verify a model directory; with ``root``, it must lie inside that folder.
 
     A relative ``path`` is taken relative to ``root``. ``..`` is refused anywhere in the path.
-    Raises ``ArtifactError`` (reason ``outside_models_root`` for a confinement failure).
+    ``manifest_sha256``: the manifest digest the caller was promised (a signed announcement's),
+    checked before any other file is read. Raises ``ArtifactError`` (reason ``outside_models_root``
+    for a confinement failure, ``digest_mismatch`` for another manifest than the promised one).
     """
     with _open_directory(path, root) as (directory, handle):
         manifest = _parse_manifest(_read_file(handle, directory, MANIFEST, MAX_MANIFEST_BYTES), directory)
+        if manifest_sha256 is not None and manifest["manifest_sha256"] != manifest_sha256:
+            raise ArtifactError(
+                f"the manifest of {directory} has digest {manifest['manifest_sha256']}, "
+                f"not the announced {manifest_sha256}",
+                reason="digest_mismatch",
+            )
         listed = _listed_files(manifest, directory)
         contents: dict[str, bytes] = {}
         budget = max_bytes

@@ -181,3 +181,14 @@ def test_missing_changed_and_unlisted_things_are_refused(root: Path) -> None:
     reseal(other, lambda m: None)
     with pytest.raises(ArtifactError, match=r"missing b\.bin"):
         read_artifact(other, root=root)
+
+
+def test_a_promised_manifest_digest_is_checked_before_any_other_file_is_read(root: Path) -> None:
+    model = make_artifact(root / "v1")
+    digest = read_manifest(model)["manifest_sha256"]
+    assert read_artifact(model, root=root, manifest_sha256=digest).manifest["manifest_sha256"] == digest
+    (model / "b.bin").unlink()
+    os.mkfifo(model / "b.bin")  # reading it would fail otherwise: the digest must fail first
+    with pytest.raises(ArtifactError, match="not the announced") as refused:
+        read_artifact(model, root=root, manifest_sha256="0" * 64)
+    assert refused.value.reason == "digest_mismatch"
