@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import ModelRefused
+
+if TYPE_CHECKING:
+    from shared.messages.schemas import ModelAnnouncement
 
 
 def register(subparsers: Any) -> None:
@@ -97,34 +101,45 @@ def _scorer_command(args: argparse.Namespace) -> int:
 
 
 def _announce_command(args: argparse.Namespace) -> int:
-    from services.scorer.models import announcement_for, load_model_dir, publish_announcement
-    from services.scorer.trust import load_signing_key, sign_announcement
+    from services.scorer.models import publish_announcement
+    from services.scorer.trust import load_signing_key
     from shared.settings import load_settings
 
     settings = load_settings()
     key = load_signing_key(args.signing_key) if args.signing_key else None
-    root = settings.scorer.models_root
     try:
-        # Refuse to announce what a scorer would refuse to load.
-        serving = load_model_dir(args.model, root=root, weights_dir=settings.scorer.weights_dir)
-        announcement = announcement_for(args.model, models_root=root)
+        version, announcement = prepare_announcement(args.model, settings, key)
     except ModelRefused as exc:
         print(f"announce: model {args.model} refused ({exc.reason}): {exc}", file=sys.stderr)
         return 2
-    if announcement.sha256 != serving.manifest_sha256:
-        print(f"announce: model {args.model} changed while it was being verified", file=sys.stderr)
-        return 2
-    if key is not None:
-        announcement = sign_announcement(announcement, key)
-    else:
+    if key is None:
         print("announce: UNSIGNED: scorers that trust signing keys will refuse it", file=sys.stderr)
     asyncio.run(publish_announcement(settings, announcement))
     signed = f"signed with key {announcement.key_id}" if key is not None else "unsigned"
     print(
-        f"announced model {serving.version} ({announcement.path} in {root}, {signed}) "
+        f"announced model {version} ({announcement.path} in {settings.scorer.models_root}, {signed}) "
         f"on {settings.topic('models')}"
     )
     return 0
+
+
+def prepare_announcement(model: Path, settings: Any, key: Any | None) -> tuple[str, ModelAnnouncement]:
+    """The model's version and its (signed, given ``key``) announcement, after loading it the way a
+    scorer will: inside the models root, every hash, a warm-up. ``model`` is a path as the operator
+    typed it (relative to the working directory, not to the root)."""
+    from services.scorer.models import announcement_for, load_model_dir
+    from services.scorer.trust import sign_announcement
+
+    root = settings.scorer.models_root
+    path = Path(os.path.abspath(model))
+    # Refuse to announce what a scorer would refuse to load.
+    serving = load_model_dir(path, root=root, weights_dir=settings.scorer.weights_dir)
+    announcement = announcement_for(path, models_root=root)
+    if announcement.sha256 != serving.manifest_sha256:
+        raise ModelRefused(f"{model} changed while it was being verified", reason="digest_mismatch")
+    if key is not None:
+        announcement = sign_announcement(announcement, key)
+    return serving.version, announcement
 
 
 def _keygen_command(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -434,3 +435,22 @@ def test_announce_needs_a_signing_key_or_an_explicit_unsigned(
         main(["announce", "--model", str(model_root / "v1")])
     assert exited.value.code == 2
     assert "--signing-key" in capsys.readouterr().err
+
+
+def test_announce_takes_the_model_path_as_typed_and_signs_the_announcement(
+    model_root: Path, keys: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from services.scorer.cli import prepare_announcement
+    from services.scorer.trust import verify_signature
+
+    monkeypatch.chdir(model_root.parent)
+    settings = Settings().model_copy(
+        update={"scorer": Settings().scorer.model_copy(update={"models_root": Path(model_root.name)})}
+    )
+    version, made = prepare_announcement(Path(model_root.name) / "v1", settings, keys.private)
+    assert made.path == "v1" and made.model_version == version
+    verify_signature(made, keys.table)
+    outside = shutil.copytree(model_root / "v1", tmp_path / "v1")
+    with pytest.raises(ModelRefused) as refused:
+        prepare_announcement(outside, settings, keys.private)
+    assert refused.value.reason == "outside_models_root"
