@@ -8,12 +8,13 @@ validated when a service starts, so a bad value stops it with a message naming t
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.engine.config import Decision
 from shared.errors import ConfigError
@@ -61,6 +62,24 @@ class ScorerSettings(BaseModel):
     transactional_id_prefix: str = "lineguard-scorer"
     session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000)  # broker minimum is 6 s by default
     watch_models: bool = True  # follow the models topic and hot-swap announced models
+    # Announced models (docs/operations.md, "Roll a model out, and back"). Announced directories must
+    # lie inside models_root; weight files are found in weights_dir by the sha256 a manifest names.
+    models_root: Path = Path("models")
+    weights_dir: Path | None = None
+    # Ed25519 public keys (files, or folders of *.pub; comma-separated or a JSON list) whose signature
+    # an announcement must carry. Empty: announcements are taken unsigned, with a warning at start.
+    trusted_keys: Annotated[list[Path], NoDecode] = []
+    announcement_max_skew_s: float = Field(300.0, ge=0, le=86_400)  # announced_at this far ahead at most
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _path_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
 
 class CameraSimSettings(BaseModel):

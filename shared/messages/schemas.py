@@ -241,17 +241,27 @@ class DeadLetter:
         )
 
 
+ANNOUNCEMENT_KEY_ID_LEN = 16  # hex digits of the signing key's id (services/scorer/trust.py)
+ANNOUNCEMENT_SIGNATURE_LEN = 64  # bytes of an Ed25519 signature
+
+
 @dataclass(frozen=True)
 class ModelAnnouncement:
-    """A model ready to serve (``models`` topic, compacted; key: ``"current"``)."""
+    """A model ready to serve (``models`` topic, compacted; key: ``"current"``).
+
+    Signed with Ed25519 over every other field (``services/scorer/trust.py``); ``key_id`` and
+    ``signature`` are empty on an unsigned announcement, which only a scorer that trusts no key takes.
+    """
 
     SCHEMA: ClassVar[str] = "lineguard.ModelAnnouncement"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     model_version: str = field(metadata=_ID)
-    path: str = field(metadata=limits(min_len=1, max_len=TEXT_MAX))
+    path: str = field(metadata=limits(min_len=1, max_len=TEXT_MAX))  # relative to the models root
     announced_at: int = field(metadata=_TIMESTAMP)  # ns
-    sha256: str = field(metadata=limits(min_len=64, max_len=64))  # lowercase hex
+    sha256: str = field(metadata=limits(min_len=64, max_len=64))  # the manifest's digest, lowercase hex
+    key_id: str = field(default="", metadata=limits(max_len=ANNOUNCEMENT_KEY_ID_LEN))
+    signature: bytes = field(default=b"", metadata=limits(max_len=ANNOUNCEMENT_SIGNATURE_LEN))
 
 
 ALERT_KINDS = ("consecutive_rejects", "unknown_product", "score_drift")
