@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -115,6 +116,14 @@ class GatewayProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def killed_batch(self) -> list[str]:
+        """The files of the batch it killed itself in (``kill_at``)."""
+        for line in self.log_text().splitlines():
+            if line.startswith("KILLING "):
+                files: list[str] = json.loads(line.removeprefix("KILLING "))["files"]
+                return files
+        raise AssertionError(f"the gateway did not kill itself:\n{self.log_text()[-3000:]}")
 
     async def wait(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout

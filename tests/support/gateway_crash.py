@@ -7,11 +7,13 @@ still open), ``committed`` (committed, the files not yet moved away) or ``dispos
 the next transaction not begun). The process runs exactly as ``lineguard camera-gateway --config
 CONFIG`` does (settings from the environment, the same service code) and dies by SIGKILL, which
 nothing in it can catch or clean up after: what a power cut or the OOM killer would leave behind.
+Before dying it prints ``KILLING {"stage": ..., "n": ..., "files": [...]}`` (the batch's files).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -36,7 +38,8 @@ def main(argv: list[str]) -> int:
         if reached == stage:
             seen += 1
             if seen == nth:
-                print(f"KILLING at {stage} #{nth}: {[item.frame_id for item in batch]}", flush=True)
+                files = [item.file.name for item in batch if item.file is not None]
+                print("KILLING " + json.dumps({"stage": stage, "n": nth, "files": files}), flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
 
     async def serve(settings: Settings, stop: asyncio.Event) -> None:
