@@ -17,6 +17,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from services.camera_gateway import metrics
@@ -31,6 +32,7 @@ from services.camera_gateway.core import (
 )
 from services.camera_gateway.publisher import Publisher, StageObserver
 from services.camera_gateway.sources.base import FrameSink
+from shared.errors import ConfigError
 from shared.settings import OverflowPolicy, Settings
 from shared.telemetry.logging import log_event
 
@@ -101,7 +103,10 @@ class Gateway:
             trigger = camera.stream.trigger
             fps = camera.stream.fps or (None if trigger else 1.0)
             sampler = self._sampler(camera.camera_id, fps, trigger)
-            return StreamReader(camera.stream, sink, sampler, self.run_token, quality)
+            reader = StreamReader(camera.stream, sink, sampler, self.run_token, quality)
+            if camera.stream.is_file and not Path(reader.url).is_file():
+                raise ConfigError(f"camera {camera.camera_id}: video file {reader.url} does not exist")
+            return reader
         assert camera.device is not None
         from services.camera_gateway.sources.device import DeviceReader
 

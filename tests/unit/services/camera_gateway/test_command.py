@@ -43,6 +43,7 @@ def test_check_prints_the_validated_cameras(capsys: pytest.CaptureFixture[str], 
         (["--folder", "/no/such/folder", "--camera-id", "c1", "--station-id", "s1"], "does not exist"),
         (["--url", "rtsp://h/s", "--camera-id", "bad id", "--station-id", "s1"], "camera_id"),
         (["--config", "/no/such/cameras.yaml"], "cannot read"),
+        (["--url", "/no/such/clip.mp4", "--camera-id", "c1", "--station-id", "s1"], "video file"),
         ([], "no camera"),
     ],
 )
