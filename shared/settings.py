@@ -88,6 +88,35 @@ class CameraSimSettings(BaseModel):
     camera_id: str = "cam-1"
 
 
+class OverflowPolicy(StrEnum):
+    """What a live camera's full buffer does with a new frame (hot folders always wait)."""
+
+    DROP_OLDEST = "drop_oldest"  # evict the oldest buffered frame, counted as dropped
+    BLOCK = "block"  # hold the source until there is room (a stream then falls behind)
+
+
+class CameraGatewaySettings(BaseModel):
+    """``lineguard camera-gateway``: real cameras (hot folders, streams) -> the ``frames`` topic."""
+
+    config_file: Path | None = None  # the cameras (YAML); --config overrides
+    line_id: str = "line-1"  # for cameras given on the command line without --line-id
+    buffer_frames: int = Field(16, ge=1, le=10_000)  # per camera
+    buffer_bytes: int = Field(64 << 20, ge=1 << 20, le=8 << 30)  # per camera
+    overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST
+    max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1024, le=MAX_IMAGE_BYTES)  # larger: refused
+    max_batch: int = Field(16, ge=1, le=256)  # frames per Kafka transaction
+    # Stable per gateway instance (a restarted gateway must come back with the same id so the broker
+    # ends its predecessor's open transaction at once). None: derived from the configured camera ids.
+    transactional_id: str | None = None
+    transaction_timeout_ms: int = Field(10_000, ge=1_000, le=900_000)
+    send_timeout_s: float = Field(30.0, gt=0, le=600)  # one transaction, before the producer is renewed
+    retry_initial_s: float = Field(0.5, gt=0, le=60)
+    retry_max_s: float = Field(15.0, gt=0, le=600)
+    ledger_timeout_s: float = Field(120.0, gt=0, le=3600)  # reading the ledger at start or recovery
+    drain_timeout_s: float = Field(10.0, ge=0, le=600)  # at shutdown, to publish what is buffered
+    jpeg_quality: int = Field(90, ge=1, le=100)  # decoded stream frames
+
+
 class EgressPolicy(StrEnum):
     """What of a frame may leave the plant for the VLM endpoint."""
 
@@ -254,6 +283,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = BrokerSettings()
     scorer: ScorerSettings = ScorerSettings()
     camera_sim: CameraSimSettings = CameraSimSettings()
+    camera_gateway: CameraGatewaySettings = CameraGatewaySettings()
     plc_bridge: PlcBridgeSettings = PlcBridgeSettings()
     alerts: AlertsSettings = AlertsSettings()
     explainer: ExplainerSettings = ExplainerSettings()
