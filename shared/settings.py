@@ -8,12 +8,13 @@ validated when a service starts, so a bad value stops it with a message naming t
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.engine.config import Decision
 from shared.errors import ConfigError
@@ -68,6 +69,14 @@ class ScorerSettings(BaseModel):
     transactional_id_prefix: str = "lineguard-scorer"
     session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000)  # broker minimum is 6 s by default
     watch_models: bool = True  # follow the models topic and hot-swap announced models
+    # Announced models (docs/operations.md, "Roll a model out, and back"). Announced directories must
+    # lie inside models_root; weight files are found in weights_dir by the sha256 a manifest names.
+    models_root: Path = Path("models")
+    weights_dir: Path | None = None
+    # Ed25519 public keys (files, or folders of *.pub; comma-separated or a JSON list) whose signature
+    # an announcement must carry. Empty: announcements are taken unsigned, with a warning at start.
+    trusted_keys: Annotated[list[Path], NoDecode] = []
+    announcement_max_skew_s: float = Field(300.0, ge=0, le=86_400)  # announced_at this far ahead at most
     # Fault handling (docs/operations.md, "Scorer faults").
     non_finite_decision: NonFinitePolicy = NonFinitePolicy.REJECT  # NaN/inf never passes
     score_timeout_s: float = Field(30.0, gt=0, le=3600)  # one batch's decode or model run
@@ -84,6 +93,16 @@ class ScorerSettings(BaseModel):
     # each alert-detector map; past the cap they are counted as "other" / the oldest is evicted.
     max_label_values: int = Field(256, ge=1, le=100_000)
     max_alert_keys: int = Field(4096, ge=1, le=1_000_000)
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _path_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _timeouts_fit(self) -> ScorerSettings:
@@ -102,6 +121,35 @@ class CameraSimSettings(BaseModel):
     line_id: str = "line-1"
     station_id: str = "station-1"
     camera_id: str = "cam-1"
+
+
+class OverflowPolicy(StrEnum):
+    """What a live camera's full buffer does with a new frame (hot folders always wait)."""
+
+    DROP_OLDEST = "drop_oldest"  # evict the oldest buffered frame, counted as dropped
+    BLOCK = "block"  # hold the source until there is room (a stream then falls behind)
+
+
+class CameraGatewaySettings(BaseModel):
+    """``lineguard camera-gateway``: real cameras (hot folders, streams) -> the ``frames`` topic."""
+
+    config_file: Path | None = None  # the cameras (YAML); --config overrides
+    line_id: str = "line-1"  # for cameras given on the command line without --line-id
+    buffer_frames: int = Field(16, ge=1, le=10_000)  # per camera
+    buffer_bytes: int = Field(64 << 20, ge=1 << 20, le=8 << 30)  # per camera
+    overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST
+    max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1024, le=MAX_IMAGE_BYTES)  # larger: refused
+    max_batch: int = Field(16, ge=1, le=256)  # frames per Kafka transaction
+    # Stable per gateway instance (a restarted gateway must come back with the same id so the broker
+    # ends its predecessor's open transaction at once). None: derived from the configured camera ids.
+    transactional_id: str | None = None
+    transaction_timeout_ms: int = Field(10_000, ge=1_000, le=900_000)
+    send_timeout_s: float = Field(30.0, gt=0, le=600)  # one transaction, before the producer is renewed
+    retry_initial_s: float = Field(0.5, gt=0, le=60)
+    retry_max_s: float = Field(15.0, gt=0, le=600)
+    ledger_timeout_s: float = Field(120.0, gt=0, le=3600)  # reading the ledger at start or recovery
+    drain_timeout_s: float = Field(10.0, ge=0, le=600)  # at shutdown, to publish what is buffered
+    jpeg_quality: int = Field(90, ge=1, le=100)  # decoded stream frames
 
 
 class EgressPolicy(StrEnum):
@@ -141,6 +189,8 @@ class ExplainerSettings(BaseModel):
     report_dir: Path = Path("var/reports")
     structured_outputs: bool = True  # else JSON mode plus local validation
     request_timeout_s: float = Field(60.0, gt=0)
+    max_response_bytes: int = Field(4 << 20, ge=64 << 10, le=256 << 20)  # a bigger answer is refused unread
+    ca_file: Path | None = None  # CA bundle (PEM) the endpoint's certificate must chain to; None: system CAs
     max_attempts: int = Field(4, ge=1, le=20)
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
@@ -156,8 +206,12 @@ class ExplainerSettings(BaseModel):
     hold_retry_s: float = Field(30.0, gt=0)
     max_hold_s: float = Field(3600.0, gt=0)  # then a fallback report, so nothing waits forever
     max_pending: int = Field(64, ge=1, le=10_000)
+    # Egress fails closed (services/explainer/policy.py): a class gets class_egress[class] only if
+    # listed and confirmed by the image; any other class (renamed, unknown, an unconfirmed camera
+    # hint) gets unlisted_egress, or if unset the strictest of egress and the class_egress values.
     egress: EgressPolicy = EgressPolicy.FULL
     class_egress: dict[str, EgressPolicy] = {}
+    unlisted_egress: EgressPolicy | None = None
     vocabulary: dict[str, list[str]] = {}
     default_vocabulary: list[str] = [
         "scratch",
@@ -168,6 +222,9 @@ class ExplainerSettings(BaseModel):
         "deformation",
         "contamination",
     ]
+    # Fixed actions a class's defect reports list after the grade's template actions (the VLM's
+    # suggestions are never actions: they are quoted as its words).
+    class_actions: dict[str, list[str]] = {}
     references_dir: Path | None = None  # <dir>/<class>/{good,defect}/*.png|jpg
     references_per_class: int = Field(1, ge=0, le=4)
     follow_up_below: float = Field(0.5, ge=0, le=1)  # 0 disables the low-confidence follow-up
@@ -200,11 +257,16 @@ class PlcBridgeSettings(BaseModel):
     reject_decisions: list[str] = [Decision.REJECT, Decision.REVIEW, Decision.ERROR]
     fail_safe: FailSafeAction = FailSafeAction.REJECT
     heartbeat_interval_s: float = Field(default=1.0, gt=0, le=60)  # bridge -> PLC heartbeat counter
-    scorer_timeout_s: float = Field(default=10.0, gt=0, le=3600)  # scorer group empty this long -> fail-safe
+    # No proof of a working scorer this long -> fail-safe: Kafka unreachable, the scorer's group empty,
+    # or frames waiting on a partition while the group's committed offset there does not move.
+    scorer_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     part_deadline_ms: int = Field(default=0, ge=0, le=600_000)  # 0: no part tracking (PLC trigger counter)
+    # A verdict older than this on arrival (from its frame's capture) fails its station safe; 0: only
+    # verdicts the scorer marked late do.
+    verdict_deadline_ms: int = Field(default=2000, ge=0, le=600_000)
     poll_interval_ms: int = Field(default=50, ge=5, le=10_000)
     max_tracked_parts: int = Field(default=1000, ge=1, le=100_000)
-    dedup_window: int = Field(default=100_000, ge=1, le=10_000_000)  # frame ids remembered against duplicates
+    dedup_window: int = Field(default=100_000, ge=1, le=10_000_000)  # (station, frame id)s remembered
     io_timeout_s: float = Field(default=2.0, gt=0, le=60)
 
 
@@ -218,9 +280,15 @@ class AlertsSettings(BaseModel):
     """``lineguard alerts``: operator alerts from the ``alerts`` topic -> a webhook."""
 
     group_id: str = "lineguard-alerts"
-    webhook_url: str | None = None  # holds a secret for Slack/Teams: never logged
+    # The webhook URL holds a secret for Slack/Teams: never logged. Unset, empty, or a missing or
+    # empty file: the service runs without a webhook (each alert logged once, see operations.md).
+    webhook_url: str | None = None
     webhook_url_file: Path | None = None  # alternative: read the URL from a (secret) file
     webhook_format: WebhookFormat = WebhookFormat.JSON
+    ca_file: Path | None = None  # CA bundle (PEM) the webhook's certificate must chain to; None: system CAs
+    state_dir: Path = Path("var/alerts")  # the delivery ledger (which alerts went out), kept across restarts
+    ledger_retention_s: float = Field(default=7 * 86_400.0, ge=60, le=365 * 86_400)
+    max_tracked: int = Field(default=100_000, ge=100, le=10_000_000)  # ledger entries and dedup keys kept
     timeout_s: float = Field(default=5.0, gt=0, le=120)
     dedup_window_s: float = Field(default=300.0, ge=0, le=86_400)
     rate_limit_per_minute: int = Field(default=30, ge=1, le=10_000)
@@ -250,6 +318,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = BrokerSettings()
     scorer: ScorerSettings = ScorerSettings()
     camera_sim: CameraSimSettings = CameraSimSettings()
+    camera_gateway: CameraGatewaySettings = CameraGatewaySettings()
     plc_bridge: PlcBridgeSettings = PlcBridgeSettings()
     alerts: AlertsSettings = AlertsSettings()
     explainer: ExplainerSettings = ExplainerSettings()

@@ -143,8 +143,10 @@ def test_f1_threshold_is_offered_from_supplied_defects(tiny_vit_weights: Path) -
     assert model.class_models[0].threshold == threshold
 
 
-def test_artifact_round_trip_is_exact(vit_model: InspectionModel, saved_model: Path) -> None:
-    loaded = load_model(saved_model)
+def test_artifact_round_trip_is_exact(
+    vit_model: InspectionModel, saved_model: Path, tiny_vit_weights: Path
+) -> None:
+    loaded = load_model(saved_model, weights_dir=tiny_vit_weights.parent)
     assert loaded.version == vit_model.version and loaded.classes == vit_model.classes
     images = [render_sample(p, np.random.default_rng(3), VIT_SIZE, "spot")[0] for p in FITTED_CLASSES]
     for before, after in zip(vit_model.score_batch(images), loaded.score_batch(images), strict=True):
@@ -253,7 +255,7 @@ def test_alternative_scorers_find_defects_and_round_trip(
     scores = [r.raw_score for r in model.score_batch(images)]
     assert auroc(labels, np.array(scores)) >= 0.8
     save_model(model, tmp_path / "m")
-    reloaded = [r.raw_score for r in load_model(tmp_path / "m").score_batch(images)]
+    reloaded = [r.raw_score for r in load_model(tmp_path / "m", weights=tiny_vit_weights).score_batch(images)]
     assert reloaded == scores
 
 
@@ -268,6 +270,6 @@ def test_pca_refine_index_scores_like_the_exact_index(tiny_vit_weights: Path, tm
     refined_scores = np.array([r.raw_score for r in refined.score_batch(images)])
     np.testing.assert_allclose(refined_scores, exact_scores, rtol=1e-3)
     save_model(refined, tmp_path / "m")
-    reloaded = load_model(tmp_path / "m")
+    reloaded = load_model(tmp_path / "m", weights_dir=tiny_vit_weights.parent)
     assert reloaded.config.index == "pca-refine" and reloaded.config.reduced_dims == 32
     assert [r.raw_score for r in reloaded.score_batch(images)] == refined_scores.tolist()
