@@ -39,8 +39,13 @@ def prepare(outcome: RecordOutcome) -> RecordOutcome:
     record into a dead letter with the reason, instead of failing its batch.
     """
     record = outcome.record
-    if outcome.dead_letter is not None:
-        return dead_letter_outputs(outcome, outcome.dead_letter.reason, outcome.dead_letter.detail)
+    letter = outcome.dead_letter
+    if letter is not None:
+        try:  # the letter decoding built, as it is (no second copy of the record)
+            out = OutRecord("dlq", encode(letter), letter.original_key, _trace_headers(record))
+            return RecordOutcome(record, dead_letter=letter, outputs=(out,), fallback=_level(letter))
+        except MessageError:
+            return dead_letter_outputs(outcome, letter.reason, letter.detail, TRUNCATED)
     verdict = outcome.verdict
     try:
         assert verdict is not None, "an outcome holds a verdict or a dead letter"
@@ -75,6 +80,10 @@ def dead_letter_outputs(
         out = OutRecord("dlq", value, letter.original_key, headers)
         return RecordOutcome(record, dead_letter=letter, outputs=(out,), fallback=step)
     raise AssertionError("a bare dead letter always encodes")  # _bare keeps every field within its limits
+
+
+def _level(letter: DeadLetter) -> int:
+    return TRUNCATED if letter.truncated else WHOLE
 
 
 def _letter_at(record: RawRecord, reason: str, detail: str, level: int) -> DeadLetter:

@@ -42,8 +42,9 @@ class ModelGiving:
 
 @pytest.mark.parametrize("raw", [math.nan, math.inf])
 def test_a_model_scoring_a_plain_frame_as_non_finite_is_refused(raw: float) -> None:
-    with pytest.raises(ModelRefused, match="non-finite raw_score"):
+    with pytest.raises(ModelRefused, match=r"non-finite values \(class washer: raw_score=") as refused:
         warm_up(ModelGiving(raw))
+    assert refused.value.reason == "warm_up_failed"
 
 
 def test_a_non_finite_threshold_is_refused_and_finite_scores_pass() -> None:
