@@ -11,35 +11,25 @@ import pytest
 from services.camera_sim.service import run_camera_sim
 from shared.messages.schemas import DeadLetter, Verdict
 from shared.settings import Settings
-from tests.integration.line_support import (
-    LineModels,
-    ScorerProcess,
-    TopicReader,
-    line_models,
-    scorer_settings,
-    sim_options,
-    wait_until,
-)
+from tests.support.line import LineModels, scorer_process, scorer_settings, sim_options
+from tests.support.services import ServiceProcess
+from tests.support.topics import TopicReader
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
-    return line_models(tmp_path_factory)
-
-
 async def test_killed_and_terminated_scorers_still_commit_exactly_one_verdict_per_frame(
-    kafka_settings: Settings, models: LineModels, tmp_path: Path
+    kafka_settings: Settings, line_models: LineModels, tmp_path: Path
 ) -> None:
     settings = scorer_settings(kafka_settings)
     options = sim_options(
         count=150, cameras=2, rate=5.0, bad_rate=0.1, run_id="crash", truth=tmp_path / "truth"
     )
-    processes: list[ScorerProcess] = []
+    processes: list[ServiceProcess] = []
 
-    def start(name: str) -> ScorerProcess:
-        process = ScorerProcess(settings, models.a, tmp_path / f"{name}.log")
+    def start(name: str) -> ServiceProcess:
+        process = scorer_process(settings, line_models.a, tmp_path / f"{name}.log")
         processes.append(process)
         return process
 
@@ -56,7 +46,8 @@ async def test_killed_and_terminated_scorers_still_commit_exactly_one_verdict_pe
 
             second = start("second")
             await wait_until(lambda: len(verdicts) >= 60, 120, "verdicts from the second scorer")
-            assert await second.terminate() == 0  # SIGTERM mid-stream: finish the batch, commit, exit 0
+            # SIGTERM mid-stream: finish the batch, commit, exit 0.
+            assert await second.stop() == 0, second.log_tail()
             log = second.log_text()
             assert '"event": "scorer_stopped"' in log and '"level": "error"' not in log
 
@@ -65,7 +56,7 @@ async def test_killed_and_terminated_scorers_still_commit_exactly_one_verdict_pe
             good = stats.sent - stats.bad
             got = await verdicts.wait_for(good, timeout=150, settle=3.0)
             letters = await dlq.wait_for(stats.bad, timeout=30, settle=0.5)
-            assert await third.terminate() == 0
+            assert await third.stop() == 0, third.log_tail()
     finally:
         for process in processes:
             process.kill()

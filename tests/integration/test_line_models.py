@@ -14,23 +14,11 @@ from services.scorer import metrics
 from services.scorer.models import announcement_for, publish_announcement
 from shared.messages.schemas import Verdict
 from shared.settings import Settings
-from tests.integration.line_support import (
-    LineModels,
-    TopicReader,
-    line_models,
-    running_scorer,
-    scorer_settings,
-    sim_options,
-    tampered_copy,
-    wait_until,
-)
+from tests.support.line import LineModels, running_scorer, scorer_settings, sim_options, tampered_copy
+from tests.support.topics import TopicReader
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture
-def models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
-    return line_models(tmp_path_factory)
 
 
 def _failures() -> float:
@@ -38,18 +26,18 @@ def _failures() -> float:
 
 
 async def test_new_model_announced_mid_stream_takes_over_without_losing_frames(
-    kafka_settings: Settings, models: LineModels
+    kafka_settings: Settings, line_models: LineModels
 ) -> None:
     settings = scorer_settings(kafka_settings)
     options = sim_options(count=60, cameras=2, rate=8.0, run_id="swap")  # ~4 s of frames
     async with (
         TopicReader(settings, "verdicts", Verdict) as verdicts,
-        running_scorer(settings, models.a) as scorer,
+        running_scorer(settings, line_models.a) as scorer,
     ):
         sender = asyncio.create_task(run_camera_sim(settings, options))
         await wait_until(lambda: len(verdicts) >= 10, 60, "verdicts from the first model")
-        await publish_announcement(settings, announcement_for(models.b))
-        await wait_until(lambda: scorer.holder.version == models.version_b, 60, "the swap")
+        await publish_announcement(settings, announcement_for(line_models.b))
+        await wait_until(lambda: scorer.holder.version == line_models.version_b, 60, "the swap")
         await sender
         got = await verdicts.wait_for(60, timeout=60)
     assert Counter(v.frame_id for v in got.values) == Counter(f"swap-{i:07d}" for i in range(60))
@@ -57,34 +45,34 @@ async def test_new_model_announced_mid_stream_takes_over_without_losing_frames(
     # the new model is from the new model.
     ordered = sorted(got.values, key=lambda v: v.decided_at)
     versions = [v.model_version for v in ordered]
-    first_b = versions.index(models.version_b)
-    assert first_b >= 10 and set(versions[:first_b]) == {models.version_a}
-    assert set(versions[first_b:]) == {models.version_b}
+    first_b = versions.index(line_models.version_b)
+    assert first_b >= 10 and set(versions[:first_b]) == {line_models.version_a}
+    assert set(versions[first_b:]) == {line_models.version_b}
 
 
 async def test_tampered_or_mismatched_model_is_refused_and_the_old_one_keeps_serving(
-    kafka_settings: Settings, models: LineModels, tmp_path: Path
+    kafka_settings: Settings, line_models: LineModels, tmp_path: Path
 ) -> None:
     settings = scorer_settings(kafka_settings)
-    tampered = tampered_copy(models.b, tmp_path / "tampered")
+    tampered = tampered_copy(line_models.b, tmp_path / "tampered")
     before = _failures()
     async with (
         TopicReader(settings, "verdicts", Verdict) as verdicts,
-        running_scorer(settings, models.a) as scorer,
+        running_scorer(settings, line_models.a) as scorer,
     ):
         await run_camera_sim(settings, sim_options(count=6, run_id="before"))
         await verdicts.wait_for(6, timeout=60, settle=0)
         # 1: the files were changed after the manifest was written.
-        bad_files = dataclasses.replace(announcement_for(models.b), path=str(tampered))
+        bad_files = dataclasses.replace(announcement_for(line_models.b), path=str(tampered))
         await publish_announcement(settings, bad_files)
         await wait_until(lambda: _failures() >= before + 1, 60, "the tampered model to be refused")
         # 2: an intact model, announced with a digest that is not its own.
-        wrong_digest = dataclasses.replace(announcement_for(models.b), sha256="0" * 64)
+        wrong_digest = dataclasses.replace(announcement_for(line_models.b), sha256="0" * 64)
         await publish_announcement(settings, wrong_digest)
         await wait_until(lambda: _failures() >= before + 2, 60, "the mismatched model to be refused")
         await run_camera_sim(settings, sim_options(count=6, run_id="after"))
         got = await verdicts.wait_for(12, timeout=60)
-        assert scorer.holder.version == models.version_a
-        assert scorer.watcher.refused == [models.version_b, models.version_b]
+        assert scorer.holder.version == line_models.version_a
+        assert scorer.watcher.refused == [line_models.version_b, line_models.version_b]
     assert len(got.values) == 12
-    assert {v.model_version for v in got.values} == {models.version_a}
+    assert {v.model_version for v in got.values} == {line_models.version_a}

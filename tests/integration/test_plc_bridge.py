@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -17,49 +16,20 @@ from services.plc_bridge.simulators import ModbusPlcSimulator, OpcUaPlcSimulator
 from shared.kafka.broker import free_port
 from shared.kafka.client import make_consumer, make_producer
 from shared.messages.codec import encode
-from shared.messages.schemas import Verdict
+from shared.messages.schemas import DeadLetter, Verdict
 from shared.settings import FailSafeAction, PlcBridgeSettings, Settings
-from tests.integration.conftest import read_dead_letters
+from tests.support import messages as build
+from tests.support.services import running_service
+from tests.support.topics import committed_and_end, end_offset, read_messages
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def verdict(frame_id: str, station: str, decision: str) -> Verdict:
-    now = time.time_ns()
-    return Verdict(
-        frame_id=frame_id,
-        line_id="line-1",
-        station_id=station,
-        camera_id="cam-1",
-        product_class="washer",
-        route_confidence=0.9,
-        decision=decision,
-        score=0.7 if decision == "reject" else 0.2,
-        raw_score=1.0,
-        threshold=1.0,
-        regions=[],
-        model_version="m1",
-        captured_at=now - 5_000_000,
-        decided_at=now,
-        latency_ms=5.0,
-        late=False,
-        reason="",
+    return build.verdict(
+        frame_id, decision, score=0.7 if decision == "reject" else 0.2, raw_score=1.0, station_id=station
     )
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = await check()
-            if result:
-                return result
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
-        await asyncio.sleep(0.05)
 
 
 def bridge_settings(base: Settings, stations: list[str], modbus_port: int, **plc: Any) -> Settings:
@@ -75,36 +45,16 @@ def bridge_settings(base: Settings, stations: list[str], modbus_port: int, **plc
     )
 
 
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[PlcBridge]:
-    bridge = PlcBridge(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(bridge.run(stop))
-    try:
-        done, _ = await asyncio.wait(
-            {task, asyncio.ensure_future(bridge.ready.wait())},
-            timeout=30,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if task in done:
-            task.result()  # raise what stopped it
-        assert bridge.ready.is_set(), "bridge not ready in 30 s"
-        yield bridge
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
+def running(settings: Settings) -> AbstractAsyncContextManager[PlcBridge]:
+    return running_service(PlcBridge(settings))
 
 
 async def publish(settings: Settings, *verdicts: Verdict | bytes, key: bytes = b"st-a") -> None:
-    producer = make_producer(settings)
-    await producer.start()
-    try:
+    async with make_producer(settings) as producer:
         for v in verdicts:
             value = v if isinstance(v, bytes) else encode(v)
             k = key if isinstance(v, bytes) else v.station_id.encode()
             await producer.send_and_wait(settings.topic("verdicts"), value, key=k)
-    finally:
-        await producer.stop()
 
 
 async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_settings: Settings) -> None:
@@ -137,7 +87,7 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
                 a = await modbus.station(0)
                 return a["last_frame_id"] == "f3" and (await modbus.station(1))["last_frame_id"] == "g1"
 
-            await eventually(modbus_done)
+            await wait_until(modbus_done)
             a, b = await modbus.station(0), await modbus.station(1)
             assert (a["pass_count"], a["reject_count"], a["reject"], a["sequence"]) == (1, 2, True, 3)
             assert a["last_decision"] == reg.DECISION_CODES["reject"]
@@ -146,7 +96,7 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
             async def opcua_done() -> bool:
                 return (await opcua.station("st-a"))["last_frame_id"] == "f3"
 
-            await eventually(opcua_done)
+            await wait_until(opcua_done)
             ua_a = await opcua.station("st-a")
             assert (ua_a["pass_count"], ua_a["reject_count"], ua_a["reject"], ua_a["sequence"]) == (
                 1,
@@ -157,7 +107,7 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
             assert (await opcua.station("st-b"))["pass_count"] == 1
 
             first = (await modbus.line())["heartbeat"]
-            await eventually(lambda: _heartbeat_moved(modbus, first))
+            await wait_until(lambda: _heartbeat_moved(modbus, first))
             line = await modbus.line()
             assert line["scorer_ok"] and not line["stop_line"] and line["stations"] == 2
             assert line["status"] & reg.STATUS_SCORER_OK
@@ -166,14 +116,14 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
         # A restarted bridge continues the PLC's counters and still applies each frame once.
         async with running(settings):
             await publish(settings, verdict("f3", "st-a", "reject"), verdict("f4", "st-a", "pass"))
-            await eventually(lambda: _frame_is(modbus, 0, "f4"))
+            await wait_until(lambda: _frame_is(modbus, 0, "f4"))
             a = await modbus.station(0)
             assert (a["pass_count"], a["reject_count"], a["reject"], a["sequence"]) == (2, 2, False, 4)
     finally:
         await modbus.stop()
         await opcua.stop()
 
-    letters = await read_dead_letters(settings, 1)
+    letters = await read_messages(settings, "dlq", DeadLetter, 1, timeout_s=15)
     assert (
         letters[0].source_topic == settings.topic("verdicts")
         and letters[0].original_value == b"\x00not msgpack"
@@ -204,7 +154,7 @@ async def test_scorer_silence_stops_the_line_until_the_scorer_is_back(kafka_sett
     await scorer.start()
     try:
         async with running(settings):
-            await eventually(lambda: _assigned(scorer))
+            await wait_until(lambda: _assigned(scorer))
             await asyncio.sleep(2.5)  # past the timeout: the group's members keep the line running
             line = await modbus.line()
             assert line["scorer_ok"] and not line["stop_line"]
@@ -215,7 +165,7 @@ async def test_scorer_silence_stops_the_line_until_the_scorer_is_back(kafka_sett
             async def failed_safe() -> bool:
                 return bool((await modbus.line())["stop_line"])
 
-            await eventually(failed_safe, timeout=10)
+            await wait_until(failed_safe, timeout=10)
             line = await modbus.line()
             assert not line["scorer_ok"] and line["status"] & reg.STATUS_FAIL_SAFE
             for index in (0, 1):
@@ -229,7 +179,7 @@ async def test_scorer_silence_stops_the_line_until_the_scorer_is_back(kafka_sett
                 line = await modbus.line()
                 return bool(line["scorer_ok"] and not line["stop_line"])
 
-            await eventually(recovered)
+            await wait_until(recovered)
             assert not (await modbus.station(0))["reject"]
             assert (await modbus.station(1))["reject"]  # held until st-b's own next verdict
     finally:
@@ -257,18 +207,18 @@ async def test_tracked_part_missing_its_deadline_is_rejected(kafka_settings: Set
             async def rejected() -> bool:
                 return (await modbus.station(0))["fail_safe_count"] == 1
 
-            await eventually(rejected, timeout=5)
+            await wait_until(rejected, timeout=5)
             st = await modbus.station(0)
             assert st["reject"] and (await modbus.line())["status"] & reg.STATUS_FAIL_SAFE
 
             await publish(settings, verdict("late-1", "st-a", "pass"))  # its late verdict
-            await eventually(lambda: _frame_is(modbus, 0, "late-1"))
+            await wait_until(lambda: _frame_is(modbus, 0, "late-1"))
             st = await modbus.station(0)
             assert st["reject"] and st["pass_count"] == 1  # counted; the part stays rejected
 
             await modbus.trigger_part(0)  # the next part gets its verdict in time
             await publish(settings, verdict("ok-2", "st-a", "pass"))
-            await eventually(lambda: _frame_is(modbus, 0, "ok-2"))
+            await wait_until(lambda: _frame_is(modbus, 0, "ok-2"))
             await asyncio.sleep(0.6)  # past that part's deadline: no new fail-safe
             st = await modbus.station(0)
             assert not st["reject"] and st["fail_safe_count"] == 1 and st["pass_count"] == 2
@@ -279,8 +229,6 @@ async def test_tracked_part_missing_its_deadline_is_rejected(kafka_settings: Set
 async def test_plc_outage_holds_commits_and_the_state_is_rewritten_when_it_returns(
     kafka_settings: Settings,
 ) -> None:
-    from aiokafka import TopicPartition
-
     port = free_port()
     modbus = ModbusPlcSimulator(port=port)
     await modbus.start()
@@ -288,22 +236,21 @@ async def test_plc_outage_holds_commits_and_the_state_is_rewritten_when_it_retur
     try:
         async with running(settings) as bridge:
             await publish(settings, verdict("before", "st-a", "reject"))
-            await eventually(lambda: _frame_is(modbus, 0, "before"))
+            await wait_until(lambda: _frame_is(modbus, 0, "before"))
             await modbus.stop()  # the PLC goes away
             await publish(settings, verdict("during", "st-a", "pass"))
-            await eventually(lambda: _core_saw(bridge, "during"))
+            await wait_until(lambda: _core_saw(bridge, "during"))
             await asyncio.sleep(1.0)
-            (partition,) = [p for p in range(4) if await _has_records(settings, p)]
-            tp = TopicPartition(settings.topic("verdicts"), partition)
-            committed, end = await _committed(settings, tp)
+            (partition,) = [p for p in range(4) if await end_offset(settings, "verdicts", p)]
+            committed, end = await _committed(settings, partition)
             assert end == 2 and committed == 1  # "during" is not committed while the PLC is away
 
             modbus = ModbusPlcSimulator(port=port)  # back, and blank (a replaced PLC)
             await modbus.start()
-            await eventually(lambda: _frame_is(modbus, 0, "during"), timeout=20)
+            await wait_until(lambda: _frame_is(modbus, 0, "during"), timeout=20)
             st = await modbus.station(0)
             assert (st["pass_count"], st["reject_count"], st["reject"]) == (1, 1, False)
-            await eventually(lambda: _committed_is(settings, tp, 2))
+            await wait_until(lambda: _committed_is(settings, partition, 2))
     finally:
         await modbus.stop()
 
@@ -312,26 +259,9 @@ async def _core_saw(bridge: PlcBridge, frame_id: str) -> bool:
     return bridge.core.state["st-a"].last_frame_id == frame_id
 
 
-async def _committed(settings: Settings, tp: Any) -> tuple[int | None, int]:
-    consumer = make_consumer(settings, group_id=settings.plc_bridge.group_id)
-    await consumer.start()
-    try:
-        return await consumer.committed(tp), (await consumer.end_offsets([tp]))[tp]
-    finally:
-        await consumer.stop()
+async def _committed(settings: Settings, partition: int) -> tuple[int | None, int]:
+    return await committed_and_end(settings, settings.plc_bridge.group_id, "verdicts", partition)
 
 
-async def _committed_is(settings: Settings, tp: Any, offset: int) -> bool:
-    return (await _committed(settings, tp))[0] == offset
-
-
-async def _has_records(settings: Settings, partition: int) -> bool:
-    from aiokafka import TopicPartition
-
-    consumer = make_consumer(settings, group_id=None)
-    await consumer.start()
-    try:
-        tp = TopicPartition(settings.topic("verdicts"), partition)
-        return bool((await consumer.end_offsets([tp]))[tp])
-    finally:
-        await consumer.stop()
+async def _committed_is(settings: Settings, partition: int, offset: int) -> bool:
+    return (await _committed(settings, partition))[0] == offset

@@ -5,7 +5,7 @@ import pytest
 from services.explainer.policy import ReferenceLibrary, egress_for, vocabulary_for
 from shared.errors import ConfigError
 from shared.settings import EgressPolicy, load_settings
-from tests.support.defect_events import png_bytes
+from tests.support.messages import png_bytes
 
 
 def test_explainer_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ from services.scorer.alerts import (
 )
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import AlertEvent, Verdict
+from tests.support import messages as build
 
 S = 1_000_000_000
 _counter = itertools.count()
@@ -30,24 +31,14 @@ def verdict(
     t: float = 0.0,
 ) -> Verdict:
     n = next(_counter)
-    return Verdict(
-        frame_id=f"f{n}",
-        line_id="line-1",
-        station_id=station,
-        camera_id="cam-1",
-        product_class=product,
-        route_confidence=0.9,
-        decision=decision,
+    return build.verdict(
+        f"f{n}",
+        decision,
         score=score,
-        raw_score=score * 2,
-        threshold=1.0,
-        regions=[],
-        model_version="m1",
+        product=product,
+        station_id=station,
         captured_at=int(t * S),
-        decided_at=int(t * S) + 1000,
-        latency_ms=1.0,
-        late=False,
-        reason="",
+        latency_ms=0.001,
     )
 
 
