@@ -16,6 +16,7 @@ from services.scorer.alerts import (
 )
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import AlertEvent, Verdict
+from shared.settings import AlertsSettings
 from tests.support import messages as build
 
 S = 1_000_000_000
@@ -139,3 +140,13 @@ def test_rules_are_validated():
         AlertRules(consecutive_rejects=0)
     with pytest.raises(ValueError):
         AlertRules(drift_threshold=0)
+
+
+def test_rules_come_from_the_alerts_settings_with_the_same_defaults():
+    assert AlertRules.from_settings(AlertsSettings()) == AlertRules()
+    tuned = AlertsSettings(
+        consecutive_rejects=7, unknown_product_cooldown_s=5, drift_recent=20, drift_threshold=2.5
+    )
+    assert AlertRules.from_settings(tuned) == AlertRules(
+        consecutive_rejects=7, unknown_product_cooldown_s=5, drift_recent=20, drift_threshold=2.5
+    )

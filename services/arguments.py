@@ -1,0 +1,25 @@
+"""Value types for the ``lineguard`` commands' options, shared by every service's ``cli.py``.
+
+argparse calls them on the option's text; an ``ArgumentTypeError`` becomes argparse's usage error
+(exit 2) naming the option, before any command starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (sizes, counts, threads)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number from 0 to 1 (rates, shares)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
