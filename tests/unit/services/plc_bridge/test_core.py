@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from services.plc_bridge import registers as reg
 from services.plc_bridge.core import BridgeCore, StationState, VerdictOutcome
+from shared.messages.schemas import Verdict
+from tests.support import messages as build
 
 
-@dataclass
-class V:
-    frame_id: str
-    station_id: str = "s1"
-    decision: str = "pass"
+def verdict(frame_id: str, station_id: str = "s1", decision: str = "pass") -> Verdict:
+    """A verdict from the scorer (the bridge reads its frame, station and decision)."""
+    return build.verdict(frame_id, decision, station_id=station_id)
 
 
 def core(**kw) -> BridgeCore:
@@ -24,10 +22,10 @@ def core(**kw) -> BridgeCore:
 
 def test_verdicts_drive_outputs_and_counters():
     c = core()
-    assert c.apply_verdict(V("a", decision="pass"), 0) is VerdictOutcome.APPLIED
+    assert c.apply_verdict(verdict("a", decision="pass"), 0) is VerdictOutcome.APPLIED
     assert c.state["s1"].reject is False and c.state["s1"].pass_count == 1
-    c.apply_verdict(V("b", decision="reject"), 0)
-    c.apply_verdict(V("c", decision="review"), 0)
+    c.apply_verdict(verdict("b", decision="reject"), 0)
+    c.apply_verdict(verdict("c", decision="review"), 0)
     st = c.state["s1"]
     assert st.reject is True and st.reject_count == 2 and st.pass_count == 1
     assert st.last_decision == reg.DECISION_CODES["review"] and st.last_frame_id == "c"
@@ -37,37 +35,37 @@ def test_verdicts_drive_outputs_and_counters():
 
 def test_reject_decisions_are_configurable():
     c = core(reject_decisions=frozenset({"reject"}))
-    c.apply_verdict(V("a", decision="review"), 0)
+    c.apply_verdict(verdict("a", decision="review"), 0)
     assert c.state["s1"].reject is False and c.state["s1"].reject_count == 0
 
 
 def test_duplicate_frame_ids_apply_once_and_unknown_stations_are_refused():
     c = core()
-    c.apply_verdict(V("a", decision="reject"), 0)
-    assert c.apply_verdict(V("a", decision="reject"), 0) is VerdictOutcome.DUPLICATE
+    c.apply_verdict(verdict("a", decision="reject"), 0)
+    assert c.apply_verdict(verdict("a", decision="reject"), 0) is VerdictOutcome.DUPLICATE
     assert c.state["s1"].reject_count == 1 and c.state["s1"].sequence == 1
-    assert c.apply_verdict(V("z", station_id="elsewhere"), 0) is VerdictOutcome.UNKNOWN_STATION
+    assert c.apply_verdict(verdict("z", station_id="elsewhere"), 0) is VerdictOutcome.UNKNOWN_STATION
 
 
 def test_dedup_window_is_bounded():
     c = core(dedup_window=2)
     for fid in ("a", "b", "c"):
-        c.apply_verdict(V(fid), 0)
-    assert c.apply_verdict(V("a"), 0) is VerdictOutcome.APPLIED  # forgotten: outside the window
-    assert c.apply_verdict(V("c"), 0) is VerdictOutcome.DUPLICATE
+        c.apply_verdict(verdict(fid), 0)
+    assert c.apply_verdict(verdict("a"), 0) is VerdictOutcome.APPLIED  # forgotten: outside the window
+    assert c.apply_verdict(verdict("c"), 0) is VerdictOutcome.DUPLICATE
 
 
 def test_seed_continues_counters_and_refuses_the_last_frame_again():
     c = core()
     c.seed("s1", StationState(pass_count=41, reject_count=7, sequence=9, last_frame_id="last"))
-    assert c.apply_verdict(V("last"), 0) is VerdictOutcome.DUPLICATE
-    c.apply_verdict(V("next"), 0)
+    assert c.apply_verdict(verdict("last"), 0) is VerdictOutcome.DUPLICATE
+    c.apply_verdict(verdict("next"), 0)
     assert c.state["s1"].pass_count == 42 and c.state["s1"].sequence == 10
 
 
 def test_scorer_silence_fails_safe_on_every_station_and_recovers():
     c = core(scorer_timeout_s=5.0, stop_line_on_fail_safe=True)
-    c.apply_verdict(V("a"), 0)
+    c.apply_verdict(verdict("a"), 0)
     assert c.tick(4.0) == []
     assert sorted(c.tick(5.5)) == ["s1", "s2"]
     assert c.line.scorer_ok is False and c.line.fail_safe_active and c.line.stop_line
@@ -78,7 +76,7 @@ def test_scorer_silence_fails_safe_on_every_station_and_recovers():
     c.scorer_alive(21.0)
     assert c.line.scorer_ok and not c.line.fail_safe_active and not c.line.stop_line
     assert c.state["s2"].reject  # held until that station's next verdict
-    c.apply_verdict(V("b", station_id="s2"), 21.0)
+    c.apply_verdict(verdict("b", station_id="s2"), 21.0)
     assert not c.state["s2"].reject
 
 
@@ -92,23 +90,23 @@ def test_tracked_part_missing_its_deadline_is_failed_safe_and_its_late_verdict_k
     c = core(part_deadline_s=0.5)
     assert c.part_trigger("s1", 100, 0.0) == 0  # first read is the baseline
     assert c.part_trigger("s1", 102, 0.1) == 2
-    assert c.apply_verdict(V("p1", decision="pass"), 0.3) is VerdictOutcome.APPLIED
+    assert c.apply_verdict(verdict("p1", decision="pass"), 0.3) is VerdictOutcome.APPLIED
     assert c.pending_parts("s1") == 1
     assert c.tick(0.7) == ["s1"]  # p2's deadline passed
     st = c.state["s1"]
     assert st.reject and st.fail_safe_count == 1 and c.line.fail_safe_active
-    assert c.apply_verdict(V("p2", decision="pass"), 0.8) is VerdictOutcome.AFTER_FAIL_SAFE
+    assert c.apply_verdict(verdict("p2", decision="pass"), 0.8) is VerdictOutcome.AFTER_FAIL_SAFE
     assert st.reject and st.pass_count == 2  # counted, but the part was already diverted
     assert not c.line.fail_safe_active
     c.part_trigger("s1", 103, 1.0)
-    assert c.apply_verdict(V("p3", decision="pass"), 1.1) is VerdictOutcome.APPLIED
+    assert c.apply_verdict(verdict("p3", decision="pass"), 1.1) is VerdictOutcome.APPLIED
     assert not st.reject
 
 
 def test_verdict_before_its_trigger_read_is_credited():
     c = core(part_deadline_s=0.5)
     c.part_trigger("s1", 0, 0.0)
-    c.apply_verdict(V("fast"), 0.01)  # the scorer beat the trigger poll
+    c.apply_verdict(verdict("fast"), 0.01)  # the scorer beat the trigger poll
     c.part_trigger("s1", 1, 0.05)
     assert c.pending_parts("s1") == 0 and c.tick(1.0) == []
 
@@ -129,7 +127,7 @@ def test_failed_safe_part_whose_verdict_never_comes_is_forgotten():
     c.tick(150.0)  # grace = max(scorer timeout, 10 x deadline) = 100 s
     assert not c.line.fail_safe_active
     c.part_trigger("s1", 2, 150.0)
-    assert c.apply_verdict(V("x"), 150.1) is VerdictOutcome.APPLIED
+    assert c.apply_verdict(verdict("x"), 150.1) is VerdictOutcome.APPLIED
 
 
 def test_heartbeat_wraps_and_dirty_tracking():
@@ -139,7 +137,7 @@ def test_heartbeat_wraps_and_dirty_tracking():
     c.beat()
     stations, line = c.take_dirty()
     assert stations == {} and line is not None and line.heartbeat == 0
-    c.apply_verdict(V("a", station_id="s2"), 0)
+    c.apply_verdict(verdict("a", station_id="s2"), 0)
     stations, line = c.take_dirty()
     assert list(stations) == ["s2"] and line is None
 

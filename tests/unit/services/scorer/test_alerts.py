@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 import pytest
 
@@ -23,23 +24,10 @@ S = 1_000_000_000
 _counter = itertools.count()
 
 
-def verdict(
-    decision: str = "pass",
-    *,
-    station: str = "st-1",
-    product: str = "washer",
-    score: float = 0.2,
-    t: float = 0.0,
-) -> Verdict:
-    n = next(_counter)
+def verdict(decision: str = "pass", *, t: float = 0.0, station: str = "st-1", **fields: Any) -> Verdict:
+    """A verdict on a new frame at ``station``, decided ``t`` seconds into the run."""
     return build.verdict(
-        f"f{n}",
-        decision,
-        score=score,
-        product=product,
-        station_id=station,
-        captured_at=int(t * S),
-        latency_ms=0.001,
+        f"f{next(_counter)}", decision, station_id=station, captured_at=int(t * S), latency_ms=0.001, **fields
     )
 
 
