@@ -34,8 +34,8 @@ from shared.settings import Settings
 from tests.support.broker import kafka_bootstrap
 from tests.support.models import PRODUCTS, fit_synthetic_model
 from tests.support.openai_server import FakeOpenAIServer, ReceivedRequest, Reply
+from tests.support.processes import ServiceProcess, service_env
 from tests.support.reports import answer_json
-from tests.support.services import ServiceProcess, service_env
 from tests.support.topics import read_messages
 
 LOG_LEVEL = "WARNING"  # the services' logs are not measured; keep them quiet
@@ -61,7 +61,7 @@ async def run_phase(
     sim_args = ["camera-sim", "--synthetic", "--products", ",".join(PRODUCTS), "--defect-rate", "0.5"]
     sim_args += ["--count", str(frames), "--rate", "1000", "--seed", "1"]
     sim = ServiceProcess(sim_args, env, workdir / f"{name}-sim.log")
-    if await sim.wait(300) != 0:
+    if await sim.wait_exit(300) != 0:
         raise RuntimeError(f"camera simulator failed; see {sim.log_path}")
     explainer = None
     if vlm is not None:
@@ -84,9 +84,9 @@ async def run_phase(
         if vlm is not None:  # what the explainer managed while the verdicts flowed
             reports = await read_messages(settings, "reports", Report, frames, timeout_s=3)
     finally:
-        await scorer.stop(60)
+        await scorer.terminate(60)
         if explainer is not None:
-            await explainer.stop(60)
+            await explainer.terminate(60)
     if len(verdicts) < frames:
         raise RuntimeError(f"{name}: only {len(verdicts)} of {frames} verdicts")
     fps = throughput(verdicts, warmup=0.1)

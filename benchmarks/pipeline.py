@@ -43,7 +43,7 @@ from shared.settings import Settings
 from tests.support.broker import kafka_bootstrap
 from tests.support.line import scorer_process
 from tests.support.models import PRODUCTS, fit_synthetic_model
-from tests.support.services import ServiceProcess
+from tests.support.processes import ServiceProcess
 from tests.support.topics import TopicReader
 
 FRAME_POOL = 32  # distinct frames the simulator cycles through (30% of them defective)
@@ -143,7 +143,7 @@ async def drain_backlog(
         try:
             got = await read_verdicts(reader, frames, timeout_s=600)
         finally:
-            await scorer.stop(30)
+            await scorer.terminate(30)
     decided = sorted(v.decided_at for v, _ in got)
     skip = min(len(decided) // 10, 2 * args.batch)  # leave out the start-up batches
     span = (decided[-1] - decided[skip]) / 1e9
@@ -204,7 +204,7 @@ async def line_run(
             await run_camera_sim(settings, options)
             got = await read_verdicts(reader, count, timeout_s=args.latency_seconds + 120)
     finally:
-        await scorer.stop(30)
+        await scorer.terminate(30)
     e2e_ms = np.array([(received - v.captured_at) / 1e6 for v, received in got])
     first_capture = min(v.captured_at for v, _ in got)
     settled = np.array([v.captured_at - first_capture > 2e9 for v, _ in got])

@@ -1,19 +1,28 @@
 """One HTTP POST of a JSON body to the webhook, classified for the retry loop.
 
 The standard library's client runs in a worker thread: alerts are few, and it keeps the service
-free of another HTTP dependency. The URL is a secret for Slack and Teams and is never logged.
+free of another HTTP dependency. The URL is a secret for Slack and Teams and is never logged. TLS
+is always verified (certificate and host name), against the system CAs or ``CA_FILE``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 _RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A webhook answers; it does not redirect. A redirect is refused (an HTTP error), so the body
+    never goes anywhere but the configured URL."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,11 @@ def _retry_after(headers: Any) -> float | None:
 
 
 def post_json(
-    url: str, body: dict[str, Any], timeout_s: float, headers: dict[str, str] | None = None
+    url: str,
+    body: dict[str, Any],
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> DeliveryResult:
     data = json.dumps(body, ensure_ascii=False).encode("utf-8")
     request = urllib.request.Request(url, data=data, method="POST")
@@ -43,7 +56,10 @@ def post_json(
     for name, value in (headers or {}).items():
         request.add_header(name, value)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=context or ssl.create_default_context()), _NoRedirect()
+        )
+        with opener.open(request, timeout=timeout_s) as response:
             response.read(65536)
             return DeliveryResult(True, False, response.status, "delivered")
     except urllib.error.HTTPError as exc:
@@ -54,9 +70,3 @@ def post_json(
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return DeliveryResult(False, True, None, f"no answer: {type(reason).__name__}")
-
-
-async def post_json_async(
-    url: str, body: dict[str, Any], timeout_s: float, headers: dict[str, str] | None = None
-) -> DeliveryResult:
-    return await asyncio.to_thread(post_json, url, body, timeout_s, headers)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.alerts.service import AlertsService
-from services.alerts.webhook import post_json_async
+from services.alerts.webhook import post_json
 from shared.kafka.broker import free_port
 from shared.kafka.client import make_producer
 from shared.messages.codec import decode, encode
@@ -18,7 +20,7 @@ from shared.messages.schemas import AlertEvent, DeadLetter
 from shared.settings import AlertsSettings, Settings, WebhookFormat
 from tests.support.messages import alert_event
 from tests.support.services import running_service
-from tests.support.topics import committed_and_end, read_messages
+from tests.support.topics import committed_and_end, produce_together, read_messages
 from tests.support.waiting import wait_until
 from tests.support.webhook_server import WebhookServer
 
@@ -33,6 +35,7 @@ def alert(n: int, station: str, *, kind: str = "consecutive_rejects", dt_s: floa
 def alerts_settings(base: Settings, **fields: Any) -> Settings:
     fields.setdefault("retry_initial_s", 0.05)
     fields.setdefault("retry_max_s", 0.2)
+    fields.setdefault("state_dir", Path(tempfile.mkdtemp(prefix="alerts-ledger-")))  # one per test
     return base.model_copy(
         update={"alerts": AlertsSettings(group_id=f"alerts-{uuid.uuid4().hex[:8]}", **fields)}
     )
@@ -48,13 +51,8 @@ async def publish(settings: Settings, *values: AlertEvent | bytes) -> None:
 async def publish_together(settings: Settings, *values: AlertEvent | bytes) -> None:
     """All in one record batch, so the service consumes them in one fetch: no commit or broker
     hiccup between them can refill the rate limiter's bucket."""
-    async with make_producer(settings) as producer:
-        batch = producer.create_batch()
-        for value in values:
-            data = value if isinstance(value, bytes) else encode(value)
-            assert batch.append(key=b"st", value=data, timestamp=None) is not None
-        batch.close()
-        await (await producer.send_batch(batch, settings.topic("alerts"), partition=0))
+    data = [value if isinstance(value, bytes) else encode(value) for value in values]
+    await produce_together(settings, "alerts", data, key=b"st")
 
 
 async def test_retries_dedup_and_rate_limit_deliver_every_alert_once(kafka_settings: Settings) -> None:
@@ -109,10 +107,10 @@ async def test_an_alert_pending_at_stop_is_delivered_after_restart(kafka_setting
     settings = alerts_settings(kafka_settings, give_up_after_s=600)
     attempts = 0
 
-    async def counting_post(*args: Any) -> Any:
+    def counting_post(*args: Any) -> Any:
         nonlocal attempts
         attempts += 1
-        return await post_json_async(*args)
+        return post_json(*args)
 
     dead_url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
     pending = alert(1, "st-1")

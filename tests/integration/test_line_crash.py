@@ -12,7 +12,7 @@ from services.camera_sim.service import run_camera_sim
 from shared.messages.schemas import DeadLetter, Verdict
 from shared.settings import Settings
 from tests.support.line import LineModels, scorer_process, scorer_settings, sim_options
-from tests.support.services import ServiceProcess
+from tests.support.processes import ServiceProcess
 from tests.support.topics import TopicReader
 from tests.support.waiting import wait_until
 
@@ -46,8 +46,7 @@ async def test_killed_and_terminated_scorers_still_commit_exactly_one_verdict_pe
 
             second = start("second")
             await wait_until(lambda: len(verdicts) >= 60, 120, "verdicts from the second scorer")
-            # SIGTERM mid-stream: finish the batch, commit, exit 0.
-            assert await second.stop() == 0, second.log_tail()
+            assert await second.terminate() == 0  # SIGTERM mid-stream: finish the batch, commit, exit 0
             log = second.log_text()
             assert '"event": "scorer_stopped"' in log and '"level": "error"' not in log
 
@@ -56,7 +55,7 @@ async def test_killed_and_terminated_scorers_still_commit_exactly_one_verdict_pe
             good = stats.sent - stats.bad
             got = await verdicts.wait_for(good, timeout=150, settle=3.0)
             letters = await dlq.wait_for(stats.bad, timeout=30, settle=0.5)
-            assert await third.stop() == 0, third.log_tail()
+            assert await third.terminate() == 0
     finally:
         for process in processes:
             process.kill()

@@ -32,11 +32,11 @@ def external_bootstrap() -> str | None:
 
 
 @contextlib.contextmanager
-def throwaway_broker(data_dir: Path) -> Iterator[LocalBroker]:
+def throwaway_broker(data_dir: Path, heap: str = "512m") -> Iterator[LocalBroker]:
     """A broker of its own in ``data_dir``, on free ports, stopped on exit. The jars are read from
     ``LINEGUARD_BROKER__LIBS_DIR`` or the default ``.cache/kafka/libs`` (run from the repository root)."""
     libs_dir = Path(os.environ.get("LINEGUARD_BROKER__LIBS_DIR", BrokerSettings().libs_dir))
-    broker = LocalBroker.on_free_ports(data_dir, libs_dir)
+    broker = LocalBroker.on_free_ports(data_dir, libs_dir, heap=heap)
     broker.start()  # no jars: a BrokerError that says to run `make kafka-jars`
     try:
         yield broker

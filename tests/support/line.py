@@ -20,7 +20,7 @@ from services.camera_sim.truth import FRAME_ID_HEADER
 from shared.kafka.client import header
 from shared.settings import Settings
 from tests.support.models import PRODUCTS, fit_synthetic_model
-from tests.support.services import ServiceProcess, service_env
+from tests.support.processes import ServiceProcess, service_env
 
 IMAGE_SIZE = 96  # frames and model input: small keeps two cores fast
 

@@ -56,6 +56,7 @@ def fallback_document(
     language: str = "en",
     egress: str = "full",
     created_at: int = 1,
+    class_actions: Sequence[str] | None = None,
 ) -> ReportDocument:
     """The explainer's fallback report for ``facts`` (no VLM)."""
     return build_fallback_report(
@@ -66,13 +67,29 @@ def fallback_document(
         language=language,
         created_at=created_at,
         egress=egress,
+        class_actions=None if class_actions is None else list(class_actions),
     )
 
 
 def vlm_document(
-    facts: EventFacts, answer: str, shares: dict[str, float] | None = None, *, language: str = "en"
+    facts: EventFacts,
+    answer: str,
+    shares: dict[str, float] | None = None,
+    *,
+    vocabulary: Sequence[str] = (),
+    class_actions: Sequence[str] = (),
+    language: str = "en",
 ) -> ReportDocument:
     """The explainer's report from the VLM answer text ``answer``, cross-checked with ``shares``."""
     return build_vlm_report(
-        facts, parse_answer(answer), shares, language=language, vlm_model="m", created_at=1, egress="full"
+        facts,
+        parse_answer(answer),
+        shares,
+        language=language,
+        vlm_model="m",
+        created_at=1,
+        egress="full",
+        vocabulary=list(vocabulary),
+        class_actions=list(class_actions),
+        severity_bands=SEVERITY_BANDS,
     )

@@ -1,4 +1,5 @@
-"""Reading topics the way a downstream consumer does, for tests and benchmarks.
+"""Reading topics the way a downstream consumer does (and writing records in one batch), for tests
+and benchmarks.
 
 ``read_records``/``read_messages`` read a topic from its beginning with ``read_committed`` (the
 isolation every Lineguard consumer uses) until ``count`` records arrived or ``timeout_s`` passed,
@@ -12,18 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiokafka import TopicPartition
 
-from shared.kafka.client import make_consumer
+from shared.kafka.client import make_consumer, make_producer
 from shared.messages.codec import decode
 from shared.settings import Settings
 
 T = TypeVar("T")
 
 POLL_MS = 200
+
+
+async def produce_together(settings: Settings, name: str, values: Sequence[bytes], *, key: bytes) -> None:
+    """``values`` in one record batch on partition 0 of topic ``name``, so a consumer gets them in
+    one fetch (nothing, such as a commit or a broker hiccup, can fall between them)."""
+    async with make_producer(settings) as producer:
+        batch = producer.create_batch()
+        for value in values:
+            assert batch.append(key=key, value=value, timestamp=None) is not None
+        batch.close()
+        await (await producer.send_batch(batch, settings.topic(name), partition=0))
 
 
 async def read_records(

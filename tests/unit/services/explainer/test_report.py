@@ -1,7 +1,9 @@
 import re
 
 import pytest
+from markdown_it import MarkdownIt
 
+from services.explainer import i18n
 from services.explainer.document import ReportDocument
 from services.explainer.facts import EventFacts, verdict_facts
 from services.explainer.geometry import POSITION_CODES, Box
@@ -11,7 +13,7 @@ from services.explainer.report import (
     quality_grade,
     severity_from_score,
 )
-from shared.engine.config import Region
+from shared.engine.config import Decision, Region
 from tests.support.messages import T0, verdict
 from tests.support.reports import answer_json, fallback_document, vlm_document
 
@@ -34,20 +36,21 @@ def facts(
 
 
 @pytest.mark.parametrize(
-    ("anomalous", "severities", "score", "area", "grade"),
+    ("decision", "score", "area", "grade"),
     [
-        (False, [], 0.3, 0.0, "A"),
-        (False, [], 0.7, 0.0, "B"),
-        (True, [], 0.7, 0.0, "B"),
-        (True, ["minor"], 0.7, 0.0, "C"),
-        (True, ["minor", "moderate"], 0.7, 0.0, "D"),
-        (True, ["severe"], 0.9, 0.01, "E"),
-        (True, ["severe"], 0.9, 0.2, "F"),
-        (True, ["severe", "severe"], 0.9, 0.01, "F"),
+        ("pass", 0.3, 0.0, "A"),
+        ("review", 0.45, 0.0, "B"),
+        ("review", 0.95, 0.2, "B"),  # flagged, not decided: never graded as a confirmed defect
+        ("error", 0.0, 0.0, "B"),
+        ("reject", 0.4, 0.0, "B"),  # a reject by policy (late, fail-safe), not by the score
+        ("reject", 0.55, 0.0, "C"),
+        ("reject", 0.7, 0.0, "D"),
+        ("reject", 0.9, 0.01, "E"),
+        ("reject", 0.9, 0.2, "F"),
     ],
 )
-def test_quality_grade(anomalous: bool, severities: list[str], score: float, area: float, grade: str) -> None:
-    assert quality_grade(anomalous, severities, score, area) == grade
+def test_quality_grade_comes_from_the_decision(decision: str, score: float, area: float, grade: str) -> None:
+    assert quality_grade(Decision(decision), score, area, (0.6, 0.8)) == grade
 
 
 def test_severity_from_score_bands() -> None:
@@ -75,7 +78,7 @@ def test_fallback_report_is_marked_and_built_from_local_signals() -> None:
 
 def test_fallback_without_regions_or_fitting_vocabulary() -> None:
     doc = fallback_document(facts(0.4, []), "egress_none", egress="none")
-    assert doc.findings == [] and not doc.anomalous and doc.grade == "A"
+    assert doc.findings == [] and not doc.anomalous and doc.grade == "B"  # rejected all the same
     odd = fallback_document(facts(0.9), "x", vocabulary=["blowhole"])
     assert odd.findings[0].defect_type == "anomaly"
 
@@ -83,21 +86,23 @@ def test_fallback_without_regions_or_fitting_vocabulary() -> None:
 def test_vlm_report_cross_checks_the_stated_location() -> None:
     shares = dict.fromkeys(POSITION_CODES, 0.0)
     shares["upper right"] = 1.0
-    good = vlm_document(facts(), answer_json(location="upper right"), shares)
+    good = vlm_document(facts(), answer_json(location="upper right"), shares, vocabulary=VOCABULARY)
     assert not good.location_disagreement and good.findings[0].location_agrees is True
-    assert good.source == "vlm" and good.grade == "D"
-    assert good.recommended_actions[0] == "Inspect the transfer fixture for burrs."
-    assert any("Hold the part" in a for a in good.recommended_actions)  # template for grade D
-    bad = vlm_document(facts(), answer_json(location="lower left"), shares)
+    assert good.source == "vlm" and good.grade == "E"  # reject at 0.8: the severe band
+    assert good.vlm_suggestions == ["Inspect the transfer fixture for burrs."]  # the VLM's words
+    assert good.recommended_actions == i18n.GRADE_ACTIONS["en"]["E"]  # ours, from the grade
+    bad = vlm_document(facts(), answer_json(location="lower left"), shares, vocabulary=VOCABULARY)
     assert bad.location_disagreement and bad.findings[0].location_agrees is False
     assert any("does not match the heatmap" in line and "upper right" in line for line in bad.evidence)
-    unchecked = vlm_document(facts(), answer_json())
+    unchecked = vlm_document(facts(), answer_json(), vocabulary=VOCABULARY)
     assert unchecked.findings[0].location_agrees is None and not unchecked.location_disagreement
 
 
-def test_not_anomalous_answer_drops_defects_and_grades_by_score() -> None:
-    doc = vlm_document(facts(0.7), answer_json(anomalous=False))
-    assert doc.findings == [] and doc.grade == "B"
+def test_not_anomalous_answer_is_a_disagreement_and_the_regions_stay() -> None:
+    doc = vlm_document(facts(0.7), answer_json(anomalous=False), vocabulary=VOCABULARY)
+    assert doc.vlm_disagrees and doc.vlm_anomalous is False and doc.grade == "D"
+    assert [(f.location, f.by_vlm) for f in doc.findings] == [("upper right", False)]
+    assert doc.summary.startswith("THE VLM DISAGREES")
 
 
 @pytest.mark.parametrize(
@@ -115,14 +120,16 @@ def pictures() -> EventPictures:
 
 
 def test_html_is_self_contained_and_escapes_model_text() -> None:
-    doc = vlm_document(facts(), answer_json(assessment="<script>alert(1)</script> & more"))
+    answer = answer_json(assessment="<script>alert(1)</script> & more")
+    doc = vlm_document(facts(), answer, vocabulary=VOCABULARY)
     html = render_html(doc, pictures())
     assert "<script>" not in html and "&lt;script&gt;" in html
     sources = re.findall(r'src="([^"]+)"', html)
     assert len(sources) == 3 and all(s.startswith("data:image/jpeg;base64,") for s in sources)
     assert "http://" not in html and "https://" not in html
-    assert ">D<" in html  # the grade
-    assert "<script>" not in render_markdown(doc)
+    assert ">E<" in html  # the grade
+    rendered = MarkdownIt("commonmark").enable("table").render(render_markdown(doc))
+    assert "<script>" not in rendered and "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered  # quoted
 
 
 def test_fallback_html_shows_the_notice_and_json_round_trips() -> None:

@@ -16,7 +16,7 @@ from shared.engine.model import InspectionModel
 from shared.engine.persistence import load_model, save_model
 from shared.errors import ArtifactError, ImageError
 from shared.synthetic import render_sample
-from tests.unit.shared.engine.conftest import (
+from tests.support.engine import (
     FITTED_CLASSES,
     VIT_ARCH,
     VIT_SIZE,
@@ -215,7 +215,7 @@ def test_missing_files_and_weights_are_refused(saved_model: Path, tmp_path: Path
     with pytest.raises(ArtifactError, match=r"no manifest\.json"):
         load_model(tmp_path)
     other_weights = tmp_path / "other.safetensors"
-    from tests.unit.shared.engine.conftest import save_tiny_vit
+    from tests.support.engine import save_tiny_vit
 
     save_tiny_vit(other_weights, seed=11)
     with pytest.raises(ArtifactError, match="sha256"):
