@@ -8,12 +8,13 @@ validated when a service starts, so a bad value stops it with a message naming t
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.engine.config import Decision
 from shared.errors import ConfigError
@@ -61,12 +62,59 @@ class ScorerSettings(BaseModel):
     transactional_id_prefix: str = "lineguard-scorer"
     session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000)  # broker minimum is 6 s by default
     watch_models: bool = True  # follow the models topic and hot-swap announced models
+    # Announced models (docs/operations.md, "Roll a model out, and back"). Announced directories must
+    # lie inside models_root; weight files are found in weights_dir by the sha256 a manifest names.
+    models_root: Path = Path("models")
+    weights_dir: Path | None = None
+    # Ed25519 public keys (files, or folders of *.pub; comma-separated or a JSON list) whose signature
+    # an announcement must carry. Empty: announcements are taken unsigned, with a warning at start.
+    trusted_keys: Annotated[list[Path], NoDecode] = []
+    announcement_max_skew_s: float = Field(300.0, ge=0, le=86_400)  # announced_at this far ahead at most
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _path_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
 
 class CameraSimSettings(BaseModel):
     line_id: str = "line-1"
     station_id: str = "station-1"
     camera_id: str = "cam-1"
+
+
+class OverflowPolicy(StrEnum):
+    """What a live camera's full buffer does with a new frame (hot folders always wait)."""
+
+    DROP_OLDEST = "drop_oldest"  # evict the oldest buffered frame, counted as dropped
+    BLOCK = "block"  # hold the source until there is room (a stream then falls behind)
+
+
+class CameraGatewaySettings(BaseModel):
+    """``lineguard camera-gateway``: real cameras (hot folders, streams) -> the ``frames`` topic."""
+
+    config_file: Path | None = None  # the cameras (YAML); --config overrides
+    line_id: str = "line-1"  # for cameras given on the command line without --line-id
+    buffer_frames: int = Field(16, ge=1, le=10_000)  # per camera
+    buffer_bytes: int = Field(64 << 20, ge=1 << 20, le=8 << 30)  # per camera
+    overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST
+    max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1024, le=MAX_IMAGE_BYTES)  # larger: refused
+    max_batch: int = Field(16, ge=1, le=256)  # frames per Kafka transaction
+    # Stable per gateway instance (a restarted gateway must come back with the same id so the broker
+    # ends its predecessor's open transaction at once). None: derived from the configured camera ids.
+    transactional_id: str | None = None
+    transaction_timeout_ms: int = Field(10_000, ge=1_000, le=900_000)
+    send_timeout_s: float = Field(30.0, gt=0, le=600)  # one transaction, before the producer is renewed
+    retry_initial_s: float = Field(0.5, gt=0, le=60)
+    retry_max_s: float = Field(15.0, gt=0, le=600)
+    ledger_timeout_s: float = Field(120.0, gt=0, le=3600)  # reading the ledger at start or recovery
+    drain_timeout_s: float = Field(10.0, ge=0, le=600)  # at shutdown, to publish what is buffered
+    jpeg_quality: int = Field(90, ge=1, le=100)  # decoded stream frames
 
 
 class EgressPolicy(StrEnum):
@@ -235,6 +283,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = BrokerSettings()
     scorer: ScorerSettings = ScorerSettings()
     camera_sim: CameraSimSettings = CameraSimSettings()
+    camera_gateway: CameraGatewaySettings = CameraGatewaySettings()
     plc_bridge: PlcBridgeSettings = PlcBridgeSettings()
     alerts: AlertsSettings = AlertsSettings()
     explainer: ExplainerSettings = ExplainerSettings()

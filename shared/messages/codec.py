@@ -28,6 +28,7 @@ from shared.messages.pixels import RAW_CHANNELS
 from shared.messages.schemas import (
     MESSAGE_TYPES,
     NESTED_TYPES,
+    CameraLedger,
     DeadLetter,
     DefectEvent,
     Frame,
@@ -345,8 +346,17 @@ def _check_rules(message: Any) -> None:
         _check_image(message.encoding, message.image, message.width, message.height, "")
         if not message.anomaly_map_png.startswith(PNG_SIGNATURE):
             raise _refusal("invalid_field", "anomaly_map_png is not a PNG", "anomaly_map_png")
-    elif isinstance(message, ModelAnnouncement) and any(c not in "0123456789abcdef" for c in message.sha256):
+    elif isinstance(message, ModelAnnouncement) and not _is_hex(message.sha256):
         raise _refusal("invalid_field", "sha256 must be 64 lowercase hex digits", "sha256")
+    elif isinstance(message, CameraLedger):
+        for i, entry in enumerate(message.files):
+            if not _is_hex(entry.identity):
+                field = f"files[{i}].identity"
+                raise _refusal("invalid_field", "identity must be 64 lowercase hex digits", field)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def _check_image(encoding: str, image: bytes, width: int | None, height: int | None, path: str) -> None:

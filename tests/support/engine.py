@@ -5,11 +5,14 @@ Sizes are small so that the whole engine suite stays within a few minutes on two
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from shared.engine.config import FitConfig
 from shared.synthetic import render_sample
 
 VIT_ARCH = {"embed_dim": 96, "depth": 2, "num_heads": 3}
@@ -31,6 +34,19 @@ def save_tiny_vit(path: Path, *, original_format: bool = False, seed: int = 0) -
     else:
         save_file(state, str(path))
     return path
+
+
+def tiny_vit_config(weights: Path, **changes: Any) -> FitConfig:
+    """A fit of the small ViT saved by ``save_tiny_vit`` at ``weights`` (a 1000-patch bank per class)."""
+    config = FitConfig(
+        backbone="dinov2_vits14",
+        weights=str(weights),
+        arch_overrides=dict(VIT_ARCH),
+        layers=(0, 1),
+        input_size=VIT_SIZE,
+        bank_size=1000,
+    )
+    return replace(config, **changes)
 
 
 def synthetic_split(

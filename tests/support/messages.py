@@ -11,13 +11,11 @@ watches for silence); pass ``captured_at`` where a test needs a fixed one.
 from __future__ import annotations
 
 import dataclasses
-import io
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from shared.engine.config import Decision, Region, ScoreResult
 from shared.messages.schemas import (
@@ -28,21 +26,10 @@ from shared.messages.schemas import (
     ModelAnnouncement,
     Verdict,
 )
+from tests.support.images import jpeg_bytes, png_bytes
 
 T0 = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20Z in ns: a fixed capture time
 TINY_JPEG = b"\xff\xd8\xff\xe0jpeg"  # a JPEG's first bytes: a valid Frame, not a decodable image
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def jpeg_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def frame(frame_id: str = "f-1", *, captured_at: int | None = None, **fields: Any) -> Frame:
@@ -185,10 +172,22 @@ def dead_letter(
     return DeadLetter.for_record(record, reason=reason, detail=detail, service=service, failed_at=failed_at)
 
 
-def announcement(version: str = "m2", *, sha256: str = "ab" * 32, announced_at: int = 9) -> ModelAnnouncement:
-    """A model announced on the ``models`` topic."""
+def announcement(
+    version: str = "m2",
+    *,
+    sha256: str = "ab" * 32,
+    announced_at: int = 9,
+    key_id: str = "",
+    signature: bytes = b"",
+) -> ModelAnnouncement:
+    """A model announced on the ``models`` topic (unsigned unless given a key id and signature)."""
     return ModelAnnouncement(
-        model_version=version, path=f"models/{version}", announced_at=announced_at, sha256=sha256
+        model_version=version,
+        path=f"models/{version}",
+        announced_at=announced_at,
+        sha256=sha256,
+        key_id=key_id,
+        signature=signature,
     )
 
 

@@ -99,6 +99,14 @@ def service_env(
     return env
 
 
+def process_env(environment: Mapping[str, str]) -> dict[str, str]:
+    """A command's whole environment: this process's without any ``LINEGUARD_*`` variable, this
+    checkout first on the path, then ``environment``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update({"PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", **environment})
+    return env
+
+
 def lineguard_command() -> list[str]:
     """The installed ``lineguard`` entry point of this interpreter's environment."""
     script = Path(sys.executable).parent / "lineguard"
@@ -107,18 +115,23 @@ def lineguard_command() -> list[str]:
 
 class ServiceProcess:
     """``lineguard ARGS`` as a subprocess with ``environment`` (its ``LINEGUARD_*`` variables);
-    stdout and stderr (JSON log lines) go to ``log_path``."""
+    stdout and stderr (JSON log lines) go to ``log_path``. ``program`` runs another entry point
+    than ``lineguard`` (a test's wrapper around a service, ``[python, -m, module]``)."""
 
-    def __init__(self, args: Sequence[str], environment: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        environment: Mapping[str, str],
+        log_path: Path,
+        program: Sequence[str] | None = None,
+    ) -> None:
         self.args = list(args)
         self.log_path = log_path
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        env.update({"PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", **environment})
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed when the process is reaped
         self.process = subprocess.Popen(
-            [*lineguard_command(), *self.args],
+            [*(program or lineguard_command()), *self.args],
             cwd=REPO_ROOT,
-            env=env,
+            env=process_env(environment),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from services.arguments import positive_int, probability
+from services.arguments import non_negative_int, positive_float, positive_int, probability
 
 
 def test_positive_int_takes_whole_numbers_from_one() -> None:
@@ -21,3 +21,13 @@ def test_probability_takes_numbers_from_zero_to_one() -> None:
     for text in ("-0.1", "1.01"):
         with pytest.raises(argparse.ArgumentTypeError):
             probability(text)
+
+
+def test_non_negative_int_and_positive_float() -> None:
+    assert non_negative_int("0") == 0 and non_negative_int("250") == 250
+    assert positive_float("0.5") == 0.5
+    with pytest.raises(argparse.ArgumentTypeError):
+        non_negative_int("-1")
+    for text in ("0", "-2.5", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_float(text)

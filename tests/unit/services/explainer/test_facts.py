@@ -10,7 +10,8 @@ from shared.engine.config import Decision
 from shared.errors import ImageError
 from shared.messages.anomaly_map import decode_anomaly_map
 from shared.messages.pixels import decode_pixels
-from tests.support.messages import defect_event, png_bytes
+from tests.support.images import png_bytes
+from tests.support.messages import defect_event
 
 
 def test_event_images_are_decoded_with_bounds() -> None:

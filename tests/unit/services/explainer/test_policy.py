@@ -6,7 +6,8 @@ from services.explainer.policy import ReferenceLibrary, egress_for, vocabulary_f
 from shared.errors import ConfigError
 from shared.messages.schemas import Verdict
 from shared.settings import EgressPolicy, load_settings
-from tests.support.messages import defect_event, png_bytes
+from tests.support.images import png_bytes
+from tests.support.messages import defect_event
 
 
 def verdict(product: str) -> Verdict:
