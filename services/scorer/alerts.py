@@ -25,12 +25,12 @@ import math
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Generic, TypeVar
 
 from shared.engine.config import UNKNOWN, Decision
 from shared.errors import ConfigError
-from shared.messages.schemas import MAX_ALERT_FRAMES, AlertEvent
+from shared.messages.schemas import MAX_ALERT_FRAMES, AlertEvent, Verdict
 from shared.settings import AlertsSettings
 
 _NS_PER_S = 1_000_000_000
@@ -71,25 +71,6 @@ class CappedMap(Generic[K, V]):
         return len(self._items)
 
 
-class VerdictLike(Protocol):
-    """The verdict fields the detector reads (``shared.messages.schemas.Verdict`` has them all)."""
-
-    @property
-    def frame_id(self) -> str: ...
-    @property
-    def line_id(self) -> str: ...
-    @property
-    def station_id(self) -> str: ...
-    @property
-    def product_class(self) -> str: ...
-    @property
-    def decision(self) -> str: ...
-    @property
-    def score(self) -> float: ...
-    @property
-    def decided_at(self) -> int: ...
-
-
 @dataclass(frozen=True)
 class AlertRules:
     consecutive_rejects: int = 5
@@ -108,14 +89,8 @@ class AlertRules:
 
     @classmethod
     def from_settings(cls, settings: AlertsSettings) -> AlertRules:
-        """From ``Settings().alerts``."""
-        return cls(
-            consecutive_rejects=settings.consecutive_rejects,
-            unknown_product_cooldown_s=settings.unknown_product_cooldown_s,
-            drift_recent=settings.drift_recent,
-            drift_baseline=settings.drift_baseline,
-            drift_threshold=settings.drift_threshold,
-        )
+        """From ``Settings().alerts``, whose detection fields have these names."""
+        return cls(**settings.model_dump(include={f.name for f in fields(cls)}))
 
 
 def _new_id() -> str:
@@ -123,7 +98,7 @@ def _new_id() -> str:
 
 
 def _alert(
-    verdict: VerdictLike,
+    verdict: Verdict,
     kind: str,
     severity: str,
     summary: str,
@@ -162,7 +137,7 @@ class ConsecutiveRejectDetector:
         # (line, station) -> frame ids of the current streak
         self._streaks: CappedMap[tuple[str, str], list[str]] = CappedMap("reject_streaks", max_keys, on_evict)
 
-    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+    def observe(self, verdict: Verdict) -> list[AlertEvent]:
         key = (verdict.line_id, verdict.station_id)
         if verdict.decision != Decision.REJECT:
             self._streaks.pop(key)
@@ -206,7 +181,7 @@ class UnknownProductDetector:
             "unknown_products", max_keys, on_evict
         )
 
-    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+    def observe(self, verdict: Verdict) -> list[AlertEvent]:
         if verdict.product_class != UNKNOWN:
             return []
         key = (verdict.line_id, verdict.station_id)
@@ -279,7 +254,7 @@ class ScoreDriftDetector:
     def __post_init__(self) -> None:
         self._states = CappedMap("score_drift", self.max_keys, self.on_evict)
 
-    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+    def observe(self, verdict: Verdict) -> list[AlertEvent]:
         if verdict.decision == Decision.ERROR or verdict.product_class == UNKNOWN:
             return []
         if not math.isfinite(verdict.score):
@@ -379,7 +354,7 @@ class AlertDetector:
             ),
         ]
 
-    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+    def observe(self, verdict: Verdict) -> list[AlertEvent]:
         alerts: list[AlertEvent] = []
         for detector in self.detectors:
             alerts.extend(detector.observe(verdict))

@@ -31,17 +31,10 @@ from shared.messages.codec import encode
 from shared.messages.schemas import DeadLetter, Frame, Verdict
 from shared.settings import Settings
 from shared.synthetic import render_sample
-from tests.integration.line_support import (
-    IMAGE_SIZE,
-    LineModels,
-    ScorerProcess,
-    TopicReader,
-    frame_id_of,
-    line_models,
-    scorer_settings,
-    sim_options,
-    wait_until,
-)
+from tests.support.line import IMAGE_SIZE, LineModels, frame_id_of, scorer_settings, sim_options
+from tests.support.processes import ServiceProcess, service_env
+from tests.support.topics import TopicReader
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,11 +46,6 @@ FAST_FAULTS = {  # timeouts small enough for a test, large enough for two loaded
     "score_timeout_s": 10.0,
     "transaction_timeout_ms": 15_000,
 }
-
-
-@pytest.fixture
-def models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
-    return line_models(tmp_path_factory)
 
 
 def _png(image: Image.Image, **options: Any) -> bytes:
@@ -164,14 +152,14 @@ async def scorer_task(settings: Settings, model_dir: Path, **service: Any) -> As
 
 
 async def test_hostile_records_each_end_as_one_dead_letter_and_the_line_goes_on(
-    kafka_settings: Settings, models: LineModels
+    kafka_settings: Settings, line_models: LineModels
 ) -> None:
     settings = scorer_settings(kafka_settings, **FAST_FAULTS)
     good, bad = _record_sets()
     async with (
         TopicReader(settings, "verdicts", Verdict) as verdicts,
         TopicReader(settings, "dlq", DeadLetter) as dlq,
-        scorer_task(settings, models.a) as scorer,
+        scorer_task(settings, line_models.a) as scorer,
     ):
         await _produce(settings, bad + good)  # the hostile ones first: the good ones must still pass
         got = await verdicts.wait_for(len(good), timeout=120)
@@ -209,16 +197,15 @@ def _healthz(port: int) -> tuple[int, dict[str, str]]:
 
 
 async def test_a_fenced_producer_is_recovered_and_every_frame_still_gets_one_verdict(
-    kafka_settings: Settings, models: LineModels, tmp_path: Path
+    kafka_settings: Settings, line_models: LineModels, tmp_path: Path
 ) -> None:
     """Another producer takes the partitions' transactional ids mid-stream (a zombie, or the broker
     aborting a timed-out transaction): the scorer process recovers both partitions and goes on."""
     settings = scorer_settings(kafka_settings, **FAST_FAULTS)
     port = _free_port()
     options = sim_options(count=60, cameras=2, rate=12.0, bad_rate=0.0, run_id="fence")
-    scorer = ScorerProcess(
-        settings, models.a, tmp_path / "scorer.log", env={"LINEGUARD_METRICS_PORT": str(port)}
-    )
+    environment = {**service_env(settings, "scorer"), "LINEGUARD_METRICS_PORT": str(port)}
+    scorer = ServiceProcess(["scorer", "--model", str(line_models.a)], environment, tmp_path / "scorer.log")
     try:
         async with TopicReader(settings, "verdicts", Verdict) as verdicts:
             await scorer.wait_for_log("partitions_assigned", 120)
@@ -269,7 +256,7 @@ async def _committed_offsets(settings: Settings) -> dict[int, int | None]:
 
 
 async def test_an_output_the_topic_refuses_is_never_committed_away(
-    kafka_settings: Settings, models: LineModels
+    kafka_settings: Settings, line_models: LineModels
 ) -> None:
     """The verdicts topic accepts at most 200 bytes, less than any verdict: no offset may commit
     without its frame's output, so every frame becomes a dead letter saying why."""
@@ -288,7 +275,7 @@ async def test_an_output_the_topic_refuses_is_never_committed_away(
     async with (
         TopicReader(settings, "verdicts", Verdict) as verdicts,
         TopicReader(settings, "dlq", DeadLetter) as dlq,
-        scorer_task(settings, models.a) as scorer,
+        scorer_task(settings, line_models.a) as scorer,
     ):
         await _produce(settings, frames)
         letters = await dlq.wait_for(len(frames), timeout=120, settle=2.0)
@@ -303,7 +290,7 @@ async def test_an_output_the_topic_refuses_is_never_committed_away(
 
 
 async def test_a_rebalance_listener_error_ends_the_scorer_instead_of_stalling_it(
-    kafka_settings: Settings, models: LineModels
+    kafka_settings: Settings, line_models: LineModels
 ) -> None:
     """Partition producers that cannot start (their broker unreachable): aiokafka would swallow the
     listener's error and leave intake waiting forever; the scorer must fail and leave the group."""
@@ -313,7 +300,7 @@ async def test_a_rebalance_listener_error_ends_the_scorer_instead_of_stalling_it
     def producer_elsewhere(_: Settings, **options: Any) -> Any:
         return make_producer(unreachable, request_timeout_ms=2000, **options)
 
-    async with scorer_task(settings, models.a, make_producer=producer_elsewhere) as scorer:
+    async with scorer_task(settings, line_models.a, make_producer=producer_elsewhere) as scorer:
         done, _ = await asyncio.wait({scorer.task}, timeout=90)
         assert done, "the scorer sat with a failed rebalance instead of failing"
         with pytest.raises(ScorerFailure, match="partitions assigned"):
@@ -323,12 +310,12 @@ async def test_a_rebalance_listener_error_ends_the_scorer_instead_of_stalling_it
 
 
 async def test_a_partition_that_stops_making_progress_fails_the_scorer(
-    kafka_settings: Settings, models: LineModels
+    kafka_settings: Settings, line_models: LineModels
 ) -> None:
     """A partition paused with frames waiting (what a dropped partition used to be): the watchdog
     turns health red and the scorer fails instead of sitting green forever."""
     settings = scorer_settings(kafka_settings, **{**FAST_FAULTS, "progress_timeout_s": 40.0})
-    async with scorer_task(settings, models.a) as scorer:
+    async with scorer_task(settings, line_models.a) as scorer:
         await wait_until(
             lambda: scorer.partitions is not None and not scorer.partitions.paused, 60, "the assignment"
         )
