@@ -29,7 +29,7 @@ from services.console.pictures import frame_pixels
 from services.console.web import ConsoleContext, build_app
 from shared.errors import BrokerError, ImageError, MessageError
 from shared.frames_store import FrameStore
-from shared.kafka.client import make_consumer, make_producer
+from shared.kafka.client import make_consumer, make_producer, partition_counts
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import DefectEvent, Feedback, ModelAnnouncement, Report, Verdict
 from shared.settings import Settings
@@ -148,19 +148,12 @@ class ConsoleService:
     async def _assign(self, consumer: Any) -> None:
         from aiokafka import TopicPartition
 
-        wanted: list[TopicPartition] = []
-        missing = []
-        for name in READS:
-            topic = self.settings.topic(name)
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
-                await consumer.topics()  # a fresh client's metadata
-                partitions = consumer.partitions_for_topic(topic) or set()
-            if not partitions:
-                missing.append(topic)
-            wanted += [TopicPartition(topic, p) for p in sorted(partitions)]
+        topics = [self.settings.topic(name) for name in READS]
+        counts = await partition_counts(self.settings, topics)
+        missing = [topic for topic in topics if topic not in counts]
         if missing:
             raise BrokerError(f"no topic {', '.join(missing)}: run `lineguard topics ensure`")
+        wanted = [TopicPartition(topic, p) for topic in topics for p in range(counts[topic])]
         consumer.assign(wanted)
         begins = await consumer.beginning_offsets(wanted)
         ends = await consumer.end_offsets(wanted)

@@ -43,7 +43,7 @@ from services.labels.core import (
 )
 from shared.errors import BrokerError, ConfigError, ImageError, MessageError
 from shared.frames_store import FrameStore, frame_file_stem, png_bytes, write_atomically
-from shared.kafka.client import make_consumer
+from shared.kafka.client import make_consumer, partition_counts
 from shared.limits import MAX_PIXELS
 from shared.messages.codec import decode
 from shared.messages.pixels import decode_pixels
@@ -59,14 +59,13 @@ async def read_topic(settings: Settings, name: str, timeout_s: float) -> AsyncGe
     from aiokafka import TopicPartition
 
     topic = settings.topic(name)
+    partitions = (await partition_counts(settings, [topic])).get(topic)
+    if not partitions:
+        raise BrokerError(f"no topic {topic}: run `lineguard topics ensure`")
     consumer = make_consumer(settings, group_id=None)
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise BrokerError(f"no topic {topic}: run `lineguard topics ensure`")
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
