@@ -5,7 +5,11 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from shared.messages.schemas import Feedback, Frame, RegionMsg, Verdict
+import numpy as np
+from PIL import Image, ImageFilter
+
+from shared.messages.schemas import DefectEvent, Feedback, Frame, RegionMsg, Verdict
+from shared.synthetic import render_sample
 from tests.support.defect_events import png_bytes
 
 
@@ -57,3 +61,57 @@ def frame_of(verdict: Verdict, pixels: object) -> Frame:
         image=image,
         product=verdict.product_class,
     )
+
+
+def synthetic_event(
+    frame_id: str,
+    *,
+    product: str = "washer",
+    defect: str | None = "scratch",
+    decision: str = "reject",
+    station_id: str = "station-1",
+    seed: int = 0,
+    model_version: str = "lg-demo-2",
+) -> tuple[Verdict, DefectEvent]:
+    """A synthetic product photo with a drawn defect, its anomaly map hot over the defect, and the
+    verdict and defect event a scorer would publish for it."""
+    rng = np.random.default_rng(seed)
+    image, mask = render_sample(product, rng, size=224, defect=defect)
+    heat = np.asarray(Image.fromarray(mask).filter(ImageFilter.GaussianBlur(6)), dtype=np.float32)
+    levels = np.clip(30 + rng.normal(0, 6, heat.shape) + heat * 1.4, 0, 255).astype(np.uint8)
+    ys, xs = np.nonzero(mask)
+    regions = []
+    if len(xs):
+        x, y = int(xs.min()), int(ys.min())
+        w, h = int(xs.max()) - x + 1, int(ys.max()) - y + 1
+        regions = [RegionMsg(x=x, y=y, width=w, height=h, score=0.83, area_fraction=(w * h) / 224**2)]
+    now = time.time_ns()
+    score = 0.83 if decision != "pass" else float(rng.uniform(0.05, 0.3))
+    verdict = Verdict(
+        frame_id=frame_id,
+        line_id="line-1",
+        station_id=station_id,
+        camera_id="cam-1",
+        product_class=product,
+        route_confidence=0.98,
+        decision=decision,
+        score=score,
+        raw_score=score * 2,
+        threshold=1.0,
+        regions=regions if decision != "pass" else [],
+        model_version=model_version,
+        captured_at=now,
+        decided_at=now + 40_000_000,
+        latency_ms=40.0,
+        late=False,
+        reason="",
+    )
+    event = DefectEvent(
+        verdict=verdict,
+        image=png_bytes(image),
+        encoding="png",
+        width=224,
+        height=224,
+        anomaly_map_png=png_bytes(levels),
+    )
+    return verdict, event
