@@ -232,3 +232,33 @@ async def test_camera_sim_starts_as_composed(kafka_settings: Settings, tmp_path:
                 frames += sum(len(r) for r in (await consumer.getmany(timeout_ms=500)).values())
     finally:
         await consumer.stop()
+
+
+# ---- the operator console: with its token secret; an empty secret stops it with one clear line ------
+
+
+async def test_console_starts_as_composed_and_needs_its_token(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    secret = tmp_path / "console_token"
+    secret.write_text("a-console-token-of-some-length\n")
+    port = free_port()
+    service, env, _ = composed(
+        "console",
+        kafka_settings,
+        ports={"8080": port},
+        LINEGUARD_CONSOLE__HOST="127.0.0.1",
+        LINEGUARD_CONSOLE__PORT=str(port),
+        LINEGUARD_CONSOLE__TOKEN_FILE=str(secret),
+        LINEGUARD_EXPLAINER__REPORT_DIR=str(tmp_path / "reports"),
+        LINEGUARD_LABELS__FRAMES_DIR=str(tmp_path / "frames"),
+    )
+    async with started(service, env, tmp_path / "console.log", "console ready"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=10) as response:
+            assert response.status == 200 and b"Console token" in response.read()
+    secret.write_text("")
+    refused = LineguardProcess(service.command, env, tmp_path / "console-empty.log")
+    assert await refused.wait_exit(60) == 2
+    assert "LINEGUARD_CONSOLE__TOKEN" in refused.log_text() and "Traceback" not in refused.log_text()
