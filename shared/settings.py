@@ -51,7 +51,7 @@ class ScorerSettings(BaseModel):
     decode_threads: int = Field(2, ge=1, le=64)
     # Batches scored at once, each with ``torch_threads`` intra-op and ``search_threads`` faiss
     # threads. On CPUs, one worker per core with one thread each beats one worker with every core:
-    # 48-52 vs 37-41 images/s on 2 cores (docs/benchmarks.md), and work from the Kafka client or
+    # 48-52 vs 37-42 images/s on 2 cores (docs/benchmarks.md), and work from the Kafka client or
     # the broker then stalls one worker instead of every thread of a parallel region. On a GPU use 1.
     model_workers: int = Field(2, ge=1, le=64)
     torch_threads: int = Field(1, ge=1, le=256)

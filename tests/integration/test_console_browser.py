@@ -28,10 +28,9 @@ from shared.kafka.client import make_consumer, make_producer
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import Feedback, FindingMsg, ModelAnnouncement, Report, Verdict
 from shared.settings import Settings
-from tests.integration.line_support import settings_env
 from tests.support.browser import chromium, save_small_png
 from tests.support.feedback import synthetic_event
-from tests.support.processes import LineguardProcess
+from tests.support.processes import ServiceProcess, service_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -110,7 +109,7 @@ async def test_an_operator_sees_a_reject_live_and_marks_it_in_the_browser(
     token_file = tmp_path / "console_token"
     token_file.write_text(TOKEN + "\n")
     port = free_port()
-    env = settings_env(kafka_settings)
+    env = service_env(kafka_settings)
     env.update(
         {
             "LINEGUARD_CONSOLE__TOKEN_FILE": str(token_file),
@@ -145,7 +144,7 @@ async def test_an_operator_sees_a_reject_live_and_marks_it_in_the_browser(
     await publish(kafka_settings, "verdicts", [*history, review_verdict])
     await publish(kafka_settings, "defects", [review])
 
-    console = LineguardProcess(["console"], env, tmp_path / "console.log")
+    console = ServiceProcess(["console"], env, tmp_path / "console.log")
     try:
         await console.wait_for_event("console ready", 90)
         with chromium() as driver:

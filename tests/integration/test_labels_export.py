@@ -17,10 +17,9 @@ from shared.kafka.client import make_producer
 from shared.messages.codec import encode
 from shared.messages.schemas import Message, RegionMsg
 from shared.settings import LabelsSettings, Settings
-from tests.integration.line_support import settings_env
-from tests.support.defect_events import make_event
 from tests.support.feedback import frame_of, judgement
-from tests.support.processes import LineguardProcess
+from tests.support.messages import defect_event
+from tests.support.processes import ServiceProcess, service_env
 
 
 async def publish(settings: Settings, topic: str, messages: list[Message], key: str = "k") -> None:
@@ -51,16 +50,18 @@ async def test_feedback_and_its_frames_become_a_labelled_set_with_sampled_normal
             "labels": LabelsSettings(frames_dir=tmp_path / "store", normals_per_class=4, read_timeout_s=30)
         }
     )
-    reject = make_event("r-1", product="washer", size=(160, 120), region=(100, 10, 30, 8))
-    stored = make_event("r-2", product="washer", decision="reject").verdict
-    escape = dataclasses.replace(make_event("p-1", product="washer").verdict, decision="pass", score=0.3)
-    lost = make_event("x-1", product="washer").verdict
-    unrouted = dataclasses.replace(make_event("u-1").verdict, product_class="unknown")
+    reject = defect_event("r-1", product="washer", size=(160, 120), region=(100, 10, 30, 8))
+    stored = defect_event("r-2", product="washer", decision="reject").verdict
+    escape = dataclasses.replace(defect_event("p-1", product="washer").verdict, decision="pass", score=0.3)
+    lost = defect_event("x-1", product="washer").verdict
+    unrouted = dataclasses.replace(defect_event("u-1").verdict, product_class="unknown")
     normals = [
-        dataclasses.replace(make_event(f"n-{i}", product="washer").verdict, decision="pass", score=0.05)
+        dataclasses.replace(defect_event(f"n-{i}", product="washer").verdict, decision="pass", score=0.05)
         for i in range(10)
     ]
-    borderline = dataclasses.replace(make_event("n-hi", product="washer").verdict, decision="pass", score=0.4)
+    borderline = dataclasses.replace(
+        defect_event("n-hi", product="washer").verdict, decision="pass", score=0.4
+    )
     drawn = RegionMsg(x=10, y=20, width=30, height=15, score=0.0, area_fraction=450 / 19200)
 
     FrameStore(tmp_path / "store").save("r-2", pixels(2))
@@ -121,14 +122,12 @@ async def test_feedback_and_its_frames_become_a_labelled_set_with_sampled_normal
 async def test_the_command_exports_and_refuses_a_folder_of_other_files(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:
-    event = make_event("r-9", product="pcb")
+    event = defect_event("r-9", product="pcb")
     await publish(kafka_settings, "defects", [event])
     await publish(kafka_settings, "feedback", [judgement(event.verdict, "defect", defect_type="crack")])
-    env = settings_env(kafka_settings)
+    env = service_env(kafka_settings)
     out = tmp_path / "set"
-    process = LineguardProcess(
-        ["labels", "export", "--out", str(out), "--json"], env, tmp_path / "export.log"
-    )
+    process = ServiceProcess(["labels", "export", "--out", str(out), "--json"], env, tmp_path / "export.log")
     assert await process.wait_exit(120) == 0, process.log_text()
     assert json.loads(process.log_text()[process.log_text().index("{\n") :])["defects"] == {
         "pcb": {"crack": 1}
@@ -137,7 +136,7 @@ async def test_the_command_exports_and_refuses_a_folder_of_other_files(
     other = tmp_path / "not-a-set"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    refused = LineguardProcess(["labels", "export", "--out", str(other)], env, tmp_path / "refused.log")
+    refused = ServiceProcess(["labels", "export", "--out", str(other)], env, tmp_path / "refused.log")
     assert await refused.wait_exit(120) == 2
     assert "not empty and not an earlier export" in refused.log_text()
     assert (other / "keep.txt").read_text() == "mine"

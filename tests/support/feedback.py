@@ -10,7 +10,7 @@ from PIL import Image, ImageFilter
 
 from shared.messages.schemas import DefectEvent, Feedback, Frame, RegionMsg, Verdict
 from shared.synthetic import render_sample
-from tests.support.defect_events import png_bytes
+from tests.support.images import png_bytes
 
 
 def judgement(

@@ -18,12 +18,12 @@ from services.console.core import (
 from shared.errors import MessageError
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import Feedback, ModelAnnouncement, RegionMsg, Verdict
-from tests.support.defect_events import make_event
+from tests.support.messages import defect_event
 
 
 def verdict(frame_id: str, station: str = "s1", product: str = "washer", decision: str = "pass") -> Verdict:
     return dataclasses.replace(
-        make_event(frame_id, station_id=station, product=product).verdict, decision=decision
+        defect_event(frame_id, station_id=station, product=product).verdict, decision=decision
     )
 
 
@@ -63,7 +63,7 @@ def test_counts_per_class_and_decision_without_double_counting_a_reread() -> Non
 
 
 def test_evidence_is_capped_by_count_and_by_bytes() -> None:
-    events = [make_event(f"e{i}") for i in range(4)]
+    events = [defect_event(f"e{i}") for i in range(4)]
     one = len(events[0].image) + len(events[0].anomaly_map_png) + 4096
     state = ConsoleState(StateLimits(evidence_max=3, evidence_max_bytes=(1 << 20)))
     for event in events:
@@ -109,7 +109,7 @@ TYPES = ["scratch", "missing part"]
 
 
 def feedback_for(form: FeedbackForm, size: tuple[int, int] | None = (160, 120)) -> Feedback:
-    event = make_event("f-1", size=(160, 120), region=(100, 10, 30, 8))
+    event = defect_event("f-1", size=(160, 120), region=(100, 10, 30, 8))
     return build_feedback(
         form, event.verdict, size, TYPES, operator=" Ana ", authenticated_by="token", submitted_at=123
     )
@@ -159,7 +159,7 @@ def test_feedback_that_does_not_check_is_refused(
 
 
 def test_operator_names_are_bounded_and_printable() -> None:
-    event = make_event("f-1")
+    event = defect_event("f-1")
     for name in ("", "x" * 65, "ana\nbo"):
         with pytest.raises(FeedbackRefused):
             build_feedback(

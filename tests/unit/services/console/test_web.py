@@ -13,7 +13,7 @@ from services.console.core import ConsoleState
 from services.console.web import ConsoleContext, build_app
 from shared.messages.schemas import Feedback, Report
 from tests.support.asgi import AsgiResponse, request
-from tests.support.defect_events import make_event
+from tests.support.messages import defect_event
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -33,7 +33,7 @@ def sent() -> Sent:
 
 def make_ctx(sent: Sent, **overrides: object) -> ConsoleContext:
     state = ConsoleState()
-    event = make_event("frame-7", product="washer", size=(160, 120), region=(100, 10, 30, 8))
+    event = defect_event("frame-7", product="washer", size=(160, 120), region=(100, 10, 30, 8))
     state.add_verdict(event.verdict)
     state.add_evidence(event)
     values: dict[str, object] = {

@@ -19,7 +19,7 @@ from services.labels.core import (
     type_folder,
 )
 from shared.messages.schemas import Feedback, RegionMsg
-from tests.support.defect_events import make_event
+from tests.support.messages import defect_event
 
 
 def judged(
@@ -82,7 +82,7 @@ def test_regions_must_fit_the_frame_found() -> None:
 
 
 def test_normal_candidates_are_on_time_passes_far_below_the_threshold() -> None:
-    base = make_event("n-1", product="washer", decision="pass", score=0.1).verdict
+    base = defect_event("n-1", product="washer", decision="pass", score=0.1).verdict
     assert is_normal_candidate(base, 0.2)
     assert not is_normal_candidate(dataclasses.replace(base, score=0.3), 0.2)
     assert not is_normal_candidate(dataclasses.replace(base, decision="reject"), 0.2)
