@@ -304,6 +304,60 @@ class AlertsSettings(BaseModel):
     drift_threshold: float = Field(default=1.0, gt=0, le=100)  # recent-mean shift, in baseline std devs
 
 
+class ConsoleSettings(BaseModel):
+    """``lineguard console``: the operators' web page and their feedback (docs/operations.md, "Operator
+    console"). Writing needs the token or the trusted proxy's header; without either it is read-only."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 in a container; behind a reverse proxy keep it on localhost
+    port: int = Field(8080, ge=1, le=65535)
+    # The shared sign-in token (constant-time compared); the operator gives a name at sign-in.
+    token: SecretStr | None = None
+    token_file: Path | None = None  # alternative: the token from a (secret) file; empty: no token
+    # Off by default. A header naming the operator, set by an authenticating reverse proxy; taken only
+    # from a client address in trusted_proxies (anyone else could set it).
+    trusted_proxy_header: str | None = None
+    trusted_proxies: Annotated[list[str], NoDecode] = ["127.0.0.1", "::1"]
+    public_read: bool = False  # True: pages readable without signing in (writing still needs it)
+    secure_cookies: bool = False  # True when served over HTTPS (the session cookie is then Secure)
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    sign_ins_per_minute: int = Field(10, ge=1, le=1000)  # failed sign-ins per client address
+    # Memory is bounded: what the console keeps of what it reads.
+    stations_max: int = Field(64, ge=1, le=10_000)
+    verdicts_per_station: int = Field(200, ge=1, le=100_000)
+    classes_max: int = Field(256, ge=1, le=100_000)  # counted classes; more are counted as "(other)"
+    evidence_max: int = Field(200, ge=1, le=100_000)  # rejects and reviews kept with their image and map
+    evidence_max_bytes: int = Field(256 << 20, ge=1 << 20, le=16 << 30)
+    reports_max: int = Field(2000, ge=1, le=1_000_000)
+    feedback_max: int = Field(10_000, ge=1, le=10_000_000)
+    models_history: int = Field(100, ge=1, le=100_000)
+    backlog_per_partition: int = Field(500, ge=0, le=1_000_000)  # records read back at start
+    max_image_pixels: int = Field(MAX_PIXELS, ge=64, le=MAX_PIXELS)
+    max_report_bytes: int = Field(16 << 20, ge=1 << 10, le=256 << 20)  # a report file served from the store
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _address_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+
+class LabelsSettings(BaseModel):
+    """``lineguard labels export``: feedback (and its frames) -> an MVTec-layout labelled set."""
+
+    # A frames store, <frames_dir>/<frame id>.png: the console saves there the frame of every feedback
+    # it has the image of; export reads it first, then the defects and frames topics while retained.
+    frames_dir: Path | None = None
+    # Confirmed normals (export --collect-normals): passes with a normalised score at most this (the
+    # threshold is 0.5), a sample of at most normals_per_class per class.
+    normal_below: float = Field(0.2, gt=0, lt=0.5)
+    normals_per_class: int = Field(50, ge=1, le=100_000)
+    read_timeout_s: float = Field(120.0, gt=0, le=86_400)  # reading one topic to its end
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -322,6 +376,8 @@ class Settings(BaseSettings):
     plc_bridge: PlcBridgeSettings = PlcBridgeSettings()
     alerts: AlertsSettings = AlertsSettings()
     explainer: ExplainerSettings = ExplainerSettings()
+    console: ConsoleSettings = ConsoleSettings()
+    labels: LabelsSettings = LabelsSettings()
 
     @field_validator("topic_prefix")
     @classmethod

@@ -31,6 +31,7 @@ from shared.messages.schemas import (
     CameraLedger,
     DeadLetter,
     DefectEvent,
+    Feedback,
     Frame,
     Message,
     ModelAnnouncement,
@@ -353,11 +354,26 @@ def _check_rules(message: Any) -> None:
         raise _refusal(
             "invalid_field", "original_value_sha256 must be 64 lowercase hex digits", "original_value_sha256"
         )
+    elif isinstance(message, Feedback):
+        _check_feedback(message)
     elif isinstance(message, CameraLedger):
         for i, entry in enumerate(message.files):
             if not _is_hex(entry.identity):
                 field = f"files[{i}].identity"
                 raise _refusal("invalid_field", "identity must be 64 lowercase hex digits", field)
+
+
+def _check_feedback(feedback: Feedback) -> None:
+    """A good frame has no defect type or region; regions lie inside the frame when its size is known."""
+    if (feedback.width is None) != (feedback.height is None):
+        raise _refusal("invalid_field", "width and height must be given together", "width")
+    if feedback.label == "good" and (feedback.defect_type or feedback.regions):
+        raise _refusal("invalid_field", "a good frame has no defect type or region", "label")
+    if feedback.width is None or feedback.height is None:
+        return
+    for i, region in enumerate(feedback.regions):
+        if region.x + region.width > feedback.width or region.y + region.height > feedback.height:
+            raise _refusal("invalid_field", f"region {i} lies outside the frame", f"regions[{i}]")
 
 
 def _is_hex(text: str) -> bool:

@@ -450,6 +450,45 @@ class CameraLedger:
     committed_at: int = field(metadata=_TIMESTAMP)  # ns, when the transaction was sent
 
 
+FEEDBACK_LABELS = ("defect", "good")  # good: a false reject (or a confirmed normal)
+FEEDBACK_AUTH = ("token", "proxy")  # how the console knew the operator (docs/operations.md)
+MAX_FEEDBACK_REGIONS = 16
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """An operator's judgement of one frame, from the console (``feedback`` topic, compacted; key:
+    ``frame_id``, so the latest judgement of a frame is the one that counts).
+
+    The frame's identity, class and the model's decision are the verdict's, copied by the console.
+    ``regions`` are in the frame's pixels: a region chosen from the verdict keeps the scorer's score,
+    one the operator drew has score 0. ``width``/``height``: the frame's size when the console had
+    its image (needed to turn regions into masks), else null.
+    """
+
+    SCHEMA: ClassVar[str] = "lineguard.Feedback"
+    VERSION: ClassVar[int] = 1
+
+    frame_id: str = field(metadata=_ID)
+    line_id: str = field(metadata=_ID)
+    station_id: str = field(metadata=_ID)
+    camera_id: str = field(metadata=_ID)
+    product_class: str = field(metadata=_ID)  # the verdict's class, or "unknown"
+    label: str = field(metadata=limits(choices=FEEDBACK_LABELS))
+    defect_type: str = field(metadata=limits(max_len=ID_MAX))  # "" for good, or a defect of no stated type
+    regions: list[RegionMsg] = field(metadata=limits(max_items=MAX_FEEDBACK_REGIONS))
+    width: int | None = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))
+    height: int | None = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))
+    decision: str = field(metadata=limits(choices=DECISIONS))  # the model's, on the verdict
+    score: float = field(metadata=limits())  # the verdict's normalised score
+    model_version: str = field(metadata=limits(max_len=ID_MAX))  # the verdict's
+    captured_at: int = field(metadata=_TIMESTAMP)  # ns, the frame's
+    operator: str = field(metadata=_ID)  # who
+    authenticated_by: str = field(metadata=limits(choices=FEEDBACK_AUTH))
+    submitted_at: int = field(metadata=_TIMESTAMP)  # ns, when
+    comment: str = field(metadata=limits(max_len=TEXT_MAX))
+
+
 MESSAGE_TYPES: tuple[type, ...] = (
     Frame,
     Verdict,
@@ -459,7 +498,18 @@ MESSAGE_TYPES: tuple[type, ...] = (
     AlertEvent,
     Report,
     CameraLedger,
+    Feedback,
 )
 NESTED_TYPES: tuple[type, ...] = (RegionMsg, FindingMsg, LedgerFile)
 
-Message = Frame | Verdict | DefectEvent | DeadLetter | ModelAnnouncement | AlertEvent | Report | CameraLedger
+Message = (
+    Frame
+    | Verdict
+    | DefectEvent
+    | DeadLetter
+    | ModelAnnouncement
+    | AlertEvent
+    | Report
+    | CameraLedger
+    | Feedback
+)

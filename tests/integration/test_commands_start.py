@@ -219,3 +219,33 @@ async def test_camera_sim_starts_as_composed(kafka_settings: Settings, tmp_path:
     async with started(service, env, tmp_path / "camera-sim.log", "camera_sim_started") as camera:
         frames = await read_records(kafka_settings, "frames", 3, timeout_s=60)  # 2 cameras at 5/s
         assert len(frames) >= 3, f"no frames:\n{camera.log_tail()}"
+
+
+# ---- the operator console: with its token secret; an empty secret stops it with one clear line ------
+
+
+async def test_console_starts_as_composed_and_needs_its_token(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    secret = tmp_path / "console_token"
+    secret.write_text("a-console-token-of-some-length\n")
+    port = free_port()
+    service, env, _ = composed(
+        "console",
+        kafka_settings,
+        ports={"8080": port},
+        LINEGUARD_CONSOLE__HOST="127.0.0.1",
+        LINEGUARD_CONSOLE__PORT=str(port),
+        LINEGUARD_CONSOLE__TOKEN_FILE=str(secret),
+        LINEGUARD_EXPLAINER__REPORT_DIR=str(tmp_path / "reports"),
+        LINEGUARD_LABELS__FRAMES_DIR=str(tmp_path / "frames"),
+    )
+    async with started(service, env, tmp_path / "console.log", "console ready"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=10) as response:
+            assert response.status == 200 and b"Console token" in response.read()
+    secret.write_text("")
+    refused = ServiceProcess(service.command, env, tmp_path / "console-empty.log")
+    assert await refused.wait_exit(60) == 2
+    assert "LINEGUARD_CONSOLE__TOKEN" in refused.log_text() and "Traceback" not in refused.log_text()
