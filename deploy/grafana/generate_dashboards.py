@@ -244,8 +244,8 @@ def line_overview() -> dict[str, Any]:
                         "Batch size (p50 / p99)",
                         "none",
                         [
-                            (_q("0.5", "lineguard_scorer_batch_size"), "p50"),
-                            (_q("0.99", "lineguard_scorer_batch_size"), "p99"),
+                            (_q("0.5", "lineguard_scorer_batch_frames"), "p50"),
+                            (_q("0.99", "lineguard_scorer_batch_frames"), "p99"),
                         ],
                     ),
                 ],
@@ -286,7 +286,7 @@ def line_overview() -> dict[str, Any]:
                                 "scorer: {{reason}}",
                             ),
                             (
-                                f"sum by (reason) (rate(lineguard_plc_bridge_bad_messages_total[{RI}]))",
+                                f"sum by (reason) (rate(lineguard_plc_bridge_dead_letters_total[{RI}]))",
                                 "plc bridge: {{reason}}",
                             ),
                             (
@@ -305,9 +305,9 @@ def line_overview() -> dict[str, Any]:
                         "none",
                         [
                             (
-                                "sum by (station, cause) "
+                                "sum by (station_id, cause) "
                                 "(increase(lineguard_plc_bridge_fail_safes_total[5m]))",
-                                "{{station}} {{cause}}",
+                                "{{station_id}} {{cause}}",
                             ),
                         ],
                         w=8,
@@ -344,7 +344,10 @@ def line_overview() -> dict[str, Any]:
                         "Operator alerts by kind",
                         "none",
                         [
-                            ("sum by (kind) (increase(lineguard_alerts_consumed_total[15m]))", "{{kind}}"),
+                            (
+                                "sum by (kind) (increase(lineguard_alerts_events_consumed_total[15m]))",
+                                "{{kind}}",
+                            ),
                         ],
                         w=8,
                     ),
@@ -617,12 +620,12 @@ def explainer_view() -> dict[str, Any]:
                         ],
                     ),
                     _ts(
-                        "Tokens / min by kind",
+                        "Tokens / min by type",
                         "none",
                         [
                             (
-                                "sum by (kind) (rate(lineguard_explainer_vlm_tokens_total[5m])) * 60",
-                                "{{kind}}",
+                                "sum by (token_type) (rate(lineguard_explainer_vlm_tokens_total[5m])) * 60",
+                                "{{token_type}}",
                             ),
                         ],
                     ),

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.promql import PromQLSyntaxError, selectors
+from shared.telemetry.metrics import LabelSpec
+from tests.support.promql import PromQLSyntaxError, Selector, selectors
 
 ROOT = Path(__file__).resolve().parents[3]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -29,6 +30,7 @@ METRIC_MODULES = (
     "services.plc_bridge.metrics",
     "services.alerts.metrics",
     "services.camera_gateway.metrics",
+    "services.console.metrics",
 )
 # Series Prometheus itself makes for every target.
 PROMETHEUS_SERIES: dict[str, set[str] | None] = {"up": set(), "scrape_duration_seconds": set()}
@@ -122,6 +124,50 @@ def test_rule_test_series_are_exported_metrics(known: dict[str, set[str] | None]
         for case in yaml.safe_load(path.read_text())["tests"]:
             for series in case["input_series"]:
                 problems += [f"{case['name']}: {p}" for p in unknown_names(series["series"], known)]
+    assert problems == []
+
+
+def zero_started_specs() -> dict[str, LabelSpec]:
+    """Sample name -> what its labels start at 0 with (``ServiceMetrics`` of every service)."""
+    specs: dict[str, LabelSpec] = {}
+    for module_name in METRIC_MODULES:
+        specs.update(importlib.import_module(module_name).METRICS.specs)
+    return specs
+
+
+def test_rule_tests_start_at_zero_only_series_the_services_export_at_zero() -> None:
+    """A promtool series that starts at 0 proves an alert fires on the first event only if the
+    service really exports that series at 0 before its first event; else the test flatters the rule
+    (the series would appear at 1, and ``increase()`` would see nothing). A label value that comes
+    off the wire (a station in a verdict) is prepared at its first event: that event's own series
+    starts at 1, the others of that value at 0, so such a case needs one series of the value not
+    starting at 0."""
+    specs = zero_started_specs()
+    problems = []
+    checked = 0
+    for path in sorted((PROMETHEUS / "tests").glob("*.yml")):
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            zero_started: list[tuple[str, Selector, LabelSpec]] = []
+            first_events: set[tuple[str, str, str]] = set()  # (metric, label, value) seen at >0 first
+            for series in case["input_series"]:
+                starts_at_zero = re.match(r"^0(\D|$)", str(series["values"]).split()[0]) is not None
+                for selector in selectors(series["series"]):
+                    spec = specs.get(selector.metric)
+                    if spec is None:
+                        continue
+                    if starts_at_zero:
+                        zero_started.append((series["series"], selector, spec))
+                    else:
+                        first_events |= {(selector.metric, k, v) for k, v in selector.matchers.items()}
+            for text, selector, spec in zero_started:
+                checked += 1
+                for label, value in selector.matchers.items():
+                    if label not in spec.declared or spec.starts_at_zero(label, value):
+                        continue
+                    if spec.declared[label] == () and (selector.metric, label, value) in first_events:
+                        continue  # a wire value, prepared by its first event (another series here)
+                    problems.append(f"{case['name']}: {text} ({label}={value})")
+    assert checked > 0
     assert problems == []
 
 
