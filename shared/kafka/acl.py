@@ -53,12 +53,17 @@ class ScramCredential:
 
 
 def scram_credential(
-    user: str, password: str, mechanism: SaslMechanism, iterations: int = SCRAM_ITERATIONS
+    user: str,
+    password: str,
+    mechanism: SaslMechanism,
+    iterations: int = SCRAM_ITERATIONS,
+    salt: bytes | None = None,
 ) -> ScramCredential:
-    """RFC 5802's SaltedPassword: PBKDF2 over the password with a fresh random salt."""
+    """RFC 5802's SaltedPassword: PBKDF2 over the password with a salt (fresh and random unless
+    given, which only a test of the arithmetic does)."""
     if mechanism not in _SCRAM:
         raise ValueError(f"{mechanism} is not a SCRAM mechanism")
-    salt = secrets.token_bytes(32)
+    salt = secrets.token_bytes(32) if salt is None else salt
     digest = _SCRAM[mechanism][1]
     salted = hashlib.pbkdf2_hmac(digest, password.encode("utf-8"), salt, iterations)
     return ScramCredential(user, mechanism, iterations, salt, salted)
