@@ -212,7 +212,12 @@ async def describe_acls(client: Any) -> dict[str, set[Grant]]:
 
 async def upsert_scram(client: Any, credentials: Sequence[ScramCredential]) -> None:
     """Create or replace the users' SCRAM credentials; a refusal names the user and the reason."""
-    response = await _send(client, _AlterUserScramCredentials(credentials))
-    failures = [f"{r['user']}: {r['error_message']}" for r in response["results"] if r["error_code"] != 0]
+    # Kafka alters a user at most once per request: one request per mechanism.
+    failures: list[str] = []
+    for mechanism in dict.fromkeys(c.mechanism for c in credentials):
+        batch = [c for c in credentials if c.mechanism is mechanism]
+        response = await _send(client, _AlterUserScramCredentials(batch))
+        results = response["results"]
+        failures += [f"{r['user']}: {r['error_message']}" for r in results if r["error_code"] != 0]
     if failures:
         raise BrokerError("could not set SCRAM credentials:\n  " + "\n  ".join(failures), reason="scram")

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from shared.errors import BrokerError
 from shared.kafka import pki
 from shared.kafka.acl import apply_acls, scram_credential, scram_format_argument, upsert_scram
 from shared.kafka.broker import BrokerStatus, BrokerTls, LocalBroker
@@ -198,7 +199,11 @@ async def provision(
 async def rotate_password(identity: Settings, user: str, password_file: Path) -> None:
     """Give ``user`` a new random password: first on the cluster (both SCRAM mechanisms), then in
     ``password_file`` (atomically). Connections already authenticated stay up; new ones need the new
-    password, so restart the user's processes next (they read the file when they make a client)."""
+    password, so restart the user's processes next (they read the file when they make a client).
+
+    Brokers apply the change as they replay the metadata log, a moment after the controller took it;
+    when ``identity`` itself logs in with SASL, the new password is tried on its listener until it is
+    accepted, so the file is written only once it works there."""
     from shared.kafka.client import make_protocol_client
 
     password = new_password()
@@ -208,7 +213,33 @@ async def rotate_password(identity: Settings, user: str, password_file: Path) ->
         await upsert_scram(client, [scram_credential(user, password, m) for m in SCRAM_MECHANISMS])
     finally:
         await client.close()
+    if identity.kafka.security_protocol.uses_sasl:
+        await _await_login(identity, user, password)
     pki.write_private(password_file, password.encode())
+
+
+async def _await_login(identity: Settings, user: str, password: str, timeout_s: float = 30.0) -> None:
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import SaslAuthenticationFailed
+
+    from shared.kafka.security import client_security
+
+    host, _, port = identity.bootstrap.split(",")[0].rpartition(":")
+    config = {**client_security(identity), "sasl_plain_username": user, "sasl_plain_password": password}
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            conn = await create_conn(host, int(port), **config)
+        except SaslAuthenticationFailed:
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerError(
+                    f"the cluster took {user}'s new password but still refuses it after {timeout_s:.0f}s; "
+                    "the password file was left unchanged"
+                ) from None
+            await asyncio.sleep(0.2)
+        else:
+            conn.close()
+            return
 
 
 class SecureLocalBroker:

@@ -20,6 +20,10 @@ Fixtures (stable names; every service's integration tests use them):
     ``Settings`` with its own unique prefix and ensured topics (also deleted after the test).
 ``local_broker`` (session)
     The ``LocalBroker`` the harness started, or ``None`` when an external broker is used.
+``secure_kafka`` (session)
+    A second broker, started on first use: ``SecureLocalBroker`` (SASL_SSL, one SCRAM user per
+    principal, ACLs) with its topics (frames with 2 partitions) made by ``admin``. Its
+    ``client_settings(principal)`` and ``layout.env_file(principal)`` act as one principal.
 
 Every test in ``tests/integration`` is marked ``integration`` automatically.
 """
@@ -40,8 +44,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from shared.kafka.broker import LocalBroker, api_versions_ok
+from shared.kafka.broker import LocalBroker, api_versions_ok, free_ports_settings
 from shared.kafka.client import delete_topics, ensure_topics, make_consumer
+from shared.kafka.secure_broker import SecureLocalBroker
 from shared.messages.codec import decode
 from shared.messages.schemas import DeadLetter
 from shared.settings import BrokerSettings, Settings
@@ -88,19 +93,37 @@ async def read_dead_letters(settings: Settings, count: int, timeout_s: float = 1
         await consumer.stop()
 
 
-@pytest.fixture(scope="session")
-def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker | None]:
-    if os.environ.get("LINEGUARD_KAFKA_BOOTSTRAP"):
-        yield None
-        return
+def _libs_dir() -> Path:
     libs_dir = Path(os.environ.get("LINEGUARD_BROKER__LIBS_DIR", BrokerSettings().libs_dir))
     if not any(libs_dir.glob("kafka_2.13-*.jar")):
         pytest.fail(
             f"no Kafka jars in {libs_dir.resolve()}: run `make kafka-jars` (integration tests need a broker)"
         )
-    broker = LocalBroker.on_free_ports(tmp_path_factory.mktemp("kafka"), libs_dir)
+    return libs_dir
+
+
+@pytest.fixture(scope="session")
+def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker | None]:
+    if os.environ.get("LINEGUARD_KAFKA_BOOTSTRAP"):
+        yield None
+        return
+    broker = LocalBroker.on_free_ports(tmp_path_factory.mktemp("kafka"), _libs_dir())
     broker.start()
     try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureLocalBroker]:
+    broker_settings = free_ports_settings(tmp_path_factory.mktemp("kafka-secure"), _libs_dir())
+    settings = Settings(broker=broker_settings, topic_prefix=f"s{_SESSION_TOKEN}")
+    broker = SecureLocalBroker(settings)
+    broker.start()
+    try:
+        admin = broker.client_settings("admin")
+        run_async(lambda: ensure_topics(admin, frames_partitions=TEST_FRAMES_PARTITIONS))
         yield broker
     finally:
         broker.stop()
