@@ -1,0 +1,228 @@
+"""The whole line on the secure broker, every service a real ``lineguard`` process with its own identity.
+
+camera-sim (camera) -> scorer (scorer) -> verdicts -> plc-bridge (plc-bridge) -> a simulated PLC;
+defects -> explainer (explainer) -> reports; alerts -> alerts (alerts) -> a webhook. Each process gets
+only its principal's env file (``kafka up --secure``'s), and the results are read as ``console``.
+Exactly once: one verdict per frame, one defect event per reject or review, one report per event.
+Every process's log, and the broker's, is searched for the passwords and the private keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from aiokafka import TopicPartition
+
+from services.camera_sim.truth import read_truth
+from shared.kafka.broker import free_port
+from shared.kafka.client import make_admin, make_consumer
+from shared.kafka.principals import PRINCIPAL_NAMES
+from shared.kafka.secure_broker import SecureLocalBroker, read_env_file
+from shared.messages.schemas import AlertEvent, DefectEvent, Report, Verdict
+from tests.integration.line_support import (
+    IMAGE_SIZE,
+    PRODUCTS,
+    LineModels,
+    TopicReader,
+    line_models,
+    wait_until,
+)
+from tests.support.processes import LineguardProcess, service_env
+from tests.support.webhook_server import WebhookServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FRAMES = 30
+
+
+def principal_env(broker: SecureLocalBroker, name: str, **settings: str) -> dict[str, str]:
+    return service_env(
+        {**read_env_file(broker.layout.env_file(name)), "LINEGUARD_LOG_LEVEL": "DEBUG", **settings}
+    )
+
+
+async def committed_to_end(broker: SecureLocalBroker, group: str, topic: str) -> bool:
+    """Whether ``group`` has committed every record of ``topic`` (asked as admin)."""
+    admin_settings = broker.client_settings("admin")
+    consumer = make_consumer(admin_settings, group_id=None)
+    admin = make_admin(admin_settings)
+    await consumer.start()
+    await admin.start()
+    try:
+        full = admin_settings.topic(topic)
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(full, p) for p in sorted(consumer.partitions_for_topic(full) or ())]
+        ends = await consumer.end_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    return all(committed.get(tp) is not None and committed[tp].offset == ends[tp] for tp in tps)
+
+
+def private_key_lines(*pem_files: Path) -> set[str]:
+    """The base64 body lines of every private key in these PEM files."""
+    lines: set[str] = set()
+    for path in pem_files:
+        for block in re.findall(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(.*?)-----END", path.read_text(), re.S):
+            lines.update(line for line in block.split() if len(line) >= 16)
+    return lines
+
+
+async def wait_for_port(port: int, timeout: float) -> None:
+    def is_open() -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    await wait_until(is_open, timeout, f"a listener on port {port}")
+
+
+@pytest.fixture
+def models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
+    return line_models(tmp_path_factory)
+
+
+async def test_the_line_works_with_one_identity_per_service_and_logs_no_secret(
+    secure_kafka: SecureLocalBroker, models: LineModels, tmp_path: Path
+) -> None:
+    broker = secure_kafka
+    console = broker.client_settings("console")
+    modbus_port, opcua_port = free_port(), free_port()
+    processes: dict[str, LineguardProcess] = {}
+
+    def start(name: str, args: list[str], env: dict[str, str]) -> LineguardProcess:
+        processes[name] = LineguardProcess(args, env, tmp_path / f"{name}.log")
+        return processes[name]
+
+    with WebhookServer() as webhook:
+        try:
+            plc_sim = ["plc-sim", "--host", "127.0.0.1", "--modbus-port", str(modbus_port)]
+            start(
+                "plc-sim",
+                [*plc_sim, "--opcua-port", str(opcua_port), "--stations", "station-1"],
+                service_env({}),
+            )
+            scorer = start(
+                "scorer",
+                ["scorer", "--model", str(models.a)],
+                principal_env(
+                    broker,
+                    "scorer",
+                    LINEGUARD_SCORER__TORCH_THREADS="1",
+                    LINEGUARD_SCORER__DECODE_THREADS="1",
+                    LINEGUARD_SCORER__MODEL_WORKERS="1",
+                    LINEGUARD_SCORER__SESSION_TIMEOUT_MS="6000",
+                    LINEGUARD_ALERTS__CONSECUTIVE_REJECTS="1",  # every reject streak raises an alert
+                ),
+            )
+            explainer = start(
+                "explainer",
+                ["explainer"],
+                principal_env(broker, "explainer", LINEGUARD_EXPLAINER__REPORT_DIR=str(tmp_path / "reports")),
+            )
+            alerts = start(
+                "alerts",
+                ["alerts"],
+                principal_env(
+                    broker,
+                    "alerts",
+                    LINEGUARD_ALERTS__WEBHOOK_URL=webhook.url,
+                    LINEGUARD_ALERTS__RATE_LIMIT_BURST="100",
+                ),
+            )
+            await wait_for_port(modbus_port, 60)
+            bridge = start(
+                "plc-bridge",
+                ["plc-bridge"],
+                principal_env(
+                    broker,
+                    "plc-bridge",
+                    LINEGUARD_PLC_BRIDGE__MODBUS_HOST="127.0.0.1",
+                    LINEGUARD_PLC_BRIDGE__MODBUS_PORT=str(modbus_port),
+                    LINEGUARD_PLC_BRIDGE__STATIONS='["station-1"]',
+                ),
+            )
+            await scorer.wait_for_log("partitions_assigned", 180)
+            await explainer.wait_for_log("explainer_started", 120)
+            await alerts.wait_for_log("alerts forwarder ready", 120)
+            await bridge.wait_for_log("plc bridge ready", 120)
+
+            async with (
+                TopicReader(console, "verdicts", Verdict) as verdicts,
+                TopicReader(console, "defects", DefectEvent) as defects,
+                TopicReader(console, "reports", Report) as reports,
+                TopicReader(console, "alerts", AlertEvent) as raised,
+            ):
+                truth_path = tmp_path / "truth.jsonl"
+                frames = [
+                    "--synthetic",
+                    "--products",
+                    ",".join(PRODUCTS),
+                    "--size",
+                    str(IMAGE_SIZE),
+                    "--pool",
+                    "16",
+                ]
+                frames += ["--defect-rate", "0.3", "--rate", "20", "--count", str(FRAMES), "--seed", "3"]
+                frames += ["--truth", str(truth_path), "--run-id", "secure"]
+                camera = start("camera-sim", ["camera-sim", *frames], principal_env(broker, "camera"))
+                assert await camera.wait(180) == 0, camera.log_text()[-3000:]
+                truth = read_truth(truth_path)
+                got = await verdicts.wait_for(FRAMES, timeout=180)
+                flagged = [v.frame_id for v in got.values if v.decision in ("reject", "review")]
+                await defects.wait_for(len(flagged), timeout=60, settle=0.5)
+                await reports.wait_for(len(flagged), timeout=120)
+                rejects = [v for v in got.values if v.decision == "reject"]
+                if rejects:
+                    await raised.wait_for(1, timeout=60, settle=0.5)
+                    await wait_until(lambda: webhook.delivered(), 60, "an alert at the webhook")
+                # The bridge and the forwarder commit their positions, which pass the transaction
+                # markers at the end (the explainer commits record by record: its reports count).
+                for group, topic in (
+                    (console.plc_bridge.group_id, "verdicts"),
+                    (console.alerts.group_id, "alerts"),
+                ):
+                    deadline = asyncio.get_running_loop().time() + 60
+                    while not await committed_to_end(broker, group, topic):
+                        assert asyncio.get_running_loop().time() < deadline, (
+                            f"{group} never caught up on {topic}"
+                        )
+                        await asyncio.sleep(1)
+        finally:
+            codes = {}
+            for name in ("camera-sim", "plc-bridge", "alerts", "explainer", "scorer", "plc-sim"):
+                if name in processes:
+                    codes[name] = await processes[name].terminate(60)
+
+    # Exactly once, end to end.
+    assert Counter(v.frame_id for v in got.values) == Counter(list(truth))
+    assert Counter(e.verdict.frame_id for e in defects.received.values) == Counter(flagged)
+    assert Counter(r.frame_id for r in reports.received.values) == Counter(flagged)
+    assert len(rejects) > 0, "the synthetic defects should give the scorer something to reject"
+    assert {a.kind for a in raised.received.values} == {"consecutive_rejects"}
+    assert all(code == 0 for name, code in codes.items() if name != "plc-sim"), codes
+
+    # No secret in any log: the services', the camera's and the broker's own.
+    logs = {name: p.log_text() for name, p in processes.items()} | {
+        "broker": broker.broker.log_file.read_text()
+    }
+    secrets = {
+        f"password of {n}": broker.layout.password_file(n).read_text().strip() for n in PRINCIPAL_NAMES
+    }
+    key_lines = private_key_lines(broker.layout.ca_key, broker.layout.keystore)
+    assert len(key_lines) >= 4
+    for name, text in logs.items():
+        assert text, f"{name} logged nothing"
+        for what, secret in secrets.items():
+            assert secret not in text, f"{what} in the log of {name}"
+        assert "PRIVATE KEY" not in text, name
+        assert not [line for line in key_lines if line in text], f"private key material in the log of {name}"
+    # The logs did record the work (what was searched is the real thing).
+    assert '"scorer_started"' in logs["scorer"] or "scorer_started" in logs["scorer"]
+    assert "SASL_SSL" in logs["broker"]
