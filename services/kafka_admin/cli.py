@@ -44,6 +44,8 @@ def register(subparsers: Any) -> None:
         required=True,
         help="a name or address clients reach the broker by (repeat for each)",
     )
+    init.add_argument("--broker-uid", type=int, help="owner of broker.pem (the broker's user; needs root)")
+    init.add_argument("--service-uid", type=int, help="owner of the password files (the services' user)")
     init.set_defaults(handler=_init_secrets)
 
     provision = actions.add_parser(
@@ -184,10 +186,11 @@ def _kafka_status(args: argparse.Namespace) -> int:
 
 
 def _init_secrets(args: argparse.Namespace) -> int:
-    from shared.kafka.secure_broker import SecretsLayout, init_secrets
+    from shared.kafka.secure_broker import SecretsLayout, hand_over, init_secrets
 
     layout = SecretsLayout(args.out)
     made = init_secrets(layout, args.hostname)
+    hand_over(layout, args.broker_uid, args.service_uid)
     for line in made or ["nothing to make: every secret exists"]:
         print(line)
     print(f"clients trust {layout.ca_cert}; keep {layout.ca_key} where only certificates are issued")

@@ -11,6 +11,7 @@ broker's own client certificate on its mutual-TLS listeners, where its common na
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -167,11 +168,19 @@ def needs_renewal(
 
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` atomically with ``mode`` from the first byte on (never briefly world-readable):
-    a temporary file in the same folder, created with the mode, then renamed over ``path``."""
+    a temporary file in the same folder, created with the mode, then renamed over ``path``. A file
+    it replaces keeps its owner where we may set it (root replacing a service's password file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        owner: tuple[int, int] | None = (path.stat().st_uid, path.stat().st_gid)
+    except FileNotFoundError:
+        owner = None
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, mode)
+        if owner is not None and owner != (os.getuid(), os.getgid()):
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, *owner)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()

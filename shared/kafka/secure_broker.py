@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from shared.errors import BrokerError
+from shared.errors import BrokerError, ConfigError
 from shared.kafka import pki
 from shared.kafka.acl import apply_acls, scram_credential, scram_format_argument, upsert_scram
 from shared.kafka.broker import BrokerStatus, BrokerTls, LocalBroker
@@ -114,6 +114,24 @@ def init_secrets(
             pki.write_private(path, new_password().encode())
             made.append(f"password of {name}")
     return made
+
+
+def hand_over(layout: SecretsLayout, broker_uid: int | None, service_uid: int | None) -> None:
+    """Give the broker's key store to the user the broker runs as, and the password files to the
+    user the services run as (containers; needs root). Modes stay owner-only; the CA key stays."""
+    import os
+
+    try:
+        if broker_uid is not None:
+            os.chown(layout.keystore, broker_uid, -1)
+        if service_uid is not None:
+            for path in (layout.root / "passwords").iterdir():
+                if not path.name.startswith("."):
+                    os.chown(path, service_uid, -1)
+    except PermissionError:
+        raise ConfigError(
+            "giving secrets to other users needs root (docker compose run --rm kafka-init)"
+        ) from None
 
 
 def read_password(layout: SecretsLayout, name: str) -> str:

@@ -155,12 +155,19 @@ async def explain_refusal(settings: Settings) -> str | None:
     except ConnectionRefusedError:
         return f"nothing accepts connections at {host}:{port}; is the broker running?"
     except (TimeoutError, OSError, KafkaError) as exc:
+        failure = str(exc) if isinstance(exc, KafkaError) else f"{type(exc).__name__}: {exc}"
         if not kafka.security_protocol.uses_tls and await _speaks_tls(host, port):
             return (
                 f"the listener at {host}:{port} speaks TLS but {_VAR}SECURITY_PROTOCOL="
                 f"{kafka.security_protocol}; set it to SASL_SSL (or SSL) with the credentials it needs"
             )
-        return f"the connection to {host}:{port} failed ({type(exc).__name__}: {exc})"
+        if kafka.security_protocol.uses_tls and kafka.ssl_cert_file is None:
+            # With TLS 1.3 a server that wants a client certificate refuses after the handshake.
+            return (
+                f"the broker at {host}:{port} closed the connection after the TLS handshake ({failure}); "
+                f"a listener that requires a client certificate needs {_VAR}SSL_CERT_FILE"
+            )
+        return f"the connection to {host}:{port} failed ({failure})"
     try:
         await asyncio.wait_for(conn.send(MetadataRequest([])), _PROBE_TIMEOUT_S)
     except (TimeoutError, KafkaError, OSError):

@@ -88,7 +88,8 @@ async def test_clients_without_credentials_with_a_wrong_password_or_another_ca_a
     # The broker's own listener wants a certificate from our CA; a password is no way in.
     no_certificate = KafkaSettings(security_protocol=SecurityProtocol.SSL, ssl_ca_file=layout.ca_cert)
     message = await refusal(with_kafka(secure_kafka, no_certificate, secure_kafka.broker.internal_bootstrap))
-    assert "cannot use Kafka" in message
+    assert "closed the connection after the TLS handshake" in message
+    assert "requires a client certificate needs LINEGUARD_KAFKA__SSL_CERT_FILE" in message
 
     # The same through the command line: one line, exit 1, the password never printed.
     variables = read_env_file(layout.env_file("camera")) | {"LINEGUARD_KAFKA__SASL_PASSWORD_FILE": str(wrong)}
@@ -124,6 +125,9 @@ async def test_the_camera_may_write_frames_but_not_verdicts_or_models(
         await consumer.stop()
     after = await end_offsets(secure_kafka, "frames", "verdicts", "models")
     assert after == {**before, "frames": before["frames"] + 1}  # nothing refused was written
+    # The broker's authorizer log names who was denied what.
+    denied = "Principal = User:camera is Denied operation = DESCRIBE from host = 127.0.0.1 on resource = "
+    assert denied + f"Topic:LITERAL:{camera.topic('verdicts')}" in secure_kafka.broker.log_file.read_text()
 
     operator = secure_kafka.client_settings("operator")  # the one principal that announces models
     producer = make_producer(operator)

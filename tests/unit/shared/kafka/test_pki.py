@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import socket
 import ssl
 import stat
@@ -117,3 +118,13 @@ def test_keys_reload_from_their_pem(tmp_path: Path) -> None:
     assert again.certificate == ca.certificate
     assert again.key.private_numbers() == ca.key.private_numbers()
     assert b"ENCRYPTED" not in pki.key_pem(ca.key) and b"BEGIN PRIVATE KEY" in pki.key_pem(ca.key)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a file to another user")
+def test_a_replaced_file_keeps_its_owner(tmp_path: Path) -> None:
+    path = tmp_path / "password"
+    pki.write_private(path, b"old")
+    os.chown(path, 10001, 10001)  # a service's password file, rotated by root
+    pki.write_private(path, b"new")
+    assert (path.stat().st_uid, path.stat().st_gid, path.read_bytes()) == (10001, 10001, b"new")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
