@@ -18,7 +18,9 @@ from aiokafka.errors import TopicAuthorizationFailedError, TransactionalIdAuthor
 
 from services.kafka_admin import cli
 from shared.kafka import pki
-from shared.kafka.client import make_admin, make_consumer, make_producer
+from shared.kafka.acl import describe_acls
+from shared.kafka.client import make_admin, make_consumer, make_producer, make_protocol_client
+from shared.kafka.principals import PRINCIPAL_NAMES, principals
 from shared.kafka.secure_broker import SecureLocalBroker, read_env_file
 from shared.kafka.security import KafkaAccessError
 from shared.settings import KafkaSettings, SecurityProtocol, Settings
@@ -183,3 +185,35 @@ async def test_a_rotated_password_replaces_the_old_one(secure_kafka: SecureLocal
         assert "refused the credentials of user console" in message
     finally:
         kept_old.unlink()
+
+
+async def test_provisioning_as_the_broker_sets_every_user_and_exactly_the_table(
+    secure_kafka: SecureLocalBroker, tmp_path: Path
+) -> None:
+    # What compose's kafka-setup does: the broker's certificate on its mutual-TLS listener.
+    layout = secure_kafka.layout
+    identity = {
+        "LINEGUARD_KAFKA_BOOTSTRAP": secure_kafka.broker.internal_bootstrap,
+        "LINEGUARD_TOPIC_PREFIX": secure_kafka.settings.topic_prefix,
+        "LINEGUARD_KAFKA__SECURITY_PROTOCOL": "SSL",
+        "LINEGUARD_KAFKA__SSL_CA_FILE": str(layout.ca_cert),
+        "LINEGUARD_KAFKA__SSL_CERT_FILE": str(layout.keystore),
+    }
+    args = ["kafka", "provision", "--secrets", str(layout.root)]
+    command = LineguardProcess(args, service_env(identity), tmp_path / "provision.log")
+    assert await command.wait(120) == 0, command.log_text()
+    table = principals(secure_kafka.settings)
+    count = sum(len(p.grants) for p in table)
+    assert f"SCRAM credentials of {len(table)} principals set; {count} ACLs in place" in command.log_text()
+
+    admin = make_protocol_client(secure_kafka.client_settings("admin"))
+    await admin.bootstrap()
+    try:
+        found = await describe_acls(admin)
+    finally:
+        await admin.close()
+    assert found == {p.acl_principal: set(p.grants) for p in table}
+    for name in PRINCIPAL_NAMES:  # everyone still logs in with the password in their file
+        client = make_admin(secure_kafka.client_settings(name))
+        await client.start()
+        await client.close()
