@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -163,11 +164,23 @@ def run_cli(*argv: str) -> int:
     return int(args.handler(args))
 
 
-async def test_a_rotated_password_replaces_the_old_one(secure_kafka: SecureLocalBroker, capsys: Any) -> None:
+async def test_a_rotated_password_replaces_the_old_one(
+    secure_kafka: SecureLocalBroker, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The commands read the topic prefix from the environment, like the fixture's broker was made.
+    monkeypatch.setenv("LINEGUARD_TOPIC_PREFIX", secure_kafka.settings.topic_prefix)
     s = secure_kafka.settings.broker
     options = ["--port", str(s.port), "--controller-port", str(s.controller_port)]
     options += ["--internal-port", str(s.internal_port), "--data-dir", str(s.data_dir), "--secure"]
     assert await asyncio.to_thread(run_cli, "kafka", "status", *options) == 0
+    # `kafka up --secure` on the running broker: same process, ACLs and env files in place again.
+    assert await asyncio.to_thread(run_cli, "kafka", "up", *options) == 0
+    out = capsys.readouterr().out
+    assert f"secure kafka (SASL_SSL, ACLs) ready at {secure_kafka.bootstrap}" in out
+    for name in PRINCIPAL_NAMES:
+        env_file = secure_kafka.layout.env_file(name)
+        assert str(env_file) in out and stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        assert read_env_file(env_file)["LINEGUARD_TOPIC_PREFIX"] == secure_kafka.settings.topic_prefix
     password_file = secure_kafka.layout.password_file("console")
     old = password_file.read_text()
     kept_old = password_file.with_name("console.old")
