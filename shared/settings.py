@@ -197,6 +197,8 @@ class ExplainerSettings(BaseModel):
     report_dir: Path = Path("var/reports")
     structured_outputs: bool = True  # else JSON mode plus local validation
     request_timeout_s: float = Field(60.0, gt=0)
+    max_response_bytes: int = Field(4 << 20, ge=64 << 10, le=256 << 20)  # a bigger answer is refused unread
+    ca_file: Path | None = None  # CA bundle (PEM) the endpoint's certificate must chain to; None: system CAs
     max_attempts: int = Field(4, ge=1, le=20)
     backoff_base_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(30.0, ge=0)
@@ -212,8 +214,12 @@ class ExplainerSettings(BaseModel):
     hold_retry_s: float = Field(30.0, gt=0)
     max_hold_s: float = Field(3600.0, gt=0)  # then a fallback report, so nothing waits forever
     max_pending: int = Field(64, ge=1, le=10_000)
+    # Egress fails closed (services/explainer/policy.py): a class gets class_egress[class] only if
+    # listed and confirmed by the image; any other class (renamed, unknown, an unconfirmed camera
+    # hint) gets unlisted_egress, or if unset the strictest of egress and the class_egress values.
     egress: EgressPolicy = EgressPolicy.FULL
     class_egress: dict[str, EgressPolicy] = {}
+    unlisted_egress: EgressPolicy | None = None
     vocabulary: dict[str, list[str]] = {}
     default_vocabulary: list[str] = [
         "scratch",
@@ -224,6 +230,9 @@ class ExplainerSettings(BaseModel):
         "deformation",
         "contamination",
     ]
+    # Fixed actions a class's defect reports list after the grade's template actions (the VLM's
+    # suggestions are never actions: they are quoted as its words).
+    class_actions: dict[str, list[str]] = {}
     references_dir: Path | None = None  # <dir>/<class>/{good,defect}/*.png|jpg
     references_per_class: int = Field(1, ge=0, le=4)
     follow_up_below: float = Field(0.5, ge=0, le=1)  # 0 disables the low-confidence follow-up
@@ -256,11 +265,16 @@ class PlcBridgeSettings(BaseModel):
     reject_decisions: list[str] = [Decision.REJECT, Decision.REVIEW, Decision.ERROR]
     fail_safe: FailSafeAction = FailSafeAction.REJECT
     heartbeat_interval_s: float = Field(default=1.0, gt=0, le=60)  # bridge -> PLC heartbeat counter
-    scorer_timeout_s: float = Field(default=10.0, gt=0, le=3600)  # scorer group empty this long -> fail-safe
+    # No proof of a working scorer this long -> fail-safe: Kafka unreachable, the scorer's group empty,
+    # or frames waiting on a partition while the group's committed offset there does not move.
+    scorer_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     part_deadline_ms: int = Field(default=0, ge=0, le=600_000)  # 0: no part tracking (PLC trigger counter)
+    # A verdict older than this on arrival (from its frame's capture) fails its station safe; 0: only
+    # verdicts the scorer marked late do.
+    verdict_deadline_ms: int = Field(default=2000, ge=0, le=600_000)
     poll_interval_ms: int = Field(default=50, ge=5, le=10_000)
     max_tracked_parts: int = Field(default=1000, ge=1, le=100_000)
-    dedup_window: int = Field(default=100_000, ge=1, le=10_000_000)  # frame ids remembered against duplicates
+    dedup_window: int = Field(default=100_000, ge=1, le=10_000_000)  # (station, frame id)s remembered
     io_timeout_s: float = Field(default=2.0, gt=0, le=60)
 
 
@@ -274,9 +288,15 @@ class AlertsSettings(BaseModel):
     """``lineguard alerts``: operator alerts from the ``alerts`` topic -> a webhook."""
 
     group_id: str = "lineguard-alerts"
-    webhook_url: str | None = None  # holds a secret for Slack/Teams: never logged
+    # The webhook URL holds a secret for Slack/Teams: never logged. Unset, empty, or a missing or
+    # empty file: the service runs without a webhook (each alert logged once, see operations.md).
+    webhook_url: str | None = None
     webhook_url_file: Path | None = None  # alternative: read the URL from a (secret) file
     webhook_format: WebhookFormat = WebhookFormat.JSON
+    ca_file: Path | None = None  # CA bundle (PEM) the webhook's certificate must chain to; None: system CAs
+    state_dir: Path = Path("var/alerts")  # the delivery ledger (which alerts went out), kept across restarts
+    ledger_retention_s: float = Field(default=7 * 86_400.0, ge=60, le=365 * 86_400)
+    max_tracked: int = Field(default=100_000, ge=100, le=10_000_000)  # ledger entries and dedup keys kept
     timeout_s: float = Field(default=5.0, gt=0, le=120)
     dedup_window_s: float = Field(default=300.0, ge=0, le=86_400)
     rate_limit_per_minute: int = Field(default=30, ge=1, le=10_000)

@@ -10,8 +10,9 @@ from shared.lifecycle import run_service
 HELP = "forward operator alerts from the alerts topic to a webhook (JSON, Slack, Teams)"
 DESCRIPTION = (
     "De-duplicates and rate-limits alerts, retries failed deliveries with backoff and dead-letters what "
-    "cannot be delivered; offsets are committed only after delivery. Configured by LINEGUARD_ALERTS__* "
-    "variables (see docs/operations.md)."
+    "cannot be delivered; offsets are committed only after delivery, and a ledger on disk keeps a "
+    "restart from sending an alert twice. Without a webhook URL, alerts are logged only. Configured "
+    "by LINEGUARD_ALERTS__* variables (see docs/operations.md)."
 )
 
 

@@ -18,6 +18,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from services.alerts import metrics
+from services.alerts.ledger import DedupKey, dedup_key
 from shared.messages.schemas import AlertEvent
 from shared.settings import Settings, WebhookFormat, config_error
 
@@ -26,19 +28,23 @@ _ICONS = {"critical": ":rotating_light:", "warning": ":warning:", "info": ":info
 _MAX_FRAMES_SHOWN = 5
 
 
-def webhook_url(settings: Settings) -> str:
-    """The configured URL (from the variable or the secret file), checked but never echoed."""
+def webhook_url(settings: Settings) -> str | None:
+    """The configured URL (from the variable or the secret file), checked but never echoed.
+
+    None when there is none: unset, empty, or a secret file that is missing or empty (a compose
+    deployment mounts an empty file when no webhook is wanted). The service then runs without a
+    webhook. A URL that is there but not http(s) is a configuration error."""
     cfg = settings.alerts
-    url = cfg.webhook_url
-    if url is None and cfg.webhook_url_file is not None:
+    url = (cfg.webhook_url or "").strip()
+    if not url and cfg.webhook_url_file is not None:
         try:
             url = cfg.webhook_url_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            url = ""
         except OSError as exc:
             raise config_error(f"LINEGUARD_ALERTS__WEBHOOK_URL_FILE: cannot read: {exc.strerror}") from None
     if not url:
-        raise config_error(
-            "LINEGUARD_ALERTS__WEBHOOK_URL or LINEGUARD_ALERTS__WEBHOOK_URL_FILE must name the webhook"
-        )
+        return None
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise config_error("LINEGUARD_ALERTS__WEBHOOK_URL: must be an http(s) URL")
@@ -49,10 +55,7 @@ class Admission(StrEnum):
     SEND = "send"
     DUPLICATE = "duplicate"
     HELD = "held"  # over the rate limit: goes out in the next digest
-
-
-def dedup_key(alert: AlertEvent) -> tuple[str, str, str, str]:
-    return (alert.kind, alert.line_id, alert.station_id, alert.product_class)
+    RESEND = "resend"  # was being sent when the process died: again, with the same idempotency key
 
 
 class TokenBucket:
@@ -80,24 +83,34 @@ class TokenBucket:
 
 
 class Forwarder:
-    def __init__(self, dedup_window_s: float, per_minute: float, burst: int, now: float) -> None:
+    """De-duplication window and rate limit. What was delivered before a restart is in the
+    delivery ledger; ``remember`` seeds the window from it so a replay decides the same."""
+
+    def __init__(
+        self, dedup_window_s: float, per_minute: float, burst: int, now: float, *, max_keys: int = 100_000
+    ) -> None:
         self.dedup_window_ns = int(dedup_window_s * _NS_PER_S)
         self.bucket = TokenBucket(per_minute, burst, now)
         self.held: list[AlertEvent] = []
-        self._last_sent: dict[tuple[str, str, str, str], int] = {}
-        self._ids: dict[str, None] = {}  # alert ids already admitted (re-deliveries)
+        self.max_keys = max_keys
+        self._last_sent: dict[DedupKey, int] = {}  # keyed by wire values: capped at max_keys
+
+    def remember(self, key: DedupKey, raised_at: int) -> None:
+        """An alert with ``key`` raised at ``raised_at`` was sent (oldest keys go past the cap)."""
+        if raised_at >= self._last_sent.get(key, -1):
+            self._last_sent.pop(key, None)
+            self._last_sent[key] = raised_at
+        while len(self._last_sent) > self.max_keys:
+            del self._last_sent[next(iter(self._last_sent))]
+            metrics.DEDUP_EVICTIONS.inc()
 
     def admit(self, alert: AlertEvent, now: float) -> Admission:
         key = dedup_key(alert)
         last = self._last_sent.get(key)
-        if alert.alert_id in self._ids or (
-            last is not None and 0 <= alert.raised_at - last < self.dedup_window_ns
-        ):
+        held_already = any(h.alert_id == alert.alert_id for h in self.held)
+        if held_already or (last is not None and 0 <= alert.raised_at - last < self.dedup_window_ns):
             return Admission.DUPLICATE
-        self._last_sent[key] = alert.raised_at
-        self._ids[alert.alert_id] = None
-        if len(self._ids) > 100_000:
-            del self._ids[next(iter(self._ids))]
+        self.remember(key, alert.raised_at)
         if not self.held and self.bucket.take(now):
             return Admission.SEND
         self.held.append(alert)

@@ -2,7 +2,9 @@
 
 Offsets are committed only once every consumed alert is delivered, suppressed as a duplicate, or
 handed durably to the DLQ (the producer's acknowledgement awaited). A stop or crash in between
-leaves the offsets where they were, so the alerts come again: none is lost.
+leaves the offsets where they were, so the alerts come again: none is lost, and the delivery
+ledger (``ledger.py``, on disk) makes sure none is delivered twice. Without a webhook URL the
+service still runs: each alert is logged once (``alert`` at WARNING) and counted as ``logged``.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ from typing import Any
 
 from services.alerts import metrics
 from services.alerts.core import Admission, Forwarder, RetryPolicy, payload, webhook_url
-from services.alerts.webhook import DeliveryResult, post_json_async
+from services.alerts.ledger import DEAD_LETTERED, DELIVERED, SENDING, DeliveryLedger
+from services.alerts.webhook import DeliveryResult, post_json_async, tls_context
 from shared.settings import Settings
 from shared.telemetry.logging import log_event
 
 log = logging.getLogger("lineguard.alerts")
 SERVICE = "alerts"
 
-Poster = Callable[[str, dict[str, Any], float, dict[str, str] | None], Any]
+Poster = Callable[[str, dict[str, Any], float, dict[str, str] | None, Any], Any]
 
 
 class _Interrupted(BaseException):
@@ -43,18 +46,35 @@ class AlertsService:
         clock: Callable[[], float] = time.monotonic,
         poster: Poster = post_json_async,
     ) -> None:
+        """``url``: the webhook; None takes it from the settings (where it may be absent: then
+        alerts are logged only)."""
         self.settings = settings
         self.cfg = settings.alerts
         self.url = url if url is not None else webhook_url(settings)
+        self.tls = tls_context(self.cfg.ca_file)
         self.clock = clock
         self.poster = poster
         self.forwarder = Forwarder(
-            self.cfg.dedup_window_s, self.cfg.rate_limit_per_minute, self.cfg.rate_limit_burst, clock()
+            self.cfg.dedup_window_s,
+            self.cfg.rate_limit_per_minute,
+            self.cfg.rate_limit_burst,
+            clock(),
+            max_keys=self.cfg.max_tracked,
         )
         self.retry = RetryPolicy(self.cfg.retry_initial_s, self.cfg.retry_max_s, self.cfg.give_up_after_s)
+        name = hashlib.sha256(self.cfg.group_id.encode()).hexdigest()[:16]
+        self.ledger = DeliveryLedger(
+            self.cfg.state_dir / f"deliveries-{name}.jsonl",
+            retention_s=self.cfg.ledger_retention_s,
+            max_entries=self.cfg.max_tracked,
+        )
+        for entry in self.ledger.entries():  # the window survives a restart
+            if entry.state != DEAD_LETTERED:
+                self.forwarder.remember(entry.dedup, entry.raised_at)
         self.ready = asyncio.Event()
         self._held: dict[str, Any] = {}  # alert id -> its record, for the DLQ if the digest fails
         self._stop = asyncio.Event()
+        metrics.WEBHOOK_CONFIGURED.set(0 if self.url is None else 1)
 
     async def run(self, stop: asyncio.Event) -> None:
         from shared.kafka.client import make_consumer, make_producer
@@ -78,7 +98,14 @@ class AlertsService:
             # must not restart at a later "latest" and skip what arrived in between.
             await consumer.commit()
             self.ready.set()
-            log_event(log, "alerts forwarder ready", format=self.cfg.webhook_format.value)
+            log_event(
+                log,
+                "alerts forwarder ready",
+                format=self.cfg.webhook_format.value,
+                webhook=self.url is not None,
+            )
+            if self.url is None:
+                log_event(log, "no webhook configured: alerts are logged only", logging.WARNING)
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500, max_records=100)
                 records = [(tp, r) for tp, rs in batch.items() for r in rs]
@@ -92,6 +119,7 @@ class AlertsService:
         finally:
             await consumer.stop()
             await producer.stop()
+            self.ledger.close()
 
     async def _handle(self, tp: Any, record: Any, producer: Any) -> None:
         from shared.messages.codec import MessageError, decode
@@ -102,10 +130,15 @@ class AlertsService:
         except MessageError as exc:
             await self._dead_letter(producer, [(tp, record)], exc.reason, str(exc))
             return
-        metrics.ALERTS_CONSUMED.labels(alert.kind).inc()
-        admission = self.forwarder.admit(alert, self.clock())
+        kind = metrics.kind_label(alert.kind)
+        metrics.ALERTS_CONSUMED.labels(kind).inc()
+        before = self.ledger.get(alert.alert_id)
+        if before is not None and before.state == SENDING:  # died during its POST: again, same key
+            await self._deliver([alert], [(tp, record)], producer, key=before.key)
+            return
+        admission = Admission.DUPLICATE if before is not None else self.forwarder.admit(alert, self.clock())
         if admission is Admission.DUPLICATE:
-            metrics.ALERTS_SUPPRESSED.labels(alert.kind).inc()
+            metrics.ALERTS_SUPPRESSED.labels(kind).inc()
         elif admission is Admission.HELD:
             metrics.ALERTS_HELD.inc()
             self._held[alert.alert_id] = (tp, record)
@@ -130,16 +163,41 @@ class AlertsService:
         if self._stop.is_set():
             raise _Interrupted
 
-    async def _deliver(self, alerts: list[Any], records: list[tuple[Any, Any]], producer: Any) -> None:
-        body = payload(alerts, self.cfg.webhook_format)
+    async def _deliver(
+        self, alerts: list[Any], records: list[tuple[Any, Any]], producer: Any, key: str | None = None
+    ) -> None:
+        """Deliver ``alerts`` (one, or a digest) once: ``sending`` in the ledger before the POST,
+        ``delivered`` or ``dead_lettered`` after. ``key``: the idempotency key of an earlier try."""
         ids = ",".join(a.alert_id for a in alerts)
-        headers = {"Idempotency-Key": hashlib.sha256(ids.encode()).hexdigest()[:32]}
+        key = key or hashlib.sha256(ids.encode()).hexdigest()[:32]
+        if self.url is None:
+            for alert in alerts:
+                log_event(
+                    log,
+                    "alert",
+                    logging.WARNING,
+                    alert_id=alert.alert_id,
+                    kind=alert.kind,
+                    severity=alert.severity,
+                    line_id=alert.line_id,
+                    station_id=alert.station_id,
+                    product_class=alert.product_class,
+                    summary=alert.summary,
+                    frames=len(alert.frame_ids),
+                )
+            metrics.DELIVERIES.labels("logged").inc()
+            self.ledger.record(alerts, DELIVERED, key)
+            return
+        body = payload(alerts, self.cfg.webhook_format)
+        headers = {"Idempotency-Key": key}
+        self.ledger.record(alerts, SENDING, key)
         started = self.clock()
         attempt = 0
         while True:
             attempt += 1
-            result: DeliveryResult = await self.poster(self.url, body, self.cfg.timeout_s, headers)
+            result: DeliveryResult = await self.poster(self.url, body, self.cfg.timeout_s, headers, self.tls)
             if result.ok:
+                self.ledger.record(alerts, DELIVERED, key)
                 metrics.DELIVERIES.labels("delivered").inc()
                 metrics.RETRYING.set(0)
                 now_ns = time.time_ns()
@@ -151,6 +209,7 @@ class AlertsService:
                 metrics.DELIVERIES.labels("rejected").inc()
                 metrics.RETRYING.set(0)
                 await self._dead_letter(producer, records, "webhook_rejected", result.detail)
+                self.ledger.record(alerts, DEAD_LETTERED, key)
                 return
             delay = self.retry.delay(attempt, result.retry_after_s)
             if self.clock() - started + delay > self.retry.give_up_after_s:
@@ -159,6 +218,7 @@ class AlertsService:
                 await self._dead_letter(
                     producer, records, "webhook_unreachable", f"{result.detail} after {attempt} attempts"
                 )
+                self.ledger.record(alerts, DEAD_LETTERED, key)
                 return
             metrics.DELIVERIES.labels("retry").inc()
             metrics.RETRYING.set(1)

@@ -1,19 +1,32 @@
 """One HTTP POST of a JSON body to the webhook, classified for the retry loop.
 
 The standard library's client runs in a worker thread: alerts are few, and it keeps the service
-free of another HTTP dependency. The URL is a secret for Slack and Teams and is never logged.
+free of another HTTP dependency. The URL is a secret for Slack and Teams and is never logged. TLS
+is always verified (certificate and host name), against the system CAs or ``CA_FILE``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from shared.errors import ConfigError
+
 _RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A webhook answers; it does not redirect. A redirect is refused (an HTTP error), so the body
+    never goes anywhere but the configured URL."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -33,8 +46,22 @@ def _retry_after(headers: Any) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Certificate and host name verification always on; ``ca_file`` replaces the system CAs."""
+    if ca_file is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"LINEGUARD_ALERTS__CA_FILE: cannot use {ca_file}: {exc}") from None
+
+
 def post_json(
-    url: str, body: dict[str, Any], timeout_s: float, headers: dict[str, str] | None = None
+    url: str,
+    body: dict[str, Any],
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> DeliveryResult:
     data = json.dumps(body, ensure_ascii=False).encode("utf-8")
     request = urllib.request.Request(url, data=data, method="POST")
@@ -43,7 +70,10 @@ def post_json(
     for name, value in (headers or {}).items():
         request.add_header(name, value)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=context or ssl.create_default_context()), _NoRedirect()
+        )
+        with opener.open(request, timeout=timeout_s) as response:
             response.read(65536)
             return DeliveryResult(True, False, response.status, "delivered")
     except urllib.error.HTTPError as exc:
@@ -57,6 +87,10 @@ def post_json(
 
 
 async def post_json_async(
-    url: str, body: dict[str, Any], timeout_s: float, headers: dict[str, str] | None = None
+    url: str,
+    body: dict[str, Any],
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> DeliveryResult:
-    return await asyncio.to_thread(post_json, url, body, timeout_s, headers)
+    return await asyncio.to_thread(post_json, url, body, timeout_s, headers, context)

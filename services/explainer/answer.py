@@ -154,16 +154,23 @@ def response_format(structured: bool) -> dict[str, Any]:
     return {"type": "json_object"}
 
 
-def repair_messages(messages: list[Message], bad_answer: str, problem: str) -> list[Message]:
-    """The one repair round-trip: show the model its answer and what is wrong with it."""
+def repair_messages(language_note: str, bad_answer: str, problem: str) -> list[Message]:
+    """The one repair round-trip, in text only: the model's answer and what is wrong with it.
+    Fixing the form of an answer needs no pictures, so none is sent again (and the call is
+    charged like any other)."""
     return [
-        *messages,
+        {
+            "role": "system",
+            "content": "You correct a JSON answer so that it conforms to a JSON schema. "
+            + language_note
+            + " Reply with the corrected JSON object only.",
+        },
         {"role": "assistant", "content": bad_answer[:8000]},
         {
             "role": "user",
             "content": (
                 f"That answer cannot be used: {problem[:1000]}. Reply with only the corrected JSON object, "
-                "conforming to this schema, and nothing else:\n"
+                "conforming to this schema, keeping what you said where it fits, and nothing else:\n"
                 + json.dumps(ANSWER_SCHEMA, separators=(",", ":"))
             ),
         },

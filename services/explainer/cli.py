@@ -28,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_command)
 
 
+def quiet_http_loggers() -> None:
+    """At DEBUG the HTTP clients log whole request bodies (base64 images) and headers: never."""
+    for noisy in ("openai", "httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from services.explainer import metrics
     from shared.telemetry.logging import setup_logging
@@ -36,9 +42,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     setup_logging(SERVICE, settings.log_level)
-    # At DEBUG these clients log whole request bodies (base64 images) and headers: never.
-    for noisy in ("openai", "httpx", "httpx2", "httpcore", "httpcore2"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_http_loggers()
     setup_tracing(SERVICE, settings.otel_exporter)
     start_metrics_server(settings.metrics_port, metrics.REGISTRY)
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -149,31 +150,59 @@ class BreakerState(StrEnum):
     HALF_OPEN = "half_open"
 
 
+@dataclass(frozen=True)
+class Permit:
+    """Leave for one attempt. ``trial``: it is the half-open trial, whose outcome decides."""
+
+    trial: bool = False
+
+
 class CircuitBreaker:
+    """After ``failure_threshold`` consecutive failures, no calls for ``reset_after_s``; then one
+    trial. Every permit ends in ``record_success``, ``record_failure`` or ``abandon`` (the caller
+    guarantees it with ``finally``), and a trial that has not ended after ``trial_timeout_s``
+    counts as failed: the breaker never stays half-open with nobody trying."""
+
     def __init__(
-        self, failure_threshold: int, reset_after_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        failure_threshold: int,
+        reset_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        trial_timeout_s: float = math.inf,
     ) -> None:
         if failure_threshold < 1:
             raise ConfigError("failure_threshold must be at least 1")
         self.failure_threshold = failure_threshold
         self.reset_after_s = reset_after_s
+        self.trial_timeout_s = trial_timeout_s
         self.clock = clock
         self.state = BreakerState.CLOSED
         self.failures = 0
         self._opened_at = 0.0
         self._trial_in_flight = False
+        self._trial_started = 0.0
 
-    def allow(self) -> bool:
-        """May a call go out now? In half-open state only one trial at a time."""
-        if self.state is BreakerState.OPEN and self.clock() - self._opened_at >= self.reset_after_s:
+    def allow(self) -> Permit | None:
+        """A permit if a call may go out now, else None. In half-open state one trial at a time."""
+        now = self.clock()
+        if self.state is BreakerState.OPEN and now - self._opened_at >= self.reset_after_s:
             self.state = BreakerState.HALF_OPEN
             self._trial_in_flight = False
+        if (
+            self.state is BreakerState.HALF_OPEN
+            and self._trial_in_flight
+            and now - self._trial_started > self.trial_timeout_s
+        ):
+            self.record_failure()  # a trial that never ended: count it failed, wait again
+            return None
         if self.state is BreakerState.CLOSED:
-            return True
+            return Permit()
         if self.state is BreakerState.HALF_OPEN and not self._trial_in_flight:
             self._trial_in_flight = True
-            return True
-        return False
+            self._trial_started = now
+            return Permit(trial=True)
+        return None
 
     def retry_after(self) -> float:
         if self.state is BreakerState.OPEN:
@@ -191,6 +220,15 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN or self.failures >= self.failure_threshold:
             self.state = BreakerState.OPEN
             self._opened_at = self.clock()
+
+    def abandon(self, permit: Permit) -> None:
+        """The attempt ended with no verdict on the endpoint (cancelled): a trial's turn passes on."""
+        if permit.trial and self.state is BreakerState.HALF_OPEN:
+            self._trial_in_flight = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is not BreakerState.CLOSED
 
 
 class RateLimiter:

@@ -40,6 +40,9 @@ from shared.telemetry.tracing import extract_context, get_tracer, inject_headers
 
 log = logging.getLogger("lineguard.explainer")
 Publish = Callable[[Report, list[tuple[str, bytes]]], Awaitable[None]]
+# Is this report's message already on the topic? Asked only for a stored report without its
+# publication marker (a crash, or a failed send, between publishing and marking).
+OnTopic = Callable[[ReportDocument], Awaitable[bool]]
 tracer = get_tracer("lineguard.explainer")
 
 
@@ -70,6 +73,13 @@ def _clip(text: str, limit: int = TEXT_MAX) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def summary_with_quote(doc: ReportDocument) -> str:
+    """The report's own summary, then the VLM's assessment quoted as its words."""
+    if not doc.vlm_assessment:
+        return doc.summary
+    return f"{doc.summary} VLM ({doc.vlm_model}), quoted: \u201c{doc.vlm_assessment}\u201d"
+
+
 def report_message(doc: ReportDocument, report_path: str) -> Report:
     """The compact ``Report`` message for the topic (long texts clipped; the files have them whole)."""
     return Report(
@@ -87,7 +97,7 @@ def report_message(doc: ReportDocument, report_path: str) -> Report:
         grade=doc.grade,
         anomalous=doc.anomalous,
         confidence=doc.confidence,
-        summary=_clip(doc.summary),
+        summary=_clip(summary_with_quote(doc)),
         findings=[
             FindingMsg(
                 defect_type=_clip(f.defect_type, 256) or "anomaly",
@@ -101,6 +111,7 @@ def report_message(doc: ReportDocument, report_path: str) -> Report:
         ],
         recommended_actions=[_clip(a) for a in doc.recommended_actions[:32]],
         location_disagreement=doc.location_disagreement,
+        vlm_disagrees=doc.vlm_disagrees,
         report_path=report_path,
         prompt_tokens=doc.prompt_tokens,
         completion_tokens=doc.completion_tokens,
@@ -139,12 +150,18 @@ class Explainer:
         headers: Sequence[tuple[str, bytes]] | None = None,
         first_seen: float | None = None,
         publish: Publish | None = None,
+        fallback_reason: str = "",
+        on_topic: OnTopic | None = None,
     ) -> EventResult:
         """Report on ``event``, or say it is a duplicate, or that it must be held.
 
-        ``first_seen``: when the service first received it (for the maximum hold time).
+        ``first_seen``: when the service first received it; the event ends in a report no later
+        than ``max_hold_s`` after it. ``fallback_reason``: write the fallback report without
+        asking the VLM (the service's last resort for an event held past that limit).
         ``publish``: sends the ``Report`` message; called for a new report, and for a stored one
         whose message never went out (a crash in between), then recorded in the store.
+        ``on_topic``: for a stored report without its marker, whether its message did go out
+        before the crash; then it is only marked, so the topic gets it exactly once.
         Events for the same frame are handled one at a time, so a duplicate arriving while the
         original is in flight waits for it and then finds its report.
         """
@@ -154,7 +171,7 @@ class Explainer:
         entry[1] += 1
         try:
             async with entry[0]:
-                return await self._traced(event, headers, first_seen, publish)
+                return await self._traced(event, headers, first_seen, publish, fallback_reason, on_topic)
         finally:
             entry[1] -= 1
             if entry[1] == 0:
@@ -166,12 +183,15 @@ class Explainer:
         headers: Sequence[tuple[str, bytes]] | None,
         first_seen: float | None,
         publish: Publish | None,
+        fallback_reason: str,
+        on_topic: OnTopic | None,
     ) -> EventResult:
         with tracer.start_as_current_span(
             "explainer.report", context=extract_context(headers), kind=trace.SpanKind.CONSUMER
         ) as span:
             span.set_attribute("lineguard.frame_id", event.verdict.frame_id)
-            result = await self.explain(event, first_seen if first_seen is not None else self.clock())
+            seen = first_seen if first_seen is not None else self.clock()
+            result = await self.explain(event, seen, fallback_reason)
             span.set_attribute("lineguard.outcome", result.kind)
             result.headers = inject_headers([])
             document, json_path = result.document, result.json_path
@@ -184,12 +204,16 @@ class Explainer:
                 and json_path is not None
                 and not result.published
             ):
-                await publish(report_message(document, self.store.relative(json_path)), result.headers)
+                if result.kind == "duplicate" and on_topic is not None and await on_topic(document):
+                    metrics.REPUBLISH_AVOIDED.inc()
+                    log_event(log, "report_found_on_topic", frame_id=document.frame_id)
+                else:
+                    await publish(report_message(document, self.store.relative(json_path)), result.headers)
                 self.store.mark_published(document)
                 result.published = True
             return result
 
-    async def explain(self, event: DefectEvent, first_seen: float) -> EventResult:
+    async def explain(self, event: DefectEvent, first_seen: float, fallback_reason: str = "") -> EventResult:
         """The path of one event, step by step (publishing is ``handle``'s last step)."""
         v = event.verdict
         stored = self.store.lookup(v.frame_id, v.line_id, v.station_id, v.captured_at)
@@ -198,8 +222,10 @@ class Explainer:
         facts = read_facts(
             event, frame_max_side=self.settings.frame_max_side, crop_max_side=self.settings.crop_max_side
         )
-        egress = egress_for(self.settings, v.product_class)
-        answer = await self._ask(facts, egress, first_seen)
+        egress = egress_for(self.settings, v)
+        answer = (
+            _Answer(None, fallback_reason) if fallback_reason else await self._ask(facts, egress, first_seen)
+        )
         if isinstance(answer, EventResult):  # held: no report yet
             return answer
         document = self._report(facts, answer, egress)
@@ -216,7 +242,8 @@ class Explainer:
         """The prompt, then the VLM's answer. Without a call the answer is the fallback reason;
         an ``EventResult`` when the policy holds the event instead."""
         v = facts.verdict
-        may_hold = self.clock() - first_seen < self.settings.max_hold_s
+        left_s = first_seen + self.settings.max_hold_s - self.clock()  # until the report is due
+        may_hold = left_s > 0
         if self.vlm is None:
             return _Answer(None, "no_endpoint")
         if egress is EgressPolicy.NONE:
@@ -226,9 +253,11 @@ class Explainer:
         if not self.vlm.can_afford_a_call():
             metrics.BUDGET_REMAINING.set(self.vlm.budget.remaining())
             if self.settings.when_budget_spent is UnavailablePolicy.HOLD and may_hold:
-                retry = min(self.settings.hold_retry_s, self.vlm.budget.seconds_until_reset())
+                retry = min(self.settings.hold_retry_s, self.vlm.budget.seconds_until_reset(), left_s)
                 return self._held(v.frame_id, "budget_spent", retry)
             return _Answer(None, "budget_spent")
+        if not may_hold:  # held until the limit: the report is due now
+            return _Answer(None, "hold_limit")
         prompt = build_prompt(
             facts,
             facts.pictures,
@@ -237,11 +266,20 @@ class Explainer:
             language=self.settings.language,
             references=self.references.for_class(v.product_class) if egress is EgressPolicy.FULL else [],
         )
+        exchange = VlmExchange()
         try:
-            async with self._calls:
-                if self.stopping:  # shutting down: do not start a paid call now
-                    return self._held(v.frame_id, "shutdown", self.settings.hold_retry_s)
-                return _Answer(await self.vlm.explain(prompt))
+            # The whole exchange (retries, repair, follow-up) ends by the hold limit, whatever
+            # the endpoint does; a cancelled call settles its breaker permit on the way out.
+            async with asyncio.timeout(left_s):
+                async with self._calls:
+                    if self.stopping:  # shutting down: do not start a paid call now
+                        return self._held(v.frame_id, "shutdown", self.settings.hold_retry_s)
+                    return _Answer(await self.vlm.explain(prompt, exchange))
+        except TimeoutError:
+            log_event(log, "vlm_past_hold_limit", logging.WARNING, frame_id=v.frame_id)
+            if exchange.answer is not None:  # cut short in the follow-up: the first answer stands
+                return _Answer(exchange)
+            return _Answer(exchange, "hold_limit")
         except VlmFailure as failure:
             log_event(
                 log,
@@ -253,7 +291,7 @@ class Explainer:
             )
             if failure.later and self.settings.when_endpoint_down is UnavailablePolicy.HOLD and may_hold:
                 retry = max(self.settings.hold_retry_s, self.vlm.breaker.retry_after())
-                return self._held(v.frame_id, "endpoint_down", retry)
+                return self._held(v.frame_id, "endpoint_down", min(retry, left_s))
             return _Answer(failure.exchange, "endpoint_down" if failure.later else f"vlm_{failure.kind}")
 
     def _held(self, frame_id: str, reason: str, retry_after_s: float) -> EventResult:
@@ -274,6 +312,9 @@ class Explainer:
                 vlm_model=self.settings.model,
                 created_at=created,
                 egress=egress.value,
+                vocabulary=vocabulary_for(self.settings, facts.verdict.product_class),
+                class_actions=self.settings.class_actions.get(facts.verdict.product_class, []),
+                severity_bands=self.settings.severity_bands,
             )
         else:
             document = build_fallback_report(
@@ -284,6 +325,7 @@ class Explainer:
                 language=language,
                 created_at=created,
                 egress=egress.value,
+                class_actions=self.settings.class_actions.get(facts.verdict.product_class, []),
             )
         if exchange is not None:  # what was spent, even when it ended in a fallback
             document.prompt_tokens = exchange.usage.prompt_tokens
@@ -297,9 +339,19 @@ class Explainer:
     def _count(self, document: ReportDocument, json_path: Path) -> None:
         metrics.REPORTS.labels(document.source).inc()
         if document.source == "fallback":
-            metrics.FALLBACKS.labels(document.fallback_reason).inc()
+            metrics.FALLBACKS.labels(metrics.code_label(document.fallback_reason)).inc()
         if document.location_disagreement:
             metrics.LOCATION_DISAGREEMENTS.inc()
+        if document.vlm_disagrees:
+            metrics.VLM_DISAGREEMENTS.inc()
+            log_event(
+                log,
+                "vlm_disagrees",
+                logging.WARNING,
+                frame_id=document.frame_id,
+                decision=document.decision.value,
+                score=round(document.score, 4),
+            )
         metrics.REPORT_SECONDS.observe(max(0.0, (document.created_at - document.decided_at) / 1e9))
         log_event(
             log,
@@ -332,7 +384,11 @@ def build_explainer(settings: ExplainerSettings) -> Explainer:
             client,
             settings,
             budget=budget,
-            breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
+            breaker=CircuitBreaker(
+                settings.breaker_failures,
+                settings.breaker_reset_s,
+                trial_timeout_s=2 * settings.request_timeout_s + 5,  # a trial outlives no request
+            ),
             limiter=RateLimiter(settings.requests_per_minute, burst=settings.max_concurrency),
         )
     return Explainer(settings, store, vlm=vlm)

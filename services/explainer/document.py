@@ -2,6 +2,11 @@
 
 ``to_dict``/``from_dict`` are the JSON file's format (``REPORT_FORMAT_VERSION``); the store reads
 old files back with ``from_dict`` to answer re-delivered events, so the format only ever grows.
+
+Whose words are whose: ``summary``, ``evidence``, ``grade`` and ``recommended_actions`` are the
+explainer's own, from the scorer's decision and fixed texts; everything the VLM wrote is kept in
+the ``vlm_*`` fields and in the findings of a VLM report, and is only ever shown quoted as its words
+(format 2; format 1 files read back with the ``vlm_*`` fields empty).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Any
 from shared.engine.config import Decision
 from shared.messages.schemas import RegionMsg
 
-REPORT_FORMAT_VERSION = 1
+REPORT_FORMAT_VERSION = 2
 
 
 @dataclass
@@ -24,6 +29,7 @@ class Finding:
     possible_cause: str
     location_agrees: bool | None  # None: taken from the heatmap itself, nothing to cross-check
     observed_locations: list[str] = field(default_factory=list)
+    by_vlm: bool = False  # type, description and cause are the VLM's words
 
 
 @dataclass
@@ -63,6 +69,12 @@ class ReportDocument:
     vlm_calls: int = 0
     repaired: bool = False
     follow_up: bool = False
+    vlm_anomalous: bool | None = None  # the VLM's own verdict (None: no VLM answer)
+    vlm_disagrees: bool = False  # the VLM found no defect where the scorer decided reject/review
+    vlm_assessment: str = ""
+    vlm_observations: str = ""
+    vlm_root_cause: str = ""
+    vlm_suggestions: list[str] = field(default_factory=list)  # its recommended actions, never ours
     format_version: int = REPORT_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

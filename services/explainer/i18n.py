@@ -55,6 +55,14 @@ TEXTS: dict[str, dict[str, str]] = {
         "shape_large": "a large-area defect",
         "no_region": "The anomaly model reported no region above threshold.",
         "undetermined": "not determined",
+        "vlm_disagrees": "THE VLM DISAGREES with the anomaly model's decision ({decision}): it reports no "
+        "defect. The decision stands; have an inspector check the part.",
+        "vlm_words": "The VLM's words (quoted, not checked)",
+        "vlm_assessment": "Assessment",
+        "vlm_observations": "Observations",
+        "vlm_root_cause": "Root cause",
+        "vlm_suggestions": "Suggested actions",
+        "vlm_findings": "Findings as the VLM describes them",
     },
     "ko": {
         "title": "검사 보고서",
@@ -97,6 +105,14 @@ TEXTS: dict[str, dict[str, str]] = {
         "shape_large": "넓은 면적의 결함",
         "no_region": "이상 탐지 모델이 임계값을 넘는 영역을 보고하지 않았습니다.",
         "undetermined": "판단 불가",
+        "vlm_disagrees": "VLM이 이상 탐지 모델의 판정({decision})에 동의하지 않음: "
+        "결함이 없다고 보고했습니다. 판정은 유지되며, 검사자가 부품을 확인하십시오.",
+        "vlm_words": "VLM의 원문 (인용, 검증되지 않음)",
+        "vlm_assessment": "평가",
+        "vlm_observations": "관찰",
+        "vlm_root_cause": "근본 원인",
+        "vlm_suggestions": "제안된 조치",
+        "vlm_findings": "VLM이 설명한 발견 사항",
     },
     "ja": {
         "title": "検査レポート",
@@ -139,6 +155,14 @@ TEXTS: dict[str, dict[str, str]] = {
         "shape_large": "広範囲の欠陥",
         "no_region": "異常検知モデルはしきい値を超える領域を報告していません。",
         "undetermined": "判定不能",
+        "vlm_disagrees": "VLMは異常検知モデルの判定({decision})に同意していません: 欠陥なしと報告しています。"
+        "判定は維持されます。検査員が部品を確認してください。",
+        "vlm_words": "VLMの原文 (引用、未検証)",
+        "vlm_assessment": "評価",
+        "vlm_observations": "観察",
+        "vlm_root_cause": "根本原因",
+        "vlm_suggestions": "提案された対応",
+        "vlm_findings": "VLMによる発見事項の説明",
     },
 }
 
@@ -179,7 +203,7 @@ SEVERITY_WORDS: dict[str, dict[str, str]] = {
 GRADE_MEANINGS: dict[str, dict[str, str]] = {
     "en": {
         "A": "no defect confirmed",
-        "B": "flagged by the model, no defect confirmed",
+        "B": "flagged for review, not confirmed by the score",
         "C": "minor defect",
         "D": "moderate defect",
         "E": "severe defect",
@@ -187,7 +211,7 @@ GRADE_MEANINGS: dict[str, dict[str, str]] = {
     },
     "ko": {
         "A": "결함 없음",
-        "B": "모델이 표시했으나 결함 미확인",
+        "B": "검토 대상으로 표시됨, 점수로 확인되지 않음",
         "C": "경미한 결함",
         "D": "보통 결함",
         "E": "심각한 결함",
@@ -195,7 +219,7 @@ GRADE_MEANINGS: dict[str, dict[str, str]] = {
     },
     "ja": {
         "A": "欠陥なし",
-        "B": "モデルが検出したが欠陥は未確認",
+        "B": "確認対象として検出、スコアでは未確定",
         "C": "軽微な欠陥",
         "D": "中程度の欠陥",
         "E": "重大な欠陥",
@@ -203,7 +227,7 @@ GRADE_MEANINGS: dict[str, dict[str, str]] = {
     },
 }
 
-# Template actions by grade, always listed after the model's own (which may be empty).
+# Template actions by grade: the report's actions (the VLM's suggestions are quoted, never used).
 GRADE_ACTIONS: dict[str, dict[str, list[str]]] = {
     "en": {
         "A": ["Release the part; log the event as a likely false alarm for model review."],

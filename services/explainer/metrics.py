@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry()
@@ -53,12 +55,29 @@ DUPLICATES = Counter(
     "Re-delivered events answered from the store",
     registry=REGISTRY,
 )
+REPUBLISH_AVOIDED = Counter(
+    "lineguard_explainer_republish_avoided_total",
+    "Stored reports without a publication marker whose message was found on the topic (a crash "
+    "between publishing and marking): marked, not sent again",
+    registry=REGISTRY,
+)
+REFERENCE_CLASSES_EVICTED = Counter(
+    "lineguard_explainer_reference_classes_evicted_total",
+    "Classes whose reference pictures were dropped from memory because the cache reached its cap",
+    registry=REGISTRY,
+)
 REPAIRS = Counter(
     "lineguard_explainer_answer_repairs_total", "Repair round-trips for invalid answers", registry=REGISTRY
 )
 LOCATION_DISAGREEMENTS = Counter(
     "lineguard_explainer_location_disagreements_total",
     "Reports whose stated location contradicts the heatmap",
+    registry=REGISTRY,
+)
+VLM_DISAGREEMENTS = Counter(
+    "lineguard_explainer_vlm_disagreements_total",
+    "VLM reports whose model found no defect where the scorer decided reject or review (the "
+    "decision stands; the report says so)",
     registry=REGISTRY,
 )
 HELD_EVENTS = Gauge(
@@ -79,3 +98,12 @@ CONSUMER_LAG = Gauge(
     ["partition"],
     registry=REGISTRY,
 )
+
+
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+def code_label(value: str) -> str:
+    """A reason code as a label value: short snake_case codes pass, anything else (a value that
+    could have come off the wire) becomes "other", so the label set stays small and fixed."""
+    return value if _CODE.match(value) else "other"

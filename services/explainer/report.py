@@ -1,8 +1,11 @@
 """Step four of an event's path: the report (``document.ReportDocument``), written either from the
 VLM's answer or from local signals alone (fallback).
 
-Everything here is deterministic given its inputs: the quality grade and template actions come
-from fixed rules so that two reports with the same findings always get the same grade.
+Everything here is deterministic given its inputs. The VLM is untrusted input: the grade comes from
+the scorer's decision and score, the summary and the recommended actions from fixed texts and the
+class's fixed actions; what the VLM wrote (its assessment, observations, root cause, suggested
+actions, findings) is kept apart as its words. When it finds no defect where the scorer decided
+``reject`` or ``review``, that is a disagreement, shown as one; the decision stands.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from services.explainer.answer import VlmAnswer
 from services.explainer.document import Finding, ReportDocument
 from services.explainer.facts import EventFacts
 from services.explainer.geometry import LocationCheck, check_location, elongation
+from shared.engine.config import Decision
 from shared.messages.schemas import RegionMsg
 
-SEVERITY_ORDER = {"minor": 0, "moderate": 1, "severe": 2}
 LARGE_AREA = 0.05  # a region covering this share of the image counts as extensive
 
 # Words that hint at a defect's shape, to pick candidate types from a class's vocabulary.
@@ -37,18 +40,18 @@ def severity_from_score(score: float, bands: tuple[float, float]) -> str:
     return "minor"
 
 
-def quality_grade(anomalous: bool, severities: list[str], score: float, max_area: float) -> str:
-    """A-F: A no defect, B flagged but not confirmed, C minor, D moderate, E severe,
-    F severe and extensive (two severe findings, or a region over ``LARGE_AREA`` of the image)."""
-    if not anomalous or not severities:
-        return "A" if score < 0.5 else "B"
-    worst = max(severities, key=lambda s: SEVERITY_ORDER.get(s, 0))
-    if worst == "minor":
-        return "C"
-    if worst == "moderate":
-        return "D"
-    severe_count = sum(1 for s in severities if s == "severe")
-    return "F" if severe_count >= 2 or max_area >= LARGE_AREA else "E"
+def quality_grade(decision: Decision, score: float, max_area: float, bands: tuple[float, float]) -> str:
+    """A-F from the scorer alone: A pass · B flagged, not confirmed by the score (review, error, or
+    a reject by policy below the threshold) · C/D/E a reject whose score is in the minor, moderate
+    or severe band · F severe and extensive (a region over ``LARGE_AREA`` of the image)."""
+    if decision is Decision.PASS:
+        return "A"
+    if decision is not Decision.REJECT or score < 0.5:
+        return "B"
+    severity = severity_from_score(score, bands)
+    if severity == "severe":
+        return "F" if max_area >= LARGE_AREA else "E"
+    return "C" if severity == "minor" else "D"
 
 
 def shape_of(region: RegionMsg) -> str:
@@ -76,8 +79,54 @@ def _region_lines(facts: EventFacts, language: str) -> list[str]:
     ]
 
 
-def _grade_actions(language: str, grade: str) -> list[str]:
-    return list(i18n.GRADE_ACTIONS[language][grade])
+def _actions(language: str, grade: str, class_actions: list[str]) -> list[str]:
+    """The grade's template actions, then the class's fixed ones for a defect (C-F)."""
+    actions = list(i18n.GRADE_ACTIONS[language][grade])
+    if grade in "CDEF":
+        actions += [a for a in class_actions if a not in actions]
+    return actions
+
+
+def _summary(facts: EventFacts, language: str) -> str:
+    v = facts.verdict
+    if not v.regions:
+        return i18n.text(language, "no_region")
+    return i18n.text(
+        language,
+        "fallback_summary",
+        product=v.product_class,
+        decision=facts.decision,
+        score=f"{v.score:.2f}",
+        count=len(v.regions),
+        position=i18n.position_words(language, facts.positions[0]),
+    )
+
+
+def region_findings(facts: EventFacts, vocabulary: list[str], severity: str, language: str) -> list[Finding]:
+    """The scorer's regions as findings (up to five): position, size, shape, a candidate type
+    from the class vocabulary."""
+    findings: list[Finding] = []
+    for region, position in zip(facts.verdict.regions[:5], facts.positions, strict=False):
+        shape = shape_of(region)
+        candidates = candidate_types(shape, vocabulary)
+        findings.append(
+            Finding(
+                defect_type=candidates[0] if candidates else "anomaly",
+                location=position,
+                severity=severity,
+                description=i18n.text(
+                    language,
+                    "fallback_finding",
+                    position=i18n.position_words(language, position),
+                    share=f"{region.area_fraction:.1%}",
+                    shape=i18n.text(language, f"shape_{shape}"),
+                ),
+                possible_cause="",
+                location_agrees=None,
+                observed_locations=[position],
+            )
+        )
+    return findings
 
 
 def _common(facts: EventFacts, language: str, created_at: int, egress: str) -> dict[str, Any]:
@@ -112,16 +161,20 @@ def build_vlm_report(
     vlm_model: str,
     created_at: int,
     egress: str,
+    vocabulary: list[str],
+    class_actions: list[str],
+    severity_bands: tuple[float, float],
 ) -> ReportDocument:
-    """A report from the model's answer, its stated locations cross-checked with the heatmap
-    (``shares``: heat share per grid cell; None when the map could not be read)."""
+    """A report with the model's answer, its stated locations cross-checked with the heatmap
+    (``shares``: heat share per grid cell; None when the map could not be read). Grade, summary
+    and actions are the scorer's and the fixed texts'; the model's words are kept as its own."""
     region_cells = list(facts.positions)
+    score = facts.verdict.score
+    disagrees = not answer.anomalous and facts.decision in (Decision.REJECT, Decision.REVIEW)
     findings: list[Finding] = []
-    evidence = [answer.observations.strip()] if answer.observations.strip() else []
-    evidence += _region_lines(facts, language)
+    evidence = _region_lines(facts, language)
     mismatches: list[LocationCheck] = []
-    defects = answer.defects if answer.anomalous else []
-    for defect in defects:
+    for defect in answer.defects if answer.anomalous else []:
         check = check_location(defect.location, shares, region_cells) if shares is not None else None
         if check is not None and not check.agrees:
             mismatches.append(check)
@@ -134,8 +187,11 @@ def build_vlm_report(
                 possible_cause=defect.possible_cause,
                 location_agrees=None if check is None else check.agrees,
                 observed_locations=[] if check is None else list(check.observed),
+                by_vlm=True,
             )
         )
+    if not findings:  # the model named none: the scorer's regions are still the findings
+        findings = region_findings(facts, vocabulary, severity_from_score(score, severity_bands), language)
     for check in mismatches:
         evidence.append(
             i18n.text(
@@ -147,9 +203,10 @@ def build_vlm_report(
             )
         )
     max_area = max((r.area_fraction for r in facts.verdict.regions), default=0.0)
-    grade = quality_grade(answer.anomalous, [f.severity for f in findings], facts.verdict.score, max_area)
-    actions = [a.strip() for a in answer.recommended_actions if a.strip()]
-    actions += [a for a in _grade_actions(language, grade) if a not in actions]
+    grade = quality_grade(facts.decision, score, max_area, severity_bands)
+    summary = _summary(facts, language)
+    if disagrees:
+        summary = i18n.text(language, "vlm_disagrees", decision=facts.decision) + " " + summary
     return ReportDocument(
         **_common(facts, language, created_at, egress),
         source="vlm",
@@ -157,13 +214,19 @@ def build_vlm_report(
         vlm_model=vlm_model,
         anomalous=answer.anomalous,
         confidence=answer.confidence,
-        summary=answer.assessment.strip(),
+        summary=summary,
         findings=findings,
         evidence=evidence,
-        root_cause=answer.root_cause.strip(),
-        recommended_actions=actions,
+        root_cause="",
+        recommended_actions=_actions(language, grade, class_actions),
         grade=grade,
         location_disagreement=bool(mismatches),
+        vlm_anomalous=answer.anomalous,
+        vlm_disagrees=disagrees,
+        vlm_assessment=answer.assessment.strip(),
+        vlm_observations=answer.observations.strip(),
+        vlm_root_cause=answer.root_cause.strip(),
+        vlm_suggestions=[a.strip() for a in answer.recommended_actions if a.strip()],
     )
 
 
@@ -176,63 +239,30 @@ def build_fallback_report(
     language: str,
     created_at: int,
     egress: str,
+    class_actions: list[str] | None = None,
 ) -> ReportDocument:
     """A report from local signals only: region geometry, position words, severity from the score
     band, candidate types from the class vocabulary. Marked as not written by a VLM."""
     score = facts.verdict.score
-    severity = severity_from_score(score, severity_bands)
-    findings: list[Finding] = []
     regions = facts.verdict.regions
-    for region, position in zip(regions[:5], facts.positions, strict=False):
-        shape = shape_of(region)
-        candidates = candidate_types(shape, vocabulary)
-        findings.append(
-            Finding(
-                defect_type=candidates[0] if candidates else "anomaly",
-                location=position,
-                severity=severity,
-                description=i18n.text(
-                    language,
-                    "fallback_finding",
-                    position=i18n.position_words(language, position),
-                    share=f"{region.area_fraction:.1%}",
-                    shape=i18n.text(language, f"shape_{shape}"),
-                ),
-                possible_cause="",
-                location_agrees=None,
-                observed_locations=[position],
-            )
-        )
-    anomalous = bool(regions) and score >= 0.5
-    if regions:
-        summary = i18n.text(
-            language,
-            "fallback_summary",
-            product=facts.verdict.product_class,
-            decision=facts.decision,
-            score=f"{score:.2f}",
-            count=len(regions),
-            position=i18n.position_words(language, facts.positions[0]),
-        )
-    else:
-        summary = i18n.text(language, "no_region")
+    findings = region_findings(facts, vocabulary, severity_from_score(score, severity_bands), language)
     evidence = [i18n.text(language, "fallback_notice", reason=reason), *_region_lines(facts, language)]
     if vocabulary:
         evidence.append(i18n.text(language, "candidate_types", types=", ".join(vocabulary)))
     max_area = max((r.area_fraction for r in regions), default=0.0)
-    grade = quality_grade(anomalous, [f.severity for f in findings], score, max_area)
+    grade = quality_grade(facts.decision, score, max_area, severity_bands)
     return ReportDocument(
         **_common(facts, language, created_at, egress),
         source="fallback",
         fallback_reason=reason,
         vlm_model="",
-        anomalous=anomalous,
+        anomalous=bool(regions) and score >= 0.5,
         confidence=None,
-        summary=summary,
+        summary=_summary(facts, language),
         findings=findings,
         evidence=evidence,
         root_cause="",
-        recommended_actions=_grade_actions(language, grade),
+        recommended_actions=_actions(language, grade, class_actions or []),
         grade=grade,
         location_disagreement=False,
     )

@@ -26,9 +26,13 @@ if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord, TopicPartition
 
     from services.explainer.core import EventResult, Explainer
+    from services.explainer.document import ReportDocument
 
 log = logging.getLogger("lineguard.explainer.service")
 SERVICE = "explainer"
+# A report's message is timestamped when sent, after the report was written; the slack covers a
+# broker that stamps with its own clock (LogAppendTime) a little behind ours.
+_SCAN_SLACK_MS = 60_000
 
 
 @dataclass
@@ -36,6 +40,7 @@ class _Held:
     record: ConsumerRecord
     first_seen: float
     due: float
+    failed: bool  # held after an internal error, not by the hold policy
 
 
 async def run_explainer(
@@ -81,6 +86,7 @@ class _Service:
         self.held: list[_Held] = []
         self.next_offset: dict[Any, int] = {}  # per partition: the offset after the last one read
         self.done = 0
+        self._scan_lock = asyncio.Lock()
 
     async def loop(
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, stop: asyncio.Event, max_events: int
@@ -115,7 +121,7 @@ class _Service:
             for held in [h for h in self.held if h.due <= now]:
                 self.held.remove(held)
                 tp = _tp(held.record)
-                self._start(tp, held.record, held.first_seen, producer)
+                self._start(tp, held.record, held.first_seen, producer, held.failed)
             await self._collect(wait=0.05 if self.in_flight else 0)
             await self._commit(consumer)
             self._observe_lag(consumer)
@@ -129,8 +135,15 @@ class _Service:
         log_event(log, "explainer_stopped", done=self.done, held=len(self.held))
         return self.done
 
-    def _start(self, tp: Any, record: ConsumerRecord, first_seen: float, producer: AIOKafkaProducer) -> None:
-        task = asyncio.create_task(self._process(record, first_seen, producer))
+    def _start(
+        self,
+        tp: Any,
+        record: ConsumerRecord,
+        first_seen: float,
+        producer: AIOKafkaProducer,
+        failed: bool = False,
+    ) -> None:
+        task = asyncio.create_task(self._process(record, first_seen, producer, failed))
         self.in_flight[task] = (tp, record, first_seen)
 
     async def _collect(self, wait: float) -> None:
@@ -145,14 +158,16 @@ class _Service:
                 self.tracker.finished(tp, record.offset)
                 self.done += 1
             else:
-                self.held.append(_Held(record, first_seen, time.time() + result.retry_after_s))
+                failed = result.hold_reason == "internal_error"
+                self.held.append(_Held(record, first_seen, time.time() + result.retry_after_s, failed))
         metrics.HELD_EVENTS.set(len(self.held))
 
     async def _process(
-        self, record: ConsumerRecord, first_seen: float, producer: AIOKafkaProducer
+        self, record: ConsumerRecord, first_seen: float, producer: AIOKafkaProducer, failed_before: bool
     ) -> EventResult | None:
         """Report on one record. None: the record went to the DLQ. Failures of our own (disk,
-        Kafka) hold the event instead of dropping it."""
+        Kafka) hold the event instead of dropping it; one that failed so until its report is due
+        gets the fallback report (``failed_before``: its last try ended in such a failure)."""
         from services.explainer.core import EventResult
         from shared.messages.codec import MessageError, decode, encode
         from shared.messages.schemas import DefectEvent, Report
@@ -171,9 +186,17 @@ class _Service:
                 headers=headers,
             )
 
+        cfg = self.settings.explainer
+        overdue = time.time() - first_seen >= cfg.max_hold_s
         try:
             return await self.explainer.handle(
-                event, headers=record.headers, first_seen=first_seen, publish=publish
+                event,
+                headers=record.headers,
+                first_seen=first_seen,
+                publish=publish,
+                on_topic=lambda document: self._on_topic(document, producer),
+                # Failed until its report was due: the fallback, without the VLM (issue 9).
+                fallback_reason="internal_error" if overdue and failed_before else "",
             )
         except Exception as exc:  # never lose the event: hold it and try again later
             log_event(
@@ -183,9 +206,64 @@ class _Service:
                 frame_id=event.verdict.frame_id,
                 error=f"{type(exc).__name__}: {exc}"[:500],
             )
+            left = max(0.0, first_seen + cfg.max_hold_s - time.time())
             return EventResult(
-                "held", hold_reason="internal_error", retry_after_s=self.settings.explainer.hold_retry_s
+                "held", hold_reason="internal_error", retry_after_s=min(cfg.hold_retry_s, left)
             )
+
+    async def _on_topic(self, document: ReportDocument, producer: AIOKafkaProducer) -> bool:
+        """Is the ``Report`` of ``document`` on the ``reports`` topic (committed)? Scans every
+        partition from shortly before the report was written to the end: only asked after a crash
+        or a failed send, and reports are few. Raises if the topic cannot be read to its end in
+        time (the event is then held and asked again)."""
+        from aiokafka.errors import KafkaError
+        from aiokafka.structs import TopicPartition
+
+        from shared.kafka.client import make_consumer
+        from shared.messages.codec import MessageError, decode
+        from shared.messages.schemas import Report
+
+        topic = self.settings.topic("reports")
+        async with self._scan_lock:
+            partitions = await producer.partitions_for(topic)  # fetches the metadata if needed
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer = make_consumer(self.settings, group_id=None)
+            await consumer.start()
+            try:
+                consumer.assign(tps)
+                since_ms = document.created_at // 1_000_000 - _SCAN_SLACK_MS
+                deadline = time.monotonic() + self.settings.explainer.request_timeout_s
+                while True:  # leadership may be moving: retry what the client calls retriable
+                    try:
+                        starts = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+                        ends = await consumer.end_offsets(tps)
+                        break
+                    except KafkaError as exc:
+                        if not exc.retriable or time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.2)
+                for tp in tps:
+                    found = starts.get(tp)
+                    consumer.seek(tp, found.offset if found is not None else ends[tp])
+                while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"could not read {topic} to its end to look for a report")
+                    for records in (await consumer.getmany(timeout_ms=200)).values():
+                        for r in records:
+                            try:
+                                report = decode(r.value, Report)
+                            except MessageError:
+                                continue
+                            if (report.frame_id, report.line_id, report.station_id, report.captured_at) == (
+                                document.frame_id,
+                                document.line_id,
+                                document.station_id,
+                                document.captured_at,
+                            ):
+                                return True
+                return False
+            finally:
+                await consumer.stop()
 
     async def _dead_letter(
         self, producer: AIOKafkaProducer, record: ConsumerRecord, reason: str, detail: str
@@ -193,7 +271,7 @@ class _Service:
         from shared.messages.codec import encode
         from shared.messages.schemas import DeadLetter
 
-        metrics.BAD_EVENTS.labels(reason).inc()
+        metrics.BAD_EVENTS.labels(metrics.code_label(reason)).inc()
         letter = DeadLetter.for_record(record, reason=reason, detail=detail, service=SERVICE)
         await producer.send_and_wait(self.settings.topic("dlq"), encode(letter), key=record.key)
         log_event(

@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 
 BRIDGE_HELP = "drive the line's PLC (Modbus TCP / OPC UA) from the verdicts topic"
 BRIDGE_DESCRIPTION = (
-    "Reference PLC gateway: per station a reject output, counters, the last frame id and a heartbeat; "
-    "fail-safe reject (or line stop) when the scorer goes silent or a tracked part misses its deadline. "
+    "Reference PLC gateway: per station a reject output, counters, the last frame id and a heartbeat, "
+    "on the bridge's own clock; fail-safe reject (or line stop) when Kafka is away, no scorer works or "
+    "frames wait unscored, a verdict is late or undecodable, or a tracked part misses its deadline. "
     "Configured by LINEGUARD_PLC_BRIDGE__* variables (see docs/operations.md)."
 )
 SIM_HELP = "serve a simulated PLC (Modbus TCP and OPC UA) with the bridge's register map"

@@ -8,19 +8,20 @@ REGISTRY = CollectorRegistry()
 
 VERDICTS = Counter(
     "lineguard_plc_bridge_verdicts",
-    "Verdicts read, by outcome (applied, duplicate, unknown_station, after_fail_safe)",
+    "Verdicts read, by outcome (applied, duplicate, unknown_station, after_fail_safe, late)",
     ["outcome"],
     registry=REGISTRY,
 )
 BAD_MESSAGES = Counter(
     "lineguard_plc_bridge_bad_messages",
-    "Undecodable verdict records (sent to the DLQ), by reason",
+    "Undecodable verdict records (their station failed safe, the record sent to the DLQ), by reason",
     ["reason"],
     registry=REGISTRY,
 )
 FAIL_SAFES = Counter(
     "lineguard_plc_bridge_fail_safes",
-    "Fail-safe rejects asserted, by station and cause (part_deadline, scorer_silent)",
+    "Fail-safe rejects asserted, by station and cause (part_deadline, scorer_silent, frames_stalled, "
+    "kafka_unreachable, verdict_late, verdict_undecodable)",
     ["station", "cause"],
     registry=REGISTRY,
 )
@@ -38,7 +39,8 @@ PLC_CONNECTED = Gauge(
 )
 SCORER_OK = Gauge(
     "lineguard_plc_bridge_scorer_ok",
-    "1 while the scorer is alive (group members or recent verdicts)",
+    "1 while the bridge has proof of a working scorer (Kafka answers, the group has members or "
+    "verdicts come, no frames partition stalled)",
     registry=REGISTRY,
 )
 PENDING_PARTS = Gauge(
@@ -51,5 +53,29 @@ VERDICT_TO_PLC_SECONDS = Histogram(
     "lineguard_plc_bridge_verdict_to_plc_seconds",
     "Seconds from the scorer's decision to the PLC write that shows it",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+LINE_FAIL_SAFE = Gauge(
+    "lineguard_plc_bridge_line_fail_safe",
+    "1 while a line-wide fail-safe condition lasts, by cause "
+    "(scorer_silent, frames_stalled, kafka_unreachable)",
+    ["cause"],
+    registry=REGISTRY,
+)
+STALLED_PARTITIONS = Gauge(
+    "lineguard_plc_bridge_frames_stalled_partitions",
+    "Frames partitions with frames waiting and no scorer progress for longer than the scorer timeout",
+    registry=REGISTRY,
+)
+COMMITS = Counter(
+    "lineguard_plc_bridge_commits",
+    "Offset commits of verdicts the PLC shows, by outcome (ok, error)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+CAPPED = Counter(
+    "lineguard_plc_bridge_capped",
+    "Entries a memory bound dropped, by map (dedup, credits, tracked_parts, unknown_stations, decided_at)",
+    ["map"],
     registry=REGISTRY,
 )

@@ -7,6 +7,7 @@ then reads a reject output and counters that already belong to that result.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any, Protocol
@@ -42,26 +43,42 @@ def _status_bits(line: LineState) -> int:
 
 
 class ModbusPlc:
-    """The bridge as Modbus TCP client of the PLC (the PLC is the server)."""
+    """The bridge as Modbus TCP client of the PLC (the PLC is the server).
+
+    The pymodbus client is made on ``connect``, inside the running event loop (it takes the loop
+    when it is constructed), so a target can be built before the loop runs, as the command does.
+    Every request is bounded: pymodbus's own timeout, and ``_LIMIT`` times it around the call.
+    """
 
     name = "modbus"
+    _LIMIT = 3  # request timeouts one call may take in all (pymodbus retries once)
 
     def __init__(self, host: str, port: int, device_id: int = 1, timeout_s: float = 2.0) -> None:
+        self.host, self.port, self.device_id, self.timeout_s = host, port, device_id, timeout_s
+        self._client: Any = None
+
+    async def connect(self) -> None:
         from pymodbus.client import AsyncModbusTcpClient
 
         logging.getLogger("pymodbus").setLevel(logging.ERROR)  # it logs every reconnect attempt
-        self.host, self.port, self.device_id = host, port, device_id
-        self._client = AsyncModbusTcpClient(host, port=port, timeout=timeout_s, retries=1)
-
-    async def connect(self) -> None:
-        if not await self._client.connect():
+        if self._client is None:
+            self._client = AsyncModbusTcpClient(self.host, port=self.port, timeout=self.timeout_s, retries=1)
+        try:
+            connected = await asyncio.wait_for(self._client.connect(), self.timeout_s * self._LIMIT)
+        except (TimeoutError, OSError) as exc:
+            await self.close()
+            raise PlcError(f"modbus: cannot connect to {self.host}:{self.port}: {exc!r}") from exc
+        if not connected:
+            await self.close()
             raise PlcError(f"modbus: cannot connect to {self.host}:{self.port}")
 
     async def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     async def _ensure(self) -> None:
-        if not self._client.connected:
+        if self._client is None or not self._client.connected:
             await self.connect()
 
     @staticmethod
@@ -74,10 +91,12 @@ class ModbusPlc:
         from pymodbus.exceptions import ModbusException
 
         await self._ensure()
+        request = getattr(self._client, method)(*args, device_id=self.device_id, **kwargs)
         try:
-            response = await getattr(self._client, method)(*args, device_id=self.device_id, **kwargs)
-        except (ModbusException, OSError) as exc:
-            raise PlcError(f"modbus: {what} failed: {exc}") from exc
+            response = await asyncio.wait_for(request, self.timeout_s * self._LIMIT)
+        except (ModbusException, OSError, TimeoutError) as exc:
+            await self.close()  # a fresh connection for the next call, not a half-answered one
+            raise PlcError(f"modbus: {what} failed: {exc!r}") from exc
         return self._check(response, what)
 
     async def read_station(self, index: int, station_id: str) -> StationState:
@@ -126,6 +145,7 @@ class OpcUaPlc:
     """The bridge as OPC UA client of the PLC's server, writing string node ids in one namespace."""
 
     name = "opcua"
+    _LIMIT = 3  # request timeouts one call may take in all
 
     def __init__(self, url: str, namespace: str, timeout_s: float = 2.0) -> None:
         self.url, self.namespace, self.timeout_s = url, namespace, timeout_s
@@ -138,8 +158,8 @@ class OpcUaPlc:
         logging.getLogger("asyncua").setLevel(logging.WARNING)
         client = Client(self.url, timeout=self.timeout_s)
         try:
-            await client.connect()
-            self._ns = await client.get_namespace_index(self.namespace)
+            await asyncio.wait_for(client.connect(), self.timeout_s * self._LIMIT)
+            self._ns = await asyncio.wait_for(client.get_namespace_index(self.namespace), self.timeout_s)
         except Exception as exc:  # asyncua raises many types; all mean "PLC not usable"
             await self._disconnect(client)
             raise PlcError(f"opcua: cannot connect to {self.url}: {exc}") from exc
@@ -156,16 +176,15 @@ class OpcUaPlc:
             self._client = None
 
     def _node(self, name: str) -> Any:
-
         return self._client.get_node(f"ns={self._ns};s={name}")
 
     async def _run(self, what: str, coro_factory: Any) -> Any:
         if self._client is None:
             await self.connect()
         try:
-            return await coro_factory()
-        except Exception as exc:
-            await self.close()  # reconnect on the next call
+            return await asyncio.wait_for(coro_factory(), self.timeout_s * self._LIMIT)
+        except Exception as exc:  # asyncua raises many types (and TimeoutError): reconnect next call
+            await self.close()
             raise PlcError(f"opcua: {what} failed: {exc}") from exc
 
     async def _write(self, what: str, items: list[tuple[str, Any, str]]) -> None:

@@ -1,9 +1,20 @@
 """The PLC bridge's async shell: the ``verdicts`` topic -> the line's PLC (``lineguard plc-bridge``).
 
-A thin shell around ``BridgeCore``: read verdicts, read the PLC's part triggers, watch the
-scorer's consumer group, then write the whole changed state to every PLC target and only then
-commit the consumed offsets. A PLC that cannot be written holds the commit; the state is written
-again (absolute values) until it lands.
+A thin shell around ``BridgeCore``, in four tasks on one event loop, so that the PLC's outputs
+never wait for Kafka:
+
+- **outputs** (its own clock, every ``poll_interval_ms`` and whenever a verdict arrives): read
+  the PLC's part triggers, let the core expire deadlines and check the line, count the heartbeat,
+  and write what changed to every PLC target. It starts before Kafka is reached and runs while
+  Kafka is away, so the heartbeat keeps counting and the fail-safe is asserted on time.
+- **intake**: read verdicts and apply them to the core; an undecodable record fails its station
+  safe and goes to the DLQ.
+- **watch**: about once a second ask Kafka for the scorer group's members and committed offsets
+  and the ``frames`` end offsets (the core's proof that a scorer works; see ``core``).
+- **commit**: commit the offsets of verdicts the PLC already shows. A PLC that cannot be written
+  holds the commit; the state is written again (absolute values) until it lands.
+
+Every Kafka call the outputs depend on is bounded by a timeout; none is awaited by the outputs.
 """
 
 from __future__ import annotations
@@ -12,11 +23,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from services.plc_bridge import metrics
-from services.plc_bridge.core import VerdictOutcome, core_from_settings
+from services.plc_bridge.core import FailSafeCause, VerdictOutcome, core_from_settings
 from services.plc_bridge.plc import ModbusPlc, OpcUaPlc, PlcError, PlcTarget
 from shared.errors import ConfigError
 from shared.settings import Settings
@@ -24,6 +36,11 @@ from shared.telemetry.logging import log_event
 
 log = logging.getLogger("lineguard.plc_bridge")
 SERVICE = "plc-bridge"
+LINE_CAUSES = (FailSafeCause.SCORER_SILENT, FailSafeCause.FRAMES_STALLED, FailSafeCause.KAFKA_UNREACHABLE)
+MAX_UNKNOWN_STATIONS_LOGGED = 64  # distinct unknown station ids logged once each, then only counted
+MAX_DECIDED_AT = 10_000  # decision times awaiting their PLC write (histogram samples)
+KAFKA_START_TIMEOUT_S = 30.0
+SHUTDOWN_TIMEOUT_S = 3.0  # each step of a stop (last commit, Kafka clients, each PLC): inside compose's 10 s
 
 
 def targets_from_settings(settings: Settings) -> list[PlcTarget]:
@@ -36,12 +53,21 @@ def targets_from_settings(settings: Settings) -> list[PlcTarget]:
     return targets
 
 
+@dataclass
+class _Kafka:
+    consumer: Any  # verdicts, the bridge's group
+    producer: Any  # dead letters
+    admin: Any  # the scorer group's members and offsets, the frames partitions
+    watcher: Any  # a consumer without a group: the frames end offsets
+
+
 class PlcBridge:
     def __init__(
         self,
         settings: Settings,
         targets: list[PlcTarget] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.settings = settings
         self.cfg = settings.plc_bridge
@@ -49,48 +75,52 @@ class PlcBridge:
         if not self.targets:
             raise ConfigError("no PLC target configured")
         self.clock = clock
+        self.wall_clock_ns = wall_clock_ns
         self.core = core_from_settings(settings, clock())
         self.ready = asyncio.Event()
+        # One Kafka call's limit. A slow answer inside the scorer timeout still counts as proof; a
+        # call that hangs (a frozen broker) is given up so the next one can be asked.
+        self.call_timeout_s = max(0.5, min(5.0, self.cfg.scorer_timeout_s))
+        self._wake = asyncio.Event()  # a verdict arrived: write it now, not at the next tick
+        self._outputs_done = asyncio.Event()
+        self._commit_wanted = asyncio.Event()
+        self._handled: dict[Any, int] = {}  # per partition: the offset after the last verdict applied
+        self._committable: dict[Any, int] = {}  # ... after the last one the PLC shows
+        self._committed: dict[Any, int] = {}
         self._decided_at: list[int] = []  # decision times awaiting their PLC write (for the histogram)
         self._failing: set[str] = set()  # targets whose last write failed
+        self._unknown_stations: set[str] = set()  # logged once each (bounded)
+        self._kafka_failing = False
+        self._commit_failing = False
 
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        from shared.kafka.client import make_admin, make_consumer, make_producer
-
         await self._connect_and_seed(stop)
         if stop.is_set():
             return
-        consumer = make_consumer(
-            self.settings,
-            self.settings.topic("verdicts"),
-            group_id=self.cfg.group_id,
-            auto_offset_reset="latest",  # a fresh bridge acts on new verdicts, not last week's
-        )
-        producer = make_producer(self.settings)
-        admin = make_admin(self.settings)
-        await consumer.start()
-        await producer.start()
-        await admin.start()
+        self.core.watching_from(self.clock())
+        outputs = asyncio.create_task(self._output_loop(), name="plc-outputs")
+        kafka: _Kafka | None = None
         try:
-            await self._await_assignment(consumer, stop)
-            self.ready.set()
-            log_event(
-                log,
-                "plc bridge ready",
-                stations=len(self.core.stations),
-                targets=[t.name for t in self.targets],
-            )
-            await self._loop(consumer, producer, admin, stop)
+            kafka = await self._start_kafka(stop, outputs)
+            if kafka is not None:
+                await self._serve(kafka, stop, outputs)
         finally:
-            with contextlib.suppress(Exception):
-                await self._flush()  # last state (e.g. fail-safe) reaches the PLC if it can
-            await consumer.stop()
-            await producer.stop()
-            await admin.close()
-            for target in self.targets:
-                await target.close()
+            started = self.clock()
+            self._outputs_done.set()
+            self._wake.set()
+            try:
+                await outputs  # its last write (e.g. a fail-safe) reaches the PLC if it can
+            finally:
+                log_event(log, "plc outputs stopped", seconds=round(self.clock() - started, 3))
+                if kafka is not None:
+                    await self._commit(kafka.consumer, SHUTDOWN_TIMEOUT_S)  # what the PLC shows now
+                    await self._close_kafka(kafka)
+                for target in self.targets:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(target.close(), SHUTDOWN_TIMEOUT_S)
+                log_event(log, "plc bridge stopped", seconds=round(self.clock() - started, 3))
 
     async def _connect_and_seed(self, stop: asyncio.Event) -> None:
         """Connect every target (retrying), then continue from the first target's counters."""
@@ -111,71 +141,117 @@ class PlcBridge:
                     await asyncio.wait_for(stop.wait(), delay)
                 delay = min(delay * 2, 5.0)
 
-    @staticmethod
-    async def _await_assignment(consumer: Any, stop: asyncio.Event) -> None:
-        while not consumer.assignment() and not stop.is_set():
-            await consumer.getmany(timeout_ms=100)
-        for tp in consumer.assignment():
-            await consumer.position(tp)  # resolve "latest" now, so nothing produced after ready is missed
-        await consumer.commit()  # a durable starting point for a fresh group
+    async def _start_kafka(self, stop: asyncio.Event, outputs: asyncio.Task[None]) -> _Kafka | None:
+        """Start the Kafka clients, retrying while Kafka is away (the outputs run meanwhile)."""
+        from shared.kafka.client import make_admin, make_consumer, make_producer
 
-    # ---- the loop -------------------------------------------------------------------------
-
-    async def _loop(self, consumer: Any, producer: Any, admin: Any, stop: asyncio.Event) -> None:
-        liveness_every = min(1.0, self.cfg.scorer_timeout_s / 3)
-        next_beat = next_liveness = self.clock()
-        uncommitted = False
+        delay = 0.5
         while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=self.cfg.poll_interval_ms, max_records=500)
-            for tp, records in batch.items():
-                for record in records:
-                    await self._handle(record, tp, producer)
-                    uncommitted = True
+            kafka = _Kafka(
+                make_consumer(
+                    self.settings,
+                    self.settings.topic("verdicts"),
+                    group_id=self.cfg.group_id,
+                    auto_offset_reset="latest",  # a fresh bridge acts on new verdicts, not last week's
+                ),
+                make_producer(self.settings),
+                make_admin(self.settings, request_timeout_ms=int(self.call_timeout_s * 1000)),
+                make_consumer(self.settings, group_id=None),
+            )
+            try:
+                for start in (
+                    kafka.consumer.start,
+                    kafka.producer.start,
+                    kafka.admin.start,
+                    kafka.watcher.start,
+                ):
+                    await asyncio.wait_for(start(), KAFKA_START_TIMEOUT_S)
+                return kafka
+            except Exception as exc:  # aiokafka raises many types here; each means "not now"
+                log_event(
+                    log, "kafka not reachable, retrying", logging.WARNING, error=repr(exc), retry_s=delay
+                )
+                await self._close_kafka(kafka)
+            if outputs.done():
+                outputs.result()  # the outputs failed: that is the error to report
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+        return None
+
+    async def _serve(self, kafka: _Kafka, stop: asyncio.Event, outputs: asyncio.Task[None]) -> None:
+        """Run intake, watch and commit until ``stop``; a task that fails ends the bridge with its error."""
+        tasks = [
+            asyncio.create_task(self._intake(kafka, stop), name="plc-intake"),
+            asyncio.create_task(self._watch_loop(kafka), name="plc-watch"),
+            asyncio.create_task(self._commit_loop(kafka.consumer), name="plc-commit"),
+        ]
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([*tasks, outputs, stopped], return_when=asyncio.FIRST_COMPLETED)
+            for task in [*tasks, outputs]:
+                if task.done():
+                    task.result()  # raises what stopped it
+        finally:
+            stopped.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, stopped, return_exceptions=True)
+
+    async def _close_kafka(self, kafka: _Kafka) -> None:
+        """Stop every client; bounded, so that an unreachable Kafka cannot hold the shutdown."""
+
+        async def close(stop_client: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+            try:
+                await asyncio.wait_for(stop_client(), SHUTDOWN_TIMEOUT_S)
+            except Exception as exc:  # on the way out: note it, close the rest
+                log_event(log, "kafka client did not close cleanly", logging.WARNING, error=repr(exc))
+
+        clients = (kafka.consumer.stop, kafka.producer.stop, kafka.admin.close, kafka.watcher.stop)
+        await asyncio.gather(*(close(stop_client) for stop_client in clients))
+
+    # ---- outputs: the bridge's own clock --------------------------------------------------
+
+    async def _output_loop(self) -> None:
+        interval = self.cfg.poll_interval_ms / 1000
+        next_beat = self.clock()
+        while True:
+            self._wake.clear()
             now = self.clock()
             if self.cfg.part_deadline_ms > 0:
                 await self._read_triggers(now)
-            if now >= next_liveness:
-                next_liveness = now + liveness_every
-                await self._check_scorer_group(admin, now)
-            for station in self.core.tick(now):
-                cause = "scorer_silent" if not self.core.line.scorer_ok else "part_deadline"
-                metrics.FAIL_SAFES.labels(station, cause).inc()
-                log_event(log, "fail-safe reject asserted", logging.WARNING, station=station, cause=cause)
+            self.core.tick(now)
             if now >= next_beat:
                 next_beat = now + self.cfg.heartbeat_interval_s
                 self.core.beat()
-            metrics.SCORER_OK.set(1 if self.core.line.scorer_ok else 0)
-            for station in self.core.stations:
-                metrics.PENDING_PARTS.labels(station).set(self.core.pending_parts(station))
-            if await self._flush() and uncommitted:
-                await consumer.commit()  # only what the PLC now shows
-                uncommitted = False
+            self._report(now)
+            applied = dict(self._handled)  # every verdict applied so far is in what is written next
+            if await self._flush(last=self._outputs_done.is_set()):
+                shown = {tp: offset for tp, offset in applied.items() if self._committable.get(tp) != offset}
+                if shown:
+                    self._committable.update(shown)
+                    self._commit_wanted.set()
+            if self._outputs_done.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, min(interval, next_beat - self.clock())))
 
-    async def _handle(self, record: Any, tp: Any, producer: Any) -> None:
-        from shared.messages.codec import MessageError, decode, encode
-        from shared.messages.schemas import DeadLetter, Verdict
-
-        try:
-            verdict = decode(record.value, Verdict)
-        except MessageError as exc:
-            metrics.BAD_MESSAGES.labels(exc.reason).inc()
-            log_event(
-                log,
-                "undecodable verdict sent to dlq",
-                logging.WARNING,
-                reason=exc.reason,
-                partition=tp.partition,
-                offset=record.offset,
-            )
-            letter = DeadLetter.for_record(record, reason=exc.reason, detail=str(exc), service=SERVICE)
-            await producer.send_and_wait(self.settings.topic("dlq"), encode(letter), key=record.key)
-            return
-        outcome = self.core.apply_verdict(verdict, self.clock())
-        metrics.VERDICTS.labels(outcome.value).inc()
-        if outcome is VerdictOutcome.APPLIED or outcome is VerdictOutcome.AFTER_FAIL_SAFE:
-            self._decided_at.append(verdict.decided_at)
-        elif outcome is VerdictOutcome.UNKNOWN_STATION:
-            log_event(log, "verdict for an unconfigured station", logging.WARNING, station=verdict.station_id)
+    def _report(self, now: float) -> None:
+        """Fail-safes, bounds and line state as metrics and logs."""
+        by_cause: dict[FailSafeCause, list[str]] = {}
+        for station, cause in self.core.take_fail_safes():
+            metrics.FAIL_SAFES.labels(station, cause.value).inc()
+            by_cause.setdefault(cause, []).append(station)
+        for cause, stations in by_cause.items():
+            log_event(log, "fail-safe reject asserted", logging.WARNING, cause=cause.value, stations=stations)
+        for name, dropped in self.core.take_capped().items():
+            metrics.CAPPED.labels(name).inc(dropped)
+        metrics.SCORER_OK.set(1 if self.core.line.scorer_ok else 0)
+        for cause in LINE_CAUSES:
+            metrics.LINE_FAIL_SAFE.labels(cause.value).set(1 if self.core.line_cause is cause else 0)
+        metrics.STALLED_PARTITIONS.set(len(self.core.stalled_partitions(now)))
+        for station in self.core.stations:
+            metrics.PENDING_PARTS.labels(station).set(self.core.pending_parts(station))
 
     async def _read_triggers(self, now: float) -> None:
         primary = self.targets[0]
@@ -189,28 +265,19 @@ class PlcBridge:
                 return
             self.core.part_trigger(station, counter, now)
 
-    async def _check_scorer_group(self, admin: Any, now: float) -> None:
-        """The scorer is alive while its consumer group has members (Kafka's own heartbeats)."""
-        try:
-            responses = await asyncio.wait_for(
-                admin.describe_consumer_groups([self.settings.scorer.group_id]), timeout=5.0
-            )
-        except Exception as exc:  # broker hiccup: no proof either way; verdicts still count
-            log_event(log, "scorer group check failed", logging.WARNING, error=str(exc))
-            return
-        for response in responses:
-            for group in response.to_object()["groups"]:
-                if group["error_code"] == 0 and group["members"]:
-                    self.core.scorer_alive(now)
-                    return
+    async def _flush(self, *, last: bool = False) -> bool:
+        """Write what changed to every target; on any failure everything is written again later.
 
-    async def _flush(self) -> bool:
-        """Write what changed to every target; on any failure everything is written again later."""
+        ``last``: the write on the way out, skipped for targets already failing (a stop must not
+        wait for connection attempts to a PLC that is away)."""
         stations, line = self.core.take_dirty()
         if not stations and line is None:
             return True
         ok = True
         for target in self.targets:
+            if last and target.name in self._failing:
+                ok = False
+                continue
             try:
                 for station, state in stations.items():
                     await target.write_station(self.core.index[station], station, state)
@@ -236,3 +303,212 @@ class PlcBridge:
             metrics.VERDICT_TO_PLC_SECONDS.observe(max(now_ns - decided_at, 0) / 1e9)
         self._decided_at.clear()
         return True
+
+    # ---- intake ---------------------------------------------------------------------------
+
+    async def _intake(self, kafka: _Kafka, stop: asyncio.Event) -> None:
+        consumer = kafka.consumer
+        await self._await_assignment(consumer, stop)
+        self.ready.set()
+        log_event(
+            log, "plc bridge ready", stations=len(self.core.stations), targets=[t.name for t in self.targets]
+        )
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=self.cfg.poll_interval_ms, max_records=500)
+            for tp, records in batch.items():
+                for record in records:
+                    await self._handle(record, tp, kafka.producer)
+                    self._handled[tp] = record.offset + 1
+            if batch:
+                self._wake.set()
+
+    async def _await_assignment(self, consumer: Any, stop: asyncio.Event) -> None:
+        while not consumer.assignment() and not stop.is_set():
+            await consumer.getmany(timeout_ms=100)
+        # Resolve "latest" now and make it durable, so nothing produced after ready is missed, also
+        # by a bridge that stops before its first commit. Kafka may be away: retry, bounded.
+        while not stop.is_set():
+            try:
+                for tp in consumer.assignment():
+                    await asyncio.wait_for(consumer.position(tp), self.call_timeout_s)
+                await asyncio.wait_for(consumer.commit(), self.call_timeout_s)
+                return
+            except Exception as exc:  # any aiokafka error or timeout: not yet
+                log_event(log, "starting offsets not committed yet", logging.WARNING, error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def _handle(self, record: Any, tp: Any, producer: Any) -> None:
+        from shared.messages.codec import REASONS, MessageError, decode
+        from shared.messages.schemas import Verdict
+
+        try:
+            verdict = decode(record.value, Verdict)
+        except MessageError as exc:
+            key_station = _station_of(record.key, self.core.index)
+            failed = self.core.undecodable(key_station, self.clock())
+            self._wake.set()
+            reason = exc.reason if exc.reason in REASONS else "other"
+            metrics.BAD_MESSAGES.labels(reason).inc()
+            log_event(
+                log,
+                "undecodable verdict: fail-safe, and to the dlq",
+                logging.WARNING,
+                reason=reason,
+                partition=tp.partition,
+                offset=record.offset,
+                stations=failed,
+            )
+            await self._dead_letter(record, exc, producer)
+            return
+        outcome = self.core.apply_verdict(verdict, self.clock(), wall_ns=self.wall_clock_ns())
+        metrics.VERDICTS.labels(outcome.value).inc()
+        if outcome in (VerdictOutcome.APPLIED, VerdictOutcome.AFTER_FAIL_SAFE, VerdictOutcome.LATE):
+            if len(self._decided_at) < MAX_DECIDED_AT:
+                self._decided_at.append(verdict.decided_at)
+            else:  # the PLC has been away long: the latency histogram can do without these
+                metrics.CAPPED.labels("decided_at").inc()
+        elif outcome is VerdictOutcome.UNKNOWN_STATION:
+            if verdict.station_id in self._unknown_stations:
+                return
+            if len(self._unknown_stations) >= MAX_UNKNOWN_STATIONS_LOGGED:
+                metrics.CAPPED.labels("unknown_stations").inc()
+                return
+            self._unknown_stations.add(verdict.station_id)
+            log_event(log, "verdict for an unconfigured station", logging.WARNING, station=verdict.station_id)
+
+    async def _dead_letter(self, record: Any, error: Any, producer: Any) -> None:
+        """The record, whole, on the DLQ; Kafka errors that may pass are retried (intake waits)."""
+        from aiokafka.errors import KafkaError
+
+        from shared.messages.codec import encode
+        from shared.messages.schemas import DeadLetter
+
+        try:
+            letter = DeadLetter.for_record(record, reason=error.reason, detail=str(error), service=SERVICE)
+            value = encode(letter)
+        except Exception as exc:  # a record no dead letter can hold: its station is already failed safe
+            metrics.BAD_MESSAGES.labels("dead_letter_failed").inc()
+            log_event(
+                log,
+                "dead letter could not be built",
+                logging.ERROR,
+                partition=record.partition,
+                offset=record.offset,
+                error=repr(exc)[:500],
+            )
+            return
+        while True:
+            try:
+                delivery = await producer.send(self.settings.topic("dlq"), value, key=record.key)
+                await delivery
+                return
+            except KafkaError as exc:
+                retriable = bool(getattr(exc, "retriable", False))
+                log_event(
+                    log,
+                    "dead letter not delivered" + (", retrying" if retriable else ""),
+                    logging.WARNING if retriable else logging.ERROR,
+                    offset=record.offset,
+                    error=repr(exc),
+                )
+                if not retriable:
+                    metrics.BAD_MESSAGES.labels("dead_letter_failed").inc()
+                    return
+                await asyncio.sleep(1.0)
+
+    # ---- watch: proof of a working scorer --------------------------------------------------
+
+    async def _watch_loop(self, kafka: _Kafka) -> None:
+        every = min(1.0, self.cfg.scorer_timeout_s / 3)
+        while True:
+            await self._watch_once(kafka)
+            await asyncio.sleep(every)
+
+    async def _watch_once(self, kafka: _Kafka) -> None:
+        from aiokafka import TopicPartition
+
+        group = self.settings.scorer.group_id
+        frames = self.settings.topic("frames")
+        try:
+            responses = await self._bounded(kafka.admin.describe_consumer_groups([group]))
+            committed = await self._bounded(kafka.admin.list_consumer_group_offsets(group))
+            (described,) = await self._bounded(kafka.admin.describe_topics([frames]))
+            tps = [TopicPartition(frames, p["partition"]) for p in described["partitions"]]
+            ends = await self._bounded(kafka.watcher.end_offsets(tps)) if tps else {}
+            never = [tp for tp in tps if tp not in committed or committed[tp].offset < 0]
+            # A group without an offset starts at the first frame (auto_offset_reset=earliest).
+            firsts = await self._bounded(kafka.watcher.beginning_offsets(never)) if never else {}
+        except Exception as exc:  # no answer is no proof either way; the core's clock decides
+            if not self._kafka_failing:
+                self._kafka_failing = True
+                log_event(log, "kafka not answering", logging.WARNING, error=repr(exc))
+            return
+        if self._kafka_failing:
+            self._kafka_failing = False
+            log_event(log, "kafka answering again")
+        now = self.clock()
+        members = any(
+            group_info["error_code"] == 0 and group_info["members"]
+            for response in responses
+            for group_info in response.to_object()["groups"]
+        )
+        if members:
+            self.core.scorer_alive(now)
+        else:
+            self.core.kafka_ok(now)
+        offsets = {
+            tp.partition: (int(firsts[tp] if tp in firsts else committed[tp].offset), int(ends[tp]))
+            for tp in tps
+        }
+        self.core.frames_progress(offsets, now)
+        self._wake.set()
+
+    async def _bounded(self, call: Coroutine[Any, Any, Any]) -> Any:
+        return await asyncio.wait_for(call, self.call_timeout_s)
+
+    # ---- commit ---------------------------------------------------------------------------
+
+    async def _commit_loop(self, consumer: Any) -> None:
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            if not await self._commit(consumer):
+                await asyncio.sleep(1.0)
+                self._commit_wanted.set()
+
+    async def _commit(self, consumer: Any, timeout_s: float | None = None) -> bool:
+        """Commit what the PLC shows (bounded); False to try again later."""
+        assignment = consumer.assignment()
+        offsets = {
+            tp: offset
+            for tp, offset in self._committable.items()
+            if tp in assignment and self._committed.get(tp) != offset
+        }
+        if not offsets:
+            return True
+        try:
+            await asyncio.wait_for(consumer.commit(offsets), timeout_s or self.call_timeout_s)
+        except Exception as exc:  # Kafka away, a rebalance, a timeout: the offsets are committed later
+            metrics.COMMITS.labels("error").inc()
+            if not self._commit_failing:
+                self._commit_failing = True
+                log_event(log, "offset commit failed, retrying", logging.WARNING, error=repr(exc))
+            return False
+        metrics.COMMITS.labels("ok").inc()
+        if self._commit_failing:
+            self._commit_failing = False
+            log_event(log, "offset commits recovered")
+        self._committed.update(offsets)
+        return True
+
+
+def _station_of(key: bytes | None, stations: dict[str, int]) -> str | None:
+    """The configured station a verdicts record's key names (the key is the station id), or None."""
+    if not key or len(key) > 64:
+        return None
+    try:
+        station = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return station if station in stations else None

@@ -6,9 +6,11 @@ The table follows what each service's code does with Kafka (read ``services/<nam
 - ``scorer``: reads ``frames`` in its group and ``models`` (no group); writes ``verdicts``,
   ``defects``, ``dlq`` and ``alerts`` in transactions whose ids start with its transactional-id
   prefix, committing the ``frames`` offsets in the same transactions.
-- ``explainer``: reads ``defects`` in its group, writes ``reports`` and dead letters to ``dlq``.
+- ``explainer``: reads ``defects`` in its group, writes ``reports`` and dead letters to ``dlq``; after
+  a crash it reads ``reports`` back (no group) to find what it already published.
 - ``plc-bridge``: reads ``verdicts`` in its group, dead-letters undecodable ones to ``dlq``, and
-  describes the scorer's group (its members' heartbeats are the scorer's liveness).
+  watches the scorer: its group's members and committed offsets (DESCRIBE on the group) against
+  the ``frames`` partitions' offsets (DESCRIBE on ``frames``: offsets only, never a frame).
 - ``alerts``: reads ``alerts`` in its group, dead-letters what it cannot deliver to ``dlq``.
 - ``operator``: announces models (writes ``models``; ``lineguard announce``).
 - ``console`` (the future operator console): reads ``verdicts``, ``defects``, ``reports``,
@@ -145,7 +147,7 @@ def principals(settings: Settings) -> tuple[Principal, ...]:
             "explainer",
             "turns defect events into reports",
             (
-                *_topics(settings, read, "defects"),
+                *_topics(settings, read, "defects", "reports"),
                 *_topics(settings, write, "reports", "dlq"),
                 _group(settings.explainer.group_id),
             ),
@@ -156,6 +158,7 @@ def principals(settings: Settings) -> tuple[Principal, ...]:
             (
                 *_topics(settings, read, "verdicts"),
                 *_topics(settings, write, "dlq"),
+                *_topics(settings, Operation.DESCRIBE, "frames"),
                 _group(settings.plc_bridge.group_id),
                 _group(settings.scorer.group_id, Operation.DESCRIBE),
             ),

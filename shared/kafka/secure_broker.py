@@ -313,6 +313,17 @@ class SecureLocalBroker:
     def status(self) -> BrokerStatus:
         return self.broker.status()
 
+    def authorize(self, settings: Settings, frames_partitions: int = 2) -> None:
+        """Open the broker to another topic prefix and its group ids: the table's ACLs for
+        ``settings`` (as the broker), then its topics (as ``admin``). For tests and trials that keep
+        apart by prefix on one broker."""
+        from shared.kafka.client import ensure_topics
+
+        identity = broker_identity(self.settings, self.layout, self.broker.internal_bootstrap)
+        _run(lambda: provision(identity, principals(settings)))
+        admin = self.client_settings("admin", topic_prefix=settings.topic_prefix)
+        _run(lambda: ensure_topics(admin, frames_partitions=frames_partitions))
+
     def client_settings(self, name: str, **changes: object) -> Settings:
         """Settings for an in-process client acting as principal ``name``."""
         update = {

@@ -304,11 +304,14 @@ class FindingMsg:
 class Report:
     """The explainer's defect report for one DefectEvent (``reports`` topic; key: ``station_id``).
 
-    The full report (evidence, images, HTML) is in the report store at ``report_path``.
+    The full report (evidence, images, HTML) is in the report store at ``report_path``. Grade,
+    summary and recommended actions come from the scorer's decision and fixed texts; the VLM's words
+    are in the findings of a ``vlm`` report and quoted in the summary. Version 2 adds
+    ``vlm_disagrees``.
     """
 
     SCHEMA: ClassVar[str] = "lineguard.Report"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     frame_id: str = field(metadata=_ID)
     line_id: str = field(metadata=_ID)
@@ -328,6 +331,8 @@ class Report:
     findings: list[FindingMsg] = field(metadata=limits(max_items=MAX_FINDINGS))
     recommended_actions: list[str] = field(metadata=limits(max_items=MAX_ACTIONS, max_len=TEXT_MAX))
     location_disagreement: bool = field(metadata=limits())
+    # The VLM found no defect where the scorer decided reject/review; the decision stands.
+    vlm_disagrees: bool = field(metadata=limits())
     report_path: str = field(metadata=limits(min_len=1, max_len=TEXT_MAX))  # relative to the store root
     prompt_tokens: int = field(metadata=limits(minimum=0, maximum=1 << 40))
     completion_tokens: int = field(metadata=limits(minimum=0, maximum=1 << 40))

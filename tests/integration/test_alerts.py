@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +35,7 @@ def alert(n: int, station: str, *, kind: str = "consecutive_rejects", dt_s: floa
 def alerts_settings(base: Settings, **fields: Any) -> Settings:
     fields.setdefault("retry_initial_s", 0.05)
     fields.setdefault("retry_max_s", 0.2)
+    fields.setdefault("state_dir", Path(tempfile.mkdtemp(prefix="alerts-ledger-")))  # one per test
     return base.model_copy(
         update={"alerts": AlertsSettings(group_id=f"alerts-{uuid.uuid4().hex[:8]}", **fields)}
     )

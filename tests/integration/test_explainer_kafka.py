@@ -109,7 +109,7 @@ async def test_defect_events_become_reports_on_the_topic_and_on_disk(
     reports = [decode(r.value, Report) for r in records]
     by_frame = {r.frame_id: r for r in reports}
     assert set(by_frame) == {e.verdict.frame_id for e in events}
-    assert all(r.source == "vlm" and r.grade == "D" for r in reports)
+    assert all(r.source == "vlm" and r.grade == "E" for r in reports)  # reject at 0.8: severe band
     assert len(vlm_server.chat_requests()) == len(events)  # the re-delivered event cost nothing
     assert done == len(events) + 2  # four reports, one duplicate, one dead letter
     for record in records:

@@ -7,6 +7,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from tests.integration.conftest import read_dead_letters
 pytestmark = pytest.mark.integration
 
 
-def verdict(frame_id: str, station: str, decision: str) -> Verdict:
+def verdict(frame_id: str, station: str, decision: str, *, age_s: float = 0.005) -> Verdict:
     now = time.time_ns()
     return Verdict(
         frame_id=frame_id,
@@ -39,7 +40,7 @@ def verdict(frame_id: str, station: str, decision: str) -> Verdict:
         threshold=1.0,
         regions=[],
         model_version="m1",
-        captured_at=now - 5_000_000,
+        captured_at=now - int(age_s * 1e9),
         decided_at=now,
         latency_ms=5.0,
         late=False,
@@ -129,22 +130,24 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
                 verdict("f2", "st-a", "reject"),
                 verdict("f2", "st-a", "reject"),  # duplicate: applied once
                 verdict("g1", "st-b", "pass"),
-                b"\x00not msgpack",  # a bad record: to the DLQ, bridge keeps going
+                b"\x00not msgpack",  # a bad record keyed st-a: st-a fails safe, record to the DLQ
                 verdict("f3", "st-a", "reject"),
             )
 
             async def modbus_done() -> bool:
-                a = await modbus.station(0)
-                return a["last_frame_id"] == "f3" and (await modbus.station(1))["last_frame_id"] == "g1"
+                return await _frame_is(modbus, 0, "f3") and await _frame_is(modbus, 1, "g1")
 
             await eventually(modbus_done)
             a, b = await modbus.station(0), await modbus.station(1)
-            assert (a["pass_count"], a["reject_count"], a["reject"], a["sequence"]) == (1, 2, True, 3)
-            assert a["last_decision"] == reg.DECISION_CODES["reject"]
+            # f1, f2, the bad record's fail-safe, f3: four results at st-a
+            assert (a["pass_count"], a["reject_count"], a["reject"], a["sequence"]) == (1, 2, True, 4)
+            assert a["last_decision"] == reg.DECISION_CODES["reject"] and a["fail_safe_count"] == 1
             assert (b["pass_count"], b["reject_count"], b["reject"], b["sequence"]) == (1, 0, False, 1)
 
-            async def opcua_done() -> bool:
-                return (await opcua.station("st-a"))["last_frame_id"] == "f3"
+            async def opcua_done() -> bool:  # shown, and written whole (read the same twice)
+                first = await opcua.station("st-a")
+                await asyncio.sleep(0.1)
+                return first["last_frame_id"] == "f3" and await opcua.station("st-a") == first
 
             await eventually(opcua_done)
             ua_a = await opcua.station("st-a")
@@ -152,8 +155,9 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
                 1,
                 2,
                 True,
-                3,
+                4,
             )
+            assert ua_a["fail_safe_count"] == 1
             assert (await opcua.station("st-b"))["pass_count"] == 1
 
             first = (await modbus.line())["heartbeat"]
@@ -168,7 +172,7 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
             await publish(settings, verdict("f3", "st-a", "reject"), verdict("f4", "st-a", "pass"))
             await eventually(lambda: _frame_is(modbus, 0, "f4"))
             a = await modbus.station(0)
-            assert (a["pass_count"], a["reject_count"], a["reject"], a["sequence"]) == (2, 2, False, 4)
+            assert (a["pass_count"], a["reject_count"], a["reject"], a["sequence"]) == (2, 2, False, 5)
     finally:
         await modbus.stop()
         await opcua.stop()
@@ -186,7 +190,13 @@ async def _heartbeat_moved(modbus: ModbusPlcSimulator, first: int) -> bool:
 
 
 async def _frame_is(modbus: ModbusPlcSimulator, index: int, frame_id: str) -> bool:
-    return (await modbus.station(index))["last_frame_id"] == frame_id
+    """The station shows ``frame_id`` and its result is written whole: the bridge writes a result
+    in several requests (the sequence last), so the station must read the same twice in a row."""
+    first = await modbus.station(index)
+    if first["last_frame_id"] != frame_id:
+        return False
+    await asyncio.sleep(0.1)
+    return await modbus.station(index) == first
 
 
 async def test_scorer_silence_stops_the_line_until_the_scorer_is_back(kafka_settings: Settings) -> None:
@@ -333,5 +343,251 @@ async def _has_records(settings: Settings, partition: int) -> bool:
     try:
         tp = TopicPartition(settings.topic("verdicts"), partition)
         return bool((await consumer.end_offsets([tp]))[tp])
+    finally:
+        await consumer.stop()
+
+
+# ---- issue 9: fail-safe on the bridge's own clock; late, undecodable, per-station duplicates ----
+
+
+async def test_late_and_undecodable_verdicts_fail_their_station_safe_and_duplicates_are_per_station(
+    kafka_settings: Settings,
+) -> None:
+    modbus = ModbusPlcSimulator(port=free_port())
+    await modbus.start()
+    settings = bridge_settings(
+        kafka_settings, ["st-a", "st-b"], modbus.port, scorer_timeout_s=60, verdict_deadline_ms=2000
+    )
+    try:
+        async with running(settings):
+            # One frame id at two stations is two parts: both applied.
+            await publish(settings, verdict("f1", "st-a", "pass"), verdict("f1", "st-b", "reject"))
+            await eventually(lambda: _frame_is(modbus, 1, "f1"))
+            await eventually(lambda: _frame_is(modbus, 0, "f1"))
+            a, b = await modbus.station(0), await modbus.station(1)
+            assert (a["pass_count"], a["reject"], b["reject_count"], b["reject"]) == (1, False, 1, True)
+
+            # A pass that arrives 10 s after its capture is too late to act on: st-a fails safe.
+            await publish(settings, verdict("stale", "st-a", "pass", age_s=10.0))
+            await eventually(lambda: _frame_is(modbus, 0, "stale"))
+            a = await modbus.station(0)
+            assert a["reject"] and a["fail_safe_count"] == 1 and a["pass_count"] == 2
+            assert a["last_decision"] == reg.DECISION_CODES["fail_safe"]
+
+            # A fresh pass releases it; then an undecodable record keyed st-a fails only st-a safe.
+            await publish(settings, verdict("f2", "st-a", "pass"), verdict("g2", "st-b", "pass"))
+            await eventually(lambda: _frame_is(modbus, 1, "g2"))
+            await eventually(lambda: _frame_is(modbus, 0, "f2"))
+            assert not (await modbus.station(0))["reject"]
+            await publish(settings, b"\x93garbage", key=b"st-a")
+
+            async def st_a_failed_safe_again() -> bool:
+                return (await modbus.station(0))["fail_safe_count"] == 2
+
+            await eventually(st_a_failed_safe_again)
+            a, b = await modbus.station(0), await modbus.station(1)
+            assert a["reject"] and a["last_decision"] == reg.DECISION_CODES["fail_safe"]
+            assert not b["reject"] and b["fail_safe_count"] == 0
+    finally:
+        await modbus.stop()
+    letters = await read_dead_letters(settings, 1)
+    assert [letter.original_value for letter in letters] == [b"\x93garbage"]
+
+
+async def test_a_stuck_scorer_with_frames_waiting_fails_the_line_safe_until_it_moves(
+    kafka_settings: Settings,
+) -> None:
+    """The scorer's group has a member, but it commits nothing while frames wait: not alive."""
+    from aiokafka import TopicPartition
+
+    modbus = ModbusPlcSimulator(port=free_port())
+    await modbus.start()
+    settings = bridge_settings(kafka_settings, ["st-a"], modbus.port, scorer_timeout_s=2.0)
+    stuck = make_consumer(settings, settings.topic("frames"), group_id=settings.scorer.group_id)
+    await stuck.start()
+    polling = asyncio.create_task(_keep_polling(stuck))  # a member that never commits
+    try:
+        async with running(settings):
+            await eventually(lambda: _true(bool(stuck.assignment())))
+            await publish_raw(settings, settings.topic("frames"), [b"frame-1", b"frame-2"], key=b"cam-1")
+            await asyncio.sleep(1.0)
+            assert (await modbus.line())["scorer_ok"]  # waiting less than the timeout is fine
+
+            async def failed_safe() -> bool:
+                return not (await modbus.line())["scorer_ok"]
+
+            await eventually(failed_safe, timeout=10)
+            st = await modbus.station(0)
+            assert st["reject"] and st["fail_safe_count"] == 1
+            assert (await modbus.line())["status"] & reg.STATUS_FAIL_SAFE
+            # A verdict while frames are stuck is counted, but cannot release the reject.
+            await publish(settings, verdict("while-stuck", "st-a", "pass"))
+            await eventually(lambda: _frame_is(modbus, 0, "while-stuck"))
+            assert (await modbus.station(0))["reject"]
+
+            # The scorer gets going: its committed offset moves past the waiting frames.
+            polling.cancel()
+            ends = await stuck.end_offsets(list(stuck.assignment()))
+            await stuck.commit({tp: offset for tp, offset in ends.items() if isinstance(tp, TopicPartition)})
+            polling = asyncio.create_task(_keep_polling(stuck))
+
+            async def recovered() -> bool:
+                return bool((await modbus.line())["scorer_ok"])
+
+            await eventually(recovered, timeout=10)
+            await publish(settings, verdict("after", "st-a", "pass"))
+            await eventually(lambda: _frame_is(modbus, 0, "after"))
+            st = await modbus.station(0)
+            assert not st["reject"] and st["fail_safe_count"] == 1
+    finally:
+        polling.cancel()
+        with contextlib.suppress(BaseException):
+            await polling
+        await stuck.stop()
+        await modbus.stop()
+
+
+async def _keep_polling(consumer: Any) -> None:
+    while True:
+        await consumer.getmany(timeout_ms=200)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def publish_raw(settings: Settings, topic: str, values: list[bytes], *, key: bytes) -> None:
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def test_kafka_unreachable_from_the_start_keeps_the_heartbeat_and_fails_safe(
+    kafka_settings: Settings,
+) -> None:
+    modbus = ModbusPlcSimulator(port=free_port())
+    await modbus.start()
+    nowhere = kafka_settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    settings = bridge_settings(nowhere, ["st-a"], modbus.port, scorer_timeout_s=1.5, heartbeat_interval_s=0.2)
+    bridge = PlcBridge(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop))
+    try:
+        beats = await _heartbeats(modbus, seconds=3.0)
+        assert len(beats) >= 5, f"heartbeat not kept while Kafka is away: {beats}"
+
+        async def failed_safe() -> bool:
+            return bool((await modbus.station(0))["fail_safe_count"] == 1)
+
+        await eventually(failed_safe, timeout=5)
+        line = await modbus.line()
+        assert not line["scorer_ok"] and line["status"] & reg.STATUS_FAIL_SAFE
+        assert not task.done(), "the bridge must keep running (and retrying Kafka)"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await modbus.stop()
+
+
+async def _heartbeats(modbus: ModbusPlcSimulator, seconds: float) -> list[int]:
+    """The distinct heartbeat values the PLC shows over ``seconds``, read every 50 ms."""
+    seen: list[int] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        beat = (await modbus.line())["heartbeat"]
+        if not seen or seen[-1] != beat:
+            seen.append(beat)
+        await asyncio.sleep(0.05)
+    return seen
+
+
+async def test_kafka_frozen_mid_stream_never_freezes_the_outputs(tmp_path: Any) -> None:
+    """The broker is stopped (SIGSTOP: connections hang, nothing answers) with a commit pending."""
+    import os
+    import signal
+
+    from shared.kafka.broker import LocalBroker
+    from shared.kafka.client import ensure_topics
+    from shared.settings import BrokerSettings
+
+    libs = Path(os.environ.get("LINEGUARD_BROKER__LIBS_DIR", BrokerSettings().libs_dir))
+    broker = LocalBroker.on_free_ports(tmp_path / "kafka", libs, heap="256m")
+    broker.start()
+    pid = broker.status().pid
+    assert pid is not None
+    port = free_port()
+    modbus = ModbusPlcSimulator(port=port)
+    await modbus.start()
+    base = Settings(kafka_bootstrap=broker.bootstrap, topic_prefix=f"frozen-{uuid.uuid4().hex[:6]}")
+    await ensure_topics(base, frames_partitions=1)
+    settings = bridge_settings(
+        base, ["st-a"], port, scorer_timeout_s=3.0, heartbeat_interval_s=0.2, io_timeout_s=0.5
+    )
+    scorer = make_consumer(settings, settings.topic("frames"), group_id=settings.scorer.group_id)
+    await scorer.start()
+    polling = asyncio.create_task(_keep_polling(scorer))
+    stopped = False
+    try:
+        async with running(settings) as bridge:
+            await eventually(lambda: _true(bool(scorer.assignment())))
+            await publish(settings, verdict("v1", "st-a", "reject"))
+            await eventually(lambda: _frame_is(modbus, 0, "v1"))
+
+            await modbus.stop()  # the PLC goes away: v2 is applied but cannot be shown, so not committed
+            await publish(settings, verdict("v2", "st-a", "pass"))
+            await eventually(lambda: _core_saw(bridge, "v2"))
+            os.kill(pid, signal.SIGSTOP)  # Kafka freezes
+            stopped = True
+            modbus = ModbusPlcSimulator(port=port)  # the PLC is back: v2 is written, its commit hangs
+            await modbus.start()
+            await eventually(lambda: _frame_is(modbus, 0, "v2"), timeout=20)
+
+            beats = await _heartbeats(modbus, seconds=3.0)
+            assert len(beats) >= 5, f"outputs froze with Kafka: heartbeats {beats}"
+
+            async def failed_safe() -> bool:
+                st = await modbus.station(0)
+                return bool(st["fail_safe_count"] == 1 and not (await modbus.line())["scorer_ok"])
+
+            await eventually(failed_safe, timeout=10)
+            assert (await modbus.station(0))["reject"]
+            assert len(await _heartbeats(modbus, seconds=1.0)) >= 2  # still beating
+
+            os.kill(pid, signal.SIGCONT)  # Kafka is back
+            stopped = False
+            await publish(settings, verdict("v3", "st-a", "pass"))  # the scorer's next verdict
+
+            async def recovered() -> bool:
+                line = await modbus.line()
+                return bool(line["scorer_ok"] and (await modbus.station(0))["last_frame_id"] == "v3")
+
+            await eventually(recovered, timeout=40)
+            assert not (await modbus.station(0))["reject"]
+            await eventually(lambda: _committed_total_is(settings, 3), timeout=30)
+    finally:
+        if stopped:
+            os.kill(pid, signal.SIGCONT)
+        polling.cancel()
+        with contextlib.suppress(BaseException):
+            await polling
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(scorer.stop(), 15)
+        await modbus.stop()
+        broker.stop()
+
+
+async def _committed_total_is(settings: Settings, total: int) -> bool:
+    """The bridge group's committed offsets over every verdicts partition add up to ``total``."""
+    from aiokafka import TopicPartition
+
+    consumer = make_consumer(settings, group_id=settings.plc_bridge.group_id)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(settings.topic("verdicts"), p) for p in range(4)]
+        return sum([(await consumer.committed(tp)) or 0 for tp in tps]) == total
     finally:
         await consumer.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from collections import Counter
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from tests.integration.line_support import (
     line_models,
     wait_until,
 )
-from tests.support.processes import LineguardProcess, service_env
+from tests.support.processes import LineguardProcess
 from tests.support.webhook_server import WebhookServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,9 +40,8 @@ FRAMES = 30
 
 
 def principal_env(broker: SecureLocalBroker, name: str, **settings: str) -> dict[str, str]:
-    return service_env(
-        {**read_env_file(broker.layout.env_file(name)), "LINEGUARD_LOG_LEVEL": "DEBUG", **settings}
-    )
+    """Only what the principal's env file says (plus the service's own settings), logging everything."""
+    return {**read_env_file(broker.layout.env_file(name)), "LINEGUARD_LOG_LEVEL": "DEBUG", **settings}
 
 
 async def committed_to_end(broker: SecureLocalBroker, group: str, topic: str) -> bool:
@@ -74,15 +72,6 @@ def private_key_lines(*pem_files: Path) -> set[str]:
     return lines
 
 
-async def wait_for_port(port: int, timeout: float) -> None:
-    def is_open() -> bool:
-        with socket.socket() as sock:
-            sock.settimeout(0.5)
-            return sock.connect_ex(("127.0.0.1", port)) == 0
-
-    await wait_until(is_open, timeout, f"a listener on port {port}")
-
-
 @pytest.fixture
 def models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
     return line_models(tmp_path_factory)
@@ -106,7 +95,7 @@ async def test_the_line_works_with_one_identity_per_service_and_logs_no_secret(
             start(
                 "plc-sim",
                 [*plc_sim, "--opcua-port", str(opcua_port), "--stations", "station-1"],
-                service_env({}),
+                {},
             )
             scorer = start(
                 "scorer",
@@ -136,7 +125,7 @@ async def test_the_line_works_with_one_identity_per_service_and_logs_no_secret(
                     LINEGUARD_ALERTS__RATE_LIMIT_BURST="100",
                 ),
             )
-            await wait_for_port(modbus_port, 60)
+            await processes["plc-sim"].wait_for_event("simulated plc serving", 60)
             bridge = start(
                 "plc-bridge",
                 ["plc-bridge"],
@@ -148,10 +137,10 @@ async def test_the_line_works_with_one_identity_per_service_and_logs_no_secret(
                     LINEGUARD_PLC_BRIDGE__STATIONS='["station-1"]',
                 ),
             )
-            await scorer.wait_for_log("partitions_assigned", 180)
-            await explainer.wait_for_log("explainer_started", 120)
-            await alerts.wait_for_log("alerts forwarder ready", 120)
-            await bridge.wait_for_log("plc bridge ready", 120)
+            await scorer.wait_for_event("partitions_assigned", 180)
+            await explainer.wait_for_event("explainer_started", 120)
+            await alerts.wait_for_event("alerts forwarder ready", 120)
+            await bridge.wait_for_event("plc bridge ready", 120)
 
             async with (
                 TopicReader(console, "verdicts", Verdict) as verdicts,
@@ -172,7 +161,7 @@ async def test_the_line_works_with_one_identity_per_service_and_logs_no_secret(
                 frames += ["--defect-rate", "0.3", "--rate", "20", "--count", str(FRAMES), "--seed", "3"]
                 frames += ["--truth", str(truth_path), "--run-id", "secure"]
                 camera = start("camera-sim", ["camera-sim", *frames], principal_env(broker, "camera"))
-                assert await camera.wait(180) == 0, camera.log_text()[-3000:]
+                assert await camera.wait_exit(180) == 0, camera.log_text()[-3000:]
                 truth = read_truth(truth_path)
                 got = await verdicts.wait_for(FRAMES, timeout=180)
                 flagged = [v.frame_id for v in got.values if v.decision in ("reject", "review")]
@@ -198,7 +187,12 @@ async def test_the_line_works_with_one_identity_per_service_and_logs_no_secret(
             codes = {}
             for name in ("camera-sim", "plc-bridge", "alerts", "explainer", "scorer", "plc-sim"):
                 if name in processes:
-                    codes[name] = await processes[name].terminate(60)
+                    try:
+                        codes[name] = await processes[name].terminate(60)
+                    except AssertionError:  # still running after SIGTERM: killed, and a failure below
+                        codes[name] = -9
+                    finally:
+                        processes[name].kill()
 
     # Exactly once, end to end.
     assert Counter(v.frame_id for v in got.values) == Counter(list(truth))

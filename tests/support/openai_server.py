@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
+import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -25,7 +28,12 @@ MAX_BODY_BYTES = 64 << 20
 
 @dataclass
 class Reply:
-    """One scripted reply. ``content`` is the assistant message; ``status`` != 200 sends an error."""
+    """One scripted reply. ``content`` is the assistant message; ``status`` != 200 sends an error.
+
+    Misbehaviour, for the failure-mode tests: ``raw_body`` is sent as it is (with ``content_type``)
+    instead of a completion, ``drop`` closes the connection without an answer, ``refusal`` answers
+    with a refusal and no content, ``choices`` replaces the completion's choices (``[]``: none).
+    """
 
     status: int = 200
     content: str | None = None
@@ -33,6 +41,11 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     prompt_tokens: int = 1200
     completion_tokens: int = 300
+    raw_body: bytes | None = None
+    content_type: str = "application/json"
+    drop: bool = False
+    refusal: str | None = None
+    choices: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -117,8 +130,16 @@ class FakeOpenAIServer:
     requests with a 400, as many OpenAI-compatible servers do.
     """
 
-    def __init__(self, *, responder: Responder | None = None, supports_json_schema: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        responder: Responder | None = None,
+        supports_json_schema: bool = True,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``tls``: a server-side context; the server then speaks HTTPS only."""
         self.responder = responder
+        self.tls = tls
         self.supports_json_schema = supports_json_schema
         self.requests: list[ReceivedRequest] = []
         self._script: deque[Reply] = deque()
@@ -126,6 +147,8 @@ class FakeOpenAIServer:
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
         )
@@ -133,7 +156,7 @@ class FakeOpenAIServer:
     @property
     def base_url(self) -> str:
         port = self._server.server_address[1]
-        return f"http://127.0.0.1:{port}/v1"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{port}/v1"
 
     def script(self, *replies: Reply) -> None:
         with self._lock:
@@ -213,6 +236,14 @@ class FakeOpenAIServer:
                 reply = server._next_reply(request)
                 if reply.delay_s and server._stopping.wait(reply.delay_s):
                     return
+                if reply.drop:
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if reply.raw_body is not None:
+                    self._send_raw(reply.status, reply.raw_body, reply.content_type, reply.headers)
+                    return
                 if reply.status != 200:
                     error = {"message": reply.content or f"HTTP {reply.status}", "type": "server_error"}
                     self._send(reply.status, {"error": error}, reply.headers)
@@ -225,10 +256,16 @@ class FakeOpenAIServer:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": reply.content},
+                            "message": {
+                                "role": "assistant",
+                                "content": reply.content,
+                                "refusal": reply.refusal,
+                            },
                             "finish_reason": "stop",
                         }
-                    ],
+                    ]
+                    if reply.choices is None
+                    else reply.choices,
                     "usage": {
                         "prompt_tokens": reply.prompt_tokens,
                         "completion_tokens": reply.completion_tokens,
@@ -240,10 +277,14 @@ class FakeOpenAIServer:
             def _send(
                 self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
             ) -> None:
-                data = json.dumps(payload).encode()
+                self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)
+
+            def _send_raw(
+                self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None
+            ) -> None:
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(data)))
                     for name, value in (headers or {}).items():
                         self.send_header(name, value)

@@ -18,14 +18,20 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name)
 
 
-def test_alerts_needs_a_webhook(
+def test_alerts_without_a_webhook_starts_in_log_only_mode_but_a_bad_one_is_refused(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
-    assert main(["alerts"]) == 2
-    assert "LINEGUARD_ALERTS__WEBHOOK_URL" in capsys.readouterr().err
+    from services.alerts.core import webhook_url
+    from shared.settings import load_settings
+
+    # Missing or empty optional secrets are the documented no-webhook mode, never an exit (issue 12).
+    assert webhook_url(load_settings()) is None
+    monkeypatch.setenv("LINEGUARD_ALERTS__WEBHOOK_URL", "")
     monkeypatch.setenv("LINEGUARD_ALERTS__WEBHOOK_URL_FILE", str(tmp_path / "missing"))
-    assert main(["alerts"]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    assert webhook_url(load_settings()) is None
+    (tmp_path / "empty").write_text("\n")
+    monkeypatch.setenv("LINEGUARD_ALERTS__WEBHOOK_URL_FILE", str(tmp_path / "empty"))
+    assert webhook_url(load_settings()) is None
     secret = "ftp://hooks.example/T000/secret-token"
     monkeypatch.setenv("LINEGUARD_ALERTS__WEBHOOK_URL", secret)
     assert main(["alerts"]) == 2

@@ -29,7 +29,7 @@ def test_duplicates_inside_the_window_are_suppressed():
     assert fw.admit(alert(3, station="st-2", t=30), 0) is Admission.SEND
     assert fw.admit(alert(4, kind="unknown_product", t=30), 0) is Admission.SEND
     assert fw.admit(alert(5, t=61), 0) is Admission.SEND  # window passed
-    assert fw.admit(alert(5, t=200), 0) is Admission.DUPLICATE  # same alert id re-delivered
+    # A re-delivered alert id is the delivery ledger's to catch (test_ledger.py), across restarts.
 
 
 def test_rate_limit_holds_alerts_for_one_digest():

@@ -39,7 +39,7 @@ async def test_valid_json_answer_makes_a_vlm_report(
     outcome = await explainer.handle(make_event("f-valid"))
     assert outcome.kind == "reported" and outcome.document is not None and outcome.json_path is not None
     doc = outcome.document
-    assert doc.source == "vlm" and doc.vlm_model == "vision-test" and doc.grade == "D"
+    assert doc.source == "vlm" and doc.vlm_model == "vision-test" and doc.grade == "E"  # reject, 0.8
     assert doc.findings[0].defect_type == "scratch" and doc.findings[0].location_agrees is True
     assert (doc.prompt_tokens, doc.completion_tokens, doc.vlm_calls) == (2000, 250, 1)
     assert doc.cost_usd == pytest.approx((2000 * 5 + 250 * 15) / 1e6)
@@ -152,7 +152,8 @@ async def test_500_forever_with_hold_policy_holds_the_event(
 async def test_held_too_long_falls_back(vlm_server: FakeOpenAIServer, make_explainer: MakeExplainer) -> None:
     explainer = make_explainer(when_endpoint_down="hold", max_attempts=1, max_hold_s=60)
     outcome = await explainer.handle(make_event("f-old"), first_seen=explainer.clock() - 61)
-    assert outcome.document is not None and outcome.document.fallback_reason == "endpoint_down"
+    assert outcome.document is not None and outcome.document.fallback_reason == "hold_limit"
+    assert vlm_server.chat_requests() == []  # its report was due: written at once, no call
 
 
 async def test_circuit_breaker_stops_calls_to_a_dead_endpoint(

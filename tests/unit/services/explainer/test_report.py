@@ -1,7 +1,10 @@
 import re
+from typing import Any
 
 import pytest
+from markdown_it import MarkdownIt
 
+from services.explainer import i18n
 from services.explainer.answer import parse_answer
 from services.explainer.document import ReportDocument
 from services.explainer.facts import EventFacts, verdict_facts
@@ -14,10 +17,12 @@ from services.explainer.report import (
     quality_grade,
     severity_from_score,
 )
+from shared.engine.config import Decision
 from shared.messages.schemas import RegionMsg, Verdict
 from tests.support.defect_events import answer_json
 
 VOCABULARY = ["scratch", "dent", "missing part"]
+RULES: dict[str, Any] = {"vocabulary": VOCABULARY, "class_actions": [], "severity_bands": (0.6, 0.8)}
 
 
 def facts(
@@ -47,20 +52,21 @@ def facts(
 
 
 @pytest.mark.parametrize(
-    ("anomalous", "severities", "score", "area", "grade"),
+    ("decision", "score", "area", "grade"),
     [
-        (False, [], 0.3, 0.0, "A"),
-        (False, [], 0.7, 0.0, "B"),
-        (True, [], 0.7, 0.0, "B"),
-        (True, ["minor"], 0.7, 0.0, "C"),
-        (True, ["minor", "moderate"], 0.7, 0.0, "D"),
-        (True, ["severe"], 0.9, 0.01, "E"),
-        (True, ["severe"], 0.9, 0.2, "F"),
-        (True, ["severe", "severe"], 0.9, 0.01, "F"),
+        ("pass", 0.3, 0.0, "A"),
+        ("review", 0.45, 0.0, "B"),
+        ("review", 0.95, 0.2, "B"),  # flagged, not decided: never graded as a confirmed defect
+        ("error", 0.0, 0.0, "B"),
+        ("reject", 0.4, 0.0, "B"),  # a reject by policy (late, fail-safe), not by the score
+        ("reject", 0.55, 0.0, "C"),
+        ("reject", 0.7, 0.0, "D"),
+        ("reject", 0.9, 0.01, "E"),
+        ("reject", 0.9, 0.2, "F"),
     ],
 )
-def test_quality_grade(anomalous: bool, severities: list[str], score: float, area: float, grade: str) -> None:
-    assert quality_grade(anomalous, severities, score, area) == grade
+def test_quality_grade_comes_from_the_decision(decision: str, score: float, area: float, grade: str) -> None:
+    assert quality_grade(Decision(decision), score, area, (0.6, 0.8)) == grade
 
 
 def test_severity_from_score_bands() -> None:
@@ -110,7 +116,7 @@ def test_fallback_without_regions_or_fitting_vocabulary() -> None:
         created_at=1,
         egress="none",
     )
-    assert doc.findings == [] and not doc.anomalous and doc.grade == "A"
+    assert doc.findings == [] and not doc.anomalous and doc.grade == "B"  # rejected all the same
     odd = build_fallback_report(
         facts(0.9),
         reason="x",
@@ -134,11 +140,12 @@ def test_vlm_report_cross_checks_the_stated_location() -> None:
         vlm_model="m",
         created_at=1,
         egress="full",
+        **RULES,
     )
     assert not good.location_disagreement and good.findings[0].location_agrees is True
-    assert good.source == "vlm" and good.grade == "D"
-    assert good.recommended_actions[0] == "Inspect the transfer fixture for burrs."
-    assert any("Hold the part" in a for a in good.recommended_actions)  # template for grade D
+    assert good.source == "vlm" and good.grade == "E"  # reject at 0.8: the severe band
+    assert good.vlm_suggestions == ["Inspect the transfer fixture for burrs."]  # the VLM's words
+    assert good.recommended_actions == i18n.GRADE_ACTIONS["en"]["E"]  # ours, from the grade
     bad = build_vlm_report(
         facts(),
         parse_answer(answer_json(location="lower left")),
@@ -147,16 +154,24 @@ def test_vlm_report_cross_checks_the_stated_location() -> None:
         vlm_model="m",
         created_at=1,
         egress="full",
+        **RULES,
     )
     assert bad.location_disagreement and bad.findings[0].location_agrees is False
     assert any("does not match the heatmap" in line and "upper right" in line for line in bad.evidence)
     unchecked = build_vlm_report(
-        facts(), parse_answer(answer_json()), None, language="en", vlm_model="m", created_at=1, egress="full"
+        facts(),
+        parse_answer(answer_json()),
+        None,
+        language="en",
+        vlm_model="m",
+        created_at=1,
+        egress="full",
+        **RULES,
     )
     assert unchecked.findings[0].location_agrees is None and not unchecked.location_disagreement
 
 
-def test_not_anomalous_answer_drops_defects_and_grades_by_score() -> None:
+def test_not_anomalous_answer_is_a_disagreement_and_the_regions_stay() -> None:
     doc = build_vlm_report(
         facts(0.7),
         parse_answer(answer_json(anomalous=False)),
@@ -165,8 +180,11 @@ def test_not_anomalous_answer_drops_defects_and_grades_by_score() -> None:
         vlm_model="m",
         created_at=1,
         egress="full",
+        **RULES,
     )
-    assert doc.findings == [] and doc.grade == "B"
+    assert doc.vlm_disagrees and doc.vlm_anomalous is False and doc.grade == "D"
+    assert [(f.location, f.by_vlm) for f in doc.findings] == [("upper right", False)]
+    assert doc.summary.startswith("THE VLM DISAGREES")
 
 
 @pytest.mark.parametrize(
@@ -193,14 +211,17 @@ def pictures() -> EventPictures:
 
 def test_html_is_self_contained_and_escapes_model_text() -> None:
     answer = parse_answer(answer_json(assessment="<script>alert(1)</script> & more"))
-    doc = build_vlm_report(facts(), answer, None, language="en", vlm_model="m", created_at=1, egress="full")
+    doc = build_vlm_report(
+        facts(), answer, None, language="en", vlm_model="m", created_at=1, egress="full", **RULES
+    )
     html = render_html(doc, pictures())
     assert "<script>" not in html and "&lt;script&gt;" in html
     sources = re.findall(r'src="([^"]+)"', html)
     assert len(sources) == 3 and all(s.startswith("data:image/jpeg;base64,") for s in sources)
     assert "http://" not in html and "https://" not in html
-    assert ">D<" in html  # the grade
-    assert "<script>" not in render_markdown(doc)
+    assert ">E<" in html  # the grade
+    rendered = MarkdownIt("commonmark").enable("table").render(render_markdown(doc))
+    assert "<script>" not in rendered and "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered  # quoted
 
 
 def test_fallback_html_shows_the_notice_and_json_round_trips() -> None:

@@ -37,5 +37,23 @@ def test_client_per_provider(monkeypatch: pytest.MonkeyPatch) -> None:
         )
     )
     assert isinstance(azure, openai.AsyncAzureOpenAI)
-    with pytest.raises(ValueError, match="Azure"):
+    # A missing optional secret is the fallback mode, never an exit at start (issue 12).
+    assert (
         make_openai_client(ExplainerSettings(provider="azure", azure_endpoint="https://x.openai.azure.com"))
+        is None
+    )
+
+
+def test_missing_or_empty_key_file_means_fallback_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    (tmp_path / "empty").write_text("")
+    for key_file in (tmp_path / "missing", tmp_path / "empty"):
+        # The compose file mounts an empty secret file and leaves the base URL empty: offline mode.
+        assert make_openai_client(ExplainerSettings(base_url="", api_key_file=key_file)) is None
+        assert (
+            make_openai_client(ExplainerSettings(base_url="http://127.0.0.1:9/v1", api_key_file=key_file))
+            is None
+        )
+    assert make_openai_client(ExplainerSettings(api_key="")) is None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from services.plc_bridge import registers as reg
-from services.plc_bridge.core import BridgeCore, StationState, VerdictOutcome
+from services.plc_bridge.core import BridgeCore, FailSafeCause, StationState, VerdictOutcome
 
 
 @dataclass
@@ -15,6 +15,8 @@ class V:
     frame_id: str
     station_id: str = "s1"
     decision: str = "pass"
+    captured_at: int = 0  # ns
+    late: bool = False
 
 
 def core(**kw) -> BridgeCore:
@@ -161,3 +163,150 @@ def test_long_frame_ids_are_truncated_and_u32_round_trips():
     assert reg.words_u32(reg.u32_words(0x12345678)) == 0x12345678
     with pytest.raises(ValueError):
         reg.station_base(reg.MAX_STATIONS)
+
+
+# ---- issue 9: de-duplication per station, late and undecodable verdicts, Kafka and scorer faults ----
+
+
+SECOND_NS = 1_000_000_000
+
+
+def test_the_same_frame_id_at_two_stations_is_two_verdicts():
+    c = core()
+    assert c.apply_verdict(V("f1", station_id="s1"), 0) is VerdictOutcome.APPLIED
+    assert c.apply_verdict(V("f1", station_id="s2"), 0) is VerdictOutcome.APPLIED
+    assert c.state["s2"].pass_count == 1
+    assert c.apply_verdict(V("f1", station_id="s2"), 0) is VerdictOutcome.DUPLICATE
+
+
+def test_dedup_memory_is_bounded_in_entries_and_bytes_and_counts_evictions():
+    c = core(dedup_window=3)
+    for i in range(10):
+        c.apply_verdict(V("x" * 200 + str(i)), 0)
+    assert len(c._seen) == 3
+    assert all(len(key) <= 16 for key in c._seen)  # a digest, not the wire's (up to 256-char) ids
+    assert c.take_capped() == {"dedup": 7}
+    assert c.take_capped() == {}
+
+
+def test_a_verdict_older_than_its_deadline_on_arrival_fails_its_station_safe():
+    c = core(verdict_deadline_s=0.5)
+    fresh = V("ok", decision="pass", captured_at=10 * SECOND_NS)
+    assert c.apply_verdict(fresh, 1.0, wall_ns=10 * SECOND_NS + SECOND_NS // 4) is VerdictOutcome.APPLIED
+    stale = V("old", decision="pass", captured_at=10 * SECOND_NS)
+    assert c.apply_verdict(stale, 2.0, wall_ns=11 * SECOND_NS) is VerdictOutcome.LATE
+    st = c.state["s1"]
+    assert st.reject and st.fail_safe_count == 1 and st.last_decision == reg.DECISION_CODES["fail_safe"]
+    assert st.pass_count == 2 and st.last_frame_id == "old"  # counted and shown, never acted on as a pass
+    assert c.take_fail_safes() == [("s1", FailSafeCause.VERDICT_LATE)]
+    assert not c.state["s2"].reject
+
+
+def test_a_verdict_the_scorer_marked_late_fails_safe_even_without_a_bridge_deadline():
+    c = core(verdict_deadline_s=0.0)
+    assert c.apply_verdict(V("l", decision="pass", late=True), 0.0, wall_ns=0) is VerdictOutcome.LATE
+    assert c.state["s1"].reject and c.take_fail_safes() == [("s1", FailSafeCause.VERDICT_LATE)]
+
+
+def test_an_undecodable_verdict_fails_its_station_safe_or_every_station_when_the_key_is_unknown():
+    c = core()
+    c.undecodable("s2", 0.0)
+    assert c.state["s2"].reject and not c.state["s1"].reject
+    assert c.take_fail_safes() == [("s2", FailSafeCause.VERDICT_UNDECODABLE)]
+    c.undecodable(None, 0.0)
+    assert c.state["s1"].reject and c.state["s2"].fail_safe_count == 2
+    assert sorted(c.take_fail_safes()) == [
+        ("s1", FailSafeCause.VERDICT_UNDECODABLE),
+        ("s2", FailSafeCause.VERDICT_UNDECODABLE),
+    ]
+
+
+def test_kafka_unreachable_fails_every_station_safe_once_and_recovers():
+    c = core(scorer_timeout_s=5.0, stop_line_on_fail_safe=True)
+    c.kafka_ok(1.0)
+    c.scorer_alive(1.0)
+    assert c.tick(5.0) == []
+    assert sorted(c.tick(6.5)) == ["s1", "s2"]
+    assert c.line.fail_safe_active and c.line.stop_line and not c.line.scorer_ok
+    assert {cause for _, cause in c.take_fail_safes()} == {FailSafeCause.KAFKA_UNREACHABLE}
+    assert c.tick(30.0) == []  # asserted once per outage
+    c.kafka_ok(31.0)
+    c.scorer_alive(31.0)
+    c.tick(31.0)
+    assert c.line.scorer_ok and not c.line.stop_line and not c.line.fail_safe_active
+    assert c.state["s1"].reject  # held until the station's next verdict
+
+
+def test_frames_waiting_without_scorer_progress_fail_every_station_safe_until_it_moves():
+    c = core(scorer_timeout_s=3.0)
+
+    def observe(now: float, offsets: dict[int, tuple[int, int]]) -> list[tuple[str, FailSafeCause]]:
+        c.scorer_alive(now)  # the group has members: only the frames tell that it is stuck
+        c.frames_progress(offsets, now)
+        c.tick(now)
+        return sorted(c.take_fail_safes())
+
+    assert observe(0.0, {0: (10, 10), 1: (5, 5)}) == []  # idle
+    assert observe(1.0, {0: (10, 12), 1: (5, 5)}) == []  # frames arrive: waiting since 1.0
+    assert observe(3.5, {0: (10, 12), 1: (5, 5)}) == []
+    assert observe(4.5, {0: (10, 13), 1: (5, 5)}) == [
+        ("s1", FailSafeCause.FRAMES_STALLED),
+        ("s2", FailSafeCause.FRAMES_STALLED),
+    ]
+    assert c.stalled_partitions(4.5) == [0]
+    assert c.line.fail_safe_active and not c.line.scorer_ok
+    # While stalled a verdict is counted but cannot release a reject: its station's frames may be stuck.
+    assert c.apply_verdict(V("during", decision="pass"), 4.6) is VerdictOutcome.AFTER_FAIL_SAFE
+    assert c.state["s1"].reject and c.state["s1"].pass_count == 1
+    assert observe(5.0, {0: (13, 13), 1: (5, 5)}) == []  # it moved: the stall is over
+    assert c.line.scorer_ok and not c.line.fail_safe_active
+    c.apply_verdict(V("after", decision="pass"), 5.1)
+    assert not c.state["s1"].reject
+
+
+def test_frames_stall_ignores_a_trailing_transaction_marker_and_an_idle_line():
+    c = core(scorer_timeout_s=1.0)
+    for t in range(10):
+        c.scorer_alive(float(t))
+        # committed 10, end 11: a transactional producer's commit marker, not a frame; nothing arrives
+        c.frames_progress({0: (10, 11)}, float(t))
+        c.tick(float(t))
+        assert c.take_fail_safes() == []
+    c.frames_progress({0: (10, 12)}, 10.0)  # a real frame arrives and stays unscored
+    c.scorer_alive(11.5)
+    c.frames_progress({0: (10, 12)}, 11.5)
+    assert sorted(s for s, _ in c.take_fail_safes()) == ["s1", "s2"]
+
+
+def test_a_frames_partition_that_disappears_is_forgotten():
+    c = core(scorer_timeout_s=1.0)
+    c.frames_progress({0: (0, 0), 1: (0, 0)}, 0.0)
+    c.frames_progress({0: (0, 5)}, 0.5)
+    assert set(c._frames.partitions) == {0}
+
+
+def test_credits_for_verdicts_without_triggers_are_capped_and_counted():
+    c = core(part_deadline_s=100.0, max_tracked_parts=3)
+    c.part_trigger("s1", 0, 0.0)
+    for i in range(5):
+        c.apply_verdict(V(f"v{i}"), 0.1)
+    assert len(c._tracking["s1"].credits) == 3
+    assert c.take_capped() == {"credits": 2}
+
+
+def test_station_ids_must_be_safe_as_labels_and_node_ids():
+    with pytest.raises(ValueError):
+        BridgeCore(["ok", "not/ok"])
+    with pytest.raises(ValueError):
+        BridgeCore(["x" * 65])
+    with pytest.raises(ValueError):
+        BridgeCore([f"s{i}" for i in range(reg.MAX_STATIONS + 1)])
+
+
+def test_liveness_is_measured_from_when_the_bridge_starts_watching():
+    c = core(scorer_timeout_s=5.0)  # made at 0; the PLC took 60 s to answer
+    c.watching_from(60.0)
+    c.tick(64.0)
+    assert c.take_fail_safes() == [] and c.line.scorer_ok
+    c.tick(65.5)
+    assert {cause for _, cause in c.take_fail_safes()} == {FailSafeCause.KAFKA_UNREACHABLE}

@@ -38,8 +38,16 @@ def test_each_service_reads_and_writes_what_its_code_does() -> None:
         T("models"): {"READ"},
         **{T(n): {"WRITE"} for n in ("verdicts", "defects", "dlq", "alerts")},
     }
-    assert _topic_ops("explainer") == {T("defects"): {"READ"}, T("reports"): {"WRITE"}, T("dlq"): {"WRITE"}}
-    assert _topic_ops("plc-bridge") == {T("verdicts"): {"READ"}, T("dlq"): {"WRITE"}}
+    assert _topic_ops("explainer") == {
+        T("defects"): {"READ"},
+        T("reports"): {"READ", "WRITE"},  # reads its own reports back after a crash
+        T("dlq"): {"WRITE"},
+    }
+    assert _topic_ops("plc-bridge") == {
+        T("verdicts"): {"READ"},
+        T("dlq"): {"WRITE"},
+        T("frames"): {"DESCRIBE"},  # offsets of the scorer's input, never a frame
+    }
     assert _topic_ops("alerts") == {T("alerts"): {"READ"}, T("dlq"): {"WRITE"}}
     assert _topic_ops("operator") == {T("models"): {"WRITE"}}
     assert _topic_ops("console") == {
