@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 KAFKA_LIBS := .cache/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.fetched
 
-.PHONY: setup kafka-jars test unit integration lint demo clean promtool rules-test
+.PHONY: setup kafka-jars test unit integration lint demo clean promtool rules-test media-tools browser
 
 setup: $(STAMP)
 
@@ -32,13 +32,13 @@ lint: setup
 
 # Unit and integration tests; the integration suite starts its own broker unless
 # LINEGUARD_KAFKA_BOOTSTRAP names one.
-test: setup kafka-jars lint rules-test
+test: setup kafka-jars lint rules-test media-tools browser
 	$(PY) -m pytest -q -ra tests
 
-unit: setup
+unit: setup media-tools
 	$(PY) -m pytest -q -ra tests/unit
 
-integration: setup kafka-jars
+integration: setup kafka-jars media-tools browser
 	$(PY) -m pytest -q -ra tests/integration
 
 # promtool (Debian's `prometheus` package) checks and unit-tests the alert rules. Installed only
@@ -49,6 +49,29 @@ promtool:
 	    echo "installing promtool (Debian package prometheus)"; \
 	    $(SUDO) apt-get update -qq >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+# The camera gateway's tests stream real video: FFmpeg (clips, and a live HTTP stream with
+# -listen 1) and GStreamer's RTSP server, run by the system python3 with its gi bindings
+# (x264enc is in plugins-ugly). Debian packages, installed only when missing.
+MEDIA_PACKAGES := ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+media-tools:
+	@{ command -v ffmpeg >/dev/null 2>&1 && /usr/bin/python3 -c "import gi; \
+	    gi.require_version('GstRtspServer', '1.0'); from gi.repository import Gst, GstRtspServer; \
+	    Gst.init(None); assert Gst.ElementFactory.find('x264enc')" >/dev/null 2>&1; } || { \
+	    echo "installing FFmpeg and GStreamer's RTSP server (Debian packages)"; \
+	    $(SUDO) apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	        $(MEDIA_PACKAGES) >/dev/null; }
+
+# The console's tests drive a real browser: Debian's chromium and its chromedriver (selenium finds
+# both on PATH and downloads nothing). Installed only when missing.
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	    echo "installing Chromium and its driver (Debian packages chromium, chromium-driver)"; \
+	    $(SUDO) apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	        chromium chromium-driver >/dev/null; }
 
 rules-test: promtool
 	promtool check rules deploy/prometheus/rules/*.yml >/dev/null

@@ -21,11 +21,14 @@ COMMAND_MODULES = (
     "services.model_tools.cli",  # fit, evaluate, score
     "services.kafka_admin.cli",  # kafka up|down|status, topics ensure
     "services.camera_sim.cli",  # camera-sim
-    "services.scorer.cli",  # scorer, announce
+    "services.camera_gateway.cli",  # camera-gateway
+    "services.scorer.cli",  # scorer, announce, model keygen
     "services.explainer.cli",  # explainer
     "services.demo.cli",  # demo
     "services.alerts.cli",  # alerts
     "services.plc_bridge.cli",  # plc-sim, plc-bridge
+    "services.console.cli",  # console
+    "services.labels.cli",  # labels export
 )
 
 EXIT_FAILED = 1

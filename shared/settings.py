@@ -8,12 +8,13 @@ validated when a service starts, so a bad value stops it with a message naming t
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.engine.config import Decision
 from shared.errors import ConfigError
@@ -141,7 +142,7 @@ class ScorerSettings(BaseModel):
     decode_threads: int = Field(2, ge=1, le=64)
     # Batches scored at once, each with ``torch_threads`` intra-op and ``search_threads`` faiss
     # threads. On CPUs, one worker per core with one thread each beats one worker with every core:
-    # 48-52 vs 37-41 images/s on 2 cores (docs/benchmarks.md), and work from the Kafka client or
+    # 48-52 vs 37-42 images/s on 2 cores (docs/benchmarks.md), and work from the Kafka client or
     # the broker then stalls one worker instead of every thread of a parallel region. On a GPU use 1.
     model_workers: int = Field(2, ge=1, le=64)
     torch_threads: int = Field(1, ge=1, le=256)
@@ -152,12 +153,59 @@ class ScorerSettings(BaseModel):
     transactional_id_prefix: str = "lineguard-scorer"
     session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000)  # broker minimum is 6 s by default
     watch_models: bool = True  # follow the models topic and hot-swap announced models
+    # Announced models (docs/operations.md, "Roll a model out, and back"). Announced directories must
+    # lie inside models_root; weight files are found in weights_dir by the sha256 a manifest names.
+    models_root: Path = Path("models")
+    weights_dir: Path | None = None
+    # Ed25519 public keys (files, or folders of *.pub; comma-separated or a JSON list) whose signature
+    # an announcement must carry. Empty: announcements are taken unsigned, with a warning at start.
+    trusted_keys: Annotated[list[Path], NoDecode] = []
+    announcement_max_skew_s: float = Field(300.0, ge=0, le=86_400)  # announced_at this far ahead at most
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _path_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
 
 class CameraSimSettings(BaseModel):
     line_id: str = "line-1"
     station_id: str = "station-1"
     camera_id: str = "cam-1"
+
+
+class OverflowPolicy(StrEnum):
+    """What a live camera's full buffer does with a new frame (hot folders always wait)."""
+
+    DROP_OLDEST = "drop_oldest"  # evict the oldest buffered frame, counted as dropped
+    BLOCK = "block"  # hold the source until there is room (a stream then falls behind)
+
+
+class CameraGatewaySettings(BaseModel):
+    """``lineguard camera-gateway``: real cameras (hot folders, streams) -> the ``frames`` topic."""
+
+    config_file: Path | None = None  # the cameras (YAML); --config overrides
+    line_id: str = "line-1"  # for cameras given on the command line without --line-id
+    buffer_frames: int = Field(16, ge=1, le=10_000)  # per camera
+    buffer_bytes: int = Field(64 << 20, ge=1 << 20, le=8 << 30)  # per camera
+    overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST
+    max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1024, le=MAX_IMAGE_BYTES)  # larger: refused
+    max_batch: int = Field(16, ge=1, le=256)  # frames per Kafka transaction
+    # Stable per gateway instance (a restarted gateway must come back with the same id so the broker
+    # ends its predecessor's open transaction at once). None: derived from the configured camera ids.
+    transactional_id: str | None = None
+    transaction_timeout_ms: int = Field(10_000, ge=1_000, le=900_000)
+    send_timeout_s: float = Field(30.0, gt=0, le=600)  # one transaction, before the producer is renewed
+    retry_initial_s: float = Field(0.5, gt=0, le=60)
+    retry_max_s: float = Field(15.0, gt=0, le=600)
+    ledger_timeout_s: float = Field(120.0, gt=0, le=3600)  # reading the ledger at start or recovery
+    drain_timeout_s: float = Field(10.0, ge=0, le=600)  # at shutdown, to publish what is buffered
+    jpeg_quality: int = Field(90, ge=1, le=100)  # decoded stream frames
 
 
 class EgressPolicy(StrEnum):
@@ -312,6 +360,60 @@ class AlertsSettings(BaseModel):
     drift_threshold: float = Field(default=1.0, gt=0, le=100)  # recent-mean shift, in baseline std devs
 
 
+class ConsoleSettings(BaseModel):
+    """``lineguard console``: the operators' web page and their feedback (docs/operations.md, "Operator
+    console"). Writing needs the token or the trusted proxy's header; without either it is read-only."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 in a container; behind a reverse proxy keep it on localhost
+    port: int = Field(8080, ge=1, le=65535)
+    # The shared sign-in token (constant-time compared); the operator gives a name at sign-in.
+    token: SecretStr | None = None
+    token_file: Path | None = None  # alternative: the token from a (secret) file; empty: no token
+    # Off by default. A header naming the operator, set by an authenticating reverse proxy; taken only
+    # from a client address in trusted_proxies (anyone else could set it).
+    trusted_proxy_header: str | None = None
+    trusted_proxies: Annotated[list[str], NoDecode] = ["127.0.0.1", "::1"]
+    public_read: bool = False  # True: pages readable without signing in (writing still needs it)
+    secure_cookies: bool = False  # True when served over HTTPS (the session cookie is then Secure)
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    sign_ins_per_minute: int = Field(10, ge=1, le=1000)  # failed sign-ins per client address
+    # Memory is bounded: what the console keeps of what it reads.
+    stations_max: int = Field(64, ge=1, le=10_000)
+    verdicts_per_station: int = Field(200, ge=1, le=100_000)
+    classes_max: int = Field(256, ge=1, le=100_000)  # counted classes; more are counted as "(other)"
+    evidence_max: int = Field(200, ge=1, le=100_000)  # rejects and reviews kept with their image and map
+    evidence_max_bytes: int = Field(256 << 20, ge=1 << 20, le=16 << 30)
+    reports_max: int = Field(2000, ge=1, le=1_000_000)
+    feedback_max: int = Field(10_000, ge=1, le=10_000_000)
+    models_history: int = Field(100, ge=1, le=100_000)
+    backlog_per_partition: int = Field(500, ge=0, le=1_000_000)  # records read back at start
+    max_image_pixels: int = Field(MAX_PIXELS, ge=64, le=MAX_PIXELS)
+    max_report_bytes: int = Field(16 << 20, ge=1 << 10, le=256 << 20)  # a report file served from the store
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _address_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+
+class LabelsSettings(BaseModel):
+    """``lineguard labels export``: feedback (and its frames) -> an MVTec-layout labelled set."""
+
+    # A frames store, <frames_dir>/<frame id>.png: the console saves there the frame of every feedback
+    # it has the image of; export reads it first, then the defects and frames topics while retained.
+    frames_dir: Path | None = None
+    # Confirmed normals (export --collect-normals): passes with a normalised score at most this (the
+    # threshold is 0.5), a sample of at most normals_per_class per class.
+    normal_below: float = Field(0.2, gt=0, lt=0.5)
+    normals_per_class: int = Field(50, ge=1, le=100_000)
+    read_timeout_s: float = Field(120.0, gt=0, le=86_400)  # reading one topic to its end
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -327,9 +429,12 @@ class Settings(BaseSettings):
     broker: BrokerSettings = BrokerSettings()
     scorer: ScorerSettings = ScorerSettings()
     camera_sim: CameraSimSettings = CameraSimSettings()
+    camera_gateway: CameraGatewaySettings = CameraGatewaySettings()
     plc_bridge: PlcBridgeSettings = PlcBridgeSettings()
     alerts: AlertsSettings = AlertsSettings()
     explainer: ExplainerSettings = ExplainerSettings()
+    console: ConsoleSettings = ConsoleSettings()
+    labels: LabelsSettings = LabelsSettings()
 
     @field_validator("topic_prefix")
     @classmethod

@@ -13,6 +13,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from services.arguments import positive_int
 from shared.errors import BrokerError, ConfigError, LineguardError
 from shared.kafka.principals import PRINCIPAL_NAMES
 from shared.settings import Settings, load_settings
@@ -87,19 +88,12 @@ def register(subparsers: Any) -> None:
     )
     ensure.add_argument(
         "--frames-partitions",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         help="partitions of the frames topic = the most scorers that can share the load (default 4)",
     )
     ensure.add_argument("--bootstrap", help="bootstrap servers (default: LINEGUARD_KAFKA_BOOTSTRAP or local)")
     ensure.set_defaults(handler=_topics_ensure)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _add_broker_options(parser: argparse.ArgumentParser, *, secure_flag: bool = True) -> None:

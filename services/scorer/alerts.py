@@ -21,34 +21,14 @@ import math
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, fields
 
 from shared.engine.config import UNKNOWN, Decision
 from shared.errors import ConfigError
-from shared.messages.schemas import MAX_ALERT_FRAMES, AlertEvent
+from shared.messages.schemas import MAX_ALERT_FRAMES, AlertEvent, Verdict
 from shared.settings import AlertsSettings
 
 _NS_PER_S = 1_000_000_000
-
-
-class VerdictLike(Protocol):
-    """The verdict fields the detector reads (``shared.messages.schemas.Verdict`` has them all)."""
-
-    @property
-    def frame_id(self) -> str: ...
-    @property
-    def line_id(self) -> str: ...
-    @property
-    def station_id(self) -> str: ...
-    @property
-    def product_class(self) -> str: ...
-    @property
-    def decision(self) -> str: ...
-    @property
-    def score(self) -> float: ...
-    @property
-    def decided_at(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -69,14 +49,8 @@ class AlertRules:
 
     @classmethod
     def from_settings(cls, settings: AlertsSettings) -> AlertRules:
-        """From ``Settings().alerts``."""
-        return cls(
-            consecutive_rejects=settings.consecutive_rejects,
-            unknown_product_cooldown_s=settings.unknown_product_cooldown_s,
-            drift_recent=settings.drift_recent,
-            drift_baseline=settings.drift_baseline,
-            drift_threshold=settings.drift_threshold,
-        )
+        """From ``Settings().alerts``, whose detection fields have these names."""
+        return cls(**settings.model_dump(include={f.name for f in fields(cls)}))
 
 
 def _new_id() -> str:
@@ -84,7 +58,7 @@ def _new_id() -> str:
 
 
 def _alert(
-    verdict: VerdictLike,
+    verdict: Verdict,
     kind: str,
     severity: str,
     summary: str,
@@ -115,7 +89,7 @@ class ConsecutiveRejectDetector:
         self._make_id = make_id
         self._streaks: dict[tuple[str, str], list[str]] = {}  # (line, station) -> frame ids
 
-    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+    def observe(self, verdict: Verdict) -> list[AlertEvent]:
         key = (verdict.line_id, verdict.station_id)
         if verdict.decision != Decision.REJECT:
             self._streaks.pop(key, None)
@@ -148,7 +122,7 @@ class UnknownProductDetector:
         self._last_raised: dict[tuple[str, str], int] = {}
         self._since: dict[tuple[str, str], list[str]] = {}  # unknown frames not yet reported
 
-    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+    def observe(self, verdict: Verdict) -> list[AlertEvent]:
         if verdict.product_class != UNKNOWN:
             return []
         key = (verdict.line_id, verdict.station_id)
@@ -205,7 +179,7 @@ class ScoreDriftDetector:
     min_std: float = 0.01
     _states: dict[tuple[str, str, str], _DriftState] = field(default_factory=dict)
 
-    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+    def observe(self, verdict: Verdict) -> list[AlertEvent]:
         if verdict.decision == Decision.ERROR or verdict.product_class == UNKNOWN:
             return []
         if not math.isfinite(verdict.score):
@@ -288,7 +262,7 @@ class AlertDetector:
             ),
         ]
 
-    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+    def observe(self, verdict: Verdict) -> list[AlertEvent]:
         alerts: list[AlertEvent] = []
         for detector in self.detectors:
             alerts.extend(detector.observe(verdict))

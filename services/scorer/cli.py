@@ -1,4 +1,5 @@
-"""The scorer's commands: ``lineguard scorer`` (the service) and ``lineguard announce`` (hot swap).
+"""The scorer's commands: ``lineguard scorer`` (the service), ``lineguard announce`` (hot swap) and
+``lineguard model keygen`` (the key that signs announcements).
 
 Heavy imports (torch, aiokafka, the service) happen inside the commands so ``--help`` stays fast.
 """
@@ -7,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import ModelRefused
+
+if TYPE_CHECKING:
+    from shared.messages.schemas import ModelAnnouncement
 
 
 def register(subparsers: Any) -> None:
@@ -32,13 +37,36 @@ def register(subparsers: Any) -> None:
     announce = subparsers.add_parser(
         "announce",
         help="announce a model directory on the models topic (running scorers swap it in)",
-        description="Verify a model directory (every hash, a full load) and publish its announcement on "
-        "the compacted models topic. Every scorer loads it in the background and swaps it in between "
-        "batches; a scorer that cannot load or verify it keeps its current model. The path must be "
-        "readable at the same location by every scorer.",
+        description="Verify a model directory (every hash, a full load, a warm-up) and publish its signed "
+        "announcement on the compacted models topic. The directory must lie inside the models root "
+        "(LINEGUARD_SCORER__MODELS_ROOT) and is announced by its path relative to it. Every scorer checks "
+        "the signature against its trusted keys, loads the model in the background and swaps it in "
+        "between batches; a scorer that cannot verify or load it keeps its current model.",
     )
     announce.add_argument("--model", type=Path, required=True, help="model directory written by `fit`")
+    signing = announce.add_mutually_exclusive_group(required=True)
+    signing.add_argument(
+        "--signing-key", type=Path, help="Ed25519 private key file from `lineguard model keygen` (mode 0600)"
+    )
+    signing.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="announce without a signature (taken only by scorers that trust no signing key)",
+    )
     announce.set_defaults(handler=_announce_command)
+
+    model = subparsers.add_parser("model", help="model signing keys (`lineguard model keygen`)")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+    keygen = model_commands.add_parser(
+        "keygen",
+        help="make an Ed25519 key pair for signing model announcements",
+        description="Write NAME.key (the private key, PKCS#8 PEM, readable by its owner only: keep it "
+        "where models are approved) and NAME.pub (give it to every scorer: "
+        "LINEGUARD_SCORER__TRUSTED_KEYS). Existing files are never overwritten.",
+    )
+    keygen.add_argument("--out", type=Path, required=True, help="folder for the two key files")
+    keygen.add_argument("--name", default="model-signing", help="file name stem (default: model-signing)")
+    keygen.set_defaults(handler=_keygen_command)
 
 
 def _scorer_command(args: argparse.Namespace) -> int:
@@ -73,17 +101,50 @@ def _scorer_command(args: argparse.Namespace) -> int:
 
 
 def _announce_command(args: argparse.Namespace) -> int:
-    from services.scorer.models import announcement_for, load_model_dir, publish_announcement
+    from services.scorer.models import publish_announcement
+    from services.scorer.trust import load_signing_key
     from shared.settings import load_settings
 
     settings = load_settings()
-    path = args.model.resolve()
+    key = load_signing_key(args.signing_key) if args.signing_key else None
     try:
-        serving = load_model_dir(path)  # refuse to announce what a scorer would refuse to load
-        announcement = announcement_for(path)
+        version, announcement = prepare_announcement(args.model, settings, key)
     except ModelRefused as exc:
-        print(f"announce: model {path} refused: {exc}", file=sys.stderr)
+        print(f"announce: model {args.model} refused ({exc.reason}): {exc}", file=sys.stderr)
         return 2
+    if key is None:
+        print("announce: UNSIGNED: scorers that trust signing keys will refuse it", file=sys.stderr)
     asyncio.run(publish_announcement(settings, announcement))
-    print(f"announced model {serving.version} ({path}) on {settings.topic('models')}")
+    signed = f"signed with key {announcement.key_id}" if key is not None else "unsigned"
+    print(
+        f"announced model {version} ({announcement.path} in {settings.scorer.models_root}, {signed}) "
+        f"on {settings.topic('models')}"
+    )
+    return 0
+
+
+def prepare_announcement(model: Path, settings: Any, key: Any | None) -> tuple[str, ModelAnnouncement]:
+    """The model's version and its (signed, given ``key``) announcement, after loading it the way a
+    scorer will: inside the models root, every hash, a warm-up. ``model`` is a path as the operator
+    typed it (relative to the working directory, not to the root)."""
+    from services.scorer.models import announcement_for, load_model_dir
+    from services.scorer.trust import sign_announcement
+
+    root = settings.scorer.models_root
+    path = Path(os.path.abspath(model))
+    # Refuse to announce what a scorer would refuse to load.
+    serving = load_model_dir(path, root=root, weights_dir=settings.scorer.weights_dir)
+    announcement = announcement_for(path, models_root=root)
+    if announcement.sha256 != serving.manifest_sha256:
+        raise ModelRefused(f"{model} changed while it was being verified", reason="digest_mismatch")
+    if key is not None:
+        announcement = sign_announcement(announcement, key)
+    return serving.version, announcement
+
+
+def _keygen_command(args: argparse.Namespace) -> int:
+    from services.scorer.trust import generate_signing_key
+
+    files = generate_signing_key(args.out, args.name)
+    print(f"key {files.key_id}: private {files.private} (keep it secret), public {files.public}")
     return 0

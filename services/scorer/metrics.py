@@ -65,6 +65,12 @@ MODEL_LOAD_FAILURES = Counter(
     "Announced models refused because they failed to load or verify (alert on any increase)",
     registry=REGISTRY,
 )
+MODEL_ANNOUNCEMENTS_REFUSED = Counter(
+    "lineguard_scorer_model_announcements_refused",
+    "Model announcements refused, by reason (unsigned, bad_signature, stale, outside_models_root, ...)",
+    ["reason"],
+    registry=REGISTRY,
+)
 ASSIGNED_PARTITIONS = Gauge(
     "lineguard_scorer_assigned_partitions", "Frames partitions assigned to this scorer", registry=REGISTRY
 )

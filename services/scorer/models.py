@@ -1,22 +1,31 @@
 """Model hot swap: the model serving now, and the watcher that loads announced models in the background.
 
-The watcher reads the compacted ``models`` topic with its own group-less consumer. A new
-announcement is loaded and verified in a worker thread while the current model keeps scoring; only a
-model that loads cleanly is offered, and the scorer takes it between batches (``ModelHolder.current``),
-so no batch is ever scored by two models. A model that fails is refused and the old one stays.
+The watcher reads the compacted ``models`` topic with its own group-less consumer. At start it reads
+the topic's history: the newest announcement it would take sets the replay watermark, and is the
+model to serve when the scorer starts without one. Each new announcement passes the gate first
+(signed by a trusted key, not a replay, not from the future: ``trust.py``), then is loaded and
+verified in a worker thread while the current model keeps scoring: its directory must lie inside the
+models root, its manifest digest must be the announced one, and every byte parsed is a byte hashed
+(``shared.engine.artifacts``). Only a model that loads and warms up cleanly is offered, and the
+scorer takes it between batches (``ModelHolder.current``), so no batch is ever scored by two models.
+Anything else is refused with a reason (a metric and a log line) and the old model stays; nothing an
+announcement holds can stop the watcher.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from services.scorer import metrics
+from services.scorer.trust import AnnouncementGate, load_trusted_keys
 from shared.errors import ArtifactError, LineguardError, MessageError, ModelRefused
 from shared.messages.codec import decode
 from shared.messages.schemas import ModelAnnouncement
@@ -24,12 +33,30 @@ from shared.telemetry.logging import log_event
 
 log = logging.getLogger("lineguard.scorer.models")
 
+# Why an announcement was refused: the label values of MODEL_ANNOUNCEMENTS_REFUSED (a fixed set).
+REFUSAL_REASONS = (
+    "malformed",  # not a ModelAnnouncement this build reads
+    "unsigned",
+    "unknown_key",
+    "bad_signature",
+    "stale",  # not newer than the newest announcement taken: a replay
+    "future",
+    "outside_models_root",
+    "digest_mismatch",  # the directory's manifest is not the announced one
+    "version_mismatch",
+    "bad_artifact",  # missing, tampered, oversized or invalid files or manifest
+    "warm_up_failed",
+    "load_failed",  # anything else that went wrong while loading
+)
+MAX_REMEMBERED_REFUSALS = 100
+
 
 @dataclass
 class ServingModel:
     model: Any  # shared.engine.model.InspectionModel
     version: str
     source: str  # where it came from: a directory or an announcement
+    manifest_sha256: str | None = None
 
 
 class ModelHolder:
@@ -86,30 +113,23 @@ class ModelHolder:
             metrics.CLASS_THRESHOLD.labels(class_model.name).set(class_model.threshold)
 
 
-def announced_digest(path: Path) -> str:
-    """The digest an announcement carries for the model at ``path``: its manifest's own digest.
+def announcement_for(path: Path, *, models_root: Path, announced_at: int | None = None) -> ModelAnnouncement:
+    """The (unsigned) announcement of a model directory inside ``models_root``, naming it relative to
+    the root, so that scorers that mount the root elsewhere find it too. Reads and verifies it."""
+    from shared.engine.artifacts import read_artifact
 
-    The manifest lists every file's sha256 and carries a digest of itself, so this one value pins
-    the whole artifact; reading it also verifies every file (``ArtifactError`` if any differs).
-    """
-    from shared.engine.artifacts import read_manifest
-
-    return str(read_manifest(path)["manifest_sha256"])
-
-
-def announcement_for(path: Path, *, announced_at: int | None = None) -> ModelAnnouncement:
-    """The announcement of a verified model directory (for ``lineguard announce`` and tests)."""
-    from shared.engine.artifacts import read_manifest
-
-    manifest = read_manifest(path)
-    version = manifest.get("version") or manifest.get("model_version")
+    try:
+        artifact = read_artifact(path, root=models_root)
+    except ArtifactError as exc:
+        raise ModelRefused(str(exc), reason=_artifact_reason(exc)) from exc
+    version = artifact.manifest.get("model_version")
     if not isinstance(version, str) or not version:
-        raise ModelRefused(f"{path}: the manifest names no model version")
+        raise ModelRefused(f"{path}: the manifest names no model version", reason="bad_artifact")
     return ModelAnnouncement(
         model_version=version,
-        path=str(path),
+        path=str(artifact.path.relative_to(os.path.realpath(models_root))),
         announced_at=announced_at if announced_at is not None else time.time_ns(),
-        sha256=str(manifest["manifest_sha256"]),
+        sha256=str(artifact.manifest["manifest_sha256"]),
     )
 
 
@@ -129,41 +149,69 @@ async def publish_announcement(settings: Any, announcement: ModelAnnouncement) -
         await producer.stop()
 
 
+def _artifact_reason(exc: ArtifactError) -> str:
+    return exc.reason if exc.reason in ("outside_models_root", "digest_mismatch") else "bad_artifact"
+
+
 def load_model_dir(
     path: Path,
     *,
+    root: Path | None = None,
+    weights_dir: Path | None = None,
     expected_sha256: str | None = None,
     expected_version: str | None = None,
     source: str | None = None,
 ) -> ServingModel:
-    """Load and verify a model directory (blocking: run it in a worker thread)."""
-    from shared.engine.persistence import load_model
+    """Load and verify a model directory (blocking: run it in a worker thread).
 
-    path = Path(path)
+    ``root``: the directory must lie inside it (announced models); a relative ``path`` is relative to
+    it. ``expected_sha256``: the manifest digest the announcement names. Raises ``ModelRefused`` with
+    a reason from ``REFUSAL_REASONS``.
+    """
+    from shared.engine.artifacts import read_artifact
+    from shared.engine.persistence import model_from_artifact
+
     try:
-        if expected_sha256 is not None:
-            actual = announced_digest(path)
-            if actual != expected_sha256:
-                raise ModelRefused(f"manifest sha256 {actual} does not match the announced {expected_sha256}")
-        model = load_model(path)
-    except (ArtifactError, OSError) as exc:
-        raise ModelRefused(f"{type(exc).__name__}: {exc}") from exc
+        # The announced digest is checked before any file but the manifest is read.
+        artifact = read_artifact(path, root=root, manifest_sha256=expected_sha256)
+        actual = str(artifact.manifest["manifest_sha256"])
+        model = model_from_artifact(artifact, weights_dir=weights_dir)
+    except ArtifactError as exc:
+        raise ModelRefused(f"{type(exc).__name__}: {exc}", reason=_artifact_reason(exc)) from exc
+    except OSError as exc:
+        raise ModelRefused(f"{type(exc).__name__}: {exc}", reason="bad_artifact") from exc
     if expected_version is not None and model.version != expected_version:
-        raise ModelRefused(f"model at {path} is version {model.version!r}, announced as {expected_version!r}")
+        raise ModelRefused(
+            f"model at {path} is version {model.version!r}, announced as {expected_version!r}",
+            reason="version_mismatch",
+        )
     try:
         warm_up(model)
+    except ModelRefused:
+        raise
     except Exception as exc:  # a model that cannot score a plain frame must not go on the line
-        raise ModelRefused(f"model at {path} failed its warm-up batch: {type(exc).__name__}: {exc}") from exc
-    return ServingModel(model=model, version=model.version, source=source or str(path))
+        raise ModelRefused(
+            f"model at {path} failed its warm-up batch: {type(exc).__name__}: {exc}", reason="warm_up_failed"
+        ) from exc
+    return ServingModel(
+        model=model, version=model.version, source=source or str(path), manifest_sha256=actual
+    )
 
 
 def warm_up(model: Any) -> None:
     """Score two plain grey frames. The first calls of a model (and of each thread that runs it) pay
-    for lazy initialisation, hundreds of ms that the first real frames would otherwise wait for."""
+    for lazy initialisation, hundreds of ms that the first real frames would otherwise wait for.
+    Their scores must be finite: a model that scores NaN would pass every part."""
     import numpy as np
 
     frame = np.full((model.input_size, model.input_size, 3), 128, dtype=np.uint8)
-    model.score_batch([frame, frame])
+    for result in model.score_batch([frame, frame]):
+        if not (math.isfinite(result.raw_score) and math.isfinite(result.score)):
+            raise ModelRefused("the warm-up batch scored non-finite values", reason="warm_up_failed")
+
+
+async def _positions(consumer: Any, tps: list[Any]) -> list[int]:
+    return [await consumer.position(tp) for tp in tps]
 
 
 class ModelWatcher:
@@ -177,11 +225,37 @@ class ModelWatcher:
         from_latest: bool,
         loader: Callable[..., ServingModel] = load_model_dir,
     ) -> None:
+        cfg = settings.scorer
         self._settings = settings
         self._holder = holder
-        self._from_latest = from_latest  # also consider the announcement already on the topic
+        self._from_latest = from_latest  # serve the newest acceptable announcement already on the topic
         self._loader = loader
+        self._models_root: Path = cfg.models_root
+        self._weights_dir: Path | None = cfg.weights_dir
+        self.gate = AnnouncementGate(
+            load_trusted_keys(cfg.trusted_keys), max_skew_ns=int(cfg.announcement_max_skew_s * 1e9)
+        )
         self.refused: list[str] = []  # versions refused, newest last (for logs and tests)
+        self._say_trust()
+
+    def _say_trust(self) -> None:
+        """One line at start: whether announcements must be signed, and by which keys."""
+        if self.gate.signed:
+            log_event(
+                log,
+                "model_announcements_signed",
+                trusted_keys=sorted(self.gate.trusted),
+                models_root=str(self._models_root),
+            )
+        else:
+            log_event(
+                log,
+                "model_announcements_unsigned",
+                logging.WARNING,
+                detail="no trusted signing keys are configured (LINEGUARD_SCORER__TRUSTED_KEYS): anyone who "
+                "can write to the models topic can announce a model",
+                models_root=str(self._models_root),
+            )
 
     async def run(self) -> None:
         from aiokafka import TopicPartition
@@ -196,16 +270,56 @@ class ModelWatcher:
             tps = [TopicPartition(topic, p) for p in partitions]
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
-            for tp in tps:
-                # The compacted topic's last record is the model to serve; older ones are history.
-                consumer.seek(tp, max(0, ends[tp] - 1) if self._from_latest else ends[tp])
+            newer = await self._read_history(consumer, tps, ends)
+            if newer:
+                await self.consider(newer)
             while True:
                 batches = await consumer.getmany(timeout_ms=1000)
-                records = [r for rs in batches.values() for r in rs]
-                if records:
-                    await self._consider(records[-1].value)
+                values = [r.value for rs in batches.values() for r in rs]
+                if values:
+                    await self.consider(values)
         finally:
             await consumer.stop()
+
+    async def _read_history(self, consumer: Any, tps: list[Any], ends: dict[Any, int]) -> list[bytes]:
+        """Read the topic up to ``ends``: the newest announcement the gate would take sets its replay
+        watermark (and is loaded when starting without a model). Returns what arrived after ``ends``."""
+        await consumer.seek_to_beginning(*tps)
+        best: ModelAnnouncement | None = None
+        newer: list[bytes] = []
+        while any(
+            position < ends[tp] for tp, position in zip(tps, await _positions(consumer, tps), strict=True)
+        ):
+            batches = await consumer.getmany(timeout_ms=1000)
+            for tp, records in batches.items():
+                for record in records:
+                    if record.offset >= ends[tp]:
+                        newer.append(record.value)
+                        continue
+                    announcement = self._acceptable(record.value)
+                    if announcement is not None and (
+                        best is None or announcement.announced_at > best.announced_at
+                    ):
+                        best = announcement
+        if best is None:
+            return newer
+        if self._from_latest:
+            await self._take(best)
+        else:
+            self.gate.admit(best)
+            log_event(
+                log, "model_announcement_history", latest=best.model_version, announced_at=best.announced_at
+            )
+        return newer
+
+    def _acceptable(self, value: bytes | None) -> ModelAnnouncement | None:
+        """The announcement in ``value`` if the gate would take it now (history: no metrics)."""
+        try:
+            announcement = decode(value or b"", ModelAnnouncement)
+            self.gate.check(announcement)
+        except (MessageError, ModelRefused):
+            return None
+        return announcement
 
     @staticmethod
     async def _partitions(consumer: Any, topic: str) -> list[int]:
@@ -220,37 +334,73 @@ class ModelWatcher:
             f"topic {topic} does not exist; run `lineguard topics ensure`", reason="no_topic"
         )
 
-    async def _consider(self, value: bytes) -> None:
-        try:
-            announcement = decode(value, ModelAnnouncement)
-        except MessageError as exc:
-            metrics.MODEL_LOAD_FAILURES.inc()
-            log_event(log, "model_announcement_invalid", logging.ERROR, reason=exc.reason, detail=str(exc))
-            return
+    async def consider(self, values: Sequence[bytes | None]) -> None:
+        """New records from the topic: each is checked; the newest acceptable one is loaded. Never raises
+        for anything a record holds."""
+        newest: ModelAnnouncement | None = None
+        for value in values:
+            try:
+                announcement = decode(value or b"", ModelAnnouncement)
+            except MessageError as exc:
+                self._refuse(None, "malformed", f"{exc.reason}: {exc.detail}")
+                continue
+            try:
+                self.gate.check(announcement)
+            except ModelRefused as exc:
+                self._refuse(announcement, exc.reason, str(exc))
+                continue
+            if newest is None or announcement.announced_at > newest.announced_at:
+                newest = announcement
+        if newest is not None:
+            await self._take(newest)
+
+    async def _take(self, announcement: ModelAnnouncement) -> None:
+        """Load an announcement the gate accepts and offer its model."""
+        self.gate.admit(announcement)
         if announcement.model_version == self._holder.latest_version:
             return
         started = time.monotonic()
-        log_event(log, "model_loading", version=announcement.model_version, path=announcement.path)
+        log_event(
+            log,
+            "model_loading",
+            version=announcement.model_version,
+            path=announcement.path,
+            key_id=announcement.key_id or None,
+        )
         try:
             candidate = await asyncio.to_thread(
                 self._loader,
                 Path(announcement.path),
+                root=self._models_root,
+                weights_dir=self._weights_dir,
                 expected_sha256=announcement.sha256,
                 expected_version=announcement.model_version,
                 source=f"announcement {announcement.model_version}",
             )
         except ModelRefused as exc:
-            metrics.MODEL_LOAD_FAILURES.inc()
-            self.refused.append(announcement.model_version)
-            log_event(
-                log,
-                "model_refused",
-                logging.ERROR,
-                version=announcement.model_version,
-                path=announcement.path,
-                detail=str(exc),
-                serving=self._holder.version,
-            )
+            self._refuse(announcement, exc.reason, str(exc))
+            return
+        except Exception as exc:  # MemoryError, a library's own error: refuse it, keep watching
+            self._refuse(announcement, "load_failed", f"{type(exc).__name__}: {exc}")
             return
         self._holder.offer(candidate)
         log_event(log, "model_ready", version=candidate.version, seconds=round(time.monotonic() - started, 3))
+
+    def _refuse(self, announcement: ModelAnnouncement | None, reason: str, detail: str) -> None:
+        label = reason if reason in REFUSAL_REASONS else "load_failed"
+        metrics.MODEL_LOAD_FAILURES.inc()
+        metrics.MODEL_ANNOUNCEMENTS_REFUSED.labels(label).inc()
+        if announcement is not None:
+            self.refused.append(announcement.model_version)
+            del self.refused[:-MAX_REMEMBERED_REFUSALS]
+        log_event(
+            log,
+            "model_refused",
+            logging.ERROR,
+            reason=label,
+            version=announcement.model_version if announcement else None,
+            path=announcement.path if announcement else None,
+            key_id=(announcement.key_id or None) if announcement else None,
+            detail=detail[:1000],
+            serving=self._holder.version,
+        )

@@ -8,7 +8,9 @@ Weight files are read as safetensors or with ``torch.load(weights_only=True)``, 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +92,48 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+# The only timm keyword arguments a model's settings may pass (``FitConfig.arch_overrides``), with
+# their type and bounds: architecture sizes. Anything else (``checkpoint_path``, ``pretrained_cfg``
+# and the like would make timm read files) is refused, at fitting and at loading.
+ARCH_OVERRIDES: Mapping[str, tuple[type, float, float]] = {
+    "embed_dim": (int, 8, 4096),
+    "depth": (int, 1, 64),
+    "num_heads": (int, 1, 64),
+    "mlp_ratio": (float, 0.25, 16.0),
+}
+
+
+def check_arch_overrides(overrides: object) -> dict[str, int | float]:
+    """``overrides`` if every key is allowed and every value of its type within bounds."""
+    if not isinstance(overrides, dict):
+        raise BackboneError("arch_overrides must be a mapping")
+    checked: dict[str, int | float] = {}
+    for key, value in overrides.items():
+        if key not in ARCH_OVERRIDES:
+            raise BackboneError(
+                f"arch_overrides: {str(key)[:64]!r} is not allowed; allowed: {', '.join(ARCH_OVERRIDES)}"
+            )
+        kind, low, high = ARCH_OVERRIDES[key]
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not is_number or (kind is int and not isinstance(value, int)) or not low <= value <= high:
+            raise BackboneError(f"arch_overrides: {key} must be a {kind.__name__} in [{low}, {high}]")
+        checked[key] = value
+    return checked
+
+
+@dataclass(frozen=True)
+class WeightBytes:
+    """A weight file read into memory once: its sha256 was checked on exactly these bytes, and these
+    bytes are what gets parsed (no second open of the file between check and use)."""
+
+    path: Path
+    data: bytes
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
 def get_spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
@@ -143,16 +187,23 @@ def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> Path:
     )
 
 
-def read_state_dict(path: Path) -> dict[str, Any]:
-    """Tensors from a safetensors file, or a .pth/.bin read with ``weights_only=True``."""
+def read_state_dict(path: Path | WeightBytes) -> dict[str, Any]:
+    """Tensors from a safetensors file, or a .pth/.bin read with ``weights_only=True``; from memory
+    when given ``WeightBytes``."""
     import torch
 
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    source: Any = io.BytesIO(path.data) if isinstance(path, WeightBytes) else str(path)
+    if Path(path.name).suffix == ".safetensors":
+        import safetensors.torch
 
-        return dict(load_file(str(path)))
+        try:
+            if isinstance(path, WeightBytes):
+                return dict(safetensors.torch.load(path.data))
+            return dict(safetensors.torch.load_file(source))
+        except Exception as exc:  # SafetensorError and friends: a damaged file
+            raise BackboneError(f"{path.name} is not a readable safetensors file ({exc})") from None
     try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        loaded = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for non-weight files
         raise BackboneError(
             f"{path.name} is not a loadable weight file ({type(exc).__name__}: {exc})"
@@ -186,13 +237,13 @@ def map_efficientnet_lite(source: dict[str, Any], target: dict[str, Any]) -> dic
 def build_timm_model(
     spec: BackboneSpec,
     input_size: int,
-    weights_path: Path | None,
+    weights_path: Path | WeightBytes | None,
     arch_overrides: dict[str, Any] | None = None,
 ) -> Any:
     """Create the timm model for ``spec`` and load ``weights_path`` into it (random init if None)."""
     import timm
 
-    kwargs: dict[str, Any] = dict(arch_overrides or {})
+    kwargs: dict[str, Any] = dict(check_arch_overrides(arch_overrides or {}))
     if spec.kind == "vit":
         if input_size % spec.stride:
             raise BackboneError(f"{spec.name} needs an input size that is a multiple of {spec.stride}")

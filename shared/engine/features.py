@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from shared.engine.backbones import BackboneSpec, build_timm_model, get_spec
+from shared.engine.backbones import BackboneSpec, WeightBytes, build_timm_model, get_spec
 from shared.engine.config import FitConfig
 
 
@@ -91,8 +91,9 @@ class FeatureExtractor:
         return combined
 
 
-def make_extractor(config: FitConfig, weights_path: Path | None) -> FeatureExtractor:
-    """The feature extractor a model's settings describe (``weights_path`` None: random weights)."""
+def make_extractor(config: FitConfig, weights_path: Path | WeightBytes | None) -> FeatureExtractor:
+    """The feature extractor a model's settings describe (``weights_path`` None: random weights;
+    ``WeightBytes``: a weight file already read and verified)."""
     spec = get_spec(config.backbone)
     feature_config = FeatureConfig(
         layers=config.layers or spec.default_layers,

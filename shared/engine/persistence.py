@@ -2,27 +2,37 @@
 
 The directory holds ``manifest.json`` (settings, classes, calibration, every file's sha256),
 ``tensors.safetensors`` (routing prototypes and the tensors scorers keep there) and any files of
-a scorer's own format (faiss indexes). Loading verifies every hash first and unpickles nothing.
+a scorer's own format (faiss indexes). Loading unpickles nothing and trusts nothing it has not
+checked: every file is verified and parsed from the same bytes (``artifacts.read_artifact``); the
+manifest's fields are checked (``manifest_checks``); backbone weights are found only by the sha256
+the manifest names, in the configured weights directory or the backbone's own local source, and
+never at a path the manifest records; every tensor must fit the declared classes and the
+backbone's features, shown by scoring one plain frame through every class.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import stat
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shared.engine.artifacts import read_manifest, write_artifact
-from shared.engine.backbones import file_sha256, get_spec, resolve_weights
+from shared.engine.artifacts import VerifiedArtifact, read_artifact, write_artifact
+from shared.engine.backbones import BackboneSpec, WeightBytes, get_spec, resolve_weights
 from shared.engine.class_model import ClassModel
 from shared.engine.config import FitConfig
-from shared.engine.features import make_extractor
+from shared.engine.features import FeatureExtractor, make_extractor
+from shared.engine.manifest_checks import ClassEntry, check_manifest
 from shared.engine.model import InspectionModel
-from shared.engine.postprocess import Normaliser
-from shared.engine.scorers.base import ArtifactFiles, scorer_class
-from shared.errors import ArtifactError, BackboneError
+from shared.engine.scorers.base import ArtifactFiles, PatchScorer, ScoreInput, scorer_class
+from shared.errors import ArtifactError, BackboneError, ConfigError
+
+MAX_WEIGHT_BYTES = 8 << 30  # the largest backbone weight file read into memory (DINOv2 ViT-g is 4.5 GB)
 
 TENSORS = "tensors.safetensors"
 
@@ -86,80 +96,199 @@ def save_model(model: InspectionModel, path: str | Path, *, overwrite: bool = Fa
     write_artifact(path, manifest_of(model), write_files, overwrite=overwrite)
 
 
-def load_model(path: str | Path, *, weights: str | Path | None = None) -> InspectionModel:
-    """Load a model directory after verifying every hash; raises ``ArtifactError``."""
-    root = Path(path)
-    manifest = read_manifest(root)
+def load_model(
+    path: str | Path,
+    *,
+    weights: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    root: str | Path | None = None,
+) -> InspectionModel:
+    """Load a model directory, verifying everything first; raises ``ArtifactError``.
+
+    ``weights``: a weight file to use (it must have the manifest's sha256). ``weights_dir``: where
+    weight files are looked up by that sha256. ``root``: the directory must lie inside it.
+    """
+    return model_from_artifact(read_artifact(path, root=root), weights=weights, weights_dir=weights_dir)
+
+
+def model_from_artifact(
+    artifact: VerifiedArtifact,
+    *,
+    weights: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+) -> InspectionModel:
+    """Build the model a verified artifact describes, from its bytes in memory."""
+    where = artifact.path
+    checked = check_manifest(artifact.manifest, where)
+    config = checked.config
     try:
-        config_dict = dict(manifest["config"])
-        config_dict["layers"] = tuple(config_dict["layers"])
-        config = FitConfig(**config_dict)
-        backbone = manifest["backbone"]
-        class_entries = manifest["classes"]
         spec = get_spec(config.backbone)
         scorer_type = scorer_class(config.scorer)
-    except (KeyError, TypeError, ValueError) as exc:  # ConfigError and BackboneError included
-        raise ArtifactError(f"{root}/manifest.json is incompatible: {exc}") from None
-    weights_path = _locate_weights(spec.name, backbone, weights)
+    except (BackboneError, ConfigError) as exc:
+        raise ArtifactError(f"{where}: {exc}") from None
+    weight_file = _locate_weights(spec, checked.backbone, weights, weights_dir)
     try:
-        extractor = make_extractor(config, weights_path)
+        extractor = make_extractor(config, weight_file)
     except BackboneError as exc:
-        raise ArtifactError(f"backbone of {root} cannot be built: {exc}") from None
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(root / TENSORS))
-    files = ArtifactFiles(root, tensors)
-    class_models = []
-    try:
-        for i, entry in enumerate(class_entries):
-            normaliser = Normaliser(**{key: float(value) for key, value in entry["normaliser"].items()})
-            class_models.append(
-                ClassModel(
-                    name=str(entry["name"]),
-                    scorer=scorer_type.read(files, _slot(i), config),
-                    normaliser=normaliser,
-                    unknown_threshold=float(entry["routing"]["unknown_threshold"]),
-                    prototype=tensors["prototypes"][i],
-                    calibration=dict(entry["calibration"]),
-                )
-            )
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
-        raise ArtifactError(f"{root} is incomplete or incompatible: {exc!r}") from None
-    metadata: dict[str, Any] = {
-        key: manifest[key] for key in ("created_at", "training_data", "fit_seconds") if key in manifest
-    }
+        raise ArtifactError(f"backbone of {where} cannot be built: {exc}") from None
+    except Exception as exc:  # timm/torch errors from settings that do not describe a buildable model
+        raise ArtifactError(f"backbone of {where} cannot be built ({type(exc).__name__}: {exc})") from None
+    features, grid = _probe_features(extractor, config, where)
+    tensors = _read_tensors(artifact)
+    prototypes = _checked_prototypes(tensors, len(checked.classes), features.shape[2], where)
+    files = ArtifactFiles(artifact.path, tensors, artifact.read)
+    class_models = [
+        ClassModel(
+            name=entry.name,
+            scorer=_read_scorer(scorer_type, files, i, entry, config, features, grid, where),
+            normaliser=entry.normaliser,
+            unknown_threshold=entry.unknown_threshold,
+            prototype=prototypes[i],
+            calibration=entry.calibration,
+        )
+        for i, entry in enumerate(checked.classes)
+    ]
     return InspectionModel(
         config,
         extractor,
         class_models,
-        version=str(manifest["model_version"]),
-        weights_sha256=backbone.get("weights_sha256"),
-        weights_path=str(weights_path) if weights_path else None,
-        metadata=metadata,
+        version=checked.version,
+        weights_sha256=checked.backbone.get("weights_sha256"),
+        weights_path=str(weight_file.path) if weight_file else None,
+        metadata=checked.metadata,
     )
 
 
-def _locate_weights(name: str, backbone: dict[str, Any], override: str | Path | None) -> Path | None:
-    """The backbone weight file whose sha256 the manifest names (random-init models have none)."""
+def _probe_features(
+    extractor: FeatureExtractor, config: FitConfig, where: Path
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The backbone's patch features of one plain grey frame: their size and grid are what every
+    tensor of the model must fit."""
+    frame = np.full((config.input_size, config.input_size, 3), 128, dtype=np.uint8)
+    try:
+        features, grid = extractor([frame])
+    except Exception as exc:  # e.g. layer indices the backbone does not have
+        raise ArtifactError(
+            f"the backbone of {where} cannot compute features ({type(exc).__name__}: {exc})"
+        ) from None
+    return features.numpy(), grid
+
+
+def _read_tensors(artifact: VerifiedArtifact) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load
+
+    data = artifact.read(TENSORS)
+    try:
+        return dict(load(data))
+    except Exception as exc:  # SafetensorError: a header that does not describe the bytes
+        raise ArtifactError(f"{TENSORS} in {artifact.path} cannot be read ({exc})") from None
+
+
+def _checked_prototypes(tensors: dict[str, np.ndarray], n_classes: int, dim: int, where: Path) -> np.ndarray:
+    prototypes = tensors.get("prototypes")
+    if prototypes is None:
+        raise ArtifactError(f"{where}/{TENSORS} has no prototypes tensor")
+    if prototypes.dtype.kind != "f" or prototypes.shape != (n_classes, dim):
+        raise ArtifactError(
+            f"{where}: prototypes are {prototypes.dtype} {prototypes.shape}, but the manifest declares "
+            f"{n_classes} classes and the backbone gives {dim}-dimensional features"
+        )
+    if not np.isfinite(prototypes).all():
+        raise ArtifactError(f"{where}: prototypes hold non-finite values")
+    return prototypes
+
+
+def _read_scorer(
+    scorer_type: type[PatchScorer],
+    files: ArtifactFiles,
+    index: int,
+    entry: ClassEntry,
+    config: FitConfig,
+    features: np.ndarray,
+    grid: tuple[int, int],
+    where: Path,
+) -> PatchScorer:
+    """One class's scorer from its files, shown to score the probe features to finite patch scores."""
+    what = f"{where}: class {entry.name!r}"
+    frame = np.full((config.input_size, config.input_size, 3), 128, dtype=np.uint8)
+    try:
+        scorer = scorer_type.read(files, _slot(index), config)
+        facts = scorer.manifest_facts()
+        patch = scorer.score(ScoreInput(features, grid, [frame])).patch
+    except ArtifactError as exc:
+        raise ArtifactError(f"{what}: {exc}") from None
+    except Exception as exc:  # faiss, torch and numpy raise their own types for mismatched shapes
+        raise ArtifactError(
+            f"{what}: its {config.scorer} state does not fit the backbone's {features.shape[2]}-dimensional "
+            f"features on a {grid[0]}x{grid[1]} grid ({type(exc).__name__}: {exc})"
+        ) from None
+    if np.shape(patch) != (1, grid[0] * grid[1]) or not np.isfinite(patch).all():
+        raise ArtifactError(f"{what}: its {config.scorer} state gives non-finite or misshapen patch scores")
+    for key, value in facts.items():
+        if entry.facts.get(key) != value:
+            raise ArtifactError(
+                f"{what}: {key} is {entry.facts.get(key)!r} in the manifest but {value!r} in its files"
+            )
+    return scorer
+
+
+def read_weight_file(path: Path) -> bytes:
+    """A weight file's bytes, read once and bounded (hashed and parsed from this one copy)."""
+    with path.open("rb") as handle:
+        status = os.fstat(handle.fileno())
+        if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_WEIGHT_BYTES:
+            raise ArtifactError(f"{path} is not a regular file of at most {MAX_WEIGHT_BYTES} bytes")
+        data = handle.read(MAX_WEIGHT_BYTES + 1)
+    if len(data) > MAX_WEIGHT_BYTES:
+        raise ArtifactError(f"{path} is over {MAX_WEIGHT_BYTES} bytes")
+    return data
+
+
+def _verified_weights(path: Path, expected: str) -> WeightBytes | None:
+    if not path.is_file():
+        return None
+    data = read_weight_file(path)
+    return WeightBytes(path, data) if hashlib.sha256(data).hexdigest() == expected else None
+
+
+def _locate_weights(
+    spec: BackboneSpec,
+    backbone: dict[str, Any],
+    override: str | Path | None,
+    weights_dir: str | Path | None,
+) -> WeightBytes | None:
+    """The backbone weight file with the sha256 the manifest names, read into memory (random-init
+    models have none). Looked for as ``override``, else in ``weights_dir`` under the recorded file
+    name or named by the digest itself, else at the backbone's own local source; a path the
+    manifest records is never opened."""
     expected = backbone.get("weights_sha256")
     if expected is None:
         return None
     if override is not None:
-        override = Path(override)
-        if not override.is_file() or file_sha256(override) != expected:
+        found = _verified_weights(Path(override), expected)
+        if found is None:
             raise ArtifactError(
                 f"weight file {override} is not the one the model was fitted with (sha256 {expected})"
             )
-        return override
+        return found
+    recorded = Path(str(backbone.get("weights_path") or "")).name  # a bare name: it cannot leave the folder
     candidates: list[Path] = []
-    if backbone.get("weights_path"):
-        candidates.append(Path(backbone["weights_path"]))
-    with contextlib.suppress(BackboneError):  # no default source: only the recorded path counts
-        candidates.append(resolve_weights(get_spec(name), None))
+    if weights_dir is not None:
+        folder = Path(weights_dir)
+        if recorded not in ("", ".", ".."):
+            candidates.append(folder / recorded)
+        candidates.extend(sorted(folder.glob(f"{expected}*")))
+    with contextlib.suppress(BackboneError):  # no default source for this backbone
+        candidates.append(resolve_weights(spec, None))
     for candidate in candidates:
-        if candidate.is_file() and file_sha256(candidate) == expected:
-            return candidate
+        found = _verified_weights(candidate, expected)
+        if found is not None:
+            return found
+    place = (
+        f"the weights directory {weights_dir}" if weights_dir else "a weights directory (none is configured)"
+    )
+    named = f"as {recorded} or " if recorded not in ("", ".", "..") else "as "
     raise ArtifactError(
-        f"the model needs the {name} weight file with sha256 {expected} "
-        f"(fitted from {backbone.get('weights_path')}); put that file there or pass it as weights"
+        f"the model needs the {spec.name} weight file with sha256 {expected}; "
+        f"put it in {place} {named}{expected}.safetensors (or .pth)"
     )

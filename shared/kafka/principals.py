@@ -2,7 +2,10 @@
 
 The table follows what each service's code does with Kafka (read ``services/<name>/service.py``):
 
-- ``camera``: writes ``frames``.
+- ``camera``: writes ``frames`` (``lineguard camera-sim``, or a camera of your own).
+- ``camera-gateway``: writes ``frames`` and its ``camera-ledger`` (which file or stream position each
+  camera last sent) in transactions under its transactional ids, and reads the ledger back at start
+  (no group). Trigger topics a plant chooses in the gateway's camera file are its own: grant them.
 - ``scorer``: reads ``frames`` in its group and ``models`` (no group); writes ``verdicts``,
   ``defects``, ``dlq`` and ``alerts`` in transactions whose ids start with its transactional-id
   prefix, committing the ``frames`` offsets in the same transactions.
@@ -12,9 +15,11 @@ The table follows what each service's code does with Kafka (read ``services/<nam
   watches the scorer: its group's members and committed offsets (DESCRIBE on the group) against
   the ``frames`` partitions' offsets (DESCRIBE on ``frames``: offsets only, never a frame).
 - ``alerts``: reads ``alerts`` in its group, dead-letters what it cannot deliver to ``dlq``.
-- ``operator``: announces models (writes ``models``; ``lineguard announce``).
-- ``console`` (the future operator console): reads ``verdicts``, ``defects``, ``reports``,
-  ``alerts`` and ``models`` in groups named after it.
+- ``operator``: announces models (writes ``models``; ``lineguard announce``) and exports labelled
+  data to fit them (``lineguard labels export`` reads ``feedback``, ``defects``, ``verdicts`` and
+  ``frames``, no group).
+- ``console``: the operator console reads ``verdicts``, ``defects``, ``reports``, ``models`` and
+  ``feedback`` (no group) and writes the operators' ``feedback``.
 - ``admin``: creates, configures and deletes the topics (``lineguard topics ensure``), describes
   every group (lag), and manages ACLs and SCRAM credentials (``ALTER`` on the cluster).
 
@@ -130,9 +135,23 @@ def principals(settings: Settings) -> tuple[Principal, ...]:
         Grant(Resource.CLUSTER, CLUSTER_NAME, Pattern.LITERAL, op)
         for op in (Operation.DESCRIBE, Operation.ALTER, Operation.DESCRIBE_CONFIGS)
     ]
-    console_group = f"{settings.topic_prefix}-console"
+    gateway = settings.camera_gateway.transactional_id
+    gateway_txn = (
+        Grant(Resource.TRANSACTIONAL_ID, gateway, Pattern.LITERAL, write)
+        if gateway
+        else Grant(Resource.TRANSACTIONAL_ID, "lineguard-camera-gateway-", Pattern.PREFIXED, write)
+    )
     return (
         Principal("camera", "publishes camera frames", tuple(_topics(settings, write, "frames"))),
+        Principal(
+            "camera-gateway",
+            "publishes real cameras' frames exactly once, with its ledger",
+            (
+                *_topics(settings, write, "frames", "camera-ledger"),
+                *_topics(settings, read, "camera-ledger"),
+                gateway_txn,
+            ),
+        ),
         Principal(
             "scorer",
             "scores frames; publishes verdicts, defect events, dead letters and alerts exactly once",
@@ -172,13 +191,20 @@ def principals(settings: Settings) -> tuple[Principal, ...]:
                 _group(settings.alerts.group_id),
             ),
         ),
-        Principal("operator", "announces models", tuple(_topics(settings, write, "models"))),
+        Principal(
+            "operator",
+            "announces models; exports labelled data to fit them",
+            (
+                *_topics(settings, write, "models"),
+                *_topics(settings, read, "feedback", "defects", "verdicts", "frames"),
+            ),
+        ),
         Principal(
             "console",
-            "reads the line's results (the future operator console)",
+            "the operator console: shows the line's results, records the operators' feedback",
             (
-                *_topics(settings, read, "verdicts", "defects", "reports", "alerts", "models"),
-                _group(console_group, pattern=Pattern.PREFIXED),
+                *_topics(settings, read, "verdicts", "defects", "reports", "models", "feedback"),
+                *_topics(settings, write, "feedback"),
             ),
         ),
         Principal(
@@ -198,4 +224,14 @@ def principal(settings: Settings, name: str) -> Principal:
 
 
 # The names alone (the same for any settings), for command-line choices and the compose file's test.
-PRINCIPAL_NAMES = ("camera", "scorer", "explainer", "plc-bridge", "alerts", "operator", "console", "admin")
+PRINCIPAL_NAMES = (
+    "camera",
+    "camera-gateway",
+    "scorer",
+    "explainer",
+    "plc-bridge",
+    "alerts",
+    "operator",
+    "console",
+    "admin",
+)

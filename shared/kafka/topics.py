@@ -71,6 +71,21 @@ TOPICS: tuple[TopicSpec, ...] = (
               "Model announcements; compacted, so the last one is the model to serve.",
               {"cleanup.policy": "compact", "max.message.bytes": str(1 << 20),
                "min.cleanable.dirty.ratio": "0.1"}),
+    # Compacted; one record per camera per gateway transaction, so segments roll hourly and
+    # tombstones go after an hour: a restarting gateway reads little more than the last hour.
+    TopicSpec("camera-ledger", "camera_id", "lineguard.CameraLedger", 1,
+              "The camera gateway's hot-folder files committed with each transaction (exactly one frame "
+              "per file across restarts); compacted, the last record per camera counts.",
+              {"cleanup.policy": "compact", "max.message.bytes": str(1 << 20),
+               "min.cleanable.dirty.ratio": "0.1", "segment.ms": str(HOUR_MS),
+               "delete.retention.ms": str(HOUR_MS)}),
+    # Compacted by frame: the latest judgement of a frame counts; kept until compacted, never by time.
+    TopicSpec("feedback", "frame_id", "lineguard.Feedback", 1,
+              "Operators' judgements of frames from the console (defect with type and regions, or good: "
+              "a false reject); compacted, the last record per frame counts. Read by `lineguard labels "
+              "export`.",
+              {"cleanup.policy": "compact", "max.message.bytes": str(1 << 20),
+               "min.cleanable.dirty.ratio": "0.1"}),
 )
 # fmt: on
 

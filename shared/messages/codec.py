@@ -28,8 +28,10 @@ from shared.messages.pixels import RAW_CHANNELS
 from shared.messages.schemas import (
     MESSAGE_TYPES,
     NESTED_TYPES,
+    CameraLedger,
     DeadLetter,
     DefectEvent,
+    Feedback,
     Frame,
     Message,
     ModelAnnouncement,
@@ -345,8 +347,32 @@ def _check_rules(message: Any) -> None:
         _check_image(message.encoding, message.image, message.width, message.height, "")
         if not message.anomaly_map_png.startswith(PNG_SIGNATURE):
             raise _refusal("invalid_field", "anomaly_map_png is not a PNG", "anomaly_map_png")
-    elif isinstance(message, ModelAnnouncement) and any(c not in "0123456789abcdef" for c in message.sha256):
+    elif isinstance(message, ModelAnnouncement) and not _is_hex(message.sha256):
         raise _refusal("invalid_field", "sha256 must be 64 lowercase hex digits", "sha256")
+    elif isinstance(message, Feedback):
+        _check_feedback(message)
+    elif isinstance(message, CameraLedger):
+        for i, entry in enumerate(message.files):
+            if not _is_hex(entry.identity):
+                field = f"files[{i}].identity"
+                raise _refusal("invalid_field", "identity must be 64 lowercase hex digits", field)
+
+
+def _check_feedback(feedback: Feedback) -> None:
+    """A good frame has no defect type or region; regions lie inside the frame when its size is known."""
+    if (feedback.width is None) != (feedback.height is None):
+        raise _refusal("invalid_field", "width and height must be given together", "width")
+    if feedback.label == "good" and (feedback.defect_type or feedback.regions):
+        raise _refusal("invalid_field", "a good frame has no defect type or region", "label")
+    if feedback.width is None or feedback.height is None:
+        return
+    for i, region in enumerate(feedback.regions):
+        if region.x + region.width > feedback.width or region.y + region.height > feedback.height:
+            raise _refusal("invalid_field", f"region {i} lies outside the frame", f"regions[{i}]")
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def _check_image(encoding: str, image: bytes, width: int | None, height: int | None, path: str) -> None:

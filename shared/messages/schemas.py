@@ -241,17 +241,27 @@ class DeadLetter:
         )
 
 
+ANNOUNCEMENT_KEY_ID_LEN = 16  # hex digits of the signing key's id (services/scorer/trust.py)
+ANNOUNCEMENT_SIGNATURE_LEN = 64  # bytes of an Ed25519 signature
+
+
 @dataclass(frozen=True)
 class ModelAnnouncement:
-    """A model ready to serve (``models`` topic, compacted; key: ``"current"``)."""
+    """A model ready to serve (``models`` topic, compacted; key: ``"current"``).
+
+    Signed with Ed25519 over every other field (``services/scorer/trust.py``); ``key_id`` and
+    ``signature`` are empty on an unsigned announcement, which only a scorer that trusts no key takes.
+    """
 
     SCHEMA: ClassVar[str] = "lineguard.ModelAnnouncement"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     model_version: str = field(metadata=_ID)
-    path: str = field(metadata=limits(min_len=1, max_len=TEXT_MAX))
+    path: str = field(metadata=limits(min_len=1, max_len=TEXT_MAX))  # relative to the models root
     announced_at: int = field(metadata=_TIMESTAMP)  # ns
-    sha256: str = field(metadata=limits(min_len=64, max_len=64))  # lowercase hex
+    sha256: str = field(metadata=limits(min_len=64, max_len=64))  # the manifest's digest, lowercase hex
+    key_id: str = field(default="", metadata=limits(max_len=ANNOUNCEMENT_KEY_ID_LEN))
+    signature: bytes = field(default=b"", metadata=limits(max_len=ANNOUNCEMENT_SIGNATURE_LEN))
 
 
 ALERT_KINDS = ("consecutive_rejects", "unknown_product", "score_drift")
@@ -341,6 +351,74 @@ class Report:
     created_at: int = field(metadata=_TIMESTAMP)  # ns
 
 
+MAX_LEDGER_FILES = 256  # files in one gateway transaction for one camera (gateway max_batch)
+
+
+@dataclass(frozen=True)
+class LedgerFile:
+    """A hot-folder file whose frame a camera gateway's transaction committed."""
+
+    name: str = field(metadata=limits(min_len=1, max_len=TEXT_MAX))  # relative to the hot folder
+    identity: str = field(metadata=limits(min_len=64, max_len=64))  # sha256 of name, size, mtime, content
+    frame_id: str = field(metadata=_ID)
+
+
+@dataclass(frozen=True)
+class CameraLedger:
+    """The hot-folder files of one camera that a gateway's latest transaction for that camera committed,
+    written in that same transaction (``camera-ledger`` topic, compacted; key: ``camera_id``).
+
+    A restarted gateway reads the last one per camera: a file it names that is still in the folder was
+    sent already and is moved away without being sent again.
+    """
+
+    SCHEMA: ClassVar[str] = "lineguard.CameraLedger"
+    VERSION: ClassVar[int] = 1
+
+    camera_id: str = field(metadata=_ID)
+    files: list[LedgerFile] = field(metadata=limits(max_items=MAX_LEDGER_FILES))
+    committed_at: int = field(metadata=_TIMESTAMP)  # ns, when the transaction was sent
+
+
+FEEDBACK_LABELS = ("defect", "good")  # good: a false reject (or a confirmed normal)
+FEEDBACK_AUTH = ("token", "proxy")  # how the console knew the operator (docs/operations.md)
+MAX_FEEDBACK_REGIONS = 16
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """An operator's judgement of one frame, from the console (``feedback`` topic, compacted; key:
+    ``frame_id``, so the latest judgement of a frame is the one that counts).
+
+    The frame's identity, class and the model's decision are the verdict's, copied by the console.
+    ``regions`` are in the frame's pixels: a region chosen from the verdict keeps the scorer's score,
+    one the operator drew has score 0. ``width``/``height``: the frame's size when the console had
+    its image (needed to turn regions into masks), else null.
+    """
+
+    SCHEMA: ClassVar[str] = "lineguard.Feedback"
+    VERSION: ClassVar[int] = 1
+
+    frame_id: str = field(metadata=_ID)
+    line_id: str = field(metadata=_ID)
+    station_id: str = field(metadata=_ID)
+    camera_id: str = field(metadata=_ID)
+    product_class: str = field(metadata=_ID)  # the verdict's class, or "unknown"
+    label: str = field(metadata=limits(choices=FEEDBACK_LABELS))
+    defect_type: str = field(metadata=limits(max_len=ID_MAX))  # "" for good, or a defect of no stated type
+    regions: list[RegionMsg] = field(metadata=limits(max_items=MAX_FEEDBACK_REGIONS))
+    width: int | None = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))
+    height: int | None = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))
+    decision: str = field(metadata=limits(choices=DECISIONS))  # the model's, on the verdict
+    score: float = field(metadata=limits())  # the verdict's normalised score
+    model_version: str = field(metadata=limits(max_len=ID_MAX))  # the verdict's
+    captured_at: int = field(metadata=_TIMESTAMP)  # ns, the frame's
+    operator: str = field(metadata=_ID)  # who
+    authenticated_by: str = field(metadata=limits(choices=FEEDBACK_AUTH))
+    submitted_at: int = field(metadata=_TIMESTAMP)  # ns, when
+    comment: str = field(metadata=limits(max_len=TEXT_MAX))
+
+
 MESSAGE_TYPES: tuple[type, ...] = (
     Frame,
     Verdict,
@@ -349,7 +427,19 @@ MESSAGE_TYPES: tuple[type, ...] = (
     ModelAnnouncement,
     AlertEvent,
     Report,
+    CameraLedger,
+    Feedback,
 )
-NESTED_TYPES: tuple[type, ...] = (RegionMsg, FindingMsg)
+NESTED_TYPES: tuple[type, ...] = (RegionMsg, FindingMsg, LedgerFile)
 
-Message = Frame | Verdict | DefectEvent | DeadLetter | ModelAnnouncement | AlertEvent | Report
+Message = (
+    Frame
+    | Verdict
+    | DefectEvent
+    | DeadLetter
+    | ModelAnnouncement
+    | AlertEvent
+    | Report
+    | CameraLedger
+    | Feedback
+)

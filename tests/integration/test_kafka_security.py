@@ -25,7 +25,7 @@ from shared.kafka.principals import CLUSTER_NAME, PRINCIPAL_NAMES, principals
 from shared.kafka.secure_broker import SecureLocalBroker, read_env_file
 from shared.kafka.security import KafkaAccessError
 from shared.settings import KafkaSettings, SecurityProtocol, Settings
-from tests.support.processes import LineguardProcess
+from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,7 @@ async def test_clients_without_credentials_with_a_wrong_password_or_another_ca_a
 
     # The same through the command line: one line, exit 1, the password never printed.
     variables = read_env_file(layout.env_file("camera")) | {"LINEGUARD_KAFKA__SASL_PASSWORD_FILE": str(wrong)}
-    command = LineguardProcess(["topics", "ensure"], variables, tmp_path / "cli.log")
+    command = ServiceProcess(["topics", "ensure"], variables, tmp_path / "cli.log")
     assert await command.wait_exit(120) == 1
     output = command.log_text().strip().splitlines()
     assert output[-1].startswith("lineguard: topics ensure: cannot use Kafka at ")
@@ -213,7 +213,7 @@ async def test_provisioning_as_the_broker_sets_every_user_and_exactly_the_table(
         "LINEGUARD_KAFKA__SSL_CERT_FILE": str(layout.keystore),
     }
     args = ["kafka", "provision", "--secrets", str(layout.root)]
-    command = LineguardProcess(args, identity, tmp_path / "provision.log")
+    command = ServiceProcess(args, identity, tmp_path / "provision.log")
     assert await command.wait_exit(120) == 0, command.log_text()
     table = principals(secure_kafka.settings)
     count = sum(len(p.grants) for p in table)

@@ -23,15 +23,11 @@ from shared.kafka.client import make_admin
 from shared.kafka.principals import PRINCIPAL_NAMES
 from shared.kafka.secure_broker import SecureLocalBroker, read_env_file
 from shared.messages.schemas import AlertEvent, DefectEvent, Report, Verdict
-from tests.integration.line_support import (
-    IMAGE_SIZE,
-    PRODUCTS,
-    LineModels,
-    TopicReader,
-    line_models,
-    wait_until,
-)
-from tests.support.processes import LineguardProcess
+from tests.support.line import IMAGE_SIZE, LineModels
+from tests.support.models import PRODUCTS
+from tests.support.processes import ServiceProcess
+from tests.support.topics import TopicReader
+from tests.support.waiting import wait_until
 from tests.support.webhook_server import WebhookServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -68,21 +64,16 @@ def private_key_lines(*pem_files: Path) -> set[str]:
     return lines
 
 
-@pytest.fixture
-def models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
-    return line_models(tmp_path_factory)
-
-
 async def test_the_line_works_with_one_identity_per_service_and_logs_no_secret(
-    secure_kafka: SecureLocalBroker, models: LineModels, tmp_path: Path
+    secure_kafka: SecureLocalBroker, line_models: LineModels, tmp_path: Path
 ) -> None:
     broker = secure_kafka
     console = broker.client_settings("console")
     modbus_port, opcua_port = free_port(), free_port()
-    processes: dict[str, LineguardProcess] = {}
+    processes: dict[str, ServiceProcess] = {}
 
-    def start(name: str, args: list[str], env: dict[str, str]) -> LineguardProcess:
-        processes[name] = LineguardProcess(args, env, tmp_path / f"{name}.log")
+    def start(name: str, args: list[str], env: dict[str, str]) -> ServiceProcess:
+        processes[name] = ServiceProcess(args, env, tmp_path / f"{name}.log")
         return processes[name]
 
     with WebhookServer() as webhook:
@@ -95,7 +86,7 @@ async def test_the_line_works_with_one_identity_per_service_and_logs_no_secret(
             )
             scorer = start(
                 "scorer",
-                ["scorer", "--model", str(models.a)],
+                ["scorer", "--model", str(line_models.a)],
                 principal_env(
                     broker,
                     "scorer",

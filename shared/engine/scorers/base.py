@@ -12,8 +12,8 @@ turns its patch scores into maps, image scores and thresholds the same way for e
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Self
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from shared.engine.config import FitConfig, FitProgress
 from shared.engine.scorers import registry
-from shared.errors import ConfigError
+from shared.errors import ArtifactError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,20 @@ class PatchScores:
 
 @dataclass(frozen=True)
 class ArtifactFiles:
-    """The part of a model directory a scorer writes to and reads from."""
+    """The part of a model directory a scorer writes to and reads from.
+
+    Writing: files of the scorer's own format go into ``folder``. Reading: a scorer gets them with
+    ``read_bytes`` (the bytes the loader already verified against the manifest), never by opening
+    a path, so what was checked is what is parsed.
+    """
 
     folder: Path  # files of the scorer's own format (e.g. faiss indexes) go here
     tensors: dict[str, np.ndarray]  # collected into the model's one safetensors file
+    read_bytes: Callable[[str], bytes] = field(default=lambda name: _not_loading(name))
+
+
+def _not_loading(name: str) -> bytes:
+    raise ArtifactError(f"{name}: a model's files are read only while loading a verified artifact")
 
 
 class PatchScorer(Protocol):

@@ -127,6 +127,8 @@ class KnnBank:
         faiss.write_index(self.index, str(path))  # type: ignore[attr-defined]
 
     @classmethod
-    def read(cls, path: Path, k: int) -> KnnBank:
+    def from_bytes(cls, data: bytes, k: int) -> KnnBank:
+        """The index serialised in ``data`` (a verified file's bytes; faiss parses them in memory)."""
         faiss: object = _faiss()
-        return cls(faiss.read_index(str(path)), k)  # type: ignore[attr-defined]
+        buffer = np.frombuffer(data, dtype=np.uint8)
+        return cls(faiss.deserialize_index(buffer), k)  # type: ignore[attr-defined]

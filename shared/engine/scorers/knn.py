@@ -61,7 +61,7 @@ class KnnScorer:
 
     @classmethod
     def read(cls, files: ArtifactFiles, key: str, config: FitConfig) -> Self:
-        return cls(KnnBank.read(files.folder / f"index_{key}.faiss", config.k))
+        return cls(KnnBank.from_bytes(files.read_bytes(f"index_{key}.faiss"), config.k))
 
 
 class PatchCoreScorer(KnnScorer):

@@ -60,7 +60,16 @@ def setting_field(variable: str) -> Any:
 def test_lineguard_services_run_real_cli_commands() -> None:
     parser = build_parser()
     services = lineguard_services()
-    assert {"topics", "scorer", "explainer", "plc-bridge", "alerts", "camera-sim", "plc-sim"} <= set(services)
+    assert {
+        "topics",
+        "scorer",
+        "explainer",
+        "plc-bridge",
+        "alerts",
+        "console",
+        "camera-sim",
+        "plc-sim",
+    } <= set(services)
     for name, service in services.items():
         command = [resolve(part) for part in service["command"]]
         try:
@@ -102,6 +111,7 @@ def test_metrics_port_matches_prometheus_healthchecks_and_dockerfile() -> None:
         "explainer": jobs["lineguard-explainer"]["static_configs"][0],
         "plc-bridge": jobs["lineguard-plc-bridge"]["static_configs"][0],
         "alerts": jobs["lineguard-alerts"]["static_configs"][0],
+        "console": jobs["lineguard-console"]["static_configs"][0],
     }
     for name, target in scraped.items():
         port = int(env(SERVICES[name])["LINEGUARD_METRICS_PORT"])
@@ -142,6 +152,7 @@ SERVICE_PRINCIPALS = {
     "alerts": "alerts",
     "camera-sim": "camera",
     "operator": "operator",
+    "console": "console",
 }
 
 
@@ -337,16 +348,39 @@ def test_volumes_secrets_and_health_checks() -> None:
             assert source.startswith("./") or source in declared, volume
         for secret in secrets_of(service).values():
             assert secret in COMPOSE["secrets"]
-    for name in ("kafka", "scorer", "explainer", "plc-bridge", "alerts", "plc-sim", "prometheus", "grafana"):
+    for name in (
+        "kafka",
+        "scorer",
+        "explainer",
+        "plc-bridge",
+        "alerts",
+        "console",
+        "plc-sim",
+        "prometheus",
+        "grafana",
+    ):
         check = SERVICES[name]["healthcheck"]
         assert not check.get("disable") and check["test"][0] in ("CMD", "CMD-SHELL"), name
     secret_env = {
         "explainer": "LINEGUARD_EXPLAINER__API_KEY_FILE",
         "alerts": "LINEGUARD_ALERTS__WEBHOOK_URL_FILE",
+        "console": "LINEGUARD_CONSOLE__TOKEN_FILE",
     }
     for name, variable in secret_env.items():
         mounted = [m for m in secrets_of(SERVICES[name]) if not m.startswith("kafka_")]
         assert [env(SERVICES[name])[variable]] == [f"/run/secrets/{m}" for m in mounted]
+
+
+def test_the_console_reads_the_explainers_report_store_and_publishes_its_port() -> None:
+    console, explainer = env(SERVICES["console"]), env(SERVICES["explainer"])
+    assert console["LINEGUARD_EXPLAINER__REPORT_DIR"] == explainer["LINEGUARD_EXPLAINER__REPORT_DIR"]
+    report_dir = console["LINEGUARD_EXPLAINER__REPORT_DIR"]
+    assert f"reports:{report_dir}:ro" in SERVICES["console"]["volumes"]
+    assert console["LINEGUARD_CONSOLE__HOST"] == "0.0.0.0"
+    port = console["LINEGUARD_CONSOLE__PORT"]
+    assert any(resolve(mapping).endswith(f":{port}") for mapping in SERVICES["console"]["ports"])
+    frames = console["LINEGUARD_LABELS__FRAMES_DIR"]
+    assert f"frames:{frames}" in SERVICES["console"]["volumes"]
 
 
 def test_dockerfile_copies_what_exists() -> None:

@@ -49,9 +49,14 @@ def test_each_service_reads_and_writes_what_its_code_does() -> None:
         T("frames"): {"DESCRIBE"},  # offsets of the scorer's input, never a frame
     }
     assert _topic_ops("alerts") == {T("alerts"): {"READ"}, T("dlq"): {"WRITE"}}
-    assert _topic_ops("operator") == {T("models"): {"WRITE"}}
+    assert _topic_ops("camera-gateway") == {T("frames"): {"WRITE"}, T("camera-ledger"): {"READ", "WRITE"}}
+    assert _topic_ops("operator") == {
+        T("models"): {"WRITE"},
+        **{T(n): {"READ"} for n in ("feedback", "defects", "verdicts", "frames")},  # labels export
+    }
     assert _topic_ops("console") == {
-        T(n): {"READ"} for n in ("verdicts", "defects", "reports", "alerts", "models")
+        **{T(n): {"READ"} for n in ("verdicts", "defects", "reports", "models")},
+        T("feedback"): {"READ", "WRITE"},
     }
     assert _topic_ops("admin") == {}  # topics by prefix, below
 
@@ -65,7 +70,8 @@ def test_only_the_scorer_writes_verdicts_and_only_the_operator_writes_models() -
             assert g.operation is not Operation.ALL, p.name
     assert writers[T("verdicts")] == {"scorer"}
     assert writers[T("models")] == {"operator"}
-    assert writers[T("frames")] == {"camera"}
+    assert writers[T("frames")] == {"camera", "camera-gateway"}
+    assert writers[T("feedback")] == {"console"}
     assert writers[T("dlq")] == {"scorer", "explainer", "plc-bridge", "alerts"}
 
 
@@ -80,6 +86,16 @@ def test_groups_and_transactional_ids_follow_the_settings() -> None:
     scorer = set(principal(settings, "scorer").grants)
     assert Grant(Resource.GROUP, "g-s", Pattern.LITERAL, Operation.READ) in scorer
     assert Grant(Resource.TRANSACTIONAL_ID, "tx-", Pattern.PREFIXED, Operation.WRITE) in scorer
+    gateway = set(principal(settings, "camera-gateway").grants)
+    assert (
+        Grant(Resource.TRANSACTIONAL_ID, "lineguard-camera-gateway-", Pattern.PREFIXED, Operation.WRITE)
+        in gateway
+    )
+    fixed = settings.model_copy(
+        update={"camera_gateway": settings.camera_gateway.model_copy(update={"transactional_id": "gw-7"})}
+    )
+    fixed_grants = principal(fixed, "camera-gateway").grants
+    assert Grant(Resource.TRANSACTIONAL_ID, "gw-7", Pattern.LITERAL, Operation.WRITE) in fixed_grants
     bridge = set(principal(settings, "plc-bridge").grants)
     assert Grant(Resource.GROUP, "g-s", Pattern.LITERAL, Operation.DESCRIBE) in bridge
     for name in ("explainer", "plc-bridge", "alerts"):

@@ -10,85 +10,30 @@ import msgpack
 import pytest
 
 from shared import limits
+from shared.engine.config import Region
 from shared.messages import codec
 from shared.messages.codec import MessageError, decode, decode_any, encode, schema_of
-from shared.messages.schemas import (
-    DeadLetter,
-    DefectEvent,
-    Frame,
-    ModelAnnouncement,
-    RegionMsg,
-    Verdict,
-)
+from shared.messages.schemas import DeadLetter, DefectEvent, Frame, ModelAnnouncement, RegionMsg, Verdict
+from tests.support import messages as build
+from tests.support.messages import announcement, dead_letter
 
 PNG = codec.PNG_SIGNATURE + b"rest-of-png"
 
 
 def frame(**changes: Any) -> Frame:
-    base = Frame(
-        frame_id="f-1",
-        line_id="line-1",
-        station_id="st-1",
-        camera_id="cam-1",
-        captured_at=1_700_000_000_000_000_000,
-        encoding="jpeg",
-        image=b"\xff\xd8\xff\xe0jpeg",
-        product="washer",
-        deadline_ms=250,
-        attributes={"lot": "A1"},
-    )
-    return dataclasses.replace(base, **changes)
+    optional = {"product": "washer", "deadline_ms": 250, "attributes": {"lot": "A1"}}
+    return build.frame(**{"captured_at": build.T0, **optional, **changes})
 
 
 def verdict(**changes: Any) -> Verdict:
-    base = Verdict(
-        frame_id="f-1",
-        line_id="line-1",
-        station_id="st-1",
-        camera_id="cam-1",
-        product_class="washer",
-        route_confidence=0.93,
-        decision="reject",
-        score=0.81,
-        raw_score=2.5,
-        threshold=1.9,
-        regions=[RegionMsg(x=3, y=4, width=10, height=12, score=0.9, area_fraction=0.01)],
-        model_version="m-2024-01",
-        captured_at=1,
-        decided_at=2,
-        latency_ms=12.5,
-        late=False,
-        reason="",
+    base = build.verdict(
+        decision="reject", score=0.81, regions=[Region(3, 4, 10, 12, 0.9, 0.01)], captured_at=build.T0
     )
     return dataclasses.replace(base, **changes)
 
 
 def defect(**changes: Any) -> DefectEvent:
-    base = DefectEvent(
-        verdict=verdict(), image=b"jpegbytes", encoding="jpeg", width=64, height=48, anomaly_map_png=PNG
-    )
-    return dataclasses.replace(base, **changes)
-
-
-def dead_letter(**changes: Any) -> DeadLetter:
-    base = DeadLetter(
-        reason="malformed",
-        detail="not valid msgpack",
-        source_topic="lineguard.frames",
-        source_partition=3,
-        source_offset=42,
-        original_key=b"cam-1",
-        original_value=b"\x00\x01garbage",
-        original_headers=[("traceparent", b"00-abc-def-01")],
-        failed_at=5,
-        service="scorer",
-    )
-    return dataclasses.replace(base, **changes)
-
-
-def announcement(**changes: Any) -> ModelAnnouncement:
-    base = ModelAnnouncement(model_version="m2", path="models/m2", announced_at=9, sha256="ab" * 32)
-    return dataclasses.replace(base, **changes)
+    return dataclasses.replace(build.defect_event(captured_at=build.T0), **changes)
 
 
 def wire(message: Any, **changes: Any) -> dict[str, Any]:
@@ -131,8 +76,9 @@ def reason_of(data: bytes, expected: type = Frame) -> MessageError:
         verdict(decision="error", regions=[], model_version="", late=True, reason="deadline passed"),
         defect(),
         dead_letter(),
-        dead_letter(original_key=None, original_headers=[]),
+        dead_letter(key=None, headers=()),
         announcement(),
+        announcement(key_id="0123456789abcdef", signature=bytes(range(64))),
     ],
     ids=lambda m: type(m).__name__,
 )
@@ -140,7 +86,7 @@ def test_round_trip(message: Any) -> None:
     data = encode(message)
     assert decode(data, type(message)) == message
     assert decode_any(data) == message
-    assert schema_of(data) == (type(message).SCHEMA, 1)
+    assert schema_of(data) == (type(message).SCHEMA, type(message).VERSION)
 
 
 def test_every_message_carries_schema_and_version() -> None:
@@ -388,6 +334,16 @@ def test_invalid_nested_and_cross_field_rules() -> None:
     assert (error.reason, error.field) == ("invalid_field", "sha256")
     error = reason_of(pack(wire(announcement(), sha256="ab" * 31)), ModelAnnouncement)
     assert (error.reason, error.field) == ("invalid_field", "sha256")
+    error = reason_of(pack(wire(announcement(), signature=bytes(65))), ModelAnnouncement)
+    assert (error.reason, error.field) == ("too_large", "signature")
+    error = reason_of(pack(wire(announcement(), key_id="k" * 17)), ModelAnnouncement)
+    assert (error.reason, error.field) == ("too_large", "key_id")
+
+
+def test_a_version_1_model_announcement_is_refused_by_this_build() -> None:
+    # Version 2 added the signature: an announcement from before it is read by no scorer of this build.
+    old = wire(announcement(), v=1, key_id=DROP, signature=DROP)
+    assert reason_of(pack(old), ModelAnnouncement).reason == "unsupported_version"
 
 
 @pytest.mark.parametrize(

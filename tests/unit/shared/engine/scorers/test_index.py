@@ -62,7 +62,7 @@ def test_pca_refine_round_trips_through_its_index_file(
 ) -> None:
     original = KnnBank(build_index(bank, "pca-refine", reduced_dims=24, refine_factor=4), 2)
     original.write(tmp_path / "bank.faiss")
-    reloaded = KnnBank.read(tmp_path / "bank.faiss", 2)
+    reloaded = KnnBank.from_bytes((tmp_path / "bank.faiss").read_bytes(), 2)
     assert reloaded.index.k_factor == 4  # type: ignore[attr-defined]
     np.testing.assert_array_equal(reloaded.patch_scores(queries[None]), original.patch_scores(queries[None]))
     np.testing.assert_array_equal(reloaded.vectors(), bank)  # the exact vectors, not a PCA reconstruction
