@@ -2,7 +2,8 @@
 
 camera-sim (camera) -> scorer (scorer) -> verdicts -> plc-bridge (plc-bridge) -> a simulated PLC;
 defects -> explainer (explainer) -> reports; alerts -> alerts (alerts) -> a webhook. Each process gets
-only its principal's env file (``kafka up --secure``'s), and the results are read as ``console``.
+only its principal's env file (``kafka up --secure``'s); results are read as ``console`` (alerts:
+``alerts``).
 Exactly once: one verdict per frame, one defect event per reject or review, one report per event.
 Every process's log, and the broker's, is searched for the passwords and the private keys.
 """
@@ -134,7 +135,7 @@ async def test_the_line_works_with_one_identity_per_service_and_logs_no_secret(
                 TopicReader(console, "verdicts", Verdict) as verdicts,
                 TopicReader(console, "defects", DefectEvent) as defects,
                 TopicReader(console, "reports", Report) as reports,
-                TopicReader(console, "alerts", AlertEvent) as raised,
+                TopicReader(broker.client_settings("alerts"), "alerts", AlertEvent) as raised,
             ):
                 truth_path = tmp_path / "truth.jsonl"
                 frames = [
