@@ -154,7 +154,7 @@ def _kafka_up(args: argparse.Namespace) -> int:
     if settings.broker.secure:
         print("client settings, one file per principal (set -a; . FILE; set +a before starting it):")
         for name in PRINCIPAL_NAMES:
-            print(f"  {name:<11} {broker.layout.env_file(name)}")
+            print(f"  {name:<15} {broker.layout.env_file(name)}")
     return 0
 
 
