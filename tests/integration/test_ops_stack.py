@@ -22,8 +22,7 @@ import pytest
 from services.plc_bridge.simulators import ModbusPlcSimulator
 from shared.kafka.broker import free_port
 from shared.settings import Settings
-from tests.support.line import IMAGE_SIZE, LineModels, scorer_settings
-from tests.support.models import PRODUCTS
+from tests.support.line import LineModels, camera_sim_args, scorer_settings
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.processes import REPO_ROOT, ServiceProcess, service_env
 from tests.support.prometheus_stack import ops_stack
@@ -131,25 +130,10 @@ async def test_prometheus_scrapes_the_line_and_an_alert_reaches_the_webhook_thro
             await alerts.wait_for_log("alerts forwarder ready", READY_S)
             await bridge.wait_for_log("plc bridge ready", READY_S)
             start(  # the cameras, last: every consumer is ready
-                [
-                    "camera-sim",
-                    "--synthetic",
-                    "--products",
-                    ",".join(PRODUCTS),
-                    "--size",
-                    str(IMAGE_SIZE),
-                    "--pool",
-                    "16",
-                    "--rate",
-                    "4",
-                    "--count",
-                    "0",
-                    "--defect-rate",
-                    "0.5",
-                    "--deadline-ms",
-                    "5000",
-                    "--hint",
-                ],
+                camera_sim_args(
+                    *("--pool", "16", "--rate", "4", "--count", "0", "--defect-rate", "0.5"),
+                    *("--deadline-ms", "5000", "--hint"),
+                ),
                 None,
                 service_env(settings),
                 receiver,

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from shared.kafka.broker import free_port
+from shared.lifecycle import stop_process
 from tests.support.processes import REPO_ROOT
 
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
@@ -121,16 +122,6 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: 
         time.sleep(0.2)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
 @contextlib.contextmanager
 def ops_stack(workdir: Path, targets: Mapping[str, str], webhook_url: str) -> Iterator[OpsStack]:
     """Alertmanager, then Prometheus scraping ``targets``; both stopped (SIGTERM) on exit."""
@@ -174,5 +165,5 @@ def ops_stack(workdir: Path, targets: Mapping[str, str], webhook_url: str) -> It
             yield OpsStack(f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", prom, am, workdir)
         finally:
             if prom is not None:
-                _stop(prom)
-            _stop(am)
+                stop_process(prom, 15)
+            stop_process(am, 15)

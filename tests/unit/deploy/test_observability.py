@@ -18,20 +18,14 @@ import pytest
 import yaml
 
 from shared.telemetry.metrics import LabelSpec
+from tests.support.metrics import SERVICE_METRIC_MODULES
 from tests.support.promql import PromQLSyntaxError, Selector, selectors
 
 ROOT = Path(__file__).resolve().parents[3]
 GRAFANA = ROOT / "deploy" / "grafana"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 RUNBOOK = ROOT / "docs" / "operations.md"
-METRIC_MODULES = (
-    "services.scorer.metrics",
-    "services.explainer.metrics",
-    "services.plc_bridge.metrics",
-    "services.alerts.metrics",
-    "services.camera_gateway.metrics",
-    "services.console.metrics",
-)
+METRIC_MODULES = SERVICE_METRIC_MODULES
 # Series Prometheus itself makes for every target.
 PROMETHEUS_SERIES: dict[str, set[str] | None] = {"up": set(), "scrape_duration_seconds": set()}
 TARGET_LABELS = {"job", "instance"}

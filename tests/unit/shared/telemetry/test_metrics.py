@@ -10,16 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from shared.telemetry.metrics import CONFIGURED, ServiceMetrics, count_buckets
+from tests.support.metrics import SERVICE_METRIC_MODULES, STANDARD_FAMILIES
 
-SERVICE_METRICS = (
-    "services.scorer.metrics",
-    "services.explainer.metrics",
-    "services.plc_bridge.metrics",
-    "services.alerts.metrics",
-    "services.camera_gateway.metrics",
-    "services.console.metrics",
-)
-STANDARD = {"process_cpu_seconds", "process_resident_memory_bytes", "python_gc_collections", "python_info"}
+SERVICE_METRICS = SERVICE_METRIC_MODULES
+STANDARD = STANDARD_FAMILIES
 
 
 def samples(registry: CollectorRegistry, name: str) -> dict[tuple[tuple[str, str], ...], float]:
