@@ -26,6 +26,7 @@ from tests.support.line import LineModels, camera_sim_args, scorer_settings
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.processes import REPO_ROOT, ServiceProcess, service_env
 from tests.support.prometheus_stack import ops_stack
+from tests.support.promql import selectors
 from tests.support.waiting import wait_until
 from tests.support.webhook_server import WebhookServer
 
@@ -36,6 +37,21 @@ DASHBOARDS = REPO_ROOT / "deploy" / "grafana" / "dashboards"
 # What Grafana substitutes in the dashboards' queries, for a 1 s scrape interval.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "5s", "$__range": "5m"}
 STATION = "st-x"  # the PLC bridge's one station; the camera simulator's verdicts are for others
+
+
+# Services whose panels are empty here because this line does not run them (their own integration
+# tests do: test_camera_gateway.py, test_console_browser.py); the camera simulator stands in for
+# the gateway, and nobody browses the console.
+NOT_RUN_HERE = ("lineguard_camera_gateway_", "lineguard_console_")
+
+
+def not_run_here() -> set[str]:
+    """The panels that name only metrics of the services in NOT_RUN_HERE."""
+    return {
+        where
+        for where, expr in dashboard_queries()
+        if all(s.metric.startswith(NOT_RUN_HERE) for s in selectors(expr))
+    }
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -198,9 +214,11 @@ async def test_prometheus_scrapes_the_line_and_an_alert_reaches_the_webhook_thro
                     elif not answer["data"]["result"]:
                         empty.append(where)
                 assert errors == [], "\n".join(errors)
-                # Every panel has data: counters exist at 0, histograms answer NaN before their
-                # first observation (a result, shown as no value), gauges are set at start.
-                assert empty == [], f"{len(empty)} of {len(dashboard_queries())} queries empty: {empty}"
+                # Every panel of a service that runs here has data: counters exist at 0, histograms
+                # answer NaN before their first observation (a result, shown as no value), gauges
+                # are set at start. The others are legitimately empty: see NOT_RUN_HERE.
+                unexplained = [where for where in empty if where not in not_run_here()]
+                assert unexplained == [], f"{len(unexplained)} queries empty: {unexplained}"
             for process in processes:  # a clean stop flushes the spans still batched
                 code = await process.terminate()
                 assert code == 0, f"{process} exit {code}:\n{process.log_tail()}"

@@ -225,7 +225,20 @@ def test_dashboards_use_the_provisioned_datasource_and_are_well_formed() -> None
                 continue
             assert panel["datasource"]["uid"] == uid and panel["targets"], panel["title"]
             assert panel["gridPos"]["x"] >= 0 and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
-    assert uids == {"lineguard-line", "lineguard-model", "lineguard-explainer"}
+    assert uids == {"lineguard-line", "lineguard-model", "lineguard-explainer", "lineguard-services"}
+
+
+def test_every_exported_metric_is_on_a_dashboard_or_in_a_rule() -> None:
+    used = set()
+    for _, expr in dashboard_expressions() + rule_expressions():
+        used |= {re.sub(r"_(total|bucket|count|sum|info)$", "", s.metric) for s in selectors(expr)}
+    unseen = [
+        family.name
+        for module_name in METRIC_MODULES
+        for family in importlib.import_module(module_name).REGISTRY.collect()
+        if not family.name.startswith(("process_", "python_")) and family.name not in used
+    ]
+    assert unseen == []
 
 
 def _slug(heading: str) -> str:
