@@ -408,3 +408,13 @@ def test_scorers_trust_the_public_half_of_the_key_the_operator_signs_with() -> N
     public = secret_file(secrets_of(scorer)[trusted.removeprefix("/run/secrets/")])
     # `lineguard model keygen --name N` writes N.key and N.pub; the docs rename N.key to N.
     assert public == private + ".pub"
+
+
+def test_every_long_running_container_rotates_its_logs() -> None:
+    for name, service in SERVICES.items():
+        if service.get("restart") == "no":
+            continue  # one-shot jobs
+        logging = service.get("logging")
+        assert logging is not None, name
+        assert logging["driver"] == "json-file" and logging["options"]["max-size"], name
+        assert int(logging["options"]["max-file"]) >= 1, name
