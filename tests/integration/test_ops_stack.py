@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from services.plc_bridge.simulators import ModbusPlcSimulator
-from shared.kafka.broker import free_port
+from shared.kafka.broker import free_ports
 from shared.settings import Settings
 from tests.support.line import LineModels, camera_sim_args, scorer_settings
 from tests.support.otlp_receiver import OtlpReceiver
@@ -76,9 +76,11 @@ async def test_prometheus_scrapes_the_line_and_an_alert_reaches_the_webhook_thro
 ) -> None:
     settings = scorer_settings(kafka_settings)
     prefix = settings.topic_prefix
-    modbus = ModbusPlcSimulator(port=free_port())
+    jobs = ("scorer", "explainer", "plc-bridge", "alerts")
+    modbus_port, *job_ports = free_ports(1 + len(jobs))
+    modbus = ModbusPlcSimulator(port=modbus_port)
     await modbus.start()
-    ports = {job: free_port() for job in ("scorer", "explainer", "plc-bridge", "alerts")}
+    ports = dict(zip(jobs, job_ports, strict=True))
     processes: list[ServiceProcess] = []
 
     def start(

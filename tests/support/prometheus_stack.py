@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from shared.kafka.broker import free_port
+from shared.kafka.broker import free_ports
 from shared.lifecycle import stop_process
 from tests.support.processes import REPO_ROOT
 
@@ -128,7 +128,7 @@ def ops_stack(workdir: Path, targets: Mapping[str, str], webhook_url: str) -> It
     alertmanager = alertmanager_bin()
     assert alertmanager is not None and shutil.which(PROMETHEUS_BIN), "run `make ops-tools`"
     workdir.mkdir(parents=True, exist_ok=True)
-    am_port, am_cluster, prom_port = free_port(), free_port(), free_port()
+    am_port, am_cluster, prom_port = free_ports(3)
     (workdir / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(webhook_url)))
     config = prometheus_config(targets, f"127.0.0.1:{am_port}")
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
