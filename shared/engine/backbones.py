@@ -248,7 +248,9 @@ def map_efficientnet_lite(source: dict[str, Any], target: dict[str, Any]) -> dic
                 f"does not fit {dst_key} {tuple(like.shape)}"
             )
         if src_key.rpartition(".")[2] != dst_key.rpartition(".")[2]:
-            raise BackboneError(f"efficientnet-lite tensor {src_key} would land on {dst_key}: not the same kind")
+            raise BackboneError(
+                f"efficientnet-lite tensor {src_key} would land on {dst_key}: not the same kind"
+            )
         mapped[dst_key] = tensor
     return mapped
 

@@ -98,7 +98,9 @@ def test_efficientnet_lite2_weights_map_onto_timm_in_order() -> None:
     order = [timm_block[i] for i in range(len(timm_block))]
     in_timm = {tuple(int(p) for p in key.split(".")[1:3]) for key in target if key.startswith("blocks.")}
     assert len(order) == len(in_timm) == 21 and order == sorted(in_timm)
-    features, grid = FeatureExtractor(spec, FeatureConfig((2, 3), 260), path)([np.zeros((90, 120, 3), np.uint8)])
+    features, grid = FeatureExtractor(spec, FeatureConfig((2, 3), 260), path)(
+        [np.zeros((90, 120, 3), np.uint8)]
+    )
     assert grid == (33, 33) and features.shape == (1, 33 * 33, 48 + 120)
 
 
@@ -131,9 +133,7 @@ def test_efficientnet_mapping_refuses_mismatched_shapes_and_kinds() -> None:
     # Same shapes, but a batch norm's running mean would land on a running variance.
     swapped = {"bn.running_var": torch.ones(4), "bn.running_mean": torch.zeros(4)}
     with pytest.raises(BackboneError, match="not the same kind"):
-        map_efficientnet_lite(
-            {"_bn.running_mean": torch.zeros(4), "_bn.running_var": torch.ones(4)}, swapped
-        )
+        map_efficientnet_lite({"_bn.running_mean": torch.zeros(4), "_bn.running_var": torch.ones(4)}, swapped)
 
 
 def test_missing_weights_name_what_to_put_where(tmp_path, monkeypatch) -> None:

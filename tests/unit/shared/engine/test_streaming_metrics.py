@@ -56,9 +56,10 @@ def test_bins_keep_the_order_of_every_float() -> None:
     # 20 bits tell apart values 0.1 % apart at any magnitude and sign.
     for scale in (1e-6, 1.0, 1e6, -1.0):
         a = np.float32(scale)
-        assert sortable_bins(np.array([a, a * np.float32(1.001)]), 20)[0] != sortable_bins(
-            np.array([a * np.float32(1.001)]), 20
-        )[0]
+        assert (
+            sortable_bins(np.array([a, a * np.float32(1.001)]), 20)[0]
+            != sortable_bins(np.array([a * np.float32(1.001)]), 20)[0]
+        )
 
 
 def test_scores_in_distinct_bins_give_exactly_the_exact_values() -> None:

@@ -122,7 +122,7 @@ def test_a_new_entry_is_fitted_scored_and_stored_through_the_registry_alone(
 def test_a_single_held_out_share_fits_on_the_rest_then_on_all(mean_registered: None) -> None:
     rng = np.random.default_rng(0)
     normals = [render_sample("fabric", rng, SIZE)[0] for _ in range(6)]
-    defective, mask = render_sample("fabric", rng, SIZE, "spot")
+    defective, _mask = render_sample("fabric", rng, SIZE, "spot")
     config = FitConfig(scorer="mean", input_size=SIZE, min_holdout=2, calibration_folds=1)
     model = fit_model({"fabric": normals}, config, defects={"fabric": [(defective, None)]})
     first, refit = MeanScorer.contexts  # fitted on the training share, then on all normals
