@@ -80,8 +80,8 @@ def generate(root: Path, n_images: int, n_train: int, size: int) -> None:
     for i in range(n_images):
         defect = i % 2 == 1
         pixels, mask = frame(rng, size, defect)
-        folder = "blob" if defect else "good"
-        Image.fromarray(pixels).save(base / "test" / folder / f"{i:04d}.jpg", quality=90)
+        kind = "blob" if defect else "good"
+        Image.fromarray(pixels).save(base / "test" / kind / f"{i:04d}.jpg", quality=90)
         if defect:
             Image.fromarray(mask.astype(np.uint8) * 255).save(
                 base / "ground_truth" / "blob" / f"{i:04d}_mask.png"
