@@ -101,10 +101,18 @@ async def watch_refits(settings: Any, staged: Callable[[], Mapping[str, int]], s
     """``check_refits`` every ``refit_check_interval_s`` until ``stop``; a failed check is logged and
     counted, and the next one tries again."""
     interval = settings.promotion.refit_check_interval_s
+    log_event(log, "refit_checks_started", interval_s=interval)
     while not stop.is_set():
         try:
-            await check_refits(settings, staged())
+            result = await check_refits(settings, staged())
             metrics.CHECKS.labels("ok").inc()
+            log_event(
+                log,
+                "refit_checked",
+                serving=result.serving_version,
+                classes=len(result.evidence),
+                proposed=[p.product_class for p in result.proposals],
+            )
         except Exception as exc:  # the broker away, a bad file: the next check tries again
             metrics.CHECKS.labels("failed").inc()
             log_event(log, "refit_check_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")

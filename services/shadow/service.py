@@ -135,6 +135,7 @@ class ShadowRun:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.comparison = Comparison(changed_listed=self.cfg.changed_frames_listed)
         self.progress = _Progress()
+        self.positioned = asyncio.Event()  # set once every frames partition is at the window's start
 
     async def run(self, stop: asyncio.Event) -> dict[str, Any]:
         log_event(
@@ -148,9 +149,8 @@ class ShadowRun:
         await self._score_frames(stop)
         log_event(log, "shadow_scored", run=self.run_id, frames=self.progress.scored)
         if self.progress.first_timestamp_ms is not None:
-            await self._join_serving(
-                self.progress.first_timestamp_ms - int(self.cfg.join_slack_s * 1000), stop
-            )
+            # Also after a stop: the frames scored so far still get their serving verdicts (bounded).
+            await self._join_serving(self.progress.first_timestamp_ms - int(self.cfg.join_slack_s * 1000))
         feedback = await self._feedback()
         window = {
             **self.window.describe(),
@@ -204,6 +204,9 @@ class ShadowRun:
         try:
             consumer.assign(tps)
             ends = await self._seek_start(consumer, tps)
+            for tp in tps:  # resolve the seeks now, so that "live" means from this moment
+                await consumer.position(tp)
+            self.positioned.set()
             active = set(tps)
             started = time.monotonic()
             while active and not stop.is_set() and self.progress.scored < self.window.max_frames:
@@ -335,7 +338,7 @@ class ShadowRun:
 
     # -- 3: the serving verdicts and the labels -----------------------------------------------------
 
-    async def _join_serving(self, since_ms: int, stop: asyncio.Event) -> None:
+    async def _join_serving(self, since_ms: int) -> None:
         from aiokafka import TopicPartition
 
         topic = self.settings.topic("verdicts")
@@ -354,7 +357,7 @@ class ShadowRun:
             deadline = time.monotonic() + self.cfg.read_timeout_s
             waiting_since: float | None = None
             bad = 0
-            while self.comparison.missing_serving and not stop.is_set():
+            while self.comparison.missing_serving:
                 batch = await consumer.getmany(timeout_ms=500, max_records=500)
                 for records in batch.values():
                     for record in records:
