@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.engine.config import Decision
@@ -29,6 +29,13 @@ class LatePolicy(StrEnum):
     REJECT = "reject"
     REVIEW = "review"
     SCORE = "score"  # score it anyway and report the real decision, marked late
+
+
+class NonFinitePolicy(StrEnum):
+    """The decision for a frame whose score, threshold or normaliser is not a finite number."""
+
+    REJECT = "reject"
+    REVIEW = "review"
 
 
 class BrokerSettings(BaseModel):
@@ -70,6 +77,22 @@ class ScorerSettings(BaseModel):
     # an announcement must carry. Empty: announcements are taken unsigned, with a warning at start.
     trusted_keys: Annotated[list[Path], NoDecode] = []
     announcement_max_skew_s: float = Field(300.0, ge=0, le=86_400)  # announced_at this far ahead at most
+    # Fault handling (docs/operations.md, "Scorer faults").
+    non_finite_decision: NonFinitePolicy = NonFinitePolicy.REJECT  # NaN/inf never passes
+    score_timeout_s: float = Field(30.0, gt=0, le=3600)  # one batch's decode or model run
+    send_timeout_s: float = Field(20.0, gt=0, le=600)  # every output of a transaction delivered
+    commit_timeout_s: float = Field(20.0, gt=0, le=600)  # offsets added and the transaction committed
+    abort_timeout_s: float = Field(15.0, gt=0, le=600)
+    recover_timeout_s: float = Field(60.0, gt=0, le=600)  # new producer and committed offset, per try
+    publish_attempts: int = Field(3, ge=1, le=20)  # transactions tried per batch before recovering
+    # The broker aborts (and fences) a transaction open longer than this: above send + commit.
+    transaction_timeout_ms: int = Field(60_000, ge=1_000, le=900_000)
+    # A partition with records to process and no progress for this long: health red, exit non-zero.
+    progress_timeout_s: float = Field(120.0, gt=0, le=86_400)
+    # Wire values (stations, hinted classes) kept as distinct metric label values, and as keys of
+    # each alert-detector map; past the cap they are counted as "other" / the oldest is evicted.
+    max_label_values: int = Field(256, ge=1, le=100_000)
+    max_alert_keys: int = Field(4096, ge=1, le=1_000_000)
 
     @field_validator("trusted_keys", mode="before")
     @classmethod
@@ -80,6 +103,18 @@ class ScorerSettings(BaseModel):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _timeouts_fit(self) -> ScorerSettings:
+        if (self.send_timeout_s + self.commit_timeout_s) * 1000 >= self.transaction_timeout_ms:
+            raise ValueError("send_timeout_s + commit_timeout_s must be below transaction_timeout_ms")
+        busy = self.score_timeout_s + self.send_timeout_s + self.commit_timeout_s + self.abort_timeout_s
+        if self.progress_timeout_s <= busy:
+            raise ValueError(
+                "progress_timeout_s must exceed score_timeout_s + send_timeout_s + commit_timeout_s "
+                "+ abort_timeout_s (one slow batch is not a stall)"
+            )
+        return self
 
 
 class CameraSimSettings(BaseModel):

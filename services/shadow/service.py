@@ -331,7 +331,12 @@ class ShadowRun:
                 now = time.time_ns()
                 for item, result in zip(good, results, strict=True):
                     verdicts[_at(item.record)] = verdict_for(
-                        item.frame, result, model_version=version, now_ns=now, late_policy=LatePolicy.SCORE
+                        item.frame,
+                        result,
+                        model_version=version,
+                        now_ns=now,
+                        late_policy=LatePolicy.SCORE,
+                        non_finite_policy=self.settings.scorer.non_finite_decision,
                     )
         elapsed_ms = (time.perf_counter() - started) * 1000
         return {_at(record): verdicts.get(_at(record)) for record in records}, elapsed_ms

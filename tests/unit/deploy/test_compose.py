@@ -115,7 +115,8 @@ def test_metrics_port_matches_prometheus_healthchecks_and_dockerfile() -> None:
         else:
             assert target["targets"] == [f"{name}:{port}"]
         check = " ".join(SERVICES[name]["healthcheck"]["test"])
-        assert f"localhost:{port}/metrics" in check, name
+        # The scorer's health is progress (/healthz on the metrics port), the others' the endpoint.
+        assert f"localhost:{port}/{'healthz' if name == 'scorer' else 'metrics'}" in check, name
         assert f"EXPOSE {port}" in DOCKERFILE
 
 
