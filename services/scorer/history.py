@@ -20,7 +20,7 @@ from shared.errors import MessageError, ModelRefused
 from shared.kafka.client import make_producer
 from shared.kafka.reading import read_topic
 from shared.kafka.topics import MODEL_ANNOUNCEMENT_KEY
-from shared.limits import ID_MAX
+from shared.limits import ID_MAX, TEXT_MAX
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import ModelAnnouncement, ModelHistoryEntry
 from shared.telemetry.logging import log_event
@@ -51,7 +51,7 @@ def history_entry(
         announcement=announcement,
         action=action,
         actor=actor or current_actor(),
-        reason=reason,
+        reason=reason[:TEXT_MAX],  # a --reason or a report's figures: the wire's limit
         report_sha256=report_sha256,
         previous_version=previous_version,
     )

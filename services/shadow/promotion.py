@@ -219,7 +219,8 @@ def promotion_reason(report: Mapping[str, Any]) -> str:
         return _show(outcomes.get(side, {}).get("escape_rate"))
 
     return (
-        f"shadow run {report.get('run_id', '?')}: {frames.get('compared', 0)} frames compared, agreement "
+        f"shadow run {str(report.get('run_id', '?'))[:64]}: {frames.get('compared', 0)} frames compared, "
+        f"agreement "
         f"{_show(report.get('agreement'))}; escape rate {escapes('serving')} -> {escapes('candidate')} on "
         f"{labels.get('defects', 0)} labelled defects"
     )

@@ -41,3 +41,11 @@ def test_an_entry_about_another_announcement_is_refused_before_anything_is_sent(
                 Settings(kafka_bootstrap="127.0.0.1:1"), announcement("m1"), history_entry("m2")
             )
         )
+
+
+def test_a_long_reason_is_cut_to_the_wire_limit() -> None:
+    from shared.limits import TEXT_MAX
+    from shared.messages.codec import encode
+
+    entry = history.history_entry(announcement("m1"), reason="x" * (TEXT_MAX + 10), actor="ana")
+    assert len(entry.reason) == TEXT_MAX and encode(entry)

@@ -12,6 +12,7 @@ from services.shadow.promotion import (
     Criteria,
     PromotionRefused,
     check_report,
+    promotion_reason,
     refit_evidence,
     refit_proposals,
     rollback_target,
@@ -127,6 +128,13 @@ def test_a_file_that_is_not_a_shadow_report_is_refused(mangle: Any) -> None:
     mangle(report)
     with pytest.raises(PromotionRefused):
         _checks(report)
+
+
+def test_the_history_reason_states_the_figures() -> None:
+    assert promotion_reason(_report()) == (
+        "shadow run r1: 100 frames compared, agreement 0.9800; escape rate 1.0000 -> 0.3333 "
+        "on 3 labelled defects"
+    )
 
 
 def test_criteria_come_from_the_settings() -> None:
