@@ -13,10 +13,12 @@ from services.camera_sim.service import run_camera_sim
 from services.scorer.models import load_model_dir
 from services.shadow.core import Candidate
 from services.shadow.service import RUN_HEADER, ShadowRun, Window
-from shared.kafka.client import header, make_consumer
-from shared.messages.codec import decode
+from shared.frames_store import frame_file_stem
+from shared.kafka.client import header, make_consumer, make_producer
+from shared.messages.codec import decode, encode
 from shared.messages.schemas import Verdict
 from shared.settings import Settings, ShadowSettings
+from tests.support.feedback import judgement
 from tests.support.line import LineModels, running_scorer, scorer_settings, sim_options
 from tests.support.topics import TopicReader, read_records
 from tests.support.waiting import wait_until
@@ -89,7 +91,8 @@ async def test_a_live_shadow_run_joins_the_serving_verdicts_as_they_come(
     await run_camera_sim(settings, sim_options(count=4, run_id="before"))  # before the run: not scored
     model, candidate = await asyncio.to_thread(_candidate, line_models.b)
     stop = asyncio.Event()
-    run = ShadowRun(settings, model, candidate, Window(live=True))
+    # The candidate was trained on frame live-0000000: its label must not grade it.
+    run = ShadowRun(settings, model, candidate, Window(live=True), trained={frame_file_stem("live-0000000")})
     async with (
         TopicReader(settings, "verdicts", Verdict) as served,
         running_scorer(settings, line_models.a),
@@ -99,11 +102,19 @@ async def test_a_live_shadow_run_joins_the_serving_verdicts_as_they_come(
         await run_camera_sim(settings, sim_options(count=12, cameras=2, run_id="live"))
         await wait_until(lambda: run.progress.scored >= 12, 120, "the shadow to score the live frames")
         await served.wait_for(16, timeout=60, settle=0)
+        by_frame = {v.frame_id: v for v in served.received.values}
+        async with make_producer(settings) as producer:
+            for frame_id, label in (("live-0000000", "defect"), ("live-0000001", "good")):
+                feedback = judgement(by_frame[frame_id], label)
+                await producer.send_and_wait(
+                    settings.topic("feedback"), encode(feedback), key=frame_id.encode()
+                )
         stop.set()  # a stop ends the scoring; the frames scored still get their serving verdicts
         report = await asyncio.wait_for(shadowing, 120)
     assert report["frames"]["scored"] == 12 and report["frames"]["compared"] == 12
     assert report["serving_versions"] == {line_models.version_a: 12}
     assert report["window"]["mode"] == "live"
+    assert report["labels"] == {"defects": 0, "goods": 1, "excluded_trained": 1}
     changed = sum(report["changes"].values())
     assert report["agreement"] == round((12 - changed) / 12, 4)
     latency = report["latency_ms"]
