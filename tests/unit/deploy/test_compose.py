@@ -153,6 +153,8 @@ SERVICE_PRINCIPALS = {
     "alerts": "alerts",
     "camera-sim": "camera",
     "operator": "operator",
+    "shadow": "shadow",
+    "refit-check": "refit-check",
     "console": "console",
 }
 
