@@ -311,9 +311,11 @@ async def test_the_line_learns_a_missed_defect_type_and_promotes_the_refit_witho
         caught = [v for v in ordered[first_b:] if day3_truth[v.frame_id].defect_type == "spot"]
         assert caught and any(v.decision == "reject" for v in caught)
 
-        # Roll back: A again, with a new signature and time.
-        code, out = await _lineguard(["rollback", *signing, "--reason", "test"], env, tmp_path / "rb.log")
+        # Roll back: A again, with a new signature and time; signed with the configured key (no flag).
+        configured = {**env, "LINEGUARD_PROMOTION__SIGNING_KEY": str(signer.private)}
+        code, out = await _lineguard(["rollback", "--reason", "test"], configured, tmp_path / "rb.log")
         assert code == 0 and f"rolled back from {version_b} to {version_a}" in out, out
+        assert f"signed with key {signer.key_id}" in out, out
         await wait_until(lambda: scorer.holder.latest_version == version_a, 120, "the rollback to A")
 
     # The history keeps every announcement, signed, with how and why.
@@ -326,6 +328,7 @@ async def test_the_line_learns_a_missed_defect_type_and_promotes_the_refit_witho
     trusted = load_trusted_keys([signer.public])
     for entry in history:
         verify_signature(entry.announcement, trusted)
+        assert entry.announcement.key_id == signer.key_id
     assert history[1].report_sha256 == hashlib.sha256(report_path.read_bytes()).hexdigest()
     assert history[1].previous_version == version_a and "escape rate 1.0000 ->" in history[1].reason
     assert (
