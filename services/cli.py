@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "services.plc_bridge.cli",  # plc-sim, plc-bridge
     "services.console.cli",  # console
     "services.labels.cli",  # labels export
+    "services.shadow.cli",  # shadow, promote, rollback, loop check
 )
 
 EXIT_FAILED = 1

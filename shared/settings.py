@@ -449,6 +449,53 @@ class LabelsSettings(BaseModel):
     read_timeout_s: float = Field(120.0, gt=0, le=86_400)  # reading one topic to its end
 
 
+class ShadowSettings(BaseModel):
+    """``lineguard shadow``: a candidate model scores frames beside the serving one, in its own consumer
+    group, and a report compares the two (docs/operations.md, "Roll a model out, and back")."""
+
+    group_id: str = "lineguard-shadow"  # never the scorer's group: refused at start
+    max_batch: int = Field(8, ge=1, le=256)
+    max_wait_ms: int = Field(50, ge=0, le=10_000)
+    max_frames: int = Field(100_000, ge=1, le=10_000_000)  # a run ends after scoring this many
+    torch_threads: int = Field(1, ge=1, le=256)
+    # Serving verdicts are read from this long before the first frame's record time (clock skew
+    # between cameras and scorers), and, after the last frame, waited for this long at most.
+    join_slack_s: float = Field(120.0, ge=0, le=86_400)
+    join_wait_s: float = Field(30.0, ge=0, le=3600)
+    read_timeout_s: float = Field(120.0, gt=0, le=86_400)  # reading a topic to its end
+    report_dir: Path = Path("var/shadow")  # <report_dir>/<candidate>-<time>/report.json and .html
+    changed_frames_listed: int = Field(200, ge=0, le=100_000)  # changed decisions listed in a report
+
+
+class PromotionSettings(BaseModel):
+    """``lineguard promote`` (what a shadow report must show), ``rollback`` and ``announce`` (the
+    history), and refit proposals (``lineguard loop check``)."""
+
+    min_frames_compared: int = Field(500, ge=1)  # frames with both verdicts
+    min_agreement: float = Field(0.95, ge=0, le=1)  # share of compared frames with the same decision
+    # Rates on frames operators labelled (feedback): the candidate's minus the serving model's.
+    max_escape_rate_increase: float = Field(0.0, ge=0, le=1)  # labelled defects passed
+    max_false_reject_rate_increase: float = Field(0.0, ge=0, le=1)  # labelled goods not passed
+    # Frames the serving model passed, the candidate would not, and no operator called defective,
+    # as a share of compared frames: false rejects the labels cannot show yet.
+    max_added_reject_rate: float = Field(0.01, ge=0, le=1)
+    min_labelled_defects: int = Field(0, ge=0)  # fewer: refused (0: escapes compared where labels exist)
+    min_labelled_goods: int = Field(0, ge=0)
+    max_report_age_h: float = Field(72.0, gt=0, le=24 * 365)
+    # The Ed25519 key `promote` and `rollback` sign with (`lineguard model keygen`); --signing-key
+    # overrides it. Neither: they refuse to announce unless told --unsigned.
+    signing_key: Path | None = None
+    # Announcements go to `models` and `model-history` in one transaction, under this id prefix.
+    transactional_id_prefix: str = "lineguard-announce"
+    history_timeout_s: float = Field(60.0, gt=0, le=3600)  # reading the history to its end
+    # A refit is proposed for a class when operators confirmed this many normals (feedback "good" on
+    # the serving model's verdicts, plus a staging set's sampled normals) or labelled this many
+    # defects (0: defects alone never propose one).
+    refit_min_normals: int = Field(50, ge=1, le=1_000_000)
+    refit_min_defects: int = Field(10, ge=0, le=1_000_000)
+    refit_check_interval_s: float = Field(300.0, ge=1, le=86_400)  # `lineguard loop check --watch`
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -470,6 +517,8 @@ class Settings(BaseSettings):
     explainer: ExplainerSettings = ExplainerSettings()
     console: ConsoleSettings = ConsoleSettings()
     labels: LabelsSettings = LabelsSettings()
+    shadow: ShadowSettings = ShadowSettings()
+    promotion: PromotionSettings = PromotionSettings()
 
     @field_validator("topic_prefix")
     @classmethod

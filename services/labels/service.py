@@ -21,10 +21,9 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -41,9 +40,9 @@ from services.labels.core import (
     region_mask,
     regions_fit,
 )
-from shared.errors import BrokerError, ConfigError, ImageError, MessageError
+from shared.errors import ConfigError, ImageError, MessageError
 from shared.frames_store import FrameStore, frame_file_stem, png_bytes, write_atomically
-from shared.kafka.client import make_consumer, partition_counts
+from shared.kafka.reading import read_topic
 from shared.limits import MAX_PIXELS
 from shared.messages.codec import decode
 from shared.messages.pixels import decode_pixels
@@ -52,41 +51,6 @@ from shared.settings import Settings
 from shared.telemetry.logging import log_event
 
 log = logging.getLogger("lineguard.labels")
-
-
-async def read_topic(settings: Settings, name: str, timeout_s: float) -> AsyncGenerator[Any, None]:
-    """Every record of a topic, from its beginning to the end it had when reading started."""
-    from aiokafka import TopicPartition
-
-    topic = settings.topic(name)
-    partitions = (await partition_counts(settings, [topic])).get(topic)
-    if not partitions:
-        raise BrokerError(f"no topic {topic}: run `lineguard topics ensure`")
-    consumer = make_consumer(settings, group_id=None)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if ends[tp] > 0}
-        for tp in list(pending):
-            if await consumer.position(tp) >= ends[tp]:
-                pending.discard(tp)
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"reading {topic} to its end took longer than {timeout_s:.0f} s")
-            batch = await consumer.getmany(*pending, timeout_ms=500, max_records=100)
-            for tp, records in batch.items():
-                for record in records:
-                    if record.offset < ends[tp]:
-                        yield record
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-    finally:
-        await consumer.stop()
 
 
 def _fresh_folder(target: Path, marker: str) -> Path:

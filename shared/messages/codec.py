@@ -35,6 +35,7 @@ from shared.messages.schemas import (
     Frame,
     Message,
     ModelAnnouncement,
+    ModelHistoryEntry,
 )
 
 T = TypeVar("T")
@@ -350,6 +351,14 @@ def _check_rules(message: Any) -> None:
             raise _refusal("invalid_field", "anomaly_map_png is not a PNG", "anomaly_map_png")
     elif isinstance(message, ModelAnnouncement) and not _is_hex(message.sha256):
         raise _refusal("invalid_field", "sha256 must be 64 lowercase hex digits", "sha256")
+    elif isinstance(message, ModelHistoryEntry):
+        if not _is_hex(message.announcement.sha256):
+            field = "announcement.sha256"
+            raise _refusal("invalid_field", "sha256 must be 64 lowercase hex digits", field)
+        report = message.report_sha256
+        if report and (len(report) != 64 or not _is_hex(report)):
+            detail = "report_sha256 is empty or 64 lowercase hex digits"
+            raise _refusal("invalid_field", detail, "report_sha256")
     elif isinstance(message, DeadLetter) and not _is_hex(message.original_value_sha256):
         raise _refusal(
             "invalid_field", "original_value_sha256 must be 64 lowercase hex digits", "original_value_sha256"

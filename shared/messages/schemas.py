@@ -334,6 +334,30 @@ class ModelAnnouncement:
     signature: bytes = field(default=b"", metadata=limits(max_len=ANNOUNCEMENT_SIGNATURE_LEN))
 
 
+MODEL_HISTORY_ACTIONS = ("announce", "promote", "rollback")
+
+
+@dataclass(frozen=True)
+class ModelHistoryEntry:
+    """One model announcement as it was sent, with how and why (``model-history`` topic, kept and never
+    compacted; key: the model version).
+
+    Written in the same transaction as the announcement on the compacted ``models`` topic, so the
+    history holds every announcement that topic ever held. ``announcement`` is the announcement exactly
+    as sent, signature included; the other fields are the announcing command's own account (unsigned).
+    """
+
+    SCHEMA: ClassVar[str] = "lineguard.ModelHistoryEntry"
+    VERSION: ClassVar[int] = 1
+
+    announcement: ModelAnnouncement = field(metadata=limits())
+    action: str = field(metadata=limits(choices=MODEL_HISTORY_ACTIONS))  # which command sent it
+    actor: str = field(metadata=_ID)  # the account that ran the command
+    reason: str = field(metadata=limits(max_len=TEXT_MAX))  # why: a shadow report's figures, a rollback's
+    report_sha256: str = field(metadata=limits(max_len=64))  # "" or the sha256 of the shadow report file
+    previous_version: str = field(metadata=limits(max_len=ID_MAX))  # newest in the history before, or ""
+
+
 ALERT_KINDS = ("consecutive_rejects", "unknown_product", "score_drift")
 ALERT_SEVERITIES = ("info", "warning", "critical")
 MAX_ALERT_FRAMES = 64
@@ -499,6 +523,7 @@ MESSAGE_TYPES: tuple[type, ...] = (
     Report,
     CameraLedger,
     Feedback,
+    ModelHistoryEntry,
 )
 NESTED_TYPES: tuple[type, ...] = (RegionMsg, FindingMsg, LedgerFile)
 
@@ -512,4 +537,5 @@ Message = (
     | Report
     | CameraLedger
     | Feedback
+    | ModelHistoryEntry
 )
