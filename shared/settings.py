@@ -138,7 +138,8 @@ class CameraGatewaySettings(BaseModel):
     buffer_frames: int = Field(16, ge=1, le=10_000)  # per camera
     buffer_bytes: int = Field(64 << 20, ge=1 << 20, le=8 << 30)  # per camera
     overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST
-    max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1024, le=MAX_IMAGE_BYTES)  # larger: refused
+    # Larger: by claim check when LINEGUARD_CLAIM_CHECK__URL is set (over its inline_max_bytes), else refused.
+    max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1024, le=MAX_IMAGE_BYTES)
     max_batch: int = Field(16, ge=1, le=256)  # frames per Kafka transaction
     # Stable per gateway instance (a restarted gateway must come back with the same id so the broker
     # ends its predecessor's open transaction at once). None: derived from the configured camera ids.

@@ -41,13 +41,15 @@ def frame_pixels(event: DefectEvent, max_pixels: int, claims: ClaimStore | None 
         event.width,
         event.height,
         max_bytes=image.max_bytes,
-        max_pixels=max_pixels,
+        max_pixels=image.max_pixels,  # a claim-checked frame: the store's limit
     )
 
 
-def render(event: DefectEvent, kind: str, *, thumb: bool, max_pixels: int) -> bytes:
+def render(
+    event: DefectEvent, kind: str, *, thumb: bool, max_pixels: int, claims: ClaimStore | None = None
+) -> bytes:
     """A JPEG of the frame (``frame``) or the frame under its heatmap (``overlay``)."""
-    pixels = frame_pixels(event, max_pixels)
+    pixels = frame_pixels(event, max_pixels, claims)
     if kind == "overlay":
         pixels = overlay(pixels, decode_anomaly_map(event.anomaly_map_png, max_pixels=max_pixels))
     image = Image.fromarray(pixels)
