@@ -228,7 +228,12 @@ class ClaimStore:
             raise ClaimCheckError(
                 "ref_outside_store", "the reference names no claim check of this frames store"
             )
-        return f"{self.root}/{CLAIMS}/{key}"
+        path = f"{self.root}/{CLAIMS}/{key}"
+        if self.local:  # a link planted in the folder must not lead a reader out of it
+            claims = os.path.realpath(f"{self.root}/{CLAIMS}")
+            if not os.path.realpath(path).startswith(claims + os.sep):
+                raise ClaimCheckError("ref_outside_store", "the claim check links outside the frames store")
+        return path
 
     def fetch(self, ref: FrameRef, *, max_bytes: int | None = None) -> bytes:
         """The referenced bytes, read once and verified (see the module's text)."""

@@ -150,3 +150,14 @@ def test_a_claim_checked_frame_round_trips_and_its_image_is_verified(tmp_path: P
     assert image.data == inline.image and image.max_pixels == store.max_frame_pixels
     assert reason(lambda: image_of(again, None, max_bytes=100, max_pixels=10)) == "no_claim_store"
     assert image_of(inline, None, max_bytes=100, max_pixels=10).data == inline.image
+
+
+def test_a_link_planted_in_the_store_does_not_lead_out_of_it(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 2000)
+    ref = store.put("f-1", b"s" * 2000, "png", now=NOW)  # the same bytes, so the hash would match
+    path = Path(store.path_of(ref))
+    path.unlink()
+    path.symlink_to(secret)
+    assert reason(lambda: store.fetch(ref)) == "ref_outside_store"
