@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "services.console.cli",  # console
     "services.labels.cli",  # labels export
     "services.shadow.cli",  # shadow, promote, rollback, loop check
+    "services.claim_check.cli",  # claim-check gc
 )
 
 EXIT_FAILED = 1

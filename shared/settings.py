@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.engine.config import Decision
 from shared.errors import ConfigError
-from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
+from shared.limits import MAX_FILE_BYTES, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_REFERENCED_PIXELS
 
 ENV_PREFIX = "LINEGUARD_"
 
@@ -234,7 +234,8 @@ class CameraGatewaySettings(BaseModel):
     buffer_frames: int = Field(16, ge=1, le=10_000)  # per camera
     buffer_bytes: int = Field(64 << 20, ge=1 << 20, le=8 << 30)  # per camera
     overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST
-    max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1024, le=MAX_IMAGE_BYTES)  # larger: refused
+    # Larger: by claim check when LINEGUARD_CLAIM_CHECK__URL is set (over its inline_max_bytes), else refused.
+    max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1024, le=MAX_IMAGE_BYTES)
     max_batch: int = Field(16, ge=1, le=256)  # frames per Kafka transaction
     # Stable per gateway instance (a restarted gateway must come back with the same id so the broker
     # ends its predecessor's open transaction at once). None: derived from the configured camera ids.
@@ -496,6 +497,29 @@ class PromotionSettings(BaseModel):
     refit_check_interval_s: float = Field(300.0, ge=1, le=86_400)  # `lineguard loop check --watch`
 
 
+class ClaimCheckSettings(BaseModel):
+    """The claim-check store (``shared/frames_store.py`` ``ClaimStore``, docs/operations.md "Large
+    frames"): frames too large for the wire go there and travel as a reference."""
+
+    # A folder (local, or a network mount at the same path on every host), file://..., or an object
+    # store through its fsspec plug-in (s3://bucket/prefix with s3fs). Unset: no store; producers
+    # refuse frames too large for the wire and readers dead-letter references.
+    url: str | None = None
+    # fsspec storage options of the URL's filesystem (JSON), e.g. {"endpoint_url": "http://minio:9000"};
+    # credentials belong in the environment the plug-in reads (AWS_ACCESS_KEY_ID, ...), not here.
+    options: dict[str, Any] = {}
+    # An image of more bytes than this (or more pixels than the wire's MAX_PIXELS) goes by reference.
+    inline_max_bytes: int = Field(4 << 20, ge=1024, le=MAX_IMAGE_BYTES)
+    # The largest stored frame written or read, and the largest a reader decodes (the scorer decodes it
+    # reduced to its model's input: JPEG DCT-scaled; PNG and raw whole, then box-reduced).
+    max_frame_bytes: int = Field(MAX_FILE_BYTES, ge=1024, le=MAX_FILE_BYTES)
+    max_frame_pixels: int = Field(MAX_REFERENCED_PIXELS, ge=64, le=MAX_REFERENCED_PIXELS)
+    fetch_attempts: int = Field(3, ge=1, le=10)  # reads of a store that does not answer, per frame
+    # Claim checks are kept at least this long: the defects topic's 3 days, so every defect event on
+    # the topic still finds its frame. `lineguard claim-check gc` (hourly from cron) deletes older hours.
+    retention_s: float = Field(3 * 86_400.0, ge=3600, le=365 * 86_400)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -519,6 +543,7 @@ class Settings(BaseSettings):
     labels: LabelsSettings = LabelsSettings()
     shadow: ShadowSettings = ShadowSettings()
     promotion: PromotionSettings = PromotionSettings()
+    claim_check: ClaimCheckSettings = ClaimCheckSettings()
 
     @field_validator("topic_prefix")
     @classmethod

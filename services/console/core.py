@@ -71,7 +71,8 @@ def announcement_key(announcement: ModelAnnouncement) -> str:
 
 
 def _event_bytes(event: DefectEvent) -> int:
-    return len(event.image) + len(event.anomaly_map_png) + 4096  # + the verdict and bookkeeping
+    # + the verdict and bookkeeping; a claim-checked frame keeps only its reference
+    return len(event.image or b"") + len(event.anomaly_map_png) + 4096
 
 
 def verdict_row(verdict: Verdict, *, has_evidence: bool, feedback: str | None) -> dict[str, Any]:

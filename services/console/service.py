@@ -29,7 +29,7 @@ from services.console.core import ConsoleState, StateLimits
 from services.console.pictures import frame_pixels
 from services.console.web import ConsoleContext, build_app
 from shared.errors import BrokerError, ImageError, MessageError
-from shared.frames_store import FrameStore
+from shared.frames_store import ClaimStore, FrameStore
 from shared.kafka.client import make_consumer, make_producer, partition_counts
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import (
@@ -84,6 +84,7 @@ class ConsoleService:
         )
         self.state = ConsoleState(state_limits(settings))
         self.store = FrameStore(settings.labels.frames_dir) if settings.labels.frames_dir else None
+        self.claims = ClaimStore.from_settings(settings)  # claim-checked frames are fetched from it
         self._producer: Any = None
         self.ctx = ConsoleContext(
             state=self.state,
@@ -95,6 +96,7 @@ class ConsoleService:
             public_read=cfg.public_read,
             secure_cookies=cfg.secure_cookies,
             max_image_pixels=cfg.max_image_pixels,
+            claims=self.claims,
             max_report_bytes=cfg.max_report_bytes,
             sign_ins_per_minute=cfg.sign_ins_per_minute,
         )
@@ -225,7 +227,7 @@ class ConsoleService:
 
     def _save_frame(self, event: DefectEvent) -> None:
         assert self.store is not None
-        pixels = frame_pixels(event, self.settings.console.max_image_pixels)
+        pixels = frame_pixels(event, self.settings.console.max_image_pixels, self.claims)
         self.store.save(event.verdict.frame_id, pixels)
         metrics.FRAMES_SAVED.inc()
 

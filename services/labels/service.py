@@ -41,9 +41,16 @@ from services.labels.core import (
     regions_fit,
 )
 from shared.errors import ConfigError, ImageError, MessageError
-from shared.frames_store import FrameStore, frame_file_stem, png_bytes, write_atomically
+from shared.frames_store import (
+    ClaimStore,
+    FrameStore,
+    frame_file_stem,
+    image_of,
+    png_bytes,
+    write_atomically,
+)
 from shared.kafka.reading import read_topic
-from shared.limits import MAX_PIXELS
+from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
 from shared.messages.codec import decode
 from shared.messages.pixels import decode_pixels
 from shared.messages.schemas import DefectEvent, Feedback, Frame, Verdict
@@ -81,6 +88,7 @@ class LabelExport:
         self.cfg = settings.labels
         root = frames_dir or self.cfg.frames_dir
         self.store = FrameStore(root) if root else None
+        self.claims = ClaimStore.from_settings(settings)  # claim-checked frames on the topics
 
     async def run(self, out: Path, normals_dir: Path | None = None) -> ExportSummary:
         summary = ExportSummary(exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -188,7 +196,7 @@ class LabelExport:
                 frame_id = event.verdict.frame_id
                 if frame_id not in wanted:
                     continue
-                pixels = self._pixels(event.image, event.encoding, event.width, event.height, frame_id)
+                pixels = self._pixels(event, frame_id)
                 if pixels is not None:
                     write(frame_id, pixels, "defects")
 
@@ -223,12 +231,12 @@ class LabelExport:
                     continue
                 frame_id = frame.frame_id
                 if frame_id in wanted:
-                    pixels = self._pixels(frame.image, frame.encoding, frame.width, frame.height, frame_id)
+                    pixels = self._pixels(frame, frame_id)
                     if pixels is not None:
                         write(frame_id, pixels, "frames")
                 elif sampler is not None and staging is not None and frame_id in candidates:
                     product_class = candidates.pop(frame_id)
-                    pixels = self._pixels(frame.image, frame.encoding, frame.width, frame.height, frame_id)
+                    pixels = self._pixels(frame, frame_id)
                     if pixels is None:
                         continue
                     accepted, evicted = sampler.offer(product_class, frame_id)
@@ -238,11 +246,18 @@ class LabelExport:
                     if accepted:
                         write_atomically(folder / f"{frame_file_stem(frame_id)}.png", png_bytes(pixels))
 
-    def _pixels(
-        self, image: bytes, encoding: str, width: int | None, height: int | None, frame_id: str
-    ) -> np.ndarray | None:
+    def _pixels(self, message: Frame | DefectEvent, frame_id: str) -> np.ndarray | None:
+        """The message's frame (a claim-checked one fetched and verified), or None (logged)."""
         try:
-            return decode_pixels(image, encoding, width, height, max_pixels=MAX_PIXELS)
+            image = image_of(message, self.claims, max_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS)
+            return decode_pixels(
+                image.data,
+                message.encoding,
+                message.width,
+                message.height,
+                max_bytes=image.max_bytes,
+                max_pixels=image.max_pixels,
+            )
         except ImageError as exc:
             log_event(log, "frame unreadable", logging.WARNING, frame_id=frame_id, reason=exc.reason)
             return None

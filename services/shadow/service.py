@@ -32,7 +32,7 @@ from services.scorer.core import DecodedFrame, RawRecord, decode_record, error_v
 from services.shadow import metrics
 from services.shadow.core import Candidate, Comparison, iso_time
 from shared.errors import BrokerError, ConfigError, MessageError
-from shared.frames_store import frame_file_stem
+from shared.frames_store import ClaimStore, frame_file_stem
 from shared.kafka.client import make_consumer, make_producer, partition_counts
 from shared.kafka.reading import read_topic
 from shared.messages.codec import decode, encode
@@ -129,6 +129,7 @@ class ShadowRun:
         self.model = model
         self.candidate = candidate
         self.window = window
+        self.claims = ClaimStore.from_settings(settings)  # claim-checked frames, as the scorer reads them
         # File stems (``frame_file_stem``) of the frames the candidate was trained on: their labels are
         # left out of the escape and false-reject counts.
         self.trained = set(trained)
@@ -306,10 +307,12 @@ class ShadowRun:
         it)."""
         started = time.perf_counter()
         decoded = [
-            decode_record(
+            decode_record(  # as the scorer decodes: large frames reduced to the model's input size
                 record,
                 max_image_bytes=self.settings.scorer.max_image_bytes,
                 max_pixels=self.settings.scorer.max_image_pixels,
+                reduce_to=self.model.input_size,
+                store=self.claims,
             )
             for record in records
         ]
@@ -318,7 +321,11 @@ class ShadowRun:
         verdicts: dict[tuple[int, int], Verdict] = {}
         if good:
             try:
-                results = self.model.score_batch([d.pixels for d in good], [d.frame.product for d in good])
+                results = self.model.score_batch(
+                    [d.pixels for d in good],
+                    [d.frame.product for d in good],
+                    frame_sizes=[d.frame_size for d in good],
+                )
             except Exception as exc:  # as the scorer: the frames get error verdicts, the run goes on
                 log_event(log, "model_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
                 now = time.time_ns()
