@@ -827,6 +827,34 @@ def services_view() -> dict[str, Any]:
                 ],
             ),
             (
+                "Shadow scoring and refit proposals",
+                [
+                    _ts(
+                        "Shadow frames and candidate verdicts / s",
+                        "ops",
+                        [
+                            _by("lineguard_shadow_frames", "outcome"),
+                            (_rate("lineguard_shadow_verdicts"), "candidate verdicts"),
+                        ],
+                    ),
+                    _ts(
+                        "Since the serving model: confirmed normals, labelled defects",
+                        "none",
+                        [
+                            (
+                                "sum by (product_class) (lineguard_loop_confirmed_normals)",
+                                "{{product_class}} normals",
+                            ),
+                            (
+                                "sum by (product_class) (lineguard_loop_labelled_defects)",
+                                "{{product_class}} defects",
+                            ),
+                        ],
+                    ),
+                    _ts("Refit checks / s", "ops", [_by("lineguard_loop_checks", "outcome")], w=24),
+                ],
+            ),
+            (
                 "Operator console",
                 [
                     _stat("Live pages", "none", [(f"sum({co}live_pages)", "")]),

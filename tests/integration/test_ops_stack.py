@@ -40,9 +40,9 @@ STATION = "st-x"  # the PLC bridge's one station; the camera simulator's verdict
 
 
 # Services whose panels are empty here because this line does not run them (their own integration
-# tests do: test_camera_gateway.py, test_console_browser.py); the camera simulator stands in for
-# the gateway, and nobody browses the console.
-NOT_RUN_HERE = ("lineguard_camera_gateway_", "lineguard_console_")
+# tests do: test_camera_gateway.py, test_console_browser.py, the shadow and loop tests); the camera
+# simulator stands in for the gateway, nobody browses the console, no candidate model is shadowed.
+NOT_RUN_HERE = ("lineguard_camera_gateway_", "lineguard_console_", "lineguard_shadow_", "lineguard_loop_")
 
 
 def not_run_here() -> set[str]:

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import importlib
+
+from shared.telemetry.metrics import ServiceMetrics
+
 SERVICE_METRIC_MODULES = (
     "services.scorer.metrics",
     "services.explainer.metrics",
@@ -10,6 +14,7 @@ SERVICE_METRIC_MODULES = (
     "services.alerts.metrics",
     "services.camera_gateway.metrics",
     "services.console.metrics",
+    "services.shadow.metrics",
 )
 STANDARD_FAMILIES = {
     "process_cpu_seconds",
@@ -17,3 +22,12 @@ STANDARD_FAMILIES = {
     "python_gc_collections",
     "python_info",
 }
+
+
+def all_service_metrics() -> list[ServiceMetrics]:
+    """Every ``ServiceMetrics`` the metrics modules declare (a module may serve two commands)."""
+    found: list[ServiceMetrics] = []
+    for name in SERVICE_METRIC_MODULES:
+        module = importlib.import_module(name)
+        found += [v for v in vars(module).values() if isinstance(v, ServiceMetrics)]
+    return found

@@ -18,14 +18,13 @@ import pytest
 import yaml
 
 from shared.telemetry.metrics import LabelSpec
-from tests.support.metrics import SERVICE_METRIC_MODULES
+from tests.support.metrics import all_service_metrics
 from tests.support.promql import PromQLSyntaxError, Selector, selectors
 
 ROOT = Path(__file__).resolve().parents[3]
 GRAFANA = ROOT / "deploy" / "grafana"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 RUNBOOK = ROOT / "docs" / "operations.md"
-METRIC_MODULES = SERVICE_METRIC_MODULES
 # Series Prometheus itself makes for every target.
 PROMETHEUS_SERIES: dict[str, set[str] | None] = {"up": set(), "scrape_duration_seconds": set()}
 TARGET_LABELS = {"job", "instance"}
@@ -43,8 +42,8 @@ _SUFFIXES = {
 def exported_series() -> dict[str, set[str] | None]:
     """Sample name -> its label names (None: labels set at run time, as for an Info)."""
     series: dict[str, set[str] | None] = {}
-    for module_name in METRIC_MODULES:
-        registry = importlib.import_module(module_name).REGISTRY
+    for metrics in all_service_metrics():
+        registry = metrics.registry
         label_names: dict[str, tuple[str, ...]] = {}
         # prometheus_client keeps each collector's label names only on the collector itself.
         for collector, names in registry._collector_to_names.items():
@@ -124,8 +123,8 @@ def test_rule_test_series_are_exported_metrics(known: dict[str, set[str] | None]
 def zero_started_specs() -> dict[str, LabelSpec]:
     """Sample name -> what its labels start at 0 with (``ServiceMetrics`` of every service)."""
     specs: dict[str, LabelSpec] = {}
-    for module_name in METRIC_MODULES:
-        specs.update(importlib.import_module(module_name).METRICS.specs)
+    for metrics in all_service_metrics():
+        specs.update(metrics.specs)
     return specs
 
 
@@ -234,8 +233,8 @@ def test_every_exported_metric_is_on_a_dashboard_or_in_a_rule() -> None:
         used |= {re.sub(r"_(total|bucket|count|sum|info)$", "", s.metric) for s in selectors(expr)}
     unseen = [
         family.name
-        for module_name in METRIC_MODULES
-        for family in importlib.import_module(module_name).REGISTRY.collect()
+        for metrics in all_service_metrics()
+        for family in metrics.registry.collect()
         if not family.name.startswith(("process_", "python_")) and family.name not in used
     ]
     assert unseen == []
