@@ -142,15 +142,18 @@ def fit_model(
         heldout_embeddings.append(held_features.mean(axis=1))
         _, raw = raw_maps(scorer, ScoreInput(held_features, grid, LazyImages(holdout_sources)), config)
         threshold = threshold_at_frr(raw, config.target_frr)
+        # A trained network's scores are on a scale of its own: one trained again on more images
+        # would not match the threshold just set, so learned scorers keep the calibrated fit.
+        refit = config.bank_from_all_normals and getattr(scorer_type, "refit_on_all_normals", True)
         calibration = {
             "n_train": len(train_idx),
             "n_holdout": len(holdout_idx),
             "target_frr": config.target_frr,
             "heldout_scores": [float(score) for score in raw],
             "threshold_rule": "quantile(held-out normal scores, 1 - target_frr), Gaussian tail if few",
-            "bank_includes_holdout": config.bank_from_all_normals,
+            "bank_includes_holdout": refit,
         }
-        if config.bank_from_all_normals:
+        if refit:
             # The threshold above came from images the scorer had not seen. The final scorer also
             # covers them (more normal variety); new normal images can then only score lower.
             everything = replace(
