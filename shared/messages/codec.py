@@ -58,7 +58,8 @@ def _msgpack_limits() -> dict[str, int]:
             if "str" in str(hints[f.name]):
                 str_len = max(str_len, lim.get("max_len", 0))
     return {
-        "max_str_len": str_len,
+        # Field limits count characters; msgpack counts bytes, and UTF-8 takes up to 4 per character.
+        "max_str_len": 4 * str_len,
         "max_bin_len": bin_len,
         "max_array_len": max(items, 2),  # 2: a header is a [name, value] pair
         "max_map_len": max(items, fields),
@@ -349,6 +350,10 @@ def _check_rules(message: Any) -> None:
             raise _refusal("invalid_field", "anomaly_map_png is not a PNG", "anomaly_map_png")
     elif isinstance(message, ModelAnnouncement) and not _is_hex(message.sha256):
         raise _refusal("invalid_field", "sha256 must be 64 lowercase hex digits", "sha256")
+    elif isinstance(message, DeadLetter) and not _is_hex(message.original_value_sha256):
+        raise _refusal(
+            "invalid_field", "original_value_sha256 must be 64 lowercase hex digits", "original_value_sha256"
+        )
     elif isinstance(message, Feedback):
         _check_feedback(message)
     elif isinstance(message, CameraLedger):

@@ -151,7 +151,7 @@ class _Record:
     offset: int
     key: bytes | None
     value: bytes
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
 
 
 def dead_letter(
@@ -163,7 +163,7 @@ def dead_letter(
     offset: int = 42,
     key: bytes | None = b"cam-1",
     value: bytes = b"\x00\x01garbage",
-    headers: Sequence[tuple[str, bytes]] = (("traceparent", b"00-abc-def-01"),),
+    headers: Sequence[tuple[str, bytes | None]] = (("traceparent", b"00-abc-def-01"),),
     service: str = "scorer",
     failed_at: int = 5,
 ) -> DeadLetter:

@@ -101,8 +101,9 @@ def test_decoded_types_are_the_declared_ones() -> None:
     got = decode(data, Verdict)
     assert isinstance(got.score, float)
     assert isinstance(got.regions[0], RegionMsg)
-    headers = decode(encode(dead_letter()), DeadLetter).original_headers
-    assert headers == [("traceparent", b"00-abc-def-01")]
+    with_null = dead_letter(headers=(("traceparent", b"00-abc-def-01"), ("no-value", None)))
+    headers = decode(encode(with_null), DeadLetter).original_headers
+    assert headers == [("traceparent", b"00-abc-def-01"), ("no-value", None)]
     assert isinstance(headers[0], tuple)
 
 
@@ -355,6 +356,9 @@ def test_a_version_1_model_announcement_is_refused_by_this_build() -> None:
         ({"original_key": "text"}, "original_key"),
         ({"source_partition": -1}, "source_partition"),
         ({"original_value": None}, "original_value"),
+        ({"original_value_sha256": "CD" * 32}, "original_value_sha256"),
+        ({"truncated": 1}, "truncated"),
+        ({"original_value_size": -1}, "original_value_size"),
     ],
 )
 def test_invalid_dead_letter_fields(changes: dict[str, Any], field: str) -> None:
@@ -382,3 +386,11 @@ def test_message_error_carries_reason_detail_and_field() -> None:
     assert error.reason in codec.REASONS
     assert error.detail and str(error).startswith("invalid_field: ")
     assert isinstance(error, ValueError)
+
+
+def test_a_string_within_its_character_limit_decodes_whatever_its_utf8_size() -> None:
+    """Limits count characters, msgpack counts bytes: what encode accepts must decode."""
+    name = "\U0001f600" * 400_000  # 400k characters, 1.6 MB of UTF-8: within a header name's limit
+    letter = dead_letter(headers=((name, b"v"),))
+    assert not letter.truncated
+    assert decode(encode(letter), DeadLetter) == letter
