@@ -126,6 +126,7 @@ def run_row(data: ClassData, scorer_row: str, labelled: int, backbone: str, args
         input_size=INPUT_SIZES.get(backbone, 224),
         scorer=scorer,
         epochs=args.epochs,
+        bank_size=args.bank_size,
         **changes,
     )
     chosen = labelled_choice(data.test, labelled) if labelled else []
@@ -163,6 +164,7 @@ def run_row(data: ClassData, scorer_row: str, labelled: int, backbone: str, args
         "backbone": backbone,
         "input_size": config.input_size,
         "epochs": args.epochs,
+        "bank_size": args.bank_size,
         "n_test_good": int((~y).sum()),
         "n_test_defect": int(y.sum()),
         "n_trained_defects": len(chosen),
@@ -251,6 +253,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--labelled", type=int, nargs="+", default=[0, 10], help="defects per type")
     parser.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "efficientnet_lite2"])
     parser.add_argument("--epochs", type=int, default=None, help="learned scorers (default: theirs)")
+    parser.add_argument("--bank-size", type=int, default=FitConfig.bank_size, help="coreset size")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/accuracy"))
@@ -279,7 +282,8 @@ def main(argv: list[str]) -> int:
                 command = [sys.executable, "-m", "benchmarks.engine_accuracy", "--table"]
                 command += ["--row", scorer_row, str(labelled), backbone, "--data", args.data]
                 command += ["--results", str(args.results), "--threads", str(args.threads)]
-                command += ["--batch", str(args.batch)] + (["--progress"] if args.progress else [])
+                command += ["--batch", str(args.batch), "--bank-size", str(args.bank_size)]
+                command += ["--progress"] if args.progress else []
                 if args.epochs is not None:
                     command += ["--epochs", str(args.epochs)]
                 print(f"running {scorer_row}, {labelled} labelled/type, {backbone}", flush=True)
