@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shared.errors import BrokerError
@@ -90,6 +91,7 @@ class KafkaCluster:
         heap: str = "384m",
         min_insync: int | None = None,
         start_timeout_s: float = 120.0,
+        stop_timeout_s: float = 30.0,
     ) -> None:
         if not 1 <= nodes <= MAX_NODES:
             raise BrokerError(f"a local cluster has 1 to {MAX_NODES} nodes, not {nodes}")
@@ -109,6 +111,7 @@ class KafkaCluster:
                     libs_dir=libs_dir,
                     heap=heap,
                     start_timeout_s=start_timeout_s,
+                    stop_timeout_s=stop_timeout_s,
                 ),
                 node_id=n,
                 voters=voters,
@@ -132,6 +135,7 @@ class KafkaCluster:
             ports=ports,
             heap=settings.heap,
             start_timeout_s=settings.start_timeout_s,
+            stop_timeout_s=settings.stop_timeout_s,
         )
 
     @property
@@ -163,9 +167,9 @@ class KafkaCluster:
             raise
 
     def stop(self) -> bool:
-        """Stop every node (SIGTERM, then SIGKILL after its timeout). True if any was running."""
-        stopped = [node.stop() for node in reversed(self.nodes)]
-        return any(stopped)
+        """Stop every node at once (SIGTERM, then SIGKILL after its timeout). True if any was running."""
+        with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
+            return any(pool.map(lambda node: node.stop(), self.nodes))
 
     def status(self) -> list[BrokerStatus]:
         return [node.status() for node in self.nodes]
