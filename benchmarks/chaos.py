@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import random
@@ -575,6 +576,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    # The benchmark's own readers and sender: a dead broker is the point, not news on stderr.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="lineguard-chaos-") as tmp:
         work = Path(tmp)
         print(f"starting a {args.brokers}-node cluster", flush=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import tempfile
@@ -199,6 +200,7 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # this process's readers' retries
     with (
         tempfile.TemporaryDirectory(prefix="lineguard-soak-") as tmp,
         kafka_bootstrap(Path(tmp) / "kafka") as bootstrap,
