@@ -23,6 +23,16 @@ from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
 ENV_PREFIX = "LINEGUARD_"
 
 
+def comma_or_json_list(value: object) -> object:
+    """A list setting from the environment: ``a,b`` or a JSON list; other values pass through."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
 class LatePolicy(StrEnum):
     """What a verdict says when the frame's deadline has already passed."""
 
@@ -188,12 +198,7 @@ class ScorerSettings(BaseModel):
     @field_validator("trusted_keys", mode="before")
     @classmethod
     def _path_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+        return comma_or_json_list(value)
 
     @model_validator(mode="after")
     def _timeouts_fit(self) -> ScorerSettings:
@@ -428,12 +433,7 @@ class ConsoleSettings(BaseModel):
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _address_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+        return comma_or_json_list(value)
 
 
 class LabelsSettings(BaseModel):

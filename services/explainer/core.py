@@ -312,7 +312,6 @@ class Explainer:
                 vlm_model=self.settings.model,
                 created_at=created,
                 egress=egress.value,
-                vocabulary=vocabulary_for(self.settings, facts.verdict.product_class),
                 class_actions=self.settings.class_actions.get(facts.verdict.product_class, []),
                 severity_bands=self.settings.severity_bands,
             )

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from services.plc_bridge import registers as reg
-from shared.kafka.broker import free_port
+from shared.kafka.broker import free_port, free_ports
 from shared.kafka.secure_broker import SecretsLayout, SecureLocalBroker
 from shared.settings import Settings
 from tests.support.line import LineModels
@@ -146,7 +146,7 @@ async def _healthy(check: list[str], process: ServiceProcess, timeout: float = 3
 async def test_plc_bridge_starts_against_plc_sim_as_composed(
     kafka_settings: Settings, tmp_path: Path, protocols: str
 ) -> None:
-    modbus_port, opcua_port = free_port(), free_port()
+    modbus_port, opcua_port = free_ports(2)
     ports = {"5020": modbus_port, "4840": opcua_port}
     sim, sim_env, _ = composed("plc-sim", kafka_settings, ports=ports)
     sim_args = [_swap_ports(part, {k: str(v) for k, v in ports.items()}) for part in sim.command]
