@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shared.errors import BrokerError
-from shared.kafka.broker import BrokerStatus, LocalBroker, _new_cluster_id, free_port
+from shared.kafka.broker import BrokerStatus, LocalBroker, _new_cluster_id, free_ports
 from shared.settings import BrokerSettings, KafkaSettings
 
 MAX_NODES = 9
@@ -95,7 +95,10 @@ class KafkaCluster:
     ) -> None:
         if not 1 <= nodes <= MAX_NODES:
             raise BrokerError(f"a local cluster has 1 to {MAX_NODES} nodes, not {nodes}")
-        ports = list(ports) if ports is not None else [(free_port(), free_port()) for _ in range(nodes)]
+        if ports is None:
+            chosen = free_ports(2 * nodes)  # distinct: held open together while choosing
+            ports = list(zip(chosen[::2], chosen[1::2], strict=True))
+        ports = list(ports)
         if len(ports) != nodes:
             raise BrokerError(f"{nodes} nodes need {nodes} port pairs, got {len(ports)}")
         self.data_dir = Path(data_dir).resolve()
