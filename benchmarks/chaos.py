@@ -568,6 +568,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--drain-limit-s", type=float, default=3600.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument("--work-dir", type=Path, help="keep the cluster, model and service logs here")
     args = parser.parse_args()
     if args.brokers is None:
         args.brokers = 1 if args.fuzz_only else 3
@@ -579,7 +580,8 @@ def main() -> int:
     # The benchmark's own readers and sender: a dead broker is the point, not news on stderr.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="lineguard-chaos-") as tmp:
-        work = Path(tmp)
+        work = args.work_dir.resolve() if args.work_dir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         print(f"starting a {args.brokers}-node cluster", flush=True)
         with throwaway_cluster(work / "cluster", nodes=args.brokers) as cluster:
             summary = asyncio.run(main_async(args, cluster, work))
