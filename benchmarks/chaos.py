@@ -192,7 +192,9 @@ class Scorers:
     def _start(self, slot: int) -> ServiceProcess:
         self.starts += 1
         process = scorer_process(
-            self.settings, self.model_dir, self.work / f"scorer-{slot}-{self.starts}.log"
+            self.settings,
+            self.model_dir,
+            self.work / f"{self.settings.topic_prefix}-scorer-{slot}-{self.starts}.log",
         )
         self.slots[slot] = process
         return process
@@ -563,7 +565,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--max-big", type=int, default=40, help="most records of the megabyte kinds")
     parser.add_argument(
-        "--idle-s", type=float, default=120.0, help="give up waiting after this long without output"
+        "--idle-s",
+        type=float,
+        default=300.0,
+        help="give up waiting after this long without output (default 300: longer than the scorer's "
+        "progress watchdog, 120 s, and a restart)",
     )
     parser.add_argument("--drain-limit-s", type=float, default=3600.0)
     parser.add_argument("--seed", type=int, default=0)
