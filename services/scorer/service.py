@@ -56,6 +56,7 @@ from services.scorer.partitions import PartitionTransactions
 from services.scorer.publish import PartitionPublisher
 from services.scorer.watchdog import Health, ProgressWatchdog
 from shared.engine.config import Decision
+from shared.frames_store import ClaimStore
 from shared.messages.schemas import AlertEvent
 from shared.telemetry.logging import log_event
 from shared.telemetry.tracing import get_tracer, span_link
@@ -84,6 +85,7 @@ class ScorerService:
         self.holder = holder
         self.health = health or Health()
         self.frames_topic = settings.topic("frames")
+        self.claims = ClaimStore.from_settings(settings)  # claim-checked frames are fetched from it
         # Operator alerts ride in the same transaction as the verdicts that raised them.
         self.alert_detector = AlertDetector(
             AlertRules.from_settings(settings.alerts),
@@ -321,7 +323,9 @@ class ScorerService:
             span.set_attribute("lineguard.batch_size", len(records))
             span.set_attribute("lineguard.model_version", serving.version)
             started = time.perf_counter()
-            decoded_or_bad = await asyncio.gather(*(self._decode(r) for r in records))
+            # Large frames are decoded only as far as this batch's model needs (its input size).
+            reduce_to = serving.model.input_size
+            decoded_or_bad = await asyncio.gather(*(self._decode(r, reduce_to) for r in records))
             metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
             outcomes = [d for d in decoded_or_bad if isinstance(d, RecordOutcome)]
             good = [d for d in decoded_or_bad if isinstance(d, DecodedFrame)]
@@ -352,10 +356,14 @@ class ScorerService:
     def _release(self, stage: str) -> None:
         self._hung[stage] -= 1
 
-    async def _decode(self, record: RawRecord) -> DecodedFrame | RecordOutcome:
+    async def _decode(self, record: RawRecord, reduce_to: int | None) -> DecodedFrame | RecordOutcome:
         def decode() -> DecodedFrame | RecordOutcome:
             return decode_record(
-                record, max_image_bytes=self.cfg.max_image_bytes, max_pixels=self.cfg.max_image_pixels
+                record,
+                max_image_bytes=self.cfg.max_image_bytes,
+                max_pixels=self.cfg.max_image_pixels,
+                reduce_to=reduce_to,
+                store=self.claims,
             )
 
         try:
@@ -372,7 +380,9 @@ class ScorerService:
             results = await self._bounded(
                 "model",
                 self._model_pool,
-                lambda: serving.model.score_batch([d.pixels for d in good], hints, timings),
+                lambda: serving.model.score_batch(
+                    [d.pixels for d in good], hints, timings, frame_sizes=[d.frame_size for d in good]
+                ),
             )
             error = ""
         except TimeoutError:

@@ -288,3 +288,12 @@ async def test_console_starts_as_composed_and_needs_its_token(
     refused = ServiceProcess(service.command, env, tmp_path / "console-empty.log")
     assert await refused.wait_exit(60) == 2
     assert "LINEGUARD_CONSOLE__TOKEN" in refused.log_text() and "Traceback" not in refused.log_text()
+
+
+# ---- refit proposals: `lineguard loop check --watch` -------------------------------------------------
+
+
+async def test_refit_check_starts_as_composed(kafka_settings: Settings, tmp_path: Path) -> None:
+    service, env, _ = composed("refit-check", kafka_settings, LINEGUARD_PROMOTION__REFIT_CHECK_INTERVAL_S="1")
+    async with started(service, env, tmp_path / "refit-check.log", "refit_checked") as check:
+        assert "refit_checks_started" in check.log_text()

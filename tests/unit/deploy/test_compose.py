@@ -153,6 +153,8 @@ SERVICE_PRINCIPALS = {
     "alerts": "alerts",
     "camera-sim": "camera",
     "operator": "operator",
+    "shadow": "shadow",
+    "refit-check": "refit-check",
     "console": "console",
 }
 
@@ -408,6 +410,8 @@ def test_scorers_trust_the_public_half_of_the_key_the_operator_signs_with() -> N
     public = secret_file(secrets_of(scorer)[trusted.removeprefix("/run/secrets/")])
     # `lineguard model keygen --name N` writes N.key and N.pub; the docs rename N.key to N.
     assert public == private + ".pub"
+    # promote and rollback (no --signing-key) sign with the same key.
+    assert env(operator)["LINEGUARD_PROMOTION__SIGNING_KEY"] == signing_mount
 
 
 def test_every_long_running_container_rotates_its_logs() -> None:
