@@ -118,6 +118,7 @@ class FitConfig:
     unknown_min_distance: float = 0.05  # ...but never closer than this cosine distance
     batch_size: int = 8
     seed: int = 0
+    epochs: int | None = None  # learned scorers (supersimplenet, uninet): None = the scorer's default
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -136,6 +137,8 @@ class FitConfig:
             raise ConfigError("target_frr must be between 0 and 1")
         if self.calibration_folds < 1:
             raise ConfigError("calibration_folds must be at least 1")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError("epochs must be at least 1")
 
 
 class FitProgress:

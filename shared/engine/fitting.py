@@ -224,7 +224,13 @@ def _fit_class(
 ) -> ClassModel:
     """One class: features stored once, a threshold from scores of images their scorer never saw,
     the final scorer, routing prototype and distance."""
-    parts, cross_fitted = _calibration_split(len(sources), config)
+    # A trained network's scores are on a scale of its own: one trained again on more images would
+    # not match a threshold set on the fold networks' scores. Learned scorers therefore keep the
+    # network calibrated on a single held-out share, and serve it.
+    refits = getattr(scorer_type, "refit_on_all_normals", True)
+    parts, cross_fitted = _calibration_split(
+        len(sources), config if refits else replace(config, calibration_folds=1)
+    )
     store = FeatureStore(workdir / f"{name}.features", parts, cyclic=cross_fitted)
     try:
         progress.stage(f"{name}: features", len(sources))
@@ -260,7 +266,7 @@ def _fit_class(
         held = np.flatnonzero(~np.isnan(scores))
         raw = scores[held]
         threshold = threshold_at_frr(raw, config.target_frr)
-        final_on_all = cross_fitted or config.bank_from_all_normals
+        final_on_all = refits and (cross_fitted or config.bank_from_all_normals)
         if final_on_all:
             # The threshold came from images their scorer had not seen. The final scorer covers all
             # of them (more normal variety); new normal images can then only score a little lower.
