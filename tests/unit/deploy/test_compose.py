@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -360,6 +362,7 @@ def test_volumes_secrets_and_health_checks() -> None:
         "console",
         "plc-sim",
         "prometheus",
+        "alertmanager",
         "grafana",
     ):
         check = SERVICES[name]["healthcheck"]
@@ -372,6 +375,28 @@ def test_volumes_secrets_and_health_checks() -> None:
     for name, variable in secret_env.items():
         mounted = [m for m in secrets_of(SERVICES[name]) if not m.startswith("kafka_")]
         assert [env(SERVICES[name])[variable]] == [f"/run/secrets/{m}" for m in mounted]
+
+
+def test_prometheus_sends_its_alerts_to_the_composed_alertmanager() -> None:
+    am = SERVICES["alertmanager"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in am["volumes"] if m.startswith("./")}
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in am["command"]
+    assert (ROOT / mounts["/etc/alertmanager/alertmanager.yml"]).is_file()
+    managers = PROMETHEUS["alerting"]["alertmanagers"]
+    (target,) = [t for a in managers for s in a["static_configs"] for t in s["targets"]]
+    host, port = target.split(":")
+    assert host == "alertmanager" and f"{port}:{port}" in am["ports"]
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool not installed (`make ops-tools`)")
+def test_amtool_accepts_the_shipped_alertmanager_config() -> None:
+    result = subprocess.run(
+        ["amtool", "check-config", str(ROOT / "deploy/alertmanager/alertmanager.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_console_reads_the_explainers_report_store_and_publishes_its_port() -> None:
