@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from shared.engine.backbones import BACKBONES
-from shared.engine.config import INDEX_KINDS, SCORER_KINDS, FitConfig, FitProgress
+from shared.engine.config import (
+    DEVICES,
+    INDEX_KINDS,
+    PRECISIONS,
+    RUNTIME_CHOICES,
+    SCORER_KINDS,
+    FitConfig,
+    FitProgress,
+    RuntimeOptions,
+)
 from shared.errors import LineguardError
 
 BACKBONE_NAMES = tuple(BACKBONES)
@@ -32,6 +41,33 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be a positive integer")
     return value
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--runtime, --device, --precision; each defaults to the scorer's setting (LINEGUARD_SCORER__*)."""
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        help="backbone runtime (default: LINEGUARD_SCORER__RUNTIME, auto: openvino when the model has "
+        "its backbone export, else torch)",
+    )
+    parser.add_argument("--device", choices=DEVICES, help="default: LINEGUARD_SCORER__DEVICE (cpu)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, help="default: LINEGUARD_SCORER__PRECISION (fp32)"
+    )
+
+
+def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
+    """The backbone's runtime options: the command's flags over the scorer's settings."""
+    from shared.settings import load_settings
+
+    scorer = load_settings().scorer
+    return RuntimeOptions(
+        runtime=args.runtime or scorer.runtime,
+        device=args.device or scorer.device,
+        precision=args.precision or scorer.precision,
+        threads=args.threads,
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,6 +110,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep the calibration images out of the final bank (default: refit the bank on all normals)",
     )
     fit.add_argument("--threads", type=_positive, help="torch threads (default: torch's)")
+    fit.add_argument(
+        "--no-export",
+        action="store_true",
+        help="leave out the backbone's ONNX export (then the model runs with the torch runtime only)",
+    )
+    _add_runtime_arguments(fit)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", required=True, help="model directory to write")
     fit.add_argument("--force", action="store_true", help="replace an existing model directory")
@@ -85,6 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--class", dest="classes", action="append", metavar="NAME")
     evaluate.add_argument("--batch-size", type=_positive, default=1)
     evaluate.add_argument("--threads", type=_positive)
+    _add_runtime_arguments(evaluate)
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line")
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -94,8 +137,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--hint", help="expected product class (cross-checked)")
     score.add_argument("--overlay-dir", help="write <name>_overlay.png heatmaps here")
     score.add_argument("--threads", type=_positive)
+    _add_runtime_arguments(score)
     score.add_argument("--json", action="store_true", help="end with one JSON line")
     score.set_defaults(handler=run_score)
+
+    export = subparsers.add_parser(
+        "export",
+        help="add the backbone's ONNX export to a model (for the openvino and onnx runtimes)",
+        description="Load the model with torch, export its backbone to ONNX, check the export against "
+        "torch on probe images, and write the model with the export (hashed in its manifest).",
+    )
+    export.add_argument("--model", required=True, help="model directory")
+    export.add_argument("--out", help="write the exported model here (default: replace --model)")
+    export.add_argument("--weights", help="the backbone weight file (default: found by its sha256)")
+    export.add_argument("--weights-dir", help="folder to find the weight file in by its sha256")
+    export.add_argument("--threads", type=_positive)
+    export.set_defaults(handler=run_export)
 
 
 def _fail(message: str) -> int:
@@ -161,12 +218,17 @@ def run_fit(args: argparse.Namespace) -> int:
             overwrite=args.force,
             defect_samples=args.defect_samples,
             progress=progress,
+            options=runtime_options(args),
+            export=not args.no_export,
         )
     except LineguardError as exc:
         return _fail(str(exc))
     finally:
         progress.close()
-    print(f"model {model.version} ({', '.join(model.classes)}) written to {out}")
+    print(
+        f"model {model.version} ({', '.join(model.classes)}) written to {out}; backbone ran in "
+        f"{model.extractor.runtime}{', ' + _export_line(model) if model.extractor.export else ''}"
+    )
     for class_model in model.class_models:
         calibration = class_model.calibration
         extra = ""
@@ -192,6 +254,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             args.data,
             args.classes,
             batch_size=args.batch_size,
+            options=runtime_options(args),
             on_start=lambda total: bars.append(
                 tqdm(total=total, desc="scoring", unit="img", file=sys.stderr)
             ),
@@ -203,7 +266,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for bar in bars:
             bar.close()
     fit_seconds = model.metadata.get("fit_seconds")
-    print(f"model {model.version}: backbone {model.backbone_name}, fit time {fit_seconds} s")
+    print(
+        f"model {model.version}: backbone {model.backbone_name} ({model.extractor.runtime}, "
+        f"{model.extractor.backend.precision}), fit time {fit_seconds} s"
+    )
     for name, metrics in report["classes"].items():
         print(f"  {name}: " + ", ".join(f"{key} {_fmt(value)}" for key, value in metrics.items()))
     print("  mean: " + ", ".join(f"{key} {_fmt(value)}" for key, value in report["mean"].items()))
@@ -223,7 +289,7 @@ def run_score(args: argparse.Namespace) -> int:
 
     core.set_threads(args.threads)
     try:
-        model = load_model(args.model)
+        model = load_model(args.model, options=runtime_options(args))
     except LineguardError as exc:
         return _fail(str(exc))
     overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None
@@ -252,3 +318,23 @@ def run_score(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model_version": model.version, "results": entries}))
     return 1 if failed else 0
+
+
+def _export_line(model: Any) -> str:
+    parity = model.extractor.export.facts["parity"]
+    worst = max(parity["max_abs_diff"].values())
+    largest = parity["reference_max_abs"]
+    return f"ONNX export included (largest difference to torch {worst:.2g}, features up to {largest:.3g})"
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from services.model_tools import core
+
+    core.set_threads(args.threads)
+    out = Path(args.out or args.model)
+    try:
+        model = core.export_model(args.model, out, weights=args.weights, weights_dir=args.weights_dir)
+    except LineguardError as exc:
+        return _fail(str(exc))
+    print(f"model {model.version} written to {out} with its backbone export; {_export_line(model)}")
+    return 0

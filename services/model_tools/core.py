@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from shared.engine.config import FitConfig, FitProgress, ScoreResult
+from shared.engine.config import FitConfig, FitProgress, RuntimeOptions, ScoreResult
 from shared.engine.dataset import IMAGE_SUFFIXES, discover
 from shared.engine.evaluation import evaluate
+from shared.engine.export import export_backbone
 from shared.engine.fitting import fit_model
 from shared.engine.images import load_image_file
 from shared.engine.model import InspectionModel
@@ -41,18 +42,21 @@ def fit_folder(
     overwrite: bool = False,
     defect_samples: str | Path | None = None,
     progress: FitProgress | None = None,
+    options: RuntimeOptions | None = None,
+    export: bool = True,
 ) -> InspectionModel:
     """Fit a model on the normal training images of an MVTec-layout folder and write it to ``out``.
 
     ``defect_samples`` (a folder of defective images, one subfolder per class when there are
-    several classes) adds an F1-optimal threshold to each class's calibration record.
+    several classes) adds an F1-optimal threshold to each class's calibration record. ``export``:
+    include the backbone's ONNX export (``options`` choose the runtime that computes the features).
     """
     found = discover(data, classes)
     empty = [class_data.name for class_data in found if len(class_data.train) < 2]
     if empty:
         raise DatasetError(f"class(es) {', '.join(empty)} have fewer than 2 images in train/good")
     training: dict[str, list[Path | np.ndarray]] = {d.name: list(d.train) for d in found}
-    model = fit_model(training, config, progress)
+    model = fit_model(training, config, progress, options=options, export=export)
     if defect_samples:
         offer_f1_thresholds(model, Path(defect_samples))
     save_model(model, out, overwrite=overwrite)
@@ -76,6 +80,7 @@ def evaluate_folder(
     classes: list[str] | None,
     *,
     batch_size: int = 1,
+    options: RuntimeOptions | None = None,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> tuple[InspectionModel, dict[str, Any]]:
@@ -83,11 +88,26 @@ def evaluate_folder(
 
     ``on_start`` learns the number of test images before scoring begins (for a progress bar).
     """
-    model = load_model(model_dir)
+    model = load_model(model_dir, options=options)
     found = discover(data, classes)
     if on_start is not None:
         on_start(sum(len(class_data.test) for class_data in found))
     return model, evaluate(model, found, batch_size=batch_size, progress=progress)
+
+
+def export_model(
+    model_dir: str | Path,
+    out: str | Path,
+    *,
+    weights: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+) -> InspectionModel:
+    """The model at ``model_dir`` written to ``out`` (which may be the same directory, replaced
+    atomically) with its backbone's parity-checked ONNX export."""
+    model = load_model(model_dir, weights=weights, weights_dir=weights_dir, options=RuntimeOptions())
+    model.extractor.export = export_backbone(model.extractor)
+    save_model(model, out, overwrite=True)
+    return model
 
 
 @dataclass
