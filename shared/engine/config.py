@@ -78,8 +78,8 @@ class ScoreResult:
     threshold: float  # on the raw scale
     decision: Decision
     reason: str
-    regions: list[Region]
-    anomaly_map: np.ndarray  # HxW float32, normalised, in the image's own resolution
+    regions: list[Region]  # in the frame's pixel coordinates
+    anomaly_map: np.ndarray  # HxW float32, normalised, in the resolution of the image as scored
 
 
 @dataclass
