@@ -169,3 +169,18 @@ def test_bad_truth_line_is_reported_with_its_line_number(tmp_path: Path) -> None
     path.write_text('{"frame_id": "a"}\n')
     with pytest.raises(ValueError, match=r"truth\.jsonl:1"):
         read_truth(path)
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "png", "raw8"])
+def test_synthetic_frames_come_at_a_cameras_size_and_encoding(encoding: str) -> None:
+    from shared.messages.pixels import decode_pixels
+
+    sample = SampleSpec("washer", DEFECT, "spot", seed=3)
+    data, sent_as = sample_image(sample, size=96, frame_size=(400, 300), encoding=encoding, jpeg_quality=90)
+    assert sent_as == encoding
+    pixels = decode_pixels(data, encoding, 400, 300)
+    assert pixels.shape == (300, 400, 3)
+    again, _ = sample_image(sample, size=96, frame_size=(400, 300), encoding=encoding, jpeg_quality=90)
+    assert again == data  # the same sample is the same frame (seeded noise)
+    if encoding == "raw8":
+        assert len(data) == 400 * 300
