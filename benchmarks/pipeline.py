@@ -15,6 +15,13 @@
 4. Line, latency: the camera simulator sends at half the engine's median rate; end-to-end latency
    from capture to the verdict being read by a read_committed consumer, p50/p90/p99/max.
 
+Frames: by default the simulator's small JPEGs (``--size`` px). Realistic frames, as a plant's
+cameras send them: ``--frame-size 2448x2048`` (5 MP; renders scaled up with sensor noise),
+``--encoding jpeg`` (``--jpeg-quality 90``), ``png`` or ``raw8`` (mono8). The model is fitted on
+such frames decoded the way the scorer decodes them (only as far as the model needs), and the bare
+engine scores those decoded frames, so line / engine counts the decoding. The engine and the
+scorer run the backbone in the same ``--runtime`` (default auto, as the scorer).
+
 Uses LINEGUARD_KAFKA_BOOTSTRAP if set, else starts (and stops) its own broker in a temp dir.
 """
 
@@ -39,30 +46,61 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from shared.engine.config import RUNTIME_CHOICES  # noqa: E402  (torch-free)
+
 PRODUCTS = ("washer", "fabric")
 FRAME_POOL = 32  # distinct frames the simulator cycles through (30% of them defective)
 
 
-def fit_model(size: int, bank: int, out: Path) -> Any:
-    """A model fitted on what the line will see: the simulator's JPEGs, decoded."""
-    from services.camera_sim.images import encode_jpeg
+def decoded_as_the_scorer_does(data: bytes, args: argparse.Namespace) -> tuple[np.ndarray, tuple[int, int]]:
+    """A frame's pixels as the scorer decodes them, and the frame's (height, width)."""
+    from shared.messages.pixels import decode_frame
+
+    width, height = args.frame_size or (None, None)
+    frame = decode_frame(data, args.encoding, width, height, reduce_to=args.size)
+    return frame.pixels, (frame.height, frame.width)
+
+
+def frame_bytes(pixels: np.ndarray, args: argparse.Namespace, seed: int) -> bytes:
+    """A render as the simulator sends it (``services.camera_sim.images.sample_image``)."""
+    from services.camera_sim.images import camera_frame, encode_frame
+
+    if args.frame_size is not None:
+        pixels = camera_frame(pixels, args.frame_size, seed)
+    return encode_frame(pixels, args.encoding, args.jpeg_quality)
+
+
+def fit_model(args: argparse.Namespace, out: Path) -> None:
+    """A model fitted on what the line will see: the simulator's frames, decoded as the scorer does,
+    with its backbone export (so that every runtime can serve it)."""
     from shared.engine import fitting
     from shared.engine.config import FitConfig
-    from shared.engine.images import decode_image
     from shared.engine.persistence import save_model
     from shared.synthetic import render_sample
 
     rng = np.random.default_rng(0)
     data = {
-        p: [decode_image(encode_jpeg(render_sample(p, rng, size)[0])) for _ in range(24)] for p in PRODUCTS
+        p: [
+            decoded_as_the_scorer_does(frame_bytes(render_sample(p, rng, args.size)[0], args, i), args)[0]
+            for i in range(24)
+        ]
+        for p in PRODUCTS
     }
-    model = fitting.fit_model(data, FitConfig(input_size=size, bank_size=bank))
+    model = fitting.fit_model(data, FitConfig(input_size=args.size, bank_size=args.bank), export=True)
     save_model(model, out)
-    return model
+
+
+def load_as_the_scorer_does(model_dir: Path, args: argparse.Namespace, workers: int, threads: int) -> Any:
+    from shared.engine.config import RuntimeOptions
+    from shared.engine.persistence import load_model
+
+    return load_model(
+        model_dir, options=RuntimeOptions(runtime=args.runtime, threads=threads, workers=workers)
+    )
 
 
 def bare_engine(
-    model: Any, size: int, batch: int, batches: int, workers: int, threads: int
+    model: Any, args: argparse.Namespace, batches: int, workers: int, threads: int
 ) -> dict[str, float]:
     """Images/s of score_batch on decoded frames (the frames the line gets, decoded once), with
     ``workers`` threads each scoring whole batches on ``threads`` torch and faiss threads, as the
@@ -71,28 +109,42 @@ def bare_engine(
 
     import torch
 
-    from services.camera_sim.core import SimOptions, load_samples
+    from services.camera_sim.core import load_samples
     from services.camera_sim.images import sample_image
-    from shared.engine.images import decode_image
     from shared.engine.scorers.index import set_search_threads
 
+    batch = args.batch
     torch.set_num_threads(threads)
     set_search_threads(threads)
-    # The simulator's own frame pool (same products, size, defect share and seed as the line's).
-    samples = load_samples(SimOptions(products=PRODUCTS, size=size, pool=FRAME_POOL))
-    frames = [decode_image(sample_image(sample, size)[0]) for sample in samples]
+    # The simulator's own frame pool (same products, size, defect share and seed as the line's),
+    # decoded the way the scorer decodes it.
+    options = sim_options(args, rate=1.0, count=1, run_id="engine")
+    frames = [
+        decoded_as_the_scorer_does(
+            sample_image(
+                sample,
+                args.size,
+                frame_size=options.frame_size,
+                encoding=options.encoding,
+                jpeg_quality=options.jpeg_quality,
+            )[0],
+            args,
+        )
+        for sample in load_samples(options)
+    ]
     batches_of_frames = [
         [frames[(start + i) % len(frames)] for i in range(batch)] for start in range(0, len(frames), batch)
     ]
-    images = batches_of_frames[0]
+    images = [pixels for pixels, _ in batches_of_frames[0]]
     for _ in range(3):  # warm-up
         model.score_batch(images)
     times: list[float] = []
 
     def worker(count: int) -> None:
         for n in range(count):
+            chunk = batches_of_frames[n % len(batches_of_frames)]
             began = time.perf_counter()
-            model.score_batch(batches_of_frames[n % len(batches_of_frames)])
+            model.score_batch([p for p, _ in chunk], frame_sizes=[size for _, size in chunk])
             times.append(time.perf_counter() - began)
 
     shares = [batches // workers + (1 if w < batches % workers else 0) for w in range(workers)]
@@ -128,6 +180,23 @@ async def read_verdicts(settings: Any, count: int, timeout_s: float) -> list[tup
     return got
 
 
+def sim_options(args: argparse.Namespace, *, rate: float, count: int, run_id: str) -> Any:
+    from services.camera_sim.core import SimOptions
+
+    return SimOptions(
+        products=PRODUCTS,
+        size=args.size,
+        pool=FRAME_POOL,
+        rate=rate,
+        count=count,
+        cameras=2,
+        run_id=run_id,
+        frame_size=args.frame_size,
+        encoding=args.encoding,
+        jpeg_quality=args.jpeg_quality,
+    )
+
+
 def start_scorer(
     settings: Any, model_dir: Path, args: argparse.Namespace, log: Path
 ) -> subprocess.Popen[bytes]:
@@ -143,6 +212,7 @@ def start_scorer(
             "LINEGUARD_SCORER__TORCH_THREADS": str(args.threads),
             "LINEGUARD_SCORER__SEARCH_THREADS": str(args.threads),
             "LINEGUARD_SCORER__WATCH_MODELS": "false",
+            "LINEGUARD_SCORER__RUNTIME": args.runtime,
         }
     )
     with open(log, "wb") as out:
@@ -175,23 +245,13 @@ async def drain_backlog(
 ) -> tuple[float, dict[str, int]]:
     """Frames/s of a fresh scorer draining a backlog of frames put on the topic first, and its
     verdicts by decision (rejects and reviews each publish a defect event too, the larger message)."""
-    from services.camera_sim.core import SimOptions
     from services.camera_sim.service import run_camera_sim
     from shared.kafka.client import ensure_topics
 
     frames = args.warmup_frames if run_id == "warm" else args.frames
     settings = settings_base.model_copy(update={"topic_prefix": f"bench-{run_id}-{int(time.time())}"})
     await ensure_topics(settings, frames_partitions=2)
-    options = SimOptions(
-        products=PRODUCTS,
-        size=args.size,
-        pool=FRAME_POOL,
-        rate=1000.0,
-        count=frames,
-        cameras=2,
-        run_id=run_id,
-    )
-    await run_camera_sim(settings, options)
+    await run_camera_sim(settings, sim_options(args, rate=1000.0, count=frames, run_id=run_id))
     scorer = start_scorer(settings, model_dir, args, work / f"scorer-{run_id}.log")
     try:
         got = await read_verdicts(settings, frames, timeout_s=600)
@@ -207,7 +267,6 @@ async def drain_backlog(
 async def line_run(
     args: argparse.Namespace, settings_base: Any, model_dir: Path, measure_engine: Any, work: Path
 ) -> dict[str, Any]:
-    from services.camera_sim.core import SimOptions
     from services.camera_sim.service import run_camera_sim
     from shared.kafka.client import ensure_topics
 
@@ -248,15 +307,7 @@ async def line_run(
     try:
         rate = engine_fps_median / 2
         count = int(rate * args.latency_seconds)
-        options = SimOptions(
-            products=PRODUCTS,
-            size=args.size,
-            pool=FRAME_POOL,
-            rate=rate / 2,
-            count=count,
-            cameras=2,
-            run_id="lat",
-        )
+        options = sim_options(args, rate=rate / 2, count=count, run_id="lat")
         reader = asyncio.create_task(read_verdicts(settings, count, timeout_s=args.latency_seconds + 120))
         await run_camera_sim(settings, options)
         got = await reader
@@ -285,6 +336,11 @@ async def line_run(
     return results
 
 
+def _frame_size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    return int(width), int(height)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -301,9 +357,19 @@ def main() -> int:
         "--warmup-frames", type=int, default=400, help="frames of an unmeasured first run (0: none)"
     )
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--frame-size", type=_frame_size, help="realistic frames: WIDTHxHEIGHT, e.g. 2448x2048 (5 MP)"
+    )
+    parser.add_argument("--encoding", choices=("jpeg", "png", "raw8"), default="jpeg")
+    parser.add_argument(
+        "--jpeg-quality", type=int, default=None, help="default: 90 with --frame-size, else 92"
+    )
+    parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help="backbone runtime")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (model, scorer logs)")
     args = parser.parse_args()
+    if args.jpeg_quality is None:
+        args.jpeg_quality = 90 if args.frame_size else 92
 
     import torch
 
@@ -319,16 +385,19 @@ def main() -> int:
         bootstrap = broker.bootstrap
     try:
         started = time.perf_counter()
-        model = fit_model(args.size, args.bank, work / "model")
+        fit_model(args, work / "model")
         fit_s = time.perf_counter() - started
         # The alternative split of the same cores (all threads in one worker), for the record: the
         # reference must be the engine's best, not a handicapped one.
         cores = args.workers * args.threads
         alternative = (1, cores) if args.workers > 1 else (cores, 1)
-        engine_alternative = bare_engine(model, args.size, args.batch, args.engine_batches, *alternative)
+        model = load_as_the_scorer_does(work / "model", args, *alternative)
+        engine_alternative = bare_engine(model, args, args.engine_batches, *alternative)
+        model = load_as_the_scorer_does(work / "model", args, args.workers, args.threads)
+        runs_as = f"{model.extractor.runtime} {model.extractor.backend.precision}"
 
         def measure_engine() -> dict[str, float]:
-            return bare_engine(model, args.size, args.batch, args.engine_batches, args.workers, args.threads)
+            return bare_engine(model, args, args.engine_batches, args.workers, args.threads)
 
         line = asyncio.run(
             line_run(args, Settings(kafka_bootstrap=bootstrap), work / "model", measure_engine, work)
@@ -343,6 +412,7 @@ def main() -> int:
         "machine": f"{machine}, torch {torch.__version__}",
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "fit_s": fit_s,
+        "backbone_runs_as": runs_as,
         "engine_alternative": {
             "workers": alternative[0],
             "threads": alternative[1],
