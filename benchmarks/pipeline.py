@@ -1,6 +1,6 @@
 """Line throughput and latency through Kafka, next to the bare engine in the same run.
 
-    .venv/bin/python benchmarks/pipeline.py [--batch 8] [--workers 2] [--threads 1] [--frames 800]
+    .venv/bin/python -m benchmarks.pipeline [--batch 8] [--workers 2] [--threads 1] [--frames 800]
 
 1. Fits a model (efficientnet_lite0, real weights) on synthetic products.
 2. Bare engine: ``score_batch`` on decoded frames, batch ``--batch``, ``--workers`` threads each
@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,12 +42,18 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from services.camera_sim.core import SimOptions
+from services.camera_sim.service import run_camera_sim
+from shared.engine.config import RUNTIME_CHOICES, RuntimeOptions
+from shared.kafka.client import ensure_topics
+from shared.messages.schemas import Verdict
+from shared.settings import Settings
+from tests.support.broker import kafka_bootstrap
+from tests.support.line import scorer_process
+from tests.support.models import PRODUCTS
+from tests.support.processes import ServiceProcess
+from tests.support.topics import TopicReader
 
-from shared.engine.config import RUNTIME_CHOICES  # noqa: E402  (torch-free)
-
-PRODUCTS = ("washer", "fabric")
 FRAME_POOL = 32  # distinct frames the simulator cycles through (30% of them defective)
 
 
@@ -61,41 +66,47 @@ def decoded_as_the_scorer_does(data: bytes, args: argparse.Namespace) -> tuple[n
     return frame.pixels, (frame.height, frame.width)
 
 
-def frame_bytes(pixels: np.ndarray, args: argparse.Namespace, seed: int) -> bytes:
-    """A render as the simulator sends it (``services.camera_sim.images.sample_image``)."""
-    from services.camera_sim.images import camera_frame, encode_frame
-
-    if args.frame_size is not None:
-        pixels = camera_frame(pixels, args.frame_size, seed)
-    return encode_frame(pixels, args.encoding, args.jpeg_quality)
-
-
 def fit_model(args: argparse.Namespace, out: Path) -> None:
-    """A model fitted on what the line will see: the simulator's frames, decoded as the scorer does,
-    with its backbone export (so that every runtime can serve it)."""
+    """A model fitted on what the line will see (the simulator's frames, decoded as the scorer
+    does), with its backbone export so that every runtime can serve it."""
+    from services.camera_sim.images import camera_frame, encode_frame
     from shared.engine import fitting
     from shared.engine.config import FitConfig
     from shared.engine.persistence import save_model
     from shared.synthetic import render_sample
 
     rng = np.random.default_rng(0)
-    data = {
-        p: [
-            decoded_as_the_scorer_does(frame_bytes(render_sample(p, rng, args.size)[0], args, i), args)[0]
-            for i in range(24)
-        ]
-        for p in PRODUCTS
-    }
+
+    def sample(product: str, index: int) -> np.ndarray:
+        pixels = render_sample(product, rng, args.size)[0]
+        if args.frame_size is not None:
+            pixels = camera_frame(pixels, args.frame_size, index)
+        return decoded_as_the_scorer_does(encode_frame(pixels, args.encoding, args.jpeg_quality), args)[0]
+
+    data = {product: [sample(product, i) for i in range(24)] for product in PRODUCTS}
     model = fitting.fit_model(data, FitConfig(input_size=args.size, bank_size=args.bank), export=True)
     save_model(model, out)
 
 
 def load_as_the_scorer_does(model_dir: Path, args: argparse.Namespace, workers: int, threads: int) -> Any:
-    from shared.engine.config import RuntimeOptions
     from shared.engine.persistence import load_model
 
-    return load_model(
-        model_dir, options=RuntimeOptions(runtime=args.runtime, threads=threads, workers=workers)
+    options = RuntimeOptions(runtime=args.runtime, threads=threads, workers=workers)
+    return load_model(model_dir, options=options)
+
+
+def sim_options(args: argparse.Namespace, *, rate: float, count: int, run_id: str) -> SimOptions:
+    return SimOptions(
+        products=PRODUCTS,
+        size=args.size,
+        pool=FRAME_POOL,
+        rate=rate,
+        count=count,
+        cameras=2,
+        run_id=run_id,
+        frame_size=args.frame_size,
+        encoding=args.encoding,
+        jpeg_quality=args.jpeg_quality,
     )
 
 
@@ -158,86 +169,31 @@ def bare_engine(
     return {"fps": batch * batches / elapsed, "batch_s_median": float(np.median(times))}
 
 
-async def read_verdicts(settings: Any, count: int, timeout_s: float) -> list[tuple[Any, int]]:
-    """(verdict, receive time ns) for ``count`` committed verdicts."""
-    from shared.kafka.client import make_consumer
-    from shared.messages.codec import decode
-    from shared.messages.schemas import Verdict
-
-    consumer = make_consumer(settings, settings.topic("verdicts"), group_id=None)
-    await consumer.start()
-    got: list[tuple[Any, int]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(got) < count and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=200)
-            now = time.time_ns()
-            got.extend((decode(r.value, Verdict), now) for rs in batches.values() for r in rs)
-    finally:
-        await consumer.stop()
-    if len(got) < count:
-        raise RuntimeError(f"only {len(got)} of {count} verdicts within {timeout_s}s")
-    return got
-
-
-def sim_options(args: argparse.Namespace, *, rate: float, count: int, run_id: str) -> Any:
-    from services.camera_sim.core import SimOptions
-
-    return SimOptions(
-        products=PRODUCTS,
-        size=args.size,
-        pool=FRAME_POOL,
-        rate=rate,
-        count=count,
-        cameras=2,
-        run_id=run_id,
-        frame_size=args.frame_size,
-        encoding=args.encoding,
-        jpeg_quality=args.jpeg_quality,
-    )
-
-
-def start_scorer(
-    settings: Any, model_dir: Path, args: argparse.Namespace, log: Path
-) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEGUARD_")}
-    env.update(
-        {
-            "LINEGUARD_KAFKA_BOOTSTRAP": settings.bootstrap,
-            "LINEGUARD_TOPIC_PREFIX": settings.topic_prefix,
-            "LINEGUARD_SCORER__GROUP_ID": f"{settings.topic_prefix}-scorer",
-            "LINEGUARD_SCORER__TRANSACTIONAL_ID_PREFIX": f"{settings.topic_prefix}-txn",
-            "LINEGUARD_SCORER__MAX_BATCH": str(args.batch),
-            "LINEGUARD_SCORER__MODEL_WORKERS": str(args.workers),
-            "LINEGUARD_SCORER__TORCH_THREADS": str(args.threads),
-            "LINEGUARD_SCORER__SEARCH_THREADS": str(args.threads),
-            "LINEGUARD_SCORER__WATCH_MODELS": "false",
-            "LINEGUARD_SCORER__RUNTIME": args.runtime,
-        }
-    )
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "scorer", "--model", str(model_dir)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 120
-    while '"partitions_assigned"' not in log.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"scorer did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.2)
+async def start_scorer(
+    settings: Settings, model_dir: Path, args: argparse.Namespace, log: Path
+) -> ServiceProcess:
+    """``lineguard scorer`` with the benchmark's batch size, workers and threads, once it owns its
+    partitions."""
+    scorer = {
+        "group_id": f"{settings.topic_prefix}-scorer",
+        "transactional_id_prefix": f"{settings.topic_prefix}-txn",
+        "max_batch": args.batch,
+        "model_workers": args.workers,
+        "torch_threads": args.threads,
+        "search_threads": args.threads,
+        "watch_models": False,
+        "runtime": args.runtime,
+    }
+    settings = settings.model_copy(update={"scorer": settings.scorer.model_copy(update=scorer)})
+    process = scorer_process(settings, model_dir, log)
+    await process.wait_for_log('"partitions_assigned"', 120)
     return process
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+async def read_verdicts(reader: TopicReader, count: int, timeout_s: float) -> list[tuple[Any, int]]:
+    """(verdict, receive time ns) for ``count`` committed verdicts."""
+    received = await reader.wait_for(count, timeout=timeout_s, settle=0)
+    return list(zip(received.values, received.arrived_ns, strict=True))
 
 
 async def drain_backlog(
@@ -245,18 +201,16 @@ async def drain_backlog(
 ) -> tuple[float, dict[str, int]]:
     """Frames/s of a fresh scorer draining a backlog of frames put on the topic first, and its
     verdicts by decision (rejects and reviews each publish a defect event too, the larger message)."""
-    from services.camera_sim.service import run_camera_sim
-    from shared.kafka.client import ensure_topics
-
     frames = args.warmup_frames if run_id == "warm" else args.frames
     settings = settings_base.model_copy(update={"topic_prefix": f"bench-{run_id}-{int(time.time())}"})
     await ensure_topics(settings, frames_partitions=2)
     await run_camera_sim(settings, sim_options(args, rate=1000.0, count=frames, run_id=run_id))
-    scorer = start_scorer(settings, model_dir, args, work / f"scorer-{run_id}.log")
-    try:
-        got = await read_verdicts(settings, frames, timeout_s=600)
-    finally:
-        stop(scorer)
+    async with TopicReader(settings, "verdicts", Verdict) as reader:
+        scorer = await start_scorer(settings, model_dir, args, work / f"scorer-{run_id}.log")
+        try:
+            got = await read_verdicts(reader, frames, timeout_s=600)
+        finally:
+            await scorer.terminate(30)
     decided = sorted(v.decided_at for v, _ in got)
     skip = min(len(decided) // 10, 2 * args.batch)  # leave out the start-up batches
     span = (decided[-1] - decided[skip]) / 1e9
@@ -267,9 +221,6 @@ async def drain_backlog(
 async def line_run(
     args: argparse.Namespace, settings_base: Any, model_dir: Path, measure_engine: Any, work: Path
 ) -> dict[str, Any]:
-    from services.camera_sim.service import run_camera_sim
-    from shared.kafka.client import ensure_topics
-
     results: dict[str, Any] = {}
     # The broker is fresh: its JIT compiles for the first minute or two (a C2 compiler thread took
     # 0.05 of the 2 cores in a first run). A plant's broker runs for months, so the measured runs
@@ -303,16 +254,16 @@ async def line_run(
     # Latency at half the engine's rate.
     settings = settings_base.model_copy(update={"topic_prefix": f"bench-lat-{int(time.time())}"})
     await ensure_topics(settings, frames_partitions=2)
-    scorer = start_scorer(settings, model_dir, args, work / "scorer-latency.log")
+    scorer = await start_scorer(settings, model_dir, args, work / "scorer-latency.log")
     try:
         rate = engine_fps_median / 2
         count = int(rate * args.latency_seconds)
         options = sim_options(args, rate=rate / 2, count=count, run_id="lat")
-        reader = asyncio.create_task(read_verdicts(settings, count, timeout_s=args.latency_seconds + 120))
-        await run_camera_sim(settings, options)
-        got = await reader
+        async with TopicReader(settings, "verdicts", Verdict) as reader:
+            await run_camera_sim(settings, options)
+            got = await read_verdicts(reader, count, timeout_s=args.latency_seconds + 120)
     finally:
-        stop(scorer)
+        await scorer.terminate(30)
     e2e_ms = np.array([(received - v.captured_at) / 1e6 for v, received in got])
     first_capture = min(v.captured_at for v, _ in got)
     settled = np.array([v.captured_at - first_capture > 2e9 for v, _ in got])
@@ -361,9 +312,7 @@ def main() -> int:
         "--frame-size", type=_frame_size, help="realistic frames: WIDTHxHEIGHT, e.g. 2448x2048 (5 MP)"
     )
     parser.add_argument("--encoding", choices=("jpeg", "png", "raw8"), default="jpeg")
-    parser.add_argument(
-        "--jpeg-quality", type=int, default=None, help="default: 90 with --frame-size, else 92"
-    )
+    parser.add_argument("--jpeg-quality", type=int, help="default: 90 with --frame-size, else 92")
     parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help="backbone runtime")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (model, scorer logs)")
@@ -373,38 +322,28 @@ def main() -> int:
 
     import torch
 
-    from shared.kafka.broker import LocalBroker
-    from shared.settings import Settings
-
     work = Path(tempfile.mkdtemp(prefix="lineguard-bench-"))
-    broker = None
-    bootstrap = os.environ.get("LINEGUARD_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        broker = LocalBroker.on_free_ports(work / "kafka", REPO / ".cache/kafka/libs")
-        broker.start()
-        bootstrap = broker.bootstrap
     try:
-        started = time.perf_counter()
-        fit_model(args, work / "model")
-        fit_s = time.perf_counter() - started
-        # The alternative split of the same cores (all threads in one worker), for the record: the
-        # reference must be the engine's best, not a handicapped one.
-        cores = args.workers * args.threads
-        alternative = (1, cores) if args.workers > 1 else (cores, 1)
-        model = load_as_the_scorer_does(work / "model", args, *alternative)
-        engine_alternative = bare_engine(model, args, args.engine_batches, *alternative)
-        model = load_as_the_scorer_does(work / "model", args, args.workers, args.threads)
-        runs_as = f"{model.extractor.runtime} {model.extractor.backend.precision}"
+        with kafka_bootstrap(work / "kafka") as bootstrap:
+            started = time.perf_counter()
+            fit_model(args, work / "model")
+            fit_s = time.perf_counter() - started
+            # The alternative split of the same cores (all threads in one worker), for the record: the
+            # reference must be the engine's best, not a handicapped one.
+            cores = args.workers * args.threads
+            alternative = (1, cores) if args.workers > 1 else (cores, 1)
+            model = load_as_the_scorer_does(work / "model", args, *alternative)
+            engine_alternative = bare_engine(model, args, args.engine_batches, *alternative)
+            model = load_as_the_scorer_does(work / "model", args, args.workers, args.threads)
+            runs_as = f"{model.extractor.runtime} {model.extractor.backend.precision}"
 
-        def measure_engine() -> dict[str, float]:
-            return bare_engine(model, args, args.engine_batches, args.workers, args.threads)
+            def measure_engine() -> dict[str, float]:
+                return bare_engine(model, args, args.engine_batches, args.workers, args.threads)
 
-        line = asyncio.run(
-            line_run(args, Settings(kafka_bootstrap=bootstrap), work / "model", measure_engine, work)
-        )
+            line = asyncio.run(
+                line_run(args, Settings(kafka_bootstrap=bootstrap), work / "model", measure_engine, work)
+            )
     finally:
-        if broker is not None:
-            broker.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"

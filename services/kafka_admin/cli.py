@@ -11,6 +11,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from services.arguments import positive_int
 from shared.errors import BrokerError, LineguardError
 from shared.settings import Settings, load_settings
 
@@ -34,19 +35,12 @@ def register(subparsers: Any) -> None:
     )
     ensure.add_argument(
         "--frames-partitions",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         help="partitions of the frames topic = the most scorers that can share the load (default 4)",
     )
     ensure.add_argument("--bootstrap", help="bootstrap servers (default: LINEGUARD_KAFKA_BOOTSTRAP or local)")
     ensure.set_defaults(handler=_topics_ensure)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _add_broker_options(parser: argparse.ArgumentParser) -> None:

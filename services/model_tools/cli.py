@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.arguments import positive_int
 from shared.engine.backbones import BACKBONES
 from shared.engine.config import (
     DEVICES,
@@ -34,13 +35,6 @@ def _layers(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError("layers are comma-separated integers, e.g. 2,3") from None
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
 
 
 def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,15 +72,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     fit.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONE_NAMES)
     fit.add_argument("--weights", help="backbone weight file (safetensors or .pth); default: local source")
-    fit.add_argument("--input-size", type=_positive, default=224)
+    fit.add_argument("--input-size", type=positive_int, default=224)
     fit.add_argument("--layers", type=_layers, help="ViT blocks or CNN stages, e.g. 2,3")
     fit.add_argument("--vit-combine", choices=("mean", "concat"), default="mean")
-    fit.add_argument("--bank-size", type=_positive, default=10_000, help="coreset size per class")
+    fit.add_argument("--bank-size", type=positive_int, default=10_000, help="coreset size per class")
     fit.add_argument(
         "--bank-ratio", type=float, help="coreset as a share of all patches (overrides --bank-size)"
     )
     fit.add_argument("--scorer", choices=SCORER_KINDS, default="knn")
-    fit.add_argument("--k", type=_positive, default=1, help="neighbours averaged per patch")
+    fit.add_argument("--k", type=positive_int, default=1, help="neighbours averaged per patch")
     fit.add_argument(
         "--index",
         choices=INDEX_CHOICES,
@@ -94,9 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="flat: exact; pca-refine: PCA candidates re-ranked exactly (faster for ViT features); "
         "hnsw/ivf: approximate, for very large banks",
     )
-    fit.add_argument("--reduced-dims", type=_positive, default=128, help="pca-refine: candidate search dims")
     fit.add_argument(
-        "--refine-factor", type=_positive, default=8, help="pca-refine: candidates per neighbour"
+        "--reduced-dims", type=positive_int, default=128, help="pca-refine: candidate search dims"
+    )
+    fit.add_argument(
+        "--refine-factor", type=positive_int, default=8, help="pca-refine: candidates per neighbour"
     )
     fit.add_argument("--image-score", choices=("max", "top1"), default="max")
     fit.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate the threshold aims at")
@@ -109,13 +105,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the calibration images out of the final bank (default: refit the bank on all normals)",
     )
-    fit.add_argument("--threads", type=_positive, help="torch threads (default: torch's)")
+    fit.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     fit.add_argument(
         "--no-export",
         action="store_true",
         help="leave out the backbone's ONNX export (then the model runs with the torch runtime only)",
     )
     _add_runtime_arguments(fit)
+    fit.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", required=True, help="model directory to write")
     fit.add_argument("--force", action="store_true", help="replace an existing model directory")
@@ -125,9 +122,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--model", required=True, help="model directory")
     evaluate.add_argument("--data", required=True, help="MVTec root or one class folder")
     evaluate.add_argument("--class", dest="classes", action="append", metavar="NAME")
-    evaluate.add_argument("--batch-size", type=_positive, default=1)
-    evaluate.add_argument("--threads", type=_positive)
+    evaluate.add_argument("--batch-size", type=positive_int, default=1)
+    evaluate.add_argument("--threads", type=positive_int)
     _add_runtime_arguments(evaluate)
+    evaluate.add_argument("--batch-size", type=positive_int, default=1)
+    evaluate.add_argument("--threads", type=positive_int)
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line")
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -136,8 +135,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("images", nargs="+", metavar="IMAGE")
     score.add_argument("--hint", help="expected product class (cross-checked)")
     score.add_argument("--overlay-dir", help="write <name>_overlay.png heatmaps here")
-    score.add_argument("--threads", type=_positive)
+    score.add_argument("--threads", type=positive_int)
     _add_runtime_arguments(score)
+    score.add_argument("--threads", type=positive_int)
     score.add_argument("--json", action="store_true", help="end with one JSON line")
     score.set_defaults(handler=run_score)
 
@@ -151,7 +151,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", help="write the exported model here (default: replace --model)")
     export.add_argument("--weights", help="the backbone weight file (default: found by its sha256)")
     export.add_argument("--weights-dir", help="folder to find the weight file in by its sha256")
-    export.add_argument("--threads", type=_positive)
+    export.add_argument("--threads", type=positive_int)
     export.set_defaults(handler=run_export)
 
 

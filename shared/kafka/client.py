@@ -104,6 +104,18 @@ async def delete_topics(settings: Settings, topics: list[str]) -> None:
         await admin.close()
 
 
+async def partition_counts(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """The partition count of each of ``topics`` that exists (a missing one is left out), for readers
+    that assign partitions themselves instead of joining a group."""
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0 and t["partitions"]}
+
+
 async def ensure_topics(
     settings: Settings, *, frames_partitions: int = 4, timeout_s: float = 30.0
 ) -> list[str]:

@@ -55,7 +55,16 @@ def setting_field(variable: str) -> Any:
 def test_lineguard_services_run_real_cli_commands() -> None:
     parser = build_parser()
     services = lineguard_services()
-    assert {"topics", "scorer", "explainer", "plc-bridge", "alerts", "camera-sim", "plc-sim"} <= set(services)
+    assert {
+        "topics",
+        "scorer",
+        "explainer",
+        "plc-bridge",
+        "alerts",
+        "console",
+        "camera-sim",
+        "plc-sim",
+    } <= set(services)
     for name, service in services.items():
         command = [resolve(part) for part in service["command"]]
         try:
@@ -97,6 +106,7 @@ def test_metrics_port_matches_prometheus_healthchecks_and_dockerfile() -> None:
         "explainer": jobs["lineguard-explainer"]["static_configs"][0],
         "plc-bridge": jobs["lineguard-plc-bridge"]["static_configs"][0],
         "alerts": jobs["lineguard-alerts"]["static_configs"][0],
+        "console": jobs["lineguard-console"]["static_configs"][0],
     }
     for name, target in scraped.items():
         port = int(env(SERVICES[name])["LINEGUARD_METRICS_PORT"])
@@ -105,7 +115,8 @@ def test_metrics_port_matches_prometheus_healthchecks_and_dockerfile() -> None:
         else:
             assert target["targets"] == [f"{name}:{port}"]
         check = " ".join(SERVICES[name]["healthcheck"]["test"])
-        assert f"localhost:{port}/metrics" in check, name
+        # The scorer's health is progress (/healthz on the metrics port), the others' the endpoint.
+        assert f"localhost:{port}/{'healthz' if name == 'scorer' else 'metrics'}" in check, name
         assert f"EXPOSE {port}" in DOCKERFILE
 
 
@@ -188,16 +199,39 @@ def test_volumes_secrets_and_health_checks() -> None:
             assert source.startswith("./") or source in declared, volume
         for secret in service.get("secrets", []):
             assert secret in COMPOSE["secrets"]
-    for name in ("kafka", "scorer", "explainer", "plc-bridge", "alerts", "plc-sim", "prometheus", "grafana"):
+    for name in (
+        "kafka",
+        "scorer",
+        "explainer",
+        "plc-bridge",
+        "alerts",
+        "console",
+        "plc-sim",
+        "prometheus",
+        "grafana",
+    ):
         check = SERVICES[name]["healthcheck"]
         assert not check.get("disable") and check["test"][0] in ("CMD", "CMD-SHELL"), name
     secret_env = {
         "explainer": "LINEGUARD_EXPLAINER__API_KEY_FILE",
         "alerts": "LINEGUARD_ALERTS__WEBHOOK_URL_FILE",
+        "console": "LINEGUARD_CONSOLE__TOKEN_FILE",
     }
     for name, variable in secret_env.items():
         (secret,) = SERVICES[name]["secrets"]
         assert env(SERVICES[name])[variable] == f"/run/secrets/{secret}"
+
+
+def test_the_console_reads_the_explainers_report_store_and_publishes_its_port() -> None:
+    console, explainer = env(SERVICES["console"]), env(SERVICES["explainer"])
+    assert console["LINEGUARD_EXPLAINER__REPORT_DIR"] == explainer["LINEGUARD_EXPLAINER__REPORT_DIR"]
+    report_dir = console["LINEGUARD_EXPLAINER__REPORT_DIR"]
+    assert f"reports:{report_dir}:ro" in SERVICES["console"]["volumes"]
+    assert console["LINEGUARD_CONSOLE__HOST"] == "0.0.0.0"
+    port = console["LINEGUARD_CONSOLE__PORT"]
+    assert any(resolve(mapping).endswith(f":{port}") for mapping in SERVICES["console"]["ports"])
+    frames = console["LINEGUARD_LABELS__FRAMES_DIR"]
+    assert f"frames:{frames}" in SERVICES["console"]["volumes"]
 
 
 def test_dockerfile_copies_what_exists() -> None:
