@@ -321,7 +321,9 @@ class ScorerService:
             span.set_attribute("lineguard.batch_size", len(records))
             span.set_attribute("lineguard.model_version", serving.version)
             started = time.perf_counter()
-            decoded_or_bad = await asyncio.gather(*(self._decode(r) for r in records))
+            # Large frames are decoded only as far as this batch's model needs (its input size).
+            reduce_to = serving.model.input_size
+            decoded_or_bad = await asyncio.gather(*(self._decode(r, reduce_to) for r in records))
             metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
             outcomes = [d for d in decoded_or_bad if isinstance(d, RecordOutcome)]
             good = [d for d in decoded_or_bad if isinstance(d, DecodedFrame)]
@@ -352,10 +354,13 @@ class ScorerService:
     def _release(self, stage: str) -> None:
         self._hung[stage] -= 1
 
-    async def _decode(self, record: RawRecord) -> DecodedFrame | RecordOutcome:
+    async def _decode(self, record: RawRecord, reduce_to: int | None) -> DecodedFrame | RecordOutcome:
         def decode() -> DecodedFrame | RecordOutcome:
             return decode_record(
-                record, max_image_bytes=self.cfg.max_image_bytes, max_pixels=self.cfg.max_image_pixels
+                record,
+                max_image_bytes=self.cfg.max_image_bytes,
+                max_pixels=self.cfg.max_image_pixels,
+                reduce_to=reduce_to,
             )
 
         try:
@@ -372,7 +377,9 @@ class ScorerService:
             results = await self._bounded(
                 "model",
                 self._model_pool,
-                lambda: serving.model.score_batch([d.pixels for d in good], hints, timings),
+                lambda: serving.model.score_batch(
+                    [d.pixels for d in good], hints, timings, frame_sizes=[d.frame_size for d in good]
+                ),
             )
             error = ""
         except TimeoutError:
