@@ -112,7 +112,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="leave out the backbone's ONNX export (then the model runs with the torch runtime only)",
     )
     _add_runtime_arguments(fit)
-    fit.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", required=True, help="model directory to write")
     fit.add_argument("--force", action="store_true", help="replace an existing model directory")
@@ -125,8 +124,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=positive_int, default=1)
     evaluate.add_argument("--threads", type=positive_int)
     _add_runtime_arguments(evaluate)
-    evaluate.add_argument("--batch-size", type=positive_int, default=1)
-    evaluate.add_argument("--threads", type=positive_int)
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line")
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -137,7 +134,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--overlay-dir", help="write <name>_overlay.png heatmaps here")
     score.add_argument("--threads", type=positive_int)
     _add_runtime_arguments(score)
-    score.add_argument("--threads", type=positive_int)
     score.add_argument("--json", action="store_true", help="end with one JSON line")
     score.set_defaults(handler=run_score)
 
