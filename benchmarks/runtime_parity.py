@@ -79,6 +79,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--bf16", action="store_true", help="also bf16 (torch autocast, OpenVINO hint)")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=[*VARIANTS, *BF16_VARIANTS], help="variants to leave out"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     (found,) = discover(args.data, None)
@@ -106,6 +109,7 @@ def main() -> int:
         images = [load_image_file(sample.path) for sample in found.test]
         labels = np.array([sample.is_defect for sample in found.test])
         variants = {**VARIANTS, **(BF16_VARIANTS if args.bf16 else {})}
+        variants = {name: v for name, v in variants.items() if name == REFERENCE or name not in args.skip}
         outcomes = {}
         for name, options in variants.items():
             outcomes[name] = score_all(model_dir, options, images, args.batch)
