@@ -94,5 +94,5 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--encoding", choices=("jpeg", "png", "raw8"), default="jpeg", help="synthetic frames' encoding"
     )
-    parser.add_argument("--jpeg-quality", type=_positive_int, default=92)
+    parser.add_argument("--jpeg-quality", type=positive_int, default=92)
     parser.set_defaults(handler=_command)
