@@ -32,6 +32,94 @@ class LatePolicy(StrEnum):
     SCORE = "score"  # score it anyway and report the real decision, marked late
 
 
+class SecurityProtocol(StrEnum):
+    """How a Kafka client talks to the brokers (Kafka's own names)."""
+
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+    @property
+    def uses_tls(self) -> bool:
+        return self in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
+
+
+class SaslMechanism(StrEnum):
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    PLAIN = "PLAIN"  # the password itself crosses the wire: only inside TLS
+
+
+_KAFKA_VAR = ENV_PREFIX + "KAFKA__"
+
+
+class KafkaSettings(BaseModel):
+    """How every client reaches the cluster (``LINEGUARD_KAFKA__*``), applied by the one client
+    wrapper (``shared.kafka.client``), and how durable the topics it creates are.
+
+    Secrets come from files only (a password or key passphrase in an environment variable would be
+    readable in ``/proc/<pid>/environ``), read when a client is made, never logged.
+    """
+
+    security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
+    sasl_mechanism: SaslMechanism = SaslMechanism.SCRAM_SHA_512
+    sasl_username: str | None = Field(None, min_length=1, max_length=256)
+    sasl_password_file: Path | None = None
+    ssl_ca_file: Path | None = None  # PEM bundle; unset: the system's trusted CAs
+    ssl_cert_file: Path | None = None  # client certificate chain for mutual TLS (may also hold the key)
+    ssl_key_file: Path | None = None
+    ssl_key_password_file: Path | None = None  # for an encrypted key
+    ssl_check_hostname: bool = True  # the broker's certificate must name the host connected to
+    # Topics made by `lineguard topics ensure` (a cluster needs 3 and 2: one broker may fail).
+    replication_factor: int = Field(1, ge=1, le=16)
+    min_insync_replicas: int = Field(1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _complete(self) -> KafkaSettings:
+        """Refuse half-configured security: every problem named by its variable, in one message."""
+        protocol = self.security_protocol
+        problems: list[str] = []
+        sasl = {"SASL_USERNAME": self.sasl_username, "SASL_PASSWORD_FILE": self.sasl_password_file}
+        tls = {
+            "SSL_CA_FILE": self.ssl_ca_file,
+            "SSL_CERT_FILE": self.ssl_cert_file,
+            "SSL_KEY_FILE": self.ssl_key_file,
+            "SSL_KEY_PASSWORD_FILE": self.ssl_key_password_file,
+        }
+        for name, value in sasl.items():
+            if protocol.uses_sasl and value is None:
+                problems.append(f"{_KAFKA_VAR}SECURITY_PROTOCOL={protocol} needs {_KAFKA_VAR}{name}")
+            elif not protocol.uses_sasl and value is not None:
+                problems.append(
+                    f"{_KAFKA_VAR}{name} is set but {_KAFKA_VAR}SECURITY_PROTOCOL={protocol} does not "
+                    "authenticate with SASL (SASL_SSL does)"
+                )
+        for name, value in tls.items():
+            if not protocol.uses_tls and value is not None:
+                problems.append(
+                    f"{_KAFKA_VAR}{name} is set but {_KAFKA_VAR}SECURITY_PROTOCOL={protocol} does not "
+                    "use TLS (SSL or SASL_SSL do)"
+                )
+        if protocol.uses_tls:
+            if self.ssl_key_file is not None and self.ssl_cert_file is None:
+                problems.append(f"{_KAFKA_VAR}SSL_KEY_FILE needs {_KAFKA_VAR}SSL_CERT_FILE (its certificate)")
+            if self.ssl_key_password_file is not None and self.ssl_cert_file is None:
+                problems.append(f"{_KAFKA_VAR}SSL_KEY_PASSWORD_FILE needs {_KAFKA_VAR}SSL_CERT_FILE")
+        if self.min_insync_replicas > self.replication_factor:
+            problems.append(
+                f"{_KAFKA_VAR}MIN_INSYNC_REPLICAS={self.min_insync_replicas} is more than "
+                f"{_KAFKA_VAR}REPLICATION_FACTOR={self.replication_factor}: no write could succeed"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class NonFinitePolicy(StrEnum):
     """The decision for a frame whose score, threshold or normaliser is not a finite number."""
 
@@ -44,6 +132,9 @@ class BrokerSettings(BaseModel):
 
     port: int = Field(9092, ge=1, le=65535)
     controller_port: int = Field(9093, ge=1, le=65535)
+    # `kafka up --secure` only: the broker's own mutual-TLS listener (its identity, e.g. to set ACLs).
+    internal_port: int = Field(9094, ge=1, le=65535)
+    secure: bool = False  # SASL_SSL with per-principal credentials and ACLs, in <data_dir>/secure
     data_dir: Path = Path("var/kafka")
     libs_dir: Path = Path(".cache/kafka/libs")  # filled by `make kafka-jars`
     heap: str = Field("512m", pattern=r"^[1-9][0-9]*[mMgG]$")
@@ -402,6 +493,7 @@ class Settings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535)  # 0: no HTTP metrics endpoint
     otel_exporter: str = "none"  # none | console | otlp
 
+    kafka: KafkaSettings = KafkaSettings()
     broker: BrokerSettings = BrokerSettings()
     scorer: ScorerSettings = ScorerSettings()
     camera_sim: CameraSimSettings = CameraSimSettings()

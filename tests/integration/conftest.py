@@ -21,6 +21,11 @@ Fixtures (stable names; every service's integration tests use them):
     ``Settings`` with its own unique prefix and ensured topics (also deleted after the test).
 ``local_broker`` (session)
     The ``LocalBroker`` the harness started, or ``None`` when an external broker is used.
+``secure_kafka`` (session)
+    A second broker, started on first use: ``SecureLocalBroker`` (SASL_SSL, one SCRAM user per
+    principal, ACLs) with its topics (frames with 2 partitions) made by ``admin``. Its
+    ``client_settings(principal)`` and ``layout.env_file(principal)`` act as one principal;
+    ``authorize(settings)`` opens it to another topic prefix and its group ids.
 ``line_models`` (session)
     Two small real models of the line's synthetic products (``tests.support.line.LineModels``),
     fitted once per session, when a test first asks for them.
@@ -44,8 +49,9 @@ import pytest
 
 from shared.kafka.broker import LocalBroker
 from shared.kafka.client import delete_topics, ensure_topics
+from shared.kafka.secure_broker import SecureLocalBroker
 from shared.settings import Settings
-from tests.support.broker import external_bootstrap, throwaway_broker
+from tests.support.broker import external_bootstrap, secure_throwaway_broker, throwaway_broker
 from tests.support.line import LineModels, fit_line_models
 
 T = TypeVar("T")
@@ -81,6 +87,13 @@ def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBrok
         yield None
         return
     with throwaway_broker(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureLocalBroker]:
+    data_dir = tmp_path_factory.mktemp("kafka-secure")
+    with secure_throwaway_broker(data_dir, f"s{_SESSION_TOKEN}", TEST_FRAMES_PARTITIONS) as broker:
         yield broker
 
 

@@ -1,8 +1,9 @@
 """Every long-running ``lineguard`` command starts as documented and stops cleanly.
 
 Each runs as a real subprocess with the command, environment and health check of its service in
-docker-compose.yml (the documented plant set-up); only what names the host is swapped: Kafka's
-address and the topic prefix, ports, secret files and volumes. Each must reach ready (its log line
+docker-compose.yml (the documented plant set-up), on the secure broker as its own principal
+(SASL_SSL, SCRAM, ACLs: as composed); only what names the host is swapped: Kafka's address and the
+topic prefix, ports, secret files (its password file, the CA) and volumes. Each must reach ready (its log line
 and its compose health check), do its job's first visible thing where that is cheap to see (the
 PLC heartbeat counts, the camera's frames arrive), then exit 0 on SIGTERM.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import pytest
 
 from services.plc_bridge import registers as reg
 from shared.kafka.broker import free_port
+from shared.kafka.secure_broker import SecretsLayout, SecureLocalBroker
 from shared.settings import Settings
 from tests.support.line import LineModels
 from tests.support.processes import ComposeService, ServiceProcess, compose_service, run_check
@@ -32,12 +35,41 @@ COMPOSE_METRICS_PORT = "9100"
 READY_S = 120.0  # a cold start of torch on a busy two-core machine
 
 
+@pytest.fixture
+def kafka_settings(secure_kafka: SecureLocalBroker, request: pytest.FixtureRequest) -> Settings:
+    """This test's topic prefix and consumer groups on the secure broker, with the ACLs the table
+    gives each principal for them; the settings themselves read as ``scorer`` (it may read frames)."""
+    prefix = f"c{uuid.uuid4().hex[:8]}-{request.node.name[:30]}".replace("[", "-").replace("]", "")
+    prefix = "".join(c if c.isalnum() or c in "._-" else "-" for c in prefix)
+    base = secure_kafka.settings.model_copy(update={"topic_prefix": prefix})
+    settings = base.model_copy(
+        update={
+            "scorer": base.scorer.model_copy(
+                update={"group_id": f"{prefix}-scorer", "transactional_id_prefix": f"{prefix}-txn"}
+            ),
+            "explainer": base.explainer.model_copy(update={"group_id": f"{prefix}-explainer"}),
+            "plc_bridge": base.plc_bridge.model_copy(update={"group_id": f"{prefix}-plc"}),
+            "alerts": base.alerts.model_copy(update={"group_id": f"{prefix}-alerts"}),
+        }
+    )
+    assert own_groups(settings) == {
+        "LINEGUARD_SCORER__GROUP_ID": settings.scorer.group_id,
+        "LINEGUARD_SCORER__TRANSACTIONAL_ID_PREFIX": settings.scorer.transactional_id_prefix,
+        "LINEGUARD_EXPLAINER__GROUP_ID": settings.explainer.group_id,
+        "LINEGUARD_PLC_BRIDGE__GROUP_ID": settings.plc_bridge.group_id,
+        "LINEGUARD_ALERTS__GROUP_ID": settings.alerts.group_id,
+    }
+    secure_kafka.authorize(settings)
+    scorer = secure_kafka.client_settings("scorer")
+    return settings.model_copy(update={"kafka_bootstrap": scorer.kafka_bootstrap, "kafka": scorer.kafka})
+
+
 def composed(
     name: str, settings: Settings, *, ports: dict[str, int] | None = None, **overrides: str
 ) -> tuple[ComposeService, dict[str, str], int]:
     """The compose service ``name`` pointed at this test's broker: its environment with Kafka, the
-    topic prefix and the metrics port swapped, then ``overrides`` (each must be a variable the
-    compose file sets: the test swaps what is documented, it does not add to it)."""
+    topic prefix, its secret files and the metrics port swapped, then ``overrides`` (each must be a
+    variable the compose file sets: the test swaps what is documented, it does not add to it)."""
     service = compose_service(name)
     missing = sorted(set(overrides) - set(service.environment))
     assert not missing, f"{name}: compose does not set {missing}"
@@ -50,6 +82,13 @@ def composed(
             "LINEGUARD_METRICS_PORT": str(metrics_port),
         }
     )
+    principal = env.get("LINEGUARD_KAFKA__SASL_USERNAME")
+    if principal:  # compose's /run/secrets files: this broker's CA and the principal's password
+        layout = SecretsLayout(Path(str(settings.kafka.ssl_ca_file)).parent)
+        assert env["LINEGUARD_KAFKA__SASL_PASSWORD_FILE"] == "/run/secrets/kafka_password"
+        assert env["LINEGUARD_KAFKA__SSL_CA_FILE"] == "/run/secrets/kafka_ca"
+        env["LINEGUARD_KAFKA__SASL_PASSWORD_FILE"] = str(layout.password_file(principal))
+        env["LINEGUARD_KAFKA__SSL_CA_FILE"] = str(layout.ca_cert)
     env.update(overrides)
     port_map = {COMPOSE_METRICS_PORT: str(metrics_port), **{k: str(v) for k, v in (ports or {}).items()}}
     check = [_swap_ports(part, port_map) for part in service.healthcheck]

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shared.errors import BrokerError
-from shared.kafka.broker import LocalBroker, api_versions_ok
-from shared.settings import BrokerSettings
+from shared.kafka.broker import LocalBroker, api_versions_ok, free_ports_settings
+from shared.kafka.secure_broker import SecureLocalBroker
+from shared.settings import BrokerSettings, Settings
 
 BOOTSTRAP_VARIABLE = "LINEGUARD_KAFKA_BOOTSTRAP"
 
@@ -53,3 +54,21 @@ def kafka_bootstrap(data_dir: Path) -> Iterator[str]:
         return
     with throwaway_broker(data_dir) as broker:
         yield broker.bootstrap
+
+
+@contextlib.contextmanager
+def secure_throwaway_broker(
+    data_dir: Path, topic_prefix: str, frames_partitions: int = 2
+) -> Iterator[SecureLocalBroker]:
+    """``lineguard kafka up --secure``'s broker of its own in ``data_dir/secure``, on free ports: SASL_SSL,
+    a SCRAM user per principal, the ACLs and the topics for ``topic_prefix``; stopped on exit."""
+    libs_dir = Path(os.environ.get("LINEGUARD_BROKER__LIBS_DIR", BrokerSettings().libs_dir))
+    broker = SecureLocalBroker(
+        Settings(broker=free_ports_settings(data_dir, libs_dir), topic_prefix=topic_prefix)
+    )
+    try:
+        broker.start()
+        broker.authorize(broker.settings, frames_partitions)
+        yield broker
+    finally:
+        broker.stop()
