@@ -20,7 +20,7 @@ from shared.engine.metrics import auroc
 from shared.engine.model import InspectionModel
 from shared.engine.persistence import load_model, save_model
 from shared.errors import ArtifactError, BackboneError, ConfigError
-from tests.unit.shared.engine.conftest import VIT_ARCH, synthetic_split, synthetic_test
+from tests.support.engine import VIT_ARCH, synthetic_split, synthetic_test
 
 SIZE = 96
 CPU_RUNTIMES = ("torch", "openvino", "onnx")
