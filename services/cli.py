@@ -29,6 +29,8 @@ COMMAND_MODULES = (
     "services.plc_bridge.cli",  # plc-sim, plc-bridge
     "services.console.cli",  # console
     "services.labels.cli",  # labels export
+    "services.shadow.cli",  # shadow, promote, rollback, loop check
+    "services.claim_check.cli",  # claim-check gc
 )
 
 EXIT_FAILED = 1

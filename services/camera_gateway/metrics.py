@@ -18,6 +18,7 @@ DROP_REASONS = (
     "too_large",  # over the wire's byte or pixel limit
     "unreadable",  # a hot-folder file that is not a usable image (moved to rejected/)
     "encode_error",  # a decoded picture that could not be encoded
+    "claim_check_failed",  # too large for the wire, and the claim-check store did not take it
     "shutdown",  # still buffered when the gateway stopped (live sources; files stay in the folder)
 )
 TRANSACTION_OUTCOMES = ("committed", "failed", "recovered")

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from services.explainer import metrics
+from shared.errors import ClaimCheckError
+from shared.frames_store import ClaimStore, image_of
+from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
 from shared.settings import Settings
 from shared.telemetry.logging import log_event
 
@@ -82,6 +85,7 @@ class _Service:
         self.settings = settings
         self.explainer = explainer
         self.tracker = tracker
+        self.claims = ClaimStore.from_settings(settings)  # claim-checked frames are fetched from it
         self.in_flight: dict[asyncio.Task[EventResult | None], tuple[Any, ConsumerRecord, float]] = {}
         self.held: list[_Held] = []
         self.next_offset: dict[Any, int] = {}  # per partition: the offset after the last one read
@@ -177,6 +181,16 @@ class _Service:
         except MessageError as exc:
             await self._dead_letter(producer, record, exc.reason, exc.detail)
             return None
+        image = None
+        if event.image_ref is not None:  # fetched and verified once, before anything else is done
+            try:
+                image = await asyncio.to_thread(
+                    image_of, event, self.claims, max_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS
+                )
+            except ClaimCheckError as exc:
+                detail = f"frame {event.verdict.frame_id}: {exc.detail}"
+                await self._dead_letter(producer, record, exc.reason, detail)
+                return None
 
         async def publish(message: Report, headers: list[tuple[str, bytes]]) -> None:
             await producer.send_and_wait(
@@ -197,6 +211,7 @@ class _Service:
                 on_topic=lambda document: self._on_topic(document, producer),
                 # Failed until its report was due: the fallback, without the VLM (issue 9).
                 fallback_reason="internal_error" if overdue and failed_before else "",
+                image=image,
             )
         except Exception as exc:  # never lose the event: hold it and try again later
             log_event(

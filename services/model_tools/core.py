@@ -13,10 +13,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from shared.engine.config import FitConfig, FitProgress, RuntimeOptions, ScoreResult
-from shared.engine.dataset import IMAGE_SUFFIXES, discover
+from shared.engine.dataset import IMAGE_SUFFIXES, ClassData, discover, labelled_defects
 from shared.engine.evaluation import evaluate
 from shared.engine.export import export_backbone
-from shared.engine.fitting import fit_model
+from shared.engine.fitting import DefectSample, fit_model, source_sha256
 from shared.engine.images import load_image_file
 from shared.engine.model import InspectionModel
 from shared.engine.persistence import load_model, save_model
@@ -41,12 +41,19 @@ def fit_folder(
     *,
     overwrite: bool = False,
     defect_samples: str | Path | None = None,
+    labelled_per_type: int | None = None,
+    labelled_dir: str | Path | None = None,
     progress: FitProgress | None = None,
     options: RuntimeOptions | None = None,
     export: bool = True,
 ) -> InspectionModel:
     """Fit a model on the normal training images of an MVTec-layout folder and write it to ``out``.
 
+    Labelled defects (``labelled_per_type`` per defect type, chosen as ``dataset.labelled_defects``
+    says) come from ``data``'s own ``<class>/test/<type>/`` folders, or from ``labelled_dir`` (the
+    same layout, e.g. what ``lineguard labels export`` writes; all of them unless
+    ``labelled_per_type`` is given), with their masks where present. ``labelled_dir``'s
+    ``<class>/train/good/`` images are confirmed normals: they join the class's normal images.
     ``defect_samples`` (a folder of defective images, one subfolder per class when there are
     several classes) adds an F1-optimal threshold to each class's calibration record. ``export``:
     include the backbone's ONNX export (``options`` choose the runtime that computes the features).
@@ -56,11 +63,47 @@ def fit_folder(
     if empty:
         raise DatasetError(f"class(es) {', '.join(empty)} have fewer than 2 images in train/good")
     training: dict[str, list[Path | np.ndarray]] = {d.name: list(d.train) for d in found}
-    model = fit_model(training, config, progress, options=options, export=export)
+    defects: dict[str, list[DefectSample]] = {}
+    confirmed: dict[str, int] = {}
+    if labelled_dir is not None or labelled_per_type is not None:
+        sources = _labelled_sources(found, labelled_dir)
+        for class_data in sources:
+            chosen = labelled_defects(class_data, labelled_per_type, config.seed)
+            defects[class_data.name] = [DefectSample(s.path, s.mask_path, s.defect_type) for s in chosen]
+            if labelled_dir is not None:
+                confirmed[class_data.name] = _add_confirmed_normals(
+                    training[class_data.name], class_data.train
+                )
+    model = fit_model(training, config, progress, defects=defects, options=options, export=export)
+    if labelled_dir is not None:
+        model.metadata["training_data"]["confirmed_normals"] = confirmed
     if defect_samples:
         offer_f1_thresholds(model, Path(defect_samples))
     save_model(model, out, overwrite=overwrite)
     return model
+
+
+def _labelled_sources(found: list[ClassData], labelled_dir: str | Path | None) -> list[ClassData]:
+    """Where each fitted class's labelled defects come from: its own data, or the class of the same
+    name in ``labelled_dir`` (classes there that are not being fitted are not read)."""
+    if labelled_dir is None:
+        return found
+    names = {class_data.name for class_data in found}
+    return [class_data for class_data in discover(labelled_dir) if class_data.name in names]
+
+
+def _add_confirmed_normals(normals: list[Path | np.ndarray], confirmed: list[Path]) -> int:
+    """Append the confirmed normal images not already among ``normals`` (same file bytes); returns
+    how many were added."""
+    known = {source_sha256(source) for source in normals}
+    added = 0
+    for path in confirmed:
+        digest = source_sha256(path)
+        if digest not in known:
+            normals.append(path)
+            known.add(digest)
+            added += 1
+    return added
 
 
 def offer_f1_thresholds(model: InspectionModel, folder: Path) -> None:

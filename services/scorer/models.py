@@ -133,22 +133,6 @@ def announcement_for(path: Path, *, models_root: Path, announced_at: int | None 
     )
 
 
-async def publish_announcement(settings: Any, announcement: ModelAnnouncement) -> None:
-    """Put an announcement on the compacted ``models`` topic under its single key."""
-    from shared.kafka.client import make_producer
-    from shared.kafka.topics import MODEL_ANNOUNCEMENT_KEY
-    from shared.messages.codec import encode
-
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            settings.topic("models"), encode(announcement), key=MODEL_ANNOUNCEMENT_KEY
-        )
-    finally:
-        await producer.stop()
-
-
 def _artifact_reason(exc: ArtifactError) -> str:
     return exc.reason if exc.reason in ("outside_models_root", "digest_mismatch") else "bad_artifact"
 

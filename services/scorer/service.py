@@ -56,6 +56,7 @@ from services.scorer.partitions import PartitionTransactions
 from services.scorer.publish import PartitionPublisher
 from services.scorer.watchdog import Health, ProgressWatchdog
 from shared.engine.config import Decision
+from shared.frames_store import ClaimStore
 from shared.messages.schemas import AlertEvent
 from shared.telemetry.logging import log_event
 from shared.telemetry.tracing import get_tracer, span_link
@@ -84,6 +85,7 @@ class ScorerService:
         self.holder = holder
         self.health = health or Health()
         self.frames_topic = settings.topic("frames")
+        self.claims = ClaimStore.from_settings(settings)  # claim-checked frames are fetched from it
         # Operator alerts ride in the same transaction as the verdicts that raised them.
         self.alert_detector = AlertDetector(
             AlertRules.from_settings(settings.alerts),
@@ -361,6 +363,7 @@ class ScorerService:
                 max_image_bytes=self.cfg.max_image_bytes,
                 max_pixels=self.cfg.max_image_pixels,
                 reduce_to=reduce_to,
+                store=self.claims,
             )
 
         try:

@@ -80,6 +80,8 @@ class ScoreResult:
     reason: str
     regions: list[Region]  # in the frame's pixel coordinates
     anomaly_map: np.ndarray  # HxW float32, normalised, in the resolution of the image as scored
+    # S x S float32 at model-input resolution, on the raw (unclipped) scale: what pixel metrics rank.
+    raw_map: np.ndarray | None = None
 
 
 @dataclass
@@ -103,9 +105,12 @@ class FitConfig:
     projection_dim: int = 128
     image_score: ImageScoreMode = "max"
     blur_sigma: float = 4.0
-    holdout_fraction: float = 0.2
+    holdout_fraction: float = 0.2  # calibration_folds 1: the share of normal images held out
     min_holdout: int = 3
     target_frr: float = 0.01
+    # The threshold's normal scores: out-of-fold over all normal images, each scored by a scorer
+    # fitted on the other folds (K fits more; docs/benchmarks.md). 1: one held-out share instead.
+    calibration_folds: int = 5
     # Refit the bank on all normal images after calibrating on the held-out share (one more coreset):
     # on magnetic tile this took image AUROC from 0.959 to 0.968 (docs/benchmarks.md).
     bank_from_all_normals: bool = True
@@ -113,6 +118,7 @@ class FitConfig:
     unknown_min_distance: float = 0.05  # ...but never closer than this cosine distance
     batch_size: int = 8
     seed: int = 0
+    epochs: int | None = None  # learned scorers (supersimplenet, uninet): None = the scorer's default
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -129,6 +135,10 @@ class FitConfig:
             raise ConfigError("holdout_fraction must be between 0 and 1")
         if not 0 < self.target_frr < 1:
             raise ConfigError("target_frr must be between 0 and 1")
+        if self.calibration_folds < 1:
+            raise ConfigError("calibration_folds must be at least 1")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError("epochs must be at least 1")
 
 
 RuntimeName = Literal["torch", "openvino", "onnx"]

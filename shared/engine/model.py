@@ -126,6 +126,7 @@ class InspectionModel:
                     reason=reason,
                     regions=find_regions(normalised_map, frame_height, frame_width, maps[i]),
                     anomaly_map=resize_map(normalised_map, height, width),
+                    raw_map=maps[i],
                 )
             )
         done = time.perf_counter()

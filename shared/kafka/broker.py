@@ -89,10 +89,11 @@ def _new_cluster_id() -> str:
 
 def free_ports_settings(data_dir: Path, libs_dir: Path, heap: str = "512m") -> BrokerSettings:
     """Broker settings on free ports (client, controller, internal): for tests and benchmarks."""
+    port, controller_port, internal_port = free_ports(3)
     return BrokerSettings(
-        port=free_port(),
-        controller_port=free_port(),
-        internal_port=free_port(),
+        port=port,
+        controller_port=controller_port,
+        internal_port=internal_port,
         data_dir=data_dir,
         libs_dir=libs_dir,
         heap=heap,
@@ -101,9 +102,18 @@ def free_ports_settings(data_dir: Path, libs_dir: Path, heap: str = "512m") -> B
 
 def free_port() -> int:
     """A TCP port on localhost that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("localhost", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: all held open while choosing, since the kernel may hand out a
+    port just released again (two calls of ``free_port`` can return the same one)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+        for sock in sockets:
+            stack.enter_context(sock)
+            sock.bind(("localhost", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 class LocalBroker:

@@ -153,6 +153,8 @@ SERVICE_PRINCIPALS = {
     "alerts": "alerts",
     "camera-sim": "camera",
     "operator": "operator",
+    "shadow": "shadow",
+    "refit-check": "refit-check",
     "console": "console",
 }
 
@@ -397,3 +399,26 @@ def test_every_compose_variable_is_documented() -> None:
     variables = {m.group(1) for m in _VAR.finditer(text)}
     runbook = (ROOT / "docs/operations.md").read_text()
     assert variables and [v for v in sorted(variables) if v not in runbook] == []
+
+
+def test_scorers_trust_the_public_half_of_the_key_the_operator_signs_with() -> None:
+    operator, scorer = SERVICES["operator"], SERVICES["scorer"]
+    assert "--signing-key" in operator["command"]
+    signing_mount = operator["command"][operator["command"].index("--signing-key") + 1]
+    private = secret_file(secrets_of(operator)[signing_mount.removeprefix("/run/secrets/")])
+    trusted = env(scorer)["LINEGUARD_SCORER__TRUSTED_KEYS"]
+    public = secret_file(secrets_of(scorer)[trusted.removeprefix("/run/secrets/")])
+    # `lineguard model keygen --name N` writes N.key and N.pub; the docs rename N.key to N.
+    assert public == private + ".pub"
+    # promote and rollback (no --signing-key) sign with the same key.
+    assert env(operator)["LINEGUARD_PROMOTION__SIGNING_KEY"] == signing_mount
+
+
+def test_every_long_running_container_rotates_its_logs() -> None:
+    for name, service in SERVICES.items():
+        if service.get("restart") == "no":
+            continue  # one-shot jobs
+        logging = service.get("logging")
+        assert logging is not None, name
+        assert logging["driver"] == "json-file" and logging["options"]["max-size"], name
+        assert int(logging["options"]["max-file"]) >= 1, name

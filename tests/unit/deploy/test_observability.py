@@ -29,6 +29,7 @@ METRIC_MODULES = (
     "services.plc_bridge.metrics",
     "services.alerts.metrics",
     "services.camera_gateway.metrics",
+    "services.shadow.metrics",
 )
 # Series Prometheus itself makes for every target.
 PROMETHEUS_SERIES: dict[str, set[str] | None] = {"up": set(), "scrape_duration_seconds": set()}
