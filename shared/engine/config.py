@@ -113,6 +113,19 @@ class FitConfig:
     unknown_min_distance: float = 0.05  # ...but never closer than this cosine distance
     batch_size: int = 8
     seed: int = 0
+    # Few-shot fitting (shared.engine.fewshot, `lineguard fit --shots K`): the views of each shot in
+    # the bank, and how many confirmed normal images end the review-only cold start.
+    shot_flips: Literal["none", "horizontal", "both"] = "both"
+    shot_gain_max: float = 2.0  # exposure gains from 1/max to max...
+    shot_gain_steps: int = 5  # ...in this many log-spaced steps (1: no exposure views)
+    review_until_confirmed: int = 50
+    # WinCLIP (scorer "winclip"): CLIP is its own backbone, read from a local open_clip checkpoint.
+    clip_model: str = "ViT-B-16-plus-240"  # an open_clip built-in ViT configuration
+    clip_weights: str | None = None  # the checkpoint file (fitting); loading finds it by its sha256
+    clip_overrides: dict[str, Any] = field(default_factory=dict)  # bounded sizes (small test models)
+    clip_object: str | None = None  # the object named in the prompts; None: the class name in words
+    winclip_scales: tuple[int, ...] = (2, 3)  # window sizes in patches (the paper's small and mid)
+    winclip_few_shot: bool = True  # WinCLIP+: the normal images become a visual memory
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -129,6 +142,11 @@ class FitConfig:
             raise ConfigError("holdout_fraction must be between 0 and 1")
         if not 0 < self.target_frr < 1:
             raise ConfigError("target_frr must be between 0 and 1")
+        if self.shot_gain_max < 1.0 or self.shot_gain_steps < 1 or self.review_until_confirmed < 0:
+            raise ConfigError("shot_gain_max >= 1, shot_gain_steps >= 1 and review_until_confirmed >= 0")
+        self.winclip_scales = tuple(int(size) for size in self.winclip_scales)
+        if not self.winclip_scales or any(size < 1 for size in self.winclip_scales):
+            raise ConfigError("winclip_scales must be one or more positive window sizes")
 
 
 class FitProgress:

@@ -57,7 +57,7 @@ def mean_registered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_config_offers_exactly_the_registered_names() -> None:
-    assert SCORER_KINDS == registry.SCORER_NAMES == ("knn", "patchcore", "gaussian")
+    assert SCORER_KINDS == registry.SCORER_NAMES == ("knn", "patchcore", "gaussian", "winclip")
 
 
 @pytest.mark.parametrize("name", registry.SCORER_NAMES)
