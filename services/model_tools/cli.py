@@ -34,6 +34,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError("expected a JSON object") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     fit = subparsers.add_parser("fit", help="fit a model from normal images (MVTec AD layout)")
     fit.add_argument("--data", required=True, help="MVTec root or one class folder")
@@ -75,6 +85,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     fit.add_argument("--threads", type=_positive, help="torch threads (default: torch's)")
     fit.add_argument("--seed", type=int, default=0)
+    cold = fit.add_argument_group("cold start: a new product from a few normal images (docs/operations.md)")
+    cold.add_argument(
+        "--shots",
+        type=_positive,
+        metavar="K",
+        help="few-shot model from K (1-16) normal images of train/good (the first K by name); "
+        "its threshold is approximate and its verdicts are 'review' until --review-until confirmed normals",
+    )
+    cold.add_argument("--shots-seed", type=int, help="choose the K shots at random with this seed instead")
+    cold.add_argument(
+        "--confirmed-normals",
+        metavar="DIR",
+        help="operator-confirmed normal images (MVTec layout, e.g. from 'lineguard labels export'): "
+        "held out for the threshold, then added to the bank, and counted towards --review-until",
+    )
+    cold.add_argument(
+        "--review-until",
+        type=int,
+        default=FitConfig.review_until_confirmed,
+        metavar="N",
+        help="confirmed normal images a few-shot class needs before its verdicts stop being 'review'",
+    )
+    cold.add_argument(
+        "--shot-flips",
+        choices=("none", "horizontal", "both"),
+        default=FitConfig.shot_flips,
+        help="mirror images of each shot in the bank (only where a mirrored good part is a good part)",
+    )
+    cold.add_argument(
+        "--shot-gain-max",
+        type=float,
+        default=FitConfig.shot_gain_max,
+        help="exposure views of each shot, from 1/F to F times the brightness",
+    )
+    cold.add_argument(
+        "--shot-gain-steps",
+        type=_positive,
+        default=FitConfig.shot_gain_steps,
+        help="number of exposure views",
+    )
+    clip = fit.add_argument_group("WinCLIP (--scorer winclip): CLIP read from a local open_clip checkpoint")
+    clip.add_argument("--clip-weights", metavar="FILE", help="open_clip checkpoint (.safetensors, .bin, .pt)")
+    clip.add_argument("--clip-model", default=FitConfig.clip_model, help="open_clip architecture of the file")
+    clip.add_argument("--clip-object", help="the object named in the prompts (default: the class name)")
+    clip.add_argument(
+        "--clip-overrides",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="bounded size overrides of the architecture (small test models), e.g. '{\"vision_layers\": 2}'",
+    )
+    clip.add_argument("--winclip-scales", type=_layers, default=FitConfig.winclip_scales, help="window sizes")
+    clip.add_argument(
+        "--zero-shot", action="store_true", help="WinCLIP without a visual memory of the normal images"
+    )
     fit.add_argument("--out", required=True, help="model directory to write")
     fit.add_argument("--force", action="store_true", help="replace an existing model directory")
     fit.set_defaults(handler=run_fit)
@@ -86,6 +151,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=_positive, default=1)
     evaluate.add_argument("--threads", type=_positive)
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line")
+    evaluate.add_argument(
+        "--weights-dir", help="where weight files are found by sha256 (e.g. WinCLIP's CLIP)"
+    )
     evaluate.set_defaults(handler=run_evaluate)
 
     score = subparsers.add_parser("score", help="score image files with a model")
@@ -95,6 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--overlay-dir", help="write <name>_overlay.png heatmaps here")
     score.add_argument("--threads", type=_positive)
     score.add_argument("--json", action="store_true", help="end with one JSON line")
+    score.add_argument("--weights-dir", help="where weight files are found by sha256 (e.g. WinCLIP's CLIP)")
     score.set_defaults(handler=run_score)
 
 
@@ -150,7 +219,19 @@ def run_fit(args: argparse.Namespace) -> int:
             holdout_fraction=args.holdout,
             bank_from_all_normals=not args.bank_from_train_only,
             seed=args.seed,
+            shot_flips=args.shot_flips,
+            shot_gain_max=args.shot_gain_max,
+            shot_gain_steps=args.shot_gain_steps,
+            review_until_confirmed=args.review_until,
+            clip_model=args.clip_model,
+            clip_weights=args.clip_weights,
+            clip_object=args.clip_object,
+            clip_overrides=args.clip_overrides,
+            winclip_scales=args.winclip_scales,
+            winclip_few_shot=not args.zero_shot,
         )
+        if args.shots is None and (args.shots_seed is not None or args.confirmed_normals):
+            return _fail("--shots-seed and --confirmed-normals belong to a few-shot fit (--shots K)")
         if out.exists() and not args.force:  # before fitting, not after minutes of it
             return _fail(f"{out} already exists; pass --force to replace it")
         model = core.fit_folder(
@@ -161,6 +242,9 @@ def run_fit(args: argparse.Namespace) -> int:
             overwrite=args.force,
             defect_samples=args.defect_samples,
             progress=progress,
+            shots=args.shots,
+            shots_seed=args.shots_seed,
+            confirmed_normals=args.confirmed_normals,
         )
     except LineguardError as exc:
         return _fail(str(exc))
@@ -169,6 +253,9 @@ def run_fit(args: argparse.Namespace) -> int:
     print(f"model {model.version} ({', '.join(model.classes)}) written to {out}")
     for class_model in model.class_models:
         calibration = class_model.calibration
+        if "cold_start" in calibration:
+            print(f"  {class_model.name}: {_cold_start_line(class_model.threshold, calibration)}")
+            continue
         extra = ""
         if "f1_threshold" in calibration:
             extra = f", F1-optimal threshold {calibration['f1_threshold']:.4f} (F1 {calibration['f1']:.3f})"
@@ -177,6 +264,28 @@ def run_fit(args: argparse.Namespace) -> int:
             f"false rejects on {calibration['n_holdout']} held-out normal images{extra}"
         )
     return 0
+
+
+def _cold_start_line(threshold: float, calibration: dict[str, Any]) -> str:
+    cold = calibration["cold_start"]
+    if calibration.get("threshold_approximate"):
+        held = calibration["n_holdout"]
+        source = f"{held} confirmed normal images" if held else f"leave-one-out over {cold['shots']} shot(s)"
+        head = (
+            f"{cold['shots']}-shot model, threshold {threshold:.4f} APPROXIMATE (from {source}; "
+            f"aimed at {calibration['target_frr']:.1%} false rejects, the actual rate is unknown)"
+        )
+    else:
+        head = (
+            f"{cold['shots']}-shot model, threshold {threshold:.4f} at {calibration['target_frr']:.1%} false "
+            f"rejects on {calibration['n_holdout']} confirmed normal images"
+        )
+    if cold["confirmed_normals"] < cold["review_until_confirmed"]:
+        return (
+            f"{head}; every verdict is 'review' until {cold['review_until_confirmed']} confirmed normal "
+            f"images are fitted in (now {cold['confirmed_normals']})"
+        )
+    return head
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -192,6 +301,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             args.data,
             args.classes,
             batch_size=args.batch_size,
+            weights_dir=args.weights_dir,
             on_start=lambda total: bars.append(
                 tqdm(total=total, desc="scoring", unit="img", file=sys.stderr)
             ),
@@ -206,6 +316,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"model {model.version}: backbone {model.backbone_name}, fit time {fit_seconds} s")
     for name, metrics in report["classes"].items():
         print(f"  {name}: " + ", ".join(f"{key} {_fmt(value)}" for key, value in metrics.items()))
+        if metrics.get("threshold_approximate"):
+            print(
+                f"  {name}: few-shot threshold: approximate (not set on held-out normal images); "
+                "the false-reject rate above is measured here, not one the model knew"
+            )
     print("  mean: " + ", ".join(f"{key} {_fmt(value)}" for key, value in report["mean"].items()))
     print(f"  routing accuracy {_fmt(report['routing_accuracy'])}, latency ms {report['latency_ms']}")
     if args.json:
@@ -223,7 +338,7 @@ def run_score(args: argparse.Namespace) -> int:
 
     core.set_threads(args.threads)
     try:
-        model = load_model(args.model)
+        model = load_model(args.model, weights_dir=args.weights_dir)
     except LineguardError as exc:
         return _fail(str(exc))
     overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None

@@ -12,9 +12,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from shared.engine.backbones import file_sha256
 from shared.engine.config import FitConfig, FitProgress, ScoreResult
-from shared.engine.dataset import IMAGE_SUFFIXES, discover
+from shared.engine.dataset import IMAGE_SUFFIXES, ClassData, discover
 from shared.engine.evaluation import evaluate
+from shared.engine.fewshot import fit_few_shot, select_shots
 from shared.engine.fitting import fit_model
 from shared.engine.images import load_image_file
 from shared.engine.model import InspectionModel
@@ -41,22 +43,53 @@ def fit_folder(
     overwrite: bool = False,
     defect_samples: str | Path | None = None,
     progress: FitProgress | None = None,
+    shots: int | None = None,
+    shots_seed: int | None = None,
+    confirmed_normals: str | Path | None = None,
 ) -> InspectionModel:
     """Fit a model on the normal training images of an MVTec-layout folder and write it to ``out``.
 
     ``defect_samples`` (a folder of defective images, one subfolder per class when there are
-    several classes) adds an F1-optimal threshold to each class's calibration record.
+    several classes) adds an F1-optimal threshold to each class's calibration record. ``shots``:
+    a few-shot model from that many of each class's normal images (``shared.engine.fewshot``),
+    with ``confirmed_normals`` (an MVTec-layout folder) held out for its threshold.
     """
     found = discover(data, classes)
-    empty = [class_data.name for class_data in found if len(class_data.train) < 2]
-    if empty:
-        raise DatasetError(f"class(es) {', '.join(empty)} have fewer than 2 images in train/good")
-    training: dict[str, list[Path | np.ndarray]] = {d.name: list(d.train) for d in found}
-    model = fit_model(training, config, progress)
+    if shots is not None:
+        model = fit_few_shot_folder(found, shots, shots_seed, confirmed_normals, config, progress)
+    else:
+        empty = [class_data.name for class_data in found if len(class_data.train) < 2]
+        if empty:
+            raise DatasetError(f"class(es) {', '.join(empty)} have fewer than 2 images in train/good")
+        training: dict[str, list[Path | np.ndarray]] = {d.name: list(d.train) for d in found}
+        model = fit_model(training, config, progress)
     if defect_samples:
         offer_f1_thresholds(model, Path(defect_samples))
     save_model(model, out, overwrite=overwrite)
     return model
+
+
+def fit_few_shot_folder(
+    found: list[ClassData],
+    shots: int,
+    shots_seed: int | None,
+    confirmed_normals: str | Path | None,
+    config: FitConfig,
+    progress: FitProgress | None,
+) -> InspectionModel:
+    """A few-shot model from ``shots`` train/good images per class (first by name, or seeded), and
+    the confirmed normals of those classes found under ``confirmed_normals`` (never a shot again)."""
+    training: dict[str, list[Path | np.ndarray]] = {
+        d.name: list(select_shots(d.train, shots, shots_seed)) for d in found
+    }
+    confirmed: dict[str, list[Path | np.ndarray]] = {}
+    if confirmed_normals:
+        names = {d.name for d in found}
+        for extra in discover(confirmed_normals):
+            if extra.name in names and extra.train:
+                used = {file_sha256(Path(p)) for p in training[extra.name] if isinstance(p, Path)}
+                confirmed[extra.name] = [p for p in extra.train if file_sha256(p) not in used]
+    return fit_few_shot(training, config, progress, confirmed=confirmed)
 
 
 def offer_f1_thresholds(model: InspectionModel, folder: Path) -> None:
@@ -76,6 +109,7 @@ def evaluate_folder(
     classes: list[str] | None,
     *,
     batch_size: int = 1,
+    weights_dir: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> tuple[InspectionModel, dict[str, Any]]:
@@ -83,7 +117,7 @@ def evaluate_folder(
 
     ``on_start`` learns the number of test images before scoring begins (for a progress bar).
     """
-    model = load_model(model_dir)
+    model = load_model(model_dir, weights_dir=weights_dir)
     found = discover(data, classes)
     if on_start is not None:
         on_start(sum(len(class_data.test) for class_data in found))

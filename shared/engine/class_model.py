@@ -29,6 +29,18 @@ class ClassModel:
     def threshold(self) -> float:
         return self.normaliser.threshold
 
+    @property
+    def awaiting_confirmation(self) -> str | None:
+        """Why this class's verdicts go to a person, or None: a cold-start (few-shot or zero-shot)
+        class until the configured number of confirmed normal images has been fitted in."""
+        cold = self.calibration.get("cold_start")
+        if not cold or cold["confirmed_normals"] >= cold["review_until_confirmed"]:
+            return None
+        return (
+            f"cold start: {cold['shots']}-shot model with an approximate threshold; "
+            f"{cold['confirmed_normals']} of {cold['review_until_confirmed']} confirmed normal images"
+        )
+
 
 def maps_and_scores(patch: PatchScores, config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
     """Anomaly maps (model input resolution, raw scale) and raw image scores from patch scores."""

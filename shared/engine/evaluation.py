@@ -100,12 +100,17 @@ def evaluate(
             raise DatasetError(f"class {data.name} has no test images")
         routed_right += sum(o.product_class == data.name for o in outcomes)
         routed_total += len(outcomes)
-        threshold = model.class_models[model.classes.index(data.name)].threshold
-        per_class[data.name] = class_metrics(outcomes, threshold)
+        class_model = model.class_models[model.classes.index(data.name)]
+        per_class[data.name] = class_metrics(outcomes, class_model.threshold)
+        # A few-shot threshold was not set on held-out normals: its false-reject rate is this one.
+        per_class[data.name]["threshold_approximate"] = bool(
+            class_model.calibration.get("threshold_approximate", False)
+        )
     mean: dict[str, Any] = {}
     for key in METRIC_KEYS:
         values = [m[key] for m in per_class.values() if m[key] is not None]
         mean[key] = round(float(np.mean(values)), 6) if values else None
+    mean["threshold_approximate"] = any(m["threshold_approximate"] for m in per_class.values())
     mean["n_good"] = sum(m["n_good"] for m in per_class.values())
     mean["n_defect"] = sum(m["n_defect"] for m in per_class.values())
     return {

@@ -164,6 +164,14 @@ def fit_model(
         normaliser = Normaliser(float(raw.min()), float(np.median(raw)), threshold)
         class_models.append(ClassModel(name, scorer, normaliser, 0.0, prototype, calibration))
 
+    set_unknown_thresholds(class_models, heldout_embeddings, config)
+    return assemble_model(config, extractor, class_models, data, started, weights_path)
+
+
+def set_unknown_thresholds(
+    class_models: list[ClassModel], heldout_embeddings: list[np.ndarray], config: FitConfig
+) -> None:
+    """Each class's routing threshold from its held-out images' distances to all prototypes."""
     prototypes = np.stack([model.prototype for model in class_models])
     for index, (model, embeddings) in enumerate(zip(class_models, heldout_embeddings, strict=True)):
         distances = 1.0 - l2_normalise(embeddings) @ l2_normalise(prototypes).T
@@ -174,6 +182,16 @@ def fit_model(
         model.unknown_threshold = float(max(own.max() * config.unknown_factor, config.unknown_min_distance))
         model.calibration["heldout_route_distance_max"] = float(own.max())
 
+
+def assemble_model(
+    config: FitConfig,
+    extractor: FeatureExtractor,
+    class_models: list[ClassModel],
+    data: Mapping[str, Sequence[ImageSource]],
+    started: float,
+    weights_path: Path,
+) -> InspectionModel:
+    """The finished model: version, training-data fingerprint and fit time around the classes."""
     created = datetime.now(UTC)
     fingerprint = _fingerprint(data)
     fit_seconds = time.perf_counter() - started

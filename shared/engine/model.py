@@ -102,6 +102,10 @@ class InspectionModel:
             decision = Decision.REJECT if score >= 0.5 else Decision.PASS
             if label == UNKNOWN or (mismatch and decision == Decision.PASS):
                 decision = Decision.REVIEW
+            elif (cold_start := class_model.awaiting_confirmation) is not None:
+                said = f"{cold_start}; the model says {decision}"
+                reason = f"{reason}; {said}" if reason else said
+                decision = Decision.REVIEW
             results.append(
                 ScoreResult(
                     product_class=label,
