@@ -70,6 +70,10 @@ class ScorerSettings(BaseModel):
     # an announcement must carry. Empty: announcements are taken unsigned, with a warning at start.
     trusted_keys: Annotated[list[Path], NoDecode] = []
     announcement_max_skew_s: float = Field(300.0, ge=0, le=86_400)  # announced_at this far ahead at most
+    # Cold start (docs/operations.md, "Cold start"): a few-shot class's verdicts are `review` until
+    # this many confirmed normal images have been fitted into its model; None: as many as the model
+    # was fitted with (`lineguard fit --review-until`, in its manifest). 0 turns the gate off.
+    review_until_confirmed: int | None = Field(None, ge=0, le=1_000_000)
 
     @field_validator("trusted_keys", mode="before")
     @classmethod

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from shared.engine.backbones import BACKBONES
-from shared.engine.config import INDEX_KINDS, SCORER_KINDS, FitConfig, FitProgress
+from shared.engine.config import (
+    FEW_SHOT_IMAGE_SCORE,
+    IMAGE_SCORE_MODES,
+    INDEX_KINDS,
+    SCORER_KINDS,
+    FitConfig,
+    FitProgress,
+)
 from shared.errors import LineguardError
 
 BACKBONE_NAMES = tuple(BACKBONES)
@@ -72,7 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--refine-factor", type=_positive, default=8, help="pca-refine: candidates per neighbour"
     )
-    fit.add_argument("--image-score", choices=("max", "top1"), default="max")
+    fit.add_argument(
+        "--image-score",
+        choices=IMAGE_SCORE_MODES,
+        help="max (default) or top1; excess: the maximum above the image's own mean (few-shot default)",
+    )
     fit.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate the threshold aims at")
     fit.add_argument("--holdout", type=float, default=0.2, help="share of normal images kept for calibration")
     fit.add_argument(
@@ -166,6 +177,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--weights-dir", help="where weight files are found by sha256 (e.g. WinCLIP's CLIP)")
     score.set_defaults(handler=run_score)
 
+    refits = subparsers.add_parser(
+        "refit-proposals",
+        help="list the classes whose confirmed normals are enough for a refit",
+        description=(
+            "Counts the confirmed normal images in CONFIRMED/<class>/train/good (lineguard labels export "
+            "--out, or its --collect-normals staging set) for every class of the model, and proposes a "
+            "refit for each class that has enough of them: a cold-start class as many as its verdicts "
+            "wait for (LINEGUARD_SCORER__REVIEW_UNTIL_CONFIRMED, else the model's own), a fully fitted "
+            "class --min-normals. Each proposal is logged as a refit_proposed event. Nothing is refitted "
+            'or served: see docs/operations.md, "Cold start".'
+        ),
+    )
+    refits.add_argument("--model", required=True, help="the serving model's directory")
+    refits.add_argument(
+        "--confirmed-normals", required=True, metavar="CONFIRMED", help="folder of <class>/train/good"
+    )
+    refits.add_argument(
+        "--review-until",
+        type=int,
+        help="confirmed normals a cold-start class needs (default: the scorer setting, else the model's)",
+    )
+    refits.add_argument("--min-normals", type=_positive, help="confirmed normals a fully fitted class needs")
+    refits.add_argument("--json", action="store_true", help="print the proposals as JSON")
+    refits.set_defaults(handler=run_refit_proposals)
+
 
 def _fail(message: str) -> int:
     print(f"lineguard: {message}", file=sys.stderr)
@@ -214,7 +250,7 @@ def run_fit(args: argparse.Namespace) -> int:
             refine_factor=args.refine_factor,
             bank_size=args.bank_size,
             bank_ratio=args.bank_ratio,
-            image_score=args.image_score,
+            image_score=args.image_score or (FEW_SHOT_IMAGE_SCORE if args.shots else "max"),
             target_frr=args.target_frr,
             holdout_fraction=args.holdout,
             bank_from_all_normals=not args.bank_from_train_only,
@@ -367,3 +403,47 @@ def run_score(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model_version": model.version, "results": entries}))
     return 1 if failed else 0
+
+
+def run_refit_proposals(args: argparse.Namespace) -> int:
+    import logging
+
+    from services.model_tools.proposals import propose_refits
+    from shared.engine.artifacts import read_manifest
+    from shared.settings import load_settings
+    from shared.telemetry.logging import log_event
+
+    review_until = args.review_until
+    if review_until is None:
+        review_until = load_settings().scorer.review_until_confirmed
+    manifest = read_manifest(args.model)  # verified: every file against its hash
+    proposals = propose_refits(
+        manifest,
+        Path(args.model),
+        Path(args.confirmed_normals),
+        review_until=review_until,
+        min_normals=args.min_normals,
+    )
+    log = logging.getLogger("lineguard.model_tools")
+    for proposal in proposals:
+        if proposal.proposed:
+            log_event(
+                log,
+                "refit_proposed",
+                product_class=proposal.product_class,
+                confirmed_normals=proposal.confirmed_normals,
+                needed=proposal.needed,
+                model_version=manifest.get("model_version"),
+            )
+    if args.json:
+        print(json.dumps([proposal.to_dict() for proposal in proposals], indent=2))
+        return 0
+    wanted = [p for p in proposals if p.proposed]
+    print(f"model {manifest.get('model_version')}: {len(wanted)} of {len(proposals)} classes proposed for a refit")
+    for proposal in proposals:
+        mark = "REFIT" if proposal.proposed else "wait"
+        kind = "cold start" if proposal.cold_start else "fitted"
+        print(f"  {mark:5} {proposal.product_class} ({kind}): {proposal.reason}")
+        if proposal.command:
+            print(f"        {proposal.command}")
+    return 0

@@ -161,12 +161,14 @@ def load_model_dir(
     expected_sha256: str | None = None,
     expected_version: str | None = None,
     source: str | None = None,
+    review_until_confirmed: int | None = None,
 ) -> ServingModel:
     """Load and verify a model directory (blocking: run it in a worker thread).
 
     ``root``: the directory must lie inside it (announced models); a relative ``path`` is relative to
-    it. ``expected_sha256``: the manifest digest the announcement names. Raises ``ModelRefused`` with
-    a reason from ``REFUSAL_REASONS``.
+    it. ``expected_sha256``: the manifest digest the announcement names. ``review_until_confirmed``:
+    the scorer's cold-start setting (None: each class's manifest decides). Raises ``ModelRefused``
+    with a reason from ``REFUSAL_REASONS``.
     """
     from shared.engine.artifacts import read_artifact
     from shared.engine.persistence import model_from_artifact
@@ -185,6 +187,7 @@ def load_model_dir(
             f"model at {path} is version {model.version!r}, announced as {expected_version!r}",
             reason="version_mismatch",
         )
+    model.review_until_confirmed = review_until_confirmed
     try:
         warm_up(model)
     except ModelRefused:
@@ -232,6 +235,7 @@ class ModelWatcher:
         self._loader = loader
         self._models_root: Path = cfg.models_root
         self._weights_dir: Path | None = cfg.weights_dir
+        self._review_until_confirmed: int | None = cfg.review_until_confirmed
         self.gate = AnnouncementGate(
             load_trusted_keys(cfg.trusted_keys), max_skew_ns=int(cfg.announcement_max_skew_s * 1e9)
         )
@@ -376,6 +380,7 @@ class ModelWatcher:
                 expected_sha256=announcement.sha256,
                 expected_version=announcement.model_version,
                 source=f"announcement {announcement.model_version}",
+                review_until_confirmed=self._review_until_confirmed,
             )
         except ModelRefused as exc:
             self._refuse(announcement, exc.reason, str(exc))

@@ -446,7 +446,12 @@ async def serve(settings: Any, model_dir: Path | None, stop: asyncio.Event) -> i
     """Load the model (or wait for one on the models topic), then score until ``stop``."""
     holder = ModelHolder()
     if model_dir is not None:
-        serving = await asyncio.to_thread(load_model_dir, model_dir, weights_dir=settings.scorer.weights_dir)
+        serving = await asyncio.to_thread(
+            load_model_dir,
+            model_dir,
+            weights_dir=settings.scorer.weights_dir,
+            review_until_confirmed=settings.scorer.review_until_confirmed,
+        )
         holder = ModelHolder(serving)
         log_event(log, "model_loaded", version=serving.version, path=str(model_dir))
     watcher_task: asyncio.Task[None] | None = None

@@ -38,7 +38,13 @@ DECISIONS: tuple[str, ...] = tuple(d.value for d in Decision)
 SCORER_KINDS: tuple[str, ...] = registry.SCORER_NAMES  # the scorer registry's names
 IndexKind = Literal["flat", "pca-refine", "hnsw", "ivf"]
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
-ImageScoreMode = Literal["max", "top1"]
+# max: the map's maximum; top1: the mean of its top 1%; excess: the maximum of the map taken relative
+# to the image's own mean patch score (the map is centred the same way; see class_model).
+ImageScoreMode = Literal["max", "top1", "excess"]
+IMAGE_SCORE_MODES: tuple[str, ...] = get_args(ImageScoreMode)
+# The image score of a few-shot fit unless one is asked for (`lineguard fit --shots`), chosen on
+# training images only (docs/benchmarks.md, "Few-shot").
+FEW_SHOT_IMAGE_SCORE: ImageScoreMode = "excess"
 
 _CLASS_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 

@@ -16,7 +16,7 @@ from shared.engine.fewshot import exposure_gains, fit_few_shot, select_shots, sh
 from shared.engine.manifest_checks import check_manifest
 from shared.engine.metrics import auroc
 from shared.engine.persistence import load_model, save_model
-from shared.engine.scorers.base import ScoreInput
+from shared.engine.scorers.base import PatchScores, ScoreInput
 from shared.engine.scorers.index import KnnBank, build_index
 from shared.engine.scorers.knn import KnnScorer
 from shared.errors import ArtifactError, ConfigError, DatasetError
@@ -173,3 +173,33 @@ def test_a_few_shot_fit_refuses_what_it_cannot_do(shots) -> None:
         fit_few_shot({"fabric": shots}, few_config(), confirmed={"washer": shots})
     with pytest.raises(ConfigError):
         few_config(shot_gain_max=0.5)
+
+
+def test_the_excess_image_score_ignores_a_shift_of_the_whole_map() -> None:
+    rng = np.random.default_rng(0)
+    patch = rng.random((2, 49)).astype(np.float32)
+    patch[1] = patch[0] + 5.0  # the same part, photographed so that everything scores higher
+    config = few_config(image_score="excess")
+    maps, scores = maps_and_scores(PatchScores(patch, (7, 7)), config)
+    assert scores[0] == pytest.approx(scores[1], abs=1e-4)
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)), 0.0, atol=1e-4)  # maps are centred too
+    assert scores[0] == pytest.approx(maps[0].max())
+    _, plain = maps_and_scores(PatchScores(patch, (7, 7)), few_config(image_score="max"))
+    assert plain[1] == pytest.approx(plain[0] + 5.0, abs=1e-3)
+
+
+def test_the_scorer_can_ask_for_more_or_fewer_confirmed_normals_than_the_fit(few_model) -> None:
+    frames = samples("fabric", 2, seed=3) + samples("fabric", 2, seed=4, defect="spot")
+    try:
+        few_model.review_until_confirmed = 7  # a plant that wants more before trusting the model
+        results = few_model.score_batch(frames)
+        assert [r.decision for r in results] == [Decision.REVIEW] * 4
+        assert all("0 of 7 confirmed normal" in r.reason for r in results)
+        few_model.review_until_confirmed = 0  # the gate off: the model's own decisions
+        results = few_model.score_batch(frames)
+        assert {r.decision for r in results} <= {Decision.PASS, Decision.REJECT}
+        assert [r.decision for r in results[2:]] == [Decision.REJECT] * 2
+        assert all("cold start" not in r.reason for r in results)
+    finally:
+        few_model.review_until_confirmed = None
+    assert few_model.score_batch(frames[:1])[0].decision == Decision.REVIEW  # back to the manifest's 5
