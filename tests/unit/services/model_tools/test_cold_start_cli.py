@@ -143,3 +143,45 @@ def test_winclip_fits_from_a_local_checkpoint_and_evaluates_with_the_weights_dir
     # Without weights the fit says what to supply.
     assert main([*args[:-1], str(tmp_path / "none")]) == 2
     assert "--clip-weights FILE" in capsys.readouterr().err
+
+
+def test_refit_proposals_name_the_cold_start_class_once_enough_normals_are_confirmed(
+    few_dir: Path,
+    dataset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LINEGUARD_SCORER__REVIEW_UNTIL_CONFIRMED", raising=False)
+    staging = tmp_path / "staging"
+    good = staging / "fabric" / "train" / "good"
+    good.mkdir(parents=True)
+    train = sorted((dataset / "fabric" / "train" / "good").iterdir())
+    for image in train[3:6]:
+        shutil.copy(image, good / image.name)
+    shutil.copy(train[3], good / "again.png")  # the same frame twice counts once
+    command = ["refit-proposals", "--model", str(few_dir), "--confirmed-normals", str(staging)]
+    capsys.readouterr()
+    assert main([*command, "--json"]) == 0
+    (proposal,) = json.loads(capsys.readouterr().out)
+    assert proposal["proposed"] is False and proposal["confirmed_normals"] == 3 and proposal["needed"] == 4
+    assert "3 of 4 confirmed normals" in proposal["reason"]
+
+    shutil.copy(train[6], good / train[6].name)
+    with caplog.at_level("INFO", logger="lineguard.model_tools"):
+        assert main(command) == 0
+    out = capsys.readouterr().out
+    assert "1 of 1 classes proposed" in out and "REFIT fabric (cold start)" in out
+    assert f"--shots 3 --confirmed-normals {staging}" in out
+    events = [r for r in caplog.records if r.getMessage() == "refit_proposed"]
+    assert [e.fields["product_class"] for e in events] == ["fabric"]  # type: ignore[attr-defined]
+
+    # The scorer's setting is the bar when it is set (the same number its verdicts wait for).
+    monkeypatch.setenv("LINEGUARD_SCORER__REVIEW_UNTIL_CONFIRMED", "10")
+    assert main([*command, "--json"]) == 0
+    (proposal,) = json.loads(capsys.readouterr().out)
+    assert proposal["proposed"] is False and proposal["needed"] == 10
+    assert main([*command, "--review-until", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["proposed"] is True
+    assert main([*command[:-1], str(tmp_path / "absent")]) == 2
