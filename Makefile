@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 KAFKA_LIBS := .cache/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.fetched
 
-.PHONY: setup kafka-jars test unit integration lint demo clean promtool rules-test media-tools
+.PHONY: setup kafka-jars test unit integration lint demo clean promtool rules-test media-tools browser
 
 setup: $(STAMP)
 
@@ -32,13 +32,13 @@ lint: setup
 
 # Unit and integration tests; the integration suite starts its own broker unless
 # LINEGUARD_KAFKA_BOOTSTRAP names one.
-test: setup kafka-jars lint rules-test media-tools
+test: setup kafka-jars lint rules-test media-tools browser
 	$(PY) -m pytest -q -ra tests
 
 unit: setup media-tools
 	$(PY) -m pytest -q -ra tests/unit
 
-integration: setup kafka-jars media-tools
+integration: setup kafka-jars media-tools browser
 	$(PY) -m pytest -q -ra tests/integration
 
 # promtool (Debian's `prometheus` package) checks and unit-tests the alert rules. Installed only
@@ -63,6 +63,15 @@ media-tools:
 	    $(SUDO) apt-get update -qq >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	        $(MEDIA_PACKAGES) >/dev/null; }
+
+# The console's tests drive a real browser: Debian's chromium and its chromedriver (selenium finds
+# both on PATH and downloads nothing). Installed only when missing.
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	    echo "installing Chromium and its driver (Debian packages chromium, chromium-driver)"; \
+	    $(SUDO) apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	        chromium chromium-driver >/dev/null; }
 
 rules-test: promtool
 	promtool check rules deploy/prometheus/rules/*.yml >/dev/null

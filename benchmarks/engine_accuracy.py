@@ -1,6 +1,6 @@
 """Accuracy of the engine on real industrial images, against a plain PatchCore run in the same process.
 
-    .venv/bin/python benchmarks/engine_accuracy.py --data ../shared/datasets/magnetic_tile
+    .venv/bin/python -m benchmarks.engine_accuracy --data ../shared/datasets/magnetic_tile
 
 Both use efficientnet_lite0 (real ImageNet weights), the same input size and the same bank size.
 The reference is PatchCore as published: features of stages 2+3 with 3x3 aggregation, greedy
@@ -21,8 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.engine.backbones import build_timm_model, get_spec, resolve_weights
 from shared.engine.config import INDEX_KINDS, FitConfig

@@ -1,6 +1,6 @@
 """CPU latency and throughput of ``InspectionModel.score_batch`` per backbone and bank size.
 
-    .venv/bin/python benchmarks/engine_latency.py
+    .venv/bin/python -m benchmarks.engine_latency
 
 DINOv2 ViTs with random weights (timing does not depend on the weight values), 224 px input.
 For each backbone: per-image latency at batch 1, throughput at batch 8, and the share of time in
@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.engine.class_model import ClassModel
 from shared.engine.config import INDEX_KINDS, FitConfig

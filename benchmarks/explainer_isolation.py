@@ -10,7 +10,7 @@ Runs the real line on a real broker, twice, on the same pre-produced synthetic f
 Scorer and explainer are separate processes, as in production. Throughput is counted from the
 verdicts' ``decided_at`` after a warm-up share, so model loading and start-up do not count.
 
-    .venv/bin/python benchmarks/explainer_isolation.py --frames 300 --vlm-delay 2
+    .venv/bin/python -m benchmarks.explainer_isolation --frames 300 --vlm-delay 2
 
 Starts its own broker unless ``LINEGUARD_KAFKA_BOOTSTRAP`` is set; fits a small demo model on
 synthetic images unless ``--model DIR`` is given.
@@ -21,76 +21,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from shared.kafka.client import ensure_topics
+from shared.messages.schemas import Report, Verdict
+from shared.settings import Settings
+from tests.support.broker import kafka_bootstrap
+from tests.support.models import PRODUCTS, fit_synthetic_model
+from tests.support.openai_server import FakeOpenAIServer, ReceivedRequest, Reply
+from tests.support.processes import ServiceProcess, service_env
+from tests.support.reports import answer_json
+from tests.support.topics import read_messages
 
-from shared.kafka.client import ensure_topics, make_consumer  # noqa: E402
-from shared.messages.codec import decode  # noqa: E402
-from shared.messages.schemas import Report, Verdict  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from tests.support.defect_events import answer_json  # noqa: E402
-from tests.support.openai_server import FakeOpenAIServer, ReceivedRequest, Reply  # noqa: E402
-
-PRODUCTS = ("washer", "fabric")
-
-
-def fit_demo_model(out: Path, per_class: int) -> Path:
-    import numpy as np
-
-    from shared.engine.config import FitConfig
-    from shared.engine.fitting import fit_model
-    from shared.engine.persistence import save_model
-    from shared.synthetic import render_sample
-
-    rng = np.random.default_rng(0)
-    data: dict[str, Sequence[Path | np.ndarray]] = {
-        p: [render_sample(p, rng)[0] for _ in range(per_class)] for p in PRODUCTS
-    }
-    model = fit_model(data, FitConfig(bank_size=2000))
-    save_model(model, out)
-    return out
-
-
-def lineguard(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    handle = open(log, "ab")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "lineguard"), *args], env=env, stdout=handle, stderr=handle, cwd=REPO
-    )
-
-
-def stop(process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-async def collect(settings: Settings, topic: str, message: type, count: int, timeout_s: float) -> list[Any]:
-    consumer = make_consumer(settings, settings.topic(topic), group_id=None)
-    await consumer.start()
-    try:
-        found: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while len(found) < count and time.monotonic() < deadline:
-            for part in (await consumer.getmany(timeout_ms=500)).values():
-                found += [decode(r.value, message) for r in part]
-        return found
-    finally:
-        await consumer.stop()
+LOG_LEVEL = "WARNING"  # the services' logs are not measured; keep them quiet
 
 
 def throughput(verdicts: list[Verdict], warmup: float) -> float:
@@ -109,53 +57,36 @@ async def run_phase(
     requests_before = len(vlm.chat_requests()) if vlm is not None else 0
     settings = Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix)
     await ensure_topics(settings, frames_partitions=1)
-    env = {
-        **os.environ,
-        "LINEGUARD_KAFKA_BOOTSTRAP": bootstrap,
-        "LINEGUARD_TOPIC_PREFIX": prefix,
-        "LINEGUARD_LOG_LEVEL": "WARNING",
-    }
-    sim = lineguard(
-        "camera-sim",
-        "--synthetic",
-        "--products",
-        ",".join(PRODUCTS),
-        "--defect-rate",
-        "0.5",
-        "--count",
-        str(frames),
-        "--rate",
-        "1000",
-        "--seed",
-        "1",
-        env=env,
-        log=workdir / f"{name}-sim.log",
-    )
-    if sim.wait(300) != 0:
-        raise RuntimeError(f"camera simulator failed; see {workdir / f'{name}-sim.log'}")
+    env = service_env(settings, log_level=LOG_LEVEL)
+    sim_args = ["camera-sim", "--synthetic", "--products", ",".join(PRODUCTS), "--defect-rate", "0.5"]
+    sim_args += ["--count", str(frames), "--rate", "1000", "--seed", "1"]
+    sim = ServiceProcess(sim_args, env, workdir / f"{name}-sim.log")
+    if await sim.wait_exit(300) != 0:
+        raise RuntimeError(f"camera simulator failed; see {sim.log_path}")
     explainer = None
     if vlm is not None:
-        explainer_env = {
-            **env,
-            "LINEGUARD_EXPLAINER__BASE_URL": vlm.base_url,
-            "LINEGUARD_EXPLAINER__API_KEY": "sk-bench",
-            "LINEGUARD_EXPLAINER__REPORT_DIR": str(workdir / "reports"),
-            "LINEGUARD_EXPLAINER__FOLLOW_UP_BELOW": "0",
-            "LINEGUARD_EXPLAINER__REQUESTS_PER_MINUTE": "6000",
+        explaining = {
+            "base_url": vlm.base_url,
+            "api_key": "sk-bench",
+            "report_dir": workdir / "reports",
+            "follow_up_below": 0.0,
+            "requests_per_minute": 6000.0,
         }
-        explainer = lineguard("explainer", env=explainer_env, log=workdir / f"{name}-explainer.log")
-    scorer = lineguard("scorer", "--model", str(model), env=env, log=workdir / f"{name}-scorer.log")
+        with_vlm = settings.model_copy(update={"explainer": settings.explainer.model_copy(update=explaining)})
+        explainer_env = service_env(with_vlm, "explainer", log_level=LOG_LEVEL)
+        explainer = ServiceProcess(["explainer"], explainer_env, workdir / f"{name}-explainer.log")
+    scorer = ServiceProcess(["scorer", "--model", str(model)], env, workdir / f"{name}-scorer.log")
     started = time.monotonic()
     try:
-        verdicts = await collect(settings, "verdicts", Verdict, frames, timeout_s=600)
+        verdicts = await read_messages(settings, "verdicts", Verdict, frames, timeout_s=600)
         elapsed = time.monotonic() - started
         reports: list[Report] = []
         if vlm is not None:  # what the explainer managed while the verdicts flowed
-            reports = await collect(settings, "reports", Report, frames, timeout_s=3)
+            reports = await read_messages(settings, "reports", Report, frames, timeout_s=3)
     finally:
-        stop(scorer)
+        await scorer.terminate(60)
         if explainer is not None:
-            stop(explainer)
+            await explainer.terminate(60)
     if len(verdicts) < frames:
         raise RuntimeError(f"{name}: only {len(verdicts)} of {frames} verdicts")
     fps = throughput(verdicts, warmup=0.1)
@@ -182,16 +113,11 @@ async def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="lineguard-bench-") as tmp:
         workdir = Path(tmp)
-        broker = None
-        bootstrap = os.environ.get("LINEGUARD_KAFKA_BOOTSTRAP")
-        if not bootstrap:
-            from shared.kafka.broker import LocalBroker
-
-            broker = LocalBroker.on_free_ports(workdir / "kafka", REPO / ".cache/kafka/libs")
-            broker.start()
-            bootstrap = broker.bootstrap
-        try:
-            model = args.model or fit_demo_model(workdir / "model", args.train_per_class)
+        with kafka_bootstrap(workdir / "kafka") as bootstrap:
+            model = args.model
+            if model is None:  # a small demo model on synthetic images
+                model = workdir / "model"
+                fit_synthetic_model(model, per_class=args.train_per_class, bank=2000)
 
             def slow(_: ReceivedRequest) -> Reply:
                 return Reply(content=answer_json(), delay_s=args.vlm_delay)
@@ -207,9 +133,6 @@ async def main() -> int:
                             f"with_explainer-{round_no}", bootstrap, model, args.frames, workdir, vlm
                         )
                     )
-        finally:
-            if broker is not None:
-                broker.stop()
     alone = [r["verdict_fps"] for r in results if r["phase"].startswith("alone")]
     loaded = [r["verdict_fps"] for r in results if r["phase"].startswith("with_explainer")]
     summary = {

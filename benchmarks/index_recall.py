@@ -1,6 +1,6 @@
 """How exact the non-flat faiss indexes are on real patch features (magnetic tile, efficientnet_lite0).
 
-    .venv/bin/python benchmarks/index_recall.py --data ../shared/datasets/magnetic_tile
+    .venv/bin/python -m benchmarks.index_recall --data ../shared/datasets/magnetic_tile
 
 The bank is a greedy k-center coreset of the training images' patch features, as ``lineguard fit``
 builds it; the queries are every patch of the test images (good and defective). For each index
@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.engine.backbones import get_spec, resolve_weights
 from shared.engine.config import FitConfig

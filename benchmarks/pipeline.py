@@ -1,6 +1,6 @@
 """Line throughput and latency through Kafka, next to the bare engine in the same run.
 
-    .venv/bin/python benchmarks/pipeline.py [--batch 8] [--workers 2] [--threads 1] [--frames 800]
+    .venv/bin/python -m benchmarks.pipeline [--batch 8] [--workers 2] [--threads 1] [--frames 800]
 
 1. Fits a model (efficientnet_lite0, real weights) on synthetic products.
 2. Bare engine: ``score_batch`` on decoded frames, batch ``--batch``, ``--workers`` threads each
@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,29 +35,18 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from services.camera_sim.core import SimOptions
+from services.camera_sim.service import run_camera_sim
+from shared.kafka.client import ensure_topics
+from shared.messages.schemas import Verdict
+from shared.settings import Settings
+from tests.support.broker import kafka_bootstrap
+from tests.support.line import scorer_process
+from tests.support.models import PRODUCTS, fit_synthetic_model
+from tests.support.processes import ServiceProcess
+from tests.support.topics import TopicReader
 
-PRODUCTS = ("washer", "fabric")
 FRAME_POOL = 32  # distinct frames the simulator cycles through (30% of them defective)
-
-
-def fit_model(size: int, bank: int, out: Path) -> Any:
-    """A model fitted on what the line will see: the simulator's JPEGs, decoded."""
-    from services.camera_sim.images import encode_jpeg
-    from shared.engine import fitting
-    from shared.engine.config import FitConfig
-    from shared.engine.images import decode_image
-    from shared.engine.persistence import save_model
-    from shared.synthetic import render_sample
-
-    rng = np.random.default_rng(0)
-    data = {
-        p: [decode_image(encode_jpeg(render_sample(p, rng, size)[0])) for _ in range(24)] for p in PRODUCTS
-    }
-    model = fitting.fit_model(data, FitConfig(input_size=size, bank_size=bank))
-    save_model(model, out)
-    return model
 
 
 def bare_engine(
@@ -106,68 +94,30 @@ def bare_engine(
     return {"fps": batch * batches / elapsed, "batch_s_median": float(np.median(times))}
 
 
-async def read_verdicts(settings: Any, count: int, timeout_s: float) -> list[tuple[Any, int]]:
-    """(verdict, receive time ns) for ``count`` committed verdicts."""
-    from shared.kafka.client import make_consumer
-    from shared.messages.codec import decode
-    from shared.messages.schemas import Verdict
-
-    consumer = make_consumer(settings, settings.topic("verdicts"), group_id=None)
-    await consumer.start()
-    got: list[tuple[Any, int]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(got) < count and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=200)
-            now = time.time_ns()
-            got.extend((decode(r.value, Verdict), now) for rs in batches.values() for r in rs)
-    finally:
-        await consumer.stop()
-    if len(got) < count:
-        raise RuntimeError(f"only {len(got)} of {count} verdicts within {timeout_s}s")
-    return got
-
-
-def start_scorer(
-    settings: Any, model_dir: Path, args: argparse.Namespace, log: Path
-) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEGUARD_")}
-    env.update(
-        {
-            "LINEGUARD_KAFKA_BOOTSTRAP": settings.bootstrap,
-            "LINEGUARD_TOPIC_PREFIX": settings.topic_prefix,
-            "LINEGUARD_SCORER__GROUP_ID": f"{settings.topic_prefix}-scorer",
-            "LINEGUARD_SCORER__TRANSACTIONAL_ID_PREFIX": f"{settings.topic_prefix}-txn",
-            "LINEGUARD_SCORER__MAX_BATCH": str(args.batch),
-            "LINEGUARD_SCORER__MODEL_WORKERS": str(args.workers),
-            "LINEGUARD_SCORER__TORCH_THREADS": str(args.threads),
-            "LINEGUARD_SCORER__SEARCH_THREADS": str(args.threads),
-            "LINEGUARD_SCORER__WATCH_MODELS": "false",
-        }
-    )
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "scorer", "--model", str(model_dir)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 120
-    while '"partitions_assigned"' not in log.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"scorer did not start:\n{log.read_text()[-2000:]}")
-        time.sleep(0.2)
+async def start_scorer(
+    settings: Settings, model_dir: Path, args: argparse.Namespace, log: Path
+) -> ServiceProcess:
+    """``lineguard scorer`` with the benchmark's batch size, workers and threads, once it owns its
+    partitions."""
+    scorer = {
+        "group_id": f"{settings.topic_prefix}-scorer",
+        "transactional_id_prefix": f"{settings.topic_prefix}-txn",
+        "max_batch": args.batch,
+        "model_workers": args.workers,
+        "torch_threads": args.threads,
+        "search_threads": args.threads,
+        "watch_models": False,
+    }
+    settings = settings.model_copy(update={"scorer": settings.scorer.model_copy(update=scorer)})
+    process = scorer_process(settings, model_dir, log)
+    await process.wait_for_log('"partitions_assigned"', 120)
     return process
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+async def read_verdicts(reader: TopicReader, count: int, timeout_s: float) -> list[tuple[Any, int]]:
+    """(verdict, receive time ns) for ``count`` committed verdicts."""
+    received = await reader.wait_for(count, timeout=timeout_s, settle=0)
+    return list(zip(received.values, received.arrived_ns, strict=True))
 
 
 async def drain_backlog(
@@ -175,10 +125,6 @@ async def drain_backlog(
 ) -> tuple[float, dict[str, int]]:
     """Frames/s of a fresh scorer draining a backlog of frames put on the topic first, and its
     verdicts by decision (rejects and reviews each publish a defect event too, the larger message)."""
-    from services.camera_sim.core import SimOptions
-    from services.camera_sim.service import run_camera_sim
-    from shared.kafka.client import ensure_topics
-
     frames = args.warmup_frames if run_id == "warm" else args.frames
     settings = settings_base.model_copy(update={"topic_prefix": f"bench-{run_id}-{int(time.time())}"})
     await ensure_topics(settings, frames_partitions=2)
@@ -192,11 +138,12 @@ async def drain_backlog(
         run_id=run_id,
     )
     await run_camera_sim(settings, options)
-    scorer = start_scorer(settings, model_dir, args, work / f"scorer-{run_id}.log")
-    try:
-        got = await read_verdicts(settings, frames, timeout_s=600)
-    finally:
-        stop(scorer)
+    async with TopicReader(settings, "verdicts", Verdict) as reader:
+        scorer = await start_scorer(settings, model_dir, args, work / f"scorer-{run_id}.log")
+        try:
+            got = await read_verdicts(reader, frames, timeout_s=600)
+        finally:
+            await scorer.terminate(30)
     decided = sorted(v.decided_at for v, _ in got)
     skip = min(len(decided) // 10, 2 * args.batch)  # leave out the start-up batches
     span = (decided[-1] - decided[skip]) / 1e9
@@ -207,10 +154,6 @@ async def drain_backlog(
 async def line_run(
     args: argparse.Namespace, settings_base: Any, model_dir: Path, measure_engine: Any, work: Path
 ) -> dict[str, Any]:
-    from services.camera_sim.core import SimOptions
-    from services.camera_sim.service import run_camera_sim
-    from shared.kafka.client import ensure_topics
-
     results: dict[str, Any] = {}
     # The broker is fresh: its JIT compiles for the first minute or two (a C2 compiler thread took
     # 0.05 of the 2 cores in a first run). A plant's broker runs for months, so the measured runs
@@ -244,7 +187,7 @@ async def line_run(
     # Latency at half the engine's rate.
     settings = settings_base.model_copy(update={"topic_prefix": f"bench-lat-{int(time.time())}"})
     await ensure_topics(settings, frames_partitions=2)
-    scorer = start_scorer(settings, model_dir, args, work / "scorer-latency.log")
+    scorer = await start_scorer(settings, model_dir, args, work / "scorer-latency.log")
     try:
         rate = engine_fps_median / 2
         count = int(rate * args.latency_seconds)
@@ -257,11 +200,11 @@ async def line_run(
             cameras=2,
             run_id="lat",
         )
-        reader = asyncio.create_task(read_verdicts(settings, count, timeout_s=args.latency_seconds + 120))
-        await run_camera_sim(settings, options)
-        got = await reader
+        async with TopicReader(settings, "verdicts", Verdict) as reader:
+            await run_camera_sim(settings, options)
+            got = await read_verdicts(reader, count, timeout_s=args.latency_seconds + 120)
     finally:
-        stop(scorer)
+        await scorer.terminate(30)
     e2e_ms = np.array([(received - v.captured_at) / 1e6 for v, received in got])
     first_capture = min(v.captured_at for v, _ in got)
     settled = np.array([v.captured_at - first_capture > 2e9 for v, _ in got])
@@ -307,35 +250,30 @@ def main() -> int:
 
     import torch
 
-    from shared.kafka.broker import LocalBroker
-    from shared.settings import Settings
-
     work = Path(tempfile.mkdtemp(prefix="lineguard-bench-"))
-    broker = None
-    bootstrap = os.environ.get("LINEGUARD_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        broker = LocalBroker.on_free_ports(work / "kafka", REPO / ".cache/kafka/libs")
-        broker.start()
-        bootstrap = broker.bootstrap
     try:
-        started = time.perf_counter()
-        model = fit_model(args.size, args.bank, work / "model")
-        fit_s = time.perf_counter() - started
-        # The alternative split of the same cores (all threads in one worker), for the record: the
-        # reference must be the engine's best, not a handicapped one.
-        cores = args.workers * args.threads
-        alternative = (1, cores) if args.workers > 1 else (cores, 1)
-        engine_alternative = bare_engine(model, args.size, args.batch, args.engine_batches, *alternative)
+        with kafka_bootstrap(work / "kafka") as bootstrap:
+            started = time.perf_counter()
+            # Fitted on what the line will see: the simulator's JPEGs, decoded.
+            model = fit_synthetic_model(
+                work / "model", per_class=24, bank=args.bank, size=args.size, camera_frames=True
+            )
+            fit_s = time.perf_counter() - started
+            # The alternative split of the same cores (all threads in one worker), for the record: the
+            # reference must be the engine's best, not a handicapped one.
+            cores = args.workers * args.threads
+            alternative = (1, cores) if args.workers > 1 else (cores, 1)
+            engine_alternative = bare_engine(model, args.size, args.batch, args.engine_batches, *alternative)
 
-        def measure_engine() -> dict[str, float]:
-            return bare_engine(model, args.size, args.batch, args.engine_batches, args.workers, args.threads)
+            def measure_engine() -> dict[str, float]:
+                return bare_engine(
+                    model, args.size, args.batch, args.engine_batches, args.workers, args.threads
+                )
 
-        line = asyncio.run(
-            line_run(args, Settings(kafka_bootstrap=bootstrap), work / "model", measure_engine, work)
-        )
+            line = asyncio.run(
+                line_run(args, Settings(kafka_bootstrap=bootstrap), work / "model", measure_engine, work)
+            )
     finally:
-        if broker is not None:
-            broker.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"

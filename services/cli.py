@@ -27,6 +27,8 @@ COMMAND_MODULES = (
     "services.demo.cli",  # demo
     "services.alerts.cli",  # alerts
     "services.plc_bridge.cli",  # plc-sim, plc-bridge
+    "services.console.cli",  # console
+    "services.labels.cli",  # labels export
 )
 
 EXIT_FAILED = 1

@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.engine.config import Decision
@@ -31,11 +31,109 @@ class LatePolicy(StrEnum):
     SCORE = "score"  # score it anyway and report the real decision, marked late
 
 
+class SecurityProtocol(StrEnum):
+    """How a Kafka client talks to the brokers (Kafka's own names)."""
+
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+    @property
+    def uses_tls(self) -> bool:
+        return self in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
+
+
+class SaslMechanism(StrEnum):
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    PLAIN = "PLAIN"  # the password itself crosses the wire: only inside TLS
+
+
+_KAFKA_VAR = ENV_PREFIX + "KAFKA__"
+
+
+class KafkaSettings(BaseModel):
+    """How every client reaches the cluster (``LINEGUARD_KAFKA__*``), applied by the one client
+    wrapper (``shared.kafka.client``), and how durable the topics it creates are.
+
+    Secrets come from files only (a password or key passphrase in an environment variable would be
+    readable in ``/proc/<pid>/environ``), read when a client is made, never logged.
+    """
+
+    security_protocol: SecurityProtocol = SecurityProtocol.PLAINTEXT
+    sasl_mechanism: SaslMechanism = SaslMechanism.SCRAM_SHA_512
+    sasl_username: str | None = Field(None, min_length=1, max_length=256)
+    sasl_password_file: Path | None = None
+    ssl_ca_file: Path | None = None  # PEM bundle; unset: the system's trusted CAs
+    ssl_cert_file: Path | None = None  # client certificate chain for mutual TLS (may also hold the key)
+    ssl_key_file: Path | None = None
+    ssl_key_password_file: Path | None = None  # for an encrypted key
+    ssl_check_hostname: bool = True  # the broker's certificate must name the host connected to
+    # Topics made by `lineguard topics ensure` (a cluster needs 3 and 2: one broker may fail).
+    replication_factor: int = Field(1, ge=1, le=16)
+    min_insync_replicas: int = Field(1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _complete(self) -> KafkaSettings:
+        """Refuse half-configured security: every problem named by its variable, in one message."""
+        protocol = self.security_protocol
+        problems: list[str] = []
+        sasl = {"SASL_USERNAME": self.sasl_username, "SASL_PASSWORD_FILE": self.sasl_password_file}
+        tls = {
+            "SSL_CA_FILE": self.ssl_ca_file,
+            "SSL_CERT_FILE": self.ssl_cert_file,
+            "SSL_KEY_FILE": self.ssl_key_file,
+            "SSL_KEY_PASSWORD_FILE": self.ssl_key_password_file,
+        }
+        for name, value in sasl.items():
+            if protocol.uses_sasl and value is None:
+                problems.append(f"{_KAFKA_VAR}SECURITY_PROTOCOL={protocol} needs {_KAFKA_VAR}{name}")
+            elif not protocol.uses_sasl and value is not None:
+                problems.append(
+                    f"{_KAFKA_VAR}{name} is set but {_KAFKA_VAR}SECURITY_PROTOCOL={protocol} does not "
+                    "authenticate with SASL (SASL_SSL does)"
+                )
+        for name, value in tls.items():
+            if not protocol.uses_tls and value is not None:
+                problems.append(
+                    f"{_KAFKA_VAR}{name} is set but {_KAFKA_VAR}SECURITY_PROTOCOL={protocol} does not "
+                    "use TLS (SSL or SASL_SSL do)"
+                )
+        if protocol.uses_tls:
+            if self.ssl_key_file is not None and self.ssl_cert_file is None:
+                problems.append(f"{_KAFKA_VAR}SSL_KEY_FILE needs {_KAFKA_VAR}SSL_CERT_FILE (its certificate)")
+            if self.ssl_key_password_file is not None and self.ssl_cert_file is None:
+                problems.append(f"{_KAFKA_VAR}SSL_KEY_PASSWORD_FILE needs {_KAFKA_VAR}SSL_CERT_FILE")
+        if self.min_insync_replicas > self.replication_factor:
+            problems.append(
+                f"{_KAFKA_VAR}MIN_INSYNC_REPLICAS={self.min_insync_replicas} is more than "
+                f"{_KAFKA_VAR}REPLICATION_FACTOR={self.replication_factor}: no write could succeed"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class NonFinitePolicy(StrEnum):
+    """The decision for a frame whose score, threshold or normaliser is not a finite number."""
+
+    REJECT = "reject"
+    REVIEW = "review"
+
+
 class BrokerSettings(BaseModel):
     """The local single-node KRaft broker started by ``lineguard kafka up`` and the test harness."""
 
     port: int = Field(9092, ge=1, le=65535)
     controller_port: int = Field(9093, ge=1, le=65535)
+    # `kafka up --secure` only: the broker's own mutual-TLS listener (its identity, e.g. to set ACLs).
+    internal_port: int = Field(9094, ge=1, le=65535)
+    secure: bool = False  # SASL_SSL with per-principal credentials and ACLs, in <data_dir>/secure
     data_dir: Path = Path("var/kafka")
     libs_dir: Path = Path(".cache/kafka/libs")  # filled by `make kafka-jars`
     heap: str = Field("512m", pattern=r"^[1-9][0-9]*[mMgG]$")
@@ -51,7 +149,7 @@ class ScorerSettings(BaseModel):
     decode_threads: int = Field(2, ge=1, le=64)
     # Batches scored at once, each with ``torch_threads`` intra-op and ``search_threads`` faiss
     # threads. On CPUs, one worker per core with one thread each beats one worker with every core:
-    # 48-52 vs 37-41 images/s on 2 cores (docs/benchmarks.md), and work from the Kafka client or
+    # 48-52 vs 37-42 images/s on 2 cores (docs/benchmarks.md), and work from the Kafka client or
     # the broker then stalls one worker instead of every thread of a parallel region. On a GPU use 1.
     model_workers: int = Field(2, ge=1, le=64)
     torch_threads: int = Field(1, ge=1, le=256)
@@ -70,6 +168,22 @@ class ScorerSettings(BaseModel):
     # an announcement must carry. Empty: announcements are taken unsigned, with a warning at start.
     trusted_keys: Annotated[list[Path], NoDecode] = []
     announcement_max_skew_s: float = Field(300.0, ge=0, le=86_400)  # announced_at this far ahead at most
+    # Fault handling (docs/operations.md, "Scorer faults").
+    non_finite_decision: NonFinitePolicy = NonFinitePolicy.REJECT  # NaN/inf never passes
+    score_timeout_s: float = Field(30.0, gt=0, le=3600)  # one batch's decode or model run
+    send_timeout_s: float = Field(20.0, gt=0, le=600)  # every output of a transaction delivered
+    commit_timeout_s: float = Field(20.0, gt=0, le=600)  # offsets added and the transaction committed
+    abort_timeout_s: float = Field(15.0, gt=0, le=600)
+    recover_timeout_s: float = Field(60.0, gt=0, le=600)  # new producer and committed offset, per try
+    publish_attempts: int = Field(3, ge=1, le=20)  # transactions tried per batch before recovering
+    # The broker aborts (and fences) a transaction open longer than this: above send + commit.
+    transaction_timeout_ms: int = Field(60_000, ge=1_000, le=900_000)
+    # A partition with records to process and no progress for this long: health red, exit non-zero.
+    progress_timeout_s: float = Field(120.0, gt=0, le=86_400)
+    # Wire values (stations, hinted classes) kept as distinct metric label values, and as keys of
+    # each alert-detector map; past the cap they are counted as "other" / the oldest is evicted.
+    max_label_values: int = Field(256, ge=1, le=100_000)
+    max_alert_keys: int = Field(4096, ge=1, le=1_000_000)
     # Cold start (docs/operations.md, "Cold start"): a few-shot class's verdicts are `review` until
     # this many confirmed normal images have been fitted into its model; None: as many as the model
     # was fitted with (`lineguard fit --review-until`, in its manifest). 0 turns the gate off.
@@ -84,6 +198,18 @@ class ScorerSettings(BaseModel):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _timeouts_fit(self) -> ScorerSettings:
+        if (self.send_timeout_s + self.commit_timeout_s) * 1000 >= self.transaction_timeout_ms:
+            raise ValueError("send_timeout_s + commit_timeout_s must be below transaction_timeout_ms")
+        busy = self.score_timeout_s + self.send_timeout_s + self.commit_timeout_s + self.abort_timeout_s
+        if self.progress_timeout_s <= busy:
+            raise ValueError(
+                "progress_timeout_s must exceed score_timeout_s + send_timeout_s + commit_timeout_s "
+                "+ abort_timeout_s (one slow batch is not a stall)"
+            )
+        return self
 
 
 class CameraSimSettings(BaseModel):
@@ -273,6 +399,60 @@ class AlertsSettings(BaseModel):
     drift_threshold: float = Field(default=1.0, gt=0, le=100)  # recent-mean shift, in baseline std devs
 
 
+class ConsoleSettings(BaseModel):
+    """``lineguard console``: the operators' web page and their feedback (docs/operations.md, "Operator
+    console"). Writing needs the token or the trusted proxy's header; without either it is read-only."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 in a container; behind a reverse proxy keep it on localhost
+    port: int = Field(8080, ge=1, le=65535)
+    # The shared sign-in token (constant-time compared); the operator gives a name at sign-in.
+    token: SecretStr | None = None
+    token_file: Path | None = None  # alternative: the token from a (secret) file; empty: no token
+    # Off by default. A header naming the operator, set by an authenticating reverse proxy; taken only
+    # from a client address in trusted_proxies (anyone else could set it).
+    trusted_proxy_header: str | None = None
+    trusted_proxies: Annotated[list[str], NoDecode] = ["127.0.0.1", "::1"]
+    public_read: bool = False  # True: pages readable without signing in (writing still needs it)
+    secure_cookies: bool = False  # True when served over HTTPS (the session cookie is then Secure)
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    sign_ins_per_minute: int = Field(10, ge=1, le=1000)  # failed sign-ins per client address
+    # Memory is bounded: what the console keeps of what it reads.
+    stations_max: int = Field(64, ge=1, le=10_000)
+    verdicts_per_station: int = Field(200, ge=1, le=100_000)
+    classes_max: int = Field(256, ge=1, le=100_000)  # counted classes; more are counted as "(other)"
+    evidence_max: int = Field(200, ge=1, le=100_000)  # rejects and reviews kept with their image and map
+    evidence_max_bytes: int = Field(256 << 20, ge=1 << 20, le=16 << 30)
+    reports_max: int = Field(2000, ge=1, le=1_000_000)
+    feedback_max: int = Field(10_000, ge=1, le=10_000_000)
+    models_history: int = Field(100, ge=1, le=100_000)
+    backlog_per_partition: int = Field(500, ge=0, le=1_000_000)  # records read back at start
+    max_image_pixels: int = Field(MAX_PIXELS, ge=64, le=MAX_PIXELS)
+    max_report_bytes: int = Field(16 << 20, ge=1 << 10, le=256 << 20)  # a report file served from the store
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _address_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+
+class LabelsSettings(BaseModel):
+    """``lineguard labels export``: feedback (and its frames) -> an MVTec-layout labelled set."""
+
+    # A frames store, <frames_dir>/<frame id>.png: the console saves there the frame of every feedback
+    # it has the image of; export reads it first, then the defects and frames topics while retained.
+    frames_dir: Path | None = None
+    # Confirmed normals (export --collect-normals): passes with a normalised score at most this (the
+    # threshold is 0.5), a sample of at most normals_per_class per class.
+    normal_below: float = Field(0.2, gt=0, lt=0.5)
+    normals_per_class: int = Field(50, ge=1, le=100_000)
+    read_timeout_s: float = Field(120.0, gt=0, le=86_400)  # reading one topic to its end
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", validate_default=True
@@ -284,6 +464,7 @@ class Settings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535)  # 0: no HTTP metrics endpoint
     otel_exporter: str = "none"  # none | console | otlp
 
+    kafka: KafkaSettings = KafkaSettings()
     broker: BrokerSettings = BrokerSettings()
     scorer: ScorerSettings = ScorerSettings()
     camera_sim: CameraSimSettings = CameraSimSettings()
@@ -291,6 +472,8 @@ class Settings(BaseSettings):
     plc_bridge: PlcBridgeSettings = PlcBridgeSettings()
     alerts: AlertsSettings = AlertsSettings()
     explainer: ExplainerSettings = ExplainerSettings()
+    console: ConsoleSettings = ConsoleSettings()
+    labels: LabelsSettings = LabelsSettings()
 
     @field_validator("topic_prefix")
     @classmethod

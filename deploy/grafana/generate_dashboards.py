@@ -224,7 +224,7 @@ def line_overview() -> dict[str, Any]:
                             (_q("0.99", "lineguard_scorer_end_to_end_seconds"), "p99"),
                         ],
                         threshold=0.5,
-                        description="Red line: the default 500 ms frame deadline.",
+                        description="Red line: 500 ms, a typical frame deadline (each frame carries its own).",
                     ),
                     _ts(
                         "Late verdicts / s (fail-safe policy applied)",

@@ -20,14 +20,16 @@ from typing import Any
 from services.alerts import metrics
 from services.alerts.core import Admission, Forwarder, RetryPolicy, payload, webhook_url
 from services.alerts.ledger import DEAD_LETTERED, DELIVERED, SENDING, DeliveryLedger
-from services.alerts.webhook import DeliveryResult, post_json_async, tls_context
+from services.alerts.webhook import DeliveryResult, post_json
 from shared.settings import Settings
 from shared.telemetry.logging import log_event
+from shared.tls import client_context
 
 log = logging.getLogger("lineguard.alerts")
 SERVICE = "alerts"
 
-Poster = Callable[[str, dict[str, Any], float, dict[str, str] | None, Any], Any]
+# The blocking webhook client (``post_json``'s signature); the service runs it in a worker thread.
+Poster = Callable[[str, dict[str, Any], float, dict[str, str] | None, Any], DeliveryResult]
 
 
 class _Interrupted(BaseException):
@@ -44,14 +46,14 @@ class AlertsService:
         settings: Settings,
         url: str | None = None,
         clock: Callable[[], float] = time.monotonic,
-        poster: Poster = post_json_async,
+        poster: Poster = post_json,
     ) -> None:
         """``url``: the webhook; None takes it from the settings (where it may be absent: then
         alerts are logged only)."""
         self.settings = settings
         self.cfg = settings.alerts
         self.url = url if url is not None else webhook_url(settings)
-        self.tls = tls_context(self.cfg.ca_file)
+        self.tls = client_context(self.cfg.ca_file, "LINEGUARD_ALERTS__CA_FILE")
         self.clock = clock
         self.poster = poster
         self.forwarder = Forwarder(
@@ -195,7 +197,9 @@ class AlertsService:
         attempt = 0
         while True:
             attempt += 1
-            result: DeliveryResult = await self.poster(self.url, body, self.cfg.timeout_s, headers, self.tls)
+            result = await asyncio.to_thread(
+                self.poster, self.url, body, self.cfg.timeout_s, headers, self.tls
+            )
             if result.ok:
                 self.ledger.record(alerts, DELIVERED, key)
                 metrics.DELIVERIES.labels("delivered").inc()

@@ -7,16 +7,12 @@ is always verified (certificate and host name), against the system CAs or ``CA_F
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from shared.errors import ConfigError
 
 _RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -44,16 +40,6 @@ def _retry_after(headers: Any) -> float | None:
         return max(float(value), 0.0) if value is not None else None
     except ValueError:
         return None  # an HTTP date: fall back to our own backoff
-
-
-def tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """Certificate and host name verification always on; ``ca_file`` replaces the system CAs."""
-    if ca_file is None:
-        return ssl.create_default_context()
-    try:
-        return ssl.create_default_context(cafile=str(ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"LINEGUARD_ALERTS__CA_FILE: cannot use {ca_file}: {exc}") from None
 
 
 def post_json(
@@ -84,13 +70,3 @@ def post_json(
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return DeliveryResult(False, True, None, f"no answer: {type(reason).__name__}")
-
-
-async def post_json_async(
-    url: str,
-    body: dict[str, Any],
-    timeout_s: float,
-    headers: dict[str, str] | None = None,
-    context: ssl.SSLContext | None = None,
-) -> DeliveryResult:
-    return await asyncio.to_thread(post_json, url, body, timeout_s, headers, context)

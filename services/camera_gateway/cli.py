@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.arguments import non_negative_int, positive_float
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -109,20 +110,6 @@ def _command(args: argparse.Namespace) -> int:
     return run_service("camera-gateway", serve, metrics.REGISTRY, tracing=True, check=check)
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
-
-
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "camera-gateway",
@@ -141,7 +128,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--station-id", help="the station whose verdicts the camera's frames get")
     parser.add_argument("--line-id", help="the line (default: LINEGUARD_CAMERA_GATEWAY__LINE_ID)")
     parser.add_argument("--product", help="product class hint sent with every frame")
-    parser.add_argument("--deadline-ms", type=_non_negative_int, help="verdict deadline after capture, in ms")
+    parser.add_argument("--deadline-ms", type=non_negative_int, help="verdict deadline after capture, in ms")
     parser.add_argument(
         "--after",
         choices=("move", "delete"),
@@ -151,7 +138,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--done-dir", type=Path, help="--folder --after move: where sent files go (default: DIR/done)"
     )
-    parser.add_argument("--fps", type=_positive_float, help="--url: frames taken per second (default 1)")
+    parser.add_argument("--fps", type=positive_float, help="--url: frames taken per second (default 1)")
     parser.add_argument("--trigger-file", type=Path, help="--url: take one frame each time this file appears")
     parser.add_argument("--trigger-topic", help="--url: take one frame per record keyed by the camera id")
     parser.add_argument(

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.arguments import positive_int, probability
 from shared.errors import ConfigError, ImageError
 from shared.lifecycle import run_service
 
@@ -54,33 +55,19 @@ def _command(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
 
 
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("camera-sim", help=HELP, description=DESCRIPTION)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", type=Path, help="MVTec-layout folder (one class, or a folder of classes)")
     source.add_argument("--synthetic", action="store_true", help="render synthetic products (default)")
     parser.add_argument("--products", help="synthetic products, comma separated (default: all)")
-    parser.add_argument("--defect-rate", type=_probability, default=0.3, help="synthetic defect share")
-    parser.add_argument("--pool", type=_positive_int, default=48, help="synthetic samples to cycle through")
-    parser.add_argument("--size", type=_positive_int, default=224, help="synthetic image side in pixels")
+    parser.add_argument("--defect-rate", type=probability, default=0.3, help="synthetic defect share")
+    parser.add_argument("--pool", type=positive_int, default=48, help="synthetic samples to cycle through")
+    parser.add_argument("--size", type=positive_int, default=224, help="synthetic image side in pixels")
     parser.add_argument("--rate", type=float, default=5.0, help="frames per second per camera")
     parser.add_argument("--count", type=int, default=100, help="frames in all (0: until stopped)")
-    parser.add_argument("--cameras", type=_positive_int, default=1, help="number of cameras")
-    parser.add_argument("--bad-rate", type=_probability, default=0.0, help="share of bad frames")
+    parser.add_argument("--cameras", type=positive_int, default=1, help="number of cameras")
+    parser.add_argument("--bad-rate", type=probability, default=0.0, help="share of bad frames")
     parser.add_argument("--bad-kinds", help="bad frame kinds, comma separated (default: all)")
     parser.add_argument("--truth", type=Path, help="write the ground truth here (JSON lines)")
     parser.add_argument("--deadline-ms", type=int, help="verdict deadline after capture, in ms")

@@ -69,7 +69,7 @@ def read_truth(path: Path) -> dict[str, TruthRecord]:
 def dead_letter_frame_id(letter: DeadLetter) -> str | None:
     """The simulator's frame id of a dead letter, from the original record's headers."""
     for key, value in letter.original_headers:
-        if key == FRAME_ID_HEADER:
+        if key == FRAME_ID_HEADER and value is not None:
             return bytes(value).decode("utf-8", "replace")
     return None
 

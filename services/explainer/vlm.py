@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import random
-import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from services.explainer.prompt import Prompt
 from shared.errors import ConfigError, LineguardError
 from shared.settings import ExplainerSettings
 from shared.telemetry.logging import log_event
+from shared.tls import client_context
 
 log = logging.getLogger("lineguard.explainer.vlm")
 
@@ -137,21 +137,12 @@ class BoundedTransport(httpx2.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """Certificate and host name verification always on; ``ca_file`` replaces the system CAs."""
-    if ca_file is None:
-        return ssl.create_default_context()
-    try:
-        return ssl.create_default_context(cafile=str(ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot use the CA file {ca_file}: {exc}") from None
-
-
 def http_client(settings: ExplainerSettings) -> httpx2.AsyncClient:
     """The HTTP client under the openai client: verified TLS, bounded answers, no redirects (a
     compatible endpoint never redirects a completion; a redirect is a misconfiguration)."""
     transport = BoundedTransport(
-        httpx2.AsyncHTTPTransport(verify=tls_context(settings.ca_file)), settings.max_response_bytes
+        httpx2.AsyncHTTPTransport(verify=client_context(settings.ca_file, "LINEGUARD_EXPLAINER__CA_FILE")),
+        settings.max_response_bytes,
     )
     return openai.DefaultAsyncHttpxClient(transport=transport, follow_redirects=False)
 

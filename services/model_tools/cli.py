@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.arguments import non_negative_int, positive_int
 from shared.engine.backbones import BACKBONES
 from shared.engine.config import (
     FEW_SHOT_IMAGE_SCORE,
@@ -34,13 +35,6 @@ def _layers(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError("layers are comma-separated integers, e.g. 2,3") from None
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
-
-
 def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -59,15 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     fit.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONE_NAMES)
     fit.add_argument("--weights", help="backbone weight file (safetensors or .pth); default: local source")
-    fit.add_argument("--input-size", type=_positive, default=224)
+    fit.add_argument("--input-size", type=positive_int, default=224)
     fit.add_argument("--layers", type=_layers, help="ViT blocks or CNN stages, e.g. 2,3")
     fit.add_argument("--vit-combine", choices=("mean", "concat"), default="mean")
-    fit.add_argument("--bank-size", type=_positive, default=10_000, help="coreset size per class")
+    fit.add_argument("--bank-size", type=positive_int, default=10_000, help="coreset size per class")
     fit.add_argument(
         "--bank-ratio", type=float, help="coreset as a share of all patches (overrides --bank-size)"
     )
     fit.add_argument("--scorer", choices=SCORER_KINDS, default="knn")
-    fit.add_argument("--k", type=_positive, default=1, help="neighbours averaged per patch")
+    fit.add_argument("--k", type=positive_int, default=1, help="neighbours averaged per patch")
     fit.add_argument(
         "--index",
         choices=INDEX_CHOICES,
@@ -75,9 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="flat: exact; pca-refine: PCA candidates re-ranked exactly (faster for ViT features); "
         "hnsw/ivf: approximate, for very large banks",
     )
-    fit.add_argument("--reduced-dims", type=_positive, default=128, help="pca-refine: candidate search dims")
     fit.add_argument(
-        "--refine-factor", type=_positive, default=8, help="pca-refine: candidates per neighbour"
+        "--reduced-dims", type=positive_int, default=128, help="pca-refine: candidate search dims"
+    )
+    fit.add_argument(
+        "--refine-factor", type=positive_int, default=8, help="pca-refine: candidates per neighbour"
     )
     fit.add_argument(
         "--image-score",
@@ -94,12 +90,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the calibration images out of the final bank (default: refit the bank on all normals)",
     )
-    fit.add_argument("--threads", type=_positive, help="torch threads (default: torch's)")
+    fit.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     fit.add_argument("--seed", type=int, default=0)
     cold = fit.add_argument_group("cold start: a new product from a few normal images (docs/operations.md)")
     cold.add_argument(
         "--shots",
-        type=_positive,
+        type=positive_int,
         metavar="K",
         help="few-shot model from K (1-16) normal images of train/good (the first K by name); "
         "its threshold is approximate and its verdicts are 'review' until --review-until confirmed normals",
@@ -132,7 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     cold.add_argument(
         "--shot-gain-steps",
-        type=_positive,
+        type=positive_int,
         default=FitConfig.shot_gain_steps,
         help="number of exposure views",
     )
@@ -159,8 +155,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--model", required=True, help="model directory")
     evaluate.add_argument("--data", required=True, help="MVTec root or one class folder")
     evaluate.add_argument("--class", dest="classes", action="append", metavar="NAME")
-    evaluate.add_argument("--batch-size", type=_positive, default=1)
-    evaluate.add_argument("--threads", type=_positive)
+    evaluate.add_argument("--batch-size", type=positive_int, default=1)
+    evaluate.add_argument("--threads", type=positive_int)
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line")
     evaluate.add_argument(
         "--weights-dir", help="where weight files are found by sha256 (e.g. WinCLIP's CLIP)"
@@ -172,7 +168,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("images", nargs="+", metavar="IMAGE")
     score.add_argument("--hint", help="expected product class (cross-checked)")
     score.add_argument("--overlay-dir", help="write <name>_overlay.png heatmaps here")
-    score.add_argument("--threads", type=_positive)
+    score.add_argument("--threads", type=positive_int)
     score.add_argument("--json", action="store_true", help="end with one JSON line")
     score.add_argument("--weights-dir", help="where weight files are found by sha256 (e.g. WinCLIP's CLIP)")
     score.set_defaults(handler=run_score)
@@ -195,10 +191,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     refits.add_argument(
         "--review-until",
-        type=int,
+        type=non_negative_int,
         help="confirmed normals a cold-start class needs (default: the scorer setting, else the model's)",
     )
-    refits.add_argument("--min-normals", type=_positive, help="confirmed normals a fully fitted class needs")
+    refits.add_argument(
+        "--min-normals", type=positive_int, help="confirmed normals a fully fitted class needs"
+    )
     refits.add_argument("--json", action="store_true", help="print the proposals as JSON")
     refits.set_defaults(handler=run_refit_proposals)
 
@@ -439,7 +437,8 @@ def run_refit_proposals(args: argparse.Namespace) -> int:
         print(json.dumps([proposal.to_dict() for proposal in proposals], indent=2))
         return 0
     wanted = [p for p in proposals if p.proposed]
-    print(f"model {manifest.get('model_version')}: {len(wanted)} of {len(proposals)} classes proposed for a refit")
+    version = manifest.get("model_version")
+    print(f"model {version}: {len(wanted)} of {len(proposals)} classes proposed for a refit")
     for proposal in proposals:
         mark = "REFIT" if proposal.proposed else "wait"
         kind = "cold start" if proposal.cold_start else "fitted"

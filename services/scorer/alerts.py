@@ -13,42 +13,62 @@ Three things an operator acts on at once:
 - ``score_drift``: the recent mean score of one class at one station has moved away from its own
   rolling baseline by more than ``threshold`` baseline standard deviations (lighting, camera or
   process change). Raised once, re-armed when the shift falls below half the threshold.
+
+Stations, lines and classes come off the wire, so every map keyed by them is capped (``max_keys``,
+least recently seen evicted first, ``on_evict`` told): a producer inventing stations cannot grow
+the scorer's memory.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, fields
+from typing import Generic, TypeVar
 
 from shared.engine.config import UNKNOWN, Decision
 from shared.errors import ConfigError
-from shared.messages.schemas import MAX_ALERT_FRAMES, AlertEvent
+from shared.messages.schemas import MAX_ALERT_FRAMES, AlertEvent, Verdict
 from shared.settings import AlertsSettings
 
 _NS_PER_S = 1_000_000_000
+DEFAULT_MAX_KEYS = 4096
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-class VerdictLike(Protocol):
-    """The verdict fields the detector reads (``shared.messages.schemas.Verdict`` has them all)."""
+class CappedMap(Generic[K, V]):
+    """A dict of at most ``cap`` entries; setting a new key past the cap evicts the least recently
+    used one and calls ``on_evict(name)``."""
 
-    @property
-    def frame_id(self) -> str: ...
-    @property
-    def line_id(self) -> str: ...
-    @property
-    def station_id(self) -> str: ...
-    @property
-    def product_class(self) -> str: ...
-    @property
-    def decision(self) -> str: ...
-    @property
-    def score(self) -> float: ...
-    @property
-    def decided_at(self) -> int: ...
+    def __init__(self, name: str, cap: int, on_evict: Callable[[str], None] | None = None) -> None:
+        if cap < 1:
+            raise ConfigError(f"{name}: the cap must be at least 1")
+        self.name, self.cap = name, cap
+        self._on_evict = on_evict or (lambda name: None)
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.cap:
+            self._items.popitem(last=False)
+            self._on_evict(self.name)
+
+    def pop(self, key: K) -> V | None:
+        return self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass(frozen=True)
@@ -69,14 +89,8 @@ class AlertRules:
 
     @classmethod
     def from_settings(cls, settings: AlertsSettings) -> AlertRules:
-        """From ``Settings().alerts``."""
-        return cls(
-            consecutive_rejects=settings.consecutive_rejects,
-            unknown_product_cooldown_s=settings.unknown_product_cooldown_s,
-            drift_recent=settings.drift_recent,
-            drift_baseline=settings.drift_baseline,
-            drift_threshold=settings.drift_threshold,
-        )
+        """From ``Settings().alerts``, whose detection fields have these names."""
+        return cls(**settings.model_dump(include={f.name for f in fields(cls)}))
 
 
 def _new_id() -> str:
@@ -84,7 +98,7 @@ def _new_id() -> str:
 
 
 def _alert(
-    verdict: VerdictLike,
+    verdict: Verdict,
     kind: str,
     severity: str,
     summary: str,
@@ -110,17 +124,27 @@ def _alert(
 class ConsecutiveRejectDetector:
     """N rejects in a row at one station, raised once per streak."""
 
-    def __init__(self, limit: int, make_id: Callable[[], str] = _new_id) -> None:
+    def __init__(
+        self,
+        limit: int,
+        make_id: Callable[[], str] = _new_id,
+        *,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        on_evict: Callable[[str], None] | None = None,
+    ) -> None:
         self.limit = limit
         self._make_id = make_id
-        self._streaks: dict[tuple[str, str], list[str]] = {}  # (line, station) -> frame ids
+        # (line, station) -> frame ids of the current streak
+        self._streaks: CappedMap[tuple[str, str], list[str]] = CappedMap("reject_streaks", max_keys, on_evict)
 
-    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+    def observe(self, verdict: Verdict) -> list[AlertEvent]:
         key = (verdict.line_id, verdict.station_id)
         if verdict.decision != Decision.REJECT:
-            self._streaks.pop(key, None)
+            self._streaks.pop(key)
             return []
-        streak = self._streaks.setdefault(key, [])
+        streak = self._streaks.get(key)
+        if streak is None:
+            streak = self._streaks[key] = []
         streak.append(verdict.frame_id)
         if len(streak) != self.limit:  # exactly at the limit: once per streak
             del streak[:-MAX_ALERT_FRAMES]
@@ -142,25 +166,38 @@ class ConsecutiveRejectDetector:
 class UnknownProductDetector:
     """Parts no trained class recognises; one alert per station per cooldown."""
 
-    def __init__(self, cooldown_s: float, make_id: Callable[[], str] = _new_id) -> None:
+    def __init__(
+        self,
+        cooldown_s: float,
+        make_id: Callable[[], str] = _new_id,
+        *,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        on_evict: Callable[[str], None] | None = None,
+    ) -> None:
         self.cooldown_ns = int(cooldown_s * _NS_PER_S)
         self._make_id = make_id
-        self._last_raised: dict[tuple[str, str], int] = {}
-        self._since: dict[tuple[str, str], list[str]] = {}  # unknown frames not yet reported
+        # (line, station) -> when last raised, and the unknown frames seen since (not yet reported)
+        self._stations: CappedMap[tuple[str, str], _UnknownState] = CappedMap(
+            "unknown_products", max_keys, on_evict
+        )
 
-    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+    def observe(self, verdict: Verdict) -> list[AlertEvent]:
         if verdict.product_class != UNKNOWN:
             return []
         key = (verdict.line_id, verdict.station_id)
-        pending = self._since.setdefault(key, [])
-        pending.append(verdict.frame_id)
-        last = self._last_raised.get(key)
+        state = self._stations.get(key)
+        if state is None:
+            state = self._stations[key] = _UnknownState()
+        state.pending.append(verdict.frame_id)
+        state.count += 1
+        last = state.last_raised
         if last is not None and verdict.decided_at - last < self.cooldown_ns:
             return []
-        self._last_raised[key] = verdict.decided_at
-        frames = pending[-MAX_ALERT_FRAMES:]
-        count = len(pending)
-        self._since[key] = []
+        state.last_raised = verdict.decided_at
+        frames = list(state.pending)
+        count = state.count
+        state.pending.clear()
+        state.count = 0
         return [
             _alert(
                 verdict,
@@ -172,6 +209,13 @@ class UnknownProductDetector:
                 self._make_id,
             )
         ]
+
+
+@dataclass
+class _UnknownState:
+    last_raised: int | None = None
+    count: int = 0  # unknown frames since the last alert
+    pending: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_ALERT_FRAMES))
 
 
 @dataclass
@@ -203,9 +247,14 @@ class ScoreDriftDetector:
     make_id: Callable[[], str] = _new_id
     # A perfectly constant baseline would make any change infinite drift: floor the deviation.
     min_std: float = 0.01
-    _states: dict[tuple[str, str, str], _DriftState] = field(default_factory=dict)
+    max_keys: int = DEFAULT_MAX_KEYS
+    on_evict: Callable[[str], None] | None = None
+    _states: CappedMap[tuple[str, str, str], _DriftState] = field(init=False)
 
-    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+    def __post_init__(self) -> None:
+        self._states = CappedMap("score_drift", self.max_keys, self.on_evict)
+
+    def observe(self, verdict: Verdict) -> list[AlertEvent]:
         if verdict.decision == Decision.ERROR or verdict.product_class == UNKNOWN:
             return []
         if not math.isfinite(verdict.score):
@@ -278,17 +327,34 @@ class ScoreDriftDetector:
 class AlertDetector:
     """All operator-alert detectors behind one call: ``observe(verdict) -> list[AlertEvent]``."""
 
-    def __init__(self, rules: AlertRules | None = None, make_id: Callable[[], str] = _new_id) -> None:
+    def __init__(
+        self,
+        rules: AlertRules | None = None,
+        make_id: Callable[[], str] = _new_id,
+        *,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        on_evict: Callable[[str], None] | None = None,
+    ) -> None:
+        """``max_keys``: entries per detector map (stations, or station and class pairs)."""
         self.rules = rules or AlertRules()
         self.detectors: list[ConsecutiveRejectDetector | UnknownProductDetector | ScoreDriftDetector] = [
-            ConsecutiveRejectDetector(self.rules.consecutive_rejects, make_id),
-            UnknownProductDetector(self.rules.unknown_product_cooldown_s, make_id),
+            ConsecutiveRejectDetector(
+                self.rules.consecutive_rejects, make_id, max_keys=max_keys, on_evict=on_evict
+            ),
+            UnknownProductDetector(
+                self.rules.unknown_product_cooldown_s, make_id, max_keys=max_keys, on_evict=on_evict
+            ),
             ScoreDriftDetector(
-                self.rules.drift_recent, self.rules.drift_baseline, self.rules.drift_threshold, make_id
+                self.rules.drift_recent,
+                self.rules.drift_baseline,
+                self.rules.drift_threshold,
+                make_id,
+                max_keys=max_keys,
+                on_evict=on_evict,
             ),
         ]
 
-    def observe(self, verdict: VerdictLike) -> list[AlertEvent]:
+    def observe(self, verdict: Verdict) -> list[AlertEvent]:
         alerts: list[AlertEvent] = []
         for detector in self.detectors:
             alerts.extend(detector.observe(verdict))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
@@ -72,6 +73,7 @@ def register(subparsers: Any) -> None:
 def _scorer_command(args: argparse.Namespace) -> int:
     from services.scorer import metrics
     from services.scorer.service import serve
+    from services.scorer.watchdog import Health
     from shared.lifecycle import run_until_signalled
     from shared.settings import load_settings
     from shared.telemetry.logging import setup_logging
@@ -81,7 +83,9 @@ def _scorer_command(args: argparse.Namespace) -> int:
     settings = load_settings()
     setup_logging("scorer", settings.log_level)
     setup_tracing("scorer", settings.otel_exporter)
-    start_metrics_server(settings.metrics_port, metrics.REGISTRY)
+    health = Health()
+    # /healthz on the metrics port: 200 while the scorer makes progress (docs/operations.md).
+    start_metrics_server(settings.metrics_port, metrics.REGISTRY, health=health.report)
     model_dir = args.model or settings.scorer.model_dir
     if model_dir is None and not settings.scorer.watch_models:
         print("scorer: no model: pass --model DIR or enable LINEGUARD_SCORER__WATCH_MODELS", file=sys.stderr)
@@ -94,10 +98,17 @@ def _scorer_command(args: argparse.Namespace) -> int:
     set_search_threads(settings.scorer.search_threads)
 
     try:
-        return run_until_signalled(lambda stop: serve(settings, model_dir, stop))
+        code = run_until_signalled(lambda stop: serve(settings, model_dir, stop, health))
     except ModelRefused as exc:
         print(f"scorer: model {model_dir} refused: {exc}", file=sys.stderr)
         return 2
+    if code != 0:
+        # A failed scorer has left its group; a model or decode thread may still be hung, and the
+        # interpreter would wait for it forever on the way out. Exit now.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _announce_command(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ transaction per input partition.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,17 +18,24 @@ from typing import Any
 import numpy as np
 
 from shared.engine.config import Decision, ScoreResult
-from shared.errors import ImageError, MessageError
+from shared.errors import ImageError, LineguardError, MessageError
 from shared.limits import MAX_PIXELS
 from shared.messages.anomaly_map import encode_anomaly_map
 from shared.messages.codec import decode
 from shared.messages.pixels import decode_pixels
 from shared.messages.schemas import DeadLetter, DefectEvent, Frame, Verdict
-from shared.settings import LatePolicy
+from shared.settings import LatePolicy, NonFinitePolicy
 
 SERVICE = "scorer"
 
 RecordKey = tuple[str, int, int]  # topic, partition, offset
+
+
+class ScorerFailure(LineguardError):
+    """The scorer cannot go on without losing or stalling frames: it leaves the group and exits
+    non-zero, so that the group rebalances and a restarted scorer takes over cleanly."""
+
+    default_reason = "scorer_failed"
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,17 @@ class RawRecord:
     partition: int
     offset: int
     key: bytes | None
+    value: bytes | None  # None: a record without a value (Kafka allows it)
+    headers: tuple[tuple[str, bytes | None], ...]  # a header value may be null
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    """One encoded output record, ready to send: built and validated before any transaction."""
+
+    topic: str  # logical topic name: verdicts, defects, dlq or alerts
     value: bytes
+    key: bytes | None
     headers: tuple[tuple[str, bytes], ...]
 
 
@@ -51,16 +69,37 @@ class DecodedFrame:
 
 @dataclass(frozen=True)
 class RecordOutcome:
-    """What one input record produces: a verdict (+ defect event), or a dead letter."""
+    """What one input record produces: a verdict (+ defect event), or a dead letter.
+
+    ``outputs`` are the encoded records to publish (``services.scorer.outputs.prepare``);
+    ``non_finite`` marks a verdict whose model numbers were not finite (decided by the fail-safe).
+    """
 
     record: RawRecord
     verdict: Verdict | None = None
     defect: DefectEvent | None = None
     dead_letter: DeadLetter | None = None
+    outputs: tuple[OutRecord, ...] = ()
+    non_finite: bool = False
+    fallback: int = 0  # how far the dead letter fell back: 0 whole, 1 truncated, 2 bare (outputs.py)
 
 
-def dead_letter(record: RawRecord, reason: str, detail: str, now_ns: int | None = None) -> DeadLetter:
-    return DeadLetter.for_record(record, reason=reason, detail=detail, service=SERVICE, failed_at=now_ns)
+def dead_letter(
+    record: RawRecord, reason: str, detail: str, now_ns: int | None = None, *, truncate: bool = False
+) -> DeadLetter:
+    return DeadLetter.for_record(
+        record, reason=reason, detail=detail, service=SERVICE, failed_at=now_ns, truncate=truncate
+    )
+
+
+def failed(record: RawRecord, reason: str, detail: str) -> RecordOutcome:
+    """The outcome of a record that cannot be processed: its dead letter."""
+    return RecordOutcome(record, dead_letter=dead_letter(record, reason, detail))
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in one line for a dead letter's detail (never the record's bytes)."""
+    return f"{type(exc).__name__}: {exc}"[:2000]
 
 
 def decode_record(
@@ -69,12 +108,20 @@ def decode_record(
     """Decode and validate one record; a bad one comes back as a ``RecordOutcome`` with its dead letter.
 
     Sizes are checked before any pixel is decoded: the message size by the codec, the declared
-    dimensions and the image header's by ``decode_pixels``.
+    dimensions and the image header's by ``decode_pixels``. Never raises: anything unexpected is this
+    record's dead letter (``decode_failed``), so one record cannot stop the line.
     """
     try:
-        frame = decode(record.value, Frame)
+        return _decode_record(record, max_image_bytes, max_pixels)
+    except Exception as exc:  # the last resort, for this record only
+        return failed(record, "decode_failed", describe(exc))
+
+
+def _decode_record(record: RawRecord, max_image_bytes: int, max_pixels: int) -> DecodedFrame | RecordOutcome:
+    try:
+        frame = decode(record.value, Frame)  # type: ignore[arg-type]  # None is refused as malformed
     except MessageError as exc:
-        return RecordOutcome(record, dead_letter=dead_letter(record, exc.reason, str(exc)))
+        return failed(record, exc.reason, str(exc))
     try:
         pixels = decode_pixels(
             frame.image,
@@ -85,8 +132,7 @@ def decode_record(
             max_pixels=max_pixels,
         )
     except ImageError as exc:
-        detail = f"frame {frame.frame_id}: {exc}"
-        return RecordOutcome(record, dead_letter=dead_letter(record, exc.reason, detail))
+        return failed(record, exc.reason, f"frame {frame.frame_id}: {exc}")
     return DecodedFrame(record, frame, pixels)
 
 
@@ -109,6 +155,19 @@ def apply_late_policy(
     return Decision(policy.value), f"{late}; fail-safe {policy.value} ({model_said})"
 
 
+def non_finite_numbers(result: ScoreResult) -> dict[str, float]:
+    """The model numbers a decision rests on that are not finite (NaN or infinite)."""
+    numbers = {"raw_score": result.raw_score, "score": result.score, "threshold": result.threshold}
+    return {name: value for name, value in numbers.items() if not _is_finite(value)}
+
+
+def _is_finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except (TypeError, ValueError):
+        return False
+
+
 def verdict_for(
     frame: Frame,
     result: ScoreResult,
@@ -116,8 +175,17 @@ def verdict_for(
     model_version: str,
     now_ns: int,
     late_policy: LatePolicy,
+    non_finite_policy: NonFinitePolicy = NonFinitePolicy.REJECT,
 ) -> Verdict:
+    """The verdict for a scored frame. A non-finite score, threshold or normaliser never passes:
+    the frame gets ``non_finite_policy``'s decision (the wire carries such numbers as 0)."""
     decision, reason = Decision(result.decision), result.reason
+    bad = non_finite_numbers(result)
+    if bad:
+        numbers = ", ".join(f"{name}={value}" for name, value in bad.items())
+        model_said = f"model said {decision}" + (f": {reason}" if reason else "")
+        decision = Decision(non_finite_policy.value)
+        reason = f"non-finite {numbers}; fail-safe {decision} ({model_said})"
     over_ms = late_by_ms(frame, now_ns)
     if over_ms is not None:
         assert frame.deadline_ms is not None
@@ -152,45 +220,66 @@ def build_outcomes(
     *,
     model_version: str,
     late_policy: LatePolicy,
+    non_finite_policy: NonFinitePolicy = NonFinitePolicy.REJECT,
     now_ns: int | None = None,
     error: str = "",
 ) -> list[RecordOutcome]:
-    """Verdicts (and defect events for reject/review) for scored frames.
+    """Verdicts (and defect events for reject/review) for scored frames, one outcome per frame.
 
     ``results=None`` means the model failed on this batch; each frame then gets an ``error`` verdict
-    with ``error`` as the reason.
+    with ``error`` as the reason. A frame whose verdict or defect event cannot be built gets a dead
+    letter (``output_invalid``); the other frames of the batch are not affected.
     """
     now_ns = now_ns if now_ns is not None else time.time_ns()
-    if results is None:
-        return [
-            RecordOutcome(
-                d.record,
-                verdict=error_verdict(
-                    d.frame, model_version=model_version, now_ns=now_ns, reason=error or "model failed"
-                ),
-            )
-            for d in decoded
-        ]
-    if len(results) != len(decoded):
+    if results is not None and len(results) != len(decoded):
         raise ValueError(f"{len(results)} results for {len(decoded)} frames")
     outcomes = []
-    for item, result in zip(decoded, results, strict=True):
-        verdict = verdict_for(
-            item.frame, result, model_version=model_version, now_ns=now_ns, late_policy=late_policy
-        )
-        defect = None
-        if Decision(verdict.decision).is_defect:
-            height, width = item.pixels.shape[:2]
-            defect = DefectEvent(
-                verdict=verdict,
-                image=item.frame.image,
-                encoding=item.frame.encoding,
-                width=width,
-                height=height,
-                anomaly_map_png=encode_anomaly_map(result.anomaly_map, width, height),
-            )
-        outcomes.append(RecordOutcome(item.record, verdict=verdict, defect=defect))
+    for i, item in enumerate(decoded):
+        try:
+            if results is None:
+                verdict = error_verdict(
+                    item.frame, model_version=model_version, now_ns=now_ns, reason=error or "model failed"
+                )
+                outcomes.append(RecordOutcome(item.record, verdict=verdict))
+            else:
+                outcomes.append(
+                    _scored_outcome(item, results[i], model_version, now_ns, late_policy, non_finite_policy)
+                )
+        except Exception as exc:  # the last resort, for this frame only
+            detail = f"frame {item.frame.frame_id}: {describe(exc)}"
+            outcomes.append(failed(item.record, "output_invalid", detail))
     return outcomes
+
+
+def _scored_outcome(
+    item: DecodedFrame,
+    result: ScoreResult,
+    model_version: str,
+    now_ns: int,
+    late_policy: LatePolicy,
+    non_finite_policy: NonFinitePolicy,
+) -> RecordOutcome:
+    verdict = verdict_for(
+        item.frame,
+        result,
+        model_version=model_version,
+        now_ns=now_ns,
+        late_policy=late_policy,
+        non_finite_policy=non_finite_policy,
+    )
+    defect = None
+    if Decision(verdict.decision).is_defect:
+        height, width = item.pixels.shape[:2]
+        defect = DefectEvent(
+            verdict=verdict,
+            image=item.frame.image,
+            encoding=item.frame.encoding,
+            width=width,
+            height=height,
+            anomaly_map_png=encode_anomaly_map(result.anomaly_map, width, height),
+        )
+    non_finite = bool(non_finite_numbers(result))
+    return RecordOutcome(item.record, verdict=verdict, defect=defect, non_finite=non_finite)
 
 
 def order_by_record(outcomes: Sequence[RecordOutcome]) -> list[RecordOutcome]:

@@ -100,3 +100,57 @@ ALERTS = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+
+# Faults (docs/operations.md, "Scorer faults")
+HEALTHY = Gauge(
+    "lineguard_scorer_healthy",
+    "1 while the scorer makes progress (what /healthz says), 0 when stalled or failing",
+    registry=REGISTRY,
+)
+STALLS = Counter(
+    "lineguard_scorer_stalls",
+    "Progress watchdog trips, by what stopped (partition, intake, rebalance); the scorer then exits",
+    ["kind"],
+    registry=REGISTRY,
+)
+RECOVERIES = Counter(
+    "lineguard_scorer_partition_recoveries",
+    "Partitions recovered with a new producer and a seek to the committed offset, by cause",
+    ["cause"],
+    registry=REGISTRY,
+)
+REBALANCE_FAILURES = Counter(
+    "lineguard_scorer_rebalance_failures",
+    "Errors in the rebalance listener (each ends the scorer)",
+    registry=REGISTRY,
+)
+TIMEOUTS = Counter(
+    "lineguard_scorer_timeouts",
+    "Operations that ran past their timeout, by stage (decode, model, send, commit, abort, recover)",
+    ["stage"],
+    registry=REGISTRY,
+)
+OUTPUTS_REFUSED = Counter(
+    "lineguard_scorer_outputs_refused",
+    "Output records the broker refused (too large for the topic, invalid), by topic; the frame is "
+    "dead-lettered instead",
+    ["topic"],
+    registry=REGISTRY,
+)
+NON_FINITE = Counter(
+    "lineguard_scorer_non_finite_scores",
+    "Verdicts whose score, threshold or normaliser was not finite, given the fail-safe decision",
+    registry=REGISTRY,
+)
+LABELS_CAPPED = Counter(
+    "lineguard_scorer_label_values_capped",
+    "Metric label values from the wire replaced by 'other' (over the cap) or 'invalid', by label",
+    ["label"],
+    registry=REGISTRY,
+)
+STATE_EVICTIONS = Counter(
+    "lineguard_scorer_state_evictions",
+    "Entries evicted from a capped map keyed by wire values (alert detector state), by map",
+    ["map"],
+    registry=REGISTRY,
+)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -204,13 +203,21 @@ def load_model_dir(
 def warm_up(model: Any) -> None:
     """Score two plain grey frames. The first calls of a model (and of each thread that runs it) pay
     for lazy initialisation, hundreds of ms that the first real frames would otherwise wait for.
-    Their scores must be finite: a model that scores NaN would pass every part."""
+    Their scores must be finite (score, raw score and threshold): a model that scores NaN would
+    pass every part."""
     import numpy as np
+
+    from services.scorer.core import non_finite_numbers
 
     frame = np.full((model.input_size, model.input_size, 3), 128, dtype=np.uint8)
     for result in model.score_batch([frame, frame]):
-        if not (math.isfinite(result.raw_score) and math.isfinite(result.score)):
-            raise ModelRefused("the warm-up batch scored non-finite values", reason="warm_up_failed")
+        bad = non_finite_numbers(result)
+        if bad:
+            found = ", ".join(f"{name}={value}" for name, value in bad.items())
+            raise ModelRefused(
+                f"the warm-up batch scored non-finite values (class {result.product_class}: {found})",
+                reason="warm_up_failed",
+            )
 
 
 async def _positions(consumer: Any, tps: list[Any]) -> list[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import overload
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from shared.errors import ImageError
 from shared.limits import MAX_DIMENSION, MAX_FILE_BYTES, MAX_IMAGE_BYTES, MAX_PIXELS
@@ -36,12 +36,27 @@ def _check_dimensions(width: int, height: int, max_pixels: int) -> None:
         )
 
 
+# The pixel formats PIL's decoders produce, each held in at most 4 bytes per pixel (PIL keeps
+# 3-channel modes in 4). Any other is refused before a pixel is decoded, so decoding never holds more
+# than 4 bytes per pixel in PIL plus the 3 of the result, whatever the file says.
+_DECODABLE_MODES = frozenset(
+    {"1", "L", "P", "I;16", "I;16L", "I;16B", "I;16N", "LA", "La", "PA", "RGB", "RGBA", "RGBa", "RGBX"}
+    | {"CMYK", "YCbCr", "LAB", "HSV", "I", "F"}
+)
+_BAND_PIXELS = 1 << 16  # pixels converted at a time: working memory beyond the result stays small
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+# PNG text chunks are metadata we never read; PIL lets their decompressed size reach 64 MB.
+PngImagePlugin.MAX_TEXT_MEMORY = min(PngImagePlugin.MAX_TEXT_MEMORY, 4 << 20)
+
+
 def decode_image(
     data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
     """Decode JPEG/PNG/BMP/TIFF bytes to an ``HxWx3 uint8`` RGB array.
 
     Grayscale becomes RGB, alpha is composited onto black, 16-bit samples are scaled to 8 bits.
+    Size, pixel count and pixel format are checked from the header before decoding; decoding then
+    holds PIL's buffer (at most 4 bytes per pixel), the result (3) and one band of rows.
     Raises ``ImageError`` for anything else.
     """
     if not data:
@@ -62,37 +77,60 @@ def decode_image(
             raise ImageError("unsupported_format", f"format {image.format!r} is not JPEG, PNG, BMP or TIFF")
         width, height = image.size
         _check_dimensions(width, height, max_pixels)
+        if image.mode not in _DECODABLE_MODES:
+            raise ImageError("unsupported_format", f"pixel format {image.mode!r}")
         try:
             image.load()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ImageError("corrupt", f"pixel data cannot be decoded ({exc})") from None
-        rgb = _to_rgb(image)
-    if rgb.shape[:2] != (height, width):
-        raise ImageError("corrupt", f"decoded size {rgb.shape[1]}x{rgb.shape[0]} differs from header")
-    return rgb
+        if image.size != (width, height) or image.mode not in _DECODABLE_MODES:
+            raise ImageError("corrupt", f"decoded {image.mode} {image.size} differs from the header")
+        return _to_rgb(image)
+
+
+def _bands(image: Image.Image) -> Iterator[tuple[int, int, Image.Image]]:
+    """The image as consecutive bands of whole rows: (first row, end row, band)."""
+    width, height = image.size
+    rows = max(1, _BAND_PIXELS // width)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        yield top, bottom, image.crop((0, top, width, bottom))
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
+    """PIL's decoded image as ``HxWx3 uint8``, converted a band at a time into the result."""
+    width, height = image.size
+    out = np.empty((height, width, 3), dtype=np.uint8)
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        samples = np.asarray(image).astype(np.float32)
-        # 16-bit data: scale the full 16-bit range onto 8 bits (not a per-image stretch).
-        gray = np.clip(samples / 257.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in _SIXTEEN_BIT or mode == "I":
+        for top, bottom, band in _bands(image):
+            # 16-bit data: the full 16-bit range onto 8 bits, rounded (not a per-image stretch).
+            samples = np.clip(np.asarray(band), 0, 65535).astype(np.int32)
+            samples += 128
+            samples //= 257
+            out[top:bottom] = samples[:, :, None]
+        return out
     if mode == "F":
-        samples = np.nan_to_num(np.asarray(image, dtype=np.float32))
-        top = float(samples.max()) if samples.size else 0.0
-        scale = 255.0 if top <= 1.0 else (255.0 / 65535.0 if top > 255.0 else 1.0)
-        gray = np.clip(samples * scale + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-        alpha = rgba[:, :, 3:4] / 255.0
-        return np.clip(rgba[:, :, :3] * alpha + 0.5, 0, 255).astype(np.uint8)
-    if mode != "RGB":
-        image = image.convert("RGB")
-    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+        # Float samples are scaled by the image's range: a first pass finds its maximum.
+        top_value = max(
+            (float(np.nan_to_num(np.asarray(band, dtype=np.float32)).max()) for _, _, band in _bands(image)),
+            default=0.0,
+        )
+        scale = 255.0 if top_value <= 1.0 else (255.0 / 65535.0 if top_value > 255.0 else 1.0)
+        for top, bottom, band in _bands(image):
+            samples = np.nan_to_num(np.asarray(band, dtype=np.float32))
+            out[top:bottom] = np.clip(samples * scale + 0.5, 0, 255).astype(np.uint8)[:, :, None]
+        return out
+    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in image.info)
+    for top, bottom, band in _bands(image):
+        if has_alpha:
+            rgba = np.asarray(band.convert("RGBA"))
+            alpha = rgba[:, :, 3:4].astype(np.uint16)
+            # round(colour * alpha / 255), exactly, in 16-bit integers
+            out[top:bottom] = (rgba[:, :, :3].astype(np.uint16) * alpha + 127) // 255
+        else:
+            out[top:bottom] = np.asarray(band if band.mode == "RGB" else band.convert("RGB"))
+    return out
 
 
 def raw_to_rgb(

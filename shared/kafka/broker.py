@@ -6,6 +6,14 @@ session, so it outlives the command that started it) with a pid file and a log f
 directory, and waits until the broker answers an ApiVersions request. ``stop()`` sends SIGTERM,
 then SIGKILL after a timeout, and removes the pid file.
 
+With ``tls`` (``BrokerTls``; set up by ``shared.kafka.secure_broker``) the same broker is closed to
+strangers: clients use a SASL_SSL listener (SCRAM), the broker's own traffic (controller, inter-broker)
+uses mutual-TLS listeners where its certificate is its identity, and the standard authorizer
+(``StandardAuthorizer``, ACLs in the metadata log) denies whatever no ACL allows.
+
+``server_properties`` is built from parts (node, listeners, security, storage, limits) so a
+multi-node variant changes the node id, the voters and the internal topics' replication only.
+
 Layout of the data directory: ``server.properties``, ``broker.pid``, ``broker.log`` and
 ``kraft/`` (the broker's log.dirs).
 """
@@ -19,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import time
@@ -33,6 +42,30 @@ from shared.settings import BrokerSettings
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_LOG4J_CONFIG = REPO_ROOT / "deploy" / "kafka" / "log4j2.xml"
 MIN_JAVA = 17  # Kafka 4 brokers need Java 17+
+
+
+# The standard authorizer of KRaft clusters: ACLs live in the metadata log.
+STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+SCRAM_LOGIN_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule"
+# A certificate's principal is its common name (CN=broker -> User:broker), else the whole DN.
+SSL_PRINCIPAL_RULES = "RULE:^CN=([A-Za-z0-9._-]+)$/$1/,DEFAULT"
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker side of a secure broker: its PEM key store and trust store, its principal (its
+    certificate's CN, a super user), the SASL mechanisms clients may use, and the SCRAM credentials
+    to format new storage with (a file of ``--add-scram`` arguments, owner-only, deleted after use)."""
+
+    keystore: Path
+    truststore: Path
+    principal: str = "broker"
+    sasl_mechanisms: tuple[str, ...] = ("SCRAM-SHA-512", "SCRAM-SHA-256")
+    scram_arguments_file: Path | None = None
+
+    def client_context(self) -> ssl.SSLContext:
+        """A TLS context that trusts this broker's CA (for the readiness probe)."""
+        return ssl.create_default_context(cafile=str(self.truststore))
 
 
 @dataclass(frozen=True)
@@ -54,6 +87,18 @@ def _new_cluster_id() -> str:
             return cluster_id
 
 
+def free_ports_settings(data_dir: Path, libs_dir: Path, heap: str = "512m") -> BrokerSettings:
+    """Broker settings on free ports (client, controller, internal): for tests and benchmarks."""
+    return BrokerSettings(
+        port=free_port(),
+        controller_port=free_port(),
+        internal_port=free_port(),
+        data_dir=data_dir,
+        libs_dir=libs_dir,
+        heap=heap,
+    )
+
+
 def free_port() -> int:
     """A TCP port on localhost that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -65,23 +110,31 @@ class LocalBroker:
     @classmethod
     def on_free_ports(cls, data_dir: Path, libs_dir: Path, heap: str = "512m") -> LocalBroker:
         """A throw-away broker for tests and benchmarks: free client and controller ports."""
-        return cls(
-            BrokerSettings(
-                port=free_port(), controller_port=free_port(), data_dir=data_dir, libs_dir=libs_dir, heap=heap
-            )
-        )
+        return cls(free_ports_settings(data_dir, libs_dir, heap))
 
-    def __init__(self, settings: BrokerSettings, libs_dir: Path | None = None) -> None:
+    def __init__(
+        self, settings: BrokerSettings, libs_dir: Path | None = None, *, tls: BrokerTls | None = None
+    ) -> None:
         self.settings = settings
         self.libs_dir = Path(libs_dir if libs_dir is not None else settings.libs_dir).resolve()
         self.data_dir = Path(settings.data_dir).resolve()
         self.host = "localhost"
+        self.tls = tls
         self._process: subprocess.Popen[bytes] | None = None  # kept to reap it when we started it
 
     # ---- paths ----
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.settings.port}"
+
+    @property
+    def internal_bootstrap(self) -> str:
+        """The broker's own mutual-TLS listener (secure brokers only)."""
+        return f"{self.host}:{self.settings.internal_port}"
+
+    def _ports(self) -> tuple[int, ...]:
+        s = self.settings
+        return (s.port, s.controller_port, s.internal_port) if self.tls else (s.port, s.controller_port)
 
     @property
     def pid_file(self) -> Path:
@@ -113,10 +166,11 @@ class LocalBroker:
             return self.status()
         java = find_java()
         classpath = self._classpath()
-        for port in (self.settings.port, self.settings.controller_port):
+        for port in self._ports():
             if _port_open(self.host, port):
                 raise BrokerError(
                     f"port {port} is already in use; choose others with --port/--controller-port"
+                    + ("/--internal-port" if self.tls else "")
                 )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.properties_file.write_text(self.server_properties())
@@ -161,7 +215,7 @@ class LocalBroker:
     def status(self) -> BrokerStatus:
         pid = self._read_pid()
         running = pid is not None and _is_our_broker(pid, self.properties_file)
-        ready = running and api_versions_ok(self.host, self.settings.port)
+        ready = running and self._answers()
         return BrokerStatus(
             running=running,
             ready=ready,
@@ -173,18 +227,73 @@ class LocalBroker:
 
     # ---- configuration ----
     def server_properties(self) -> str:
-        s = self.settings
         props = {
+            **self._node_properties(),
+            **self._listener_properties(),
+            **self._security_properties(),
+            **self._storage_properties(),
+        }
+        header = "# Generated by lineguard (shared/kafka/broker.py) on every start; edits are lost.\n"
+        return header + "".join(f"{k}={v}\n" for k, v in props.items())
+
+    def _node_properties(self) -> dict[str, str]:
+        return {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "controller.quorum.voters": f"1@{self.host}:{s.controller_port}",
-            "listeners": f"PLAINTEXT://{self.host}:{s.port},CONTROLLER://{self.host}:{s.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{s.port}",
+            "controller.quorum.voters": f"1@{self.host}:{self.settings.controller_port}",
+        }
+
+    def _listener_properties(self) -> dict[str, str]:
+        s, host = self.settings, self.host
+        if self.tls is None:
+            return {
+                "listeners": f"PLAINTEXT://{host}:{s.port},CONTROLLER://{host}:{s.controller_port}",
+                "advertised.listeners": f"PLAINTEXT://{host}:{s.port}",
+                "controller.listener.names": "CONTROLLER",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            }
+        # Clients: SASL over TLS. The broker's own traffic: TLS where both ends show a certificate.
+        return {
+            "listeners": (
+                f"CLIENT://{host}:{s.port},INTERNAL://{host}:{s.internal_port},"
+                f"CONTROLLER://{host}:{s.controller_port}"
+            ),
+            "advertised.listeners": f"CLIENT://{host}:{s.port},INTERNAL://{host}:{s.internal_port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "INTERNAL",
+            "listener.security.protocol.map": "CLIENT:SASL_SSL,INTERNAL:SSL,CONTROLLER:SSL",
+        }
+
+    def _security_properties(self) -> dict[str, str]:
+        tls = self.tls
+        if tls is None:
+            return {}
+        props = {
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(tls.keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(tls.truststore),
+            "ssl.enabled.protocols": "TLSv1.3,TLSv1.2",
+            "ssl.endpoint.identification.algorithm": "https",  # the broker checks names too
+            "listener.name.internal.ssl.client.auth": "required",
+            "listener.name.controller.ssl.client.auth": "required",
+            "ssl.principal.mapping.rules": SSL_PRINCIPAL_RULES,
+            "sasl.enabled.mechanisms": ",".join(tls.sasl_mechanisms),
+            "authorizer.class.name": STANDARD_AUTHORIZER,
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{tls.principal}",
+        }
+        for mechanism in tls.sasl_mechanisms:
+            props[f"listener.name.client.{mechanism.lower()}.sasl.jaas.config"] = (
+                f"{SCRAM_LOGIN_MODULE} required;"
+            )
+        return props
+
+    def _storage_properties(self) -> dict[str, str]:
+        return {
             "log.dirs": str(self.log_dirs),
-            # Single node: every internal topic has one replica.
+            # Single node: every internal topic has one replica (a cluster: settings.kafka's).
             "offsets.topic.replication.factor": "1",
             "transaction.state.log.replication.factor": "1",
             "transaction.state.log.min.isr": "1",
@@ -205,8 +314,10 @@ class LocalBroker:
             "replica.fetch.max.bytes": str(KAFKA_MAX_MESSAGE_BYTES),
             "socket.request.max.bytes": str(max(100 << 20, 2 * KAFKA_MAX_MESSAGE_BYTES)),
         }
-        header = "# Generated by lineguard (shared/kafka/broker.py) on every start; edits are lost.\n"
-        return header + "".join(f"{k}={v}\n" for k, v in props.items())
+
+    def _answers(self) -> bool:
+        context = self.tls.client_context() if self.tls is not None else None
+        return api_versions_ok(self.host, self.settings.port, ssl_context=context)
 
     def _classpath(self) -> str:
         if not any(self.libs_dir.glob("kafka_2.13-*.jar")):
@@ -242,6 +353,11 @@ class LocalBroker:
             str(self.properties_file),
             "--ignore-formatted",
         ]
+        scram = self.tls.scram_arguments_file if self.tls is not None else None
+        if scram is not None:
+            # The storage tool reads "@file" as more arguments: the credentials stay off the
+            # command line (and out of `ps`).
+            command.append(f"@{scram}")
         # The formatter is a short JVM; give it a small heap, not the broker's.
         command = [c for c in command if not c.startswith(("-Xms", "-Xmx"))]
         command.insert(1, "-Xmx256m")
@@ -266,7 +382,7 @@ class LocalBroker:
                 raise BrokerError(
                     f"Kafka exited during start-up; last lines of {self.log_file}:\n{self._log_tail()}"
                 )
-            if api_versions_ok(self.host, self.settings.port):
+            if self._answers():
                 return
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
@@ -371,8 +487,11 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def api_versions_ok(host: str, port: int, timeout_s: float = 2.0) -> bool:
-    """True if a Kafka broker at host:port answers ApiVersions (v0) without error.
+def api_versions_ok(
+    host: str, port: int, timeout_s: float = 2.0, *, ssl_context: ssl.SSLContext | None = None
+) -> bool:
+    """True if a Kafka broker at host:port answers ApiVersions (v0) without error; over TLS with
+    ``ssl_context`` (a SASL listener answers ApiVersions before authentication).
 
     A raw request keeps this synchronous and free of an event loop; the broker only accepts
     client connections on its listener once it has finished starting.
@@ -382,13 +501,16 @@ def api_versions_ok(host: str, port: int, timeout_s: float = 2.0) -> bool:
     # Request header v1: api_key=18 (ApiVersions), api_version=0, correlation id, client id.
     body = struct.pack(">hhih", 18, 0, correlation_id, len(client_id)) + client_id
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        with contextlib.ExitStack() as closing:
+            sock = closing.enter_context(socket.create_connection((host, port), timeout=timeout_s))
+            if ssl_context is not None:
+                sock = closing.enter_context(ssl_context.wrap_socket(sock, server_hostname=host))
             sock.sendall(struct.pack(">i", len(body)) + body)
             size = struct.unpack(">i", _recv_exact(sock, 4))[0]
             if not 6 <= size <= 1 << 20:
                 return False
             reply = _recv_exact(sock, size)
-    except (OSError, struct.error):
+    except (OSError, struct.error):  # ssl.SSLError is an OSError
         return False
     got_id, error_code = struct.unpack(">ih", reply[:6])
     return got_id == correlation_id and error_code == 0

@@ -1,26 +1,31 @@
 """The one aiokafka wrapper: producers, consumers and topic creation configured the Lineguard way.
 
-Every service gets its Kafka clients here so that delivery guarantees and size limits are set in one
-place: producers wait for all replicas and are idempotent (transactional when given an id),
-consumers read committed data only and never auto-commit, and every client accepts the largest
-message the codec allows. aiokafka is imported inside the functions to keep CLI start-up light.
+Every service gets its Kafka clients here so that delivery guarantees, size limits and security are
+set in one place: producers wait for all replicas and are idempotent (transactional when given an
+id), consumers read committed data only and never auto-commit, every client accepts the largest
+message the codec allows, and every client speaks the protocol of ``settings.kafka`` (TLS, SASL;
+``shared.kafka.security``). A client that cannot start because the cluster is unreachable or refuses
+it raises ``KafkaAccessError`` saying why. aiokafka is imported inside the functions to keep CLI
+start-up light.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import BrokerError, ConfigError
+from shared.kafka.security import access_error, client_security
 from shared.kafka.topics import TOPICS, partitions_for
 from shared.limits import KAFKA_MAX_MESSAGE_BYTES
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient
 
 log = logging.getLogger(__name__)
@@ -41,10 +46,8 @@ def make_producer(
     same id fences this one (its next send or commit raises ``ProducerFenced``). Compression is
     off: frames are already JPEG/PNG and the CPU is better spent scoring.
     """
-    from aiokafka import AIOKafkaProducer
-
     config: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap,
+        **_connection(settings),
         "client_id": "lineguard",
         "acks": "all",
         "enable_idempotence": True,
@@ -55,7 +58,7 @@ def make_producer(
     if transactional_id is not None:
         config["transactional_id"] = transactional_id
     config.update(overrides)
-    return AIOKafkaProducer(**config)
+    return _clients().producer(settings, **config)
 
 
 def make_consumer(
@@ -70,10 +73,8 @@ def make_consumer(
     Reads committed data only by default, starts from the earliest offset when the group has none,
     and never auto-commits: offsets are committed explicitly or inside a producer's transaction.
     """
-    from aiokafka import AIOKafkaConsumer
-
     config: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap,
+        **_connection(settings),
         "client_id": "lineguard",
         "group_id": group_id,
         "isolation_level": isolation_level,
@@ -84,15 +85,103 @@ def make_consumer(
         "request_timeout_ms": 40_000,
     }
     config.update(overrides)
-    return AIOKafkaConsumer(*topics, **config)
+    return _clients().consumer(settings, *topics, **config)
 
 
 def make_admin(settings: Settings, **overrides: Any) -> AIOKafkaAdminClient:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    config: dict[str, Any] = {"bootstrap_servers": settings.bootstrap, "client_id": "lineguard-admin"}
+    config: dict[str, Any] = {**_connection(settings), "client_id": "lineguard-admin"}
     config.update(overrides)
-    return AIOKafkaAdminClient(**config)
+    return _clients().admin(settings, **config)
+
+
+def make_protocol_client(settings: Settings, **overrides: Any) -> AIOKafkaClient:
+    """A bare (unstarted) aiokafka client for requests the admin client lacks (ACLs, SCRAM
+    credentials: ``shared.kafka.acl``); ``await client.bootstrap()`` starts it."""
+    config: dict[str, Any] = {**_connection(settings), "client_id": "lineguard-admin"}
+    config.update(overrides)
+    return _clients().protocol(settings, **config)
+
+
+def _connection(settings: Settings) -> dict[str, Any]:
+    """Where and how every client connects: the bootstrap servers and ``settings.kafka``'s security."""
+    return {"bootstrap_servers": settings.bootstrap, **client_security(settings)}
+
+
+class _Clients:
+    """aiokafka's client classes, each with a start that explains a refused connection."""
+
+    def __init__(self) -> None:
+        from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        class Producer(AIOKafkaProducer):
+            lineguard_settings: Settings
+
+            async def start(self) -> None:
+                await _start_or_explain(self.lineguard_settings, super().start, self.stop)
+
+        class Consumer(AIOKafkaConsumer):
+            lineguard_settings: Settings
+
+            async def start(self) -> None:
+                await _start_or_explain(self.lineguard_settings, super().start, self.stop)
+
+        class Admin(AIOKafkaAdminClient):
+            lineguard_settings: Settings
+
+            async def start(self) -> None:
+                await _start_or_explain(self.lineguard_settings, super().start, self.close)
+
+        class Protocol(AIOKafkaClient):
+            lineguard_settings: Settings
+
+            async def bootstrap(self) -> None:
+                await _start_or_explain(self.lineguard_settings, super().bootstrap, self.close)
+
+        self._classes: dict[str, Any] = {
+            "producer": Producer,
+            "consumer": Consumer,
+            "admin": Admin,
+            "protocol": Protocol,
+        }
+
+    def _make(self, kind: str, settings: Settings, *args: Any, **config: Any) -> Any:
+        client = self._classes[kind](*args, **config)
+        client.lineguard_settings = settings
+        return client
+
+    def producer(self, settings: Settings, **config: Any) -> Any:
+        return self._make("producer", settings, **config)
+
+    def consumer(self, settings: Settings, *topics: str, **config: Any) -> Any:
+        return self._make("consumer", settings, *topics, **config)
+
+    def admin(self, settings: Settings, **config: Any) -> Any:
+        return self._make("admin", settings, **config)
+
+    def protocol(self, settings: Settings, **config: Any) -> Any:
+        return self._make("protocol", settings, **config)
+
+
+async def _start_or_explain(
+    settings: Settings, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+) -> None:
+    from aiokafka.errors import KafkaConnectionError
+
+    try:
+        await start()
+    except KafkaConnectionError as exc:
+        # aiokafka leaves a client whose start failed half-open; close it before saying why.
+        try:
+            await stop()
+        except Exception as stop_exc:  # the explanation below matters more than this
+            log.debug("closing a client that failed to start: %s", type(stop_exc).__name__)
+        raise await access_error(settings, exc) from exc
+
+
+@functools.cache
+def _clients() -> _Clients:
+    return _Clients()
 
 
 async def delete_topics(settings: Settings, topics: list[str]) -> None:
@@ -104,6 +193,18 @@ async def delete_topics(settings: Settings, topics: list[str]) -> None:
         await admin.close()
 
 
+async def partition_counts(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """The partition count of each of ``topics`` that exists (a missing one is left out), for readers
+    that assign partitions themselves instead of joining a group."""
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0 and t["partitions"]}
+
+
 async def ensure_topics(
     settings: Settings, *, frames_partitions: int = 4, timeout_s: float = 30.0
 ) -> list[str]:
@@ -111,7 +212,9 @@ async def ensure_topics(
 
     Idempotent and safe to race: a topic created meanwhile by someone else counts as ensured. An
     existing topic is left as it is (a different partition count is logged, never changed, because
-    re-partitioning would move keys). Returns once every partition has a leader.
+    re-partitioning would move keys). New topics get ``settings.kafka.replication_factor`` replicas
+    and ``min.insync.replicas`` (with ``acks=all``, a write succeeds only once that many replicas
+    have it). Returns once every partition has a leader.
     """
     from aiokafka.admin import NewTopic
     from aiokafka.errors import for_code
@@ -127,8 +230,8 @@ async def ensure_topics(
             NewTopic(
                 name,
                 num_partitions=partitions_for(spec, frames_partitions),
-                replication_factor=1,
-                topic_configs=dict(spec.config),
+                replication_factor=settings.kafka.replication_factor,
+                topic_configs={**spec.config, "min.insync.replicas": str(settings.kafka.min_insync_replicas)},
             )
             for name, spec in wanted.items()
             if name not in existing

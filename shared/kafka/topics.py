@@ -79,6 +79,13 @@ TOPICS: tuple[TopicSpec, ...] = (
               {"cleanup.policy": "compact", "max.message.bytes": str(1 << 20),
                "min.cleanable.dirty.ratio": "0.1", "segment.ms": str(HOUR_MS),
                "delete.retention.ms": str(HOUR_MS)}),
+    # Compacted by frame: the latest judgement of a frame counts; kept until compacted, never by time.
+    TopicSpec("feedback", "frame_id", "lineguard.Feedback", 1,
+              "Operators' judgements of frames from the console (defect with type and regions, or good: "
+              "a false reject); compacted, the last record per frame counts. Read by `lineguard labels "
+              "export`.",
+              {"cleanup.policy": "compact", "max.message.bytes": str(1 << 20),
+               "min.cleanable.dirty.ratio": "0.1"}),
 )
 # fmt: on
 

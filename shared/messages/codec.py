@@ -31,6 +31,7 @@ from shared.messages.schemas import (
     CameraLedger,
     DeadLetter,
     DefectEvent,
+    Feedback,
     Frame,
     Message,
     ModelAnnouncement,
@@ -57,7 +58,8 @@ def _msgpack_limits() -> dict[str, int]:
             if "str" in str(hints[f.name]):
                 str_len = max(str_len, lim.get("max_len", 0))
     return {
-        "max_str_len": str_len,
+        # Field limits count characters; msgpack counts bytes, and UTF-8 takes up to 4 per character.
+        "max_str_len": 4 * str_len,
         "max_bin_len": bin_len,
         "max_array_len": max(items, 2),  # 2: a header is a [name, value] pair
         "max_map_len": max(items, fields),
@@ -348,11 +350,30 @@ def _check_rules(message: Any) -> None:
             raise _refusal("invalid_field", "anomaly_map_png is not a PNG", "anomaly_map_png")
     elif isinstance(message, ModelAnnouncement) and not _is_hex(message.sha256):
         raise _refusal("invalid_field", "sha256 must be 64 lowercase hex digits", "sha256")
+    elif isinstance(message, DeadLetter) and not _is_hex(message.original_value_sha256):
+        raise _refusal(
+            "invalid_field", "original_value_sha256 must be 64 lowercase hex digits", "original_value_sha256"
+        )
+    elif isinstance(message, Feedback):
+        _check_feedback(message)
     elif isinstance(message, CameraLedger):
         for i, entry in enumerate(message.files):
             if not _is_hex(entry.identity):
                 field = f"files[{i}].identity"
                 raise _refusal("invalid_field", "identity must be 64 lowercase hex digits", field)
+
+
+def _check_feedback(feedback: Feedback) -> None:
+    """A good frame has no defect type or region; regions lie inside the frame when its size is known."""
+    if (feedback.width is None) != (feedback.height is None):
+        raise _refusal("invalid_field", "width and height must be given together", "width")
+    if feedback.label == "good" and (feedback.defect_type or feedback.regions):
+        raise _refusal("invalid_field", "a good frame has no defect type or region", "label")
+    if feedback.width is None or feedback.height is None:
+        return
+    for i, region in enumerate(feedback.regions):
+        if region.x + region.width > feedback.width or region.y + region.height > feedback.height:
+            raise _refusal("invalid_field", f"region {i} lies outside the frame", f"regions[{i}]")
 
 
 def _is_hex(text: str) -> bool:

@@ -12,6 +12,7 @@ upgraded before producers.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 
 from shared.engine.config import DECISIONS, UNKNOWN, Decision, Region, ScoreResult
 from shared.limits import (
+    DEAD_LETTER_MAX_BYTES,
     DETAIL_MAX,
     ID_MAX,
     MAX_ATTRIBUTES,
@@ -203,42 +205,110 @@ class DefectEvent:
     anomaly_map_png: bytes = field(metadata=limits(min_len=8, max_len=MAX_IMAGE_BYTES))
 
 
+# What a truncated dead letter keeps of an original that does not fit whole (see DeadLetter.for_record).
+_KEPT_KEY_BYTES = 1024
+_KEPT_HEADERS = 64
+_KEPT_HEADER_NAME = 256
+_KEPT_HEADER_BYTES = 1024
+_KEPT_VALUE_BYTES = MAX_MESSAGE_BYTES - (1 << 20)
+_LETTER_KEY_MAX = 1 << 20
+_LETTER_HEADER_MAX = 1 << 20
+# Room for everything in an encoded letter but the original's bytes: field names, ids (at most 256
+# characters, 4 bytes each in UTF-8), the detail (at most DETAIL_MAX characters) and msgpack headers.
+_LETTER_ENVELOPE_BYTES = 4 * DETAIL_MAX + (64 << 10)
+
+
 @dataclass(frozen=True)
 class DeadLetter:
-    """A record that could not be processed, kept whole with why (``dlq`` topic)."""
+    """A record that could not be processed, with why (``dlq`` topic).
+
+    Kept whole when it fits (``truncated`` false); otherwise a truncated copy (the first bytes of its
+    key and value, its first headers, cut) that still names the record (topic, partition, offset) and
+    says what was lost (sizes, header count, the value's sha256).
+    """
 
     SCHEMA: ClassVar[str] = "lineguard.DeadLetter"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     reason: str = field(metadata=_ID)  # machine-readable code, e.g. "malformed", "corrupt", "too_large"
     detail: str = field(metadata=limits(max_len=DETAIL_MAX))
     source_topic: str = field(metadata=_ID)
     source_partition: int = field(metadata=limits(minimum=0, maximum=1 << 31))
     source_offset: int = field(metadata=limits(minimum=0, maximum=MAX_TIMESTAMP_NS))
-    original_key: bytes | None = field(metadata=limits(max_len=1 << 20))
+    original_key: bytes | None = field(metadata=limits(max_len=_LETTER_KEY_MAX))
     original_value: bytes = field(metadata=limits(max_len=MAX_MESSAGE_BYTES))
-    original_headers: list[tuple[str, bytes]] = field(metadata=limits(max_items=MAX_HEADERS, max_len=1 << 20))
+    # Kafka allows a header without a value (null).
+    original_headers: list[tuple[str, bytes | None]] = field(
+        metadata=limits(max_items=MAX_HEADERS, max_len=_LETTER_HEADER_MAX)
+    )
+    truncated: bool = field(metadata=limits())  # original_* hold only the first part of the record
+    original_key_size: int = field(metadata=limits(minimum=0, maximum=MAX_TIMESTAMP_NS))  # 0: null key
+    original_value_size: int = field(metadata=limits(minimum=0, maximum=MAX_TIMESTAMP_NS))
+    original_value_sha256: str = field(metadata=limits(min_len=64, max_len=64))  # lowercase hex
+    original_header_count: int = field(metadata=limits(minimum=0, maximum=MAX_TIMESTAMP_NS))
     failed_at: int = field(metadata=_TIMESTAMP)  # ns
     service: str = field(metadata=_ID)
 
     @classmethod
     def for_record(
-        cls, record: Any, *, reason: str, detail: str, service: str, failed_at: int | None = None
+        cls,
+        record: Any,
+        *,
+        reason: str,
+        detail: str,
+        service: str,
+        failed_at: int | None = None,
+        truncate: bool = False,
     ) -> DeadLetter:
         """The dead letter for a consumed record (anything with Kafka's ``topic``, ``partition``,
-        ``offset``, ``key``, ``value`` and ``headers``): kept whole, with why it failed."""
+        ``offset``, ``key``, ``value`` and ``headers``; header values may be None).
+
+        Kept whole when every part is within the letter's limits and the whole fits
+        ``DEAD_LETTER_MAX_BYTES``; else (or with ``truncate``) a truncated copy: the key's first KiB,
+        the first 64 headers (names cut to 256 characters, values to 1 KiB) and the value's first
+        15 MiB, which always fits.
+        """
+        key = None if record.key is None else bytes(record.key)
+        value = bytes(record.value or b"")
+        headers = [(str(k), None if v is None else bytes(v)) for k, v in record.headers or ()]
+        whole = not truncate and _fits_whole(key, value, headers)
+        if not whole:
+            key = None if key is None else key[:_KEPT_KEY_BYTES]
+            headers = [
+                (k[:_KEPT_HEADER_NAME], None if v is None else v[:_KEPT_HEADER_BYTES])
+                for k, v in headers[:_KEPT_HEADERS]
+            ]
         return cls(
-            reason=reason,
+            reason=reason[:ID_MAX] or "unknown",
             detail=detail[:DETAIL_MAX],
-            source_topic=record.topic,
+            source_topic=str(record.topic),
             source_partition=record.partition,
             source_offset=record.offset,
-            original_key=record.key,
-            original_value=record.value or b"",
-            original_headers=[(k, bytes(v)) for k, v in record.headers or ()],
+            original_key=key,
+            original_value=value if whole else value[:_KEPT_VALUE_BYTES],
+            original_headers=headers,
+            truncated=not whole,
+            original_key_size=len(record.key or b""),
+            original_value_size=len(value),
+            original_value_sha256=hashlib.sha256(value).hexdigest(),
+            original_header_count=len(record.headers or ()),
             failed_at=failed_at if failed_at is not None else time.time_ns(),
             service=service,
         )
+
+
+def _fits_whole(key: bytes | None, value: bytes, headers: list[tuple[str, bytes | None]]) -> bool:
+    """Whether a letter holding the record whole keeps within every limit (sizes counted generously:
+    four bytes per character of a header name, nine bytes of msgpack per item). The key counts twice:
+    the letter's Kafka record carries it as its key too, and letter plus key must fit the topic."""
+    if len(key or b"") > _LETTER_KEY_MAX or len(value) > MAX_MESSAGE_BYTES or len(headers) > MAX_HEADERS:
+        return False
+    size = 2 * len(key or b"") + len(value) + _LETTER_ENVELOPE_BYTES
+    for name, header_value in headers:
+        if len(name) > _LETTER_HEADER_MAX or len(header_value or b"") > _LETTER_HEADER_MAX:
+            return False
+        size += 4 * len(name) + len(header_value or b"") + 18
+    return size <= DEAD_LETTER_MAX_BYTES
 
 
 ANNOUNCEMENT_KEY_ID_LEN = 16  # hex digits of the signing key's id (services/scorer/trust.py)
@@ -380,6 +450,45 @@ class CameraLedger:
     committed_at: int = field(metadata=_TIMESTAMP)  # ns, when the transaction was sent
 
 
+FEEDBACK_LABELS = ("defect", "good")  # good: a false reject (or a confirmed normal)
+FEEDBACK_AUTH = ("token", "proxy")  # how the console knew the operator (docs/operations.md)
+MAX_FEEDBACK_REGIONS = 16
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """An operator's judgement of one frame, from the console (``feedback`` topic, compacted; key:
+    ``frame_id``, so the latest judgement of a frame is the one that counts).
+
+    The frame's identity, class and the model's decision are the verdict's, copied by the console.
+    ``regions`` are in the frame's pixels: a region chosen from the verdict keeps the scorer's score,
+    one the operator drew has score 0. ``width``/``height``: the frame's size when the console had
+    its image (needed to turn regions into masks), else null.
+    """
+
+    SCHEMA: ClassVar[str] = "lineguard.Feedback"
+    VERSION: ClassVar[int] = 1
+
+    frame_id: str = field(metadata=_ID)
+    line_id: str = field(metadata=_ID)
+    station_id: str = field(metadata=_ID)
+    camera_id: str = field(metadata=_ID)
+    product_class: str = field(metadata=_ID)  # the verdict's class, or "unknown"
+    label: str = field(metadata=limits(choices=FEEDBACK_LABELS))
+    defect_type: str = field(metadata=limits(max_len=ID_MAX))  # "" for good, or a defect of no stated type
+    regions: list[RegionMsg] = field(metadata=limits(max_items=MAX_FEEDBACK_REGIONS))
+    width: int | None = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))
+    height: int | None = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))
+    decision: str = field(metadata=limits(choices=DECISIONS))  # the model's, on the verdict
+    score: float = field(metadata=limits())  # the verdict's normalised score
+    model_version: str = field(metadata=limits(max_len=ID_MAX))  # the verdict's
+    captured_at: int = field(metadata=_TIMESTAMP)  # ns, the frame's
+    operator: str = field(metadata=_ID)  # who
+    authenticated_by: str = field(metadata=limits(choices=FEEDBACK_AUTH))
+    submitted_at: int = field(metadata=_TIMESTAMP)  # ns, when
+    comment: str = field(metadata=limits(max_len=TEXT_MAX))
+
+
 MESSAGE_TYPES: tuple[type, ...] = (
     Frame,
     Verdict,
@@ -389,7 +498,18 @@ MESSAGE_TYPES: tuple[type, ...] = (
     AlertEvent,
     Report,
     CameraLedger,
+    Feedback,
 )
 NESTED_TYPES: tuple[type, ...] = (RegionMsg, FindingMsg, LedgerFile)
 
-Message = Frame | Verdict | DefectEvent | DeadLetter | ModelAnnouncement | AlertEvent | Report | CameraLedger
+Message = (
+    Frame
+    | Verdict
+    | DefectEvent
+    | DeadLetter
+    | ModelAnnouncement
+    | AlertEvent
+    | Report
+    | CameraLedger
+    | Feedback
+)

@@ -61,8 +61,9 @@ def inject_headers(headers: Headers | None = None, context: otel_context.Context
     return kept + [(k, v.encode("ascii")) for k, v in carrier.items()]
 
 
-def extract_context(headers: Sequence[tuple[str, bytes]] | None) -> otel_context.Context:
-    """The trace context carried in Kafka headers; an empty context if absent or malformed."""
+def extract_context(headers: Sequence[tuple[str, bytes | None]] | None) -> otel_context.Context:
+    """The trace context carried in Kafka headers; an empty context if absent or malformed (a header
+    value may be None: Kafka allows null values)."""
     carrier: dict[str, str] = {}
     for key, value in headers or ():
         if key in _TRACE_HEADERS and value is not None and len(value) <= _MAX_HEADER_BYTES:
@@ -73,7 +74,7 @@ def extract_context(headers: Sequence[tuple[str, bytes]] | None) -> otel_context
     return _PROPAGATOR.extract(carrier)
 
 
-def span_link(headers: Sequence[tuple[str, bytes]] | None) -> trace.Link | None:
+def span_link(headers: Sequence[tuple[str, bytes | None]] | None) -> trace.Link | None:
     """A link to the span that produced a message, for batch spans that cover many messages."""
     span_context = trace.get_current_span(extract_context(headers)).get_span_context()
     return trace.Link(span_context) if span_context.is_valid else None

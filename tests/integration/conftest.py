@@ -1,10 +1,11 @@
 """Integration test harness: one real Kafka broker for the whole test session.
 
 If ``LINEGUARD_KAFKA_BOOTSTRAP`` is set, that broker is used (it must be reachable). Otherwise the
-harness starts its own single-node KRaft broker (``shared.kafka.broker.LocalBroker``) from the jars
-of ``make kafka-jars``, on free ports with a temporary data directory, and stops it at the end.
+harness starts its own single-node KRaft broker (``tests.support.broker``) from the jars of
+``make kafka-jars``, on free ports with a temporary data directory, and stops it at the end.
 A missing jar directory fails the tests rather than skipping them: these tests never pass without
-a real broker.
+a real broker. The helpers these tests share (topic readers, service runners, message builders,
+the line's models) are in ``tests/support``.
 
 Fixtures (stable names; every service's integration tests use them):
 
@@ -20,6 +21,14 @@ Fixtures (stable names; every service's integration tests use them):
     ``Settings`` with its own unique prefix and ensured topics (also deleted after the test).
 ``local_broker`` (session)
     The ``LocalBroker`` the harness started, or ``None`` when an external broker is used.
+``secure_kafka`` (session)
+    A second broker, started on first use: ``SecureLocalBroker`` (SASL_SSL, one SCRAM user per
+    principal, ACLs) with its topics (frames with 2 partitions) made by ``admin``. Its
+    ``client_settings(principal)`` and ``layout.env_file(principal)`` act as one principal;
+    ``authorize(settings)`` opens it to another topic prefix and its group ids.
+``line_models`` (session)
+    Two small real models of the line's synthetic products (``tests.support.line.LineModels``),
+    fitted once per session, when a test first asks for them.
 
 Every test in ``tests/integration`` is marked ``integration`` automatically.
 """
@@ -29,9 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import re
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,11 +47,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from shared.kafka.broker import LocalBroker, api_versions_ok
-from shared.kafka.client import delete_topics, ensure_topics, make_consumer
-from shared.messages.codec import decode
-from shared.messages.schemas import DeadLetter
-from shared.settings import BrokerSettings, Settings
+from shared.kafka.broker import LocalBroker
+from shared.kafka.client import delete_topics, ensure_topics
+from shared.kafka.secure_broker import SecureLocalBroker
+from shared.settings import Settings
+from tests.support.broker import external_bootstrap, secure_throwaway_broker, throwaway_broker
+from tests.support.line import LineModels, fit_line_models
 
 T = TypeVar("T")
 
@@ -60,7 +68,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+def _run_async(factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine to completion on a private loop in another thread.
 
     Sync fixtures use this so they neither need nor disturb pytest-asyncio's event loops.
@@ -73,47 +81,26 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(asyncio.run, main()).result()
 
 
-async def read_dead_letters(settings: Settings, count: int, timeout_s: float = 15.0) -> list[DeadLetter]:
-    """Up to ``count`` dead letters from the start of the ``dlq`` topic, waiting at most ``timeout_s``."""
-    consumer = make_consumer(settings, settings.topic("dlq"), group_id=None)
-    await consumer.start()
-    try:
-        out: list[DeadLetter] = []
-        deadline = time.monotonic() + timeout_s
-        while len(out) < count and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=300)).values():
-                out += [decode(r.value, DeadLetter) for r in records]
-        return out
-    finally:
-        await consumer.stop()
+@pytest.fixture(scope="session")
+def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker | None]:
+    if external_bootstrap() is not None:
+        yield None
+        return
+    with throwaway_broker(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker
 
 
 @pytest.fixture(scope="session")
-def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker | None]:
-    if os.environ.get("LINEGUARD_KAFKA_BOOTSTRAP"):
-        yield None
-        return
-    libs_dir = Path(os.environ.get("LINEGUARD_BROKER__LIBS_DIR", BrokerSettings().libs_dir))
-    if not any(libs_dir.glob("kafka_2.13-*.jar")):
-        pytest.fail(
-            f"no Kafka jars in {libs_dir.resolve()}: run `make kafka-jars` (integration tests need a broker)"
-        )
-    broker = LocalBroker.on_free_ports(tmp_path_factory.mktemp("kafka"), libs_dir)
-    broker.start()
-    try:
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureLocalBroker]:
+    data_dir = tmp_path_factory.mktemp("kafka-secure")
+    with secure_throwaway_broker(data_dir, f"s{_SESSION_TOKEN}", TEST_FRAMES_PARTITIONS) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(local_broker: LocalBroker | None) -> str:
-    if local_broker is not None:
-        return local_broker.bootstrap
-    bootstrap = os.environ["LINEGUARD_KAFKA_BOOTSTRAP"]
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
-    if not api_versions_ok(host or "localhost", int(port)):
-        pytest.fail(f"LINEGUARD_KAFKA_BOOTSTRAP={bootstrap} does not answer as a Kafka broker")
+    bootstrap = local_broker.bootstrap if local_broker is not None else external_bootstrap()
+    assert bootstrap is not None
     return bootstrap
 
 
@@ -130,7 +117,7 @@ def make_kafka_settings(
 
     def make(frames_partitions: int = TEST_FRAMES_PARTITIONS, **fields: Any) -> Settings:
         settings = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=_unique_prefix(request), **fields)
-        topics = run_async(lambda: ensure_topics(settings, frames_partitions=frames_partitions))
+        topics = _run_async(lambda: ensure_topics(settings, frames_partitions=frames_partitions))
         created.append((settings, topics))
         return settings
 
@@ -138,9 +125,14 @@ def make_kafka_settings(
     for settings, topics in created:
         # Cleanup keeps a long session's broker small; a failure here must not fail the test.
         with contextlib.suppress(Exception):
-            run_async(lambda s=settings, t=topics: delete_topics(s, t))  # type: ignore[misc]
+            _run_async(lambda s=settings, t=topics: delete_topics(s, t))  # type: ignore[misc]
 
 
 @pytest.fixture
 def kafka_settings(make_kafka_settings: Callable[..., Settings]) -> Settings:
     return make_kafka_settings()
+
+
+@pytest.fixture(scope="session")
+def line_models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
+    return fit_line_models(tmp_path_factory.mktemp("line-models"))

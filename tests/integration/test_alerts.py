@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.alerts.service import AlertsService
-from services.alerts.webhook import post_json_async
+from services.alerts.webhook import post_json
 from shared.kafka.broker import free_port
-from shared.kafka.client import make_consumer, make_producer
+from shared.kafka.client import make_producer
 from shared.messages.codec import decode, encode
-from shared.messages.schemas import AlertEvent
+from shared.messages.schemas import AlertEvent, DeadLetter
 from shared.settings import AlertsSettings, Settings, WebhookFormat
-from tests.integration.conftest import read_dead_letters
-from tests.support.alert_events import alert_event
+from tests.support.messages import alert_event
+from tests.support.services import running_service
+from tests.support.topics import committed_and_end, produce_together, read_messages
+from tests.support.waiting import wait_until
 from tests.support.webhook_server import WebhookServer
 
 pytestmark = pytest.mark.integration
@@ -41,68 +41,18 @@ def alerts_settings(base: Settings, **fields: Any) -> Settings:
     )
 
 
-@contextlib.asynccontextmanager
-async def running(service: AlertsService) -> AsyncIterator[asyncio.Event]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    try:
-        ready = asyncio.ensure_future(service.ready.wait())
-        done, _ = await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()
-        assert service.ready.is_set(), "alerts service not ready in 30 s"
-        yield stop
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
-
-
 async def publish(settings: Settings, *values: AlertEvent | bytes) -> None:
-    producer = make_producer(settings)
-    await producer.start()
-    try:
+    async with make_producer(settings) as producer:
         for value in values:
             data = value if isinstance(value, bytes) else encode(value)
             await producer.send_and_wait(settings.topic("alerts"), data, key=b"st")
-    finally:
-        await producer.stop()
 
 
 async def publish_together(settings: Settings, *values: AlertEvent | bytes) -> None:
     """All in one record batch, so the service consumes them in one fetch: no commit or broker
     hiccup between them can refill the rate limiter's bucket."""
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        batch = producer.create_batch()
-        for value in values:
-            data = value if isinstance(value, bytes) else encode(value)
-            assert batch.append(key=b"st", value=data, timestamp=None) is not None
-        batch.close()
-        await (await producer.send_batch(batch, settings.topic("alerts"), partition=0))
-    finally:
-        await producer.stop()
-
-
-async def until(check: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
-async def committed_and_end(settings: Settings, group_id: str) -> tuple[int | None, int]:
-    from aiokafka import TopicPartition
-
-    tp = TopicPartition(settings.topic("alerts"), 0)
-    consumer = make_consumer(settings, group_id=group_id)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
-        return await consumer.committed(tp), end
-    finally:
-        await consumer.stop()
+    data = [value if isinstance(value, bytes) else encode(value) for value in values]
+    await produce_together(settings, "alerts", data, key=b"st")
 
 
 async def test_retries_dedup_and_rate_limit_deliver_every_alert_once(kafka_settings: Settings) -> None:
@@ -119,9 +69,9 @@ async def test_retries_dedup_and_rate_limit_deliver_every_alert_once(kafka_setti
     others = [alert(3, "st-2"), alert(4, "st-3"), alert(5, "st-4")]
     with WebhookServer() as server:
         server.script.extend([(500, {}), (429, {"Retry-After": "0.1"})])  # two failures, then 200
-        async with running(AlertsService(settings, server.url)):
+        async with running_service(AlertsService(settings, server.url)):
             await publish_together(settings, first, repeat, b"\xc1 not an alert", *others)
-            await until(lambda: len(server.delivered()) >= 3)
+            await wait_until(lambda: len(server.delivered()) >= 3)
             await asyncio.sleep(0.5)  # nothing more arrives
         bodies = server.delivered()
     assert len(bodies) == 3
@@ -129,9 +79,9 @@ async def test_retries_dedup_and_rate_limit_deliver_every_alert_once(kafka_setti
     assert "st-2" in bodies[1]["text"]
     assert bodies[2]["text"].startswith("2 alerts held back") and "st-3" in bodies[2]["text"]
     assert all("st-1" not in b["text"] for b in bodies[1:])  # the repeat was suppressed
-    (letter,) = await read_dead_letters(settings, 1)
+    (letter,) = await read_messages(settings, "dlq", DeadLetter, 1, timeout_s=15)
     assert letter.original_value == b"\xc1 not an alert" and letter.service == "alerts"
-    committed, end = await committed_and_end(settings, settings.alerts.group_id)
+    committed, end = await committed_and_end(settings, settings.alerts.group_id, "alerts")
     assert committed == end == 6
 
 
@@ -141,15 +91,15 @@ async def test_undeliverable_alerts_go_to_the_dlq_and_are_committed(kafka_settin
     with WebhookServer() as server:
         server.script.append((400, {}))  # a permanent refusal: no retry
         server.default_status = 503  # then the endpoint is down for good
-        async with running(AlertsService(settings, server.url)):
+        async with running_service(AlertsService(settings, server.url)):
             await publish(settings, refused, unreachable)
-            letters = await read_dead_letters(settings, 2)
+            letters = await read_messages(settings, "dlq", DeadLetter, 2, timeout_s=15)
     assert [(d.reason, decode(d.original_value, AlertEvent)) for d in letters] == [
         ("webhook_rejected", refused),
         ("webhook_unreachable", unreachable),
     ]
     assert "HTTP 503" in letters[1].detail
-    committed, end = await committed_and_end(settings, settings.alerts.group_id)
+    committed, end = await committed_and_end(settings, settings.alerts.group_id, "alerts")
     assert committed == end == 2
 
 
@@ -157,22 +107,22 @@ async def test_an_alert_pending_at_stop_is_delivered_after_restart(kafka_setting
     settings = alerts_settings(kafka_settings, give_up_after_s=600)
     attempts = 0
 
-    async def counting_post(*args: Any) -> Any:
+    def counting_post(*args: Any) -> Any:
         nonlocal attempts
         attempts += 1
-        return await post_json_async(*args)
+        return post_json(*args)
 
     dead_url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
     pending = alert(1, "st-1")
-    async with running(AlertsService(settings, dead_url, poster=counting_post)):
+    async with running_service(AlertsService(settings, dead_url, poster=counting_post)):
         await publish(settings, pending)
-        await until(lambda: attempts >= 2)
-    committed, end = await committed_and_end(settings, settings.alerts.group_id)
+        await wait_until(lambda: attempts >= 2)
+    committed, end = await committed_and_end(settings, settings.alerts.group_id, "alerts")
     assert end == 1 and committed == 0  # not delivered, not committed
 
     with WebhookServer() as server:
-        async with running(AlertsService(settings, server.url)):
-            await until(lambda: len(server.delivered()) == 1)
+        async with running_service(AlertsService(settings, server.url)):
+            await wait_until(lambda: len(server.delivered()) == 1)
         assert server.delivered()[0]["alert"]["alert_id"] == pending.alert_id
-    committed, end = await committed_and_end(settings, settings.alerts.group_id)
+    committed, end = await committed_and_end(settings, settings.alerts.group_id, "alerts")
     assert committed == end == 1

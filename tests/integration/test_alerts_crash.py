@@ -17,30 +17,20 @@ from typing import Any
 
 import pytest
 
-from shared.kafka.client import make_producer
 from shared.messages.codec import encode
 from shared.messages.schemas import AlertEvent
 from shared.settings import Settings
-from tests.integration.line_support import wait_until
-from tests.integration.test_alerts import committed_and_end
-from tests.support.alert_events import alert_event
-from tests.support.service_process import ServiceProcess, service_env
+from tests.support.messages import alert_event
+from tests.support.processes import ServiceProcess, service_env
+from tests.support.topics import committed_and_end, produce_together
+from tests.support.waiting import wait_until
 from tests.support.webhook_server import WebhookServer
 
 pytestmark = pytest.mark.integration
 
 
 async def publish_together(settings: Settings, *alerts: AlertEvent) -> None:
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        batch = producer.create_batch()
-        for alert in alerts:
-            assert batch.append(key=b"st", value=encode(alert), timestamp=None) is not None
-        batch.close()
-        await (await producer.send_batch(batch, settings.topic("alerts"), partition=0))
-    finally:
-        await producer.stop()
+    await produce_together(settings, "alerts", [encode(alert) for alert in alerts], key=b"st")
 
 
 def alerts_env(settings: Settings, state_dir: Path, **values: Any) -> dict[str, str]:
@@ -76,7 +66,9 @@ async def test_sigkill_during_a_delivery_never_delivers_an_alert_twice(
             hook.delays.extend([0.0, 120.0])  # the second POST waits (and is killed waiting)
             await publish_together(kafka_settings, first, second)
             await wait_until(lambda: len(hook.received) == 2, 30, "both POSTs")
-            committed, end = await committed_and_end(kafka_settings, f"{kafka_settings.topic_prefix}-alerts")
+            committed, end = await committed_and_end(
+                kafka_settings, f"{kafka_settings.topic_prefix}-alerts", "alerts"
+            )
             assert (committed, end) == (0, 2)  # the first is delivered, nothing committed yet
         finally:
             killed.kill()
@@ -95,7 +87,10 @@ async def test_sigkill_during_a_delivery_never_delivers_an_alert_twice(
     assert counts == {first.alert_id: 1, second.alert_id: 2}, posts  # only the interrupted one again
     keys = {alert_id: {key for i, key in posts if i == alert_id} for alert_id in counts}
     assert len(keys[second.alert_id]) == 1  # same Idempotency-Key: a receiver that honours it sees one
-    assert await committed_and_end(kafka_settings, f"{kafka_settings.topic_prefix}-alerts") == (2, 2)
+    assert await committed_and_end(kafka_settings, f"{kafka_settings.topic_prefix}-alerts", "alerts") == (
+        2,
+        2,
+    )
     for log in ("first.log", "second.log"):
         assert hook.url not in (tmp_path / log).read_text()  # the URL is a secret
 
@@ -119,4 +114,7 @@ async def test_the_documented_compose_start_without_a_webhook_logs_each_alert(
             process.kill()
     log = process.log_text()
     assert log.count(alert.alert_id) == 1 and '"event": "alert"' in log
-    assert await committed_and_end(kafka_settings, f"{kafka_settings.topic_prefix}-alerts") == (1, 1)
+    assert await committed_and_end(kafka_settings, f"{kafka_settings.topic_prefix}-alerts", "alerts") == (
+        1,
+        1,
+    )

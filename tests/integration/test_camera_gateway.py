@@ -11,31 +11,18 @@ import pytest
 
 from services.camera_gateway import metrics
 from shared.kafka.client import make_producer
-from shared.messages.schemas import Frame, Verdict
 from shared.settings import Settings
-from tests.integration.line_support import (
-    IMAGE_SIZE,
-    LineModels,
-    TopicReader,
-    line_models,
-    running_scorer,
-    scorer_settings,
-    wait_until,
-)
-from tests.support.gateway import cameras, gateway_settings, product_image, running_gateway
+from tests.support.gateway import cameras, gateway_line, gateway_settings, product_image
 from tests.support.images import write_atomically
+from tests.support.line import IMAGE_SIZE, LineModels, scorer_settings
 from tests.support.media import http_stream, rtsp_stream
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
-    return line_models(tmp_path_factory)
-
-
 async def test_every_file_of_a_hot_folder_gets_exactly_one_verdict(
-    kafka_settings: Settings, models: LineModels, tmp_path: Path
+    kafka_settings: Settings, line_models: LineModels, tmp_path: Path
 ) -> None:
     settings = gateway_settings(scorer_settings(kafka_settings))
     hot = tmp_path / "hot"
@@ -54,12 +41,7 @@ async def test_every_file_of_a_hot_folder_gets_exactly_one_verdict(
         {"camera_id": "hot-1", "station_id": "station-1", "product": "washer",
          "folder": {"path": str(hot), "settle_s": 0.3, "rescan_s": 1.0}}
     )  # fmt: skip
-    async with (
-        TopicReader(settings, "verdicts", Verdict) as verdicts,
-        TopicReader(settings, "frames", Frame) as frames,
-        running_scorer(settings, models.a),
-        running_gateway(settings, config),
-    ):
+    async with gateway_line(settings, line_models.a, config) as (verdicts, frames):
         for n, name in enumerate(names[4:], start=4):  # arriving while it runs
             write(name, n)
             await asyncio.sleep(0.1)
@@ -81,7 +63,7 @@ async def test_every_file_of_a_hot_folder_gets_exactly_one_verdict(
 
 
 async def test_a_live_http_stream_from_ffmpeg_gets_verdicts(
-    kafka_settings: Settings, models: LineModels
+    kafka_settings: Settings, line_models: LineModels
 ) -> None:
     settings = gateway_settings(scorer_settings(kafka_settings))
     with http_stream(seconds=30, rate=10, size=f"{IMAGE_SIZE}x{IMAGE_SIZE}") as url:
@@ -89,11 +71,7 @@ async def test_a_live_http_stream_from_ffmpeg_gets_verdicts(
             {"camera_id": "http-1", "station_id": "station-2", "product": "fabric",
              "stream": {"url": url, "fps": 2.0, "options": {"probesize": "32768"}}}
         )  # fmt: skip
-        async with (
-            TopicReader(settings, "verdicts", Verdict) as verdicts,
-            running_scorer(settings, models.a),
-            running_gateway(settings, config),
-        ):
+        async with gateway_line(settings, line_models.a, config) as (verdicts, _):
             got = await verdicts.wait_for(6, timeout=90, settle=0.0)
     first = got.values[:6]
     assert {v.camera_id for v in first} == {"http-1"} and {v.station_id for v in first} == {"station-2"}
@@ -102,7 +80,7 @@ async def test_a_live_http_stream_from_ffmpeg_gets_verdicts(
 
 
 async def test_a_live_rtsp_stream_gives_one_frame_per_trigger_record(
-    kafka_settings: Settings, models: LineModels
+    kafka_settings: Settings, line_models: LineModels
 ) -> None:
     settings = gateway_settings(scorer_settings(kafka_settings))
     trigger_topic = settings.topic("alerts")  # any existing topic of the test serves as the plant's
@@ -113,12 +91,7 @@ async def test_a_live_rtsp_stream_gives_one_frame_per_trigger_record(
             {"camera_id": "rtsp-2", "station_id": "station-4", "product": "washer",
              "stream": {"url": url, "trigger": {"topic": trigger_topic}}},
         )  # fmt: skip
-        async with (
-            TopicReader(settings, "verdicts", Verdict) as verdicts,
-            TopicReader(settings, "frames", Frame) as frames,
-            running_scorer(settings, models.a),
-            running_gateway(settings, config),
-        ):
+        async with gateway_line(settings, line_models.a, config) as (verdicts, frames):
             up = {"camera_id": "rtsp-1"}
             await wait_until(
                 lambda: metrics.REGISTRY.get_sample_value("lineguard_camera_gateway_source_up", up) == 1,
@@ -126,15 +99,11 @@ async def test_a_live_rtsp_stream_gives_one_frame_per_trigger_record(
                 "the RTSP stream open",
             )
             await asyncio.sleep(1.0)  # the trigger consumer sits at the end of its topic
-            producer = make_producer(settings)
-            await producer.start()
-            try:
+            async with make_producer(settings) as producer:
                 for part in ("part-1", "part-2", "part-3"):
                     await producer.send_and_wait(trigger_topic, part.encode(), key=b"rtsp-1")
                     await asyncio.sleep(0.4)
                 await producer.send_and_wait(trigger_topic, b"both", key=None)  # no key: every camera
-            finally:
-                await producer.stop()
             got = await verdicts.wait_for(5, timeout=60, settle=2.0)
     by_camera = Counter(v.camera_id for v in got.values)
     assert by_camera == {"rtsp-1": 4, "rtsp-2": 1}

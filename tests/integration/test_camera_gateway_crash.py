@@ -15,15 +15,6 @@ from services.camera_gateway import metrics
 from shared.kafka.broker import LocalBroker
 from shared.messages.schemas import Frame, Verdict
 from shared.settings import Settings
-from tests.integration.line_support import (
-    IMAGE_SIZE,
-    LineModels,
-    TopicReader,
-    line_models,
-    running_scorer,
-    scorer_settings,
-    wait_until,
-)
 from tests.support.gateway import (
     GatewayProcess,
     cameras,
@@ -33,16 +24,14 @@ from tests.support.gateway import (
     write_config,
 )
 from tests.support.images import write_atomically
+from tests.support.line import IMAGE_SIZE, LineModels, running_scorer, scorer_settings
 from tests.support.media import make_clip
+from tests.support.topics import TopicReader
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FILES = 12
-
-
-@pytest.fixture
-def models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
-    return line_models(tmp_path_factory)
 
 
 def sample(name: str, labels: dict[str, str]) -> float:
@@ -50,7 +39,7 @@ def sample(name: str, labels: dict[str, str]) -> float:
 
 
 async def test_sigkill_while_sending_after_commit_and_after_moving_files_still_sends_each_file_once(
-    kafka_settings: Settings, models: LineModels, tmp_path: Path
+    kafka_settings: Settings, line_models: LineModels, tmp_path: Path
 ) -> None:
     settings = gateway_settings(scorer_settings(kafka_settings), max_batch=2)
     hot = tmp_path / "hot"
@@ -66,21 +55,21 @@ async def test_sigkill_while_sending_after_commit_and_after_moving_files_still_s
     async with (
         TopicReader(settings, "frames", Frame) as frames,
         TopicReader(settings, "verdicts", Verdict) as verdicts,
-        running_scorer(settings, models.a),
+        running_scorer(settings, line_models.a),
     ):
         # 1. Killed with its second transaction open: that batch must never be scored.
         first = GatewayProcess(settings, config_file, tmp_path / "1.log", kill_at=("sent", 2))
-        assert await first.wait(120) == -signal.SIGKILL, first.log_text()[-3000:]
+        assert await first.wait_exit(120) == -signal.SIGKILL, first.log_text()[-3000:]
         open_batch = first.killed_batch()
         assert open_batch and set(open_batch) <= set(left())
         # 2. Killed after its second commit, before moving that batch's files away.
         second = GatewayProcess(settings, config_file, tmp_path / "2.log", kill_at=("committed", 2))
-        assert await second.wait(120) == -signal.SIGKILL, second.log_text()[-3000:]
+        assert await second.wait_exit(120) == -signal.SIGKILL, second.log_text()[-3000:]
         committed_batch = second.killed_batch()
         assert committed_batch and set(committed_batch) <= set(left())
         # 3. Finds that batch in the ledger and moves its files away unsent; killed after its first move.
         third = GatewayProcess(settings, config_file, tmp_path / "3.log", kill_at=("disposed", 1))
-        assert await third.wait(120) == -signal.SIGKILL, third.log_text()[-3000:]
+        assert await third.wait_exit(120) == -signal.SIGKILL, third.log_text()[-3000:]
         log = third.log_text()
         assert log.count('"event": "file_already_sent"') == len(committed_batch)
         assert all(f'"file": "{name}"' in log for name in committed_batch)

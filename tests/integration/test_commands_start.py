@@ -1,8 +1,9 @@
 """Every long-running ``lineguard`` command starts as documented and stops cleanly.
 
 Each runs as a real subprocess with the command, environment and health check of its service in
-docker-compose.yml (the documented plant set-up); only what names the host is swapped: Kafka's
-address and the topic prefix, ports, secret files and volumes. Each must reach ready (its log line
+docker-compose.yml (the documented plant set-up), on the secure broker as its own principal
+(SASL_SSL, SCRAM, ACLs: as composed); only what names the host is swapped: Kafka's address and the
+topic prefix, ports, secret files (its password file, the CA) and volumes. Each must reach ready (its log line
 and its compose health check), do its job's first visible thing where that is cheap to see (the
 PLC heartbeat counts, the camera's frames arrive), then exit 0 on SIGTERM.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,11 @@ import pytest
 
 from services.plc_bridge import registers as reg
 from shared.kafka.broker import free_port
-from shared.kafka.client import make_consumer
+from shared.kafka.secure_broker import SecretsLayout, SecureLocalBroker
 from shared.settings import Settings
-from tests.integration.line_support import LineModels, line_models
-from tests.support.processes import ComposeService, LineguardProcess, compose_service, run_check
+from tests.support.line import LineModels
+from tests.support.processes import ComposeService, ServiceProcess, compose_service, run_check
+from tests.support.topics import read_records
 from tests.support.webhook_server import WebhookServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,12 +35,41 @@ COMPOSE_METRICS_PORT = "9100"
 READY_S = 120.0  # a cold start of torch on a busy two-core machine
 
 
+@pytest.fixture
+def kafka_settings(secure_kafka: SecureLocalBroker, request: pytest.FixtureRequest) -> Settings:
+    """This test's topic prefix and consumer groups on the secure broker, with the ACLs the table
+    gives each principal for them; the settings themselves read as ``scorer`` (it may read frames)."""
+    prefix = f"c{uuid.uuid4().hex[:8]}-{request.node.name[:30]}".replace("[", "-").replace("]", "")
+    prefix = "".join(c if c.isalnum() or c in "._-" else "-" for c in prefix)
+    base = secure_kafka.settings.model_copy(update={"topic_prefix": prefix})
+    settings = base.model_copy(
+        update={
+            "scorer": base.scorer.model_copy(
+                update={"group_id": f"{prefix}-scorer", "transactional_id_prefix": f"{prefix}-txn"}
+            ),
+            "explainer": base.explainer.model_copy(update={"group_id": f"{prefix}-explainer"}),
+            "plc_bridge": base.plc_bridge.model_copy(update={"group_id": f"{prefix}-plc"}),
+            "alerts": base.alerts.model_copy(update={"group_id": f"{prefix}-alerts"}),
+        }
+    )
+    assert own_groups(settings) == {
+        "LINEGUARD_SCORER__GROUP_ID": settings.scorer.group_id,
+        "LINEGUARD_SCORER__TRANSACTIONAL_ID_PREFIX": settings.scorer.transactional_id_prefix,
+        "LINEGUARD_EXPLAINER__GROUP_ID": settings.explainer.group_id,
+        "LINEGUARD_PLC_BRIDGE__GROUP_ID": settings.plc_bridge.group_id,
+        "LINEGUARD_ALERTS__GROUP_ID": settings.alerts.group_id,
+    }
+    secure_kafka.authorize(settings)
+    scorer = secure_kafka.client_settings("scorer")
+    return settings.model_copy(update={"kafka_bootstrap": scorer.kafka_bootstrap, "kafka": scorer.kafka})
+
+
 def composed(
     name: str, settings: Settings, *, ports: dict[str, int] | None = None, **overrides: str
 ) -> tuple[ComposeService, dict[str, str], int]:
     """The compose service ``name`` pointed at this test's broker: its environment with Kafka, the
-    topic prefix and the metrics port swapped, then ``overrides`` (each must be a variable the
-    compose file sets: the test swaps what is documented, it does not add to it)."""
+    topic prefix, its secret files and the metrics port swapped, then ``overrides`` (each must be a
+    variable the compose file sets: the test swaps what is documented, it does not add to it)."""
     service = compose_service(name)
     missing = sorted(set(overrides) - set(service.environment))
     assert not missing, f"{name}: compose does not set {missing}"
@@ -50,6 +82,13 @@ def composed(
             "LINEGUARD_METRICS_PORT": str(metrics_port),
         }
     )
+    principal = env.get("LINEGUARD_KAFKA__SASL_USERNAME")
+    if principal:  # compose's /run/secrets files: this broker's CA and the principal's password
+        layout = SecretsLayout(Path(str(settings.kafka.ssl_ca_file)).parent)
+        assert env["LINEGUARD_KAFKA__SASL_PASSWORD_FILE"] == "/run/secrets/kafka_password"
+        assert env["LINEGUARD_KAFKA__SSL_CA_FILE"] == "/run/secrets/kafka_ca"
+        env["LINEGUARD_KAFKA__SASL_PASSWORD_FILE"] = str(layout.password_file(principal))
+        env["LINEGUARD_KAFKA__SSL_CA_FILE"] = str(layout.ca_cert)
     env.update(overrides)
     port_map = {COMPOSE_METRICS_PORT: str(metrics_port), **{k: str(v) for k, v in (ports or {}).items()}}
     check = [_swap_ports(part, port_map) for part in service.healthcheck]
@@ -77,9 +116,9 @@ def own_groups(settings: Settings) -> dict[str, str]:
 @contextlib.asynccontextmanager
 async def started(
     service: ComposeService, env: dict[str, str], log: Path, ready_event: str, args: list[str] | None = None
-) -> AsyncIterator[LineguardProcess]:
+) -> AsyncIterator[ServiceProcess]:
     """Start it, wait for its ready log line and a passing health check; on exit SIGTERM, expect 0."""
-    process = LineguardProcess(args if args is not None else service.command, env, log)
+    process = ServiceProcess(args if args is not None else service.command, env, log)
     try:
         await process.wait_for_event(ready_event, READY_S)
         if service.healthcheck:
@@ -92,7 +131,7 @@ async def started(
         process.kill()
 
 
-async def _healthy(check: list[str], process: LineguardProcess, timeout: float = 30.0) -> None:
+async def _healthy(check: list[str], process: ServiceProcess, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while (code := await run_check(check)) != 0:
         if time.monotonic() > deadline:
@@ -128,7 +167,7 @@ async def test_plc_bridge_starts_against_plc_sim_as_composed(
                 await _counts(lambda: _opcua_heartbeat(opcua_port), "opcua heartbeat", bridge)
 
 
-async def _counts(read: Any, what: str, process: LineguardProcess, timeout: float = 20.0) -> None:
+async def _counts(read: Any, what: str, process: ServiceProcess, timeout: float = 20.0) -> None:
     first = await read()
     deadline = time.monotonic() + timeout
     while (await read()) == first:
@@ -205,15 +244,10 @@ async def test_alerts_starts_as_composed_with_or_without_a_webhook(
 # ---- the scorer with a model directory, and the camera simulator -----------------------------------
 
 
-@pytest.fixture
-def models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
-    return line_models(tmp_path_factory)
-
-
 async def test_scorer_starts_as_composed(
-    kafka_settings: Settings, models: LineModels, tmp_path: Path
+    kafka_settings: Settings, line_models: LineModels, tmp_path: Path
 ) -> None:
-    service, env, _ = composed("scorer", kafka_settings, LINEGUARD_SCORER__MODEL_DIR=str(models.a))
+    service, env, _ = composed("scorer", kafka_settings, LINEGUARD_SCORER__MODEL_DIR=str(line_models.a))
     env.update(own_groups(kafka_settings))
     async with started(service, env, tmp_path / "scorer.log", "partitions_assigned"):
         pass
@@ -221,14 +255,36 @@ async def test_scorer_starts_as_composed(
 
 async def test_camera_sim_starts_as_composed(kafka_settings: Settings, tmp_path: Path) -> None:
     service, env, _ = composed("camera-sim", kafka_settings)
-    consumer = make_consumer(kafka_settings, kafka_settings.topic("frames"), group_id=None)
-    await consumer.start()
-    try:
-        async with started(service, env, tmp_path / "camera-sim.log", "camera_sim_started") as camera:
-            deadline = time.monotonic() + 60
-            frames = 0
-            while frames < 3:  # compose's 2 cameras at 5 frames/s each
-                assert time.monotonic() < deadline, f"no frames:\n{camera.log_text()[-3000:]}"
-                frames += sum(len(r) for r in (await consumer.getmany(timeout_ms=500)).values())
-    finally:
-        await consumer.stop()
+    async with started(service, env, tmp_path / "camera-sim.log", "camera_sim_started") as camera:
+        frames = await read_records(kafka_settings, "frames", 3, timeout_s=60)  # 2 cameras at 5/s
+        assert len(frames) >= 3, f"no frames:\n{camera.log_tail()}"
+
+
+# ---- the operator console: with its token secret; an empty secret stops it with one clear line ------
+
+
+async def test_console_starts_as_composed_and_needs_its_token(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    secret = tmp_path / "console_token"
+    secret.write_text("a-console-token-of-some-length\n")
+    port = free_port()
+    service, env, _ = composed(
+        "console",
+        kafka_settings,
+        ports={"8080": port},
+        LINEGUARD_CONSOLE__HOST="127.0.0.1",
+        LINEGUARD_CONSOLE__PORT=str(port),
+        LINEGUARD_CONSOLE__TOKEN_FILE=str(secret),
+        LINEGUARD_EXPLAINER__REPORT_DIR=str(tmp_path / "reports"),
+        LINEGUARD_LABELS__FRAMES_DIR=str(tmp_path / "frames"),
+    )
+    async with started(service, env, tmp_path / "console.log", "console ready"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=10) as response:
+            assert response.status == 200 and b"Console token" in response.read()
+    secret.write_text("")
+    refused = ServiceProcess(service.command, env, tmp_path / "console-empty.log")
+    assert await refused.wait_exit(60) == 2
+    assert "LINEGUARD_CONSOLE__TOKEN" in refused.log_text() and "Traceback" not in refused.log_text()

@@ -20,14 +20,17 @@ from services.explainer import metrics
 from services.explainer.core import build_explainer
 from services.explainer.service import run_explainer
 from services.explainer.store import ReportStore
-from shared.kafka.client import make_consumer, make_producer
+from shared.kafka.client import make_producer
 from shared.messages.codec import encode
 from shared.messages.schemas import DefectEvent, Report
 from shared.settings import ExplainerSettings, Settings
-from tests.integration.line_support import TopicReader, wait_until
-from tests.support.defect_events import answer_json, make_event
+from tests.support import topics
+from tests.support.messages import defect_event
 from tests.support.openai_server import FakeOpenAIServer, ReceivedRequest, Reply
-from tests.support.service_process import ServiceProcess, service_env
+from tests.support.processes import ServiceProcess, service_env
+from tests.support.reports import answer_json
+from tests.support.topics import TopicReader
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,31 +38,17 @@ SLOW_PRODUCT = "slowpart"
 
 
 async def publish(settings: Settings, events: list[DefectEvent]) -> None:
-    producer = make_producer(settings)
-    await producer.start()
-    try:
+    async with make_producer(settings) as producer:
         for event in events:
             await producer.send_and_wait(
                 settings.topic("defects"), encode(event), key=event.verdict.station_id.encode()
             )
-    finally:
-        await producer.stop()
 
 
 async def committed_and_end(settings: Settings, group_id: str) -> tuple[int, int]:
     """Summed over the defects partitions: the group's committed offsets and the end offsets."""
-    from aiokafka import TopicPartition
-
-    tps = [TopicPartition(settings.topic("defects"), p) for p in range(2)]
-    consumer = make_consumer(settings, group_id=group_id)
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        committed = [await consumer.committed(tp) or 0 for tp in tps]
-        return sum(committed), sum(ends.values())
-    finally:
-        await consumer.stop()
+    offsets = [await topics.committed_and_end(settings, group_id, "defects", p) for p in range(2)]
+    return sum(committed or 0 for committed, _ in offsets), sum(end for _, end in offsets)
 
 
 def product_of(request: ReceivedRequest) -> str:
@@ -96,9 +85,9 @@ async def test_sigkill_while_an_earlier_event_waits_for_the_vlm_gives_one_report
         return Reply(content=answer_json(), delay_s=delay)
 
     events = [
-        make_event("crash-slow", product=SLOW_PRODUCT, seed=1),
-        make_event("crash-fast-1", seed=2),
-        make_event("crash-fast-2", seed=3),
+        defect_event("crash-slow", product=SLOW_PRODUCT, seed=1),
+        defect_event("crash-fast-1", seed=2),
+        defect_event("crash-fast-2", seed=3),
     ]
     processes: list[ServiceProcess] = []
     with FakeOpenAIServer(responder=respond) as vlm:
@@ -150,7 +139,10 @@ async def test_a_report_published_but_not_marked_is_not_published_again(
             hold_retry_s=1.0,
         )
         settings = kafka_settings.model_copy(update={"explainer": explainer})
-        published, stored = make_event("published-unmarked", seed=1), make_event("stored-unpublished", seed=2)
+        published, stored = (
+            defect_event("published-unmarked", seed=1),
+            defect_event("stored-unpublished", seed=2),
+        )
         async with TopicReader(settings, "reports", Report) as reports:
             await publish(settings, [published])
             stop = asyncio.Event()
@@ -199,7 +191,7 @@ async def test_the_documented_compose_start_without_a_vlm_writes_fallback_report
         process = ServiceProcess(["explainer"], env, tmp_path / "explainer.log")
         try:
             await process.wait_for_log("explainer_started", 60)
-            await publish(kafka_settings, [make_event("offline-1")])
+            await publish(kafka_settings, [defect_event("offline-1")])
             (report,) = (await reports.wait_for(1, timeout=60, settle=0.5)).values
             assert await process.terminate() == 0
         finally:

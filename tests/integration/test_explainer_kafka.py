@@ -6,22 +6,23 @@ The VLM is the local OpenAI-protocol server (tests/support/openai_server.py); Ka
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from services.explainer import metrics
 from services.explainer.service import run_explainer
 from services.explainer.store import ReportStore
-from shared.kafka.client import header, make_consumer, make_producer
+from shared.kafka.client import header, make_producer
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import DeadLetter, DefectEvent, Report
 from shared.settings import ExplainerSettings, Settings
-from tests.support.defect_events import answer_json, make_event
+from tests.support.messages import defect_event
 from tests.support.openai_server import FakeOpenAIServer, ReceivedRequest, Reply
+from tests.support.reports import answer_json
+from tests.support.topics import read_records
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +38,12 @@ def vlm_server() -> Iterator[FakeOpenAIServer]:
         yield server
 
 
-def with_explainer(settings: Settings, **values: object) -> Settings:
+def with_explainer(settings: Settings, vlm: FakeOpenAIServer, report_dir: Path, **values: object) -> Settings:
+    """``settings`` with an explainer that calls ``vlm`` and stores reports in ``report_dir``."""
     base: dict[str, object] = {
+        "base_url": vlm.base_url,
+        "api_key": "sk-it",
+        "report_dir": report_dir,
         "backoff_base_s": 0.01,
         "backoff_max_s": 0.05,
         "max_attempts": 2,
@@ -52,9 +57,7 @@ def with_explainer(settings: Settings, **values: object) -> Settings:
 
 
 async def publish(settings: Settings, events: list[DefectEvent], garbage: int = 0) -> None:
-    producer = make_producer(settings)
-    await producer.start()
-    try:
+    async with make_producer(settings) as producer:
         for i, event in enumerate(events):
             traceparent = f"00-{TRACE_ID}-{i + 1:016x}-01".encode()
             await producer.send_and_wait(
@@ -67,41 +70,23 @@ async def publish(settings: Settings, events: list[DefectEvent], garbage: int = 
             await producer.send_and_wait(
                 settings.topic("defects"), b"\x92not a defect event", key=b"station-1"
             )
-    finally:
-        await producer.stop()
-
-
-async def consume(settings: Settings, topic: str, count: int, timeout_s: float = 30.0) -> list[Any]:
-    consumer = make_consumer(settings, settings.topic(topic), group_id=None)
-    await consumer.start()
-    try:
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while len(records) < count and time.monotonic() < deadline:
-            for part in (await consumer.getmany(timeout_ms=300)).values():
-                records.extend(part)
-        return records
-    finally:
-        await consumer.stop()
 
 
 async def test_defect_events_become_reports_on_the_topic_and_on_disk(
     kafka_settings: Settings, vlm_server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
-    settings = with_explainer(
-        kafka_settings, base_url=vlm_server.base_url, api_key="sk-it", report_dir=tmp_path
-    )
-    events = [make_event(f"it-{i}", seed=i, station_id=f"station-{i % 2}") for i in range(4)]
+    settings = with_explainer(kafka_settings, vlm_server, tmp_path)
+    events = [defect_event(f"it-{i}", seed=i, station_id=f"station-{i % 2}") for i in range(4)]
     await publish(settings, [*events, events[1]], garbage=1)  # one re-delivery, one bad record
 
     stop = asyncio.Event()
     service = asyncio.create_task(run_explainer(settings, stop))
     try:
-        records = await consume(settings, "reports", len(events))
-        dead = await consume(settings, "dlq", 1)
+        records = await read_records(settings, "reports", len(events), timeout_s=30)
+        dead = await read_records(settings, "dlq", 1, timeout_s=30)
         # Give the duplicate time to be seen (it must not produce anything).
         await asyncio.sleep(1.0)
-        records += await consume(settings, "reports", len(events) + 1, timeout_s=2.0)
+        records += await read_records(settings, "reports", len(events) + 1, timeout_s=2.0)
     finally:
         stop.set()
         done = await asyncio.wait_for(service, timeout=30)
@@ -128,24 +113,18 @@ async def test_defect_events_become_reports_on_the_topic_and_on_disk(
 async def test_held_events_stay_uncommitted_and_are_reported_after_a_restart(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:
-    events = [make_event(f"held-{i}", seed=i) for i in range(3)]
+    events = [defect_event(f"held-{i}", seed=i) for i in range(3)]
     await publish(kafka_settings, events)
 
     with FakeOpenAIServer() as down:  # answers 500 to everything
-        settings = with_explainer(
-            kafka_settings,
-            base_url=down.base_url,
-            api_key="sk-it",
-            report_dir=tmp_path,
-            when_endpoint_down="hold",
-            hold_retry_s=60,
-        )
+        settings = with_explainer(kafka_settings, down, tmp_path, when_endpoint_down="hold", hold_retry_s=60)
         stop = asyncio.Event()
         service = asyncio.create_task(run_explainer(settings, stop))
-        deadline = time.monotonic() + 30
-        while metrics.REGISTRY.get_sample_value("lineguard_explainer_held_events") != len(events):
-            assert time.monotonic() < deadline, "the explainer did not hold the events"
-            await asyncio.sleep(0.1)
+        await wait_until(
+            lambda: metrics.REGISTRY.get_sample_value("lineguard_explainer_held_events") == len(events),
+            30,
+            "the explainer to hold the events",
+        )
         assert down.chat_requests()  # it did try the endpoint
         stop.set()
         assert await asyncio.wait_for(service, timeout=30) == 0  # nothing finished, nothing committed
@@ -155,17 +134,11 @@ async def test_held_events_stay_uncommitted_and_are_reported_after_a_restart(
         return Reply(content=answer_json())
 
     with FakeOpenAIServer(responder=valid) as up:
-        settings = with_explainer(
-            kafka_settings,
-            base_url=up.base_url,
-            api_key="sk-it",
-            report_dir=tmp_path,
-            when_endpoint_down="hold",
-        )
+        settings = with_explainer(kafka_settings, up, tmp_path, when_endpoint_down="hold")
         stop = asyncio.Event()
         service = asyncio.create_task(run_explainer(settings, stop, max_events=len(events)))
         try:
-            records = await consume(settings, "reports", len(events))
+            records = await read_records(settings, "reports", len(events), timeout_s=30)
         finally:
             stop.set()
             await asyncio.wait_for(service, timeout=30)

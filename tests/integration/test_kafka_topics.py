@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from shared.errors import BrokerError
 from shared.kafka.client import ensure_topics, make_admin
 from shared.kafka.topics import TOPICS, partitions_for
 from shared.limits import KAFKA_MAX_MESSAGE_BYTES
-from shared.settings import Settings
+from shared.settings import KafkaSettings, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +66,24 @@ async def test_ensure_topics_uses_the_prefix(make_kafka_settings) -> None:  # ty
     partitions, _ = await _describe(first)
     assert partitions[first.topic("frames")] == 3
     assert first.topic("verdicts") == f"{first.topic_prefix}.verdicts"
+
+
+async def test_topics_get_the_configured_replication_and_min_insync(kafka_settings: Settings) -> None:
+    _, configs = await _describe(kafka_settings)
+    assert {c["min.insync.replicas"] for c in configs.values()} == {"1"}
+    admin = make_admin(kafka_settings)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([kafka_settings.topic("verdicts")])
+    finally:
+        await admin.close()
+    assert {len(p["replicas"]) for p in described[0]["partitions"]} == {1}
+    # Three replicas on a one-broker cluster: refused by the broker, said plainly, nothing half-made.
+    durable = kafka_settings.model_copy(
+        update={
+            "topic_prefix": f"{kafka_settings.topic_prefix}-rf3",
+            "kafka": KafkaSettings(replication_factor=3, min_insync_replicas=2),
+        }
+    )
+    with pytest.raises(BrokerError, match=r"could not create topic .*-rf3\..*[Rr]eplication factor"):
+        await ensure_topics(durable)

@@ -9,7 +9,6 @@ same transactional id fences the first (a zombie cannot commit).
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 
 import pytest
@@ -18,55 +17,15 @@ from aiokafka.errors import ProducerFenced
 
 from shared.kafka.client import make_consumer, make_producer
 from shared.settings import Settings
+from tests.support.topics import committed_and_end, read_to_end
 
 pytestmark = pytest.mark.integration
 
 
 async def _produce_plain(settings: Settings, topic: str, values: list[bytes]) -> None:
-    producer = make_producer(settings)
-    await producer.start()
-    try:
+    async with make_producer(settings) as producer:
         for value in values:
             await producer.send_and_wait(topic, value, partition=0)
-    finally:
-        await producer.stop()
-
-
-async def _read_all(
-    settings: Settings, topic: str, isolation_level: str, expect_at_least: int = 0
-) -> list[bytes]:
-    """Everything on ``topic`` visible at ``isolation_level``.
-
-    Reads until the consumer's position reaches the end offsets, which for read_committed are the
-    last stable offsets: whatever is not read by then is not visible to such a consumer.
-    """
-    consumer = make_consumer(settings, topic, group_id=None, isolation_level=isolation_level)
-    await consumer.start()
-    try:
-        values: list[bytes] = []
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=300)
-            for records in batch.values():
-                values.extend(r.value for r in records)
-            assigned = list(consumer.assignment())
-            if batch or not assigned or len(values) < expect_at_least:
-                continue
-            end = await consumer.end_offsets(assigned)
-            if all([await consumer.position(tp) >= end[tp] for tp in assigned]):
-                break
-        return values
-    finally:
-        await consumer.stop()
-
-
-async def _committed(settings: Settings, group_id: str, tp: TopicPartition) -> int | None:
-    consumer = make_consumer(settings, group_id=group_id)
-    await consumer.start()
-    try:
-        return await consumer.committed(tp)
-    finally:
-        await consumer.stop()
 
 
 async def test_consume_transform_produce_commits_output_and_offsets_together(
@@ -102,11 +61,11 @@ async def test_consume_transform_produce_commits_output_and_offsets_together(
         await producer.stop()
         await consumer.stop()
 
-    assert sorted(await _read_all(kafka_settings, verdicts, "read_committed")) == [b"v-f0", b"v-f1"]
-    assert await _committed(kafka_settings, group, tp) == 2
+    assert sorted(await read_to_end(kafka_settings, "verdicts", "read_committed")) == [b"v-f0", b"v-f1"]
+    assert (await committed_and_end(kafka_settings, group, "frames"))[0] == 2
     # The aborted records are on the log: a read_uncommitted consumer sees them, so the check above
     # really measures isolation.
-    assert sorted(await _read_all(kafka_settings, verdicts, "read_uncommitted", 4)) == [
+    assert sorted(await read_to_end(kafka_settings, "verdicts", "read_uncommitted", expect_at_least=4)) == [
         b"v-f0",
         b"v-f1",
         b"v-f2",
@@ -121,11 +80,11 @@ async def test_open_transaction_is_invisible_until_committed(kafka_settings: Set
     try:
         await producer.begin_transaction()
         await producer.send_and_wait(verdicts, b"pending", partition=0)
-        assert await _read_all(kafka_settings, verdicts, "read_committed") == []
+        assert await read_to_end(kafka_settings, "verdicts", "read_committed") == []
         await producer.commit_transaction()
     finally:
         await producer.stop()
-    assert await _read_all(kafka_settings, verdicts, "read_committed", 1) == [b"pending"]
+    assert await read_to_end(kafka_settings, "verdicts", "read_committed", expect_at_least=1) == [b"pending"]
 
 
 async def test_second_producer_with_same_id_fences_the_zombie(kafka_settings: Settings) -> None:
@@ -148,4 +107,6 @@ async def test_second_producer_with_same_id_fences_the_zombie(kafka_settings: Se
         await successor.stop()
         with contextlib.suppress(ProducerFenced):
             await zombie.stop()
-    assert await _read_all(kafka_settings, verdicts, "read_committed", 1) == [b"successor"]
+    assert await read_to_end(kafka_settings, "verdicts", "read_committed", expect_at_least=1) == [
+        b"successor"
+    ]

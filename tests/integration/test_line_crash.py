@@ -11,35 +11,25 @@ import pytest
 from services.camera_sim.service import run_camera_sim
 from shared.messages.schemas import DeadLetter, Verdict
 from shared.settings import Settings
-from tests.integration.line_support import (
-    LineModels,
-    ScorerProcess,
-    TopicReader,
-    line_models,
-    scorer_settings,
-    sim_options,
-    wait_until,
-)
+from tests.support.line import LineModels, scorer_process, scorer_settings, sim_options
+from tests.support.processes import ServiceProcess
+from tests.support.topics import TopicReader
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture
-def models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
-    return line_models(tmp_path_factory)
-
-
 async def test_killed_and_terminated_scorers_still_commit_exactly_one_verdict_per_frame(
-    kafka_settings: Settings, models: LineModels, tmp_path: Path
+    kafka_settings: Settings, line_models: LineModels, tmp_path: Path
 ) -> None:
     settings = scorer_settings(kafka_settings)
     options = sim_options(
         count=150, cameras=2, rate=5.0, bad_rate=0.1, run_id="crash", truth=tmp_path / "truth"
     )
-    processes: list[ScorerProcess] = []
+    processes: list[ServiceProcess] = []
 
-    def start(name: str) -> ScorerProcess:
-        process = ScorerProcess(settings, models.a, tmp_path / f"{name}.log")
+    def start(name: str) -> ServiceProcess:
+        process = scorer_process(settings, line_models.a, tmp_path / f"{name}.log")
         processes.append(process)
         return process
 

@@ -15,17 +15,16 @@ from services.camera_sim.service import run_camera_sim
 from services.camera_sim.truth import read_truth
 from shared.messages.schemas import DeadLetter, DefectEvent, Verdict
 from shared.settings import LatePolicy, Settings
-from tests.integration.line_support import (
+from tests.support.line import (
     LineModels,
-    TopicReader,
     frame_id_of,
-    line_models,
     running_scorer,
     scorer_settings,
     sim_options,
     traceparent_trace_id,
-    wait_until,
 )
+from tests.support.topics import TopicReader
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,13 +37,8 @@ BAD_REASONS = {
 }
 
 
-@pytest.fixture
-def models(tmp_path_factory: pytest.TempPathFactory) -> LineModels:
-    return line_models(tmp_path_factory)
-
-
 async def test_each_good_frame_gets_one_verdict_and_each_bad_frame_one_dead_letter(
-    kafka_settings: Settings, models: LineModels, tmp_path: Path
+    kafka_settings: Settings, line_models: LineModels, tmp_path: Path
 ) -> None:
     settings = scorer_settings(kafka_settings)
     truth_path = tmp_path / "truth.jsonl"
@@ -54,7 +48,7 @@ async def test_each_good_frame_gets_one_verdict_and_each_bad_frame_one_dead_lett
         TopicReader(settings, "dlq", DeadLetter) as dlq,
         TopicReader(settings, "defects", DefectEvent) as defects,
         TopicReader(settings, "frames", None) as frames,
-        running_scorer(settings, models.a),
+        running_scorer(settings, line_models.a),
     ):
         stats = await run_camera_sim(settings, options)
         truth = read_truth(truth_path)
@@ -81,7 +75,7 @@ async def test_each_good_frame_gets_one_verdict_and_each_bad_frame_one_dead_lett
     for event in defects.received.values:
         assert event.anomaly_map_png.startswith(b"\x89PNG") and event.width == event.height == 96
     # Verdicts come from the model, and carry the frame's trace on.
-    assert {v.model_version for v in got_verdicts.values} == {models.version_a}
+    assert {v.model_version for v in got_verdicts.values} == {line_models.version_a}
     assert {v.product_class for v in got_verdicts.values} <= {"washer", "fabric", "unknown"}
     for verdict in got_verdicts.values:
         assert verdict.station_id == settings.camera_sim.station_id and not verdict.late
@@ -117,7 +111,7 @@ class FirstBatchSlow:
 
 
 async def test_batches_scored_at_once_are_published_in_frame_order(
-    kafka_settings: Settings, models: LineModels
+    kafka_settings: Settings, line_models: LineModels
 ) -> None:
     from services.scorer.models import ServingModel
 
@@ -125,7 +119,7 @@ async def test_batches_scored_at_once_are_published_in_frame_order(
     async with (
         TopicReader(settings, "verdicts", Verdict) as verdicts,
         TopicReader(settings, "frames", None) as frames,
-        running_scorer(settings, models.a) as scorer,
+        running_scorer(settings, line_models.a) as scorer,
     ):
         current = scorer.holder.current()
         slow = FirstBatchSlow(current.model)
@@ -141,10 +135,13 @@ async def test_batches_scored_at_once_are_published_in_frame_order(
 
 @pytest.mark.parametrize("policy", [LatePolicy.REJECT, LatePolicy.SCORE])
 async def test_late_frame_gets_the_fail_safe_verdict(
-    kafka_settings: Settings, models: LineModels, policy: LatePolicy
+    kafka_settings: Settings, line_models: LineModels, policy: LatePolicy
 ) -> None:
     settings = scorer_settings(kafka_settings, late_policy=policy)
-    async with TopicReader(settings, "verdicts", Verdict) as verdicts, running_scorer(settings, models.a):
+    async with (
+        TopicReader(settings, "verdicts", Verdict) as verdicts,
+        running_scorer(settings, line_models.a),
+    ):
         # deadline 0 ms: every frame is late by the time any scorer decides.
         await run_camera_sim(settings, sim_options(count=6, deadline_ms=0, run_id="late", defect_rate=0.0))
         await run_camera_sim(
@@ -165,15 +162,15 @@ async def test_late_frame_gets_the_fail_safe_verdict(
 
 
 async def test_two_scorers_share_partitions_and_rebalance_when_one_stops(
-    make_kafka_settings, models: LineModels
+    make_kafka_settings, line_models: LineModels
 ) -> None:
     settings = scorer_settings(make_kafka_settings(frames_partitions=4))
     options = sim_options(count=90, cameras=4, rate=6.0, bad_rate=0.0, seed=5, run_id="rb")  # ~4 s of frames
     async with (
         TopicReader(settings, "verdicts", Verdict) as verdicts,
-        running_scorer(settings, models.a) as first,
+        running_scorer(settings, line_models.a) as first,
     ):
-        async with running_scorer(settings, models.a) as second:
+        async with running_scorer(settings, line_models.a) as second:
             await wait_until(
                 lambda: (
                     len(first.service.partitions.assigned()) == 2
@@ -198,7 +195,7 @@ async def test_two_scorers_share_partitions_and_rebalance_when_one_stops(
 
 
 async def test_consecutive_rejects_raise_one_operator_alert_in_the_verdicts_transaction(
-    kafka_settings: Settings, models: LineModels
+    kafka_settings: Settings, line_models: LineModels
 ) -> None:
     from shared.messages.schemas import AlertEvent
 
@@ -208,7 +205,7 @@ async def test_consecutive_rejects_raise_one_operator_alert_in_the_verdicts_tran
     async with (
         TopicReader(settings, "verdicts", Verdict) as verdicts,
         TopicReader(settings, "alerts", AlertEvent) as alerts,
-        running_scorer(settings, models.a),
+        running_scorer(settings, line_models.a),
     ):
         # deadline 0 ms: every frame is late, so the fail-safe policy rejects all 6 in a row.
         await run_camera_sim(settings, sim_options(count=6, deadline_ms=0, run_id="streak", defect_rate=0.0))

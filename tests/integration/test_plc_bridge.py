@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -18,49 +17,23 @@ from services.plc_bridge.simulators import ModbusPlcSimulator, OpcUaPlcSimulator
 from shared.kafka.broker import free_port
 from shared.kafka.client import make_consumer, make_producer
 from shared.messages.codec import encode
-from shared.messages.schemas import Verdict
+from shared.messages.schemas import DeadLetter, Verdict
 from shared.settings import FailSafeAction, PlcBridgeSettings, Settings
-from tests.integration.conftest import read_dead_letters
+from tests.support import messages as build
+from tests.support.broker import throwaway_broker
+from tests.support.services import running_service
+from tests.support.topics import committed_and_end, end_offset, read_messages
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def verdict(frame_id: str, station: str, decision: str, *, age_s: float = 0.005) -> Verdict:
-    now = time.time_ns()
-    return Verdict(
-        frame_id=frame_id,
-        line_id="line-1",
-        station_id=station,
-        camera_id="cam-1",
-        product_class="washer",
-        route_confidence=0.9,
-        decision=decision,
-        score=0.7 if decision == "reject" else 0.2,
-        raw_score=1.0,
-        threshold=1.0,
-        regions=[],
-        model_version="m1",
-        captured_at=now - int(age_s * 1e9),
-        decided_at=now,
-        latency_ms=5.0,
-        late=False,
-        reason="",
+    """A verdict on a frame captured ``age_s`` ago, decided just now."""
+    score = 0.7 if decision == "reject" else 0.2
+    return build.verdict(
+        frame_id, decision, score=score, raw_score=1.0, station_id=station, latency_ms=age_s * 1000
     )
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = await check()
-            if result:
-                return result
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
-        await asyncio.sleep(0.05)
 
 
 def bridge_settings(base: Settings, stations: list[str], modbus_port: int, **plc: Any) -> Settings:
@@ -76,36 +49,16 @@ def bridge_settings(base: Settings, stations: list[str], modbus_port: int, **plc
     )
 
 
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[PlcBridge]:
-    bridge = PlcBridge(settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(bridge.run(stop))
-    try:
-        done, _ = await asyncio.wait(
-            {task, asyncio.ensure_future(bridge.ready.wait())},
-            timeout=30,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if task in done:
-            task.result()  # raise what stopped it
-        assert bridge.ready.is_set(), "bridge not ready in 30 s"
-        yield bridge
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
+def running(settings: Settings) -> AbstractAsyncContextManager[PlcBridge]:
+    return running_service(PlcBridge(settings))
 
 
 async def publish(settings: Settings, *verdicts: Verdict | bytes, key: bytes = b"st-a") -> None:
-    producer = make_producer(settings)
-    await producer.start()
-    try:
+    async with make_producer(settings) as producer:
         for v in verdicts:
             value = v if isinstance(v, bytes) else encode(v)
             k = key if isinstance(v, bytes) else v.station_id.encode()
             await producer.send_and_wait(settings.topic("verdicts"), value, key=k)
-    finally:
-        await producer.stop()
 
 
 async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_settings: Settings) -> None:
@@ -137,7 +90,7 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
             async def modbus_done() -> bool:
                 return await _frame_is(modbus, 0, "f3") and await _frame_is(modbus, 1, "g1")
 
-            await eventually(modbus_done)
+            await wait_until(modbus_done)
             a, b = await modbus.station(0), await modbus.station(1)
             # f1, f2, the bad record's fail-safe, f3: four results at st-a
             assert (a["pass_count"], a["reject_count"], a["reject"], a["sequence"]) == (1, 2, True, 4)
@@ -149,7 +102,7 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
                 await asyncio.sleep(0.1)
                 return first["last_frame_id"] == "f3" and await opcua.station("st-a") == first
 
-            await eventually(opcua_done)
+            await wait_until(opcua_done)
             ua_a = await opcua.station("st-a")
             assert (ua_a["pass_count"], ua_a["reject_count"], ua_a["reject"], ua_a["sequence"]) == (
                 1,
@@ -161,7 +114,7 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
             assert (await opcua.station("st-b"))["pass_count"] == 1
 
             first = (await modbus.line())["heartbeat"]
-            await eventually(lambda: _heartbeat_moved(modbus, first))
+            await wait_until(lambda: _heartbeat_moved(modbus, first))
             line = await modbus.line()
             assert line["scorer_ok"] and not line["stop_line"] and line["stations"] == 2
             assert line["status"] & reg.STATUS_SCORER_OK
@@ -170,14 +123,14 @@ async def test_verdicts_reach_modbus_and_opcua_once_and_survive_a_restart(kafka_
         # A restarted bridge continues the PLC's counters and still applies each frame once.
         async with running(settings):
             await publish(settings, verdict("f3", "st-a", "reject"), verdict("f4", "st-a", "pass"))
-            await eventually(lambda: _frame_is(modbus, 0, "f4"))
+            await wait_until(lambda: _frame_is(modbus, 0, "f4"))
             a = await modbus.station(0)
             assert (a["pass_count"], a["reject_count"], a["reject"], a["sequence"]) == (2, 2, False, 5)
     finally:
         await modbus.stop()
         await opcua.stop()
 
-    letters = await read_dead_letters(settings, 1)
+    letters = await read_messages(settings, "dlq", DeadLetter, 1, timeout_s=15)
     assert (
         letters[0].source_topic == settings.topic("verdicts")
         and letters[0].original_value == b"\x00not msgpack"
@@ -214,7 +167,7 @@ async def test_scorer_silence_stops_the_line_until_the_scorer_is_back(kafka_sett
     await scorer.start()
     try:
         async with running(settings):
-            await eventually(lambda: _assigned(scorer))
+            await wait_until(lambda: _assigned(scorer))
             await asyncio.sleep(2.5)  # past the timeout: the group's members keep the line running
             line = await modbus.line()
             assert line["scorer_ok"] and not line["stop_line"]
@@ -225,7 +178,7 @@ async def test_scorer_silence_stops_the_line_until_the_scorer_is_back(kafka_sett
             async def failed_safe() -> bool:
                 return bool((await modbus.line())["stop_line"])
 
-            await eventually(failed_safe, timeout=10)
+            await wait_until(failed_safe, timeout=10)
             line = await modbus.line()
             assert not line["scorer_ok"] and line["status"] & reg.STATUS_FAIL_SAFE
             for index in (0, 1):
@@ -239,7 +192,7 @@ async def test_scorer_silence_stops_the_line_until_the_scorer_is_back(kafka_sett
                 line = await modbus.line()
                 return bool(line["scorer_ok"] and not line["stop_line"])
 
-            await eventually(recovered)
+            await wait_until(recovered)
             assert not (await modbus.station(0))["reject"]
             assert (await modbus.station(1))["reject"]  # held until st-b's own next verdict
     finally:
@@ -267,18 +220,18 @@ async def test_tracked_part_missing_its_deadline_is_rejected(kafka_settings: Set
             async def rejected() -> bool:
                 return (await modbus.station(0))["fail_safe_count"] == 1
 
-            await eventually(rejected, timeout=5)
+            await wait_until(rejected, timeout=5)
             st = await modbus.station(0)
             assert st["reject"] and (await modbus.line())["status"] & reg.STATUS_FAIL_SAFE
 
             await publish(settings, verdict("late-1", "st-a", "pass"))  # its late verdict
-            await eventually(lambda: _frame_is(modbus, 0, "late-1"))
+            await wait_until(lambda: _frame_is(modbus, 0, "late-1"))
             st = await modbus.station(0)
             assert st["reject"] and st["pass_count"] == 1  # counted; the part stays rejected
 
             await modbus.trigger_part(0)  # the next part gets its verdict in time
             await publish(settings, verdict("ok-2", "st-a", "pass"))
-            await eventually(lambda: _frame_is(modbus, 0, "ok-2"))
+            await wait_until(lambda: _frame_is(modbus, 0, "ok-2"))
             await asyncio.sleep(0.6)  # past that part's deadline: no new fail-safe
             st = await modbus.station(0)
             assert not st["reject"] and st["fail_safe_count"] == 1 and st["pass_count"] == 2
@@ -289,7 +242,6 @@ async def test_tracked_part_missing_its_deadline_is_rejected(kafka_settings: Set
 async def test_plc_outage_holds_commits_and_the_state_is_rewritten_when_it_returns(
     kafka_settings: Settings,
 ) -> None:
-    from aiokafka import TopicPartition
 
     port = free_port()
     modbus = ModbusPlcSimulator(port=port)
@@ -298,22 +250,21 @@ async def test_plc_outage_holds_commits_and_the_state_is_rewritten_when_it_retur
     try:
         async with running(settings) as bridge:
             await publish(settings, verdict("before", "st-a", "reject"))
-            await eventually(lambda: _frame_is(modbus, 0, "before"))
+            await wait_until(lambda: _frame_is(modbus, 0, "before"))
             await modbus.stop()  # the PLC goes away
             await publish(settings, verdict("during", "st-a", "pass"))
-            await eventually(lambda: _core_saw(bridge, "during"))
+            await wait_until(lambda: _core_saw(bridge, "during"))
             await asyncio.sleep(1.0)
-            (partition,) = [p for p in range(4) if await _has_records(settings, p)]
-            tp = TopicPartition(settings.topic("verdicts"), partition)
-            committed, end = await _committed(settings, tp)
+            (partition,) = [p for p in range(4) if await end_offset(settings, "verdicts", p)]
+            committed, end = await _committed(settings, partition)
             assert end == 2 and committed == 1  # "during" is not committed while the PLC is away
 
             modbus = ModbusPlcSimulator(port=port)  # back, and blank (a replaced PLC)
             await modbus.start()
-            await eventually(lambda: _frame_is(modbus, 0, "during"), timeout=20)
+            await wait_until(lambda: _frame_is(modbus, 0, "during"), timeout=20)
             st = await modbus.station(0)
             assert (st["pass_count"], st["reject_count"], st["reject"]) == (1, 1, False)
-            await eventually(lambda: _committed_is(settings, tp, 2))
+            await wait_until(lambda: _committed_is(settings, partition, 2))
     finally:
         await modbus.stop()
 
@@ -322,29 +273,12 @@ async def _core_saw(bridge: PlcBridge, frame_id: str) -> bool:
     return bridge.core.state["st-a"].last_frame_id == frame_id
 
 
-async def _committed(settings: Settings, tp: Any) -> tuple[int | None, int]:
-    consumer = make_consumer(settings, group_id=settings.plc_bridge.group_id)
-    await consumer.start()
-    try:
-        return await consumer.committed(tp), (await consumer.end_offsets([tp]))[tp]
-    finally:
-        await consumer.stop()
+async def _committed(settings: Settings, partition: int) -> tuple[int | None, int]:
+    return await committed_and_end(settings, settings.plc_bridge.group_id, "verdicts", partition)
 
 
-async def _committed_is(settings: Settings, tp: Any, offset: int) -> bool:
-    return (await _committed(settings, tp))[0] == offset
-
-
-async def _has_records(settings: Settings, partition: int) -> bool:
-    from aiokafka import TopicPartition
-
-    consumer = make_consumer(settings, group_id=None)
-    await consumer.start()
-    try:
-        tp = TopicPartition(settings.topic("verdicts"), partition)
-        return bool((await consumer.end_offsets([tp]))[tp])
-    finally:
-        await consumer.stop()
+async def _committed_is(settings: Settings, partition: int, offset: int) -> bool:
+    return (await _committed(settings, partition))[0] == offset
 
 
 # ---- issue 9: fail-safe on the bridge's own clock; late, undecodable, per-station duplicates ----
@@ -362,35 +296,35 @@ async def test_late_and_undecodable_verdicts_fail_their_station_safe_and_duplica
         async with running(settings):
             # One frame id at two stations is two parts: both applied.
             await publish(settings, verdict("f1", "st-a", "pass"), verdict("f1", "st-b", "reject"))
-            await eventually(lambda: _frame_is(modbus, 1, "f1"))
-            await eventually(lambda: _frame_is(modbus, 0, "f1"))
+            await wait_until(lambda: _frame_is(modbus, 1, "f1"))
+            await wait_until(lambda: _frame_is(modbus, 0, "f1"))
             a, b = await modbus.station(0), await modbus.station(1)
             assert (a["pass_count"], a["reject"], b["reject_count"], b["reject"]) == (1, False, 1, True)
 
             # A pass that arrives 10 s after its capture is too late to act on: st-a fails safe.
             await publish(settings, verdict("stale", "st-a", "pass", age_s=10.0))
-            await eventually(lambda: _frame_is(modbus, 0, "stale"))
+            await wait_until(lambda: _frame_is(modbus, 0, "stale"))
             a = await modbus.station(0)
             assert a["reject"] and a["fail_safe_count"] == 1 and a["pass_count"] == 2
             assert a["last_decision"] == reg.DECISION_CODES["fail_safe"]
 
             # A fresh pass releases it; then an undecodable record keyed st-a fails only st-a safe.
             await publish(settings, verdict("f2", "st-a", "pass"), verdict("g2", "st-b", "pass"))
-            await eventually(lambda: _frame_is(modbus, 1, "g2"))
-            await eventually(lambda: _frame_is(modbus, 0, "f2"))
+            await wait_until(lambda: _frame_is(modbus, 1, "g2"))
+            await wait_until(lambda: _frame_is(modbus, 0, "f2"))
             assert not (await modbus.station(0))["reject"]
             await publish(settings, b"\x93garbage", key=b"st-a")
 
             async def st_a_failed_safe_again() -> bool:
                 return (await modbus.station(0))["fail_safe_count"] == 2
 
-            await eventually(st_a_failed_safe_again)
+            await wait_until(st_a_failed_safe_again)
             a, b = await modbus.station(0), await modbus.station(1)
             assert a["reject"] and a["last_decision"] == reg.DECISION_CODES["fail_safe"]
             assert not b["reject"] and b["fail_safe_count"] == 0
     finally:
         await modbus.stop()
-    letters = await read_dead_letters(settings, 1)
+    letters = await read_messages(settings, "dlq", DeadLetter, 1, timeout_s=15)
     assert [letter.original_value for letter in letters] == [b"\x93garbage"]
 
 
@@ -408,7 +342,7 @@ async def test_a_stuck_scorer_with_frames_waiting_fails_the_line_safe_until_it_m
     polling = asyncio.create_task(_keep_polling(stuck))  # a member that never commits
     try:
         async with running(settings):
-            await eventually(lambda: _true(bool(stuck.assignment())))
+            await wait_until(lambda: bool(stuck.assignment()))
             await publish_raw(settings, settings.topic("frames"), [b"frame-1", b"frame-2"], key=b"cam-1")
             await asyncio.sleep(1.0)
             assert (await modbus.line())["scorer_ok"]  # waiting less than the timeout is fine
@@ -416,13 +350,13 @@ async def test_a_stuck_scorer_with_frames_waiting_fails_the_line_safe_until_it_m
             async def failed_safe() -> bool:
                 return not (await modbus.line())["scorer_ok"]
 
-            await eventually(failed_safe, timeout=10)
+            await wait_until(failed_safe, timeout=10)
             st = await modbus.station(0)
             assert st["reject"] and st["fail_safe_count"] == 1
             assert (await modbus.line())["status"] & reg.STATUS_FAIL_SAFE
             # A verdict while frames are stuck is counted, but cannot release the reject.
             await publish(settings, verdict("while-stuck", "st-a", "pass"))
-            await eventually(lambda: _frame_is(modbus, 0, "while-stuck"))
+            await wait_until(lambda: _frame_is(modbus, 0, "while-stuck"))
             assert (await modbus.station(0))["reject"]
 
             # The scorer gets going: its committed offset moves past the waiting frames.
@@ -434,9 +368,9 @@ async def test_a_stuck_scorer_with_frames_waiting_fails_the_line_safe_until_it_m
             async def recovered() -> bool:
                 return bool((await modbus.line())["scorer_ok"])
 
-            await eventually(recovered, timeout=10)
+            await wait_until(recovered, timeout=10)
             await publish(settings, verdict("after", "st-a", "pass"))
-            await eventually(lambda: _frame_is(modbus, 0, "after"))
+            await wait_until(lambda: _frame_is(modbus, 0, "after"))
             st = await modbus.station(0)
             assert not st["reject"] and st["fail_safe_count"] == 1
     finally:
@@ -452,18 +386,10 @@ async def _keep_polling(consumer: Any) -> None:
         await consumer.getmany(timeout_ms=200)
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 async def publish_raw(settings: Settings, topic: str, values: list[bytes], *, key: bytes) -> None:
-    producer = make_producer(settings)
-    await producer.start()
-    try:
+    async with make_producer(settings) as producer:
         for value in values:
             await producer.send_and_wait(topic, value, key=key)
-    finally:
-        await producer.stop()
 
 
 async def test_kafka_unreachable_from_the_start_keeps_the_heartbeat_and_fails_safe(
@@ -483,7 +409,7 @@ async def test_kafka_unreachable_from_the_start_keeps_the_heartbeat_and_fails_sa
         async def failed_safe() -> bool:
             return bool((await modbus.station(0))["fail_safe_count"] == 1)
 
-        await eventually(failed_safe, timeout=5)
+        await wait_until(failed_safe, timeout=5)
         line = await modbus.line()
         assert not line["scorer_ok"] and line["status"] & reg.STATUS_FAIL_SAFE
         assert not task.done(), "the bridge must keep running (and retrying Kafka)"
@@ -510,13 +436,10 @@ async def test_kafka_frozen_mid_stream_never_freezes_the_outputs(tmp_path: Any) 
     import os
     import signal
 
-    from shared.kafka.broker import LocalBroker
     from shared.kafka.client import ensure_topics
-    from shared.settings import BrokerSettings
 
-    libs = Path(os.environ.get("LINEGUARD_BROKER__LIBS_DIR", BrokerSettings().libs_dir))
-    broker = LocalBroker.on_free_ports(tmp_path / "kafka", libs, heap="256m")
-    broker.start()
+    cleanup = contextlib.ExitStack()  # the broker, stopped last
+    broker = cleanup.enter_context(throwaway_broker(tmp_path / "kafka", heap="256m"))
     pid = broker.status().pid
     assert pid is not None
     port = free_port()
@@ -533,18 +456,18 @@ async def test_kafka_frozen_mid_stream_never_freezes_the_outputs(tmp_path: Any) 
     stopped = False
     try:
         async with running(settings) as bridge:
-            await eventually(lambda: _true(bool(scorer.assignment())))
+            await wait_until(lambda: bool(scorer.assignment()))
             await publish(settings, verdict("v1", "st-a", "reject"))
-            await eventually(lambda: _frame_is(modbus, 0, "v1"))
+            await wait_until(lambda: _frame_is(modbus, 0, "v1"))
 
             await modbus.stop()  # the PLC goes away: v2 is applied but cannot be shown, so not committed
             await publish(settings, verdict("v2", "st-a", "pass"))
-            await eventually(lambda: _core_saw(bridge, "v2"))
+            await wait_until(lambda: _core_saw(bridge, "v2"))
             os.kill(pid, signal.SIGSTOP)  # Kafka freezes
             stopped = True
             modbus = ModbusPlcSimulator(port=port)  # the PLC is back: v2 is written, its commit hangs
             await modbus.start()
-            await eventually(lambda: _frame_is(modbus, 0, "v2"), timeout=20)
+            await wait_until(lambda: _frame_is(modbus, 0, "v2"), timeout=20)
 
             beats = await _heartbeats(modbus, seconds=3.0)
             assert len(beats) >= 5, f"outputs froze with Kafka: heartbeats {beats}"
@@ -553,7 +476,7 @@ async def test_kafka_frozen_mid_stream_never_freezes_the_outputs(tmp_path: Any) 
                 st = await modbus.station(0)
                 return bool(st["fail_safe_count"] == 1 and not (await modbus.line())["scorer_ok"])
 
-            await eventually(failed_safe, timeout=10)
+            await wait_until(failed_safe, timeout=10)
             assert (await modbus.station(0))["reject"]
             assert len(await _heartbeats(modbus, seconds=1.0)) >= 2  # still beating
 
@@ -565,9 +488,9 @@ async def test_kafka_frozen_mid_stream_never_freezes_the_outputs(tmp_path: Any) 
                 line = await modbus.line()
                 return bool(line["scorer_ok"] and (await modbus.station(0))["last_frame_id"] == "v3")
 
-            await eventually(recovered, timeout=40)
+            await wait_until(recovered, timeout=40)
             assert not (await modbus.station(0))["reject"]
-            await eventually(lambda: _committed_total_is(settings, 3), timeout=30)
+            await wait_until(lambda: _committed_total_is(settings, 3), timeout=30)
     finally:
         if stopped:
             os.kill(pid, signal.SIGCONT)
@@ -577,17 +500,11 @@ async def test_kafka_frozen_mid_stream_never_freezes_the_outputs(tmp_path: Any) 
         with contextlib.suppress(Exception):
             await asyncio.wait_for(scorer.stop(), 15)
         await modbus.stop()
-        broker.stop()
+        cleanup.close()
 
 
 async def _committed_total_is(settings: Settings, total: int) -> bool:
     """The bridge group's committed offsets over every verdicts partition add up to ``total``."""
-    from aiokafka import TopicPartition
-
-    consumer = make_consumer(settings, group_id=settings.plc_bridge.group_id)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(settings.topic("verdicts"), p) for p in range(4)]
-        return sum([(await consumer.committed(tp)) or 0 for tp in tps]) == total
-    finally:
-        await consumer.stop()
+    group = settings.plc_bridge.group_id
+    committed = [(await committed_and_end(settings, group, "verdicts", p))[0] or 0 for p in range(4)]
+    return sum(committed) == total

@@ -1,0 +1,1 @@
+"""Every helper the tests and benchmarks share, one module per job (listed in docs/architecture.md)."""

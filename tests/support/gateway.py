@@ -5,25 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
-from PIL import Image
 
 from services.camera_gateway.config import GatewayConfig, parse_config
 from services.camera_gateway.service import GatewayStats, run_camera_gateway
+from shared.messages.schemas import Frame, Verdict
 from shared.settings import Settings
 from shared.synthetic import render_sample
+from tests.support.images import encode_image
+from tests.support.line import running_scorer
+from tests.support.processes import ServiceProcess, service_env
+from tests.support.topics import TopicReader
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,10 +45,7 @@ def cameras(*entries: dict[str, Any]) -> GatewayConfig:
 
 def product_image(product: str, seed: int, size: int, fmt: str = "PNG") -> bytes:
     """A synthetic product picture, encoded as a camera would save it."""
-    pixels, _ = render_sample(product, np.random.default_rng(seed), size)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format=fmt)
-    return out.getvalue()
+    return encode_image(render_sample(product, np.random.default_rng(seed), size)[0], fmt)
 
 
 @contextlib.asynccontextmanager
@@ -66,20 +62,19 @@ async def running_gateway(
         await asyncio.wait_for(task, 60)
 
 
-def gateway_env(settings: Settings) -> dict[str, str]:
-    """The environment of a gateway process with ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEGUARD_")}
-    env.update(
-        LINEGUARD_KAFKA_BOOTSTRAP=settings.bootstrap,
-        LINEGUARD_TOPIC_PREFIX=settings.topic_prefix,
-        LINEGUARD_LOG_LEVEL="INFO",
-        PYTHONUNBUFFERED="1",
-        PYTHONPATH=str(REPO_ROOT),
-    )
-    for name, value in settings.camera_gateway.model_dump(mode="json").items():
-        if value is not None:
-            env[f"LINEGUARD_CAMERA_GATEWAY__{name.upper()}"] = str(value)
-    return env
+@contextlib.asynccontextmanager
+async def gateway_line(
+    settings: Settings, model_dir: Path, config: GatewayConfig
+) -> AsyncIterator[tuple[TopicReader, TopicReader]]:
+    """The line behind a gateway in this process: readers of the verdicts and the frames, a scorer
+    serving ``model_dir``, and the gateway with ``config``; yields the two readers."""
+    async with (
+        TopicReader(settings, "verdicts", Verdict) as verdicts,
+        TopicReader(settings, "frames", Frame) as frames,
+        running_scorer(settings, model_dir),
+        running_gateway(settings, config),
+    ):
+        yield verdicts, frames
 
 
 def write_config(path: Path, config: GatewayConfig) -> Path:
@@ -87,7 +82,7 @@ def write_config(path: Path, config: GatewayConfig) -> Path:
     return path
 
 
-class GatewayProcess:
+class GatewayProcess(ServiceProcess):
     """``lineguard camera-gateway --config FILE`` as a subprocess, its JSON log in a file.
 
     ``kill_at=(stage, n)`` runs it through ``gateway_crash.py`` instead, which SIGKILLs the process
@@ -97,25 +92,13 @@ class GatewayProcess:
     def __init__(
         self, settings: Settings, config_file: Path, log_path: Path, kill_at: tuple[str, int] | None = None
     ) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
-        command: Sequence[str]
+        env = service_env(settings, "camera_gateway")
         if kill_at is None:
-            command = [sys.executable, "-m", "services.cli", "camera-gateway", "--config", str(config_file)]
+            super().__init__(["camera-gateway", "--config", str(config_file)], env, log_path)
         else:
             stage, n = kill_at
-            command = [sys.executable, "-m", "tests.support.gateway_crash", str(config_file), stage, str(n)]
-        self.process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=gateway_env(settings),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+            crashing = [sys.executable, "-m", "tests.support.gateway_crash"]
+            super().__init__([str(config_file), stage, str(n)], env, log_path, program=crashing)
 
     def killed_batch(self) -> list[str]:
         """The files of the batch it killed itself in (``kill_at``)."""
@@ -123,24 +106,4 @@ class GatewayProcess:
             if line.startswith("KILLING "):
                 files: list[str] = json.loads(line.removeprefix("KILLING "))["files"]
                 return files
-        raise AssertionError(f"the gateway did not kill itself:\n{self.log_text()[-3000:]}")
-
-    async def wait(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.process.poll() is None:
-            if time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"gateway still running after {timeout}s:\n{self.log_text()[-3000:]}")
-            await asyncio.sleep(0.1)
-        self._log.close()
-        return self.process.returncode
-
-    async def terminate(self, timeout: float = 30.0) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return await self.wait(timeout)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-        self._log.close()
+        raise AssertionError(f"the gateway did not kill itself:\n{self.log_tail()}")

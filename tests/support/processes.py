@@ -1,9 +1,12 @@
-"""``lineguard`` commands as real subprocesses, configured the way docker-compose.yml runs them.
+"""``lineguard`` commands as real subprocesses, configured and stopped the way a plant does it.
 
-``compose_service(name)`` reads a service's command, environment (``${VAR:-default}`` resolved to
-the default: what runs when nothing is set) and health check from the compose file, so a test
-starts exactly the documented set-up and only swaps what names the host: Kafka's address, ports,
-secret files, volumes. ``LineguardProcess`` runs one command with its JSON log in a file.
+``ServiceProcess`` runs one command (the installed ``lineguard`` entry point, this checkout first on
+the path) with its JSON log in a file. Its environment is this process's without any
+``LINEGUARD_*`` variable, plus the service's own: ``service_env`` makes those from a test's
+``Settings``, ``compose_service`` reads them (with the command and the health check) from
+docker-compose.yml, ``${VAR:-default}`` resolved to the default. It is stopped by
+``shared.lifecycle.stop_process``: SIGTERM (finish the work in flight, commit, exit 0), then
+SIGKILL if it has not exited in time.
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, SecretStr
+
+from shared.lifecycle import stop_process
+from shared.settings import ENV_PREFIX, Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
@@ -52,29 +60,76 @@ def compose_service(name: str) -> ComposeService:
     )
 
 
+def _env_value(value: Any) -> str:
+    """A settings value as pydantic-settings reads it back from an environment variable."""
+    if value is None:
+        return ""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, set | frozenset):
+        value = sorted(value)
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def service_env(
+    settings: Settings, *sections: str, log_level: str = "INFO", **values: Mapping[str, Any]
+) -> dict[str, str]:
+    """The ``LINEGUARD_*`` variables of a service with this test's configuration: the broker, the
+    topic prefix, the log level, every field the test set in each named section of ``settings``
+    (``"scorer"`` -> ``LINEGUARD_SCORER__*``), then ``values`` per section
+    (``explainer={"base_url": ...}``); lists and dicts as JSON, as pydantic-settings reads them."""
+    env = {
+        f"{ENV_PREFIX}KAFKA_BOOTSTRAP": settings.bootstrap,
+        f"{ENV_PREFIX}TOPIC_PREFIX": settings.topic_prefix,
+        f"{ENV_PREFIX}LOG_LEVEL": log_level,
+    }
+    chosen: dict[str, dict[str, Any]] = {}
+    for section in sections:
+        fields: BaseModel = getattr(settings, section)
+        chosen[section] = {k: v for k, v in fields.model_dump(exclude_unset=True).items() if v is not None}
+    for section, given in values.items():
+        chosen.setdefault(section, {}).update(given)
+    for section, fields_set in chosen.items():
+        for name, value in fields_set.items():
+            env[f"{ENV_PREFIX}{section.upper()}__{name.upper()}"] = _env_value(value)
+    return env
+
+
+def process_env(environment: Mapping[str, str]) -> dict[str, str]:
+    """A command's whole environment: this process's without any ``LINEGUARD_*`` variable, this
+    checkout first on the path, then ``environment``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update({"PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", **environment})
+    return env
+
+
 def lineguard_command() -> list[str]:
     """The installed ``lineguard`` entry point of this interpreter's environment."""
     script = Path(sys.executable).parent / "lineguard"
     return [str(script)] if script.exists() else [sys.executable, "-m", "services.cli"]
 
 
-def process_env(environment: dict[str, str]) -> dict[str, str]:
-    """This process's environment without any LINEGUARD_ variable, this checkout first on the path,
-    then ``environment``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LINEGUARD_")}
-    env.update({"PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", **environment})
-    return env
+class ServiceProcess:
+    """``lineguard ARGS`` as a subprocess with ``environment`` (its ``LINEGUARD_*`` variables);
+    stdout and stderr (JSON log lines) go to ``log_path``. ``program`` runs another entry point
+    than ``lineguard`` (a test's wrapper around a service, ``[python, -m, module]``)."""
 
-
-class LineguardProcess:
-    """``lineguard ARGS`` as a subprocess; stdout and stderr (JSON log lines) go to ``log_path``."""
-
-    def __init__(self, args: list[str], environment: dict[str, str], log_path: Path) -> None:
-        self.args = args
+    def __init__(
+        self,
+        args: Sequence[str],
+        environment: Mapping[str, str],
+        log_path: Path,
+        program: Sequence[str] | None = None,
+    ) -> None:
+        self.args = list(args)
         self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in terminate()/kill()
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed when the process is reaped
         self.process = subprocess.Popen(
-            [*lineguard_command(), *args],
+            [*(program or lineguard_command()), *self.args],
             cwd=REPO_ROOT,
             env=process_env(environment),
             stdin=subprocess.DEVNULL,
@@ -82,8 +137,14 @@ class LineguardProcess:
             stderr=subprocess.STDOUT,
         )
 
+    def __str__(self) -> str:
+        return f"`lineguard {' '.join(self.args)}`"
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_text()[-chars:]
 
     def events(self) -> list[dict[str, Any]]:
         """The JSON log lines written so far."""
@@ -100,37 +161,50 @@ class LineguardProcess:
         return any(e.get("event") == name for e in self.events())
 
     async def wait_for_event(self, name: str, timeout: float) -> None:
+        """Until the log has an event ``name``; an error with the log's tail if the process exits
+        first or the time runs out."""
+        await self._wait_for(lambda: self.has_event(name), repr(name), timeout)
+
+    async def wait_for_log(self, needle: str, timeout: float) -> None:
+        """Until ``needle`` shows anywhere in the log (as ``wait_for_event``)."""
+        await self._wait_for(lambda: needle in self.log_text(), repr(needle), timeout)
+
+    async def _wait_for(self, seen: Callable[[], bool], what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not self.has_event(name):
+        while not seen():
             if self.process.poll() is not None:
-                raise AssertionError(
-                    f"`lineguard {' '.join(self.args)}` exited ({self.process.returncode}) before "
-                    f"{name!r}:\n{self.log_text()[-4000:]}"
-                )
+                code = self.process.returncode
+                raise AssertionError(f"{self} exited ({code}) before {what}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"no {name!r} within {timeout}s:\n{self.log_text()[-4000:]}")
+                raise AssertionError(f"no {what} from {self} within {timeout}s:\n{self.log_tail()}")
             await asyncio.sleep(0.1)
 
     async def wait_exit(self, timeout: float) -> int:
+        """Until the command exits by itself (one that finishes, like ``camera-sim --count N``);
+        its exit code. Still running after ``timeout``: killed, and an error."""
         deadline = time.monotonic() + timeout
         while self.process.poll() is None:
             if time.monotonic() > deadline:
                 self.kill()
-                raise AssertionError(f"still running after {timeout}s:\n{self.log_text()[-4000:]}")
+                raise AssertionError(f"{self} still running after {timeout}s:\n{self.log_tail()}")
             await asyncio.sleep(0.1)
         self._log.close()
         return self.process.returncode
 
     async def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM (a service's clean stop), then its exit code; SIGKILL and fail after ``timeout``."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return await self.wait_exit(timeout)
+        """SIGTERM, the clean stop, and the exit code (0: stopped cleanly, work committed). Not
+        exited within ``timeout``: SIGKILL (``stop_process``), and an error."""
+        code = await asyncio.to_thread(stop_process, self.process, timeout)
+        self._log.close()
+        if code == -signal.SIGKILL:
+            raise AssertionError(f"{self} did not exit within {timeout}s of SIGTERM:\n{self.log_tail()}")
+        return code
 
     def kill(self) -> None:
+        """SIGKILL: nothing is flushed, committed or closed."""
         if self.process.poll() is None:
             self.process.kill()
-            self.process.wait(10)
+        self.process.wait(10)
         self._log.close()
 
 

@@ -15,11 +15,18 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from services.camera_gateway import metrics
 from services.camera_gateway.buffer import BufferClosed, BufferSet
-from services.camera_gateway.core import CameraIdentity, CommittedFile, LargeFrames, Outgoing
+from services.camera_gateway.core import (
+    CameraIdentity,
+    CommittedFile,
+    LargeFrames,
+    Outgoing,
+    Sampler,
+    stream_frame_id,
+)
 from shared.errors import MessageError
 from shared.messages.codec import encode
 from shared.telemetry.logging import log_event
@@ -128,3 +135,72 @@ async def run_in_thread(name: str, target: Callable[[threading.Event], None], st
         thread_stop.set()
         stopping.cancel()
     await done
+
+
+class _ReaderConfig(Protocol):
+    @property
+    def jpeg_quality(self) -> int | None: ...
+    @property
+    def reconnect_max_s(self) -> float: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=_ReaderConfig)
+
+
+class ThreadReader(Generic[ConfigT]):
+    """A source read by a worker thread of its own (a stream, a capture device): what both keep,
+    and how they run. Subclasses name their thread (``thread_name``) and read in ``_read``."""
+
+    thread_name = "reader"
+
+    def __init__(
+        self, config: ConfigT, sink: FrameSink, sampler: Sampler, run_token: str, jpeg_quality: int
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self.sampler = sampler
+        self.run_token = run_token
+        self.jpeg_quality = config.jpeg_quality or jpeg_quality
+        self.camera_id = sink.camera.camera_id
+        self.seq = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        await run_in_thread(f"{self.thread_name}-{self.camera_id}", self._read, stop)
+
+    def _read(self, stop: threading.Event) -> None:
+        raise NotImplementedError
+
+    def _failed(
+        self, event: str, exc: BaseException, delay: float, stop: threading.Event, **fields: Any
+    ) -> float:
+        """Count and log a failure of the source, wait ``delay`` (or until ``stop``); the next,
+        doubled delay, at most ``reconnect_max_s``."""
+        metrics.SOURCE_ERRORS.labels(camera_id=self.camera_id).inc()
+        log_event(
+            log,
+            event,
+            logging.WARNING,
+            camera_id=self.camera_id,
+            **fields,
+            error=f"{type(exc).__name__}: {exc}",
+            retry_in_s=delay,
+        )
+        stop.wait(delay)
+        return min(delay * 2, self.config.reconnect_max_s)
+
+    def _next_frame_id(self) -> str:
+        frame_id = stream_frame_id(self.camera_id, self.run_token, self.seq)
+        self.seq += 1
+        return frame_id
+
+    def _hand_over(self, frame: Frame, stop: threading.Event) -> None:
+        """The frame to the camera's buffer, from this reader's thread (unless it cannot go on the
+        wire: then ``prepare`` has refused it)."""
+        item = self.sink.prepare(frame)
+        if item is None:
+            return
+        assert self._loop is not None
+        if not self.sink.put_from_thread(item, self._loop, stop):
+            metrics.dropped(self.camera_id, "shutdown")

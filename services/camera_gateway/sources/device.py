@@ -14,7 +14,6 @@ docs/operations.md ("Connect your cameras", GenICam) shows a device for harveste
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import threading
@@ -33,9 +32,8 @@ from services.camera_gateway.core import (
     encode_pixels,
     image_info,
     picture_frame,
-    stream_frame_id,
 )
-from services.camera_gateway.sources.base import FrameSink, run_in_thread
+from services.camera_gateway.sources.base import FrameSink, ThreadReader
 from shared.errors import ConfigError, ImageError
 from shared.telemetry.logging import log_event
 
@@ -79,7 +77,9 @@ def load_factory(spec: str) -> Callable[..., CaptureDevice]:
     return factory
 
 
-class DeviceReader:
+class DeviceReader(ThreadReader[DeviceConfig]):
+    thread_name = "device"
+
     def __init__(
         self,
         config: DeviceConfig,
@@ -89,19 +89,8 @@ class DeviceReader:
         jpeg_quality: int,
         factory: Callable[..., Any] | None = None,
     ) -> None:
-        self.config = config
-        self.sink = sink
-        self.sampler = sampler
-        self.run_token = run_token
-        self.jpeg_quality = config.jpeg_quality or jpeg_quality
-        self.camera_id = sink.camera.camera_id
+        super().__init__(config, sink, sampler, run_token, jpeg_quality)
         self.factory = factory or load_factory(config.factory)
-        self.seq = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def run(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        await run_in_thread(f"device-{self.camera_id}", self._read, stop)
 
     def _read(self, stop: threading.Event) -> None:
         delay = RECONNECT_INITIAL_S
@@ -127,17 +116,7 @@ class DeviceReader:
             except ConfigError:
                 raise
             except Exception as exc:
-                metrics.SOURCE_ERRORS.labels(camera_id=self.camera_id).inc()
-                log_event(
-                    log,
-                    "device_failed",
-                    logging.WARNING,
-                    camera_id=self.camera_id,
-                    error=f"{type(exc).__name__}: {exc}",
-                    retry_in_s=delay,
-                )
-                stop.wait(delay)
-                delay = min(delay * 2, self.config.reconnect_max_s)
+                delay = self._failed("device_failed", exc, delay, stop)
             finally:
                 metrics.SOURCE_UP.labels(camera_id=self.camera_id).set(0)
                 if device is not None:
@@ -153,8 +132,7 @@ class DeviceReader:
                         )
 
     def _emit(self, capture: Capture, trigger_value: str | None, stop: threading.Event) -> None:
-        frame_id = stream_frame_id(self.camera_id, self.run_token, self.seq)
-        self.seq += 1
+        frame_id = self._next_frame_id()
         try:
             if capture.image is not None:
                 info = image_info(capture.image)
@@ -182,9 +160,4 @@ class DeviceReader:
         message = picture_frame(
             self.sink.camera, frame_id, image, encoding, width, height, captured_at, attributes
         )
-        item = self.sink.prepare(message)
-        if item is None:
-            return
-        assert self._loop is not None
-        if not self.sink.put_from_thread(item, self._loop, stop):
-            metrics.dropped(self.camera_id, "shutdown")
+        self._hand_over(message, stop)

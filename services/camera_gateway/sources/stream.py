@@ -13,7 +13,6 @@ decoded (live) and the frame ids carry the gateway run's token, so they never re
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -23,8 +22,8 @@ import av
 
 from services.camera_gateway import metrics
 from services.camera_gateway.config import StreamSource as StreamConfig
-from services.camera_gateway.core import Sampler, encode_pixels, picture_frame, stream_frame_id
-from services.camera_gateway.sources.base import FrameSink, run_in_thread
+from services.camera_gateway.core import encode_pixels, picture_frame
+from services.camera_gateway.sources.base import ThreadReader
 from shared.errors import ImageError
 from shared.telemetry.logging import log_event
 
@@ -34,22 +33,8 @@ RECONNECT_INITIAL_S = 0.5
 _STREAM_ERRORS = (av.FFmpegError, OSError, EOFError, ValueError)
 
 
-class StreamReader:
-    def __init__(
-        self, config: StreamConfig, sink: FrameSink, sampler: Sampler, run_token: str, jpeg_quality: int
-    ) -> None:
-        self.config = config
-        self.sink = sink
-        self.sampler = sampler
-        self.run_token = run_token
-        self.jpeg_quality = config.jpeg_quality or jpeg_quality
-        self.camera_id = sink.camera.camera_id
-        self.seq = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def run(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        await run_in_thread(f"stream-{self.camera_id}", self._read, stop)
+class StreamReader(ThreadReader[StreamConfig]):
+    thread_name = "stream"
 
     @property
     def url(self) -> str:
@@ -67,18 +52,7 @@ class StreamReader:
             try:
                 finished = self._play(stop)
             except _STREAM_ERRORS as exc:
-                metrics.SOURCE_ERRORS.labels(camera_id=self.camera_id).inc()
-                log_event(
-                    log,
-                    "stream_failed",
-                    logging.WARNING,
-                    camera_id=self.camera_id,
-                    url=_safe_url(self.config.url),
-                    error=f"{type(exc).__name__}: {exc}",
-                    retry_in_s=delay,
-                )
-                stop.wait(delay)
-                delay = min(delay * 2, self.config.reconnect_max_s)
+                delay = self._failed("stream_failed", exc, delay, stop, url=_safe_url(self.config.url))
                 continue
             finally:
                 metrics.SOURCE_UP.labels(camera_id=self.camera_id).set(0)
@@ -133,8 +107,7 @@ class StreamReader:
 
     def _emit(self, frame: Any, trigger_value: str | None, stop: threading.Event) -> None:
         captured_at = time.time_ns()
-        frame_id = stream_frame_id(self.camera_id, self.run_token, self.seq)
-        self.seq += 1
+        frame_id = self._next_frame_id()
         encoding: str = self.config.encoding
         try:
             pixels = frame.to_ndarray(format="gray" if encoding == "raw8" else "rgb24")
@@ -150,12 +123,7 @@ class StreamReader:
         message = picture_frame(
             self.sink.camera, frame_id, image, encoding, frame.width, frame.height, captured_at, attributes
         )
-        item = self.sink.prepare(message)
-        if item is None:
-            return
-        assert self._loop is not None
-        if not self.sink.put_from_thread(item, self._loop, stop):
-            metrics.dropped(self.camera_id, "shutdown")
+        self._hand_over(message, stop)
 
 
 def _safe_url(url: str) -> str:

@@ -1,4 +1,4 @@
-"""docker-compose.yml against the code (Docker cannot run here): commands, settings, ports, topics."""
+"""docker-compose.yml against the code (Docker cannot run here): commands, settings, ports, security."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ PROMETHEUS = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_tex
 DATASOURCES = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
 PROVIDERS = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/lineguard.yml").read_text())
 DOCKERFILE = (ROOT / "deploy/docker/Dockerfile").read_text()
+BROKER_PROPS = dict(
+    line.split("=", 1)
+    for line in (ROOT / "deploy/kafka/server-secure.properties").read_text().splitlines()
+    if "=" in line and not line.startswith("#")
+)
 _VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
 
@@ -55,7 +60,16 @@ def setting_field(variable: str) -> Any:
 def test_lineguard_services_run_real_cli_commands() -> None:
     parser = build_parser()
     services = lineguard_services()
-    assert {"topics", "scorer", "explainer", "plc-bridge", "alerts", "camera-sim", "plc-sim"} <= set(services)
+    assert {
+        "topics",
+        "scorer",
+        "explainer",
+        "plc-bridge",
+        "alerts",
+        "console",
+        "camera-sim",
+        "plc-sim",
+    } <= set(services)
     for name, service in services.items():
         command = [resolve(part) for part in service["command"]]
         try:
@@ -97,6 +111,7 @@ def test_metrics_port_matches_prometheus_healthchecks_and_dockerfile() -> None:
         "explainer": jobs["lineguard-explainer"]["static_configs"][0],
         "plc-bridge": jobs["lineguard-plc-bridge"]["static_configs"][0],
         "alerts": jobs["lineguard-alerts"]["static_configs"][0],
+        "console": jobs["lineguard-console"]["static_configs"][0],
     }
     for name, target in scraped.items():
         port = int(env(SERVICES[name])["LINEGUARD_METRICS_PORT"])
@@ -105,37 +120,183 @@ def test_metrics_port_matches_prometheus_healthchecks_and_dockerfile() -> None:
         else:
             assert target["targets"] == [f"{name}:{port}"]
         check = " ".join(SERVICES[name]["healthcheck"]["test"])
-        assert f"localhost:{port}/metrics" in check, name
+        # The scorer's health is progress (/healthz on the metrics port), the others' the endpoint.
+        assert f"localhost:{port}/{'healthz' if name == 'scorer' else 'metrics'}" in check, name
         assert f"EXPOSE {port}" in DOCKERFILE
 
 
-def test_kafka_listeners_bootstrap_and_message_size_match_the_code() -> None:
+def secrets_of(service: dict[str, Any]) -> dict[str, str]:
+    """A service's compose secrets: mount name (under /run/secrets) -> secret."""
+    mounts: dict[str, str] = {}
+    for secret in service.get("secrets", []):
+        if isinstance(secret, str):
+            mounts[secret] = secret
+        else:
+            mounts[secret.get("target", secret["source"])] = secret["source"]
+    return mounts
+
+
+def secret_file(secret: str) -> str:
+    return resolve(COMPOSE["secrets"][secret]["file"])
+
+
+def kafka_clients() -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in lineguard_services().items() if "LINEGUARD_KAFKA_BOOTSTRAP" in env(s)}
+
+
+# Which principal each Kafka client service acts as (shared/kafka/principals.py).
+SERVICE_PRINCIPALS = {
+    "topics": "admin",
+    "scorer": "scorer",
+    "explainer": "explainer",
+    "plc-bridge": "plc-bridge",
+    "alerts": "alerts",
+    "camera-sim": "camera",
+    "operator": "operator",
+    "console": "console",
+}
+
+
+def test_kafka_is_sasl_ssl_for_clients_mutual_tls_inside_and_publishes_nothing_in_plaintext() -> None:
     kafka = SERVICES["kafka"]
-    kenv = env(kafka)
     pom = (ROOT / "deploy/kafka/pom.xml").read_text()
     version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
     assert version is not None and kafka["image"] == f"apache/kafka:{version.group(1)}"
-    assert "broker" in kenv["KAFKA_PROCESS_ROLES"] and "controller" in kenv["KAFKA_PROCESS_ROLES"]
-    listeners = dict(item.split("://") for item in kenv["KAFKA_ADVERTISED_LISTENERS"].split(","))
-    for name, service in lineguard_services().items():
-        bootstrap = env(service)["LINEGUARD_KAFKA_BOOTSTRAP"]
-        assert listeners["PLAINTEXT"] == bootstrap, name
-        host, port = bootstrap.split(":")
-        assert host == "kafka" and f"PLAINTEXT://:{port}" in kenv["KAFKA_LISTENERS"]
-    external_port = listeners["EXTERNAL"].split(":")[1]
-    assert f"{external_port}:{external_port}" in kafka["ports"]
-    assert int(kenv["KAFKA_MESSAGE_MAX_BYTES"]) == KAFKA_MAX_MESSAGE_BYTES
-    assert int(kenv["KAFKA_REPLICA_FETCH_MAX_BYTES"]) >= KAFKA_MAX_MESSAGE_BYTES
+    # The broker runs the repository's configuration file, formatted with it first.
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in kafka["volumes"] if m.startswith("./")}
+    assert mounts["/etc/lineguard/server.properties"] == "./deploy/kafka/server-secure.properties"
+    command = " ".join(kafka["command"])
+    assert (
+        "kafka-storage.sh format" in command
+        and "kafka-server-start.sh /etc/lineguard/server.properties" in command
+    )
+    assert "broker" in BROKER_PROPS["process.roles"] and "controller" in BROKER_PROPS["process.roles"]
+    protocols = dict(item.split(":") for item in BROKER_PROPS["listener.security.protocol.map"].split(","))
+    assert "PLAINTEXT" not in protocols.values() and "SASL_PLAINTEXT" not in protocols.values()
+    assert protocols["CLIENT"] == protocols["EXTERNAL"] == "SASL_SSL"
+    assert protocols["INTERNAL"] == protocols["CONTROLLER"] == "SSL"
+    for listener in ("internal", "controller"):
+        assert BROKER_PROPS[f"listener.name.{listener}.ssl.client.auth"] == "required"
+    advertised = dict(item.split("://") for item in BROKER_PROPS["advertised.listeners"].split(","))
+    for name, service in kafka_clients().items():
+        if name == "kafka-setup":
+            continue
+        variables = env(service)
+        assert variables["LINEGUARD_KAFKA_BOOTSTRAP"] == advertised["CLIENT"], name
+        assert variables["LINEGUARD_KAFKA__SECURITY_PROTOCOL"] == "SASL_SSL", name
+    # Published: the SASL_SSL listener for host tools, on localhost only; nothing else of Kafka.
+    external_port = advertised["EXTERNAL"].split(":")[1]
+    assert kafka["ports"] == [f"127.0.0.1:{external_port}:{external_port}"]
+    assert advertised["EXTERNAL"].split(":")[0] == "localhost"
+    assert int(BROKER_PROPS["message.max.bytes"]) == KAFKA_MAX_MESSAGE_BYTES
+    assert int(BROKER_PROPS["replica.fetch.max.bytes"]) >= KAFKA_MAX_MESSAGE_BYTES
+
+
+def test_the_compose_broker_secures_itself_like_the_local_secure_broker(tmp_path: Path) -> None:
+    from shared.kafka.broker import BrokerTls, LocalBroker
+    from shared.settings import BrokerSettings
+
+    local = LocalBroker(
+        BrokerSettings(data_dir=tmp_path), tls=BrokerTls(tmp_path / "k.pem", tmp_path / "ca.pem")
+    )
+    expected = dict(line.split("=", 1) for line in local.server_properties().splitlines() if "=" in line)
+    for key in (
+        "authorizer.class.name",
+        "allow.everyone.if.no.acl.found",
+        "super.users",
+        "ssl.principal.mapping.rules",
+        "sasl.enabled.mechanisms",
+        "ssl.enabled.protocols",
+        "ssl.endpoint.identification.algorithm",
+        "ssl.keystore.type",
+        "ssl.truststore.type",
+        "inter.broker.listener.name",
+        "controller.listener.names",
+        "listener.name.client.scram-sha-512.sasl.jaas.config",
+        "listener.name.client.scram-sha-256.sasl.jaas.config",
+    ):
+        assert BROKER_PROPS[key] == expected[key], key
+    for mechanism in ("scram-sha-512", "scram-sha-256"):
+        key = f"listener.name.external.{mechanism}.sasl.jaas.config"
+        assert BROKER_PROPS[key] == expected[f"listener.name.client.{mechanism}.sasl.jaas.config"]
+    # Its key store and trust store are the compose secrets it mounts, made by kafka-init.
+    kafka = secrets_of(SERVICES["kafka"])
+    assert BROKER_PROPS["ssl.keystore.location"] == "/run/secrets/kafka_broker_keystore"
+    assert BROKER_PROPS["ssl.truststore.location"] == "/run/secrets/kafka_ca"
+    assert kafka == {"kafka_ca": "kafka_ca", "kafka_broker_keystore": "kafka_broker_keystore"}
+    secrets_dir = "${LINEGUARD_SECRETS_DIR:-./secrets}/kafka"
+    assert COMPOSE["secrets"]["kafka_ca"]["file"] == f"{secrets_dir}/ca.pem"
+    assert COMPOSE["secrets"]["kafka_broker_keystore"]["file"] == f"{secrets_dir}/broker.pem"
+    health = SERVICES["kafka"]["healthcheck"]["test"][1]
+    assert "--bootstrap-server kafka:9094" in health and "healthcheck.properties" in health
+    probe = dict(
+        line.split("=", 1)
+        for line in (ROOT / "deploy/kafka/healthcheck.properties").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert (
+        probe["security.protocol"] == "SSL"
+        and probe["ssl.keystore.location"] == BROKER_PROPS["ssl.keystore.location"]
+    )
+
+
+def test_every_kafka_client_is_its_own_principal_with_only_its_own_password() -> None:
+    from shared.kafka.principals import PRINCIPAL_NAMES
+
+    clients = {n: s for n, s in kafka_clients().items() if n != "kafka-setup"}
+    assert set(clients) == set(SERVICE_PRINCIPALS)
+    password_users: dict[str, list[str]] = {}
+    for name, service in clients.items():
+        variables, mounts = env(service), secrets_of(service)
+        principal = SERVICE_PRINCIPALS[name]
+        assert principal in PRINCIPAL_NAMES
+        assert variables["LINEGUARD_KAFKA__SASL_USERNAME"] == principal, name
+        assert variables["LINEGUARD_KAFKA__SASL_MECHANISM"] == "SCRAM-SHA-512"
+        assert variables["LINEGUARD_KAFKA__SASL_PASSWORD_FILE"] == "/run/secrets/kafka_password"
+        assert variables["LINEGUARD_KAFKA__SSL_CA_FILE"] == "/run/secrets/kafka_ca"
+        assert mounts["kafka_ca"] == "kafka_ca"
+        password_secret = mounts["kafka_password"]
+        assert secret_file(password_secret).endswith(f"/kafka/passwords/{principal}"), name
+        assert not [
+            m for m in mounts.values() if m.startswith("kafka_") and m not in ("kafka_ca", password_secret)
+        ]
+        password_users.setdefault(password_secret, []).append(name)
+    assert all(len(users) == 1 for users in password_users.values()), password_users
+    assert "LINEGUARD_KAFKA_BOOTSTRAP" not in env(SERVICES["plc-sim"])  # no Kafka, no credentials
+
+
+def test_the_secrets_are_made_once_and_the_principals_provisioned_before_topics() -> None:
+    init, setup, kafka = SERVICES["kafka-init"], SERVICES["kafka-setup"], SERVICES["kafka"]
+    parser = build_parser()
+    args = parser.parse_args([resolve(part) for part in init["command"]])
+    assert init["profiles"] == ["init"] and args.out == Path("/secrets/kafka")
+    advertised = dict(item.split("://") for item in BROKER_PROPS["advertised.listeners"].split(","))
+    hosts = {address.rsplit(":", 1)[0] for address in advertised.values()}
+    assert hosts <= set(args.hostname), "the broker certificate must name every advertised host"
+    assert (args.broker_uid, args.service_uid) == (1000, 10001)  # apache/kafka's appuser; the Dockerfile's
+    assert "--uid 10001" in DOCKERFILE
+    assert f"{resolve(COMPOSE['secrets']['kafka_ca']['file']).rsplit('/', 1)[0]}:/secrets/kafka" in [
+        resolve(v) for v in init["volumes"]
+    ]
+    args = parser.parse_args([resolve(part) for part in setup["command"]])
+    assert args.kafka_action == "provision" and args.secrets == Path("/secrets/kafka")
+    variables = env(setup)
+    assert variables["LINEGUARD_KAFKA_BOOTSTRAP"] == advertised["INTERNAL"]
+    assert variables["LINEGUARD_KAFKA__SECURITY_PROTOCOL"] == "SSL"
+    assert variables["LINEGUARD_KAFKA__SSL_CERT_FILE"] == "/secrets/kafka/broker.pem"
+    assert setup["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert SERVICES["topics"]["depends_on"]["kafka-setup"]["condition"] == "service_completed_successfully"
+    assert "KAFKA_CLUSTER_ID" in env(kafka) and "$$KAFKA_CLUSTER_ID" in " ".join(kafka["command"])
 
 
 def test_topics_are_made_by_the_code_before_any_service_starts() -> None:
     topics = SERVICES["topics"]
     assert topics["command"][:2] == ["topics", "ensure"]
-    assert topics["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert topics["depends_on"]["kafka-setup"]["condition"] == "service_completed_successfully"
     partitions = int(resolve(topics["command"][topics["command"].index("--frames-partitions") + 1]))
     assert partitions >= SERVICES["scorer"]["deploy"]["replicas"], "more scorers than frames partitions idle"
     for name, service in lineguard_services().items():
-        if name in ("topics", "plc-sim"):
+        if name in ("topics", "plc-sim", "kafka-init", "kafka-setup"):
             continue
         assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully", name
         prefix = env(service)["LINEGUARD_TOPIC_PREFIX"]
@@ -184,20 +345,43 @@ def test_volumes_secrets_and_health_checks() -> None:
     declared = set(COMPOSE["volumes"])
     for service in SERVICES.values():
         for volume in service.get("volumes", []):
-            source = volume.split(":")[0]
+            source = resolve(volume).split(":")[0]
             assert source.startswith("./") or source in declared, volume
-        for secret in service.get("secrets", []):
+        for secret in secrets_of(service).values():
             assert secret in COMPOSE["secrets"]
-    for name in ("kafka", "scorer", "explainer", "plc-bridge", "alerts", "plc-sim", "prometheus", "grafana"):
+    for name in (
+        "kafka",
+        "scorer",
+        "explainer",
+        "plc-bridge",
+        "alerts",
+        "console",
+        "plc-sim",
+        "prometheus",
+        "grafana",
+    ):
         check = SERVICES[name]["healthcheck"]
         assert not check.get("disable") and check["test"][0] in ("CMD", "CMD-SHELL"), name
     secret_env = {
         "explainer": "LINEGUARD_EXPLAINER__API_KEY_FILE",
         "alerts": "LINEGUARD_ALERTS__WEBHOOK_URL_FILE",
+        "console": "LINEGUARD_CONSOLE__TOKEN_FILE",
     }
     for name, variable in secret_env.items():
-        (secret,) = SERVICES[name]["secrets"]
-        assert env(SERVICES[name])[variable] == f"/run/secrets/{secret}"
+        mounted = [m for m in secrets_of(SERVICES[name]) if not m.startswith("kafka_")]
+        assert [env(SERVICES[name])[variable]] == [f"/run/secrets/{m}" for m in mounted]
+
+
+def test_the_console_reads_the_explainers_report_store_and_publishes_its_port() -> None:
+    console, explainer = env(SERVICES["console"]), env(SERVICES["explainer"])
+    assert console["LINEGUARD_EXPLAINER__REPORT_DIR"] == explainer["LINEGUARD_EXPLAINER__REPORT_DIR"]
+    report_dir = console["LINEGUARD_EXPLAINER__REPORT_DIR"]
+    assert f"reports:{report_dir}:ro" in SERVICES["console"]["volumes"]
+    assert console["LINEGUARD_CONSOLE__HOST"] == "0.0.0.0"
+    port = console["LINEGUARD_CONSOLE__PORT"]
+    assert any(resolve(mapping).endswith(f":{port}") for mapping in SERVICES["console"]["ports"])
+    frames = console["LINEGUARD_LABELS__FRAMES_DIR"]
+    assert f"frames:{frames}" in SERVICES["console"]["volumes"]
 
 
 def test_dockerfile_copies_what_exists() -> None:

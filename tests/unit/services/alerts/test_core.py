@@ -10,7 +10,7 @@ from services.alerts.core import Admission, Forwarder, RetryPolicy, TokenBucket,
 from services.alerts.webhook import post_json
 from shared.messages.schemas import AlertEvent
 from shared.settings import WebhookFormat
-from tests.support.alert_events import alert_event
+from tests.support.messages import alert_event
 from tests.support.webhook_server import WebhookServer
 
 S = 1_000_000_000

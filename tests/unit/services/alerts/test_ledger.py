@@ -6,7 +6,7 @@ from pathlib import Path
 
 from services.alerts import metrics
 from services.alerts.ledger import DELIVERED, SENDING, DeliveryLedger, dedup_key
-from tests.support.alert_events import alert_event
+from tests.support.messages import alert_event
 
 
 def ledger(path: Path, **kwargs: float) -> DeliveryLedger:

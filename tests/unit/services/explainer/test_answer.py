@@ -11,7 +11,7 @@ from services.explainer.answer import (
     extract_json_object,
     parse_answer,
 )
-from tests.support.defect_events import answer_json
+from tests.support.reports import answer_json
 
 
 def test_plain_json_answer_parses() -> None:

@@ -17,15 +17,16 @@ from services.explainer.policy import egress_for
 from shared.engine.config import UNKNOWN
 from shared.messages.schemas import DefectEvent
 from shared.settings import EgressPolicy, ExplainerSettings
-from tests.support.defect_events import answer_json, make_event
+from tests.support.messages import defect_event
 from tests.support.openai_server import FakeOpenAIServer, Reply
+from tests.support.reports import answer_json
 
 MakeExplainer = Callable[..., Explainer]
 LISTED = {"washer": "full", "pcb": "crop"}  # strictest configured: crop
 
 
 def event(product: str, *, route_confidence: float = 0.97, reason: str = "") -> DefectEvent:
-    base = make_event(f"f-{product}-{route_confidence}", product=product)
+    base = defect_event(f"f-{product}-{route_confidence}", product=product)
     verdict = dataclasses.replace(base.verdict, route_confidence=route_confidence, reason=reason)
     return dataclasses.replace(base, verdict=verdict)
 

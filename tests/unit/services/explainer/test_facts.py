@@ -10,7 +10,8 @@ from shared.engine.config import Decision
 from shared.errors import ImageError
 from shared.messages.anomaly_map import decode_anomaly_map
 from shared.messages.pixels import decode_pixels
-from tests.support.defect_events import make_event, png_bytes
+from tests.support.images import png_bytes
+from tests.support.messages import defect_event
 
 
 def test_event_images_are_decoded_with_bounds() -> None:
@@ -29,7 +30,7 @@ def test_event_images_are_decoded_with_bounds() -> None:
 
 
 def test_facts_keep_the_wire_verdict_and_add_what_the_pictures_show() -> None:
-    event = make_event("f-facts", size=(160, 120), region=(100, 10, 30, 8))
+    event = defect_event("f-facts", size=(160, 120), region=(100, 10, 30, 8))
     facts = read_facts(event, frame_max_side=64, crop_max_side=32)
     assert facts.verdict is event.verdict and facts.decision is Decision.REJECT
     assert facts.positions == ("upper right",)  # the centre of x 100..130, y 10..18 on 160 x 120
@@ -43,7 +44,7 @@ def test_facts_keep_the_wire_verdict_and_add_what_the_pictures_show() -> None:
 
 
 def test_an_undecodable_picture_is_a_fact_not_an_error() -> None:
-    broken = dataclasses.replace(make_event("f-broken"), anomaly_map_png=b"\x89PNG\r\n\x1a\nbroken")
+    broken = dataclasses.replace(defect_event("f-broken"), anomaly_map_png=b"\x89PNG\r\n\x1a\nbroken")
     facts = read_facts(broken, frame_max_side=1024, crop_max_side=512)
     assert facts.pictures is None and facts.heat_shares is None and facts.image_problem == "corrupt"
     assert facts.positions == ("upper right",)  # the verdict still places its regions

@@ -6,11 +6,12 @@ from services.explainer.policy import ReferenceLibrary, egress_for, vocabulary_f
 from shared.errors import ConfigError
 from shared.messages.schemas import Verdict
 from shared.settings import EgressPolicy, load_settings
-from tests.support.defect_events import make_event, png_bytes
+from tests.support.images import png_bytes
+from tests.support.messages import defect_event
 
 
 def verdict(product: str) -> Verdict:
-    return make_event(product=product).verdict
+    return defect_event(product=product).verdict
 
 
 def test_explainer_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,11 +8,11 @@ from shared.errors import ConfigError
 from shared.messages.anomaly_map import decode_anomaly_map
 from shared.messages.pixels import decode_pixels
 from shared.settings import EgressPolicy
-from tests.support.defect_events import make_event
+from tests.support.messages import defect_event
 
 
 def test_prompt_full_egress_carries_references_frame_overlay_and_crop() -> None:
-    event = make_event()
+    event = defect_event()
     facts = read_facts(event, frame_max_side=1024, crop_max_side=512)
     pictures = make_pictures(
         decode_pixels(event.image, "jpeg", 160, 120),

@@ -1,54 +1,38 @@
 import re
-from typing import Any
 
 import pytest
 from markdown_it import MarkdownIt
 
 from services.explainer import i18n
-from services.explainer.answer import parse_answer
 from services.explainer.document import ReportDocument
 from services.explainer.facts import EventFacts, verdict_facts
 from services.explainer.geometry import POSITION_CODES, Box
 from services.explainer.pictures import EventPictures
 from services.explainer.render import render_html, render_json, render_markdown
 from services.explainer.report import (
-    build_fallback_report,
-    build_vlm_report,
     quality_grade,
     severity_from_score,
 )
-from shared.engine.config import Decision
-from shared.messages.schemas import RegionMsg, Verdict
-from tests.support.defect_events import answer_json
+from shared.engine.config import Decision, Region
+from tests.support.messages import T0, verdict
+from tests.support.reports import answer_json, fallback_document, vlm_document
 
 VOCABULARY = ["scratch", "dent", "missing part"]
-RULES: dict[str, Any] = {"vocabulary": VOCABULARY, "class_actions": [], "severity_bands": (0.6, 0.8)}
 
 
 def facts(
     score: float = 0.8, regions: list[tuple[int, int, int, int, float, float]] | None = None
 ) -> EventFacts:
     regions = [(100, 10, 30, 4, score, 0.006)] if regions is None else regions
-    verdict = Verdict(
-        frame_id="f-1",
-        line_id="line-1",
-        station_id="st-1",
-        camera_id="cam-1",
-        product_class="washer",
-        route_confidence=0.9,
-        decision="reject",
+    decided = verdict(
+        "f-1",
+        "reject",
         score=score,
-        raw_score=2 * score,
-        threshold=1.0,
-        regions=[RegionMsg(*region) for region in regions],
-        model_version="m1",
-        captured_at=1_700_000_000_000_000_000,
-        decided_at=1_700_000_000_010_000_000,
+        regions=[Region(*region) for region in regions],
+        captured_at=T0,
         latency_ms=10.0,
-        late=False,
-        reason="",
     )
-    return verdict_facts(verdict, 160, 120)
+    return verdict_facts(decided, 160, 120)
 
 
 @pytest.mark.parametrize(
@@ -76,15 +60,7 @@ def test_severity_from_score_bands() -> None:
 
 
 def test_fallback_report_is_marked_and_built_from_local_signals() -> None:
-    doc = build_fallback_report(
-        facts(0.85),
-        reason="no_endpoint",
-        vocabulary=VOCABULARY,
-        severity_bands=(0.6, 0.8),
-        language="en",
-        created_at=1,
-        egress="full",
-    )
+    doc = fallback_document(facts(0.85), vocabulary=VOCABULARY)
     assert doc.source == "fallback" and doc.fallback_reason == "no_endpoint" and doc.vlm_model == ""
     assert doc.confidence is None
     assert "NOT WRITTEN BY A VLM" in doc.evidence[0]
@@ -93,95 +69,37 @@ def test_fallback_report_is_marked_and_built_from_local_signals() -> None:
     assert finding.defect_type == "scratch"  # elongated region -> the vocabulary's scratch-like term
     assert "upper right" in doc.summary and "0.85" in doc.summary
     assert doc.grade == "E"
-    compact = build_fallback_report(
-        facts(0.65, [(10, 80, 6, 6, 0.65, 0.002)]),
-        reason="budget_spent",
-        vocabulary=VOCABULARY,
-        severity_bands=(0.6, 0.8),
-        language="en",
-        created_at=1,
-        egress="full",
+    compact = fallback_document(
+        facts(0.65, [(10, 80, 6, 6, 0.65, 0.002)]), "budget_spent", vocabulary=VOCABULARY
     )
     assert compact.findings[0].defect_type == "dent" and compact.findings[0].location == "lower left"
     assert compact.grade == "D"
 
 
 def test_fallback_without_regions_or_fitting_vocabulary() -> None:
-    doc = build_fallback_report(
-        facts(0.4, []),
-        reason="egress_none",
-        vocabulary=[],
-        severity_bands=(0.6, 0.8),
-        language="en",
-        created_at=1,
-        egress="none",
-    )
+    doc = fallback_document(facts(0.4, []), "egress_none", egress="none")
     assert doc.findings == [] and not doc.anomalous and doc.grade == "B"  # rejected all the same
-    odd = build_fallback_report(
-        facts(0.9),
-        reason="x",
-        vocabulary=["blowhole"],
-        severity_bands=(0.6, 0.8),
-        language="en",
-        created_at=1,
-        egress="full",
-    )
+    odd = fallback_document(facts(0.9), "x", vocabulary=["blowhole"])
     assert odd.findings[0].defect_type == "anomaly"
 
 
 def test_vlm_report_cross_checks_the_stated_location() -> None:
     shares = dict.fromkeys(POSITION_CODES, 0.0)
     shares["upper right"] = 1.0
-    good = build_vlm_report(
-        facts(),
-        parse_answer(answer_json(location="upper right")),
-        shares,
-        language="en",
-        vlm_model="m",
-        created_at=1,
-        egress="full",
-        **RULES,
-    )
+    good = vlm_document(facts(), answer_json(location="upper right"), shares, vocabulary=VOCABULARY)
     assert not good.location_disagreement and good.findings[0].location_agrees is True
     assert good.source == "vlm" and good.grade == "E"  # reject at 0.8: the severe band
     assert good.vlm_suggestions == ["Inspect the transfer fixture for burrs."]  # the VLM's words
     assert good.recommended_actions == i18n.GRADE_ACTIONS["en"]["E"]  # ours, from the grade
-    bad = build_vlm_report(
-        facts(),
-        parse_answer(answer_json(location="lower left")),
-        shares,
-        language="en",
-        vlm_model="m",
-        created_at=1,
-        egress="full",
-        **RULES,
-    )
+    bad = vlm_document(facts(), answer_json(location="lower left"), shares, vocabulary=VOCABULARY)
     assert bad.location_disagreement and bad.findings[0].location_agrees is False
     assert any("does not match the heatmap" in line and "upper right" in line for line in bad.evidence)
-    unchecked = build_vlm_report(
-        facts(),
-        parse_answer(answer_json()),
-        None,
-        language="en",
-        vlm_model="m",
-        created_at=1,
-        egress="full",
-        **RULES,
-    )
+    unchecked = vlm_document(facts(), answer_json(), vocabulary=VOCABULARY)
     assert unchecked.findings[0].location_agrees is None and not unchecked.location_disagreement
 
 
 def test_not_anomalous_answer_is_a_disagreement_and_the_regions_stay() -> None:
-    doc = build_vlm_report(
-        facts(0.7),
-        parse_answer(answer_json(anomalous=False)),
-        None,
-        language="en",
-        vlm_model="m",
-        created_at=1,
-        egress="full",
-        **RULES,
-    )
+    doc = vlm_document(facts(0.7), answer_json(anomalous=False), vocabulary=VOCABULARY)
     assert doc.vlm_disagrees and doc.vlm_anomalous is False and doc.grade == "D"
     assert [(f.location, f.by_vlm) for f in doc.findings] == [("upper right", False)]
     assert doc.summary.startswith("THE VLM DISAGREES")
@@ -191,15 +109,7 @@ def test_not_anomalous_answer_is_a_disagreement_and_the_regions_stay() -> None:
     ("language", "heading", "position"), [("ko", "권장 조치", "오른쪽 위"), ("ja", "推奨対応", "右上")]
 )
 def test_fixed_texts_follow_the_language(language: str, heading: str, position: str) -> None:
-    doc = build_fallback_report(
-        facts(),
-        reason="no_endpoint",
-        vocabulary=VOCABULARY,
-        severity_bands=(0.6, 0.8),
-        language=language,
-        created_at=1,
-        egress="full",
-    )
+    doc = fallback_document(facts(), vocabulary=VOCABULARY, language=language)
     markdown = render_markdown(doc)
     assert heading in markdown and position in markdown
     assert "VLM" in doc.evidence[0]
@@ -210,10 +120,8 @@ def pictures() -> EventPictures:
 
 
 def test_html_is_self_contained_and_escapes_model_text() -> None:
-    answer = parse_answer(answer_json(assessment="<script>alert(1)</script> & more"))
-    doc = build_vlm_report(
-        facts(), answer, None, language="en", vlm_model="m", created_at=1, egress="full", **RULES
-    )
+    answer = answer_json(assessment="<script>alert(1)</script> & more")
+    doc = vlm_document(facts(), answer, vocabulary=VOCABULARY)
     html = render_html(doc, pictures())
     assert "<script>" not in html and "&lt;script&gt;" in html
     sources = re.findall(r'src="([^"]+)"', html)
@@ -225,15 +133,7 @@ def test_html_is_self_contained_and_escapes_model_text() -> None:
 
 
 def test_fallback_html_shows_the_notice_and_json_round_trips() -> None:
-    doc = build_fallback_report(
-        facts(),
-        reason="endpoint_down",
-        vocabulary=VOCABULARY,
-        severity_bands=(0.6, 0.8),
-        language="en",
-        created_at=1,
-        egress="crop",
-    )
+    doc = fallback_document(facts(), "endpoint_down", vocabulary=VOCABULARY, egress="crop")
     html = render_html(doc, None)
     assert 'class="fallback"' in html and "endpoint_down" in html and "<img" not in html
     import json

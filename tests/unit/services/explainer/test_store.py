@@ -1,9 +1,9 @@
 from pathlib import Path
 
 from services.explainer.facts import read_facts
-from services.explainer.report import build_fallback_report
 from services.explainer.store import ReportStore, safe_component
-from tests.support.defect_events import make_event
+from tests.support.messages import T0, defect_event
+from tests.support.reports import fallback_document
 
 
 def test_safe_component_keeps_plain_ids_and_neutralises_the_rest() -> None:
@@ -16,17 +16,9 @@ def test_safe_component_keeps_plain_ids_and_neutralises_the_rest() -> None:
 
 def test_store_layout_lookup_and_publication_marker(tmp_path: Path) -> None:
     store = ReportStore(tmp_path)
-    event = make_event("f-1", captured_at=1_700_000_000_000_000_000, line_id="L/1", station_id="s1")
+    event = defect_event("f-1", captured_at=T0, line_id="L/1", station_id="s1")
     facts = read_facts(event, frame_max_side=1024, crop_max_side=512)
-    doc = build_fallback_report(
-        facts,
-        reason="no_endpoint",
-        vocabulary=[],
-        severity_bands=(0.6, 0.8),
-        language="en",
-        created_at=1,
-        egress="full",
-    )
+    doc = fallback_document(facts)
     captured_at = facts.verdict.captured_at
     assert store.lookup("f-1", "L/1", "s1", captured_at) is None
     path = store.write(doc, facts.pictures)

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from services.alerts.webhook import post_json, tls_context
+from services.alerts.webhook import post_json
 from services.explainer.cli import quiet_http_loggers
 from services.explainer.core import Explainer
 from shared.telemetry.logging import JsonLineFormatter
-from tests.support.defect_events import answer_json, make_event
+from shared.tls import client_context
+from tests.support.messages import defect_event
 from tests.support.openai_server import FakeOpenAIServer, Reply
+from tests.support.reports import answer_json
 from tests.support.tls import LocalPki, make_pki
 from tests.support.webhook_server import WebhookServer
 
@@ -62,28 +64,32 @@ async def test_the_vlm_client_trusts_only_what_it_is_told_to(
     untrusting = make_explainer(
         base_url=tls_vlm.base_url, max_attempts=1, when_endpoint_down="fallback", api_key=KEY
     )
-    refused = await untrusting.handle(make_event("f-tls-refused"))
+    refused = await untrusting.handle(defect_event("f-tls-refused"))
     assert refused.document is not None and refused.document.fallback_reason == "endpoint_down"
     assert tls_vlm.chat_requests() == []  # the handshake failed: nothing (no key, no image) was sent
     tls_vlm.script(Reply(content=answer_json()))
     trusting = make_explainer(base_url=tls_vlm.base_url, ca_file=pki.ca_file, api_key=KEY)
-    accepted = await trusting.handle(make_event("f-tls-ok"))
+    accepted = await trusting.handle(defect_event("f-tls-ok"))
     assert accepted.document is not None and accepted.document.source == "vlm"
     other = make_pki(pki.ca_file.parent.parent / "other-ca")
     elsewhere = make_explainer(
         base_url=tls_vlm.base_url, ca_file=other.ca_file, max_attempts=1, when_endpoint_down="fallback"
     )
-    wrong_ca = await elsewhere.handle(make_event("f-tls-other-ca"))
+    wrong_ca = await elsewhere.handle(defect_event("f-tls-other-ca"))
     assert wrong_ca.document is not None and wrong_ca.document.fallback_reason == "endpoint_down"
     assert len(tls_vlm.chat_requests()) == 1
 
 
 def test_the_webhook_client_verifies_tls_against_the_configured_ca(pki: LocalPki) -> None:
     with WebhookServer(tls=pki.server_context()) as server:
-        refused = post_json(server.url, {"text": "x"}, 5.0, None, tls_context(None))
+        refused = post_json(
+            server.url, {"text": "x"}, 5.0, None, client_context(None, "LINEGUARD_ALERTS__CA_FILE")
+        )
         assert not refused.ok and refused.retryable and "SSLCertVerificationError" in refused.detail
         assert server.delivered() == []
-        delivered = post_json(server.url, {"text": "x"}, 5.0, None, tls_context(pki.ca_file))
+        delivered = post_json(
+            server.url, {"text": "x"}, 5.0, None, client_context(pki.ca_file, "LINEGUARD_ALERTS__CA_FILE")
+        )
         assert delivered.ok and server.delivered() == [{"text": "x"}]
         assert server.url not in refused.detail
 
@@ -104,9 +110,9 @@ async def test_no_secret_and_no_image_byte_in_any_log_line(
     explainer = make_explainer(
         api_key=None, api_key_file=key_file, max_attempts=3, follow_up_below=0.5, structured_outputs=False
     )
-    event = make_event("f-secrets")
+    event = defect_event("f-secrets")
     first = await explainer.handle(event)
-    second = await explainer.handle(make_event("f-secrets-2", seed=3))
+    second = await explainer.handle(defect_event("f-secrets-2", seed=3))
     assert first.document is not None and second.document is not None
     assert vlm_server.chat_requests()[0].headers["authorization"] == f"Bearer {KEY}"
     logged = json_log.getvalue()

@@ -18,8 +18,9 @@ from services.explainer import i18n, metrics
 from services.explainer.core import Explainer, report_message
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import Report
-from tests.support.defect_events import answer_json, make_event
+from tests.support.messages import defect_event
 from tests.support.openai_server import FakeOpenAIServer, Reply
+from tests.support.reports import answer_json
 
 MakeExplainer = Callable[..., Explainer]
 
@@ -44,7 +45,7 @@ async def test_not_anomalous_from_the_vlm_is_shown_as_a_disagreement_not_a_pass(
     )
     before = disagreements()
     explainer = make_explainer()
-    outcome = await explainer.handle(make_event("f-disagree", score=0.79))
+    outcome = await explainer.handle(defect_event("f-disagree", score=0.79))
     doc = outcome.document
     assert doc is not None and doc.source == "vlm" and doc.decision == "reject"
     assert doc.vlm_disagrees and doc.vlm_anomalous is False
@@ -73,7 +74,7 @@ async def test_injected_actions_never_become_the_reports_actions(
         )
     )
     explainer = make_explainer(class_actions={"washer": ["Check the press tool for wear."]})
-    outcome = await explainer.handle(make_event("f-inject", score=0.79))
+    outcome = await explainer.handle(defect_event("f-inject", score=0.79))
     doc = outcome.document
     assert doc is not None and doc.grade == "D" and not doc.vlm_disagrees
     assert doc.recommended_actions == [*i18n.GRADE_ACTIONS["en"]["D"], "Check the press tool for wear."]
@@ -123,7 +124,7 @@ async def test_markdown_passes_no_heading_link_image_or_html_from_the_vlm(
             )
         )
     )
-    outcome = await make_explainer().handle(make_event("f-hostile", station_id="st|1#x"))
+    outcome = await make_explainer().handle(defect_event("f-hostile", station_id="st|1#x"))
     markdown = outcome.json_path.with_suffix(".md").read_text()  # type: ignore[union-attr]
     html = render(markdown)
     assert "<img" not in html and "<a " not in html and 'evil.example">' not in html
@@ -147,7 +148,7 @@ async def test_repair_resends_only_text_and_is_charged(
         Reply(content='{"anomalous": true, "confidence": "high"', prompt_tokens=3000, completion_tokens=40),
         Reply(content=answer_json(), prompt_tokens=900, completion_tokens=200),
     )
-    outcome = await make_explainer().handle(make_event("f-repair-text"))
+    outcome = await make_explainer().handle(defect_event("f-repair-text"))
     doc = outcome.document
     assert doc is not None and doc.source == "vlm" and doc.repaired
     first, repair = vlm_server.chat_requests()

@@ -18,8 +18,9 @@ from services.explainer import metrics
 from services.explainer.controls import BreakerState
 from services.explainer.core import Explainer
 from shared.kafka.broker import free_port
-from tests.support.defect_events import answer_json, make_event
+from tests.support.messages import defect_event
 from tests.support.openai_server import FakeOpenAIServer, Reply
+from tests.support.reports import answer_json
 
 MakeExplainer = Callable[..., Explainer]
 
@@ -54,7 +55,7 @@ async def test_a_200_that_is_not_a_completion_is_a_metered_failure_then_a_retry(
     before = requests_with("bad_response")
     vlm_server.script(BAD_RESPONSES[name], Reply(content=answer_json()))
     explainer = make_explainer(when_endpoint_down="fallback", max_attempts=2)
-    outcome = await explainer.handle(make_event(f"f-{name}"))
+    outcome = await explainer.handle(defect_event(f"f-{name}"))
     assert outcome.kind == "reported" and outcome.document is not None
     assert outcome.document.source == "vlm"  # the second attempt answered
     assert len(vlm_server.chat_requests()) == 2
@@ -68,7 +69,7 @@ async def test_a_bad_200_every_time_ends_in_a_fallback_report(
 ) -> None:
     vlm_server.script(*[BAD_RESPONSES[name]] * 2)
     explainer = make_explainer(when_endpoint_down="fallback", max_attempts=2, breaker_failures=10)
-    outcome = await explainer.handle(make_event(f"f-bad-{name}"))
+    outcome = await explainer.handle(defect_event(f"f-bad-{name}"))
     doc = outcome.document
     assert outcome.kind == "reported" and doc is not None
     assert doc.source == "fallback" and doc.fallback_reason == "endpoint_down"
@@ -83,7 +84,7 @@ async def test_a_huge_body_is_refused_without_reading_it(
     before = requests_with("bad_response")
     explainer = make_explainer(when_endpoint_down="fallback", max_attempts=2, max_response_bytes=1 << 20)
     started = time.monotonic()
-    outcome = await explainer.handle(make_event("f-huge"))
+    outcome = await explainer.handle(defect_event("f-huge"))
     assert outcome.document is not None and outcome.document.source == "vlm"
     assert requests_with("bad_response") == before + 1
     assert time.monotonic() - started < 10
@@ -94,7 +95,7 @@ async def test_connection_refused_is_a_metered_failure(make_explainer: MakeExpla
     explainer = make_explainer(
         base_url=f"http://127.0.0.1:{free_port()}/v1", when_endpoint_down="fallback", max_attempts=2
     )
-    outcome = await explainer.handle(make_event("f-refused"))
+    outcome = await explainer.handle(defect_event("f-refused"))
     assert outcome.document is not None and outcome.document.fallback_reason == "endpoint_down"
     assert requests_with("connection_error") == before + 2
 
@@ -104,7 +105,7 @@ async def test_a_dropped_connection_is_a_metered_failure(
 ) -> None:
     vlm_server.script(Reply(drop=True), Reply(content=answer_json()))
     before = requests_with("connection_error")
-    outcome = await make_explainer(max_attempts=2).handle(make_event("f-dropped"))
+    outcome = await make_explainer(max_attempts=2).handle(defect_event("f-dropped"))
     assert outcome.document is not None and outcome.document.source == "vlm"
     assert requests_with("connection_error") == before + 1
 
@@ -114,7 +115,7 @@ async def test_a_refusal_is_final_and_reported_as_such(
 ) -> None:
     vlm_server.script(Reply(content=None, refusal="I can't help with that."))
     explainer = make_explainer(when_endpoint_down="hold")
-    outcome = await explainer.handle(make_event("f-refusal"))
+    outcome = await explainer.handle(defect_event("f-refusal"))
     doc = outcome.document
     assert outcome.kind == "reported" and doc is not None
     assert doc.source == "fallback" and doc.fallback_reason == "vlm_refused"
@@ -132,7 +133,7 @@ async def test_client_errors_are_final(
 ) -> None:
     vlm_server.script(Reply(status=status, content="no"))
     explainer = make_explainer(structured_outputs=False, when_endpoint_down="hold")
-    outcome = await explainer.handle(make_event(f"f-{status}"))
+    outcome = await explainer.handle(defect_event(f"f-{status}"))
     assert outcome.document is not None and outcome.document.fallback_reason == reason
     assert len(vlm_server.chat_requests()) == 1
 
@@ -148,7 +149,7 @@ async def test_retry_after_is_honoured_but_never_beyond_the_backoff_cap(
     )
     explainer = make_explainer(max_attempts=4, backoff_max_s=0.5)
     started = time.monotonic()
-    outcome = await explainer.handle(make_event("f-retry-after"))
+    outcome = await explainer.handle(defect_event("f-retry-after"))
     elapsed = time.monotonic() - started
     assert outcome.document is not None and outcome.document.source == "vlm"
     assert 0.3 <= elapsed < 5
@@ -164,16 +165,16 @@ async def test_the_half_open_trial_that_gets_a_bad_200_reopens_and_the_breaker_r
     )
     assert explainer.vlm is not None
     breaker = explainer.vlm.breaker
-    first = await explainer.handle(make_event("f-trip"))  # 500: the breaker opens
+    first = await explainer.handle(defect_event("f-trip"))  # 500: the breaker opens
     assert first.document is not None and breaker.state is BreakerState.OPEN
     await asyncio.sleep(0.25)
     vlm_server.script(Reply(raw_body=HTML_PAGE, content_type="text/html"))  # the trial gets garbage
-    trial = await explainer.handle(make_event("f-trial"))
+    trial = await explainer.handle(defect_event("f-trial"))
     assert trial.document is not None and trial.document.fallback_reason == "endpoint_down"
     assert breaker.state is BreakerState.OPEN  # the trial failed: open again, not stuck half-open
     await asyncio.sleep(0.25)
     vlm_server.script(Reply(content=answer_json()))  # healthy again
-    healed = await explainer.handle(make_event("f-healed"))
+    healed = await explainer.handle(defect_event("f-healed"))
     assert healed.document is not None and healed.document.source == "vlm"
     assert breaker.state is BreakerState.CLOSED
     assert len(vlm_server.chat_requests()) == 3
@@ -187,17 +188,17 @@ async def test_a_cancelled_half_open_trial_does_not_wedge_the_breaker(
     )
     assert explainer.vlm is not None
     breaker = explainer.vlm.breaker
-    await explainer.handle(make_event("f-trip-2"))
+    await explainer.handle(defect_event("f-trip-2"))
     await asyncio.sleep(0.25)
     vlm_server.script(Reply(content=answer_json(), delay_s=5))
-    trial = asyncio.create_task(explainer.handle(make_event("f-cancelled")))
+    trial = asyncio.create_task(explainer.handle(defect_event("f-cancelled")))
     await asyncio.sleep(0.3)
     assert breaker.state is BreakerState.HALF_OPEN
     trial.cancel()
     with pytest.raises(asyncio.CancelledError):
         await trial
     vlm_server.script(Reply(content=answer_json()))
-    after = await explainer.handle(make_event("f-after-cancel"))
+    after = await explainer.handle(defect_event("f-after-cancel"))
     assert after.document is not None and after.document.source == "vlm"
     assert breaker.state is BreakerState.CLOSED
 
@@ -208,7 +209,7 @@ async def test_a_slow_endpoint_gets_a_fallback_within_the_hold_limit(
     vlm_server.script(*[Reply(content=answer_json(), delay_s=3)] * 4)
     explainer = make_explainer(when_endpoint_down="hold", request_timeout_s=30, max_hold_s=1.0)
     started = time.monotonic()
-    outcome = await explainer.handle(make_event("f-slow"))
+    outcome = await explainer.handle(defect_event("f-slow"))
     assert time.monotonic() - started < 2.5
     doc = outcome.document
     assert outcome.kind == "reported" and doc is not None
@@ -224,7 +225,7 @@ async def test_held_for_a_bad_200_then_past_the_hold_limit_a_fallback(
     retried, and once held past ``max_hold_s`` it gets its fallback report."""
     vlm_server.script(*[BAD_RESPONSES[name]] * 4)
     explainer = make_explainer(when_endpoint_down="hold", max_attempts=2, max_hold_s=20, breaker_failures=10)
-    event = make_event(f"f-held-{name}")
+    event = defect_event(f"f-held-{name}")
     held = await explainer.handle(event)
     assert held.kind == "held" and held.hold_reason == "endpoint_down"
     calls = len(vlm_server.chat_requests())

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from services.plc_bridge import registers as reg
 from services.plc_bridge.core import BridgeCore, FailSafeCause, StationState, VerdictOutcome
+from shared.messages.schemas import Verdict
+from tests.support import messages as build
 
 
-@dataclass
-class V:
-    frame_id: str
-    station_id: str = "s1"
-    decision: str = "pass"
-    captured_at: int = 0  # ns
-    late: bool = False
+def verdict(
+    frame_id: str, station_id: str = "s1", decision: str = "pass", captured_at: int = 0, late: bool = False
+) -> Verdict:
+    """A verdict from the scorer on a frame captured at ``captured_at`` (ns)."""
+    return build.verdict(frame_id, decision, station_id=station_id, captured_at=captured_at, late=late)
 
 
 def core(**kw) -> BridgeCore:
@@ -26,10 +24,10 @@ def core(**kw) -> BridgeCore:
 
 def test_verdicts_drive_outputs_and_counters():
     c = core()
-    assert c.apply_verdict(V("a", decision="pass"), 0) is VerdictOutcome.APPLIED
+    assert c.apply_verdict(verdict("a", decision="pass"), 0) is VerdictOutcome.APPLIED
     assert c.state["s1"].reject is False and c.state["s1"].pass_count == 1
-    c.apply_verdict(V("b", decision="reject"), 0)
-    c.apply_verdict(V("c", decision="review"), 0)
+    c.apply_verdict(verdict("b", decision="reject"), 0)
+    c.apply_verdict(verdict("c", decision="review"), 0)
     st = c.state["s1"]
     assert st.reject is True and st.reject_count == 2 and st.pass_count == 1
     assert st.last_decision == reg.DECISION_CODES["review"] and st.last_frame_id == "c"
@@ -39,37 +37,37 @@ def test_verdicts_drive_outputs_and_counters():
 
 def test_reject_decisions_are_configurable():
     c = core(reject_decisions=frozenset({"reject"}))
-    c.apply_verdict(V("a", decision="review"), 0)
+    c.apply_verdict(verdict("a", decision="review"), 0)
     assert c.state["s1"].reject is False and c.state["s1"].reject_count == 0
 
 
 def test_duplicate_frame_ids_apply_once_and_unknown_stations_are_refused():
     c = core()
-    c.apply_verdict(V("a", decision="reject"), 0)
-    assert c.apply_verdict(V("a", decision="reject"), 0) is VerdictOutcome.DUPLICATE
+    c.apply_verdict(verdict("a", decision="reject"), 0)
+    assert c.apply_verdict(verdict("a", decision="reject"), 0) is VerdictOutcome.DUPLICATE
     assert c.state["s1"].reject_count == 1 and c.state["s1"].sequence == 1
-    assert c.apply_verdict(V("z", station_id="elsewhere"), 0) is VerdictOutcome.UNKNOWN_STATION
+    assert c.apply_verdict(verdict("z", station_id="elsewhere"), 0) is VerdictOutcome.UNKNOWN_STATION
 
 
 def test_dedup_window_is_bounded():
     c = core(dedup_window=2)
     for fid in ("a", "b", "c"):
-        c.apply_verdict(V(fid), 0)
-    assert c.apply_verdict(V("a"), 0) is VerdictOutcome.APPLIED  # forgotten: outside the window
-    assert c.apply_verdict(V("c"), 0) is VerdictOutcome.DUPLICATE
+        c.apply_verdict(verdict(fid), 0)
+    assert c.apply_verdict(verdict("a"), 0) is VerdictOutcome.APPLIED  # forgotten: outside the window
+    assert c.apply_verdict(verdict("c"), 0) is VerdictOutcome.DUPLICATE
 
 
 def test_seed_continues_counters_and_refuses_the_last_frame_again():
     c = core()
     c.seed("s1", StationState(pass_count=41, reject_count=7, sequence=9, last_frame_id="last"))
-    assert c.apply_verdict(V("last"), 0) is VerdictOutcome.DUPLICATE
-    c.apply_verdict(V("next"), 0)
+    assert c.apply_verdict(verdict("last"), 0) is VerdictOutcome.DUPLICATE
+    c.apply_verdict(verdict("next"), 0)
     assert c.state["s1"].pass_count == 42 and c.state["s1"].sequence == 10
 
 
 def test_scorer_silence_fails_safe_on_every_station_and_recovers():
     c = core(scorer_timeout_s=5.0, stop_line_on_fail_safe=True)
-    c.apply_verdict(V("a"), 0)
+    c.apply_verdict(verdict("a"), 0)
     assert c.tick(4.0) == []
     assert sorted(c.tick(5.5)) == ["s1", "s2"]
     assert c.line.scorer_ok is False and c.line.fail_safe_active and c.line.stop_line
@@ -80,7 +78,7 @@ def test_scorer_silence_fails_safe_on_every_station_and_recovers():
     c.scorer_alive(21.0)
     assert c.line.scorer_ok and not c.line.fail_safe_active and not c.line.stop_line
     assert c.state["s2"].reject  # held until that station's next verdict
-    c.apply_verdict(V("b", station_id="s2"), 21.0)
+    c.apply_verdict(verdict("b", station_id="s2"), 21.0)
     assert not c.state["s2"].reject
 
 
@@ -94,23 +92,23 @@ def test_tracked_part_missing_its_deadline_is_failed_safe_and_its_late_verdict_k
     c = core(part_deadline_s=0.5)
     assert c.part_trigger("s1", 100, 0.0) == 0  # first read is the baseline
     assert c.part_trigger("s1", 102, 0.1) == 2
-    assert c.apply_verdict(V("p1", decision="pass"), 0.3) is VerdictOutcome.APPLIED
+    assert c.apply_verdict(verdict("p1", decision="pass"), 0.3) is VerdictOutcome.APPLIED
     assert c.pending_parts("s1") == 1
     assert c.tick(0.7) == ["s1"]  # p2's deadline passed
     st = c.state["s1"]
     assert st.reject and st.fail_safe_count == 1 and c.line.fail_safe_active
-    assert c.apply_verdict(V("p2", decision="pass"), 0.8) is VerdictOutcome.AFTER_FAIL_SAFE
+    assert c.apply_verdict(verdict("p2", decision="pass"), 0.8) is VerdictOutcome.AFTER_FAIL_SAFE
     assert st.reject and st.pass_count == 2  # counted, but the part was already diverted
     assert not c.line.fail_safe_active
     c.part_trigger("s1", 103, 1.0)
-    assert c.apply_verdict(V("p3", decision="pass"), 1.1) is VerdictOutcome.APPLIED
+    assert c.apply_verdict(verdict("p3", decision="pass"), 1.1) is VerdictOutcome.APPLIED
     assert not st.reject
 
 
 def test_verdict_before_its_trigger_read_is_credited():
     c = core(part_deadline_s=0.5)
     c.part_trigger("s1", 0, 0.0)
-    c.apply_verdict(V("fast"), 0.01)  # the scorer beat the trigger poll
+    c.apply_verdict(verdict("fast"), 0.01)  # the scorer beat the trigger poll
     c.part_trigger("s1", 1, 0.05)
     assert c.pending_parts("s1") == 0 and c.tick(1.0) == []
 
@@ -131,7 +129,7 @@ def test_failed_safe_part_whose_verdict_never_comes_is_forgotten():
     c.tick(150.0)  # grace = max(scorer timeout, 10 x deadline) = 100 s
     assert not c.line.fail_safe_active
     c.part_trigger("s1", 2, 150.0)
-    assert c.apply_verdict(V("x"), 150.1) is VerdictOutcome.APPLIED
+    assert c.apply_verdict(verdict("x"), 150.1) is VerdictOutcome.APPLIED
 
 
 def test_heartbeat_wraps_and_dirty_tracking():
@@ -141,7 +139,7 @@ def test_heartbeat_wraps_and_dirty_tracking():
     c.beat()
     stations, line = c.take_dirty()
     assert stations == {} and line is not None and line.heartbeat == 0
-    c.apply_verdict(V("a", station_id="s2"), 0)
+    c.apply_verdict(verdict("a", station_id="s2"), 0)
     stations, line = c.take_dirty()
     assert list(stations) == ["s2"] and line is None
 
@@ -173,16 +171,16 @@ SECOND_NS = 1_000_000_000
 
 def test_the_same_frame_id_at_two_stations_is_two_verdicts():
     c = core()
-    assert c.apply_verdict(V("f1", station_id="s1"), 0) is VerdictOutcome.APPLIED
-    assert c.apply_verdict(V("f1", station_id="s2"), 0) is VerdictOutcome.APPLIED
+    assert c.apply_verdict(verdict("f1", station_id="s1"), 0) is VerdictOutcome.APPLIED
+    assert c.apply_verdict(verdict("f1", station_id="s2"), 0) is VerdictOutcome.APPLIED
     assert c.state["s2"].pass_count == 1
-    assert c.apply_verdict(V("f1", station_id="s2"), 0) is VerdictOutcome.DUPLICATE
+    assert c.apply_verdict(verdict("f1", station_id="s2"), 0) is VerdictOutcome.DUPLICATE
 
 
 def test_dedup_memory_is_bounded_in_entries_and_bytes_and_counts_evictions():
     c = core(dedup_window=3)
     for i in range(10):
-        c.apply_verdict(V("x" * 200 + str(i)), 0)
+        c.apply_verdict(verdict("x" * 200 + str(i)), 0)
     assert len(c._seen) == 3
     assert all(len(key) <= 16 for key in c._seen)  # a digest, not the wire's (up to 256-char) ids
     assert c.take_capped() == {"dedup": 7}
@@ -191,9 +189,9 @@ def test_dedup_memory_is_bounded_in_entries_and_bytes_and_counts_evictions():
 
 def test_a_verdict_older_than_its_deadline_on_arrival_fails_its_station_safe():
     c = core(verdict_deadline_s=0.5)
-    fresh = V("ok", decision="pass", captured_at=10 * SECOND_NS)
+    fresh = verdict("ok", decision="pass", captured_at=10 * SECOND_NS)
     assert c.apply_verdict(fresh, 1.0, wall_ns=10 * SECOND_NS + SECOND_NS // 4) is VerdictOutcome.APPLIED
-    stale = V("old", decision="pass", captured_at=10 * SECOND_NS)
+    stale = verdict("old", decision="pass", captured_at=10 * SECOND_NS)
     assert c.apply_verdict(stale, 2.0, wall_ns=11 * SECOND_NS) is VerdictOutcome.LATE
     st = c.state["s1"]
     assert st.reject and st.fail_safe_count == 1 and st.last_decision == reg.DECISION_CODES["fail_safe"]
@@ -204,7 +202,7 @@ def test_a_verdict_older_than_its_deadline_on_arrival_fails_its_station_safe():
 
 def test_a_verdict_the_scorer_marked_late_fails_safe_even_without_a_bridge_deadline():
     c = core(verdict_deadline_s=0.0)
-    assert c.apply_verdict(V("l", decision="pass", late=True), 0.0, wall_ns=0) is VerdictOutcome.LATE
+    assert c.apply_verdict(verdict("l", decision="pass", late=True), 0.0, wall_ns=0) is VerdictOutcome.LATE
     assert c.state["s1"].reject and c.take_fail_safes() == [("s1", FailSafeCause.VERDICT_LATE)]
 
 
@@ -256,11 +254,11 @@ def test_frames_waiting_without_scorer_progress_fail_every_station_safe_until_it
     assert c.stalled_partitions(4.5) == [0]
     assert c.line.fail_safe_active and not c.line.scorer_ok
     # While stalled a verdict is counted but cannot release a reject: its station's frames may be stuck.
-    assert c.apply_verdict(V("during", decision="pass"), 4.6) is VerdictOutcome.AFTER_FAIL_SAFE
+    assert c.apply_verdict(verdict("during", decision="pass"), 4.6) is VerdictOutcome.AFTER_FAIL_SAFE
     assert c.state["s1"].reject and c.state["s1"].pass_count == 1
     assert observe(5.0, {0: (13, 13), 1: (5, 5)}) == []  # it moved: the stall is over
     assert c.line.scorer_ok and not c.line.fail_safe_active
-    c.apply_verdict(V("after", decision="pass"), 5.1)
+    c.apply_verdict(verdict("after", decision="pass"), 5.1)
     assert not c.state["s1"].reject
 
 
@@ -289,7 +287,7 @@ def test_credits_for_verdicts_without_triggers_are_capped_and_counted():
     c = core(part_deadline_s=100.0, max_tracked_parts=3)
     c.part_trigger("s1", 0, 0.0)
     for i in range(5):
-        c.apply_verdict(V(f"v{i}"), 0.1)
+        c.apply_verdict(verdict(f"v{i}"), 0.1)
     assert len(c._tracking["s1"].credits) == 3
     assert c.take_capped() == {"credits": 2}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 import pytest
 
@@ -16,38 +17,17 @@ from services.scorer.alerts import (
 )
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import AlertEvent, Verdict
+from shared.settings import AlertsSettings
+from tests.support import messages as build
 
 S = 1_000_000_000
 _counter = itertools.count()
 
 
-def verdict(
-    decision: str = "pass",
-    *,
-    station: str = "st-1",
-    product: str = "washer",
-    score: float = 0.2,
-    t: float = 0.0,
-) -> Verdict:
-    n = next(_counter)
-    return Verdict(
-        frame_id=f"f{n}",
-        line_id="line-1",
-        station_id=station,
-        camera_id="cam-1",
-        product_class=product,
-        route_confidence=0.9,
-        decision=decision,
-        score=score,
-        raw_score=score * 2,
-        threshold=1.0,
-        regions=[],
-        model_version="m1",
-        captured_at=int(t * S),
-        decided_at=int(t * S) + 1000,
-        latency_ms=1.0,
-        late=False,
-        reason="",
+def verdict(decision: str = "pass", *, t: float = 0.0, station: str = "st-1", **fields: Any) -> Verdict:
+    """A verdict on a new frame at ``station``, decided ``t`` seconds into the run."""
+    return build.verdict(
+        f"f{next(_counter)}", decision, station_id=station, captured_at=int(t * S), latency_ms=0.001, **fields
     )
 
 
@@ -148,3 +128,13 @@ def test_rules_are_validated():
         AlertRules(consecutive_rejects=0)
     with pytest.raises(ValueError):
         AlertRules(drift_threshold=0)
+
+
+def test_rules_come_from_the_alerts_settings_with_the_same_defaults():
+    assert AlertRules.from_settings(AlertsSettings()) == AlertRules()
+    tuned = AlertsSettings(
+        consecutive_rejects=7, unknown_product_cooldown_s=5, drift_recent=20, drift_threshold=2.5
+    )
+    assert AlertRules.from_settings(tuned) == AlertRules(
+        consecutive_rejects=7, unknown_product_cooldown_s=5, drift_recent=20, drift_threshold=2.5
+    )

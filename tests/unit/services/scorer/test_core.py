@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from shared.messages.anomaly_map import THRESHOLD_LEVEL, decode_anomaly_map, enc
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import DeadLetter, DefectEvent, Frame, Verdict
 from shared.settings import LatePolicy
+from tests.support.messages import frame
 
 MAX_BYTES = 8 << 20
 
@@ -45,17 +45,7 @@ class Result:
 
 
 def _frame(**changes) -> Frame:
-    image = encode_jpeg(np.full((24, 32, 3), 120, np.uint8))
-    frame = Frame(
-        frame_id="f-1",
-        line_id="line",
-        station_id="st",
-        camera_id="cam",
-        captured_at=time.time_ns(),
-        encoding="jpeg",
-        image=image,
-    )
-    return dataclasses.replace(frame, **changes)
+    return frame(**{"image": encode_jpeg(np.full((24, 32, 3), 120, np.uint8)), **changes})
 
 
 def _record(value: bytes, offset: int = 5, partition: int = 1) -> RawRecord:

@@ -1,22 +1,14 @@
-"""Engine test fixtures: synthetic data, a small random ViT saved like a real checkpoint, fitted models.
-
-Models are fitted once per module; sizes are small so that the whole engine suite stays within a few
-minutes on two busy cores.
-"""
+"""Engine test fixtures: the thread budget and a small random ViT's weights, made once per session
+(the helpers behind them are in ``tests/support/engine.py``; models are fitted once per module)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from shared.synthetic import render_sample
-
-VIT_ARCH = {"embed_dim": 96, "depth": 2, "num_heads": 3}
-VIT_SIZE = 168
-FITTED_CLASSES = ("fabric", "washer", "pcb")
+from tests.support.engine import save_tiny_vit
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,41 +16,6 @@ def _small_thread_budget() -> None:
     torch.set_num_threads(2)
 
 
-def save_tiny_vit(path: Path, *, original_format: bool = False, seed: int = 0) -> Path:
-    """A randomly initialised small DINOv2-style ViT, saved as timm safetensors or as an original .pth."""
-    import timm
-    from safetensors.torch import save_file
-
-    torch.manual_seed(seed)
-    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, **VIT_ARCH)  # 518 px grid
-    state = {key: value.contiguous() for key, value in model.state_dict().items()}
-    if original_format:  # the facebookresearch checkpoint layout: an extra mask token, pickle-free .pth
-        state["mask_token"] = torch.zeros(1, VIT_ARCH["embed_dim"])
-        torch.save(state, path)
-    else:
-        save_file(state, str(path))
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_vit_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_vit(tmp_path_factory.mktemp("weights") / "tiny_dinov2.safetensors")
-
-
-def synthetic_split(
-    products: tuple[str, ...], n_train: int, size: int, seed: int = 0
-) -> dict[str, list[np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return {product: [render_sample(product, rng, size)[0] for _ in range(n_train)] for product in products}
-
-
-def synthetic_test(product: str, size: int, n_good: int, n_per_defect: int, seed: int = 1):
-    """``(images, labels, masks)`` of good and defective test images."""
-    rng = np.random.default_rng(seed)
-    images, labels, masks = [], [], []
-    for defect in [None] * n_good + ["scratch", "spot", "missing"] * n_per_defect:
-        image, mask = render_sample(product, rng, size, defect)
-        images.append(image)
-        labels.append(defect is not None)
-        masks.append(mask)
-    return images, np.array(labels), masks

@@ -15,7 +15,7 @@ from shared.engine.backbones import (
     resolve_weights,
 )
 from shared.engine.features import FeatureConfig, FeatureExtractor
-from tests.unit.shared.engine.conftest import VIT_ARCH, save_tiny_vit
+from tests.support.engine import VIT_ARCH, save_tiny_vit
 
 
 def test_registry_names_the_issue_backbones() -> None:

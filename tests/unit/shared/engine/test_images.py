@@ -11,34 +11,27 @@ from PIL import Image
 from shared.engine.images import LazyImages, decode_image, load_image_file, raw_to_rgb, validate_rgb
 from shared.errors import ImageError
 from shared.limits import MAX_DIMENSION, MAX_PIXELS
-
-
-def encode(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buffer, format=fmt) if mode else Image.fromarray(array).save(
-        buffer, format=fmt
-    )
-    return buffer.getvalue()
+from tests.support.images import encode_image
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF"])
 def test_lossless_formats_round_trip(fmt: str) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (17, 23, 3), dtype=np.uint8)
-    decoded = decode_image(encode(pixels, fmt))
+    decoded = decode_image(encode_image(pixels, fmt))
     assert decoded.dtype == np.uint8 and decoded.shape == (17, 23, 3)
     np.testing.assert_array_equal(decoded, pixels)
 
 
 def test_jpeg_decodes_to_rgb() -> None:
     pixels = np.full((40, 30, 3), 120, dtype=np.uint8)
-    decoded = decode_image(encode(pixels, "JPEG"))
+    decoded = decode_image(encode_image(pixels, "JPEG"))
     assert decoded.shape == (40, 30, 3)
     assert abs(int(decoded.mean()) - 120) <= 2
 
 
 def test_grayscale_becomes_three_equal_channels() -> None:
     gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
-    decoded = decode_image(encode(gray, "PNG"))
+    decoded = decode_image(encode_image(gray, "PNG"))
     assert decoded.shape == (8, 8, 3)
     for channel in range(3):
         np.testing.assert_array_equal(decoded[:, :, channel], gray)
@@ -48,17 +41,16 @@ def test_rgba_is_composited_onto_black() -> None:
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[..., 0] = 200
     rgba[..., 3] = 128  # half transparent red
-    decoded = decode_image(encode(rgba, "PNG"))
+    decoded = decode_image(encode_image(rgba, "PNG"))
     assert decoded.shape == (4, 4, 3)
     assert abs(int(decoded[0, 0, 0]) - 100) <= 1 and decoded[0, 0, 1] == 0
 
 
 def test_sixteen_bit_png_is_scaled_to_eight_bits() -> None:
     samples = np.array([[0, 257 * 128, 65535]], dtype=np.uint16)
-    buffer = io.BytesIO()
-    Image.fromarray(samples).save(buffer, format="PNG")
-    assert Image.open(io.BytesIO(buffer.getvalue())).mode.startswith("I")
-    decoded = decode_image(buffer.getvalue())
+    data = encode_image(samples, "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    decoded = decode_image(data)
     assert decoded.shape == (1, 3, 3)
     assert list(decoded[0, :, 0]) == [0, 128, 255]
 
@@ -78,7 +70,7 @@ def test_bad_bytes_have_clear_reasons(data: bytes, reason: str) -> None:
 
 
 def test_truncated_jpeg_is_corrupt() -> None:
-    data = encode(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8), "JPEG")
+    data = encode_image(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8), "JPEG")
     with pytest.raises(ImageError) as excinfo:
         decode_image(data[: len(data) // 2])
     assert excinfo.value.reason == "corrupt"
@@ -86,7 +78,7 @@ def test_truncated_jpeg_is_corrupt() -> None:
 
 def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width`` x ``height`` (valid CRC) but carries almost no pixels."""
-    data = bytearray(encode(np.zeros((2, 2, 3), dtype=np.uint8), "PNG"))
+    data = bytearray(encode_image(np.zeros((2, 2, 3), dtype=np.uint8), "PNG"))
     ihdr = data.index(b"IHDR")
     data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
     crc = zlib.crc32(bytes(data[ihdr : ihdr + 17]))
@@ -110,12 +102,12 @@ def test_zero_dimension_header_is_refused() -> None:
 
 
 def test_byte_limit_and_unsupported_format() -> None:
-    data = encode(np.zeros((8, 8, 3), dtype=np.uint8), "PNG")
+    data = encode_image(np.zeros((8, 8, 3), dtype=np.uint8), "PNG")
     with pytest.raises(ImageError) as excinfo:
         decode_image(data, max_bytes=10)
     assert excinfo.value.reason == "too_large"
     with pytest.raises(ImageError) as excinfo:
-        decode_image(encode(np.zeros((8, 8, 3), dtype=np.uint8), "GIF"))
+        decode_image(encode_image(np.zeros((8, 8, 3), dtype=np.uint8), "GIF"))
     assert excinfo.value.reason == "unsupported_format"
 
 
@@ -147,7 +139,7 @@ def test_validate_rgb_and_file_loading(tmp_path) -> None:
     with pytest.raises(ImageError):
         validate_rgb(np.zeros((0, 4, 3), dtype=np.uint8))
     path = tmp_path / "x.png"
-    path.write_bytes(encode(np.full((5, 6, 3), 7, dtype=np.uint8), "PNG"))
+    path.write_bytes(encode_image(np.full((5, 6, 3), 7, dtype=np.uint8), "PNG"))
     assert load_image_file(path).shape == (5, 6, 3)
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
@@ -173,7 +165,7 @@ def test_a_side_longer_than_the_limit_is_refused_even_within_the_pixel_budget() 
 
 def test_lazy_images_read_each_source_when_asked(tmp_path) -> None:
     path = tmp_path / "x.png"
-    path.write_bytes(encode(np.full((5, 6, 3), 7, dtype=np.uint8), "PNG"))
+    path.write_bytes(encode_image(np.full((5, 6, 3), 7, dtype=np.uint8), "PNG"))
     array = np.zeros((3, 4, 3), dtype=np.uint8)
     images = LazyImages([path, array, np.zeros((3, 4), dtype=np.uint8)])
     assert len(images) == 3 and len(images[:2]) == 2

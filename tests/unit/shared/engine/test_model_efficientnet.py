@@ -9,7 +9,7 @@ from shared.engine.config import FitConfig
 from shared.engine.fitting import fit_model
 from shared.engine.metrics import auroc
 from shared.engine.model import InspectionModel
-from tests.unit.shared.engine.conftest import FITTED_CLASSES, synthetic_split, synthetic_test
+from tests.support.engine import FITTED_CLASSES, synthetic_split, synthetic_test
 
 SIZE = 128
 

@@ -3,43 +3,29 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from shared.engine.config import FitConfig
 from shared.engine.fitting import fit_model
 from shared.engine.metrics import auroc
 from shared.engine.model import InspectionModel
 from shared.engine.persistence import load_model, save_model
 from shared.errors import ArtifactError, ImageError
 from shared.synthetic import render_sample
-from tests.unit.shared.engine.conftest import (
+from tests.support.engine import (
     FITTED_CLASSES,
-    VIT_ARCH,
     VIT_SIZE,
     synthetic_split,
     synthetic_test,
+    tiny_vit_config,
 )
-
-
-def vit_config(weights: Path, **changes: object) -> FitConfig:
-    config = FitConfig(
-        backbone="dinov2_vits14",
-        weights=str(weights),
-        arch_overrides=dict(VIT_ARCH),
-        layers=(0, 1),
-        input_size=VIT_SIZE,
-        bank_size=1000,
-    )
-    return replace(config, **changes)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
 def vit_model(tiny_vit_weights: Path) -> InspectionModel:
-    return fit_model(synthetic_split(FITTED_CLASSES, 10, VIT_SIZE), vit_config(tiny_vit_weights))
+    return fit_model(synthetic_split(FITTED_CLASSES, 10, VIT_SIZE), tiny_vit_config(tiny_vit_weights))
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +119,7 @@ def test_calibration_comes_from_held_out_normals(vit_model: InspectionModel) -> 
 
 
 def test_f1_threshold_is_offered_from_supplied_defects(tiny_vit_weights: Path) -> None:
-    model = fit_model(synthetic_split(("fabric",), 8, VIT_SIZE), vit_config(tiny_vit_weights))
+    model = fit_model(synthetic_split(("fabric",), 8, VIT_SIZE), tiny_vit_config(tiny_vit_weights))
     images, _, _ = synthetic_test("fabric", VIT_SIZE, n_good=0, n_per_defect=2, seed=9)
     frr_threshold = model.class_models[0].threshold
     threshold, f1 = model.offer_f1_threshold("fabric", images)
@@ -217,7 +203,7 @@ def test_missing_files_and_weights_are_refused(saved_model: Path, tmp_path: Path
     with pytest.raises(ArtifactError, match=r"no manifest\.json"):
         load_model(tmp_path)
     other_weights = tmp_path / "other.safetensors"
-    from tests.unit.shared.engine.conftest import save_tiny_vit
+    from tests.support.engine import save_tiny_vit
 
     save_tiny_vit(other_weights, seed=11)
     with pytest.raises(ArtifactError, match="sha256"):
@@ -249,7 +235,7 @@ def test_saving_never_overwrites_by_accident(vit_model: InspectionModel, saved_m
 def test_alternative_scorers_find_defects_and_round_trip(
     tiny_vit_weights: Path, tmp_path: Path, scorer: str
 ) -> None:
-    config = vit_config(tiny_vit_weights, scorer=scorer)
+    config = tiny_vit_config(tiny_vit_weights, scorer=scorer)
     model = fit_model(synthetic_split(("fabric",), 10, VIT_SIZE), config)
     images, labels, _ = synthetic_test("fabric", VIT_SIZE, n_good=5, n_per_defect=2)
     scores = [r.raw_score for r in model.score_batch(images)]
@@ -261,9 +247,9 @@ def test_alternative_scorers_find_defects_and_round_trip(
 
 def test_pca_refine_index_scores_like_the_exact_index(tiny_vit_weights: Path, tmp_path: Path) -> None:
     data = synthetic_split(("fabric",), 10, VIT_SIZE)
-    exact = fit_model(data, vit_config(tiny_vit_weights))
+    exact = fit_model(data, tiny_vit_config(tiny_vit_weights))
     refined = fit_model(
-        data, vit_config(tiny_vit_weights, index="pca-refine", reduced_dims=32, refine_factor=8)
+        data, tiny_vit_config(tiny_vit_weights, index="pca-refine", reduced_dims=32, refine_factor=8)
     )
     images, _, _ = synthetic_test("fabric", VIT_SIZE, n_good=3, n_per_defect=1)
     exact_scores = np.array([r.raw_score for r in exact.score_batch(images)])

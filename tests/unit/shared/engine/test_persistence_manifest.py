@@ -15,32 +15,20 @@ import pytest
 
 from shared.engine import persistence
 from shared.engine.artifacts import manifest_digest
-from shared.engine.config import FitConfig
 from shared.engine.fitting import fit_model
 from shared.engine.model import InspectionModel
 from shared.engine.persistence import load_model, save_model
 from shared.engine.scorers.index import build_index
 from shared.errors import ArtifactError
 from shared.synthetic import render_sample
-from tests.unit.shared.engine.conftest import VIT_ARCH, VIT_SIZE, save_tiny_vit, synthetic_split
+from tests.support.engine import VIT_SIZE, save_tiny_vit, synthetic_split, tiny_vit_config
 
 CLASSES = ("fabric", "washer")
 
 
-def tiny_config(weights: Path) -> FitConfig:
-    return FitConfig(
-        backbone="dinov2_vits14",
-        weights=str(weights),
-        arch_overrides=dict(VIT_ARCH),
-        layers=(0, 1),
-        input_size=VIT_SIZE,
-        bank_size=200,
-    )
-
-
 @pytest.fixture(scope="module")
 def model(tiny_vit_weights: Path) -> InspectionModel:
-    return fit_model(synthetic_split(CLASSES, 6, VIT_SIZE), tiny_config(tiny_vit_weights))
+    return fit_model(synthetic_split(CLASSES, 6, VIT_SIZE), tiny_vit_config(tiny_vit_weights, bank_size=200))
 
 
 @pytest.fixture(scope="module")

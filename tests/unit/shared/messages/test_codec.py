@@ -10,85 +10,30 @@ import msgpack
 import pytest
 
 from shared import limits
+from shared.engine.config import Region
 from shared.messages import codec
 from shared.messages.codec import MessageError, decode, decode_any, encode, schema_of
-from shared.messages.schemas import (
-    DeadLetter,
-    DefectEvent,
-    Frame,
-    ModelAnnouncement,
-    RegionMsg,
-    Verdict,
-)
+from shared.messages.schemas import DeadLetter, DefectEvent, Frame, ModelAnnouncement, RegionMsg, Verdict
+from tests.support import messages as build
+from tests.support.messages import announcement, dead_letter
 
 PNG = codec.PNG_SIGNATURE + b"rest-of-png"
 
 
 def frame(**changes: Any) -> Frame:
-    base = Frame(
-        frame_id="f-1",
-        line_id="line-1",
-        station_id="st-1",
-        camera_id="cam-1",
-        captured_at=1_700_000_000_000_000_000,
-        encoding="jpeg",
-        image=b"\xff\xd8\xff\xe0jpeg",
-        product="washer",
-        deadline_ms=250,
-        attributes={"lot": "A1"},
-    )
-    return dataclasses.replace(base, **changes)
+    optional = {"product": "washer", "deadline_ms": 250, "attributes": {"lot": "A1"}}
+    return build.frame(**{"captured_at": build.T0, **optional, **changes})
 
 
 def verdict(**changes: Any) -> Verdict:
-    base = Verdict(
-        frame_id="f-1",
-        line_id="line-1",
-        station_id="st-1",
-        camera_id="cam-1",
-        product_class="washer",
-        route_confidence=0.93,
-        decision="reject",
-        score=0.81,
-        raw_score=2.5,
-        threshold=1.9,
-        regions=[RegionMsg(x=3, y=4, width=10, height=12, score=0.9, area_fraction=0.01)],
-        model_version="m-2024-01",
-        captured_at=1,
-        decided_at=2,
-        latency_ms=12.5,
-        late=False,
-        reason="",
+    base = build.verdict(
+        decision="reject", score=0.81, regions=[Region(3, 4, 10, 12, 0.9, 0.01)], captured_at=build.T0
     )
     return dataclasses.replace(base, **changes)
 
 
 def defect(**changes: Any) -> DefectEvent:
-    base = DefectEvent(
-        verdict=verdict(), image=b"jpegbytes", encoding="jpeg", width=64, height=48, anomaly_map_png=PNG
-    )
-    return dataclasses.replace(base, **changes)
-
-
-def dead_letter(**changes: Any) -> DeadLetter:
-    base = DeadLetter(
-        reason="malformed",
-        detail="not valid msgpack",
-        source_topic="lineguard.frames",
-        source_partition=3,
-        source_offset=42,
-        original_key=b"cam-1",
-        original_value=b"\x00\x01garbage",
-        original_headers=[("traceparent", b"00-abc-def-01")],
-        failed_at=5,
-        service="scorer",
-    )
-    return dataclasses.replace(base, **changes)
-
-
-def announcement(**changes: Any) -> ModelAnnouncement:
-    base = ModelAnnouncement(model_version="m2", path="models/m2", announced_at=9, sha256="ab" * 32)
-    return dataclasses.replace(base, **changes)
+    return dataclasses.replace(build.defect_event(captured_at=build.T0), **changes)
 
 
 def wire(message: Any, **changes: Any) -> dict[str, Any]:
@@ -131,7 +76,7 @@ def reason_of(data: bytes, expected: type = Frame) -> MessageError:
         verdict(decision="error", regions=[], model_version="", late=True, reason="deadline passed"),
         defect(),
         dead_letter(),
-        dead_letter(original_key=None, original_headers=[]),
+        dead_letter(key=None, headers=()),
         announcement(),
         announcement(key_id="0123456789abcdef", signature=bytes(range(64))),
     ],
@@ -156,8 +101,9 @@ def test_decoded_types_are_the_declared_ones() -> None:
     got = decode(data, Verdict)
     assert isinstance(got.score, float)
     assert isinstance(got.regions[0], RegionMsg)
-    headers = decode(encode(dead_letter()), DeadLetter).original_headers
-    assert headers == [("traceparent", b"00-abc-def-01")]
+    with_null = dead_letter(headers=(("traceparent", b"00-abc-def-01"), ("no-value", None)))
+    headers = decode(encode(with_null), DeadLetter).original_headers
+    assert headers == [("traceparent", b"00-abc-def-01"), ("no-value", None)]
     assert isinstance(headers[0], tuple)
 
 
@@ -410,6 +356,9 @@ def test_a_version_1_model_announcement_is_refused_by_this_build() -> None:
         ({"original_key": "text"}, "original_key"),
         ({"source_partition": -1}, "source_partition"),
         ({"original_value": None}, "original_value"),
+        ({"original_value_sha256": "CD" * 32}, "original_value_sha256"),
+        ({"truncated": 1}, "truncated"),
+        ({"original_value_size": -1}, "original_value_size"),
     ],
 )
 def test_invalid_dead_letter_fields(changes: dict[str, Any], field: str) -> None:
@@ -437,3 +386,11 @@ def test_message_error_carries_reason_detail_and_field() -> None:
     assert error.reason in codec.REASONS
     assert error.detail and str(error).startswith("invalid_field: ")
     assert isinstance(error, ValueError)
+
+
+def test_a_string_within_its_character_limit_decodes_whatever_its_utf8_size() -> None:
+    """Limits count characters, msgpack counts bytes: what encode accepts must decode."""
+    name = "\U0001f600" * 400_000  # 400k characters, 1.6 MB of UTF-8: within a header name's limit
+    letter = dead_letter(headers=((name, b"v"),))
+    assert not letter.truncated
+    assert decode(encode(letter), DeadLetter) == letter

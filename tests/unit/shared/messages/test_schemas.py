@@ -9,16 +9,9 @@ import numpy as np
 from shared.engine.config import UNKNOWN, Decision, Region, ScoreResult
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import Frame, RegionMsg, Verdict
+from tests.support.messages import frame
 
-FRAME = Frame(
-    frame_id="f-1",
-    line_id="line-1",
-    station_id="st-1",
-    camera_id="cam-1",
-    captured_at=1_000_000_000,
-    encoding="jpeg",
-    image=b"\xff\xd8",
-)
+FRAME = frame("f-1", captured_at=1_000_000_000, image=b"\xff\xd8")
 
 
 def test_a_region_goes_on_the_wire_at_least_one_pixel_wide_with_finite_bounded_numbers() -> None:

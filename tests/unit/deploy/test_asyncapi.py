@@ -19,7 +19,7 @@ import yaml
 from shared.kafka.topics import TOPICS, partitions_for
 from shared.messages.schemas import MESSAGE_TYPES, NESTED_TYPES
 
-DOC_PATH = Path(__file__).resolve().parents[4] / "deploy" / "asyncapi.yaml"
+DOC_PATH = Path(__file__).resolve().parents[3] / "deploy" / "asyncapi.yaml"
 DEFAULT_FRAMES_PARTITIONS = 4  # ensure_topics' default, as the document states
 
 

@@ -1,0 +1,1 @@
+"""``lineguard console``: the operators' web page over the line's topics, and their feedback."""

@@ -1,0 +1,1 @@
+"""The explainer: defect events -> defect reports from a vision-language model (`lineguard explainer`)."""

@@ -1,0 +1,1 @@
+"""``lineguard labels``: operator feedback turned into labelled data for refits."""
