@@ -286,6 +286,7 @@ def main() -> int:
         "config": {
             k: v for k, v in vars(FitConfig()).items() if k.startswith(("shot_", "image_score", "bank_size"))
         },
+        "few_shot_image_score": FEW_SHOT_IMAGE_SCORE,  # table: the few-shot rows' (plain rows: max)
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
     }
     modes = {"table": run_table, "select": run_select}
