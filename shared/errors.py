@@ -56,6 +56,17 @@ class ImageError(LineguardError, ValueError):
         self.detail = detail
 
 
+class ClaimCheckError(ImageError):
+    """A claim-checked frame that cannot be had from the claim-check store (``shared/frames_store.py``).
+
+    An image that cannot be used, so every reader handles it where it handles a bad image. Reasons:
+    ``no_claim_store`` (a reference, and no store configured), ``ref_outside_store`` (a reference to
+    anywhere but the configured store's claim checks), ``too_large`` (a declared size over the
+    reader's limit), ``frame_missing``, ``frame_size_mismatch``, ``frame_hash_mismatch`` (the stored
+    bytes are not the ones referred to), ``store_unavailable`` (the store did not answer).
+    """
+
+
 class MessageError(LineguardError, ValueError):
     """A message that cannot be encoded or decoded (reasons: see ``shared.messages.codec``)."""
 

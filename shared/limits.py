@@ -11,6 +11,10 @@ MAX_DIMENSION = 16384  # pixels per side, anywhere an image is decoded or descri
 MAX_PIXELS = 4096 * 4096  # width * height decoded at once (bounds pixel memory before decoding)
 MAX_IMAGE_BYTES = 8 << 20  # encoded image bytes in a Frame or DefectEvent
 MAX_FILE_BYTES = 64 << 20  # image files on disk (datasets) may be larger than frames on the wire
+# A claim-checked frame (its bytes in the frames store, a reference on the wire): at most
+# MAX_FILE_BYTES, and this many pixels. Readers decode it reduced to what they need where they can
+# (JPEG DCT-scaled, others decoded whole at <= 4 bytes a pixel, then box-reduced).
+MAX_REFERENCED_PIXELS = 8192 * 8192
 
 # Messages
 MAX_MESSAGE_BYTES = 16 << 20  # one encoded message (a dead letter: DEAD_LETTER_MAX_BYTES)

@@ -11,16 +11,26 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.engine.config import Decision
 from shared.errors import ConfigError
-from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
+from shared.limits import MAX_FILE_BYTES, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_REFERENCED_PIXELS
 
 ENV_PREFIX = "LINEGUARD_"
+
+
+def comma_or_json_list(value: object) -> object:
+    """A list setting from the environment: ``a,b`` or a JSON list; other values pass through."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
 class LatePolicy(StrEnum):
@@ -192,12 +202,7 @@ class ScorerSettings(BaseModel):
     @field_validator("trusted_keys", mode="before")
     @classmethod
     def _path_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+        return comma_or_json_list(value)
 
     @model_validator(mode="after")
     def _timeouts_fit(self) -> ScorerSettings:
@@ -233,7 +238,8 @@ class CameraGatewaySettings(BaseModel):
     buffer_frames: int = Field(16, ge=1, le=10_000)  # per camera
     buffer_bytes: int = Field(64 << 20, ge=1 << 20, le=8 << 30)  # per camera
     overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST
-    max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1024, le=MAX_IMAGE_BYTES)  # larger: refused
+    # Larger: by claim check when LINEGUARD_CLAIM_CHECK__URL is set (over its inline_max_bytes), else refused.
+    max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1024, le=MAX_IMAGE_BYTES)
     max_batch: int = Field(16, ge=1, le=256)  # frames per Kafka transaction
     # Stable per gateway instance (a restarted gateway must come back with the same id so the broker
     # ends its predecessor's open transaction at once). None: derived from the configured camera ids.
@@ -432,12 +438,7 @@ class ConsoleSettings(BaseModel):
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _address_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+        return comma_or_json_list(value)
 
 
 class LabelsSettings(BaseModel):
@@ -451,6 +452,76 @@ class LabelsSettings(BaseModel):
     normal_below: float = Field(0.2, gt=0, lt=0.5)
     normals_per_class: int = Field(50, ge=1, le=100_000)
     read_timeout_s: float = Field(120.0, gt=0, le=86_400)  # reading one topic to its end
+
+
+class ShadowSettings(BaseModel):
+    """``lineguard shadow``: a candidate model scores frames beside the serving one, in its own consumer
+    group, and a report compares the two (docs/operations.md, "Roll a model out, and back")."""
+
+    group_id: str = "lineguard-shadow"  # never the scorer's group: refused at start
+    max_batch: int = Field(8, ge=1, le=256)
+    max_wait_ms: int = Field(50, ge=0, le=10_000)
+    max_frames: int = Field(100_000, ge=1, le=10_000_000)  # a run ends after scoring this many
+    torch_threads: int = Field(1, ge=1, le=256)
+    # Serving verdicts are read from this long before the first frame's record time (clock skew
+    # between cameras and scorers), and, after the last frame, waited for this long at most.
+    join_slack_s: float = Field(120.0, ge=0, le=86_400)
+    join_wait_s: float = Field(30.0, ge=0, le=3600)
+    read_timeout_s: float = Field(120.0, gt=0, le=86_400)  # reading a topic to its end
+    report_dir: Path = Path("var/shadow")  # <report_dir>/<candidate>-<time>/report.json and .html
+    changed_frames_listed: int = Field(200, ge=0, le=100_000)  # changed decisions listed in a report
+
+
+class PromotionSettings(BaseModel):
+    """``lineguard promote`` (what a shadow report must show), ``rollback`` and ``announce`` (the
+    history), and refit proposals (``lineguard loop check``)."""
+
+    min_frames_compared: int = Field(500, ge=1)  # frames with both verdicts
+    min_agreement: float = Field(0.95, ge=0, le=1)  # share of compared frames with the same decision
+    # Rates on frames operators labelled (feedback): the candidate's minus the serving model's.
+    max_escape_rate_increase: float = Field(0.0, ge=0, le=1)  # labelled defects passed
+    max_false_reject_rate_increase: float = Field(0.0, ge=0, le=1)  # labelled goods not passed
+    # Frames the serving model passed, the candidate would not, and no operator called defective,
+    # as a share of compared frames: false rejects the labels cannot show yet.
+    max_added_reject_rate: float = Field(0.01, ge=0, le=1)
+    min_labelled_defects: int = Field(0, ge=0)  # fewer: refused (0: escapes compared where labels exist)
+    min_labelled_goods: int = Field(0, ge=0)
+    max_report_age_h: float = Field(72.0, gt=0, le=24 * 365)
+    # The Ed25519 key `promote` and `rollback` sign with (`lineguard model keygen`); --signing-key
+    # overrides it. Neither: they refuse to announce unless told --unsigned.
+    signing_key: Path | None = None
+    # Announcements go to `models` and `model-history` in one transaction, under this id prefix.
+    transactional_id_prefix: str = "lineguard-announce"
+    history_timeout_s: float = Field(60.0, gt=0, le=3600)  # reading the history to its end
+    # A refit is proposed for a class when operators confirmed this many normals (feedback "good" on
+    # the serving model's verdicts, plus a staging set's sampled normals) or labelled this many
+    # defects (0: defects alone never propose one).
+    refit_min_normals: int = Field(50, ge=1, le=1_000_000)
+    refit_min_defects: int = Field(10, ge=0, le=1_000_000)
+    refit_check_interval_s: float = Field(300.0, ge=1, le=86_400)  # `lineguard loop check --watch`
+
+
+class ClaimCheckSettings(BaseModel):
+    """The claim-check store (``shared/frames_store.py`` ``ClaimStore``, docs/operations.md "Large
+    frames"): frames too large for the wire go there and travel as a reference."""
+
+    # A folder (local, or a network mount at the same path on every host), file://..., or an object
+    # store through its fsspec plug-in (s3://bucket/prefix with s3fs). Unset: no store; producers
+    # refuse frames too large for the wire and readers dead-letter references.
+    url: str | None = None
+    # fsspec storage options of the URL's filesystem (JSON), e.g. {"endpoint_url": "http://minio:9000"};
+    # credentials belong in the environment the plug-in reads (AWS_ACCESS_KEY_ID, ...), not here.
+    options: dict[str, Any] = {}
+    # An image of more bytes than this (or more pixels than the wire's MAX_PIXELS) goes by reference.
+    inline_max_bytes: int = Field(4 << 20, ge=1024, le=MAX_IMAGE_BYTES)
+    # The largest stored frame written or read, and the largest a reader decodes (the scorer decodes it
+    # reduced to its model's input: JPEG DCT-scaled; PNG and raw whole, then box-reduced).
+    max_frame_bytes: int = Field(MAX_FILE_BYTES, ge=1024, le=MAX_FILE_BYTES)
+    max_frame_pixels: int = Field(MAX_REFERENCED_PIXELS, ge=64, le=MAX_REFERENCED_PIXELS)
+    fetch_attempts: int = Field(3, ge=1, le=10)  # reads of a store that does not answer, per frame
+    # Claim checks are kept at least this long: the defects topic's 3 days, so every defect event on
+    # the topic still finds its frame. `lineguard claim-check gc` (hourly from cron) deletes older hours.
+    retention_s: float = Field(3 * 86_400.0, ge=3600, le=365 * 86_400)
 
 
 class Settings(BaseSettings):
@@ -474,6 +545,9 @@ class Settings(BaseSettings):
     explainer: ExplainerSettings = ExplainerSettings()
     console: ConsoleSettings = ConsoleSettings()
     labels: LabelsSettings = LabelsSettings()
+    shadow: ShadowSettings = ShadowSettings()
+    promotion: PromotionSettings = PromotionSettings()
+    claim_check: ClaimCheckSettings = ClaimCheckSettings()
 
     @field_validator("topic_prefix")
     @classmethod

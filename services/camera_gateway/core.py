@@ -31,7 +31,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from shared.errors import ImageError
-from shared.limits import MAX_DIMENSION, MAX_PIXELS, TEXT_MAX
+from shared.frames_store import ClaimStore
+from shared.limits import MAX_DIMENSION, MAX_REFERENCED_PIXELS, TEXT_MAX
 from shared.messages.codec import PNG_SIGNATURE
 from shared.messages.schemas import CameraLedger, Frame, LedgerFile
 
@@ -128,15 +129,16 @@ def image_info(data: bytes) -> ImageInfo:
     return ImageInfo(fmt or "", width, height)
 
 
-def check_dimensions(width: int, height: int) -> None:
-    """The sizes a Frame may declare (``shared.limits``): per side, and in all."""
+def check_dimensions(width: int, height: int, max_pixels: int = MAX_REFERENCED_PIXELS) -> None:
+    """The sizes a Frame may declare (``shared.limits``): per side, and in all. Over ``MAX_PIXELS``
+    a frame can only go by claim check (``FrameSink.prepare`` decides)."""
     if width < 1 or height < 1:
         raise ImageError("bad_dimensions", f"image is {width}x{height} pixels")
-    if width > MAX_DIMENSION or height > MAX_DIMENSION or width * height > MAX_PIXELS:
+    if width > MAX_DIMENSION or height > MAX_DIMENSION or width * height > max_pixels:
         raise ImageError(
             "too_large",
             f"image is {width}x{height} pixels; a frame may have {MAX_DIMENSION} per side, "
-            f"{MAX_PIXELS} in all",
+            f"{max_pixels} in all",
         )
 
 
@@ -451,3 +453,14 @@ class RefuseLargeFrames:
 
     def handle(self, frame: Frame, limit: int) -> Frame | None:
         return None
+
+
+class ClaimCheckLargeFrames:
+    """Write every frame over the limit to the claim-check store; the frame sent carries its
+    reference (``shared.frames_store``). ``ClaimCheckError`` when the store does not take it."""
+
+    def __init__(self, store: ClaimStore) -> None:
+        self.store = store
+
+    def handle(self, frame: Frame, limit: int) -> Frame | None:
+        return self.store.claim_check(frame)

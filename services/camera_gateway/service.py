@@ -24,6 +24,7 @@ from services.camera_gateway import metrics
 from services.camera_gateway.buffer import BufferSet
 from services.camera_gateway.config import CameraConfig, GatewayConfig, Trigger
 from services.camera_gateway.core import (
+    ClaimCheckLargeFrames,
     LargeFrames,
     Outgoing,
     RefuseLargeFrames,
@@ -33,6 +34,7 @@ from services.camera_gateway.core import (
 from services.camera_gateway.publisher import Publisher, StageObserver
 from services.camera_gateway.sources.base import FrameSink
 from shared.errors import ConfigError
+from shared.frames_store import ClaimStore
 from shared.settings import OverflowPolicy, Settings
 from shared.telemetry.logging import log_event
 
@@ -74,11 +76,15 @@ class Gateway:
         self.triggers: list[_Runnable] = []
         self._topic_samplers: dict[str, dict[str, Sampler]] = defaultdict(dict)
         self._drops: dict[str, tuple[float, int]] = {}
+        # Frames over the limit go by claim check when a store is configured, else are refused.
+        claims = ClaimStore.from_settings(settings)
+        inline_max = gateway.max_image_bytes
+        if large_frames is None and claims is not None:
+            large_frames = ClaimCheckLargeFrames(claims)
+            inline_max = min(inline_max, settings.claim_check.inline_max_bytes)
         large_frames = large_frames or RefuseLargeFrames()
         for camera in config.cameras:
-            sink = FrameSink(
-                camera.identity(gateway.line_id), self.buffers, gateway.max_image_bytes, large_frames
-            )
+            sink = FrameSink(camera.identity(gateway.line_id), self.buffers, inline_max, large_frames)
             if camera.folder is not None:
                 policy = OverflowPolicy.BLOCK  # the folder is the buffer
                 self.folders[camera.camera_id] = HotFolder(camera.folder, sink)

@@ -23,6 +23,10 @@ OVERSIZED_SIDE = 60_000  # declared width and height: 3.6 gigapixels, far over a
 
 def bad_record_value(kind: str, frame: Frame, rng: np.random.Generator) -> bytes:
     """The record value that replaces ``frame`` for a bad frame of ``kind`` (see plan.BAD_KINDS)."""
+    if frame.image is None:  # a claim-checked frame: its bad twin is the reference to nothing
+        ref = frame.image_ref
+        assert ref is not None  # the codec lets no frame without either through
+        return encode(dataclasses.replace(frame, image_ref=dataclasses.replace(ref, sha256="0" * 64)))
     if kind == "corrupt_bytes":
         noise = rng.integers(0, 256, size=max(64, len(frame.image)), dtype=np.uint8).tobytes()
         return encode(dataclasses.replace(frame, image=noise))

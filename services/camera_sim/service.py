@@ -26,6 +26,7 @@ async def run_camera_sim(settings: Any, options: SimOptions, stop: asyncio.Event
     from services.camera_sim.core import BAD_KINDS, camera_ids, frame_plan, tick_time
     from services.camera_sim.images import sample_image
     from services.camera_sim.truth import FRAME_ID_HEADER, TruthRecord, write_truth_line
+    from shared.frames_store import ClaimStore, goes_by_reference
     from shared.kafka.client import make_producer
     from shared.messages.codec import encode
     from shared.messages.schemas import Frame
@@ -53,6 +54,7 @@ async def run_camera_sim(settings: Any, options: SimOptions, stop: asyncio.Event
     topic = settings.topic("frames")
     sim = settings.camera_sim
     stats = SimStats(by_kind={})
+    claims = ClaimStore.from_settings(settings)  # frames over the inline limit go by reference
     truth_file: IO[str] | None = open(options.truth, "w", encoding="utf-8") if options.truth else None  # noqa: SIM115
     producer = make_producer(settings, linger_ms=5)
     await producer.start()
@@ -93,6 +95,10 @@ async def run_camera_sim(settings: Any, options: SimOptions, stop: asyncio.Event
                 product=sample.product if options.hint else None,
                 deadline_ms=options.deadline_ms,
             )
+            if claims is not None and goes_by_reference(
+                len(image), None, None, settings.claim_check.inline_max_bytes
+            ):
+                frame = await asyncio.to_thread(claims.claim_check, frame)
             with tracer.start_as_current_span("capture") as span:
                 span.set_attribute("lineguard.frame_id", planned.frame_id)
                 headers = inject_headers([(FRAME_ID_HEADER, planned.frame_id.encode())])

@@ -26,6 +26,7 @@ from shared.messages.schemas import (
     DefectEvent,
     Feedback,
     ModelAnnouncement,
+    ModelHistoryEntry,
     RegionMsg,
     Report,
     Verdict,
@@ -56,15 +57,22 @@ class StateLimits:
 
 @dataclass(frozen=True)
 class Change:
-    """One numbered change, for live pages: ``kind`` is verdict, evidence, report, model or feedback."""
+    """One numbered change, for live pages: ``kind`` is verdict, evidence, report, model (on ``models``),
+    history (on ``model-history``) or feedback."""
 
     seq: int
     kind: str
     data: dict[str, Any]
 
 
+def announcement_key(announcement: ModelAnnouncement) -> str:
+    """One announcement's identity, the same on ``models`` and ``model-history``."""
+    return f"{announcement.announced_at}-{announcement.sha256[:16]}-{announcement.model_version}"
+
+
 def _event_bytes(event: DefectEvent) -> int:
-    return len(event.image) + len(event.anomaly_map_png) + 4096  # + the verdict and bookkeeping
+    # + the verdict and bookkeeping; a claim-checked frame keeps only its reference
+    return len(event.image or b"") + len(event.anomaly_map_png) + 4096
 
 
 def verdict_row(verdict: Verdict, *, has_evidence: bool, feedback: str | None) -> dict[str, Any]:
@@ -100,6 +108,7 @@ class ConsoleState:
         self._reports: OrderedDict[str, Report] = OrderedDict()
         self._feedback: OrderedDict[str, Feedback] = OrderedDict()
         self._models: deque[ModelAnnouncement] = deque(maxlen=self.limits.models_history)
+        self._history: OrderedDict[str, ModelHistoryEntry] = OrderedDict()  # by announcement_key
         self._changes: deque[Change] = deque(maxlen=self.limits.changes_kept)
         self._seq = 0
 
@@ -152,10 +161,26 @@ class ConsoleState:
         self._record("report", {"frame_id": report.frame_id, "grade": report.grade, "source": report.source})
 
     def add_announcement(self, announcement: ModelAnnouncement) -> None:
-        if self._models and self._models[-1] == announcement:
+        """An announcement on ``models``; the newest one read is the serving model (scorers take
+        only announcements newer than the last they took)."""
+        if announcement in self._models:
             return
+        serving = self.serving_model
         self._models.append(announcement)
-        self._record("model", self.model_row(announcement))
+        newest = serving is None or announcement.announced_at >= serving.announced_at
+        self._record("model" if newest else "history", self.model_row(announcement))
+
+    def add_history(self, entry: ModelHistoryEntry) -> bool:
+        """An entry of the announcement history (``model-history``): who announced what, how and why.
+        False for one held already."""
+        key = announcement_key(entry.announcement)
+        if key in self._history:
+            return False
+        self._history[key] = entry
+        while len(self._history) > self.limits.models_history:
+            self._history.popitem(last=False)
+        self._record("history", self.model_row(entry.announcement))
+        return True
 
     def add_feedback(self, feedback: Feedback) -> None:
         """The latest judgement per frame (the topic is compacted by frame id the same way)."""
@@ -208,12 +233,16 @@ class ConsoleState:
 
     @property
     def serving_model(self) -> ModelAnnouncement | None:
-        """The latest announcement read: what scorers serve once they have verified it."""
-        return self._models[-1] if self._models else None
+        """The newest announcement read from ``models``: what scorers serve once they have verified it."""
+        return max(self._models, key=lambda a: a.announced_at, default=None)
 
     def model_history(self) -> list[ModelAnnouncement]:
-        """Announcements read, newest first."""
-        return list(reversed(self._models))
+        """Announcements read, from the history and the ``models`` topic (each once), newest first."""
+        merged = {announcement_key(e.announcement): e.announcement for e in self._history.values()}
+        for announcement in self._models:
+            merged.setdefault(announcement_key(announcement), announcement)
+        newest = sorted(merged.values(), key=lambda a: a.announced_at, reverse=True)
+        return newest[: self.limits.models_history]
 
     def row(self, verdict: Verdict) -> dict[str, Any]:
         judged = self._feedback.get(verdict.frame_id)
@@ -223,9 +252,11 @@ class ConsoleState:
             feedback=judged.label if judged else None,
         )
 
-    @staticmethod
-    def model_row(announcement: ModelAnnouncement) -> dict[str, Any]:
+    def model_row(self, announcement: ModelAnnouncement) -> dict[str, Any]:
+        """What a page shows of an announcement, with its history entry's account when read."""
+        entry = self._history.get(announcement_key(announcement))
         return {
+            "key": announcement_key(announcement),
             "model_version": announcement.model_version,
             "path": announcement.path,
             "announced_at": time.strftime(
@@ -233,6 +264,10 @@ class ConsoleState:
             ),
             "sha256": announcement.sha256[:12],
             "signed_by": announcement.key_id or "",
+            "action": entry.action if entry else "",
+            "actor": entry.actor if entry else "",
+            "reason": entry.reason if entry else "",
+            "previous_version": entry.previous_version if entry else "",
         }
 
     # ---- internals --------------------------------------------------------------------------

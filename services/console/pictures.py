@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from shared.frames_store import ClaimStore, image_of
+from shared.limits import MAX_IMAGE_BYTES
 from shared.messages.anomaly_map import decode_anomaly_map, overlay
 from shared.messages.pixels import decode_pixels
 from shared.messages.schemas import DefectEvent
@@ -29,14 +31,25 @@ class PictureKey:
     thumb: bool
 
 
-def frame_pixels(event: DefectEvent, max_pixels: int) -> np.ndarray:
-    """The event's frame as ``HxWx3 uint8`` (``ImageError`` when it cannot be decoded within bounds)."""
-    return decode_pixels(event.image, event.encoding, event.width, event.height, max_pixels=max_pixels)
+def frame_pixels(event: DefectEvent, max_pixels: int, claims: ClaimStore | None = None) -> np.ndarray:
+    """The event's frame as ``HxWx3 uint8`` (``ImageError`` when it cannot be decoded within bounds,
+    or is claim-checked and cannot be had from ``claims``: ``shared.frames_store.ClaimCheckError``)."""
+    image = image_of(event, claims, max_bytes=MAX_IMAGE_BYTES, max_pixels=max_pixels)
+    return decode_pixels(
+        image.data,
+        event.encoding,
+        event.width,
+        event.height,
+        max_bytes=image.max_bytes,
+        max_pixels=image.max_pixels,  # a claim-checked frame: the store's limit
+    )
 
 
-def render(event: DefectEvent, kind: str, *, thumb: bool, max_pixels: int) -> bytes:
+def render(
+    event: DefectEvent, kind: str, *, thumb: bool, max_pixels: int, claims: ClaimStore | None = None
+) -> bytes:
     """A JPEG of the frame (``frame``) or the frame under its heatmap (``overlay``)."""
-    pixels = frame_pixels(event, max_pixels)
+    pixels = frame_pixels(event, max_pixels, claims)
     if kind == "overlay":
         pixels = overlay(pixels, decode_anomaly_map(event.anomaly_map_png, max_pixels=max_pixels))
     image = Image.fromarray(pixels)

@@ -1,9 +1,10 @@
 """The console's async shell: read the topics into the state, serve the pages, send feedback.
 
 One group-less consumer, assigned every partition of ``verdicts``, ``defects``, ``reports``,
-``models`` and ``feedback`` (it commits nothing and never competes with the services' groups). At
-start it reads back the last ``backlog_per_partition`` records of the streams and the whole of the
-compacted topics, so a fresh page is not empty. Records that do not decode are counted and logged
+``models``, ``model-history`` and ``feedback`` (it commits nothing and never competes with the
+services' groups). At start it reads back the last ``backlog_per_partition`` records of the streams
+(the announcement history among them) and the whole of the compacted topics, so a fresh page is not
+empty. Records that do not decode are counted and logged
 (topic, offset, reason; never their bytes) and skipped: the console reads, it does not own the
 topics, so it sends nothing to the dead-letter topic.
 
@@ -28,10 +29,17 @@ from services.console.core import ConsoleState, StateLimits
 from services.console.pictures import frame_pixels
 from services.console.web import ConsoleContext, build_app
 from shared.errors import BrokerError, ImageError, MessageError
-from shared.frames_store import FrameStore
+from shared.frames_store import ClaimStore, FrameStore
 from shared.kafka.client import make_consumer, make_producer, partition_counts
 from shared.messages.codec import decode, encode
-from shared.messages.schemas import DefectEvent, Feedback, ModelAnnouncement, Report, Verdict
+from shared.messages.schemas import (
+    DefectEvent,
+    Feedback,
+    ModelAnnouncement,
+    ModelHistoryEntry,
+    Report,
+    Verdict,
+)
 from shared.settings import Settings
 from shared.telemetry.logging import log_event
 
@@ -44,6 +52,7 @@ READS: dict[str, tuple[type, bool]] = {
     "defects": (DefectEvent, False),
     "reports": (Report, False),
     "models": (ModelAnnouncement, True),
+    "model-history": (ModelHistoryEntry, False),  # kept forever: only its latest records
     "feedback": (Feedback, True),
 }
 
@@ -75,6 +84,7 @@ class ConsoleService:
         )
         self.state = ConsoleState(state_limits(settings))
         self.store = FrameStore(settings.labels.frames_dir) if settings.labels.frames_dir else None
+        self.claims = ClaimStore.from_settings(settings)  # claim-checked frames are fetched from it
         self._producer: Any = None
         self.ctx = ConsoleContext(
             state=self.state,
@@ -86,6 +96,7 @@ class ConsoleService:
             public_read=cfg.public_read,
             secure_cookies=cfg.secure_cookies,
             max_image_pixels=cfg.max_image_pixels,
+            claims=self.claims,
             max_report_bytes=cfg.max_report_bytes,
             sign_ins_per_minute=cfg.sign_ins_per_minute,
         )
@@ -194,6 +205,8 @@ class ConsoleService:
             self.state.add_report(message)
         elif isinstance(message, ModelAnnouncement):
             self.state.add_announcement(message)
+        elif isinstance(message, ModelHistoryEntry):
+            return self.state.add_history(message)
         elif isinstance(message, Feedback):
             self.state.add_feedback(message)
         return True
@@ -214,7 +227,7 @@ class ConsoleService:
 
     def _save_frame(self, event: DefectEvent) -> None:
         assert self.store is not None
-        pixels = frame_pixels(event, self.settings.console.max_image_pixels)
+        pixels = frame_pixels(event, self.settings.console.max_image_pixels, self.claims)
         self.store.save(event.verdict.frame_id, pixels)
         metrics.FRAMES_SAVED.inc()
 

@@ -45,6 +45,7 @@ from services.console.core import (
 )
 from services.console.pictures import KINDS, PictureCache, PictureKey, render
 from shared.errors import ImageError
+from shared.frames_store import ClaimStore
 from shared.messages.schemas import Feedback
 from shared.telemetry.logging import log_event
 
@@ -79,6 +80,7 @@ class ConsoleContext:
     public_read: bool = False
     secure_cookies: bool = False
     max_image_pixels: int = 4096 * 4096
+    claims: ClaimStore | None = None  # where claim-checked frames are fetched from
     max_report_bytes: int = 16 << 20
     sign_ins_per_minute: int = 10
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -260,7 +262,7 @@ def build_app(ctx: ConsoleContext) -> ASGIApp:
         if data is None:
             try:
                 data = await asyncio.to_thread(
-                    render, event, kind, thumb=thumb, max_pixels=ctx.max_image_pixels
+                    render, event, kind, thumb=thumb, max_pixels=ctx.max_image_pixels, claims=ctx.claims
                 )
             except ImageError as exc:
                 metrics.BAD_PICTURES.labels(exc.reason).inc()

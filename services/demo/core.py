@@ -7,16 +7,19 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
+from shared.engine.config import Decision
 from shared.errors import LineguardError
 from shared.lifecycle import stop_process
 from shared.settings import Settings
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from shared.messages.schemas import Verdict
 
 
 class DemoError(LineguardError, RuntimeError):
@@ -112,8 +115,57 @@ def child_env(settings: Settings) -> dict[str, str]:
             "LINEGUARD_TOPIC_PREFIX": settings.topic_prefix,
             "LINEGUARD_SCORER__GROUP_ID": f"{settings.topic_prefix}-scorer",
             "LINEGUARD_SCORER__TRANSACTIONAL_ID_PREFIX": f"{settings.topic_prefix}-scorer",
+            "LINEGUARD_EXPLAINER__GROUP_ID": f"{settings.topic_prefix}-explainer",
+            "LINEGUARD_PLC_BRIDGE__GROUP_ID": f"{settings.topic_prefix}-plc-bridge",
             "LINEGUARD_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
         }
     )
     return env
+
+
+def decisions_by_frame(verdicts: Sequence[Verdict]) -> dict[str, str]:
+    """Each frame's decision, once (the first verdict of a frame; the line never sends two)."""
+    decided: dict[str, str] = {}
+    for verdict in verdicts:
+        decided.setdefault(verdict.frame_id, verdict.decision)
+    return decided
+
+
+def plc_agreement(station: Mapping[str, Any], verdicts: Sequence[Verdict]) -> tuple[str, bool]:
+    """Whether the PLC's counters (written by the bridge over Modbus) match the verdicts: every
+    pass counted as a pass, every other decision as a reject."""
+    decided = decisions_by_frame(verdicts)
+    passes = sum(1 for d in decided.values() if d == Decision.PASS)
+    rejects = len(decided) - passes
+    agrees = station["pass_count"] == passes and station["reject_count"] == rejects
+    text = (
+        f"PLC station-1      {station['pass_count']} passes, {station['reject_count']} rejects, "
+        f"{station['fail_safe_count']} fail-safe rejects (verdicts: {passes} passes, {rejects} rejects: "
+        + ("they agree)" if agrees else "THEY DIFFER)")
+    )
+    return text, agrees
+
+
+def report_files(report_dir: Path) -> list[tuple[Path, Path | None]]:
+    """The explainer's complete reports under ``report_dir``: (HTML page, overlay picture or None)."""
+    found = []
+    for json_path in sorted(report_dir.glob("*/*/*/*.json")):
+        stem = json_path.name[: -len(".json")]
+        html = json_path.with_name(stem + ".html")
+        overlay = json_path.with_name(stem + ".overlay.jpg")
+        if html.is_file():
+            found.append((html, overlay if overlay.is_file() else None))
+    return found
+
+
+def where_to_look(reports: list[tuple[Path, Path | None]], shown: int = 3) -> list[str]:
+    """The demo's last lines: which report pages and overlays to open."""
+    if not reports:
+        return ["reports            none written (see logs/explainer.log)"]
+    lines = [f"defect reports     {len(reports)} (fallback reports: no VLM configured), open for example:"]
+    for html, overlay in reports[:shown]:
+        lines.append(f"  report           file://{html.resolve()}")
+        if overlay is not None:
+            lines.append(f"  heatmap overlay  file://{overlay.resolve()}")
+    return lines

@@ -2,9 +2,11 @@
 
 Starts the local Kafka broker (unless LINEGUARD_KAFKA_BOOTSTRAP names one), creates this run's
 topics, generates a synthetic MVTec-layout dataset, fits a model with the real efficientnet_lite0
-weights, runs ``lineguard scorer`` and ``lineguard camera-sim`` as subprocesses, reads the committed
-verdicts and dead letters, prints how the line did against the ground truth, and stops everything it
-started, also on Ctrl-C or an error.
+weights, runs ``lineguard scorer``, ``explainer`` (fallback reports: no VLM), ``plc-bridge`` (into a
+simulated Modbus PLC served by this process) and ``camera-sim`` as subprocesses, reads the committed
+verdicts and dead letters, prints how the line did against the ground truth, whether the PLC counted
+what the verdicts say, and where the defect reports and heatmap overlays are; and stops everything
+it started, also on Ctrl-C or an error.
 """
 
 from __future__ import annotations
@@ -19,7 +21,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from services.demo.core import Children, child_env, fit_model, prepare_dataset, say, wait_for_log
+from services.demo.core import (
+    Children,
+    child_env,
+    fit_model,
+    plc_agreement,
+    prepare_dataset,
+    report_files,
+    say,
+    wait_for_log,
+    where_to_look,
+)
+from services.demo.plc import PlcOnThread
+from shared.engine.config import Decision
 from shared.errors import ConfigError
 from shared.settings import Settings
 
@@ -49,9 +63,16 @@ async def collect(settings: Settings, good: int, bad: int, timeout_s: float) -> 
     return verdicts, letters
 
 
+def wait_for_reports(report_dir: Path, expected: int, timeout_s: float) -> None:
+    """Until the explainer has written a report for each defect event, or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and len(report_files(report_dir)) < expected:
+        time.sleep(0.5)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from services.camera_sim.truth import evaluate, format_report, read_truth
-    from shared.kafka.broker import LocalBroker
+    from shared.kafka.broker import LocalBroker, free_port
     from shared.kafka.client import delete_topics, ensure_topics
     from shared.settings import load_settings
 
@@ -65,6 +86,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if len(products) < 2:
         raise ConfigError("--products: the demo needs at least two products")
     children = Children()
+    plc: PlcOnThread | None = None
     broker: LocalBroker | None = None
     topics: list[str] = []
     try:
@@ -97,6 +119,25 @@ def run_demo(args: argparse.Namespace) -> int:
         scorer = children.start("scorer", [*cli, "scorer", "--model", str(model_dir)], env, scorer_log)
         wait_for_log(scorer_log, "partitions_assigned", scorer, 90)
         say(f"scorer running (pid {scorer.pid}); log: {scorer_log}")
+
+        report_dir = work / "reports" / run_id
+        explainer_log = work / "logs" / "explainer.log"
+        explainer_env = {**env, "LINEGUARD_EXPLAINER__REPORT_DIR": str(report_dir)}
+        explainer = children.start("explainer", [*cli, "explainer"], explainer_env, explainer_log)
+        wait_for_log(explainer_log, "explainer_started", explainer, 60)
+        say(f"explainer running without a VLM (fallback reports) -> {report_dir}")
+
+        plc = PlcOnThread(free_port())
+        plc.start()
+        bridge_log = work / "logs" / "plc-bridge.log"
+        bridge_env = {
+            **env,
+            "LINEGUARD_PLC_BRIDGE__MODBUS_HOST": "127.0.0.1",
+            "LINEGUARD_PLC_BRIDGE__MODBUS_PORT": str(plc.port),
+        }
+        bridge = children.start("plc-bridge", [*cli, "plc-bridge"], bridge_env, bridge_log)
+        wait_for_log(bridge_log, "plc bridge ready", bridge, 60)
+        say(f"PLC bridge driving a simulated Modbus PLC at 127.0.0.1:{plc.port}")
 
         truth_path = work / "truth.jsonl"
         camera_log = work / "logs" / "camera-sim.log"
@@ -136,17 +177,26 @@ def run_demo(args: argparse.Namespace) -> int:
         truth = read_truth(truth_path)
         bad = sum(1 for r in truth.values() if r.bad is not None)
         verdicts, letters = asyncio.run(collect(settings, len(truth) - bad, bad, timeout_s=30))
+        time.sleep(1.0)  # the bridge's last writes (it polls every 50 ms), before the scorer stops
+        plc_line, plc_agrees = plc_agreement(plc.station(0), verdicts)
         scorer_exit = children.stop(scorer)
+        defects = sum(1 for v in verdicts if Decision(v.decision).is_defect)
+        wait_for_reports(report_dir, defects, timeout_s=30)
         evaluation = evaluate(truth, verdicts, letters)
         print()
         print(f"Lineguard demo {run_id}: {', '.join(products)}, model {version}")
         print(format_report(evaluation))
         print(f"scorer exit code   {scorer_exit} (SIGTERM: finish the batch, commit, exit)")
+        print(plc_line)
+        for line in where_to_look(report_files(report_dir)):
+            print(line)
         print(f"demo wall time     {time.monotonic() - started:.0f} s; logs in {work / 'logs'}")
         complete = not evaluation.missing and not evaluation.duplicates and evaluation.unexpected == 0
-        return 0 if complete and scorer_exit == 0 else 1
+        return 0 if complete and scorer_exit == 0 and plc_agrees else 1
     finally:
         children.stop_all()
+        if plc is not None:
+            plc.stop()
         if topics:
             with contextlib.suppress(Exception):
                 asyncio.run(delete_topics(settings, topics))

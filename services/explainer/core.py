@@ -33,6 +33,7 @@ from services.explainer.prompt import build_prompt
 from services.explainer.report import build_fallback_report, build_vlm_report
 from services.explainer.store import ReportStore, StoredReport
 from services.explainer.vlm import VlmClient, VlmExchange, VlmFailure, make_openai_client
+from shared.frames_store import FrameImage
 from shared.messages.schemas import TEXT_MAX, DefectEvent, FindingMsg, Report
 from shared.settings import EgressPolicy, ExplainerSettings, UnavailablePolicy
 from shared.telemetry.logging import log_event
@@ -152,9 +153,12 @@ class Explainer:
         publish: Publish | None = None,
         fallback_reason: str = "",
         on_topic: OnTopic | None = None,
+        image: FrameImage | None = None,
     ) -> EventResult:
         """Report on ``event``, or say it is a duplicate, or that it must be held.
 
+        ``image``: the frame's bytes when the service has fetched a claim-checked frame (verified,
+        ``shared.frames_store.image_of``); None: the bytes the event carries.
         ``first_seen``: when the service first received it; the event ends in a report no later
         than ``max_hold_s`` after it. ``fallback_reason``: write the fallback report without
         asking the VLM (the service's last resort for an event held past that limit).
@@ -171,7 +175,9 @@ class Explainer:
         entry[1] += 1
         try:
             async with entry[0]:
-                return await self._traced(event, headers, first_seen, publish, fallback_reason, on_topic)
+                return await self._traced(
+                    event, headers, first_seen, publish, fallback_reason, on_topic, image
+                )
         finally:
             entry[1] -= 1
             if entry[1] == 0:
@@ -185,13 +191,14 @@ class Explainer:
         publish: Publish | None,
         fallback_reason: str,
         on_topic: OnTopic | None,
+        image: FrameImage | None,
     ) -> EventResult:
         with tracer.start_as_current_span(
             "explainer.report", context=extract_context(headers), kind=trace.SpanKind.CONSUMER
         ) as span:
             span.set_attribute("lineguard.frame_id", event.verdict.frame_id)
             seen = first_seen if first_seen is not None else self.clock()
-            result = await self.explain(event, seen, fallback_reason)
+            result = await self.explain(event, seen, fallback_reason, image)
             span.set_attribute("lineguard.outcome", result.kind)
             result.headers = inject_headers([])
             document, json_path = result.document, result.json_path
@@ -213,14 +220,23 @@ class Explainer:
                 result.published = True
             return result
 
-    async def explain(self, event: DefectEvent, first_seen: float, fallback_reason: str = "") -> EventResult:
+    async def explain(
+        self,
+        event: DefectEvent,
+        first_seen: float,
+        fallback_reason: str = "",
+        image: FrameImage | None = None,
+    ) -> EventResult:
         """The path of one event, step by step (publishing is ``handle``'s last step)."""
         v = event.verdict
         stored = self.store.lookup(v.frame_id, v.line_id, v.station_id, v.captured_at)
         if stored is not None:
             return self._duplicate(stored)
         facts = read_facts(
-            event, frame_max_side=self.settings.frame_max_side, crop_max_side=self.settings.crop_max_side
+            event,
+            image,
+            frame_max_side=self.settings.frame_max_side,
+            crop_max_side=self.settings.crop_max_side,
         )
         egress = egress_for(self.settings, v)
         answer = (
@@ -312,7 +328,6 @@ class Explainer:
                 vlm_model=self.settings.model,
                 created_at=created,
                 egress=egress.value,
-                vocabulary=vocabulary_for(self.settings, facts.verdict.product_class),
                 class_actions=self.settings.class_actions.get(facts.verdict.product_class, []),
                 severity_bands=self.settings.severity_bands,
             )

@@ -18,6 +18,9 @@ from shared.engine.config import Decision
 from shared.messages.schemas import RegionMsg
 
 REPORT_FORMAT_VERSION = 2
+# The type of a finding nobody classified (a report from local signals: the anomaly model locates
+# defects but does not name them).
+UNCLASSIFIED = "unclassified"
 
 
 @dataclass

@@ -16,6 +16,8 @@ from services.explainer.geometry import cell_shares, region_position
 from services.explainer.pictures import EventPictures, make_pictures
 from shared.engine.config import Decision
 from shared.errors import ImageError
+from shared.frames_store import FrameImage, image_of
+from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
 from shared.messages.anomaly_map import decode_anomaly_map, resize_levels
 from shared.messages.pixels import decode_pixels
 from shared.messages.schemas import DefectEvent, Verdict
@@ -44,11 +46,23 @@ def verdict_facts(verdict: Verdict, width: int, height: int) -> EventFacts:
     return EventFacts(verdict, Decision(verdict.decision), width, height, positions)
 
 
-def read_facts(event: DefectEvent, *, frame_max_side: int, crop_max_side: int) -> EventFacts:
-    """The facts of ``event``: its verdict, and its pictures when frame and map decode."""
+def read_facts(
+    event: DefectEvent, image: FrameImage | None = None, *, frame_max_side: int, crop_max_side: int
+) -> EventFacts:
+    """The facts of ``event``: its verdict, and its pictures when frame and map decode. ``image``:
+    a claim-checked frame's bytes, fetched and verified by the service (None: the event's own)."""
     facts = verdict_facts(event.verdict, event.width, event.height)
     try:
-        frame = decode_pixels(event.image, event.encoding, event.width, event.height)
+        if image is None:  # a claim check without its fetched bytes: no_claim_store, a fact
+            image = image_of(event, None, max_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS)
+        frame = decode_pixels(
+            image.data,
+            event.encoding,
+            event.width,
+            event.height,
+            max_bytes=image.max_bytes,
+            max_pixels=image.max_pixels,
+        )
         levels = decode_anomaly_map(event.anomaly_map_png)
     except ImageError as exc:
         log_event(

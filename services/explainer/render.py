@@ -9,7 +9,8 @@ import time
 from html import escape
 
 from services.explainer import i18n
-from services.explainer.document import ReportDocument
+from services.explainer.document import UNCLASSIFIED, ReportDocument
+from services.explainer.geometry import region_position
 from services.explainer.pictures import EventPictures, data_url
 
 
@@ -122,8 +123,9 @@ def render_markdown(doc: ReportDocument) -> str:
         position = i18n.position_words(lang, f.location) if f.location else t("undetermined")
         flag = " ⚠" if f.location_agrees is False else ""
         words = _code if f.by_vlm else _esc
+        kind = words(_type_words(lang, f.defect_type))
         lines.append(
-            f"{number}. **{words(f.defect_type)}** — {_esc(t('location'))}: {_esc(position)}{flag}; "
+            f"{number}. **{kind}** — {_esc(t('location'))}: {_esc(position)}{flag}; "
             f"{_esc(t('severity'))}: {_esc(i18n.severity_word(lang, f.severity))}. {words(f.description)}"
             + (f" {_esc(t('cause'))}: {words(f.possible_cause)}" if f.possible_cause else "")
         )
@@ -145,6 +147,21 @@ _STYLE = (
     ".mismatch{color:#a00;font-weight:bold}figure{display:inline-block;margin:.5em;vertical-align:top}"
     "img{max-width:340px;max-height:340px;border:1px solid #999}"
 )
+
+
+def _type_words(language: str, defect_type: str) -> str:
+    return i18n.text(language, "unclassified") if defect_type == UNCLASSIFIED else defect_type
+
+
+def _crop_caption(doc: ReportDocument, pictures: EventPictures) -> str:
+    """Names the crop's place with the same position words as the findings, so the caption and the
+    findings never seem to speak of different places."""
+    if doc.region_positions:  # the crop is around the first (top) region
+        position = i18n.position_words(doc.language, doc.region_positions[0])
+        return i18n.text(doc.language, "crop_region", index=1, position=position)
+    box = pictures.crop_box
+    code = region_position(box.x0, box.y0, box.x1 - box.x0, box.y1 - box.y0, pictures.width, pictures.height)
+    return i18n.text(doc.language, "crop_peak", position=i18n.position_words(doc.language, code))
 
 
 def _img(jpeg: bytes, caption: str) -> str:
@@ -207,7 +224,7 @@ def render_html(doc: ReportDocument, pictures: EventPictures | None) -> str:
         parts += [
             _img(pictures.frame, t("frame")),
             _img(pictures.overlay, t("overlay")),
-            _img(pictures.crop, t("crop")),
+            _img(pictures.crop, _crop_caption(doc, pictures)),
         ]
     parts.append(f"<h2>{escape(t('findings'))}</h2>")
     if any(f.by_vlm for f in doc.findings):
@@ -219,7 +236,7 @@ def render_html(doc: ReportDocument, pictures: EventPictures | None) -> str:
             position = i18n.position_words(lang, f.location) if f.location else t("undetermined")
             css = ' class="mismatch"' if f.location_agrees is False else ""
             cells = [  # a VLM finding's type, description and cause are its words (row class vlm)
-                f"<td>{escape(f.defect_type)}</td>",
+                f"<td>{escape(_type_words(lang, f.defect_type))}</td>",
                 f"<td{css}>{escape(position)}</td>",
                 f"<td>{escape(i18n.severity_word(lang, f.severity))}</td>",
                 f"<td>{escape(f.description)}</td>",

@@ -14,21 +14,13 @@ from typing import Any
 
 from services.explainer import i18n
 from services.explainer.answer import VlmAnswer
-from services.explainer.document import Finding, ReportDocument
+from services.explainer.document import UNCLASSIFIED, Finding, ReportDocument
 from services.explainer.facts import EventFacts
 from services.explainer.geometry import LocationCheck, check_location, elongation
 from shared.engine.config import Decision
 from shared.messages.schemas import RegionMsg
 
 LARGE_AREA = 0.05  # a region covering this share of the image counts as extensive
-
-# Words that hint at a defect's shape, to pick candidate types from a class's vocabulary.
-_SHAPE_FAMILIES = {
-    "elongated": ("scratch", "crack", "fray", "line", "break", "cut", "tear", "scuff"),
-    "compact": ("spot", "stain", "hole", "blowhole", "dent", "dot", "particle", "contamination", "pit"),
-    "large": ("missing", "deformation", "uneven", "discolo", "break", "warp", "contamination"),
-}
-
 
 def severity_from_score(score: float, bands: tuple[float, float]) -> str:
     """Severity from the normalised score's band (0.5 is the threshold)."""
@@ -58,11 +50,6 @@ def shape_of(region: RegionMsg) -> str:
     if region.area_fraction >= LARGE_AREA:
         return "large"
     return "elongated" if elongation(region.width, region.height) >= 3.0 else "compact"
-
-
-def candidate_types(shape: str, vocabulary: list[str]) -> list[str]:
-    keys = _SHAPE_FAMILIES[shape]
-    return [term for term in vocabulary if any(key in term.lower() for key in keys)]
 
 
 def _region_lines(facts: EventFacts, language: str) -> list[str]:
@@ -102,16 +89,16 @@ def _summary(facts: EventFacts, language: str) -> str:
     )
 
 
-def region_findings(facts: EventFacts, vocabulary: list[str], severity: str, language: str) -> list[Finding]:
-    """The scorer's regions as findings (up to five): position, size, shape, a candidate type
-    from the class vocabulary."""
+def region_findings(facts: EventFacts, severity: str, language: str) -> list[Finding]:
+    """The scorer's regions as findings (up to five): position, size and shape. Their type stays
+    ``unclassified``: the anomaly model locates defects, it does not name them, and a type guessed
+    from a region's shape would read as a finding."""
     findings: list[Finding] = []
     for region, position in zip(facts.verdict.regions[:5], facts.positions, strict=False):
         shape = shape_of(region)
-        candidates = candidate_types(shape, vocabulary)
         findings.append(
             Finding(
-                defect_type=candidates[0] if candidates else "anomaly",
+                defect_type=UNCLASSIFIED,
                 location=position,
                 severity=severity,
                 description=i18n.text(
@@ -161,7 +148,6 @@ def build_vlm_report(
     vlm_model: str,
     created_at: int,
     egress: str,
-    vocabulary: list[str],
     class_actions: list[str],
     severity_bands: tuple[float, float],
 ) -> ReportDocument:
@@ -191,7 +177,7 @@ def build_vlm_report(
             )
         )
     if not findings:  # the model named none: the scorer's regions are still the findings
-        findings = region_findings(facts, vocabulary, severity_from_score(score, severity_bands), language)
+        findings = region_findings(facts, severity_from_score(score, severity_bands), language)
     for check in mismatches:
         evidence.append(
             i18n.text(
@@ -242,10 +228,10 @@ def build_fallback_report(
     class_actions: list[str] | None = None,
 ) -> ReportDocument:
     """A report from local signals only: region geometry, position words, severity from the score
-    band, candidate types from the class vocabulary. Marked as not written by a VLM."""
+    band, the class vocabulary listed as candidates (not chosen). Marked as not written by a VLM."""
     score = facts.verdict.score
     regions = facts.verdict.regions
-    findings = region_findings(facts, vocabulary, severity_from_score(score, severity_bands), language)
+    findings = region_findings(facts, severity_from_score(score, severity_bands), language)
     evidence = [i18n.text(language, "fallback_notice", reason=reason), *_region_lines(facts, language)]
     if vocabulary:
         evidence.append(i18n.text(language, "candidate_types", types=", ".join(vocabulary)))

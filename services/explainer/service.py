@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from services.explainer import metrics
+from shared.errors import ClaimCheckError
+from shared.frames_store import ClaimStore, image_of
+from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
 from shared.settings import Settings
 from shared.telemetry.logging import log_event
 
@@ -82,6 +85,7 @@ class _Service:
         self.settings = settings
         self.explainer = explainer
         self.tracker = tracker
+        self.claims = ClaimStore.from_settings(settings)  # claim-checked frames are fetched from it
         self.in_flight: dict[asyncio.Task[EventResult | None], tuple[Any, ConsumerRecord, float]] = {}
         self.held: list[_Held] = []
         self.next_offset: dict[Any, int] = {}  # per partition: the offset after the last one read
@@ -124,7 +128,7 @@ class _Service:
                 self._start(tp, held.record, held.first_seen, producer, held.failed)
             await self._collect(wait=0.05 if self.in_flight else 0)
             await self._commit(consumer)
-            self._observe_lag(consumer)
+            await self._observe_lag(consumer)
         # Shutdown: finish the calls in progress and commit; events still waiting for a call and
         # held events stay uncommitted for next time.
         self.explainer.stopping = True
@@ -177,6 +181,16 @@ class _Service:
         except MessageError as exc:
             await self._dead_letter(producer, record, exc.reason, exc.detail)
             return None
+        image = None
+        if event.image_ref is not None:  # fetched and verified once, before anything else is done
+            try:
+                image = await asyncio.to_thread(
+                    image_of, event, self.claims, max_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS
+                )
+            except ClaimCheckError as exc:
+                detail = f"frame {event.verdict.frame_id}: {exc.detail}"
+                await self._dead_letter(producer, record, exc.reason, detail)
+                return None
 
         async def publish(message: Report, headers: list[tuple[str, bytes]]) -> None:
             await producer.send_and_wait(
@@ -197,6 +211,7 @@ class _Service:
                 on_topic=lambda document: self._on_topic(document, producer),
                 # Failed until its report was due: the fallback, without the VLM (issue 9).
                 fallback_reason="internal_error" if overdue and failed_before else "",
+                image=image,
             )
         except Exception as exc:  # never lose the event: hold it and try again later
             log_event(
@@ -271,7 +286,7 @@ class _Service:
         from shared.messages.codec import encode
         from shared.messages.schemas import DeadLetter
 
-        metrics.BAD_EVENTS.labels(metrics.code_label(reason)).inc()
+        metrics.DEAD_LETTERS.labels(metrics.code_label(reason)).inc()
         letter = DeadLetter.for_record(record, reason=reason, detail=detail, service=SERVICE)
         await producer.send_and_wait(self.settings.topic("dlq"), encode(letter), key=record.key)
         log_event(
@@ -305,11 +320,21 @@ class _Service:
         for tp in revoked:
             self.tracker.forget(tp)
 
-    def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
+    async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Events behind the end of each partition: from the consumer's position, which steps over
+        transaction markers (each scorer commit leaves one after its records), not from the offset
+        after the last event read, which would count the marker as an unread event."""
         for tp in consumer.assignment():
             end = consumer.last_stable_offset(tp) or consumer.highwater(tp)
-            if end is not None and tp in self.next_offset:
-                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, end - self.next_offset[tp]))
+            if end is None or tp not in self.next_offset:
+                continue
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), 1.0)
+            except Exception:  # unknown just now (a rebalance): the offset after the last read
+                position = self.next_offset[tp]
+            metrics.CONSUMER_LAG.labels(str(tp.partition)).set(
+                max(0, end - max(position, self.next_offset[tp]))
+            )
 
 
 def _tp(record: ConsumerRecord) -> TopicPartition:

@@ -1,5 +1,5 @@
 """Step five of an event's path, and the first check of every event: the report store,
-``<root>/<YYYY-MM-DD>/<line>/<station>/<frame_id>.{json,md,html}``.
+``<root>/<YYYY-MM-DD>/<line>/<station>/<frame_id>.{json,md,html}`` (and ``.overlay.jpg``).
 
 The path is a pure function of the event (date from ``captured_at``), so a re-delivered event
 finds its report without an index: that lookup is what makes the explainer idempotent. The JSON
@@ -81,9 +81,12 @@ class ReportStore:
         return StoredReport(document, json_path, published)
 
     def write(self, document: ReportDocument, pictures: EventPictures | None) -> Path:
-        """The report's three files (the HTML embeds ``pictures``); returns the JSON file's path."""
+        """The report's three files (the HTML embeds ``pictures``) and, with pictures, the heatmap
+        overlay as ``<frame>.overlay.jpg`` for tickets and MES links; returns the JSON file's path."""
         base = self.base_path(document.frame_id, document.line_id, document.station_id, document.captured_at)
         base.parent.mkdir(parents=True, exist_ok=True)
+        if pictures is not None:
+            _atomic_write(base.with_name(base.name + ".overlay.jpg"), pictures.overlay)
         _atomic_write(base.with_name(base.name + ".html"), render_html(document, pictures).encode("utf-8"))
         _atomic_write(base.with_name(base.name + ".md"), render_markdown(document).encode("utf-8"))
         json_path = base.with_name(base.name + ".json")

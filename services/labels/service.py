@@ -21,10 +21,9 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -41,10 +40,17 @@ from services.labels.core import (
     region_mask,
     regions_fit,
 )
-from shared.errors import BrokerError, ConfigError, ImageError, MessageError
-from shared.frames_store import FrameStore, frame_file_stem, png_bytes, write_atomically
-from shared.kafka.client import make_consumer, partition_counts
-from shared.limits import MAX_PIXELS
+from shared.errors import ConfigError, ImageError, MessageError
+from shared.frames_store import (
+    ClaimStore,
+    FrameStore,
+    frame_file_stem,
+    image_of,
+    png_bytes,
+    write_atomically,
+)
+from shared.kafka.reading import read_topic
+from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
 from shared.messages.codec import decode
 from shared.messages.pixels import decode_pixels
 from shared.messages.schemas import DefectEvent, Feedback, Frame, Verdict
@@ -52,41 +58,6 @@ from shared.settings import Settings
 from shared.telemetry.logging import log_event
 
 log = logging.getLogger("lineguard.labels")
-
-
-async def read_topic(settings: Settings, name: str, timeout_s: float) -> AsyncGenerator[Any, None]:
-    """Every record of a topic, from its beginning to the end it had when reading started."""
-    from aiokafka import TopicPartition
-
-    topic = settings.topic(name)
-    partitions = (await partition_counts(settings, [topic])).get(topic)
-    if not partitions:
-        raise BrokerError(f"no topic {topic}: run `lineguard topics ensure`")
-    consumer = make_consumer(settings, group_id=None)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if ends[tp] > 0}
-        for tp in list(pending):
-            if await consumer.position(tp) >= ends[tp]:
-                pending.discard(tp)
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"reading {topic} to its end took longer than {timeout_s:.0f} s")
-            batch = await consumer.getmany(*pending, timeout_ms=500, max_records=100)
-            for tp, records in batch.items():
-                for record in records:
-                    if record.offset < ends[tp]:
-                        yield record
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-    finally:
-        await consumer.stop()
 
 
 def _fresh_folder(target: Path, marker: str) -> Path:
@@ -117,6 +88,7 @@ class LabelExport:
         self.cfg = settings.labels
         root = frames_dir or self.cfg.frames_dir
         self.store = FrameStore(root) if root else None
+        self.claims = ClaimStore.from_settings(settings)  # claim-checked frames on the topics
 
     async def run(self, out: Path, normals_dir: Path | None = None) -> ExportSummary:
         summary = ExportSummary(exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -224,7 +196,7 @@ class LabelExport:
                 frame_id = event.verdict.frame_id
                 if frame_id not in wanted:
                     continue
-                pixels = self._pixels(event.image, event.encoding, event.width, event.height, frame_id)
+                pixels = self._pixels(event, frame_id)
                 if pixels is not None:
                     write(frame_id, pixels, "defects")
 
@@ -259,12 +231,12 @@ class LabelExport:
                     continue
                 frame_id = frame.frame_id
                 if frame_id in wanted:
-                    pixels = self._pixels(frame.image, frame.encoding, frame.width, frame.height, frame_id)
+                    pixels = self._pixels(frame, frame_id)
                     if pixels is not None:
                         write(frame_id, pixels, "frames")
                 elif sampler is not None and staging is not None and frame_id in candidates:
                     product_class = candidates.pop(frame_id)
-                    pixels = self._pixels(frame.image, frame.encoding, frame.width, frame.height, frame_id)
+                    pixels = self._pixels(frame, frame_id)
                     if pixels is None:
                         continue
                     accepted, evicted = sampler.offer(product_class, frame_id)
@@ -274,11 +246,18 @@ class LabelExport:
                     if accepted:
                         write_atomically(folder / f"{frame_file_stem(frame_id)}.png", png_bytes(pixels))
 
-    def _pixels(
-        self, image: bytes, encoding: str, width: int | None, height: int | None, frame_id: str
-    ) -> np.ndarray | None:
+    def _pixels(self, message: Frame | DefectEvent, frame_id: str) -> np.ndarray | None:
+        """The message's frame (a claim-checked one fetched and verified), or None (logged)."""
         try:
-            return decode_pixels(image, encoding, width, height, max_pixels=MAX_PIXELS)
+            image = image_of(message, self.claims, max_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS)
+            return decode_pixels(
+                image.data,
+                message.encoding,
+                message.width,
+                message.height,
+                max_bytes=image.max_bytes,
+                max_pixels=image.max_pixels,
+            )
         except ImageError as exc:
             log_event(log, "frame unreadable", logging.WARNING, frame_id=frame_id, reason=exc.reason)
             return None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from services.arguments import non_negative_int, positive_int
+from services.model_tools import report
 from shared.engine.backbones import BACKBONES
 from shared.engine.config import (
     FEW_SHOT_IMAGE_SCORE,
@@ -53,7 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     fit.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONE_NAMES)
     fit.add_argument("--weights", help="backbone weight file (safetensors or .pth); default: local source")
-    fit.add_argument("--input-size", type=positive_int, default=224)
+    fit.add_argument(
+        "--input-size",
+        type=positive_int,
+        help="model input size in pixels (default: the backbone's own, e.g. 224 lite0, 260 lite2)",
+    )
     fit.add_argument("--layers", type=_layers, help="ViT blocks or CNN stages, e.g. 2,3")
     fit.add_argument("--vit-combine", choices=("mean", "concat"), default="mean")
     fit.add_argument("--bank-size", type=positive_int, default=10_000, help="coreset size per class")
@@ -81,9 +86,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="max (default) or top1; excess: the maximum above the image's own mean (few-shot default)",
     )
     fit.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate the threshold aims at")
-    fit.add_argument("--holdout", type=float, default=0.2, help="share of normal images kept for calibration")
+    fit.add_argument(
+        "--calibration-folds",
+        type=positive_int,
+        metavar="K",
+        help=f"threshold from out-of-fold scores of all normal images, K folds (default "
+        f"{FitConfig.calibration_folds}; K more fits); 1: one held-out share (--holdout)",
+    )
+    fit.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="with --calibration-folds 1: share of normal images held out",
+    )
     fit.add_argument(
         "--defect-samples", help="folder of defective samples (per class subfolders) for an F1 threshold"
+    )
+    fit.add_argument(
+        "--labelled-defects",
+        type=positive_int,
+        metavar="N",
+        help="train on N images per defect type from <class>/test/<type>/ (masks from ground_truth/ "
+        "where present), chosen by sorted name and --seed; 'lineguard evaluate' then leaves them out",
+    )
+    fit.add_argument(
+        "--labelled-defects-dir",
+        metavar="DIR",
+        help="take the labelled defects from DIR instead (same layout, e.g. 'lineguard labels export'; "
+        "all of them, or N per type with --labelled-defects); DIR/<class>/train/good are confirmed "
+        "normals and join the normal images",
     )
     fit.add_argument(
         "--bank-from-train-only",
@@ -233,12 +264,16 @@ def run_fit(args: argparse.Namespace) -> int:
 
     core.set_threads(args.threads)
     out = Path(args.out)
+    labelled_wanted = args.labelled_defects is not None or args.labelled_defects_dir is not None
     progress = _TqdmProgress()
+    folds = args.calibration_folds
+    if folds is None:
+        folds = 1 if args.bank_from_train_only else FitConfig.calibration_folds
     try:
         config = FitConfig(
             backbone=args.backbone,
             weights=args.weights,
-            input_size=args.input_size,
+            input_size=args.input_size or BACKBONES[args.backbone].input_size,
             layers=args.layers,
             vit_combine=args.vit_combine,
             scorer=args.scorer,
@@ -251,6 +286,7 @@ def run_fit(args: argparse.Namespace) -> int:
             image_score=args.image_score or (FEW_SHOT_IMAGE_SCORE if args.shots else "max"),
             target_frr=args.target_frr,
             holdout_fraction=args.holdout,
+            calibration_folds=folds,
             bank_from_all_normals=not args.bank_from_train_only,
             seed=args.seed,
             shot_flips=args.shot_flips,
@@ -275,6 +311,8 @@ def run_fit(args: argparse.Namespace) -> int:
             out,
             overwrite=args.force,
             defect_samples=args.defect_samples,
+            labelled_per_type=args.labelled_defects,
+            labelled_dir=args.labelled_defects_dir,
             progress=progress,
             shots=args.shots,
             shots_seed=args.shots_seed,
@@ -285,19 +323,59 @@ def run_fit(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     print(f"model {model.version} ({', '.join(model.classes)}) written to {out}")
+    training = model.metadata.get("training_data", {})
     for class_model in model.class_models:
-        calibration = class_model.calibration
-        if "cold_start" in calibration:
-            print(f"  {class_model.name}: {_cold_start_line(class_model.threshold, calibration)}")
+        if "cold_start" in class_model.calibration:
+            cold = _cold_start_line(class_model.threshold, class_model.calibration)
+            print(f"  {class_model.name}: {cold}")
             continue
-        extra = ""
-        if "f1_threshold" in calibration:
-            extra = f", F1-optimal threshold {calibration['f1_threshold']:.4f} (F1 {calibration['f1']:.3f})"
-        print(
-            f"  {class_model.name}: threshold {class_model.threshold:.4f} at {calibration['target_frr']:.1%} "
-            f"false rejects on {calibration['n_holdout']} held-out normal images{extra}"
-        )
+        for line in _fit_lines(
+            class_model.name, class_model.threshold, class_model.calibration, model.config
+        ):
+            print(f"  {line}")
+        confirmed = training.get("confirmed_normals", {}).get(class_model.name)
+        if confirmed:
+            print(f"  {class_model.name}: {confirmed} confirmed normal images added to the normal images")
+        if labelled_wanted and "labelled_defects" not in class_model.calibration:
+            print(f"  {class_model.name}: no labelled defects found for this class")
     return 0
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _fit_lines(name: str, threshold: float, calibration: dict[str, Any], config: FitConfig) -> list[str]:
+    """What ``lineguard fit`` says about one class: its threshold, where it came from, and what
+    the labelled defects were used for."""
+    if calibration.get("folds", 1) > 1:
+        source = (
+            f"out-of-fold scores of all {calibration['n_holdout']} normal images "
+            f"({calibration['folds']} folds, each scored by a scorer fitted on the others)"
+        )
+    else:
+        source = f"{calibration['n_holdout']} held-out normal images"
+    lines = [
+        f"{name}: threshold {threshold:.4f} at {calibration['target_frr']:.1%} false rejects, from {source}"
+    ]
+    labelled = calibration.get("labelled_defects")
+    if labelled is not None:
+        types = ", ".join(f"{kind} {count}" for kind, count in labelled["by_type"].items())
+        head = f"{name}: {labelled['n']} labelled defects ({types}; {labelled['with_mask']} with masks)"
+        if labelled["learned_from"]:
+            lines.append(f"{head} trained the {config.scorer} scorer")
+        else:
+            lines.append(
+                f"{head}: the {config.scorer} scorer does not learn from defects; they only offer an "
+                f"F1-optimal threshold {calibration['f1_threshold']:.4f} (F1 {calibration['f1']:.3f}, on "
+                "these training defects), recorded in the manifest and NOT adopted"
+            )
+    elif "f1_threshold" in calibration:
+        lines.append(
+            f"{name}: F1-optimal threshold {calibration['f1_threshold']:.4f} (F1 {calibration['f1']:.3f}) "
+            "offered by the defect samples, not adopted"
+        )
+    return lines
 
 
 def _cold_start_line(threshold: float, calibration: dict[str, Any]) -> str:
@@ -330,7 +408,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     core.set_threads(args.threads)
     bars: list[tqdm] = []
     try:
-        model, report = core.evaluate_folder(
+        model, result = core.evaluate_folder(
             args.model,
             args.data,
             args.classes,
@@ -348,22 +426,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
             bar.close()
     fit_seconds = model.metadata.get("fit_seconds")
     print(f"model {model.version}: backbone {model.backbone_name}, fit time {fit_seconds} s")
-    for name, metrics in report["classes"].items():
-        print(f"  {name}: " + ", ".join(f"{key} {_fmt(value)}" for key, value in metrics.items()))
+    for name, metrics in result["classes"].items():
+        for line in report.class_lines(name, metrics):
+            print(f"  {line}")
         if metrics.get("threshold_approximate"):
             print(
                 f"  {name}: few-shot threshold: approximate (not set on held-out normal images); "
                 "the false-reject rate above is measured here, not one the model knew"
             )
-    print("  mean: " + ", ".join(f"{key} {_fmt(value)}" for key, value in report["mean"].items()))
-    print(f"  routing accuracy {_fmt(report['routing_accuracy'])}, latency ms {report['latency_ms']}")
+    if len(result["classes"]) > 1:
+        for line in report.class_lines("mean", result["mean"]):
+            print(f"  {line}")
+    if not result["training_images_recorded"]:
+        print("  (this model's manifest records no training images: none could be left out)")
+    print(f"  routing accuracy {_fmt(result['routing_accuracy'])}, latency ms {result['latency_ms']}")
+    print(f"  pixel metrics: {result['pixel_metrics']['method']}, on the {result['pixel_metrics']['maps']}")
     if args.json:
-        print(json.dumps(report, sort_keys=False))
+        print(json.dumps(result, sort_keys=False))
     return 0
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def run_score(args: argparse.Namespace) -> int:

@@ -14,10 +14,10 @@ from PIL import Image, ImageDraw
 
 from shared.engine.backbones import file_sha256
 from shared.engine.config import FitConfig, FitProgress, ScoreResult
-from shared.engine.dataset import IMAGE_SUFFIXES, ClassData, discover
+from shared.engine.dataset import IMAGE_SUFFIXES, ClassData, discover, labelled_defects
 from shared.engine.evaluation import evaluate
 from shared.engine.fewshot import fit_few_shot, select_shots
-from shared.engine.fitting import fit_model
+from shared.engine.fitting import DefectSample, fit_model, source_sha256
 from shared.engine.images import load_image_file
 from shared.engine.model import InspectionModel
 from shared.engine.persistence import load_model, save_model
@@ -42,6 +42,8 @@ def fit_folder(
     *,
     overwrite: bool = False,
     defect_samples: str | Path | None = None,
+    labelled_per_type: int | None = None,
+    labelled_dir: str | Path | None = None,
     progress: FitProgress | None = None,
     shots: int | None = None,
     shots_seed: int | None = None,
@@ -49,6 +51,11 @@ def fit_folder(
 ) -> InspectionModel:
     """Fit a model on the normal training images of an MVTec-layout folder and write it to ``out``.
 
+    Labelled defects (``labelled_per_type`` per defect type, chosen as ``dataset.labelled_defects``
+    says) come from ``data``'s own ``<class>/test/<type>/`` folders, or from ``labelled_dir`` (the
+    same layout, e.g. what ``lineguard labels export`` writes; all of them unless
+    ``labelled_per_type`` is given), with their masks where present. ``labelled_dir``'s
+    ``<class>/train/good/`` images are confirmed normals: they join the class's normal images.
     ``defect_samples`` (a folder of defective images, one subfolder per class when there are
     several classes) adds an F1-optimal threshold to each class's calibration record. ``shots``:
     a few-shot model from that many of each class's normal images (``shared.engine.fewshot``),
@@ -62,7 +69,20 @@ def fit_folder(
         if empty:
             raise DatasetError(f"class(es) {', '.join(empty)} have fewer than 2 images in train/good")
         training: dict[str, list[Path | np.ndarray]] = {d.name: list(d.train) for d in found}
-        model = fit_model(training, config, progress)
+        defects: dict[str, list[DefectSample]] = {}
+        confirmed: dict[str, int] = {}
+        if labelled_dir is not None or labelled_per_type is not None:
+            sources = _labelled_sources(found, labelled_dir)
+            for class_data in sources:
+                chosen = labelled_defects(class_data, labelled_per_type, config.seed)
+                defects[class_data.name] = [DefectSample(s.path, s.mask_path, s.defect_type) for s in chosen]
+                if labelled_dir is not None:
+                    confirmed[class_data.name] = _add_confirmed_normals(
+                        training[class_data.name], class_data.train
+                    )
+        model = fit_model(training, config, progress, defects=defects)
+        if labelled_dir is not None:
+            model.metadata["training_data"]["confirmed_normals"] = confirmed
     if defect_samples:
         offer_f1_thresholds(model, Path(defect_samples))
     save_model(model, out, overwrite=overwrite)
@@ -90,6 +110,29 @@ def fit_few_shot_folder(
                 used = {file_sha256(Path(p)) for p in training[extra.name] if isinstance(p, Path)}
                 confirmed[extra.name] = [p for p in extra.train if file_sha256(p) not in used]
     return fit_few_shot(training, config, progress, confirmed=confirmed)
+
+
+def _labelled_sources(found: list[ClassData], labelled_dir: str | Path | None) -> list[ClassData]:
+    """Where each fitted class's labelled defects come from: its own data, or the class of the same
+    name in ``labelled_dir`` (classes there that are not being fitted are not read)."""
+    if labelled_dir is None:
+        return found
+    names = {class_data.name for class_data in found}
+    return [class_data for class_data in discover(labelled_dir) if class_data.name in names]
+
+
+def _add_confirmed_normals(normals: list[Path | np.ndarray], confirmed: list[Path]) -> int:
+    """Append the confirmed normal images not already among ``normals`` (same file bytes); returns
+    how many were added."""
+    known = {source_sha256(source) for source in normals}
+    added = 0
+    for path in confirmed:
+        digest = source_sha256(path)
+        if digest not in known:
+            normals.append(path)
+            known.add(digest)
+            added += 1
+    return added
 
 
 def offer_f1_thresholds(model: InspectionModel, folder: Path) -> None:

@@ -39,7 +39,10 @@ def register(subparsers: Any) -> None:
         "announce",
         help="announce a model directory on the models topic (running scorers swap it in)",
         description="Verify a model directory (every hash, a full load, a warm-up) and publish its signed "
-        "announcement on the compacted models topic. The directory must lie inside the models root "
+        "announcement on the compacted models topic, and in the same transaction on the model-history "
+        "topic (with who and why; `lineguard rollback` and the console read it). To announce only what a "
+        "shadow run has shown to be better, use `lineguard promote`. The directory must lie inside the "
+        "models root "
         "(LINEGUARD_SCORER__MODELS_ROOT) and is announced by its path relative to it. Every scorer checks "
         "the signature against its trusted keys, loads the model in the background and swaps it in "
         "between batches; a scorer that cannot verify or load it keeps its current model.",
@@ -54,6 +57,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="announce without a signature (taken only by scorers that trust no signing key)",
     )
+    announce.add_argument("--reason", help="why, for the announcement history (shown in the console)")
     announce.set_defaults(handler=_announce_command)
 
     model = subparsers.add_parser("model", help="model signing keys (`lineguard model keygen`)")
@@ -112,7 +116,7 @@ def _scorer_command(args: argparse.Namespace) -> int:
 
 
 def _announce_command(args: argparse.Namespace) -> int:
-    from services.scorer.models import publish_announcement
+    from services.scorer.history import history_entry, newest_entry, publish_announcement, read_history
     from services.scorer.trust import load_signing_key
     from shared.settings import load_settings
 
@@ -125,7 +129,14 @@ def _announce_command(args: argparse.Namespace) -> int:
         return 2
     if key is None:
         print("announce: UNSIGNED: scorers that trust signing keys will refuse it", file=sys.stderr)
-    asyncio.run(publish_announcement(settings, announcement))
+
+    async def announce() -> None:
+        previous = newest_entry(await read_history(settings))
+        previous_version = previous.announcement.model_version if previous else ""
+        entry = history_entry(announcement, reason=args.reason or "", previous_version=previous_version)
+        await publish_announcement(settings, announcement, entry)
+
+    asyncio.run(announce())
     signed = f"signed with key {announcement.key_id}" if key is not None else "unsigned"
     print(
         f"announced model {version} ({announcement.path} in {settings.scorer.models_root}, {signed}) "
@@ -137,7 +148,8 @@ def _announce_command(args: argparse.Namespace) -> int:
 def prepare_announcement(model: Path, settings: Any, key: Any | None) -> tuple[str, ModelAnnouncement]:
     """The model's version and its (signed, given ``key``) announcement, after loading it the way a
     scorer will: inside the models root, every hash, a warm-up. ``model`` is a path as the operator
-    typed it (relative to the working directory, not to the root)."""
+    typed it (relative to the working directory, not to the root). Also used by ``promote`` and
+    ``rollback``."""
     from services.scorer.models import announcement_for, load_model_dir
     from services.scorer.trust import sign_announcement
 

@@ -19,10 +19,11 @@ import numpy as np
 
 from shared.engine.config import Decision, ScoreResult
 from shared.errors import ImageError, LineguardError, MessageError
+from shared.frames_store import ClaimStore, image_of
 from shared.limits import MAX_PIXELS
 from shared.messages.anomaly_map import encode_anomaly_map
 from shared.messages.codec import decode
-from shared.messages.pixels import decode_pixels
+from shared.messages.pixels import decode_frame
 from shared.messages.schemas import DeadLetter, DefectEvent, Frame, Verdict
 from shared.settings import LatePolicy, NonFinitePolicy
 
@@ -64,7 +65,13 @@ class OutRecord:
 class DecodedFrame:
     record: RawRecord
     frame: Frame
-    pixels: np.ndarray  # HxWx3 uint8 RGB
+    pixels: np.ndarray  # HxWx3 uint8 RGB, reduced to what the model needs for large frames
+    size: tuple[int, int] | None = None  # (height, width) of the frame as sent; None: the pixels'
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the frame as the camera sent it (regions and maps are in these)."""
+        return self.size or (self.pixels.shape[0], self.pixels.shape[1])
 
 
 @dataclass(frozen=True)
@@ -103,37 +110,55 @@ def describe(exc: BaseException) -> str:
 
 
 def decode_record(
-    record: RawRecord, *, max_image_bytes: int, max_pixels: int = MAX_PIXELS
+    record: RawRecord,
+    *,
+    max_image_bytes: int,
+    max_pixels: int = MAX_PIXELS,
+    reduce_to: int | None = None,
+    store: ClaimStore | None = None,
 ) -> DecodedFrame | RecordOutcome:
     """Decode and validate one record; a bad one comes back as a ``RecordOutcome`` with its dead letter.
 
     Sizes are checked before any pixel is decoded: the message size by the codec, the declared
-    dimensions and the image header's by ``decode_pixels``. Never raises: anything unexpected is this
-    record's dead letter (``decode_failed``), so one record cannot stop the line.
+    dimensions and the image header's by ``decode_frame``. ``reduce_to``: the model's input size;
+    a larger frame is decoded only as far as the model needs (``shared.messages.pixels``). A claim
+    check is fetched from ``store`` once, its size and sha256 verified, and those bytes decoded
+    within the store's limits (``shared.frames_store``); a reference that cannot be had is the
+    frame's dead letter with the store's reason (``frame_missing``, ``frame_hash_mismatch``, ...).
+    Never raises: anything unexpected is this record's dead letter (``decode_failed``), so one
+    record cannot stop the line.
     """
     try:
-        return _decode_record(record, max_image_bytes, max_pixels)
+        return _decode_record(record, max_image_bytes, max_pixels, reduce_to, store)
     except Exception as exc:  # the last resort, for this record only
         return failed(record, "decode_failed", describe(exc))
 
 
-def _decode_record(record: RawRecord, max_image_bytes: int, max_pixels: int) -> DecodedFrame | RecordOutcome:
+def _decode_record(
+    record: RawRecord,
+    max_image_bytes: int,
+    max_pixels: int,
+    reduce_to: int | None,
+    store: ClaimStore | None,
+) -> DecodedFrame | RecordOutcome:
     try:
         frame = decode(record.value, Frame)  # type: ignore[arg-type]  # None is refused as malformed
     except MessageError as exc:
         return failed(record, exc.reason, str(exc))
     try:
-        pixels = decode_pixels(
-            frame.image,
+        image = image_of(frame, store, max_bytes=max_image_bytes, max_pixels=max_pixels)
+        decoded = decode_frame(
+            image.data,
             frame.encoding,
             frame.width,
             frame.height,
-            max_bytes=max_image_bytes,
-            max_pixels=max_pixels,
+            reduce_to=reduce_to,
+            max_bytes=image.max_bytes,
+            max_pixels=image.max_pixels,
         )
     except ImageError as exc:
         return failed(record, exc.reason, f"frame {frame.frame_id}: {exc}")
-    return DecodedFrame(record, frame, pixels)
+    return DecodedFrame(record, frame, decoded.pixels, (decoded.height, decoded.width))
 
 
 def late_by_ms(frame: Frame, now_ns: int) -> float | None:
@@ -269,14 +294,18 @@ def _scored_outcome(
     )
     defect = None
     if Decision(verdict.decision).is_defect:
-        height, width = item.pixels.shape[:2]
+        height, width = item.frame_size
+        # A claim-checked frame's map stays at the resolution it was scored at: at the frame's size
+        # it could be over the wire's limit, and encoding it would cost seconds on the verdict path.
+        map_height, map_width = result.anomaly_map.shape[:2] if item.frame.image_ref else (height, width)
         defect = DefectEvent(
             verdict=verdict,
             image=item.frame.image,
             encoding=item.frame.encoding,
             width=width,
             height=height,
-            anomaly_map_png=encode_anomaly_map(result.anomaly_map, width, height),
+            anomaly_map_png=encode_anomaly_map(result.anomaly_map, map_width, map_height),
+            image_ref=item.frame.image_ref,
         )
     non_finite = bool(non_finite_numbers(result))
     return RecordOutcome(item.record, verdict=verdict, defect=defect, non_finite=non_finite)

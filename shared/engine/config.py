@@ -84,8 +84,10 @@ class ScoreResult:
     threshold: float  # on the raw scale
     decision: Decision
     reason: str
-    regions: list[Region]
-    anomaly_map: np.ndarray  # HxW float32, normalised, in the image's own resolution
+    regions: list[Region]  # in the frame's pixel coordinates
+    anomaly_map: np.ndarray  # HxW float32, normalised, in the resolution of the image as scored
+    # S x S float32 at model-input resolution, on the raw (unclipped) scale: what pixel metrics rank.
+    raw_map: np.ndarray | None = None
 
 
 @dataclass
@@ -109,9 +111,12 @@ class FitConfig:
     projection_dim: int = 128
     image_score: ImageScoreMode = "max"
     blur_sigma: float = 4.0
-    holdout_fraction: float = 0.2
+    holdout_fraction: float = 0.2  # calibration_folds 1: the share of normal images held out
     min_holdout: int = 3
     target_frr: float = 0.01
+    # The threshold's normal scores: out-of-fold over all normal images, each scored by a scorer
+    # fitted on the other folds (K fits more; docs/benchmarks.md). 1: one held-out share instead.
+    calibration_folds: int = 5
     # Refit the bank on all normal images after calibrating on the held-out share (one more coreset):
     # on magnetic tile this took image AUROC from 0.959 to 0.968 (docs/benchmarks.md).
     bank_from_all_normals: bool = True
@@ -132,6 +137,7 @@ class FitConfig:
     clip_object: str | None = None  # the object named in the prompts; None: the class name in words
     winclip_scales: tuple[int, ...] = (2, 3)  # window sizes in patches (the paper's small and mid)
     winclip_few_shot: bool = True  # WinCLIP+: the normal images become a visual memory
+    epochs: int | None = None  # learned scorers (supersimplenet, uninet): None = the scorer's default
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -153,6 +159,10 @@ class FitConfig:
         self.winclip_scales = tuple(int(size) for size in self.winclip_scales)
         if not self.winclip_scales or any(size < 1 for size in self.winclip_scales):
             raise ConfigError("winclip_scales must be one or more positive window sizes")
+        if self.calibration_folds < 1:
+            raise ConfigError("calibration_folds must be at least 1")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError("epochs must be at least 1")
 
 
 class FitProgress:

@@ -1,12 +1,16 @@
 """MVTec AD layout discovery: ``ROOT/<class>/{train/good,test/<type>,ground_truth/<type>}``.
 
-``ROOT`` may also be a single class folder (the class is then named after the folder).
+``ROOT`` may also be a single class folder (the class is then named after the folder). Labelled
+defects for training come from the same layout (``labelled_defects``): a dataset's own test
+folders, or a separate folder such as the one ``lineguard labels export`` writes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from shared.errors import DatasetError
 
@@ -76,3 +80,21 @@ def discover(root: str | Path, classes: list[str] | None = None) -> list[ClassDa
             raise DatasetError(f"class(es) {', '.join(missing)} not in {root}; found {', '.join(by_name)}")
         found = [by_name[name] for name in classes]
     return found
+
+
+def labelled_defects(data: ClassData, per_type: int | None, seed: int) -> list[TestSample]:
+    """Defective test images of ``data`` to train on: ``per_type`` of each defect type (all of them
+    when None or when a type has fewer), chosen deterministically. Per class one generator seeded
+    with ``seed`` visits the defect types in sorted order; for each it draws ``min(per_type, n)``
+    positions without replacement from the type's images sorted by file name. The result is in
+    type order, then name order."""
+    if per_type is not None and per_type < 1:
+        raise DatasetError("the number of labelled defects per type must be at least 1")
+    rng = np.random.default_rng(seed)
+    chosen: list[TestSample] = []
+    for kind in sorted({sample.defect_type for sample in data.test if sample.is_defect}):
+        of_kind = sorted((s for s in data.test if s.defect_type == kind), key=lambda s: s.path.name)
+        count = len(of_kind) if per_type is None else min(per_type, len(of_kind))
+        positions = rng.choice(len(of_kind), size=count, replace=False)
+        chosen.extend(of_kind[int(i)] for i in sorted(positions))
+    return chosen

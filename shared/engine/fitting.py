@@ -1,16 +1,19 @@
-"""Fitting a model: per class a scorer of normal patches, a threshold calibrated on held-out normal
-images, and a routing prototype; then the routing thresholds of all classes.
+"""Fitting a model: per class a scorer of normal patches (and of labelled defects, for scorers that
+learn from them), a threshold calibrated on normal images its scorer never saw, a routing prototype
+and a routing threshold.
 
 ``fit_model`` builds finished parts only (extractor, scorers, class models) and constructs the
-``InspectionModel`` once at the end; the model module never imports this one.
+``InspectionModel`` once at the end; the model module never imports this one. Each normal image is
+embedded once; its features wait on disk (``feature_store``) for the fold scorers and the final one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,29 +22,58 @@ import numpy as np
 from PIL import Image
 
 from shared.engine.backbones import file_sha256, get_spec, resolve_weights
-from shared.engine.calibration import threshold_at_frr
+from shared.engine.calibration import f1_optimal_threshold, out_of_fold, threshold_at_frr
 from shared.engine.class_model import ClassModel, raw_maps
 from shared.engine.config import FitConfig, FitProgress, is_valid_class_name
+from shared.engine.feature_store import FeatureStore
 from shared.engine.features import FeatureExtractor, make_extractor
 from shared.engine.images import ImageSource, LazyImages, load_image_file, load_source
 from shared.engine.model import InspectionModel
 from shared.engine.postprocess import Normaliser
 from shared.engine.routing import l2_normalise
-from shared.engine.scorers.base import FitContext, LabelledSamples, ScoreInput, scorer_class
+from shared.engine.scorers.base import FitContext, LabelledSamples, PatchScorer, ScoreInput, scorer_class
 from shared.errors import ConfigError, DatasetError
 
-DefectSample = tuple[ImageSource, ImageSource]  # a defective image and its mask (nonzero = defect)
+
+@dataclass(frozen=True)
+class DefectSample:
+    """A labelled defective image, its mask (nonzero = defect) when regions were drawn, its type."""
+
+    image: ImageSource
+    mask: ImageSource | None = None  # None: known defective, regions not drawn
+    defect_type: str = "defect"
 
 
-def _fingerprint(data: Mapping[str, Sequence[ImageSource]]) -> str:
+DefectInput = DefectSample | tuple[ImageSource, ImageSource | None]  # (image, mask) also accepted
+
+
+def source_sha256(source: ImageSource) -> str:
+    """What a training image is recorded by: the sha256 of its file's bytes, or of its pixels."""
+    if isinstance(source, np.ndarray):
+        return hashlib.sha256(np.ascontiguousarray(source).tobytes()).hexdigest()
+    return file_sha256(Path(source))
+
+
+def _source_name(source: ImageSource) -> str:
+    return "" if isinstance(source, np.ndarray) else Path(source).name
+
+
+def _fingerprint(
+    data: Mapping[str, Sequence[ImageSource]],
+    digests: Mapping[str, Sequence[str]],
+    defects: Mapping[str, Sequence[DefectSample]],
+    defect_digests: Mapping[str, Sequence[str]],
+) -> str:
     digest = hashlib.sha256()
     for name in sorted(data):
         digest.update(name.encode() + b"\0")
-        for source in data[name]:
+        for source, sha in zip(data[name], digests[name], strict=True):
             if isinstance(source, np.ndarray):
-                digest.update(str(source.shape).encode() + hashlib.sha256(source.tobytes()).digest())
+                digest.update(str(source.shape).encode() + bytes.fromhex(sha))
             else:
-                digest.update(Path(source).name.encode() + bytes.fromhex(file_sha256(Path(source))))
+                digest.update(Path(source).name.encode() + bytes.fromhex(sha))
+        for sample, sha in zip(defects.get(name, ()), defect_digests.get(name, ()), strict=True):
+            digest.update(b"defect\0" + sample.defect_type.encode() + b"\0" + bytes.fromhex(sha))
     return digest.hexdigest()
 
 
@@ -80,9 +112,23 @@ def _mask_at(source: ImageSource, size: int) -> np.ndarray:
 def _labelled(
     samples: Sequence[DefectSample], extractor: FeatureExtractor, config: FitConfig, progress: FitProgress
 ) -> LabelledSamples:
-    features, _ = embed_sources(extractor, [image for image, _ in samples], config.batch_size, progress)
-    masks = np.stack([_mask_at(mask, config.input_size) for _, mask in samples])
-    return LabelledSamples(features, masks)
+    features, _ = embed_sources(extractor, [sample.image for sample in samples], config.batch_size, progress)
+    size = config.input_size
+    masks = np.stack(
+        [
+            _mask_at(sample.mask, size) if sample.mask is not None else np.zeros((size, size), np.float32)
+            for sample in samples
+        ]
+    )
+    has_mask = np.array([sample.mask is not None for sample in samples], dtype=bool)
+    return LabelledSamples(features, masks, has_mask, tuple(sample.defect_type for sample in samples))
+
+
+def _as_defect(sample: DefectInput) -> DefectSample:
+    if isinstance(sample, DefectSample):
+        return sample
+    image, mask = sample
+    return DefectSample(image, mask)
 
 
 def _check(data: Mapping[str, Sequence[ImageSource]], defects: Mapping[str, Sequence[DefectSample]]) -> None:
@@ -98,22 +144,228 @@ def _check(data: Mapping[str, Sequence[ImageSource]], defects: Mapping[str, Sequ
         raise DatasetError(f"defective samples for class(es) {', '.join(foreign)} that are not being fitted")
 
 
+class _FoldProgress(FitProgress):
+    """Progress of one fold's scorer: its stages named with the fold."""
+
+    def __init__(self, inner: FitProgress, fold: str) -> None:
+        self.inner = inner
+        self.fold = fold
+
+    def stage(self, name: str, total: int) -> None:
+        self.inner.stage(f"{name} ({self.fold})", total)
+
+    def advance(self, amount: int = 1) -> None:
+        self.inner.advance(amount)
+
+
+def _prototype(embeddings: np.ndarray) -> np.ndarray:
+    """A class's routing prototype: the mean of its images' normalised global embeddings."""
+    return l2_normalise(l2_normalise(embeddings).mean(axis=0))
+
+
+def _embed_into(
+    store: FeatureStore,
+    extractor: FeatureExtractor,
+    sources: Sequence[ImageSource],
+    batch_size: int,
+    progress: FitProgress,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Embed ``sources`` once into ``store``; returns their global embeddings ``(n, D)`` and the grid.
+    Only one batch of features is in memory at a time."""
+    embeddings: list[np.ndarray] = []
+    grid = (0, 0)
+    for start in range(0, len(sources), batch_size):
+        images = [load_source(source) for source in sources[start : start + batch_size]]
+        features, grid = extractor(images)
+        batch = features.numpy()
+        store.write(start, batch)
+        embeddings.append(batch.mean(axis=1))
+        progress.advance(len(images))
+    return np.concatenate(embeddings), grid
+
+
+def _score_rows(
+    scorer: PatchScorer,
+    features: np.ndarray,
+    grid: tuple[int, int],
+    sources: Sequence[ImageSource],
+    config: FitConfig,
+    progress: FitProgress,
+) -> np.ndarray:
+    """Raw image scores of stored feature rows, ``config.batch_size`` at a time."""
+    scores = np.empty(len(features), dtype=np.float64)
+    for start in range(0, len(features), config.batch_size):
+        stop = start + config.batch_size
+        batch = ScoreInput(np.ascontiguousarray(features[start:stop]), grid, LazyImages(sources[start:stop]))
+        scores[start:stop] = raw_maps(scorer, batch, config)[1]
+        progress.advance(len(batch.features))
+    return scores
+
+
+def _calibration_split(n_images: int, config: FitConfig) -> tuple[list[np.ndarray], bool]:
+    """The parts of a class's normal images and whether they are cross-fitted: K out-of-fold parts,
+    or (``calibration_folds == 1``) the held-out share and the rest, of which only the first is held out."""
+    if config.calibration_folds >= 2:
+        return out_of_fold(n_images, config.calibration_folds, config.seed), True
+    train_idx, holdout_idx = split_holdout(n_images, config)
+    return [holdout_idx, train_idx], False
+
+
+def _fit_class(
+    name: str,
+    sources: Sequence[ImageSource],
+    defect_samples: Sequence[DefectSample],
+    labelled: LabelledSamples | None,
+    extractor: FeatureExtractor,
+    scorer_type: type[PatchScorer],
+    config: FitConfig,
+    progress: FitProgress,
+    workdir: Path,
+) -> ClassModel:
+    """One class: features stored once, a threshold from scores of images their scorer never saw,
+    the final scorer, routing prototype and distance."""
+    # A trained network's scores are on a scale of its own: one trained again on more images would
+    # not match a threshold set on the fold networks' scores. Learned scorers therefore keep the
+    # network calibrated on a single held-out share, and serve it.
+    refits = getattr(scorer_type, "refit_on_all_normals", True)
+    parts, cross_fitted = _calibration_split(
+        len(sources), config if refits else replace(config, calibration_folds=1)
+    )
+    store = FeatureStore(workdir / f"{name}.features", parts, cyclic=cross_fitted)
+    try:
+        progress.stage(f"{name}: features", len(sources))
+        embeddings, grid = _embed_into(store, extractor, sources, config.batch_size, progress)
+        held_folds = range(len(parts)) if cross_fitted else range(1)
+        scores = np.full(len(sources), np.nan)
+        route_distances = np.full(len(sources), np.nan)
+        scorer: PatchScorer | None = None
+        for k in held_folds:
+            fold = f"fold {k + 1}/{len(held_folds)}"
+            train_features, train_idx = store.rest(k)
+            context = FitContext(
+                name,
+                train_features,
+                grid,
+                config,
+                _FoldProgress(progress, fold) if cross_fitted else progress,
+                LazyImages([sources[i] for i in train_idx]),
+                labelled,
+            )
+            scorer = scorer_type.fit(context)
+            held_features, held_idx = store.part(k)
+            progress.stage(
+                f"{name}: calibration ({fold})" if cross_fitted else f"{name}: calibration", len(held_idx)
+            )
+            scores[held_idx] = _score_rows(
+                scorer, held_features, grid, [sources[i] for i in held_idx], config, progress
+            )
+            fold_prototype = _prototype(embeddings[train_idx])
+            route_distances[held_idx] = 1.0 - l2_normalise(embeddings[held_idx]) @ fold_prototype
+            del context, train_features, held_features
+            store.release()
+        held = np.flatnonzero(~np.isnan(scores))
+        raw = scores[held]
+        threshold = threshold_at_frr(raw, config.target_frr)
+        final_on_all = refits and (cross_fitted or config.bank_from_all_normals)
+        if final_on_all:
+            # The threshold came from images their scorer had not seen. The final scorer covers all
+            # of them (more normal variety); new normal images can then only score a little lower.
+            del scorer
+            all_features, all_idx = store.everything()
+            context = FitContext(
+                name,
+                all_features,
+                grid,
+                config,
+                progress,
+                LazyImages([sources[i] for i in all_idx]),
+                labelled,
+            )
+            scorer = scorer_type.fit(context)
+            del context, all_features
+            prototype = _prototype(embeddings)
+            n_train = len(sources)
+        else:
+            prototype = _prototype(embeddings[parts[1]])
+            n_train = len(parts[1])
+        assert scorer is not None
+    finally:
+        store.close()
+    route_max = float(route_distances[held].max())
+    calibration: dict[str, Any] = {
+        "n_train": n_train,
+        "n_holdout": len(held),
+        "folds": len(parts) if cross_fitted else 1,
+        "target_frr": config.target_frr,
+        "heldout_scores": [float(score) for score in raw],
+        "threshold_rule": (
+            f"quantile(out-of-fold scores of all normal images, {len(parts)} folds, 1 - target_frr), "
+            "Gaussian tail if few"
+            if cross_fitted
+            else "quantile(held-out normal scores, 1 - target_frr), Gaussian tail if few"
+        ),
+        "bank_includes_holdout": final_on_all,
+        # Normal images of one product sit close together; defects move an image only a little,
+        # another product moves it far. The floor keeps tightly clustered classes from calling
+        # their own defective images unknown.
+        "heldout_route_distance_max": route_max,
+    }
+    if labelled is not None:
+        calibration["labelled_defects"] = _labelled_record(labelled, scorer_type)
+        if not calibration["labelled_defects"]["learned_from"]:
+            # This scorer cannot learn from defects: they only offer an F1-optimal threshold,
+            # recorded beside the false-reject one and not adopted (``lineguard fit`` says so).
+            defect_raw = _score_rows(
+                scorer, labelled.features, grid, [sample.image for sample in defect_samples], config, progress
+            )
+            f1_threshold, f1 = f1_optimal_threshold(raw, defect_raw)
+            calibration.update({"f1_threshold": f1_threshold, "f1": f1, "n_defect_samples": len(defect_raw)})
+    normaliser = Normaliser(float(raw.min()), float(np.median(raw)), threshold)
+    unknown = float(max(route_max * config.unknown_factor, config.unknown_min_distance))
+    return ClassModel(name, scorer, normaliser, unknown, prototype, calibration)
+
+
+def _labelled_record(labelled: LabelledSamples, scorer_type: type[PatchScorer]) -> dict[str, Any]:
+    types = labelled.defect_types or ("defect",) * len(labelled.features)
+    by_type: dict[str, int] = {}
+    for kind in types:
+        by_type[kind] = by_type.get(kind, 0) + 1
+    with_mask = int(labelled.has_mask.sum()) if labelled.has_mask is not None else len(labelled.features)
+    return {
+        "n": len(labelled.features),
+        "by_type": dict(sorted(by_type.items())),
+        "with_mask": with_mask,
+        "learned_from": bool(getattr(scorer_type, "learns_from_defects", False)),
+    }
+
+
 def fit_model(
     data: Mapping[str, Sequence[ImageSource]],
     config: FitConfig | None = None,
     progress: FitProgress | None = None,
     *,
-    defects: Mapping[str, Sequence[DefectSample]] | None = None,
+    defects: Mapping[str, Sequence[DefectInput]] | None = None,
 ) -> InspectionModel:
     """Fit one model for all classes in ``data`` (class name -> normal training images).
 
-    ``defects`` (class name -> defective images with masks) are handed to the scorers that learn
-    from labelled defects; the thresholds still come from held-out normal images only.
+    ``defects`` (class name -> labelled defective images, with masks where drawn) are handed to the
+    scorers, as ``FitContext.defects``; a scorer that learns from them says so
+    (``learns_from_defects = True``), for any other they only offer an F1-optimal threshold, recorded
+    and not adopted. The thresholds always come from normal images only: by default out-of-fold
+    scores over all of them (``FitConfig.calibration_folds``, ``shared.engine.calibration``).
+    Features are kept on disk in a temporary folder while a class is fitted (``feature_store``).
     """
     config = config or FitConfig()
     progress = progress or FitProgress()
-    defects = defects or {}
-    _check(data, defects)
+    labelled_input = {
+        name: [_as_defect(sample) for sample in samples] for name, samples in (defects or {}).items()
+    }
+    _check(data, labelled_input)
+    if config.calibration_folds > 1 and not config.bank_from_all_normals:
+        raise ConfigError(
+            "a bank from the training share only (bank_from_all_normals False) needs a single held-out "
+            "share: calibration_folds 1"
+        )
     started = time.perf_counter()
     spec = get_spec(config.backbone)
     weights_path = resolve_weights(spec, config.weights)
@@ -122,63 +374,35 @@ def fit_model(
     scorer_type = scorer_class(config.scorer)
 
     class_models: list[ClassModel] = []
-    heldout_embeddings: list[np.ndarray] = []
-    for name in sorted(data):
-        sources = list(data[name])
-        train_idx, holdout_idx = split_holdout(len(sources), config)
-        train_sources = [sources[i] for i in train_idx]
-        holdout_sources = [sources[i] for i in holdout_idx]
-        progress.stage(f"{name}: features", len(train_idx))
-        features, grid = embed_sources(extractor, train_sources, config.batch_size, progress)
-        prototype = l2_normalise(l2_normalise(features.mean(axis=1)).mean(axis=0))
-        labelled = None
-        if defects.get(name):
-            progress.stage(f"{name}: defective samples", len(defects[name]))
-            labelled = _labelled(defects[name], extractor, config, progress)
-        context = FitContext(name, features, grid, config, progress, LazyImages(train_sources), labelled)
-        scorer = scorer_type.fit(context)
-        progress.stage(f"{name}: calibration", len(holdout_idx))
-        held_features, _ = embed_sources(extractor, holdout_sources, config.batch_size, progress)
-        heldout_embeddings.append(held_features.mean(axis=1))
-        _, raw = raw_maps(scorer, ScoreInput(held_features, grid, LazyImages(holdout_sources)), config)
-        threshold = threshold_at_frr(raw, config.target_frr)
-        calibration = {
-            "n_train": len(train_idx),
-            "n_holdout": len(holdout_idx),
-            "target_frr": config.target_frr,
-            "heldout_scores": [float(score) for score in raw],
-            "threshold_rule": "quantile(held-out normal scores, 1 - target_frr), Gaussian tail if few",
-            "bank_includes_holdout": config.bank_from_all_normals,
-        }
-        if config.bank_from_all_normals:
-            # The threshold above came from images the scorer had not seen. The final scorer also
-            # covers them (more normal variety); new normal images can then only score lower.
-            everything = replace(
-                context,
-                features=np.concatenate([features, held_features]),
-                images=LazyImages(train_sources + holdout_sources),
+    with tempfile.TemporaryDirectory(prefix="lineguard-fit-") as workdir:
+        for name in sorted(data):
+            labelled = None
+            if labelled_input.get(name):
+                progress.stage(f"{name}: labelled defects", len(labelled_input[name]))
+                labelled = _labelled(labelled_input[name], extractor, config, progress)
+            class_models.append(
+                _fit_class(
+                    name,
+                    list(data[name]),
+                    labelled_input.get(name, []),
+                    labelled,
+                    extractor,
+                    scorer_type,
+                    config,
+                    progress,
+                    Path(workdir),
+                )
             )
-            scorer = scorer_type.fit(everything)
-            del everything
-        del features, context
-        normaliser = Normaliser(float(raw.min()), float(np.median(raw)), threshold)
-        class_models.append(ClassModel(name, scorer, normaliser, 0.0, prototype, calibration))
-
-    set_unknown_thresholds(class_models, heldout_embeddings, config)
-    return assemble_model(config, extractor, class_models, data, started, weights_path)
+    return assemble_model(config, extractor, class_models, data, started, weights_path, labelled_input)
 
 
 def set_unknown_thresholds(
-    class_models: list[ClassModel], heldout_embeddings: list[np.ndarray], config: FitConfig
+    class_models: list[ClassModel], route_embeddings: list[np.ndarray], config: FitConfig
 ) -> None:
-    """Each class's routing threshold from its held-out images' distances to all prototypes."""
-    prototypes = np.stack([model.prototype for model in class_models])
-    for index, (model, embeddings) in enumerate(zip(class_models, heldout_embeddings, strict=True)):
-        distances = 1.0 - l2_normalise(embeddings) @ l2_normalise(prototypes).T
-        own = distances[:, index]
-        # Normal images of one product sit close together; defects move an image only a little,
-        # another product moves it far. The floor keeps tightly clustered classes from calling
-        # their own defective images unknown.
+    """Each class's routing threshold from its held-out images' distances to its prototype (the
+    few-shot fit: there is no out-of-fold routing distance there)."""
+    for model, embeddings in zip(class_models, route_embeddings, strict=True):
+        own = 1.0 - l2_normalise(embeddings) @ l2_normalise(model.prototype[None])[0]
         model.unknown_threshold = float(max(own.max() * config.unknown_factor, config.unknown_min_distance))
         model.calibration["heldout_route_distance_max"] = float(own.max())
 
@@ -190,10 +414,17 @@ def assemble_model(
     data: Mapping[str, Sequence[ImageSource]],
     started: float,
     weights_path: Path,
+    labelled_input: Mapping[str, Sequence[DefectSample]] | None = None,
 ) -> InspectionModel:
     """The finished model: version, training-data fingerprint and fit time around the classes."""
+    labelled_input = labelled_input or {}
     created = datetime.now(UTC)
-    fingerprint = _fingerprint(data)
+    # Every image the model learned from, by sha256: ``lineguard evaluate`` leaves them out.
+    digests = {name: [source_sha256(source) for source in data[name]] for name in sorted(data)}
+    defect_digests = {
+        name: [source_sha256(sample.image) for sample in samples] for name, samples in labelled_input.items()
+    }
+    fingerprint = _fingerprint(data, digests, labelled_input, defect_digests)
     fit_seconds = time.perf_counter() - started
     version_digest = hashlib.sha256(f"{fingerprint}{config}{created.isoformat()}".encode()).hexdigest()[:10]
     metadata: dict[str, Any] = {
@@ -201,6 +432,20 @@ def assemble_model(
         "training_data": {
             "fingerprint": fingerprint,
             "images": {name: len(sources) for name, sources in data.items()},
+            "sha256": digests,
+            "labelled_defects": {
+                name: [
+                    {
+                        "name": _source_name(sample.image),
+                        "defect_type": sample.defect_type,
+                        "mask": sample.mask is not None,
+                        "sha256": sha,
+                    }
+                    for sample, sha in zip(labelled_input[name], defect_digests[name], strict=True)
+                ]
+                for name in sorted(labelled_input)
+                if labelled_input[name]
+            },
         },
         "fit_seconds": round(fit_seconds, 3),
     }

@@ -59,6 +59,28 @@ def decode_image(
     holds PIL's buffer (at most 4 bytes per pixel), the result (3) and one band of rows.
     Raises ``ImageError`` for anything else.
     """
+    return decode_image_reduced(data, None, max_bytes=max_bytes, max_pixels=max_pixels)[0]
+
+
+# Modes PIL's reduce() takes; others (palette, 1-bit, 16-bit) are decoded whole, then converted.
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F"})
+
+
+def reduction_factor(width: int, height: int, min_side: int | None) -> int:
+    """The largest whole factor that keeps both sides at least ``min_side`` (1: no reduction)."""
+    if min_side is None or min_side < 1:
+        return 1
+    return max(1, min(width, height) // min_side)
+
+
+def decode_image_reduced(
+    data: bytes, min_side: int | None, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Like ``decode_image``, but only to the resolution a model of ``min_side`` px needs: both
+    sides stay at least ``min_side``. JPEG is decoded DCT-domain scaled (1/2, 1/4, 1/8: libjpeg
+    skips the rest of the work); other formats are decoded whole and reduced by a box filter before
+    conversion. Returns the pixels and the image's own ``(width, height)``. ``None``: full size.
+    """
     if not data:
         raise ImageError("empty", "no image bytes")
     if len(data) > max_bytes:
@@ -79,13 +101,20 @@ def decode_image(
         _check_dimensions(width, height, max_pixels)
         if image.mode not in _DECODABLE_MODES:
             raise ImageError("unsupported_format", f"pixel format {image.mode!r}")
+        if min_side is not None and image.format == "JPEG" and reduction_factor(width, height, min_side) > 1:
+            image.draft(image.mode, (min_side, min_side))  # the scale keeps both sides >= min_side
+        expected = image.size
         try:
             image.load()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ImageError("corrupt", f"pixel data cannot be decoded ({exc})") from None
-        if image.size != (width, height) or image.mode not in _DECODABLE_MODES:
+        if image.size != expected or image.mode not in _DECODABLE_MODES:
             raise ImageError("corrupt", f"decoded {image.mode} {image.size} differs from the header")
-        return _to_rgb(image)
+        decoded: Image.Image = image
+        factor = reduction_factor(*expected, min_side)
+        if factor > 1 and image.mode in _REDUCIBLE_MODES:
+            decoded = image.reduce(factor)  # a box filter in C, before any conversion
+        return _to_rgb(decoded), (width, height)
 
 
 def _bands(image: Image.Image) -> Iterator[tuple[int, int, Image.Image]]:
@@ -134,9 +163,16 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 
 def raw_to_rgb(
-    data: bytes, width: int, height: int, channels: int, *, max_pixels: int = MAX_PIXELS
+    data: bytes,
+    width: int,
+    height: int,
+    channels: int,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    min_side: int | None = None,
 ) -> np.ndarray:
-    """Interpret raw 8-bit pixels (gray, RGB or RGBA, row-major) as an ``HxWx3 uint8`` array."""
+    """Interpret raw 8-bit pixels (gray, RGB or RGBA, row-major) as an ``HxWx3 uint8`` array;
+    gray and RGB frames reduced by a box filter first to what a ``min_side``-px model needs."""
     if not data:
         raise ImageError("empty", "no image bytes")
     if channels not in (1, 3, 4):
@@ -147,6 +183,12 @@ def raw_to_rgb(
         raise ImageError(
             "bad_dimensions", f"{len(data)} bytes, but {width}x{height}x{channels} needs {expected}"
         )
+    factor = reduction_factor(width, height, min_side)
+    if factor > 1 and channels in (1, 3):
+        mode = "L" if channels == 1 else "RGB"
+        reduced = Image.frombuffer(mode, (width, height), data, "raw", mode, 0, 1).reduce(factor)
+        small = np.asarray(reduced, dtype=np.uint8)
+        return np.repeat(small[:, :, None], 3, axis=2) if channels == 1 else small.copy()
     pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)
     if channels == 1:
         return np.repeat(pixels, 3, axis=2)

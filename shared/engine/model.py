@@ -66,12 +66,22 @@ class InspectionModel:
         images: list[np.ndarray],
         hints: list[str | None] | None = None,
         timings: dict[str, float] | None = None,
+        frame_sizes: list[tuple[int, int]] | None = None,
     ) -> list[ScoreResult]:
-        """Score a batch of ``HxWx3 uint8`` RGB frames; ``hints`` name the expected product."""
+        """Score a batch of ``HxWx3 uint8`` RGB frames; ``hints`` name the expected product.
+
+        ``frame_sizes``: ``(height, width)`` of the frames the images were decoded from when they
+        were decoded reduced (large frames, ``shared.messages.pixels``); regions are then in the
+        frame's coordinates. Each anomaly map has its image's resolution.
+        """
         if hints is None:
             hints = [None] * len(images)
         if len(hints) != len(images):
             raise ValueError(f"{len(hints)} hints for {len(images)} images")
+        if frame_sizes is None:
+            frame_sizes = [(image.shape[0], image.shape[1]) for image in images]
+        if len(frame_sizes) != len(images) or any(min(size) < 1 for size in frame_sizes):
+            raise ValueError(f"{len(frame_sizes)} frame sizes for {len(images)} images, each positive")
         for image in images:
             validate_rgb(image)
         if not images:
@@ -94,9 +104,11 @@ class InspectionModel:
         for rows, patch in groups:
             maps[rows], raw_scores[rows] = maps_and_scores(patch, self.config)
         results = []
-        for i, (image, (class_index, label, confidence, mismatch, reason)) in enumerate(
-            zip(images, targets, strict=True)
-        ):
+        for i, (
+            image,
+            (frame_height, frame_width),
+            (class_index, label, confidence, mismatch, reason),
+        ) in enumerate(zip(images, frame_sizes, targets, strict=True)):
             class_model = self.class_models[class_index]
             raw = float(raw_scores[i])
             score = float(class_model.normaliser(raw))
@@ -119,8 +131,9 @@ class InspectionModel:
                     threshold=class_model.threshold,
                     decision=decision,
                     reason=reason,
-                    regions=find_regions(normalised_map, height, width, maps[i]),
+                    regions=find_regions(normalised_map, frame_height, frame_width, maps[i]),
                     anomaly_map=resize_map(normalised_map, height, width),
+                    raw_map=maps[i],
                 )
             )
         done = time.perf_counter()

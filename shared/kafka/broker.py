@@ -89,10 +89,11 @@ def _new_cluster_id() -> str:
 
 def free_ports_settings(data_dir: Path, libs_dir: Path, heap: str = "512m") -> BrokerSettings:
     """Broker settings on free ports (client, controller, internal): for tests and benchmarks."""
+    port, controller_port, internal_port = free_ports(3)
     return BrokerSettings(
-        port=free_port(),
-        controller_port=free_port(),
-        internal_port=free_port(),
+        port=port,
+        controller_port=controller_port,
+        internal_port=internal_port,
         data_dir=data_dir,
         libs_dir=libs_dir,
         heap=heap,
@@ -101,9 +102,18 @@ def free_ports_settings(data_dir: Path, libs_dir: Path, heap: str = "512m") -> B
 
 def free_port() -> int:
     """A TCP port on localhost that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("localhost", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: all held open while choosing, since the kernel may hand out a
+    port just released again (two calls of ``free_port`` can return the same one)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+        for sock in sockets:
+            stack.enter_context(sock)
+            sock.bind(("localhost", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 class LocalBroker:
@@ -153,14 +163,16 @@ class LocalBroker:
         return self.data_dir / "kraft"
 
     # ---- lifecycle ----
-    def start(self) -> BrokerStatus:
+    def start(self, *, wait: bool = True) -> BrokerStatus:
         """Start the broker (formatting storage on first use) and wait until it is ready.
 
-        Returns at once if this data directory's broker is already running and ready.
+        Returns at once if this data directory's broker is already running and ready. With
+        ``wait=False`` it returns once the process runs: a cluster's nodes answer only after a
+        quorum of them started, so ``shared.kafka.cluster`` starts all, then waits for each.
         """
         current = self.status()
         if current.running:
-            if current.ready:
+            if current.ready or not wait:
                 return current
             self._wait_ready(current.pid)
             return self.status()
@@ -187,6 +199,8 @@ class LocalBroker:
             )
         self._process = process
         self.pid_file.write_text(f"{process.pid}\n")
+        if not wait:
+            return self.status()
         try:
             self._wait_ready(process.pid, process)
         except BaseException:
@@ -341,8 +355,21 @@ class LocalBroker:
             command.append(f"-Dlog4j2.configurationFile={DEFAULT_LOG4J_CONFIG}")
         return [*command, "-cp", classpath]
 
+    def wait_ready(self) -> BrokerStatus:
+        """Wait until a broker started with ``start(wait=False)`` answers (stopping it on failure)."""
+        try:
+            self._wait_ready(self._read_pid(), self._process)
+        except BaseException:
+            self.stop()
+            raise
+        return self.status()
+
+    def _cluster_id(self) -> str:
+        """The KRaft cluster id storage is formatted with (a cluster's nodes share one)."""
+        return _new_cluster_id()
+
     def _format_storage(self, java: str, classpath: str) -> None:
-        cluster_id = _new_cluster_id()
+        cluster_id = self._cluster_id()
         command = [
             *self._java_command(java, classpath),
             "kafka.tools.StorageTool",

@@ -217,7 +217,7 @@ async def ensure_topics(
     have it). Returns once every partition has a leader.
     """
     from aiokafka.admin import NewTopic
-    from aiokafka.errors import for_code
+    from aiokafka.errors import TopicAuthorizationFailedError, for_code
 
     if frames_partitions < 1:
         raise ConfigError("frames_partitions must be at least 1")
@@ -241,8 +241,10 @@ async def ensure_topics(
             for item in response.to_object()["topic_errors"]:
                 code = item["error_code"]
                 if code not in (0, _TOPIC_ALREADY_EXISTS):
-                    message = item.get("error_message") or for_code(code).__name__
-                    raise BrokerError(f"could not create topic {item['topic']}: {message}")
+                    error = for_code(code)
+                    message = item.get("error_message") or error.__name__
+                    reason = "not_authorized" if error is TopicAuthorizationFailedError else None
+                    raise BrokerError(f"could not create topic {item['topic']}: {message}", reason=reason)
             log.info("created topics %s", ", ".join(t.name for t in missing))
         await _wait_for_leaders(admin, list(wanted), timeout_s)
         for name, spec in wanted.items():

@@ -15,11 +15,16 @@ The table follows what each service's code does with Kafka (read ``services/<nam
   watches the scorer: its group's members and committed offsets (DESCRIBE on the group) against
   the ``frames`` partitions' offsets (DESCRIBE on ``frames``: offsets only, never a frame).
 - ``alerts``: reads ``alerts`` in its group, dead-letters what it cannot deliver to ``dlq``.
-- ``operator``: announces models (writes ``models``; ``lineguard announce``) and exports labelled
-  data to fit them (``lineguard labels export`` reads ``feedback``, ``defects``, ``verdicts`` and
-  ``frames``, no group).
-- ``console``: the operator console reads ``verdicts``, ``defects``, ``reports``, ``models`` and
-  ``feedback`` (no group) and writes the operators' ``feedback``.
+- ``operator``: announces models (``lineguard announce``, ``promote``, ``rollback``: ``models`` and
+  ``model-history`` in one transaction under the promotion's transactional-id prefix, after reading
+  both back, no group) and exports labelled data to fit them (``lineguard labels export`` reads
+  ``feedback``, ``defects``, ``verdicts`` and ``frames``, no group).
+- ``shadow``: a candidate model's shadow run (``lineguard shadow``) reads ``frames`` in its own group
+  (never the scorer's), ``verdicts`` and ``feedback`` (no group), and writes ``shadow-verdicts``.
+- ``refit-check``: refit proposals (``lineguard loop check``) read ``feedback``, ``models`` and
+  ``model-history`` (no group); it writes nothing.
+- ``console``: the operator console reads ``verdicts``, ``defects``, ``reports``, ``models``,
+  ``model-history`` and ``feedback`` (no group) and writes the operators' ``feedback``.
 - ``admin``: creates, configures and deletes the topics (``lineguard topics ensure``), describes
   every group (lag), and manages ACLs and SCRAM credentials (``ALTER`` on the cluster).
 
@@ -135,6 +140,9 @@ def principals(settings: Settings) -> tuple[Principal, ...]:
         Grant(Resource.CLUSTER, CLUSTER_NAME, Pattern.LITERAL, op)
         for op in (Operation.DESCRIBE, Operation.ALTER, Operation.DESCRIBE_CONFIGS)
     ]
+    announce_txn = Grant(
+        Resource.TRANSACTIONAL_ID, f"{settings.promotion.transactional_id_prefix}-", Pattern.PREFIXED, write
+    )
     gateway = settings.camera_gateway.transactional_id
     gateway_txn = (
         Grant(Resource.TRANSACTIONAL_ID, gateway, Pattern.LITERAL, write)
@@ -193,17 +201,35 @@ def principals(settings: Settings) -> tuple[Principal, ...]:
         ),
         Principal(
             "operator",
-            "announces models; exports labelled data to fit them",
+            "announces, promotes and rolls back models; exports labelled data to fit them",
             (
-                *_topics(settings, write, "models"),
+                *_topics(settings, write, "models", "model-history"),
+                *_topics(settings, read, "models", "model-history"),
                 *_topics(settings, read, "feedback", "defects", "verdicts", "frames"),
+                announce_txn,
             ),
+        ),
+        Principal(
+            "shadow",
+            "scores frames with a candidate model beside the serving one",
+            (
+                *_topics(settings, read, "frames", "verdicts", "feedback"),
+                *_topics(settings, write, "shadow-verdicts"),
+                _group(settings.shadow.group_id),
+            ),
+        ),
+        Principal(
+            "refit-check",
+            "proposes refits from the operators' judgements",
+            tuple(_topics(settings, read, "feedback", "models", "model-history")),
         ),
         Principal(
             "console",
             "the operator console: shows the line's results, records the operators' feedback",
             (
-                *_topics(settings, read, "verdicts", "defects", "reports", "models", "feedback"),
+                *_topics(
+                    settings, read, "verdicts", "defects", "reports", "models", "model-history", "feedback"
+                ),
                 *_topics(settings, write, "feedback"),
             ),
         ),
@@ -232,6 +258,8 @@ PRINCIPAL_NAMES = (
     "plc-bridge",
     "alerts",
     "operator",
+    "shadow",
+    "refit-check",
     "console",
     "admin",
 )

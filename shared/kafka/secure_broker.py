@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shlex
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ BROKER_PRINCIPAL = "broker"
 CA_NAME = "Lineguard Kafka CA"
 SCRAM_MECHANISMS = (SaslMechanism.SCRAM_SHA_512, SaslMechanism.SCRAM_SHA_256)
 CLIENT_MECHANISM = SaslMechanism.SCRAM_SHA_512
+ACL_PROPAGATION_S = 30.0  # how long new ACLs may take to reach the broker's authorizer
 
 
 @dataclass(frozen=True)
@@ -322,7 +324,17 @@ class SecureLocalBroker:
         identity = broker_identity(self.settings, self.layout, self.broker.internal_bootstrap)
         _run(lambda: provision(identity, principals(settings)))
         admin = self.client_settings("admin", topic_prefix=settings.topic_prefix)
-        _run(lambda: ensure_topics(admin, frames_partitions=frames_partitions))
+        # The broker applies new ACLs as it replays the metadata log, a moment after the controller
+        # took them: until then the admin's creates are refused.
+        deadline = time.monotonic() + ACL_PROPAGATION_S
+        while True:
+            try:
+                _run(lambda: ensure_topics(admin, frames_partitions=frames_partitions))
+                return
+            except BrokerError as exc:
+                if exc.reason != "not_authorized" or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
 
     def client_settings(self, name: str, **changes: object) -> Settings:
         """Settings for an in-process client acting as principal ``name``."""

@@ -86,6 +86,17 @@ TOPICS: tuple[TopicSpec, ...] = (
               "export`.",
               {"cleanup.policy": "compact", "max.message.bytes": str(1 << 20),
                "min.cleanable.dirty.ratio": "0.1"}),
+    # Shadow scoring (`lineguard shadow`): a candidate model's verdicts, never read by the PLC bridge.
+    _stream("shadow-verdicts", "station_id", "Verdict", 4, 7 * DAY_MS,
+            "Verdicts of a candidate model scoring frames beside the serving one (`lineguard shadow`); "
+            "compared with `verdicts` by frame id, never acted on."),
+    # Every announcement ever made, in the same transaction as `models`; kept (no time or size limit).
+    TopicSpec("model-history", "model_version", "lineguard.ModelHistoryEntry", 1,
+              "Every model announcement as sent (signature included), with the command, who and why: "
+              "`models` is compacted to its last record, this topic keeps them all. Read by "
+              "`lineguard rollback` and the console.",
+              {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1",
+               "max.message.bytes": str(1 << 20)}),
 )
 # fmt: on
 

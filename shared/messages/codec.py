@@ -2,6 +2,8 @@
 
 Wire format: a msgpack map ``{"schema": "lineguard.Frame", "v": 1, <field>: <value>, ...}``.
 Nested dataclasses (a DefectEvent's verdict, a Verdict's regions) are plain maps of their fields.
+A message is written in its type's current version and read in any version from its type's
+``OLDEST_VERSION`` on (``schemas.py``, version policy).
 
 Decoding never trusts the bytes: the total size is checked first, msgpack itself is given limits
 on every string, binary, array and map length (so a forged length cannot make it allocate), then
@@ -23,7 +25,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 import msgpack
 
 from shared.errors import MessageError
-from shared.limits import DEAD_LETTER_MAX_BYTES, MAX_MESSAGE_BYTES, MAX_PIXELS
+from shared.limits import DEAD_LETTER_MAX_BYTES, MAX_MESSAGE_BYTES, MAX_PIXELS, MAX_REFERENCED_PIXELS
 from shared.messages.pixels import RAW_CHANNELS
 from shared.messages.schemas import (
     MESSAGE_TYPES,
@@ -33,8 +35,10 @@ from shared.messages.schemas import (
     DefectEvent,
     Feedback,
     Frame,
+    FrameRef,
     Message,
     ModelAnnouncement,
+    ModelHistoryEntry,
 )
 
 T = TypeVar("T")
@@ -99,6 +103,19 @@ def _to_wire(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_wire(v) for k, v in value.items()}
     return value
+
+
+def versions(cls: type) -> range:
+    """The versions of a message type this build reads: ``OLDEST_VERSION`` (default: the current
+    one) to ``VERSION``."""
+    newest: int = cls.VERSION  # type: ignore[attr-defined]
+    return range(getattr(cls, "OLDEST_VERSION", newest), newest + 1)
+
+
+def _added_after(cls: type, version: int) -> set[str]:
+    """The fields ``version`` of ``cls`` does not have (added by a later version)."""
+    added: dict[str, int] = getattr(cls, "ADDED_IN", {})
+    return {name for name, since in added.items() if since > version}
 
 
 def encode(message: Message, *, validate: bool = True) -> bytes:
@@ -183,9 +200,13 @@ def _from_wire(wire: dict[str, Any], expected: type[T]) -> T:
     version = wire.pop(VERSION_KEY, None)
     if not isinstance(version, int) or isinstance(version, bool):
         raise _refusal("malformed", f"schema version is {_show(version)}, not an integer")
-    known: int = expected.VERSION  # type: ignore[attr-defined]
-    if version != known:
+    readable = versions(expected)
+    if version not in readable:
+        known = f"{readable[0]} to {readable[-1]}" if len(readable) > 1 else str(readable[0])
         raise _refusal("unsupported_version", f"{want} version {version}; this build reads {known}")
+    for name in sorted(_added_after(expected, version)):
+        if name in wire:
+            raise _refusal("invalid_field", f"unknown field {name} (in version {version})", name)
     _check_dataclass(expected, wire, "")
     message = _build(expected, wire)
     _check_rules(message)
@@ -343,13 +364,21 @@ def _convert(tp: Any, value: Any) -> Any:
 
 def _check_rules(message: Any) -> None:
     if isinstance(message, Frame):
-        _check_image(message.encoding, message.image, message.width, message.height, "")
+        _check_image(message.encoding, message.image, message.image_ref, message.width, message.height)
     elif isinstance(message, DefectEvent):
-        _check_image(message.encoding, message.image, message.width, message.height, "")
+        _check_image(message.encoding, message.image, message.image_ref, message.width, message.height)
         if not message.anomaly_map_png.startswith(PNG_SIGNATURE):
             raise _refusal("invalid_field", "anomaly_map_png is not a PNG", "anomaly_map_png")
     elif isinstance(message, ModelAnnouncement) and not _is_hex(message.sha256):
         raise _refusal("invalid_field", "sha256 must be 64 lowercase hex digits", "sha256")
+    elif isinstance(message, ModelHistoryEntry):
+        if not _is_hex(message.announcement.sha256):
+            field = "announcement.sha256"
+            raise _refusal("invalid_field", "sha256 must be 64 lowercase hex digits", field)
+        report = message.report_sha256
+        if report and (len(report) != 64 or not _is_hex(report)):
+            detail = "report_sha256 is empty or 64 lowercase hex digits"
+            raise _refusal("invalid_field", detail, "report_sha256")
     elif isinstance(message, DeadLetter) and not _is_hex(message.original_value_sha256):
         raise _refusal(
             "invalid_field", "original_value_sha256 must be 64 lowercase hex digits", "original_value_sha256"
@@ -380,22 +409,35 @@ def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
 
 
-def _check_image(encoding: str, image: bytes, width: int | None, height: int | None, path: str) -> None:
-    """Dimensions are checked here, before anyone decodes a pixel."""
+def _check_image(
+    encoding: str, image: bytes | None, ref: FrameRef | None, width: int | None, height: int | None
+) -> None:
+    """Exactly one of the image and its claim check; dimensions checked here, before anyone fetches
+    or decodes a pixel. A referenced image declares its size and may have up to
+    ``MAX_REFERENCED_PIXELS``; one on the wire up to ``MAX_PIXELS``."""
+    if (image is None) == (ref is None):
+        raise _refusal("invalid_field", "give exactly one of image and image_ref", "image")
     if (width is None) != (height is None):
-        raise _refusal("invalid_field", "width and height must be given together", path + "width")
-    if width is not None and height is not None and width * height > MAX_PIXELS:
-        raise _refusal("too_large", f"image is {width}x{height}, over {MAX_PIXELS} pixels", path + "width")
+        raise _refusal("invalid_field", "width and height must be given together", "width")
+    if ref is not None:
+        if width is None:
+            raise _refusal("invalid_field", "a referenced image must declare width and height", "width")
+        if not _is_hex(ref.sha256):
+            raise _refusal("invalid_field", "sha256 must be 64 lowercase hex digits", "image_ref.sha256")
+    limit = MAX_PIXELS if ref is None else MAX_REFERENCED_PIXELS
+    if width is not None and height is not None and width * height > limit:
+        raise _refusal("too_large", f"image is {width}x{height}, over {limit} pixels", "width")
     channels = RAW_CHANNELS.get(encoding)
     if channels is None:
         return
     if width is None or height is None:
         detail = f"{encoding} images must declare width and height"
-        raise _refusal("invalid_field", detail, path + "width")
+        raise _refusal("invalid_field", detail, "width")
     expected = width * height * channels
-    if len(image) != expected:
+    size = len(image) if image is not None else ref.size if ref is not None else 0
+    if size != expected:
         raise _refusal(
             "invalid_field",
-            f"{encoding} {width}x{height} needs {expected} bytes, got {len(image)}",
-            path + "image",
+            f"{encoding} {width}x{height} needs {expected} bytes, got {size}",
+            "image" if ref is None else "image_ref.size",
         )

@@ -7,7 +7,10 @@ that the codec, the AsyncAPI document and its test read them from one place. Cro
 
 Version policy: a version's field set is closed. Adding, removing or retyping a field makes a new
 version; decoders refuse fields they do not know and versions newer than theirs, so consumers are
-upgraded before producers.
+upgraded before producers. A type that still reads older versions says so with ``OLDEST_VERSION``
+and ``ADDED_IN`` (field -> the version that added it, always a field with a default): a message of an
+older version has none of the later fields, which take their defaults. The codec writes the current
+version only.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from shared.limits import (
     ID_MAX,
     MAX_ATTRIBUTES,
     MAX_DIMENSION,
+    MAX_FILE_BYTES,
     MAX_HEADERS,
     MAX_IMAGE_BYTES,
     MAX_MESSAGE_BYTES,
@@ -61,12 +65,36 @@ _ID = limits(min_len=1, max_len=ID_MAX)
 _TIMESTAMP = limits(minimum=0, maximum=MAX_TIMESTAMP_NS)
 
 
+SHA256_HEX = 64  # characters of a sha256 digest in lowercase hex
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """A claim check: a frame's bytes in the frames store (``shared/frames_store.py``), not on the wire.
+
+    ``uri`` is the stored object's URL (``file:///...``, ``s3://bucket/...``), under the store's
+    ``claims/`` folder. A reader takes only a reference inside the store it is configured with,
+    reads at most ``size`` bytes once, and decodes them only when they have ``size`` bytes and this
+    ``sha256``.
+    """
+
+    uri: str = field(metadata=limits(min_len=1, max_len=TEXT_MAX))
+    size: int = field(metadata=limits(minimum=1, maximum=MAX_FILE_BYTES))  # bytes of the stored image
+    sha256: str = field(metadata=limits(min_len=SHA256_HEX, max_len=SHA256_HEX))  # lowercase hex
+
+
 @dataclass(frozen=True)
 class Frame:
-    """One camera image. Key on the ``frames`` topic: ``camera_id``."""
+    """One camera image. Key on the ``frames`` topic: ``camera_id``.
+
+    The image travels in ``image``, or (version 2) as a claim check in ``image_ref`` when it is too
+    large for the wire: exactly one of the two.
+    """
 
     SCHEMA: ClassVar[str] = "lineguard.Frame"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
+    OLDEST_VERSION: ClassVar[int] = 1
+    ADDED_IN: ClassVar[dict[str, int]] = {"image_ref": 2}
 
     frame_id: str = field(metadata=_ID)
     line_id: str = field(metadata=_ID)
@@ -74,8 +102,9 @@ class Frame:
     camera_id: str = field(metadata=_ID)
     captured_at: int = field(metadata=_TIMESTAMP)  # ns since the epoch
     encoding: str = field(metadata=limits(choices=ENCODINGS))
-    image: bytes = field(metadata=limits(min_len=1, max_len=MAX_IMAGE_BYTES))
-    # Required for raw8/raw-rgb (len(image) == width * height * channels), optional otherwise.
+    image: bytes | None = field(metadata=limits(min_len=1, max_len=MAX_IMAGE_BYTES))  # None: image_ref
+    # Required for raw8/raw-rgb (len(image) == width * height * channels) and referenced images,
+    # optional otherwise.
     width: int | None = field(default=None, metadata=limits(minimum=1, maximum=MAX_DIMENSION))
     height: int | None = field(default=None, metadata=limits(minimum=1, maximum=MAX_DIMENSION))
     product: str | None = field(default=None, metadata=limits(min_len=1, max_len=ID_MAX))  # a hint
@@ -84,6 +113,7 @@ class Frame:
     attributes: dict[str, str] = field(
         default_factory=dict, metadata=limits(max_items=MAX_ATTRIBUTES, max_len=TEXT_MAX)
     )
+    image_ref: FrameRef | None = field(default=None, metadata=limits())  # the image in the frames store
 
 
 @dataclass(frozen=True)
@@ -191,18 +221,26 @@ class Verdict:
 
 @dataclass(frozen=True)
 class DefectEvent:
-    """A rejected or review verdict with its evidence, for the explainer (``defects`` topic)."""
+    """A rejected or review verdict with its evidence, for the explainer (``defects`` topic).
+
+    The frame's bytes are in ``image``, or (version 2) the frame's claim check in ``image_ref``:
+    exactly one of the two, as on the frame.
+    """
 
     SCHEMA: ClassVar[str] = "lineguard.DefectEvent"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
+    OLDEST_VERSION: ClassVar[int] = 1
+    ADDED_IN: ClassVar[dict[str, int]] = {"image_ref": 2}
 
     verdict: Verdict = field(metadata=limits())
-    image: bytes = field(metadata=limits(min_len=1, max_len=MAX_IMAGE_BYTES))  # the frame's bytes
+    image: bytes | None = field(metadata=limits(min_len=1, max_len=MAX_IMAGE_BYTES))  # None: image_ref
     encoding: str = field(metadata=limits(choices=ENCODINGS))
-    width: int = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))
+    width: int = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))  # the frame's size
     height: int = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))
-    # 8-bit grayscale PNG, width x height, 128 = the class threshold.
+    # 8-bit grayscale PNG, 128 = the class threshold: width x height, or for a referenced frame the
+    # resolution it was scored at (consumers scale it to width x height).
     anomaly_map_png: bytes = field(metadata=limits(min_len=8, max_len=MAX_IMAGE_BYTES))
+    image_ref: FrameRef | None = field(default=None, metadata=limits())  # the frame in the frames store
 
 
 # What a truncated dead letter keeps of an original that does not fit whole (see DeadLetter.for_record).
@@ -332,6 +370,30 @@ class ModelAnnouncement:
     sha256: str = field(metadata=limits(min_len=64, max_len=64))  # the manifest's digest, lowercase hex
     key_id: str = field(default="", metadata=limits(max_len=ANNOUNCEMENT_KEY_ID_LEN))
     signature: bytes = field(default=b"", metadata=limits(max_len=ANNOUNCEMENT_SIGNATURE_LEN))
+
+
+MODEL_HISTORY_ACTIONS = ("announce", "promote", "rollback")
+
+
+@dataclass(frozen=True)
+class ModelHistoryEntry:
+    """One model announcement as it was sent, with how and why (``model-history`` topic, kept and never
+    compacted; key: the model version).
+
+    Written in the same transaction as the announcement on the compacted ``models`` topic, so the
+    history holds every announcement that topic ever held. ``announcement`` is the announcement exactly
+    as sent, signature included; the other fields are the announcing command's own account (unsigned).
+    """
+
+    SCHEMA: ClassVar[str] = "lineguard.ModelHistoryEntry"
+    VERSION: ClassVar[int] = 1
+
+    announcement: ModelAnnouncement = field(metadata=limits())
+    action: str = field(metadata=limits(choices=MODEL_HISTORY_ACTIONS))  # which command sent it
+    actor: str = field(metadata=_ID)  # the account that ran the command
+    reason: str = field(metadata=limits(max_len=TEXT_MAX))  # why: a shadow report's figures, a rollback's
+    report_sha256: str = field(metadata=limits(max_len=64))  # "" or the sha256 of the shadow report file
+    previous_version: str = field(metadata=limits(max_len=ID_MAX))  # newest in the history before, or ""
 
 
 ALERT_KINDS = ("consecutive_rejects", "unknown_product", "score_drift")
@@ -499,8 +561,9 @@ MESSAGE_TYPES: tuple[type, ...] = (
     Report,
     CameraLedger,
     Feedback,
+    ModelHistoryEntry,
 )
-NESTED_TYPES: tuple[type, ...] = (RegionMsg, FindingMsg, LedgerFile)
+NESTED_TYPES: tuple[type, ...] = (RegionMsg, FindingMsg, LedgerFile, FrameRef)
 
 Message = (
     Frame
@@ -512,4 +575,5 @@ Message = (
     | Report
     | CameraLedger
     | Feedback
+    | ModelHistoryEntry
 )

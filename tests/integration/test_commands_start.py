@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from services.plc_bridge import registers as reg
-from shared.kafka.broker import free_port
+from shared.kafka.broker import free_port, free_ports
 from shared.kafka.secure_broker import SecretsLayout, SecureLocalBroker
 from shared.settings import Settings
 from tests.support.line import LineModels
@@ -146,7 +146,7 @@ async def _healthy(check: list[str], process: ServiceProcess, timeout: float = 3
 async def test_plc_bridge_starts_against_plc_sim_as_composed(
     kafka_settings: Settings, tmp_path: Path, protocols: str
 ) -> None:
-    modbus_port, opcua_port = free_port(), free_port()
+    modbus_port, opcua_port = free_ports(2)
     ports = {"5020": modbus_port, "4840": opcua_port}
     sim, sim_env, _ = composed("plc-sim", kafka_settings, ports=ports)
     sim_args = [_swap_ports(part, {k: str(v) for k, v in ports.items()}) for part in sim.command]
@@ -288,3 +288,12 @@ async def test_console_starts_as_composed_and_needs_its_token(
     refused = ServiceProcess(service.command, env, tmp_path / "console-empty.log")
     assert await refused.wait_exit(60) == 2
     assert "LINEGUARD_CONSOLE__TOKEN" in refused.log_text() and "Traceback" not in refused.log_text()
+
+
+# ---- refit proposals: `lineguard loop check --watch` -------------------------------------------------
+
+
+async def test_refit_check_starts_as_composed(kafka_settings: Settings, tmp_path: Path) -> None:
+    service, env, _ = composed("refit-check", kafka_settings, LINEGUARD_PROMOTION__REFIT_CHECK_INTERVAL_S="1")
+    async with started(service, env, tmp_path / "refit-check.log", "refit_checked") as check:
+        assert "refit_checks_started" in check.log_text()

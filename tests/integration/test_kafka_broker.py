@@ -11,7 +11,7 @@ import pytest
 
 from services.kafka_admin import cli
 from shared.errors import BrokerError
-from shared.kafka.broker import LocalBroker, api_versions_ok, free_port
+from shared.kafka.broker import LocalBroker, api_versions_ok, free_port, free_ports
 from shared.settings import BrokerSettings
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def run(*argv: str) -> int:
 
 
 def test_up_status_down_leaves_no_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    port, controller_port = free_port(), free_port()
+    port, controller_port = free_ports(2)
     options = ["--port", str(port), "--controller-port", str(controller_port)]
     options += ["--data-dir", str(tmp_path), "--libs-dir", str(LIBS_DIR)]
     assert run("kafka", "status", *options) == 1

@@ -21,7 +21,8 @@ import pytest
 
 from services.camera_sim.service import run_camera_sim
 from services.scorer import metrics
-from services.scorer.models import ModelHolder, ModelWatcher, announcement_for, publish_announcement
+from services.scorer.history import publish_announcement
+from services.scorer.models import ModelHolder, ModelWatcher, announcement_for
 from services.scorer.trust import KeyFiles, generate_signing_key, load_signing_key, sign_announcement
 from shared.kafka.client import make_producer
 from shared.kafka.topics import MODEL_ANNOUNCEMENT_KEY

@@ -19,7 +19,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from services.camera_sim.truth import read_truth
-from shared.kafka.broker import free_port
+from shared.kafka.broker import free_ports
 from shared.kafka.client import make_admin
 from shared.kafka.principals import PRINCIPAL_NAMES
 from shared.kafka.secure_broker import SecureLocalBroker, read_env_file
@@ -70,7 +70,7 @@ async def test_the_line_works_with_one_identity_per_service_and_logs_no_secret(
 ) -> None:
     broker = secure_kafka
     console = broker.client_settings("console")
-    modbus_port, opcua_port = free_port(), free_port()
+    modbus_port, opcua_port = free_ports(2)
     processes: dict[str, ServiceProcess] = {}
 
     def start(name: str, args: list[str], env: dict[str, str]) -> ServiceProcess:

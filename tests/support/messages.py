@@ -1,5 +1,6 @@
 """Builders for every message on the wire, for tests and benchmarks: one place that knows what a
-plausible Frame, Verdict, DefectEvent, DeadLetter, ModelAnnouncement or AlertEvent looks like.
+plausible Frame, Verdict, DefectEvent, DeadLetter, ModelAnnouncement (and its history entry) or
+AlertEvent looks like.
 
 Each builder gives a valid message from a few keywords; the defaults are one station of one line
 (``line-1``/``st-1``, camera ``cam-1``, product ``washer``). Verdicts are made the way the scorer
@@ -24,6 +25,7 @@ from shared.messages.schemas import (
     DefectEvent,
     Frame,
     ModelAnnouncement,
+    ModelHistoryEntry,
     Verdict,
 )
 from tests.support.images import jpeg_bytes, png_bytes
@@ -188,6 +190,28 @@ def announcement(
         sha256=sha256,
         key_id=key_id,
         signature=signature,
+    )
+
+
+def history_entry(
+    version: str = "m2",
+    *,
+    announced_at: int = 9,
+    action: str = "announce",
+    actor: str = "ana",
+    reason: str = "",
+    previous_version: str = "",
+    report_sha256: str = "",
+    sha256: str = "ab" * 32,
+) -> ModelHistoryEntry:
+    """An entry of the announcement history: ``announcement(version, ...)`` with how, who and why."""
+    return ModelHistoryEntry(
+        announcement=announcement(version, sha256=sha256, announced_at=announced_at),
+        action=action,
+        actor=actor,
+        reason=reason,
+        report_sha256=report_sha256,
+        previous_version=previous_version,
     )
 
 

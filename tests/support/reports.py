@@ -76,7 +76,6 @@ def vlm_document(
     answer: str,
     shares: dict[str, float] | None = None,
     *,
-    vocabulary: Sequence[str] = (),
     class_actions: Sequence[str] = (),
     language: str = "en",
 ) -> ReportDocument:
@@ -89,7 +88,6 @@ def vlm_document(
         vlm_model="m",
         created_at=1,
         egress="full",
-        vocabulary=list(vocabulary),
         class_actions=list(class_actions),
         severity_bands=SEVERITY_BANDS,
     )

@@ -1,7 +1,8 @@
 """What every source shares: turning a Frame into an outgoing record, and handing it to the buffers.
 
-``FrameSink.prepare`` applies the wire's limits (a frame over the byte limit goes to the
-``LargeFrames`` policy: refused for now), starts the frame's trace (a ``capture`` span whose
+``FrameSink.prepare`` applies the wire's limits (a frame over the byte limit, or over the wire's
+pixel limit, goes to the ``LargeFrames`` policy: refused, or claim-checked when a store is
+configured), starts the frame's trace (a ``capture`` span whose
 context travels in the record's headers) and encodes it. ``put`` hands the record to the
 camera's bounded buffer from the event loop; ``put_from_thread`` does the same from a reader
 thread (streams, devices), waiting as the buffer's policy says.
@@ -27,7 +28,8 @@ from services.camera_gateway.core import (
     Sampler,
     stream_frame_id,
 )
-from shared.errors import MessageError
+from shared.errors import ClaimCheckError, MessageError
+from shared.frames_store import goes_by_reference
 from shared.messages.codec import encode
 from shared.telemetry.logging import log_event
 from shared.telemetry.tracing import get_tracer, inject_headers
@@ -51,11 +53,19 @@ class FrameSink:
     def prepare(self, frame: Frame, file: CommittedFile | None = None) -> Outgoing | None:
         """The record for ``frame``, or None (logged and counted) if it cannot go on the wire."""
         camera_id = self.camera.camera_id
-        if len(frame.image) > self.max_image_bytes:
-            handled = self.large_frames.handle(frame, self.max_image_bytes)
+        size = len(frame.image or b"")
+        if goes_by_reference(size, frame.width, frame.height, self.max_image_bytes):
+            try:
+                handled = self.large_frames.handle(frame, self.max_image_bytes)
+            except ClaimCheckError as exc:
+                self.refused(frame.frame_id, "claim_check_failed", f"{exc.reason}: {exc.detail}")
+                return None
             if handled is None:
                 self.refused(
-                    frame.frame_id, "too_large", f"{len(frame.image)} bytes, over {self.max_image_bytes}"
+                    frame.frame_id,
+                    "too_large",
+                    f"{size} bytes ({frame.width}x{frame.height}), over {self.max_image_bytes} bytes "
+                    "or the wire's pixel limit, and no claim-check store",
                 )
                 return None
             frame = handled

@@ -201,7 +201,7 @@ class HotFolder:
         committed = CommittedFile(
             self.folder, snapshot.name, snapshot.identity, snapshot.size, snapshot.mtime_ns
         )
-        item = self.sink.prepare(frame, committed)
+        item = await asyncio.to_thread(self.sink.prepare, frame, committed)  # may write a claim check
         if item is None:  # refused (counted by the sink)
             await asyncio.to_thread(self._move, path, self.config.rejected)
             return

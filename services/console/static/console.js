@@ -99,13 +99,23 @@ function markFeedback(data) {
   }
 }
 
-function addModel(data) {
+// One row per announcement: it arrives on `models` and on `model-history`, in either order.
+function showAnnouncement(data) {
   const body = document.getElementById("models-body");
   const empty = body.querySelector("tr.empty");
   if (empty) empty.remove();
-  const tr = el("tr", { class: "fresh" });
-  tr.append(el("td", {}, data.model_version), el("td", {}, data.announced_at), el("td", {}, data.signed_by || "unsigned"));
-  body.prepend(tr);
+  let tr = Array.from(body.querySelectorAll("tr")).find((row) => row.dataset.key === data.key);
+  if (!tr) {
+    tr = el("tr", { class: "fresh", "data-key": data.key });
+    body.prepend(tr);
+  }
+  tr.replaceChildren(
+    el("td", {}, data.model_version), el("td", {}, data.announced_at), el("td", {}, data.action),
+    el("td", {}, data.actor), el("td", {}, data.signed_by || "unsigned"), el("td", { class: "why" }, data.reason));
+}
+
+function addModel(data) {
+  showAnnouncement(data);
   document.getElementById("serving-version").textContent = data.model_version;
 }
 
@@ -120,6 +130,7 @@ function followLine() {
     else if (change.kind === "evidence") addEvidence(change.data);
     else if (change.kind === "feedback") markFeedback(change.data);
     else if (change.kind === "model") addModel(change.data);
+    else if (change.kind === "history") showAnnouncement(change.data);
   };
 }
 

@@ -27,10 +27,19 @@ from shared.errors import ArtifactError, ConfigError
 
 @dataclass(frozen=True)
 class LabelledSamples:
-    """Defective samples of one class with their ground truth (for methods that learn from defects)."""
+    """Defective samples of one class with their ground truth (for methods that learn from defects).
+
+    A scorer that learns from them declares it with the class attribute ``learns_from_defects =
+    True``. For any other scorer the engine uses them only to offer an F1-optimal threshold
+    (recorded in the calibration, not adopted) and ``lineguard fit`` says so.
+    """
 
     features: np.ndarray  # (M, N, D) float32 patch features, on the same grid as the normal ones
     masks: np.ndarray  # (M, S, S) float32 in 0..1 at model-input resolution (S = config.input_size)
+    # (M,) bool: whether sample i's regions were drawn. False: its mask row is all zeros and means
+    # "defective somewhere", not "no defect" (image-level label only). None: every sample has a mask.
+    has_mask: np.ndarray | None = None
+    defect_types: tuple[str, ...] = ()  # each sample's defect type (the MVTec folder name); () if unknown
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ SCORERS: Mapping[str, str] = MappingProxyType(
         "patchcore": "shared.engine.scorers.knn:PatchCoreScorer",
         "gaussian": "shared.engine.scorers.gaussian:GaussianScorer",
         "winclip": "shared.engine.scorers.winclip:WinClipScorer",
+        "supersimplenet": "shared.engine.scorers.supersimplenet:SuperSimpleNetScorer",
+        "uninet": "shared.engine.scorers.uninet:UniNetScorer",
     }
 )
 SCORER_NAMES: tuple[str, ...] = tuple(SCORERS)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -153,6 +155,8 @@ SERVICE_PRINCIPALS = {
     "alerts": "alerts",
     "camera-sim": "camera",
     "operator": "operator",
+    "shadow": "shadow",
+    "refit-check": "refit-check",
     "console": "console",
 }
 
@@ -358,6 +362,7 @@ def test_volumes_secrets_and_health_checks() -> None:
         "console",
         "plc-sim",
         "prometheus",
+        "alertmanager",
         "grafana",
     ):
         check = SERVICES[name]["healthcheck"]
@@ -370,6 +375,28 @@ def test_volumes_secrets_and_health_checks() -> None:
     for name, variable in secret_env.items():
         mounted = [m for m in secrets_of(SERVICES[name]) if not m.startswith("kafka_")]
         assert [env(SERVICES[name])[variable]] == [f"/run/secrets/{m}" for m in mounted]
+
+
+def test_prometheus_sends_its_alerts_to_the_composed_alertmanager() -> None:
+    am = SERVICES["alertmanager"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in am["volumes"] if m.startswith("./")}
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in am["command"]
+    assert (ROOT / mounts["/etc/alertmanager/alertmanager.yml"]).is_file()
+    managers = PROMETHEUS["alerting"]["alertmanagers"]
+    (target,) = [t for a in managers for s in a["static_configs"] for t in s["targets"]]
+    host, port = target.split(":")
+    assert host == "alertmanager" and f"{port}:{port}" in am["ports"]
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool not installed (`make ops-tools`)")
+def test_amtool_accepts_the_shipped_alertmanager_config() -> None:
+    result = subprocess.run(
+        ["amtool", "check-config", str(ROOT / "deploy/alertmanager/alertmanager.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_console_reads_the_explainers_report_store_and_publishes_its_port() -> None:
@@ -397,3 +424,26 @@ def test_every_compose_variable_is_documented() -> None:
     variables = {m.group(1) for m in _VAR.finditer(text)}
     runbook = (ROOT / "docs/operations.md").read_text()
     assert variables and [v for v in sorted(variables) if v not in runbook] == []
+
+
+def test_scorers_trust_the_public_half_of_the_key_the_operator_signs_with() -> None:
+    operator, scorer = SERVICES["operator"], SERVICES["scorer"]
+    assert "--signing-key" in operator["command"]
+    signing_mount = operator["command"][operator["command"].index("--signing-key") + 1]
+    private = secret_file(secrets_of(operator)[signing_mount.removeprefix("/run/secrets/")])
+    trusted = env(scorer)["LINEGUARD_SCORER__TRUSTED_KEYS"]
+    public = secret_file(secrets_of(scorer)[trusted.removeprefix("/run/secrets/")])
+    # `lineguard model keygen --name N` writes N.key and N.pub; the docs rename N.key to N.
+    assert public == private + ".pub"
+    # promote and rollback (no --signing-key) sign with the same key.
+    assert env(operator)["LINEGUARD_PROMOTION__SIGNING_KEY"] == signing_mount
+
+
+def test_every_long_running_container_rotates_its_logs() -> None:
+    for name, service in SERVICES.items():
+        if service.get("restart") == "no":
+            continue  # one-shot jobs
+        logging = service.get("logging")
+        assert logging is not None, name
+        assert logging["driver"] == "json-file" and logging["options"]["max-size"], name
+        assert int(logging["options"]["max-file"]) >= 1, name

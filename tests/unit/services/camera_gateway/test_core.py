@@ -97,7 +97,7 @@ def test_unusable_files_are_refused_with_a_reason() -> None:
         image_info(png_header_only(20_000, 10))  # over the per-side limit, refused from the header
     assert huge.value.reason == "too_large"
     with pytest.raises(ImageError) as many:
-        image_info(png_header_only(5000, 5000))  # 25 MP: over the frame pixel limit
+        image_info(png_header_only(9000, 8000))  # 72 MP: over even a claim-checked frame's limit
     assert many.value.reason == "too_large"
 
 

@@ -17,10 +17,17 @@ import pytest
 from services.camera_gateway import metrics
 from services.camera_gateway.buffer import BufferSet
 from services.camera_gateway.config import FolderSource
-from services.camera_gateway.core import CameraIdentity, Outgoing, RefuseLargeFrames
+from services.camera_gateway.core import (
+    CameraIdentity,
+    ClaimCheckLargeFrames,
+    LargeFrames,
+    Outgoing,
+    RefuseLargeFrames,
+)
 from services.camera_gateway.sources.base import FrameSink
 from services.camera_gateway.sources.folder import HotFolder
 from shared.errors import ConfigError
+from shared.frames_store import ClaimStore
 from shared.limits import MAX_IMAGE_BYTES
 from shared.messages.codec import decode
 from shared.messages.schemas import CameraLedger, Frame, LedgerFile
@@ -46,14 +53,22 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def hot_folder(
-    path: Path, camera: str, *, max_image_bytes: int = MAX_IMAGE_BYTES, **options: Any
+    path: Path,
+    camera: str,
+    *,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
+    large_frames: LargeFrames | None = None,
+    **options: Any,
 ) -> AsyncIterator[Running]:
     config = FolderSource(path=path, **{"settle_s": 0.2, "rescan_s": 0.5, **options})
     buffers = BufferSet()
     buffers.add_camera(camera, 16, 1 << 26, OverflowPolicy.BLOCK)
     metrics.prepare([camera])
     sink = FrameSink(
-        CameraIdentity(camera, "station-1", "line-1"), buffers, max_image_bytes, RefuseLargeFrames()
+        CameraIdentity(camera, "station-1", "line-1"),
+        buffers,
+        max_image_bytes,
+        large_frames or RefuseLargeFrames(),
     )
     folder = HotFolder(config, sink)
     stop = asyncio.Event()
@@ -206,3 +221,32 @@ def test_a_missing_or_unwritable_folder_is_a_config_error(tmp_path: Path) -> Non
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="cannot create"):
         HotFolder(FolderSource(path=tmp_path, done_dir=blocker / "done"), sink)
+
+
+async def test_a_file_over_the_inline_limit_goes_by_claim_check(tmp_path: Path) -> None:
+    store = ClaimStore(tmp_path / "store")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    data = image_bytes(size=(400, 300))
+    assert len(data) > 4096
+    async with hot_folder(
+        folder, "cam-claim", max_image_bytes=4096, large_frames=ClaimCheckLargeFrames(store)
+    ) as running:
+        write_atomically(folder / "big.png", data)
+        (sent,) = await running.frames(1)
+    assert sent.image is None and sent.image_ref is not None and (sent.width, sent.height) == (400, 300)
+    assert store.fetch(sent.image_ref) == data and dropped("cam-claim", "too_large") == 0
+
+
+def test_a_frame_over_the_wires_pixel_limit_goes_by_reference_or_is_refused(tmp_path: Path) -> None:
+    metrics.prepare(["cam-px"])
+    camera = CameraIdentity("cam-px", "s", "l")
+    frame = Frame("f-1", "l", "s", "cam-px", 1, "png", image_bytes(), width=5472, height=3648)
+    refusing = FrameSink(camera, BufferSet(), MAX_IMAGE_BYTES, RefuseLargeFrames())
+    before = dropped("cam-px", "too_large")
+    assert refusing.prepare(frame) is None and dropped("cam-px", "too_large") == before + 1
+    store = ClaimStore(tmp_path)
+    item = FrameSink(camera, BufferSet(), MAX_IMAGE_BYTES, ClaimCheckLargeFrames(store)).prepare(frame)
+    assert item is not None
+    sent = decode(item.value, Frame)
+    assert sent.image_ref is not None and store.fetch(sent.image_ref) == frame.image

@@ -190,3 +190,35 @@ def test_the_codec_refuses_feedback_that_contradicts_itself() -> None:
         encode(dataclasses.replace(defect, regions=[outside]))
     with pytest.raises(MessageError, match="together"):
         encode(dataclasses.replace(defect, height=None))
+
+
+def test_the_announcement_history_merges_with_the_models_topic_one_row_each() -> None:
+    from tests.support.messages import announcement, history_entry
+
+    state = ConsoleState(StateLimits(models_history=3))
+    promoted = history_entry("m2", announced_at=20, action="promote", actor="ana", reason="shadow run r1")
+    # The same announcement on `models` (compacted: only the last survives) and in the history.
+    state.add_announcement(promoted.announcement)
+    assert state.add_history(promoted) and not state.add_history(promoted)
+    state.add_history(history_entry("m1", announced_at=10, actor="bo"))
+    state.add_announcement(announcement("m0", announced_at=5))  # before the history was kept
+    rows = [state.model_row(a) for a in state.model_history()]
+    assert [(r["model_version"], r["action"], r["actor"]) for r in rows] == [
+        ("m2", "promote", "ana"),
+        ("m1", "announce", "bo"),
+        ("m0", "", ""),
+    ]
+    assert rows[0]["reason"] == "shadow run r1" and rows[0]["key"] != rows[1]["key"]
+    assert state.serving_model == promoted.announcement
+    rolled_back = history_entry("m1", announced_at=30, action="rollback", previous_version="m2")
+    state.add_history(rolled_back)
+    assert [a.model_version for a in state.model_history()] == ["m1", "m2", "m1"]  # bounded to 3
+    changes = state.changes_since(0)
+    assert changes is not None and [c.kind for c in changes if c.kind in ("model", "history")] == [
+        "model",
+        "history",
+        "history",
+        "history",  # m0 on `models`: older than the serving m2, so no new serving model
+        "history",
+    ]
+    assert changes[-1].data["action"] == "rollback" and changes[-1].data["previous_version"] == "m2"

@@ -276,3 +276,21 @@ async def test_a_trusted_proxy_names_the_operator_only_from_its_address(sent: Se
     assert posted.status == 303
     (feedback,) = sent.feedback
     assert (feedback.operator, feedback.authenticated_by) == ("carla", "proxy")
+
+
+async def test_the_line_page_shows_the_announcement_history(sent: Sent) -> None:
+    from tests.support.messages import history_entry
+
+    ctx = make_ctx(sent, public_read=True)
+    promoted = history_entry(
+        "m-new", announced_at=2 * 10**18, action="promote", actor="ana", reason="<b>run</b>"
+    )
+    ctx.state.add_history(history_entry("m-old", announced_at=10**18, actor="bo"))
+    ctx.state.add_history(promoted)
+    ctx.state.add_announcement(promoted.announcement)
+    page = await request(build_app(ctx), "GET", "/")
+    assert page.status == 200
+    body = page.text[page.text.index('id="models-body"') :]
+    assert body.index("m-new") < body.index("m-old")  # newest first
+    assert "<td>promote</td>" in body and "<td>ana</td>" in body and "&lt;b&gt;run&lt;/b&gt;" in body
+    assert 'id="serving-version">m-new<' in page.text

@@ -385,7 +385,7 @@ def test_report_message_round_trips_through_the_codec(tmp_path: Path) -> None:
     message = report_message(doc, "2023-11-14/line-1/station-1/f-msg.json")
     again = decode(encode(message), Report)
     assert again == message and len(again.summary) == 4096
-    assert again.source == "fallback" and again.findings[0].defect_type == "scratch"
+    assert again.source == "fallback" and again.findings[0].defect_type == "unclassified"
     assert again.confidence is None and again.language == "ko"
 
 

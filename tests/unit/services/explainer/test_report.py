@@ -66,13 +66,15 @@ def test_fallback_report_is_marked_and_built_from_local_signals() -> None:
     assert "NOT WRITTEN BY A VLM" in doc.evidence[0]
     (finding,) = doc.findings
     assert finding.location == "upper right" and finding.severity == "severe"
-    assert finding.defect_type == "scratch"  # elongated region -> the vocabulary's scratch-like term
+    # Without a VLM nobody classified the defect: its shape is described, its type is not guessed.
+    assert finding.defect_type == "unclassified" and "elongated" in finding.description
     assert "upper right" in doc.summary and "0.85" in doc.summary
     assert doc.grade == "E"
     compact = fallback_document(
         facts(0.65, [(10, 80, 6, 6, 0.65, 0.002)]), "budget_spent", vocabulary=VOCABULARY
     )
-    assert compact.findings[0].defect_type == "dent" and compact.findings[0].location == "lower left"
+    assert compact.findings[0].defect_type == "unclassified"
+    assert compact.findings[0].location == "lower left" and "compact" in compact.findings[0].description
     assert compact.grade == "D"
 
 
@@ -80,26 +82,26 @@ def test_fallback_without_regions_or_fitting_vocabulary() -> None:
     doc = fallback_document(facts(0.4, []), "egress_none", egress="none")
     assert doc.findings == [] and not doc.anomalous and doc.grade == "B"  # rejected all the same
     odd = fallback_document(facts(0.9), "x", vocabulary=["blowhole"])
-    assert odd.findings[0].defect_type == "anomaly"
+    assert odd.findings[0].defect_type == "unclassified"
 
 
 def test_vlm_report_cross_checks_the_stated_location() -> None:
     shares = dict.fromkeys(POSITION_CODES, 0.0)
     shares["upper right"] = 1.0
-    good = vlm_document(facts(), answer_json(location="upper right"), shares, vocabulary=VOCABULARY)
+    good = vlm_document(facts(), answer_json(location="upper right"), shares)
     assert not good.location_disagreement and good.findings[0].location_agrees is True
     assert good.source == "vlm" and good.grade == "E"  # reject at 0.8: the severe band
     assert good.vlm_suggestions == ["Inspect the transfer fixture for burrs."]  # the VLM's words
     assert good.recommended_actions == i18n.GRADE_ACTIONS["en"]["E"]  # ours, from the grade
-    bad = vlm_document(facts(), answer_json(location="lower left"), shares, vocabulary=VOCABULARY)
+    bad = vlm_document(facts(), answer_json(location="lower left"), shares)
     assert bad.location_disagreement and bad.findings[0].location_agrees is False
     assert any("does not match the heatmap" in line and "upper right" in line for line in bad.evidence)
-    unchecked = vlm_document(facts(), answer_json(), vocabulary=VOCABULARY)
+    unchecked = vlm_document(facts(), answer_json())
     assert unchecked.findings[0].location_agrees is None and not unchecked.location_disagreement
 
 
 def test_not_anomalous_answer_is_a_disagreement_and_the_regions_stay() -> None:
-    doc = vlm_document(facts(0.7), answer_json(anomalous=False), vocabulary=VOCABULARY)
+    doc = vlm_document(facts(0.7), answer_json(anomalous=False))
     assert doc.vlm_disagrees and doc.vlm_anomalous is False and doc.grade == "D"
     assert [(f.location, f.by_vlm) for f in doc.findings] == [("upper right", False)]
     assert doc.summary.startswith("THE VLM DISAGREES")
@@ -121,7 +123,7 @@ def pictures() -> EventPictures:
 
 def test_html_is_self_contained_and_escapes_model_text() -> None:
     answer = answer_json(assessment="<script>alert(1)</script> & more")
-    doc = vlm_document(facts(), answer, vocabulary=VOCABULARY)
+    doc = vlm_document(facts(), answer)
     html = render_html(doc, pictures())
     assert "<script>" not in html and "&lt;script&gt;" in html
     sources = re.findall(r'src="([^"]+)"', html)
@@ -140,3 +142,24 @@ def test_fallback_html_shows_the_notice_and_json_round_trips() -> None:
 
     again = ReportDocument.from_dict(json.loads(render_json(doc)))
     assert again == doc
+
+
+def _captions(html: str) -> list[str]:
+    return re.findall(r"<figcaption>([^<]*)</figcaption>", html)
+
+
+@pytest.mark.parametrize(
+    ("language", "position"), [("en", "upper right"), ("ko", "오른쪽 위"), ("ja", "右上")]
+)
+def test_crop_caption_names_the_region_as_the_findings_do(language: str, position: str) -> None:
+    doc = fallback_document(facts(), vocabulary=VOCABULARY, language=language)
+    crop_caption = _captions(render_html(doc, pictures()))[-1]
+    finding_position = i18n.position_words(language, doc.findings[0].location)
+    assert finding_position == position and position in crop_caption and "1" in crop_caption
+
+
+def test_crop_caption_without_a_region_names_the_heatmap_peak_where_it_is() -> None:
+    doc = fallback_document(facts(0.4, []), "egress_none", egress="none")
+    lower_left = EventPictures(b"\xff\xd8f", b"\xff\xd8o", b"\xff\xd8c", Box(0, 80, 40, 120), 160, 120)
+    caption = _captions(render_html(doc, lower_left))[-1]
+    assert "peak" in caption and "lower left" in caption

@@ -29,3 +29,16 @@ def test_store_layout_lookup_and_publication_marker(tmp_path: Path) -> None:
     assert store.lookup("f-1", "L/1", "s1", captured_at).published  # type: ignore[union-attr]
     assert store.reports() == [path]
     assert not list(tmp_path.rglob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_store_keeps_the_heatmap_overlay_as_a_picture_file_beside_the_report(tmp_path: Path) -> None:
+    from PIL import Image
+
+    store = ReportStore(tmp_path)
+    facts = read_facts(defect_event("f-2", captured_at=T0), frame_max_side=1024, crop_max_side=512)
+    assert facts.pictures is not None
+    path = store.write(fallback_document(facts), facts.pictures)
+    overlay = path.with_name("f-2.overlay.jpg")
+    assert overlay.read_bytes() == facts.pictures.overlay  # what the report page shows, as a file
+    with Image.open(overlay) as image:
+        assert image.format == "JPEG" and image.size == (facts.width, facts.height)

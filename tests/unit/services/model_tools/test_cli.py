@@ -18,11 +18,34 @@ CLASS_KEYS = {
     "pixel_auroc",
     "aupro",
     "f1_max",
+    "threshold",
+    "target_false_reject_rate",
     "false_reject_rate",
+    "false_reject_rate_ci95",
+    "calibration_error",
     "escape_rate",
+    "escapes_by_type",
+    "tpr_at_fpr",
     "n_good",
     "n_defect",
+    "n_defect_without_mask",
+    "n_excluded_trained_on",
     "threshold_approximate",  # true for a few-shot class: its FRR is measured, never known before
+}
+MEAN_KEYS = {
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "f1_max",
+    "false_reject_rate",
+    "calibration_error",
+    "escape_rate",
+    "tpr_at_fpr",
+    "n_good",
+    "n_defect",
+    "n_defect_without_mask",
+    "n_excluded_trained_on",
+    "threshold_approximate",
 }
 
 
@@ -60,16 +83,37 @@ def test_evaluate_json_has_exactly_the_agreed_keys(
     assert main(["evaluate", "--model", str(model_dir), "--data", str(dataset), "--json"]) == 0
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     report = json.loads(last_line)
-    assert set(report) == {"classes", "mean", "routing_accuracy", "latency_ms"}
+    assert set(report) == {
+        "classes",
+        "mean",
+        "routing_accuracy",
+        "latency_ms",
+        "excluded_trained_on",
+        "training_images_recorded",
+        "pixel_metrics",
+    }
     assert set(report["classes"]) == {"fabric", "washer"}
-    for metrics in report["classes"].values():
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    for name, metrics in report["classes"].items():
         assert set(metrics) == CLASS_KEYS
-        assert metrics["n_good"] == 3 and metrics["n_defect"] == 3
+        assert metrics["n_good"] == 3 and metrics["n_defect"] == 3 and metrics["n_excluded_trained_on"] == 0
         assert metrics["threshold_approximate"] is False  # set on held-out normal images
         assert metrics["image_auroc"] >= 0.8
-    assert set(report["mean"]) == CLASS_KEYS
+        # The calibration error is the achieved false-reject rate minus the model's own target.
+        (entry,) = [c for c in manifest["classes"] if c["name"] == name]
+        assert metrics["threshold"] == pytest.approx(entry["threshold"])
+        assert metrics["target_false_reject_rate"] == entry["calibration"]["target_frr"] == 0.01
+        assert metrics["calibration_error"] == pytest.approx(metrics["false_reject_rate"] - 0.01)
+        low, high = metrics["false_reject_rate_ci95"]
+        assert low <= metrics["false_reject_rate"] <= high
+        assert set(metrics["escapes_by_type"]) == {"scratch", "spot", "missing"}
+        escaped = sum(v["escaped"] for v in metrics["escapes_by_type"].values())
+        assert escaped / 3 == pytest.approx(metrics["escape_rate"])
+        assert set(metrics["tpr_at_fpr"]) == {"0.001", "0.01", "0.05"}
+    assert set(report["mean"]) == MEAN_KEYS
     assert report["routing_accuracy"] == 1.0
     assert set(report["latency_ms"]) == {"p50", "p99"} and report["latency_ms"]["p50"] > 0
+    assert report["excluded_trained_on"] == 0 and report["training_images_recorded"] is True
 
 
 def test_evaluate_a_single_class_folder(

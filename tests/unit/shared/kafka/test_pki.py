@@ -87,6 +87,11 @@ def test_certificates_are_ca_bounded_and_name_their_hosts() -> None:
     constraints = ca.certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
     assert constraints.ca and constraints.path_length == 0
     assert not leaf.certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    ca_usage = ca.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    leaf_usage = leaf.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ca_usage.key_cert_sign and ca_usage.crl_sign and not ca_usage.key_agreement
+    assert leaf_usage.digital_signature and leaf_usage.key_agreement and not leaf_usage.key_cert_sign
+    assert not leaf_usage.key_encipherment and not leaf_usage.crl_sign
 
 
 def test_renewal_when_near_expiry_or_a_name_is_missing() -> None:

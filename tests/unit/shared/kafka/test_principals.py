@@ -51,11 +51,17 @@ def test_each_service_reads_and_writes_what_its_code_does() -> None:
     assert _topic_ops("alerts") == {T("alerts"): {"READ"}, T("dlq"): {"WRITE"}}
     assert _topic_ops("camera-gateway") == {T("frames"): {"WRITE"}, T("camera-ledger"): {"READ", "WRITE"}}
     assert _topic_ops("operator") == {
-        T("models"): {"WRITE"},
+        # announce, promote, rollback: both written in one transaction, after reading both back
+        **{T(n): {"READ", "WRITE"} for n in ("models", "model-history")},
         **{T(n): {"READ"} for n in ("feedback", "defects", "verdicts", "frames")},  # labels export
     }
+    assert _topic_ops("shadow") == {
+        **{T(n): {"READ"} for n in ("frames", "verdicts", "feedback")},
+        T("shadow-verdicts"): {"WRITE"},
+    }
+    assert _topic_ops("refit-check") == {T(n): {"READ"} for n in ("feedback", "models", "model-history")}
     assert _topic_ops("console") == {
-        **{T(n): {"READ"} for n in ("verdicts", "defects", "reports", "models")},
+        **{T(n): {"READ"} for n in ("verdicts", "defects", "reports", "models", "model-history")},
         T("feedback"): {"READ", "WRITE"},
     }
     assert _topic_ops("admin") == {}  # topics by prefix, below
@@ -69,7 +75,8 @@ def test_only_the_scorer_writes_verdicts_and_only_the_operator_writes_models() -
                 writers.setdefault(g.name, set()).add(p.name)
             assert g.operation is not Operation.ALL, p.name
     assert writers[T("verdicts")] == {"scorer"}
-    assert writers[T("models")] == {"operator"}
+    assert writers[T("models")] == writers[T("model-history")] == {"operator"}
+    assert writers[T("shadow-verdicts")] == {"shadow"}
     assert writers[T("frames")] == {"camera", "camera-gateway"}
     assert writers[T("feedback")] == {"console"}
     assert writers[T("dlq")] == {"scorer", "explainer", "plc-bridge", "alerts"}
@@ -81,6 +88,8 @@ def test_groups_and_transactional_ids_follow_the_settings() -> None:
             "scorer": Settings().scorer.model_copy(
                 update={"group_id": "g-s", "transactional_id_prefix": "tx"}
             ),
+            "shadow": Settings().shadow.model_copy(update={"group_id": "g-shadow"}),
+            "promotion": Settings().promotion.model_copy(update={"transactional_id_prefix": "ann"}),
         }
     )
     scorer = set(principal(settings, "scorer").grants)
@@ -96,6 +105,12 @@ def test_groups_and_transactional_ids_follow_the_settings() -> None:
     )
     fixed_grants = principal(fixed, "camera-gateway").grants
     assert Grant(Resource.TRANSACTIONAL_ID, "gw-7", Pattern.LITERAL, Operation.WRITE) in fixed_grants
+    operator = set(principal(settings, "operator").grants)
+    assert Grant(Resource.TRANSACTIONAL_ID, "ann-", Pattern.PREFIXED, Operation.WRITE) in operator
+    shadow = principal(settings, "shadow").grants
+    assert [g.name for g in shadow if g.resource is Resource.GROUP] == ["g-shadow"]  # never the scorer's
+    assert not [g for g in shadow if g.resource is Resource.TRANSACTIONAL_ID]
+    assert not [g for g in principal(settings, "refit-check").grants if g.resource is not Resource.TOPIC]
     bridge = set(principal(settings, "plc-bridge").grants)
     assert Grant(Resource.GROUP, "g-s", Pattern.LITERAL, Operation.DESCRIBE) in bridge
     for name in ("explainer", "plc-bridge", "alerts"):

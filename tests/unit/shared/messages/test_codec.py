@@ -13,7 +13,15 @@ from shared import limits
 from shared.engine.config import Region
 from shared.messages import codec
 from shared.messages.codec import MessageError, decode, decode_any, encode, schema_of
-from shared.messages.schemas import DeadLetter, DefectEvent, Frame, ModelAnnouncement, RegionMsg, Verdict
+from shared.messages.schemas import (
+    DeadLetter,
+    DefectEvent,
+    Frame,
+    FrameRef,
+    ModelAnnouncement,
+    RegionMsg,
+    Verdict,
+)
 from tests.support import messages as build
 from tests.support.messages import announcement, dead_letter
 
@@ -190,7 +198,7 @@ def test_encode_refuses_non_messages() -> None:
         decode(encode(frame()), RegionMsg)
 
 
-@pytest.mark.parametrize("version", [0, 2, 99, -1])
+@pytest.mark.parametrize("version", [0, 3, 99, -1])
 def test_unsupported_version(version: int) -> None:
     error = reason_of(pack(wire(frame(), v=version)))
     assert error.reason == "unsupported_version"
@@ -394,3 +402,48 @@ def test_a_string_within_its_character_limit_decodes_whatever_its_utf8_size() ->
     letter = dead_letter(headers=((name, b"v"),))
     assert not letter.truncated
     assert decode(encode(letter), DeadLetter) == letter
+
+
+# ---- claim checks (Frame and DefectEvent version 2) ------------------------------------------
+
+REF = FrameRef(
+    uri="file:///srv/frames/claims/2026-12-01/09/f-1-0123456789abcdef.png", size=9_000_000, sha256="ab" * 32
+)
+
+
+@pytest.mark.parametrize("make", [frame, defect], ids=["Frame", "DefectEvent"])
+def test_a_claim_check_replaces_the_image(make: Any) -> None:
+    message = make(image=None, image_ref=REF, width=5472, height=3648)  # 20 megapixels, 9 MB
+    assert decode(encode(message), type(message)) == message
+    assert schema_of(encode(message))[1] == 2
+    both = wire(message, image=make().image)
+    neither = wire(make(), image=None)
+    for bad in (both, neither):
+        error = reason_of(pack(bad), type(message))
+        assert (error.reason, error.field) == ("invalid_field", "image")
+
+
+def test_a_claim_check_is_checked_before_anyone_fetches_it() -> None:
+    ref = {"uri": REF.uri, "size": REF.size, "sha256": REF.sha256}
+    base = frame(image=None, image_ref=REF, width=5472, height=3648)
+    assert reason_of(pack(wire(base, width=None, height=None))).reason == "invalid_field"  # no size
+    assert reason_of(pack(wire(base, width=8193, height=8192))).reason == "too_large"
+    assert reason_of(pack(wire(base, image_ref={**ref, "sha256": "AB" * 32}))).field == "image_ref.sha256"
+    assert reason_of(pack(wire(base, image_ref={**ref, "size": 0}))).field == "image_ref.size"
+    assert reason_of(pack(wire(base, image_ref={**ref, "uri": ""}))).field == "image_ref.uri"
+    raw_ref = dataclasses.replace(REF, size=4096 * 4097)
+    raw = frame(encoding="raw8", image=None, image_ref=raw_ref, width=4096, height=4097)
+    assert decode(encode(raw), Frame) == raw
+    error = reason_of(pack(wire(raw, width=4096, height=4096)))
+    assert (error.reason, error.field) == ("invalid_field", "image_ref.size")
+    # An inline image keeps the wire's pixel limit.
+    assert reason_of(pack(wire(frame(), width=5472, height=3648))).reason == "too_large"
+
+
+def test_version_1_is_still_read_and_has_no_claim_check() -> None:
+    old = wire(frame(), v=1, image_ref=DROP)
+    assert decode(pack(old), Frame) == frame()
+    error = reason_of(pack(wire(frame(image=None, image_ref=REF, width=64, height=64), v=1)))
+    assert (error.reason, error.field) == ("invalid_field", "image_ref")
+    old_defect = wire(defect(), v=1, image_ref=DROP)
+    assert decode(pack(old_defect), DefectEvent) == defect()

@@ -1,0 +1,1 @@
+"""``lineguard claim-check``: the claim-check store's upkeep (``shared.frames_store.ClaimStore``)."""
