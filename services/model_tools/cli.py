@@ -302,6 +302,9 @@ def run_fit(args: argparse.Namespace) -> int:
         )
         if args.shots is None and (args.shots_seed is not None or args.confirmed_normals):
             return _fail("--shots-seed and --confirmed-normals belong to a few-shot fit (--shots K)")
+        if args.shots is not None and labelled_wanted:
+            # A few-shot model learns from its shots only; its confirmed normals: --confirmed-normals.
+            return _fail("--labelled-defects and --labelled-defects-dir belong to a full fit, not --shots")
         if out.exists() and not args.force:  # before fitting, not after minutes of it
             return _fail(f"{out} already exists; pass --force to replace it")
         model = core.fit_folder(

@@ -115,6 +115,9 @@ def test_a_refit_with_enough_confirmed_normals_ends_the_review(
 def test_few_shot_options_need_shots(dataset: Path, tmp_path: Path) -> None:
     assert main(["fit", "--data", str(dataset), "--shots-seed", "1", "--out", str(tmp_path / "m")]) == 2
     assert main(["fit", "--data", str(dataset), "--shots", "17", "--out", str(tmp_path / "m")]) == 2
+    few = ["fit", "--data", str(dataset), "--shots", "2", "--out", str(tmp_path / "m")]
+    assert main([*few, "--labelled-defects", "2"]) == 2
+    assert main([*few, "--labelled-defects-dir", str(dataset)]) == 2
 
 
 def test_winclip_fits_from_a_local_checkpoint_and_evaluates_with_the_weights_directory(
