@@ -2,8 +2,8 @@
 
 Memory: every shot becomes several views (``shot_views``: mirror images and exposure changes, as
 ``FitConfig.shot_*`` says), so that the bank holds variation a handful of photographs from one
-session do not show; which views help was measured on training images only (docs/benchmarks.md,
-"Few-shot").
+session do not show; which views help is to be measured on training images only
+(``benchmarks.fewshot select``; docs/benchmarks.md, "Few-shot": not yet run to the end).
 
 Threshold: with no held-out normal image the threshold is estimated, and marked approximate:
 
