@@ -35,11 +35,11 @@ from services.labels.core import (
     Placement,
     Skipped,
     is_normal_candidate,
-    latest_feedback,
     place,
     region_mask,
     regions_fit,
 )
+from services.labels.feedback_topic import read_latest_feedback
 from shared.errors import ConfigError, ImageError, MessageError
 from shared.frames_store import (
     ClaimStore,
@@ -146,19 +146,11 @@ class LabelExport:
         write_atomically(path, json.dumps(body, indent=2).encode())
 
     async def _feedback(self, summary: ExportSummary) -> dict[str, Feedback]:
-        records: list[tuple[bytes | None, Feedback | None]] = []
-        async for record in read_topic(self.settings, "feedback", self.cfg.read_timeout_s):
-            if record.value is None:
-                records.append((record.key, None))
-                continue
-            try:
-                records.append((record.key, decode(record.value, Feedback)))
-            except MessageError as exc:
-                summary.bad_records += 1
-                log_event(
-                    log, "feedback record skipped", logging.WARNING, offset=record.offset, reason=exc.reason
-                )
-        return latest_feedback(records)
+        def skipped(offset: int, exc: MessageError) -> None:
+            summary.bad_records += 1
+            log_event(log, "feedback record skipped", logging.WARNING, offset=offset, reason=exc.reason)
+
+        return await read_latest_feedback(self.settings, self.cfg.read_timeout_s, skipped)
 
     def _from_store(
         self,
