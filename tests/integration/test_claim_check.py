@@ -27,8 +27,8 @@ from tests.support.gateway import cameras, gateway_line, gateway_settings
 from tests.support.images import write_atomically
 from tests.support.line import LineModels, running_scorer, scorer_settings
 from tests.support.messages import defect_event
-from tests.support.openai_server import FakeOpenAIServer, ReceivedRequest, Reply
-from tests.support.reports import answer_json
+from tests.support.openai_server import FakeOpenAIServer
+from tests.support.reports import valid_answer
 from tests.support.topics import TopicReader, read_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -50,10 +50,7 @@ def twenty_megapixels() -> bytes:
 
 @pytest.fixture
 def vlm_server() -> Iterator[FakeOpenAIServer]:
-    def always_valid(_: ReceivedRequest) -> Reply:
-        return Reply(content=answer_json())
-
-    with FakeOpenAIServer(responder=always_valid) as server:
+    with FakeOpenAIServer(responder=valid_answer) as server:
         yield server
 
 
