@@ -257,3 +257,14 @@ async def test_the_line_page_shows_the_announcement_history(sent: Sent) -> None:
     assert body.index("m-new") < body.index("m-old")  # newest first
     assert "<td>promote</td>" in body and "<td>ana</td>" in body and "&lt;b&gt;run&lt;/b&gt;" in body
     assert 'id="serving-version">m-new<' in page.text
+
+
+async def test_sign_out_needs_the_csrf_token_and_ends_the_session(sent: Sent) -> None:
+    app = build_app(make_ctx(sent))
+    cookies = await sign_in(app)
+    csrf = csrf_of(await request(app, "GET", "/", cookies=cookies))
+    assert (await request(app, "POST", "/logout", form={}, cookies=cookies)).status == 403
+    assert (await request(app, "POST", "/logout", form={"csrf": csrf})).status == 401
+    out = await request(app, "POST", "/logout", form={"csrf": csrf}, cookies=cookies)
+    assert out.status == 303 and out.headers["location"] == "/login"
+    assert out.cookies.get(SESSION_COOKIE, "") == ""  # the browser is told to drop the session
