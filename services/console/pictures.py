@@ -17,7 +17,6 @@ from PIL import Image
 from shared.frames_store import ClaimStore, image_of
 from shared.limits import MAX_IMAGE_BYTES
 from shared.messages.anomaly_map import decode_anomaly_map, overlay
-from shared.messages.pixels import decode_pixels
 from shared.messages.schemas import DefectEvent
 
 KINDS = ("overlay", "frame")
@@ -34,15 +33,8 @@ class PictureKey:
 def frame_pixels(event: DefectEvent, max_pixels: int, claims: ClaimStore | None = None) -> np.ndarray:
     """The event's frame as ``HxWx3 uint8`` (``ImageError`` when it cannot be decoded within bounds,
     or is claim-checked and cannot be had from ``claims``: ``shared.frames_store.ClaimCheckError``)."""
-    image = image_of(event, claims, max_bytes=MAX_IMAGE_BYTES, max_pixels=max_pixels)
-    return decode_pixels(
-        image.data,
-        event.encoding,
-        event.width,
-        event.height,
-        max_bytes=image.max_bytes,
-        max_pixels=image.max_pixels,  # a claim-checked frame: the store's limit
-    )
+    # A claim-checked frame is decoded within the store's limits, not max_pixels.
+    return image_of(event, claims, max_bytes=MAX_IMAGE_BYTES, max_pixels=max_pixels).pixels(event)
 
 
 def render(

@@ -52,7 +52,6 @@ from shared.frames_store import (
 from shared.kafka.reading import read_topic
 from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
 from shared.messages.codec import decode
-from shared.messages.pixels import decode_pixels
 from shared.messages.schemas import DefectEvent, Feedback, Frame, Verdict
 from shared.settings import Settings
 from shared.telemetry.logging import log_event
@@ -242,14 +241,7 @@ class LabelExport:
         """The message's frame (a claim-checked one fetched and verified), or None (logged)."""
         try:
             image = image_of(message, self.claims, max_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS)
-            return decode_pixels(
-                image.data,
-                message.encoding,
-                message.width,
-                message.height,
-                max_bytes=image.max_bytes,
-                max_pixels=image.max_pixels,
-            )
+            return image.pixels(message)
         except ImageError as exc:
             log_event(log, "frame unreadable", logging.WARNING, frame_id=frame_id, reason=exc.reason)
             return None
