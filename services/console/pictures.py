@@ -8,12 +8,12 @@ reads like the explainer's. Rendered on request (in a worker thread), a few kept
 from __future__ import annotations
 
 import io
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from shared.capped import CappedMap
 from shared.frames_store import ClaimStore, image_of
 from shared.limits import MAX_IMAGE_BYTES
 from shared.messages.anomaly_map import decode_anomaly_map, overlay
@@ -52,21 +52,11 @@ def render(
     return buffer.getvalue()
 
 
-class PictureCache:
+class PictureCache(CappedMap[PictureKey, bytes]):
     """The last few rendered pictures (the overview asks for the same thumbnails again and again)."""
 
     def __init__(self, max_entries: int = 64) -> None:
-        self.max_entries = max_entries
-        self._items: OrderedDict[PictureKey, bytes] = OrderedDict()
-
-    def get(self, key: PictureKey) -> bytes | None:
-        data = self._items.get(key)
-        if data is not None:
-            self._items.move_to_end(key)
-        return data
+        super().__init__("pictures", max_entries)
 
     def put(self, key: PictureKey, data: bytes) -> None:
-        self._items[key] = data
-        self._items.move_to_end(key)
-        while len(self._items) > self.max_entries:
-            self._items.popitem(last=False)
+        self[key] = data
