@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 KAFKA_LIBS := .cache/kafka/libs
 KAFKA_STAMP := $(KAFKA_LIBS)/.fetched
 
-.PHONY: setup kafka-jars test unit integration lint demo clean promtool rules-test media-tools browser
+.PHONY: setup kafka-jars test unit integration lint demo clean promtool ops-tools rules-test media-tools browser
 
 setup: $(STAMP)
 
@@ -32,13 +32,13 @@ lint: setup
 
 # Unit and integration tests; the integration suite starts its own broker unless
 # LINEGUARD_KAFKA_BOOTSTRAP names one.
-test: setup kafka-jars lint rules-test media-tools browser
+test: setup kafka-jars lint rules-test ops-tools media-tools browser
 	$(PY) -m pytest -q -ra tests
 
 unit: setup media-tools
 	$(PY) -m pytest -q -ra tests/unit
 
-integration: setup kafka-jars media-tools browser
+integration: setup kafka-jars ops-tools media-tools browser
 	$(PY) -m pytest -q -ra tests/integration
 
 # promtool (Debian's `prometheus` package) checks and unit-tests the alert rules. Installed only
@@ -49,6 +49,15 @@ promtool:
 	    echo "installing promtool (Debian package prometheus)"; \
 	    $(SUDO) apt-get update -qq >/dev/null && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+# The live operations test runs a real Prometheus and Alertmanager (Debian's `prometheus` and
+# `prometheus-alertmanager` packages). Installed only when missing; quiet and idempotent.
+ops-tools: promtool
+	@{ command -v prometheus >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1; } || { \
+	    echo "installing prometheus and prometheus-alertmanager (Debian packages)"; \
+	    $(SUDO) apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	        prometheus prometheus-alertmanager >/dev/null; }
 
 # The camera gateway's tests stream real video: FFmpeg (clips, and a live HTTP stream with
 # -listen 1) and GStreamer's RTSP server, run by the system python3 with its gi bindings

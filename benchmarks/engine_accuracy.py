@@ -2,6 +2,8 @@
 
     .venv/bin/python -m benchmarks.engine_accuracy --data ../shared/datasets/magnetic_tile
 
+With ``--table``: every scorer x labelled defects x backbone instead (``benchmarks.accuracy_table``).
+
 Both use efficientnet_lite0 (real ImageNet weights), the same input size and the same bank size.
 The reference is PatchCore as published: features of stages 2+3 with 3x3 aggregation, greedy
 k-center coreset over all training patches, exact 1-NN, image score = re-weighted maximum. The
@@ -88,6 +90,10 @@ class PlainPatchCore:
 
 
 def main() -> int:
+    if "--table" in sys.argv[1:]:
+        from benchmarks.accuracy_table import main as table_main
+
+        return table_main(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/datasets/magnetic_tile")
     parser.add_argument("--input-size", type=int, default=224)

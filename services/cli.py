@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
 
 from shared.errors import ConfigError, LineguardError
 
@@ -38,8 +41,18 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+def version() -> str:
+    """The installed package's version; from pyproject.toml when run from a checkout not installed."""
+    try:
+        return metadata.version("lineguard")
+    except metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lineguard", description="Kafka-native visual inspection.")
+    parser.add_argument("--version", action="version", version=f"lineguard {version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

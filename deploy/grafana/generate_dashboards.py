@@ -244,8 +244,8 @@ def line_overview() -> dict[str, Any]:
                         "Batch size (p50 / p99)",
                         "none",
                         [
-                            (_q("0.5", "lineguard_scorer_batch_size"), "p50"),
-                            (_q("0.99", "lineguard_scorer_batch_size"), "p99"),
+                            (_q("0.5", "lineguard_scorer_batch_frames"), "p50"),
+                            (_q("0.99", "lineguard_scorer_batch_frames"), "p99"),
                         ],
                     ),
                 ],
@@ -286,7 +286,7 @@ def line_overview() -> dict[str, Any]:
                                 "scorer: {{reason}}",
                             ),
                             (
-                                f"sum by (reason) (rate(lineguard_plc_bridge_bad_messages_total[{RI}]))",
+                                f"sum by (reason) (rate(lineguard_plc_bridge_dead_letters_total[{RI}]))",
                                 "plc bridge: {{reason}}",
                             ),
                             (
@@ -305,9 +305,9 @@ def line_overview() -> dict[str, Any]:
                         "none",
                         [
                             (
-                                "sum by (station, cause) "
+                                "sum by (station_id, cause) "
                                 "(increase(lineguard_plc_bridge_fail_safes_total[5m]))",
-                                "{{station}} {{cause}}",
+                                "{{station_id}} {{cause}}",
                             ),
                         ],
                         w=8,
@@ -344,7 +344,10 @@ def line_overview() -> dict[str, Any]:
                         "Operator alerts by kind",
                         "none",
                         [
-                            ("sum by (kind) (increase(lineguard_alerts_consumed_total[15m]))", "{{kind}}"),
+                            (
+                                "sum by (kind) (increase(lineguard_alerts_events_consumed_total[15m]))",
+                                "{{kind}}",
+                            ),
                         ],
                         w=8,
                     ),
@@ -617,12 +620,12 @@ def explainer_view() -> dict[str, Any]:
                         ],
                     ),
                     _ts(
-                        "Tokens / min by kind",
+                        "Tokens / min by type",
                         "none",
                         [
                             (
-                                "sum by (kind) (rate(lineguard_explainer_vlm_tokens_total[5m])) * 60",
-                                "{{kind}}",
+                                "sum by (token_type) (rate(lineguard_explainer_vlm_tokens_total[5m])) * 60",
+                                "{{token_type}}",
                             ),
                         ],
                     ),
@@ -653,10 +656,244 @@ def explainer_view() -> dict[str, Any]:
     )
 
 
+def _rate(metric: str, by: str = "") -> str:
+    grouping = f"sum by ({by}) " if by else "sum "
+    return f"{grouping}(rate({metric}_total[{RI}]))"
+
+
+def _by(metric: str, by: str) -> tuple[str, str]:
+    """A counter's rate per value of ``by``, legend the value."""
+    return (_rate(metric, by), "{{" + by + "}}")
+
+
+def services_view() -> dict[str, Any]:
+    """What each service does inside: scorer faults, explainer and alerts plumbing, the PLC
+    bridge's writes and commits, the camera gateway's cameras and buffers, the console."""
+    sc, ex, plc, al, gw, co = (
+        f"lineguard_{s}_"
+        for s in ("scorer", "explainer", "plc_bridge", "alerts", "camera_gateway", "console")
+    )
+    return dashboard(
+        "lineguard-services",
+        "Lineguard · Services",
+        "Each service's own health: faults, retries, memory bounds, buffers and deliveries.",
+        [
+            (
+                "Scorer faults",
+                [
+                    _stat("Healthy", "none", [(f"min({sc}healthy)", "")]),
+                    _ts("Stalls / s by what stopped", "ops", [_by(f"{sc}stalls", "stall")], w=10),
+                    _ts(
+                        "Timeouts and rebalance failures / s",
+                        "ops",
+                        [_by(f"{sc}timeouts", "stage"), (_rate(f"{sc}rebalance_failures"), "rebalance")],
+                        w=10,
+                    ),
+                    _ts(
+                        "Model announcements refused",
+                        "ops",
+                        [_by(f"{sc}model_announcements_refused", "reason")],
+                    ),
+                    _ts(
+                        "Label values capped, detector state evicted / s",
+                        "ops",
+                        [_by(f"{sc}label_values_capped", "label"), _by(f"{sc}evictions", "map")],
+                    ),
+                ],
+            ),
+            (
+                "Explainer",
+                [
+                    _ts(
+                        "Events in, dead letters / s",
+                        "ops",
+                        [(_rate(f"{ex}events_consumed"), "events"), _by(f"{ex}dead_letters", "reason")],
+                    ),
+                    _ts(
+                        "Republish avoided, reference classes evicted / s",
+                        "ops",
+                        [
+                            (_rate(f"{ex}republish_avoided"), "republish avoided"),
+                            _by(f"{ex}evictions", "map"),
+                        ],
+                    ),
+                ],
+            ),
+            (
+                "PLC bridge",
+                [
+                    _ts(
+                        "PLC writes / s",
+                        "ops",
+                        [(_rate(f"{plc}plc_writes", "target, outcome"), "{{target}} {{outcome}}")],
+                    ),
+                    _ts("Offset commits / s", "ops", [_by(f"{plc}commits", "outcome")]),
+                    _ts(
+                        "Parts awaiting a verdict",
+                        "none",
+                        [(f"sum by (station_id) ({plc}pending_parts)", "{{station_id}}")],
+                    ),
+                    _ts(
+                        "Line-wide fail-safe, stalled frames partitions",
+                        "none",
+                        [
+                            (f"max by (cause) ({plc}line_fail_safe)", "{{cause}}"),
+                            (f"max({plc}frames_stalled_partitions)", "stalled partitions"),
+                        ],
+                    ),
+                    _ts("Memory bounds: entries dropped / s", "ops", [_by(f"{plc}evictions", "map")], w=24),
+                ],
+            ),
+            (
+                "Operator alerts",
+                [
+                    _stat("Webhook configured", "none", [(f"min({al}webhook_configured)", "")]),
+                    _stat("Retrying", "none", [(f"max({al}retrying)", "")]),
+                    _stat("Ledger entries", "none", [(f"sum({al}ledger_entries)", "")]),
+                    _ts(
+                        "Suppressed, rate-limited / s",
+                        "ops",
+                        [_by(f"{al}suppressed", "kind"), (_rate(f"{al}rate_limited"), "rate limited")],
+                        w=12,
+                    ),
+                    _ts(
+                        "Raised to delivered (p50 / p99)",
+                        "s",
+                        [
+                            (_q("0.5", f"{al}delivery_seconds"), "p50"),
+                            (_q("0.99", f"{al}delivery_seconds"), "p99"),
+                        ],
+                    ),
+                    _ts("Ledger and de-duplication evictions / s", "ops", [_by(f"{al}evictions", "map")]),
+                ],
+            ),
+            (
+                "Camera gateway",
+                [
+                    _stat("Kafka up", "none", [(f"min({gw}kafka_up)", "")]),
+                    _ts(
+                        "Sources up", "none", [(f"max by (camera_id) ({gw}source_up)", "{{camera_id}}")], w=10
+                    ),
+                    _ts("Source errors / s", "ops", [_by(f"{gw}source_errors", "camera_id")], w=10),
+                    _ts(
+                        "Frames captured, sent / s",
+                        "ops",
+                        [
+                            (_rate(f"{gw}frames_captured", "camera_id"), "{{camera_id}} captured"),
+                            (_rate(f"{gw}frames_sent", "camera_id"), "{{camera_id}} sent"),
+                        ],
+                    ),
+                    _ts(
+                        "Frames dropped / s",
+                        "ops",
+                        [(_rate(f"{gw}frames_dropped", "camera_id, reason"), "{{camera_id}} {{reason}}")],
+                    ),
+                    _ts(
+                        "Buffered frames and bytes",
+                        "none",
+                        [
+                            (f"sum by (camera_id) ({gw}buffer_frames)", "{{camera_id}} frames"),
+                            (f"sum by (camera_id) ({gw}buffer_bytes)", "{{camera_id}} bytes"),
+                        ],
+                    ),
+                    _ts(
+                        "Seconds blocked on a full buffer / s",
+                        "percentunit",
+                        [_by(f"{gw}blocked_seconds", "camera_id")],
+                    ),
+                    _ts(
+                        "Hot folders: files pending, reconciled / s",
+                        "none",
+                        [
+                            (f"sum by (camera_id) ({gw}files_pending)", "{{camera_id}} pending"),
+                            (_rate(f"{gw}files_reconciled", "camera_id"), "{{camera_id}} reconciled"),
+                        ],
+                    ),
+                    _ts(
+                        "Triggers / s",
+                        "ops",
+                        [(_rate(f"{gw}triggers", "camera_id, outcome"), "{{camera_id}} {{outcome}}")],
+                    ),
+                    _ts("Transactions / s", "ops", [_by(f"{gw}transactions", "outcome")], w=8),
+                    _ts(
+                        "Transaction seconds (p99)",
+                        "s",
+                        [(_q("0.99", f"{gw}transaction_seconds"), "p99")],
+                        w=8,
+                    ),
+                    _ts(
+                        "Frames per transaction (p50)", "none", [(_q("0.5", f"{gw}batch_frames"), "p50")], w=8
+                    ),
+                ],
+            ),
+            (
+                "Shadow scoring and refit proposals",
+                [
+                    _ts(
+                        "Shadow frames and candidate verdicts / s",
+                        "ops",
+                        [
+                            _by("lineguard_shadow_frames", "outcome"),
+                            (_rate("lineguard_shadow_verdicts"), "candidate verdicts"),
+                        ],
+                    ),
+                    _ts(
+                        "Since the serving model: confirmed normals, labelled defects",
+                        "none",
+                        [
+                            (
+                                "sum by (product_class) (lineguard_loop_confirmed_normals)",
+                                "{{product_class}} normals",
+                            ),
+                            (
+                                "sum by (product_class) (lineguard_loop_labelled_defects)",
+                                "{{product_class}} defects",
+                            ),
+                        ],
+                    ),
+                    _ts("Refit checks / s", "ops", [_by("lineguard_loop_checks", "outcome")], w=24),
+                ],
+            ),
+            (
+                "Operator console",
+                [
+                    _stat("Live pages", "none", [(f"sum({co}live_pages)", "")]),
+                    _ts("Records read / s", "ops", [_by(f"{co}records_consumed", "topic")], w=10),
+                    _ts(
+                        "Bad records / s",
+                        "ops",
+                        [(_rate(f"{co}bad_records", "topic, reason"), "{{topic}} {{reason}}")],
+                        w=10,
+                    ),
+                    _ts(
+                        "Judgements, frames saved / s",
+                        "ops",
+                        [_by(f"{co}feedback", "judgement"), (_rate(f"{co}frames_saved"), "frames saved")],
+                        w=8,
+                    ),
+                    _ts(
+                        "Sign-ins, refused writes / s",
+                        "ops",
+                        [_by(f"{co}sign_ins", "outcome"), _by(f"{co}refused_writes", "reason")],
+                        w=8,
+                    ),
+                    _ts(
+                        "Pictures that could not be shown / s",
+                        "ops",
+                        [_by(f"{co}bad_pictures", "reason")],
+                        w=8,
+                    ),
+                ],
+            ),
+        ],
+    )
+
+
 DASHBOARDS = {
     "line-overview.json": line_overview,
     "model.json": model_view,
     "explainer.json": explainer_view,
+    "services.json": services_view,
 }
 
 

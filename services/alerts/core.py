@@ -102,7 +102,7 @@ class Forwarder:
             self._last_sent[key] = raised_at
         while len(self._last_sent) > self.max_keys:
             del self._last_sent[next(iter(self._last_sent))]
-            metrics.DEDUP_EVICTIONS.inc()
+            metrics.EVICTIONS.labels("dedup").inc()
 
     def admit(self, alert: AlertEvent, now: float) -> Admission:
         key = dedup_key(alert)

@@ -14,7 +14,7 @@ the webhook may or may not have taken it: it is sent again with the same ``Idemp
 
 Bounded: entries older than the retention are dropped when the file is compacted (at start and
 whenever it has grown to twice its live entries), and at most ``max_entries`` are kept (the
-oldest go first, counted by ``lineguard_alerts_ledger_evictions_total``).
+oldest go first, counted by ``lineguard_alerts_evictions_total{map="ledger"}``).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class DeliveryLedger:
         self._entries[entry.alert_id] = entry
         while len(self._entries) > self.max_entries:
             del self._entries[next(iter(self._entries))]
-            metrics.LEDGER_EVICTIONS.inc()
+            metrics.EVICTIONS.labels("ledger").inc()
 
     def _load(self) -> None:
         if not self.path.is_file():

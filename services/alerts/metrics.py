@@ -1,64 +1,45 @@
-"""Prometheus metrics of ``lineguard alerts``, in their own registry."""
+"""The alerts service's Prometheus metrics (``lineguard_alerts_*``); labelled counters exist at 0
+from the start for every kind, outcome and reason, so the first alert delivered is an increase."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
+from shared.messages.codec import REASONS as CODEC_REASONS
 from shared.messages.schemas import ALERT_KINDS
+from shared.telemetry.metrics import ServiceMetrics
 
-REGISTRY = CollectorRegistry()
+METRICS = ServiceMetrics("alerts")
+REGISTRY = METRICS.registry
 
-ALERTS_CONSUMED = Counter(
-    "lineguard_alerts_consumed",
-    "Alert events read from the alerts topic, by kind",
-    ["kind"],
-    registry=REGISTRY,
+KINDS = (*ALERT_KINDS, "other")
+DELIVERY_OUTCOMES = ("delivered", "retry", "gave_up", "rejected", "logged")
+
+EVENTS_CONSUMED = METRICS.counter(
+    "events_consumed", "Alert events read from the alerts topic, by kind", {"kind": KINDS}
 )
-ALERTS_SUPPRESSED = Counter(
-    "lineguard_alerts_suppressed",
-    "Alerts not sent because they repeat one inside the window",
-    ["kind"],
-    registry=REGISTRY,
+SUPPRESSED = METRICS.counter(
+    "suppressed", "Alerts not sent because they repeat one inside the window", {"kind": KINDS}
 )
-ALERTS_HELD = Counter(
-    "lineguard_alerts_rate_limited", "Alerts held by the rate limit and sent in a digest", registry=REGISTRY
-)
-DELIVERIES = Counter(
-    "lineguard_alerts_deliveries",
+RATE_LIMITED = METRICS.counter("rate_limited", "Alerts held by the rate limit and sent in a digest")
+DELIVERIES = METRICS.counter(
+    "deliveries",
     "Webhook posts by outcome (delivered, retry, gave_up, rejected; logged: no webhook configured)",
-    ["outcome"],
-    registry=REGISTRY,
+    {"outcome": DELIVERY_OUTCOMES},
 )
-DEAD_LETTERS = Counter(
-    "lineguard_alerts_dead_letters", "Alert records sent to the DLQ, by reason", ["reason"], registry=REGISTRY
+DEAD_LETTERS = METRICS.dead_letters(
+    (*CODEC_REASONS, "webhook_rejected", "webhook_unreachable"), "Alert records"
 )
-DELIVERY_SECONDS = Histogram(
-    "lineguard_alerts_delivery_seconds",
+DELIVERY_SECONDS = METRICS.histogram(
+    "delivery_seconds",
     "Seconds from the alert being raised to its delivery to the webhook",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
-    registry=REGISTRY,
+    (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
-LEDGER_ENTRIES = Gauge(
-    "lineguard_alerts_ledger_entries",
-    "Alerts in the delivery ledger after its last compaction",
-    registry=REGISTRY,
+LEDGER_ENTRIES = METRICS.gauge("ledger_entries", "Alerts in the delivery ledger after its last compaction")
+# ledger: the delivery ledger reached max_tracked; dedup: the (kind, line, station, class) keys.
+EVICTIONS = METRICS.evictions(("ledger", "dedup"))
+WEBHOOK_CONFIGURED = METRICS.gauge(
+    "webhook_configured", "1 when a webhook is configured; 0: alerts are only logged (no webhook URL)"
 )
-LEDGER_EVICTIONS = Counter(
-    "lineguard_alerts_ledger_evictions",
-    "Ledger entries dropped because the ledger reached its cap (max_tracked)",
-    registry=REGISTRY,
-)
-DEDUP_EVICTIONS = Counter(
-    "lineguard_alerts_dedup_evictions",
-    "De-duplication keys (kind, line, station, class) forgotten because the map reached its cap",
-    registry=REGISTRY,
-)
-WEBHOOK_CONFIGURED = Gauge(
-    "lineguard_alerts_webhook_configured",
-    "1 when a webhook is configured; 0: alerts are only logged (no webhook URL)",
-    registry=REGISTRY,
-)
-RETRYING = Gauge("lineguard_alerts_retrying", "1 while a delivery is being retried", registry=REGISTRY)
+RETRYING = METRICS.gauge("retrying", "1 while a delivery is being retried")
 
 
 def kind_label(kind: str) -> str:

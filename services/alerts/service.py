@@ -133,16 +133,16 @@ class AlertsService:
             await self._dead_letter(producer, [(tp, record)], exc.reason, str(exc))
             return
         kind = metrics.kind_label(alert.kind)
-        metrics.ALERTS_CONSUMED.labels(kind).inc()
+        metrics.EVENTS_CONSUMED.labels(kind).inc()
         before = self.ledger.get(alert.alert_id)
         if before is not None and before.state == SENDING:  # died during its POST: again, same key
             await self._deliver([alert], [(tp, record)], producer, key=before.key)
             return
         admission = Admission.DUPLICATE if before is not None else self.forwarder.admit(alert, self.clock())
         if admission is Admission.DUPLICATE:
-            metrics.ALERTS_SUPPRESSED.labels(kind).inc()
+            metrics.SUPPRESSED.labels(kind).inc()
         elif admission is Admission.HELD:
-            metrics.ALERTS_HELD.inc()
+            metrics.RATE_LIMITED.inc()
             self._held[alert.alert_id] = (tp, record)
         else:
             await self._deliver([alert], [(tp, record)], producer)

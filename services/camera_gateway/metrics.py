@@ -1,4 +1,4 @@
-"""The camera gateway's Prometheus metrics, in their own registry (served on LINEGUARD_METRICS_PORT).
+"""The camera gateway's Prometheus metrics (``lineguard_camera_gateway_*``, on LINEGUARD_METRICS_PORT).
 
 Every labelled counter is exported at 0 for each configured camera and known reason as soon as the
 gateway starts (``prepare``), so ``increase()`` sees the first drop, not only the second.
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from shared.telemetry.metrics import CONFIGURED, ServiceMetrics, count_buckets
 
-REGISTRY = CollectorRegistry()
+METRICS = ServiceMetrics("camera_gateway")
+REGISTRY = METRICS.registry
 
 # Why a frame did not reach Kafka. Every dropped frame is counted under one of these.
 DROP_REASONS = (
@@ -22,111 +23,64 @@ DROP_REASONS = (
     "shutdown",  # still buffered when the gateway stopped (live sources; files stay in the folder)
 )
 TRANSACTION_OUTCOMES = ("committed", "failed", "recovered")
+TRIGGER_OUTCOMES = ("accepted", "overrun")
+_CAMERA = {"camera_id": CONFIGURED}
 
-FRAMES_CAPTURED = Counter(
-    "lineguard_camera_gateway_frames_captured",
-    "Frames made by a camera's source (before the buffer)",
-    ["camera_id"],
-    registry=REGISTRY,
+FRAMES_CAPTURED = METRICS.counter(
+    "frames_captured", "Frames made by a camera's source (before the buffer)", _CAMERA
 )
-FRAMES_SENT = Counter(
-    "lineguard_camera_gateway_frames_sent",
-    "Frames committed to the frames topic",
-    ["camera_id"],
-    registry=REGISTRY,
+FRAMES_SENT = METRICS.counter("frames_sent", "Frames committed to the frames topic", _CAMERA)
+FRAMES_DROPPED = METRICS.counter(
+    "frames_dropped",
+    f"Frames that never reached Kafka, by reason ({', '.join(DROP_REASONS)})",
+    {"camera_id": CONFIGURED, "reason": DROP_REASONS},
 )
-FRAMES_DROPPED = Counter(
-    "lineguard_camera_gateway_frames_dropped",
-    "Frames that never reached Kafka, by reason",
-    ["camera_id", "reason"],
-    registry=REGISTRY,
+BUFFER_FRAMES = METRICS.gauge("buffer_frames", "Frames waiting in a camera's buffer", ["camera_id"])
+BUFFER_BYTES = METRICS.gauge("buffer_bytes", "Encoded bytes waiting in a camera's buffer", ["camera_id"])
+BLOCKED_SECONDS = METRICS.counter(
+    "blocked_seconds", "Seconds a camera's source waited for room in its buffer", _CAMERA
 )
-BUFFER_FRAMES = Gauge(
-    "lineguard_camera_gateway_buffer_frames",
-    "Frames waiting in a camera's buffer",
-    ["camera_id"],
-    registry=REGISTRY,
+FILES_PENDING = METRICS.gauge(
+    "files_pending", "Files in a hot folder not yet sent and moved away", ["camera_id"]
 )
-BUFFER_BYTES = Gauge(
-    "lineguard_camera_gateway_buffer_bytes",
-    "Encoded bytes waiting in a camera's buffer",
-    ["camera_id"],
-    registry=REGISTRY,
-)
-BLOCKED_SECONDS = Counter(
-    "lineguard_camera_gateway_blocked_seconds",
-    "Seconds a camera's source waited for room in its buffer",
-    ["camera_id"],
-    registry=REGISTRY,
-)
-FILES_PENDING = Gauge(
-    "lineguard_camera_gateway_files_pending",
-    "Files in a hot folder not yet sent and moved away",
-    ["camera_id"],
-    registry=REGISTRY,
-)
-FILES_RECONCILED = Counter(
-    "lineguard_camera_gateway_files_reconciled",
+FILES_RECONCILED = METRICS.counter(
+    "files_reconciled",
     "Hot-folder files found sent already (in the ledger) and moved away without sending them again",
-    ["camera_id"],
-    registry=REGISTRY,
+    _CAMERA,
 )
-SOURCE_UP = Gauge(
-    "lineguard_camera_gateway_source_up",
-    "1 while a camera's source is open and delivering, else 0",
-    ["camera_id"],
-    registry=REGISTRY,
+SOURCE_UP = METRICS.gauge(
+    "source_up", "1 while a camera's source is open and delivering, else 0", ["camera_id"]
 )
-SOURCE_ERRORS = Counter(
-    "lineguard_camera_gateway_source_errors",
-    "Stream or device failures (open, read, decode), each followed by a reconnect",
-    ["camera_id"],
-    registry=REGISTRY,
+SOURCE_ERRORS = METRICS.counter(
+    "source_errors", "Stream or device failures (open, read, decode), each followed by a reconnect", _CAMERA
 )
-TRIGGERS = Counter(
-    "lineguard_camera_gateway_triggers",
+TRIGGERS = METRICS.counter(
+    "triggers",
     "Triggers received, by outcome (accepted, overrun: too many waiting for a frame)",
-    ["camera_id", "outcome"],
-    registry=REGISTRY,
+    {"camera_id": CONFIGURED, "outcome": TRIGGER_OUTCOMES},
 )
-TRANSACTIONS = Counter(
-    "lineguard_camera_gateway_transactions",
-    "Kafka transactions, by outcome (committed; failed; recovered: found committed after a failure)",
-    ["outcome"],
-    registry=REGISTRY,
-)
-TRANSACTION_SECONDS = Histogram(
-    "lineguard_camera_gateway_transaction_seconds",
+TRANSACTIONS = METRICS.transactions(TRANSACTION_OUTCOMES, "recovered: found committed after a failure")
+TRANSACTION_SECONDS = METRICS.histogram(
+    "transaction_seconds",
     "Seconds from the first send of a transaction to its commit",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-    registry=REGISTRY,
+    (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
-BATCH_FRAMES = Histogram(
-    "lineguard_camera_gateway_batch_frames",
-    "Frames per transaction",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-    registry=REGISTRY,
-)
-KAFKA_UP = Gauge(
-    "lineguard_camera_gateway_kafka_up",
-    "1 while the last transaction committed, 0 after a failure until one commits again",
-    registry=REGISTRY,
+BATCH_FRAMES = METRICS.histogram("batch_frames", "Frames per transaction", count_buckets(256))
+KAFKA_UP = METRICS.gauge(
+    "kafka_up", "1 while the last transaction committed, 0 after a failure until one commits again"
 )
 
 
 def prepare(camera_ids: Iterable[str]) -> None:
     """Create every labelled series at 0 for the configured cameras."""
-    for outcome in TRANSACTION_OUTCOMES:
-        TRANSACTIONS.labels(outcome=outcome)
-    for camera in camera_ids:
-        for counter in (FRAMES_CAPTURED, FRAMES_SENT, BLOCKED_SECONDS, FILES_RECONCILED, SOURCE_ERRORS):
-            counter.labels(camera_id=camera)
+    cameras = list(camera_ids)
+    for counter in (FRAMES_CAPTURED, FRAMES_SENT, BLOCKED_SECONDS, FILES_RECONCILED, SOURCE_ERRORS):
+        METRICS.prepare(counter, camera_id=cameras)
+    METRICS.prepare(FRAMES_DROPPED, camera_id=cameras)
+    METRICS.prepare(TRIGGERS, camera_id=cameras)
+    for camera in cameras:
         for gauge in (BUFFER_FRAMES, BUFFER_BYTES, FILES_PENDING, SOURCE_UP):
             gauge.labels(camera_id=camera).set(0)
-        for reason in DROP_REASONS:
-            FRAMES_DROPPED.labels(camera_id=camera, reason=reason)
-        for outcome in ("accepted", "overrun"):
-            TRIGGERS.labels(camera_id=camera, outcome=outcome)
 
 
 def dropped(camera_id: str, reason: str, count: int = 1) -> None:

@@ -1,44 +1,42 @@
-"""Prometheus metrics of ``lineguard console``, in their own registry."""
+"""The console's Prometheus metrics (``lineguard_console_*``); labelled counters exist at 0 from the
+start for every topic, judgement, outcome and reason the code knows."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from shared.messages.codec import REASONS as CODEC_REASONS
+from shared.messages.schemas import FEEDBACK_LABELS
+from shared.telemetry.metrics import ServiceMetrics
 
-REGISTRY = CollectorRegistry()
+METRICS = ServiceMetrics("console")
+REGISTRY = METRICS.registry
 
-RECORDS = Counter("lineguard_console_records", "Records read from each topic", ["topic"], registry=REGISTRY)
-BAD_RECORDS = Counter(
-    "lineguard_console_bad_records",
+TOPICS = ("verdicts", "defects", "reports", "models", "feedback")  # what the console reads
+IMAGE_REASONS = ("empty", "corrupt", "too_large", "unsupported_format", "bad_dimensions")
+
+RECORDS = METRICS.counter("records_consumed", "Records read from each topic", {"topic": TOPICS})
+BAD_RECORDS = METRICS.counter(
+    "bad_records",
     "Records skipped because they did not decode (by topic and the codec's reason)",
-    ["topic", "reason"],
-    registry=REGISTRY,
+    {"topic": TOPICS, "reason": CODEC_REASONS},
 )
-FEEDBACK = Counter(
-    "lineguard_console_feedback",
-    "Judgements sent to the feedback topic, by label",
-    ["label"],
-    registry=REGISTRY,
+FEEDBACK = METRICS.counter(
+    "feedback", "Judgements sent to the feedback topic (defect, good)", {"judgement": FEEDBACK_LABELS}
 )
-REFUSED_WRITES = Counter(
-    "lineguard_console_refused_writes",
+REFUSED_WRITES = METRICS.counter(
+    "refused_writes",
     "Writes refused (unauthenticated; csrf: a stale or cross-site form; invalid: a judgement that does "
     "not check)",
-    ["why"],
-    registry=REGISTRY,
+    {"reason": ("unauthenticated", "csrf", "invalid")},
 )
-SIGN_INS = Counter(
-    "lineguard_console_sign_ins",
+SIGN_INS = METRICS.counter(
+    "sign_ins",
     "Token sign-ins by outcome (ok, refused, throttled)",
-    ["outcome"],
-    registry=REGISTRY,
+    {"outcome": ("ok", "refused", "throttled")},
 )
-BAD_PICTURES = Counter(
-    "lineguard_console_bad_pictures",
+BAD_PICTURES = METRICS.counter(
+    "bad_pictures",
     "Held frames that could not be shown (by the image decoder's reason)",
-    ["reason"],
-    registry=REGISTRY,
+    {"reason": IMAGE_REASONS},
 )
-FRAMES_SAVED = Counter(
-    "lineguard_console_frames_saved", "Judged frames written to the frames store", registry=REGISTRY
-)
-LIVE_CLIENTS = Gauge("lineguard_console_live_pages", "Pages following the line live", registry=REGISTRY)
+FRAMES_SAVED = METRICS.counter("frames_saved", "Judged frames written to the frames store")
+LIVE_CLIENTS = METRICS.gauge("live_pages", "Pages following the line live")

@@ -1,103 +1,84 @@
-"""Prometheus metrics of the explainer, in their own registry."""
+"""The explainer's Prometheus metrics (``lineguard_explainer_*``); labelled counters exist at 0 from
+the start for every value the code knows."""
 
 from __future__ import annotations
 
 import re
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from shared.messages.codec import REASONS as CODEC_REASONS
+from shared.telemetry.metrics import ServiceMetrics
 
-REGISTRY = CollectorRegistry()
+METRICS = ServiceMetrics("explainer")
+REGISTRY = METRICS.registry
 
-EVENTS_CONSUMED = Counter(
-    "lineguard_explainer_events_consumed_total",
-    "Defect events read from the defects topic",
-    registry=REGISTRY,
+VLM_OUTCOMES = (
+    "ok",
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "connection_error",
+    "bad_response",
+    "rejected",
 )
-BAD_EVENTS = Counter(
-    "lineguard_explainer_bad_events_total",
-    "Defect events that could not be decoded (sent to the DLQ)",
-    ["reason"],
-    registry=REGISTRY,
+_IMAGE_REASONS = ("empty", "corrupt", "too_large", "unsupported_format", "bad_dimensions")
+FALLBACK_REASONS = (
+    "no_endpoint",
+    "egress_none",
+    *(f"image_{reason}" for reason in _IMAGE_REASONS),
+    "budget_spent",
+    "hold_limit",
+    "endpoint_down",
+    "vlm_rejected",
+    "vlm_invalid_answer",
+    "vlm_refused",
+    "internal_error",
+    "no_answer",
+    "other",
 )
-VLM_REQUESTS = Counter(
-    "lineguard_explainer_vlm_requests_total",
-    "HTTP requests to the VLM endpoint by outcome (ok, rate_limited, server_error, timeout, "
-    "connection_error, rejected)",
-    ["outcome"],
-    registry=REGISTRY,
+
+EVENTS_CONSUMED = METRICS.counter("events_consumed", "Defect events read from the defects topic")
+DEAD_LETTERS = METRICS.dead_letters((*CODEC_REASONS, "other"), "Defect events that could not be decoded")
+VLM_REQUESTS = METRICS.counter(
+    "vlm_requests",
+    f"HTTP requests to the VLM endpoint by outcome ({', '.join(VLM_OUTCOMES)})",
+    {"outcome": VLM_OUTCOMES},
 )
-VLM_LATENCY = Histogram(
-    "lineguard_explainer_vlm_request_seconds",
-    "Duration of one VLM request",
-    buckets=(0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
-    registry=REGISTRY,
+VLM_LATENCY = METRICS.histogram(
+    "vlm_request_seconds", "Duration of one VLM request", (0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
 )
-VLM_TOKENS = Counter(
-    "lineguard_explainer_vlm_tokens_total", "Tokens used, by kind", ["kind"], registry=REGISTRY
+VLM_TOKENS = METRICS.counter(
+    "vlm_tokens", "Tokens used, by type (prompt, completion)", {"token_type": ("prompt", "completion")}
 )
-VLM_COST = Counter(
-    "lineguard_explainer_vlm_cost_usd_total", "Estimated VLM cost from the price table", registry=REGISTRY
+VLM_COST = METRICS.counter("vlm_cost_usd", "Estimated VLM cost from the price table")
+BUDGET_REMAINING = METRICS.gauge("budget_remaining_usd", "What is left of today's budget")
+REPORTS = METRICS.counter(
+    "reports", "Reports written, by source (vlm, fallback)", {"source": ("vlm", "fallback")}
 )
-BUDGET_REMAINING = Gauge(
-    "lineguard_explainer_budget_remaining_usd", "What is left of today's budget", registry=REGISTRY
-)
-REPORTS = Counter(
-    "lineguard_explainer_reports_total",
-    "Reports written, by source (vlm, fallback)",
-    ["source"],
-    registry=REGISTRY,
-)
-FALLBACKS = Counter(
-    "lineguard_explainer_fallback_reports_total", "Fallback reports, by reason", ["reason"], registry=REGISTRY
-)
-DUPLICATES = Counter(
-    "lineguard_explainer_duplicate_events_total",
-    "Re-delivered events answered from the store",
-    registry=REGISTRY,
-)
-REPUBLISH_AVOIDED = Counter(
-    "lineguard_explainer_republish_avoided_total",
+FALLBACKS = METRICS.counter("fallback_reports", "Fallback reports, by reason", {"reason": FALLBACK_REASONS})
+DUPLICATES = METRICS.counter("duplicate_events", "Re-delivered events answered from the store")
+REPUBLISH_AVOIDED = METRICS.counter(
+    "republish_avoided",
     "Stored reports without a publication marker whose message was found on the topic (a crash "
     "between publishing and marking): marked, not sent again",
-    registry=REGISTRY,
 )
-REFERENCE_CLASSES_EVICTED = Counter(
-    "lineguard_explainer_reference_classes_evicted_total",
-    "Classes whose reference pictures were dropped from memory because the cache reached its cap",
-    registry=REGISTRY,
+EVICTIONS = METRICS.evictions(("reference_classes",))
+REPAIRS = METRICS.counter("answer_repairs", "Repair round-trips for invalid answers")
+LOCATION_DISAGREEMENTS = METRICS.counter(
+    "location_disagreements", "Reports whose stated location contradicts the heatmap"
 )
-REPAIRS = Counter(
-    "lineguard_explainer_answer_repairs_total", "Repair round-trips for invalid answers", registry=REGISTRY
-)
-LOCATION_DISAGREEMENTS = Counter(
-    "lineguard_explainer_location_disagreements_total",
-    "Reports whose stated location contradicts the heatmap",
-    registry=REGISTRY,
-)
-VLM_DISAGREEMENTS = Counter(
-    "lineguard_explainer_vlm_disagreements_total",
+VLM_DISAGREEMENTS = METRICS.counter(
+    "vlm_disagreements",
     "VLM reports whose model found no defect where the scorer decided reject or review (the "
     "decision stands; the report says so)",
-    registry=REGISTRY,
 )
-HELD_EVENTS = Gauge(
-    "lineguard_explainer_held_events", "Events held for a later retry (not committed)", registry=REGISTRY
-)
-BREAKER_OPEN = Gauge(
-    "lineguard_explainer_circuit_open", "1 while the circuit breaker is open or half-open", registry=REGISTRY
-)
-REPORT_SECONDS = Histogram(
-    "lineguard_explainer_report_seconds",
+HELD_EVENTS = METRICS.gauge("held_events", "Events held for a later retry (not committed)")
+BREAKER_OPEN = METRICS.gauge("circuit_open", "1 while the circuit breaker is open or half-open")
+REPORT_SECONDS = METRICS.histogram(
+    "report_seconds",
     "Seconds from the defect verdict to the report",
-    buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600),
-    registry=REGISTRY,
+    (0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600),
 )
-CONSUMER_LAG = Gauge(
-    "lineguard_explainer_consumer_lag",
-    "Messages behind the end of the defects topic",
-    ["partition"],
-    registry=REGISTRY,
-)
+CONSUMER_LAG = METRICS.consumer_lag("defects")
 
 
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")

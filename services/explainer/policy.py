@@ -67,7 +67,7 @@ class ReferenceLibrary:
         self._cache[product_class] = references
         while len(self._cache) > MAX_REFERENCE_CLASSES:
             del self._cache[next(iter(self._cache))]
-            metrics.REFERENCE_CLASSES_EVICTED.inc()
+            metrics.EVICTIONS.labels("reference_classes").inc()
         return references
 
     def _load(self, product_class: str) -> list[Reference]:

@@ -128,7 +128,7 @@ class _Service:
                 self._start(tp, held.record, held.first_seen, producer, held.failed)
             await self._collect(wait=0.05 if self.in_flight else 0)
             await self._commit(consumer)
-            self._observe_lag(consumer)
+            await self._observe_lag(consumer)
         # Shutdown: finish the calls in progress and commit; events still waiting for a call and
         # held events stay uncommitted for next time.
         self.explainer.stopping = True
@@ -286,7 +286,7 @@ class _Service:
         from shared.messages.codec import encode
         from shared.messages.schemas import DeadLetter
 
-        metrics.BAD_EVENTS.labels(metrics.code_label(reason)).inc()
+        metrics.DEAD_LETTERS.labels(metrics.code_label(reason)).inc()
         letter = DeadLetter.for_record(record, reason=reason, detail=detail, service=SERVICE)
         await producer.send_and_wait(self.settings.topic("dlq"), encode(letter), key=record.key)
         log_event(
@@ -320,11 +320,21 @@ class _Service:
         for tp in revoked:
             self.tracker.forget(tp)
 
-    def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
+    async def _observe_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Events behind the end of each partition: from the consumer's position, which steps over
+        transaction markers (each scorer commit leaves one after its records), not from the offset
+        after the last event read, which would count the marker as an unread event."""
         for tp in consumer.assignment():
             end = consumer.last_stable_offset(tp) or consumer.highwater(tp)
-            if end is not None and tp in self.next_offset:
-                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, end - self.next_offset[tp]))
+            if end is None or tp not in self.next_offset:
+                continue
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), 1.0)
+            except Exception:  # unknown just now (a rebalance): the offset after the last read
+                position = self.next_offset[tp]
+            metrics.CONSUMER_LAG.labels(str(tp.partition)).set(
+                max(0, end - max(position, self.next_offset[tp]))
+            )
 
 
 def _tp(record: ConsumerRecord) -> TopicPartition:

@@ -118,6 +118,13 @@ def _add_broker_options(parser: argparse.ArgumentParser, *, secure_flag: bool = 
     parser.add_argument("--libs-dir", type=Path, help="Kafka jars (default .cache/kafka/libs)")
     if secure_flag:
         parser.add_argument(
+            "--brokers",
+            type=positive_int,
+            default=1,
+            help="nodes of a local KRaft cluster (3: topics with 3 replicas and min.insync.replicas 2; "
+            "node N on ports PORT+2(N-1), CONTROLLER_PORT+2(N-1), data in DATA_DIR/node-N); default 1",
+        )
+        parser.add_argument(
             "--secure",
             action="store_true",
             help="SASL_SSL, one SCRAM user per service and ACLs; files in DATA_DIR/secure "
@@ -146,7 +153,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings.model_copy(update=changes)
 
 
-def _broker(settings: Settings) -> Any:
+def _broker(settings: Settings, brokers: int = 1) -> Any:
+    if brokers > 1:
+        from shared.kafka.cluster import KafkaCluster
+
+        return KafkaCluster.from_settings(settings.broker, brokers)
     if settings.broker.secure:
         from shared.kafka.secure_broker import SecureLocalBroker
 
@@ -158,6 +169,8 @@ def _broker(settings: Settings) -> Any:
 
 def _kafka_up(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.brokers > 1:
+        return _cluster_up(settings, args.brokers)
     broker = _broker(settings)
     status = broker.start()  # a BrokerError says what to do; the lineguard command prints it
     kind = "secure kafka (SASL_SSL, ACLs)" if settings.broker.secure else "kafka"
@@ -170,14 +183,33 @@ def _kafka_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster_up(settings: Settings, brokers: int) -> int:
+    cluster = _broker(settings, brokers)
+    statuses = cluster.start()
+    print(f"kafka cluster of {brokers} nodes ready at {cluster.bootstrap} (data {cluster.data_dir})")
+    for node, status in zip(cluster.nodes, statuses, strict=True):
+        print(f"  node {node.node_id}: {status.bootstrap}, pid {status.pid}, log {status.log_file}")
+    print("clients and `topics ensure` (3 replicas, 2 in sync) with:")
+    print(f"  export LINEGUARD_KAFKA_BOOTSTRAP={cluster.bootstrap}")
+    print(f"  export LINEGUARD_KAFKA__REPLICATION_FACTOR={cluster.replication}")
+    print(f"  export LINEGUARD_KAFKA__MIN_INSYNC_REPLICAS={cluster.min_insync}")
+    return 0
+
+
 def _kafka_down(args: argparse.Namespace) -> int:
-    broker = _broker(_settings(args))
+    broker = _broker(_settings(args), args.brokers)
     stopped = broker.stop()
     print("kafka stopped" if stopped else f"kafka was not running (data {broker.data_dir})")
     return 0
 
 
 def _kafka_status(args: argparse.Namespace) -> int:
+    if args.brokers > 1:
+        statuses = _broker(_settings(args), args.brokers).status()
+        for number, node in enumerate(statuses, 1):
+            state = "ready" if node.ready else "running, not answering" if node.running else "not running"
+            print(f"node {number}: {state} at {node.bootstrap} (data {node.data_dir})")
+        return 0 if all(node.ready for node in statuses) else 1
     status = _broker(_settings(args)).status()
     if status.ready:
         print(f"kafka running and ready at {status.bootstrap} (pid {status.pid})")

@@ -77,6 +77,7 @@ class PlcBridge:
         self.clock = clock
         self.wall_clock_ns = wall_clock_ns
         self.core = core_from_settings(settings, clock())
+        metrics.prepare(self.core.stations, [target.name for target in self.targets])
         self.ready = asyncio.Event()
         # One Kafka call's limit. A slow answer inside the scorer timeout still counts as proof; a
         # call that hangs (a frozen broker) is given up so the next one can be asked.
@@ -245,7 +246,7 @@ class PlcBridge:
         for cause, stations in by_cause.items():
             log_event(log, "fail-safe reject asserted", logging.WARNING, cause=cause.value, stations=stations)
         for name, dropped in self.core.take_capped().items():
-            metrics.CAPPED.labels(name).inc(dropped)
+            metrics.EVICTIONS.labels(name).inc(dropped)
         metrics.SCORER_OK.set(1 if self.core.line.scorer_ok else 0)
         for cause in LINE_CAUSES:
             metrics.LINE_FAIL_SAFE.labels(cause.value).set(1 if self.core.line_cause is cause else 0)
@@ -349,7 +350,7 @@ class PlcBridge:
             failed = self.core.undecodable(key_station, self.clock())
             self._wake.set()
             reason = exc.reason if exc.reason in REASONS else "other"
-            metrics.BAD_MESSAGES.labels(reason).inc()
+            metrics.DEAD_LETTERS.labels(reason).inc()
             log_event(
                 log,
                 "undecodable verdict: fail-safe, and to the dlq",
@@ -367,12 +368,12 @@ class PlcBridge:
             if len(self._decided_at) < MAX_DECIDED_AT:
                 self._decided_at.append(verdict.decided_at)
             else:  # the PLC has been away long: the latency histogram can do without these
-                metrics.CAPPED.labels("decided_at").inc()
+                metrics.EVICTIONS.labels("decided_at").inc()
         elif outcome is VerdictOutcome.UNKNOWN_STATION:
             if verdict.station_id in self._unknown_stations:
                 return
             if len(self._unknown_stations) >= MAX_UNKNOWN_STATIONS_LOGGED:
-                metrics.CAPPED.labels("unknown_stations").inc()
+                metrics.EVICTIONS.labels("unknown_stations").inc()
                 return
             self._unknown_stations.add(verdict.station_id)
             log_event(log, "verdict for an unconfigured station", logging.WARNING, station=verdict.station_id)
@@ -388,7 +389,7 @@ class PlcBridge:
             letter = DeadLetter.for_record(record, reason=error.reason, detail=str(error), service=SERVICE)
             value = encode(letter)
         except Exception as exc:  # a record no dead letter can hold: its station is already failed safe
-            metrics.BAD_MESSAGES.labels("dead_letter_failed").inc()
+            metrics.DEAD_LETTERS.labels("dead_letter_failed").inc()
             log_event(
                 log,
                 "dead letter could not be built",
@@ -413,7 +414,7 @@ class PlcBridge:
                     error=repr(exc),
                 )
                 if not retriable:
-                    metrics.BAD_MESSAGES.labels("dead_letter_failed").inc()
+                    metrics.DEAD_LETTERS.labels("dead_letter_failed").inc()
                     return
                 await asyncio.sleep(1.0)
 

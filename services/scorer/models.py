@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from services.scorer import metrics
+from services.scorer.metrics import REFUSAL_REASONS
 from services.scorer.trust import AnnouncementGate, load_trusted_keys
+from shared.engine.config import RuntimeOptions
 from shared.errors import ArtifactError, LineguardError, MessageError, ModelRefused
 from shared.messages.codec import decode
 from shared.messages.schemas import ModelAnnouncement
@@ -32,21 +34,6 @@ from shared.telemetry.logging import log_event
 
 log = logging.getLogger("lineguard.scorer.models")
 
-# Why an announcement was refused: the label values of MODEL_ANNOUNCEMENTS_REFUSED (a fixed set).
-REFUSAL_REASONS = (
-    "malformed",  # not a ModelAnnouncement this build reads
-    "unsigned",
-    "unknown_key",
-    "bad_signature",
-    "stale",  # not newer than the newest announcement taken: a replay
-    "future",
-    "outside_models_root",
-    "digest_mismatch",  # the directory's manifest is not the announced one
-    "version_mismatch",
-    "bad_artifact",  # missing, tampered, oversized or invalid files or manifest
-    "warm_up_failed",
-    "load_failed",  # anything else that went wrong while loading
-)
 MAX_REMEMBERED_REFUSALS = 100
 
 
@@ -110,6 +97,7 @@ class ModelHolder:
         metrics.CLASS_THRESHOLD.clear()
         for class_model in serving.model.class_models:
             metrics.CLASS_THRESHOLD.labels(class_model.name).set(class_model.threshold)
+        metrics.prepare_classes(c.name for c in serving.model.class_models)
 
 
 def announcement_for(path: Path, *, models_root: Path, announced_at: int | None = None) -> ModelAnnouncement:
@@ -144,12 +132,14 @@ def load_model_dir(
     expected_sha256: str | None = None,
     expected_version: str | None = None,
     source: str | None = None,
+    options: RuntimeOptions | None = None,
 ) -> ServingModel:
     """Load and verify a model directory (blocking: run it in a worker thread).
 
     ``root``: the directory must lie inside it (announced models); a relative ``path`` is relative to
-    it. ``expected_sha256``: the manifest digest the announcement names. Raises ``ModelRefused`` with
-    a reason from ``REFUSAL_REASONS``.
+    it. ``expected_sha256``: the manifest digest the announcement names. ``options``: the runtime,
+    device and precision of the backbone (``ScorerSettings.runtime_options``). Raises
+    ``ModelRefused`` with a reason from ``REFUSAL_REASONS``.
     """
     from shared.engine.artifacts import read_artifact
     from shared.engine.persistence import model_from_artifact
@@ -158,7 +148,7 @@ def load_model_dir(
         # The announced digest is checked before any file but the manifest is read.
         artifact = read_artifact(path, root=root, manifest_sha256=expected_sha256)
         actual = str(artifact.manifest["manifest_sha256"])
-        model = model_from_artifact(artifact, weights_dir=weights_dir)
+        model = model_from_artifact(artifact, weights_dir=weights_dir, options=options)
     except ArtifactError as exc:
         raise ModelRefused(f"{type(exc).__name__}: {exc}", reason=_artifact_reason(exc)) from exc
     except OSError as exc:
@@ -223,6 +213,7 @@ class ModelWatcher:
         self._loader = loader
         self._models_root: Path = cfg.models_root
         self._weights_dir: Path | None = cfg.weights_dir
+        self._options = cfg.runtime_options()
         self.gate = AnnouncementGate(
             load_trusted_keys(cfg.trusted_keys), max_skew_ns=int(cfg.announcement_max_skew_s * 1e9)
         )
@@ -367,6 +358,7 @@ class ModelWatcher:
                 expected_sha256=announcement.sha256,
                 expected_version=announcement.model_version,
                 source=f"announcement {announcement.model_version}",
+                options=self._options,
             )
         except ModelRefused as exc:
             self._refuse(announcement, exc.reason, str(exc))

@@ -90,7 +90,7 @@ class ScorerService:
         self.alert_detector = AlertDetector(
             AlertRules.from_settings(settings.alerts),
             max_keys=self.cfg.max_alert_keys,
-            on_evict=lambda name: metrics.STATE_EVICTIONS.labels(name).inc(),
+            on_evict=lambda name: metrics.EVICTIONS.labels(name).inc(),
         )
         capped = metrics.LABELS_CAPPED.labels
         self._station_label = LabelValues("station_id", self.cfg.max_label_values, lambda n: capped(n).inc())
@@ -316,7 +316,7 @@ class ScorerService:
     async def _decode_and_score(self, records: list[RawRecord], epochs: dict[RecordKey, int]) -> ScoredBatch:
         loop = asyncio.get_running_loop()
         metrics.FRAMES_CONSUMED.inc(len(records))
-        metrics.BATCH_SIZE.observe(len(records))
+        metrics.BATCH_FRAMES.observe(len(records))
         links = [link for link in (span_link(r.headers) for r in records) if link is not None]
         serving = self.holder.current()  # the only place a new model is swapped in: between batches
         with tracer.start_as_current_span("score_batch", links=links) as span:
@@ -504,7 +504,12 @@ class ScorerService:
                     fetched=state.fetched_next,
                 )
                 if end is not None:
-                    metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, end - state.next_offset))
+                    # Not yet fetched, plus fetched and not yet committed. Counting from the
+                    # position, not the committed offset, leaves out the transaction markers the
+                    # consumer has stepped over (a marker is an offset but not a frame).
+                    unread = end - position if position is not None else end - state.fetched_next
+                    in_hand = max(0, state.fetched_next - state.next_offset)
+                    metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, unread) + in_hand)
             self.watchdog.keep_only(set(tps))
             stalls = self.watchdog.stalls(time.monotonic(), paused_since=self.partitions.paused_since)
             if not stalls:
@@ -535,7 +540,9 @@ class ScorerService:
             verdict = outcome.verdict
             assert verdict is not None
             product = self._class_label(verdict.product_class)
-            metrics.VERDICTS.labels(product, verdict.decision, self._station_label(verdict.station_id)).inc()
+            station = self._station_label(verdict.station_id)
+            metrics.prepare_station(station)
+            metrics.VERDICTS.labels(product, verdict.decision, station).inc()
             if outcome.non_finite:
                 metrics.NON_FINITE.inc()
             elif verdict.decision != Decision.ERROR:  # an error verdict carries no score
@@ -568,9 +575,22 @@ async def serve(
     """
     holder = ModelHolder()
     if model_dir is not None:
-        serving = await asyncio.to_thread(load_model_dir, model_dir, weights_dir=settings.scorer.weights_dir)
+        serving = await asyncio.to_thread(
+            load_model_dir,
+            model_dir,
+            weights_dir=settings.scorer.weights_dir,
+            options=settings.scorer.runtime_options(),
+        )
         holder = ModelHolder(serving)
-        log_event(log, "model_loaded", version=serving.version, path=str(model_dir))
+        log_event(
+            log,
+            "model_loaded",
+            version=serving.version,
+            path=str(model_dir),
+            runtime=serving.model.extractor.runtime,
+            precision=serving.model.extractor.backend.precision,
+            device=settings.scorer.device,
+        )
     watcher_task: asyncio.Task[None] | None = None
     if settings.scorer.watch_models:
         watcher = ModelWatcher(settings, holder, from_latest=model_dir is None)

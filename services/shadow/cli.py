@@ -354,7 +354,7 @@ def _check_command(args: argparse.Namespace) -> int:
     from services.shadow.refits import check_refits, watch_refits
     from shared.lifecycle import run_until_signalled, start_service
 
-    settings = start_service("loop", metrics.REGISTRY if args.watch else None)
+    settings = start_service("loop", metrics.LOOP_REGISTRY if args.watch else None)
     if args.watch:
         return run_until_signalled(
             lambda stop: watch_refits(settings, lambda: _staged_normals(args.normals), stop)

@@ -1,38 +1,35 @@
-"""Prometheus metrics of ``lineguard shadow`` and ``lineguard loop check``, in their own registry."""
+"""Prometheus metrics of ``lineguard shadow`` (``lineguard_shadow_*``, ``METRICS``) and of
+``lineguard loop check --watch`` (``lineguard_loop_*``, ``LOOP``): each command serves its own
+registry. Labelled counters exist at 0 from the start for every outcome."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from shared.telemetry.metrics import ServiceMetrics
 
-REGISTRY = CollectorRegistry()
+METRICS = ServiceMetrics("shadow")
+REGISTRY = METRICS.registry
+LOOP = ServiceMetrics("loop")
+LOOP_REGISTRY = LOOP.registry
 
-FRAMES = Counter(
-    "lineguard_shadow_frames",
+FRAMES = METRICS.counter(
+    "frames",
     "Frames a shadow run read, by outcome (scored; bad: did not decode)",
-    ["outcome"],
-    registry=REGISTRY,
+    {"outcome": ("scored", "bad")},
 )
-SHADOW_VERDICTS = Counter(
-    "lineguard_shadow_verdicts", "Candidate verdicts written to shadow-verdicts", registry=REGISTRY
-)
-CONFIRMED_NORMALS = Gauge(
-    "lineguard_loop_confirmed_normals",
+SHADOW_VERDICTS = METRICS.counter("verdicts", "Candidate verdicts written to shadow-verdicts")
+CONFIRMED_NORMALS = LOOP.gauge(
+    "confirmed_normals",
     "Normals confirmed for a class since the serving model (judged good, plus a staging set's)",
     ["product_class"],
-    registry=REGISTRY,
 )
-LABELLED_DEFECTS = Gauge(
-    "lineguard_loop_labelled_defects",
+LABELLED_DEFECTS = LOOP.gauge(
+    "labelled_defects",
     "Defects operators labelled on a class's verdicts from the serving model",
     ["product_class"],
-    registry=REGISTRY,
 )
-REFIT_PROPOSED = Gauge(
-    "lineguard_loop_refit_proposed",
+REFIT_PROPOSED = LOOP.gauge(
+    "refit_proposed",
     "1 while a refit of the class is proposed (enough confirmed normals or labelled defects)",
     ["product_class"],
-    registry=REGISTRY,
 )
-CHECKS = Counter(
-    "lineguard_loop_checks", "Refit checks run, by outcome (ok, failed)", ["outcome"], registry=REGISTRY
-)
+CHECKS = LOOP.counter("checks", "Refit checks run, by outcome (ok, failed)", {"outcome": ("ok", "failed")})

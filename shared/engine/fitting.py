@@ -24,7 +24,8 @@ from PIL import Image
 from shared.engine.backbones import file_sha256, get_spec, resolve_weights
 from shared.engine.calibration import f1_optimal_threshold, out_of_fold, threshold_at_frr
 from shared.engine.class_model import ClassModel, raw_maps
-from shared.engine.config import FitConfig, FitProgress, is_valid_class_name
+from shared.engine.config import FitConfig, FitProgress, RuntimeOptions, is_valid_class_name
+from shared.engine.export import export_backbone
 from shared.engine.feature_store import FeatureStore
 from shared.engine.features import FeatureExtractor, make_extractor
 from shared.engine.images import ImageSource, LazyImages, load_image_file, load_source
@@ -224,7 +225,13 @@ def _fit_class(
 ) -> ClassModel:
     """One class: features stored once, a threshold from scores of images their scorer never saw,
     the final scorer, routing prototype and distance."""
-    parts, cross_fitted = _calibration_split(len(sources), config)
+    # A trained network's scores are on a scale of its own: one trained again on more images would
+    # not match a threshold set on the fold networks' scores. Learned scorers therefore keep the
+    # network calibrated on a single held-out share, and serve it.
+    refits = getattr(scorer_type, "refit_on_all_normals", True)
+    parts, cross_fitted = _calibration_split(
+        len(sources), config if refits else replace(config, calibration_folds=1)
+    )
     store = FeatureStore(workdir / f"{name}.features", parts, cyclic=cross_fitted)
     try:
         progress.stage(f"{name}: features", len(sources))
@@ -260,7 +267,7 @@ def _fit_class(
         held = np.flatnonzero(~np.isnan(scores))
         raw = scores[held]
         threshold = threshold_at_frr(raw, config.target_frr)
-        final_on_all = cross_fitted or config.bank_from_all_normals
+        final_on_all = refits and (cross_fitted or config.bank_from_all_normals)
         if final_on_all:
             # The threshold came from images their scorer had not seen. The final scorer covers all
             # of them (more normal variety); new normal images can then only score a little lower.
@@ -339,6 +346,8 @@ def fit_model(
     progress: FitProgress | None = None,
     *,
     defects: Mapping[str, Sequence[DefectInput]] | None = None,
+    options: RuntimeOptions | None = None,
+    export: bool = False,
 ) -> InspectionModel:
     """Fit one model for all classes in ``data`` (class name -> normal training images).
 
@@ -348,6 +357,9 @@ def fit_model(
     and not adopted. The thresholds always come from normal images only: by default out-of-fold
     scores over all of them (``FitConfig.calibration_folds``, ``shared.engine.calibration``).
     Features are kept on disk in a temporary folder while a class is fitted (``feature_store``).
+    ``export``: give the model its backbone's ONNX export (parity-checked, saved with it), which
+    OpenVINO and ONNX Runtime run; also made when ``options`` choose one of them for fitting.
+    ``options``: where and how the backbone runs while fitting (default: torch, CPU, fp32).
     """
     config = config or FitConfig()
     progress = progress or FitProgress()
@@ -364,7 +376,11 @@ def fit_model(
     spec = get_spec(config.backbone)
     weights_path = resolve_weights(spec, config.weights)
     config = replace(config, layers=config.layers or spec.default_layers, weights=str(weights_path))
-    extractor = make_extractor(config, weights_path)
+    options = options or RuntimeOptions()
+    extractor = make_extractor(config, weights_path, options=replace(options, runtime="torch"))
+    if export or options.runtime in ("openvino", "onnx"):
+        extractor.export = export_backbone(extractor)
+        extractor.use_runtime(options)
     scorer_type = scorer_class(config.scorer)
 
     class_models: list[ClassModel] = []

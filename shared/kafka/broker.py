@@ -163,14 +163,16 @@ class LocalBroker:
         return self.data_dir / "kraft"
 
     # ---- lifecycle ----
-    def start(self) -> BrokerStatus:
+    def start(self, *, wait: bool = True) -> BrokerStatus:
         """Start the broker (formatting storage on first use) and wait until it is ready.
 
-        Returns at once if this data directory's broker is already running and ready.
+        Returns at once if this data directory's broker is already running and ready. With
+        ``wait=False`` it returns once the process runs: a cluster's nodes answer only after a
+        quorum of them started, so ``shared.kafka.cluster`` starts all, then waits for each.
         """
         current = self.status()
         if current.running:
-            if current.ready:
+            if current.ready or not wait:
                 return current
             self._wait_ready(current.pid)
             return self.status()
@@ -197,6 +199,8 @@ class LocalBroker:
             )
         self._process = process
         self.pid_file.write_text(f"{process.pid}\n")
+        if not wait:
+            return self.status()
         try:
             self._wait_ready(process.pid, process)
         except BaseException:
@@ -351,8 +355,21 @@ class LocalBroker:
             command.append(f"-Dlog4j2.configurationFile={DEFAULT_LOG4J_CONFIG}")
         return [*command, "-cp", classpath]
 
+    def wait_ready(self) -> BrokerStatus:
+        """Wait until a broker started with ``start(wait=False)`` answers (stopping it on failure)."""
+        try:
+            self._wait_ready(self._read_pid(), self._process)
+        except BaseException:
+            self.stop()
+            raise
+        return self.status()
+
+    def _cluster_id(self) -> str:
+        """The KRaft cluster id storage is formatted with (a cluster's nodes share one)."""
+        return _new_cluster_id()
+
     def _format_storage(self, java: str, classpath: str) -> None:
-        cluster_id = _new_cluster_id()
+        cluster_id = self._cluster_id()
         command = [
             *self._java_command(java, classpath),
             "kafka.tools.StorageTool",

@@ -37,7 +37,7 @@ def setup_tracing(service: str, exporter: str = "none") -> None:
     elif exporter == "otlp":
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        except ImportError as exc:  # optional dependency
+        except ImportError as exc:  # pinned in requirements.lock; a trimmed install may lack it
             raise ConfigError(
                 "LINEGUARD_OTEL_EXPORTER=otlp needs opentelemetry-exporter-otlp-proto-http installed"
             ) from exc

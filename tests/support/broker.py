@@ -15,6 +15,7 @@ from pathlib import Path
 
 from shared.errors import BrokerError
 from shared.kafka.broker import LocalBroker, api_versions_ok, free_ports_settings
+from shared.kafka.cluster import KafkaCluster
 from shared.kafka.secure_broker import SecureLocalBroker
 from shared.settings import BrokerSettings, Settings
 
@@ -43,6 +44,20 @@ def throwaway_broker(data_dir: Path, heap: str = "512m") -> Iterator[LocalBroker
         yield broker
     finally:
         broker.stop()
+
+
+@contextlib.contextmanager
+def throwaway_cluster(data_dir: Path, nodes: int = 3, heap: str = "384m") -> Iterator[KafkaCluster]:
+    """A local KRaft cluster of ``nodes`` in ``data_dir`` on free ports (``lineguard kafka up --brokers``'s),
+    internal topics with ``nodes`` replicas and ``nodes - 1`` in sync; every node stopped on exit."""
+    libs_dir = Path(os.environ.get("LINEGUARD_BROKER__LIBS_DIR", BrokerSettings().libs_dir))
+    # Throw-away: a node that does not stop within 10 s of SIGTERM is killed.
+    cluster = KafkaCluster(data_dir, libs_dir, nodes=nodes, heap=heap, stop_timeout_s=10.0)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @contextlib.contextmanager

@@ -52,6 +52,13 @@ def sim_options(**changes: Any) -> SimOptions:
     return options
 
 
+def camera_sim_args(*options: str) -> list[str]:
+    """``lineguard camera-sim`` making the line's synthetic products at the line's size, then
+    ``options`` (rate, count, defect rate, ...)."""
+    products = ",".join(PRODUCTS)
+    return ["camera-sim", "--synthetic", "--products", products, "--size", str(IMAGE_SIZE), *options]
+
+
 def scorer_settings(settings: Settings, **scorer: Any) -> Settings:
     """Test settings for a scorer: its own group and transactional ids, short session timeout."""
     values = {

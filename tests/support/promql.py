@@ -62,6 +62,7 @@ class PromQLSyntaxError(ValueError):
 class Selector:
     metric: str
     labels: set[str] = field(default_factory=set)
+    matchers: dict[str, str] = field(default_factory=dict)  # label="value" (equality) matchers
 
 
 def tokens(expr: str) -> list[tuple[str, str]]:
@@ -129,6 +130,8 @@ def selectors(expr: str) -> list[Selector]:
             for j, (k, t) in enumerate(inner):
                 if k == "ident" and j + 1 < len(inner) and inner[j + 1][1] in ("=", "!=", "=~", "!~"):
                     selector.labels.add(t)
+                    if inner[j + 1][1] == "=" and j + 2 < len(inner) and inner[j + 2][0] == "str":
+                        selector.matchers[t] = inner[j + 2][1][1:-1]
             i = end
         found.append(selector)
     return found

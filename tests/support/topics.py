@@ -170,3 +170,22 @@ class TopicReader:
             await asyncio.sleep(0.1)
         await asyncio.sleep(settle)
         return self.received
+
+
+async def partition_leaders(settings: Settings, *names: str) -> dict[tuple[str, int], int]:
+    """The node id leading each partition of the topics ``names`` (logical names), -1 where none does."""
+    from shared.kafka.client import make_admin
+
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([settings.topic(name) for name in names])
+    finally:
+        await admin.close()
+    logical = {settings.topic(name): name for name in names}
+    return {
+        (logical[t["topic"]], p["partition"]): int(p["leader"])
+        for t in described
+        if t["error_code"] == 0
+        for p in t["partitions"]
+    }

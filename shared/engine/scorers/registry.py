@@ -19,6 +19,8 @@ SCORERS: Mapping[str, str] = MappingProxyType(
         "knn": "shared.engine.scorers.knn:KnnScorer",
         "patchcore": "shared.engine.scorers.knn:PatchCoreScorer",
         "gaussian": "shared.engine.scorers.gaussian:GaussianScorer",
+        "supersimplenet": "shared.engine.scorers.supersimplenet:SuperSimpleNetScorer",
+        "uninet": "shared.engine.scorers.uninet:UniNetScorer",
     }
 )
 SCORER_NAMES: tuple[str, ...] = tuple(SCORERS)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -298,7 +300,7 @@ def test_topics_are_made_by_the_code_before_any_service_starts() -> None:
     partitions = int(resolve(topics["command"][topics["command"].index("--frames-partitions") + 1]))
     assert partitions >= SERVICES["scorer"]["deploy"]["replicas"], "more scorers than frames partitions idle"
     for name, service in lineguard_services().items():
-        if name in ("topics", "plc-sim", "kafka-init", "kafka-setup"):
+        if name in ("topics", "plc-sim", "kafka-init", "kafka-setup", "claims-gc"):  # no Kafka
             continue
         assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully", name
         prefix = env(service)["LINEGUARD_TOPIC_PREFIX"]
@@ -360,6 +362,7 @@ def test_volumes_secrets_and_health_checks() -> None:
         "console",
         "plc-sim",
         "prometheus",
+        "alertmanager",
         "grafana",
     ):
         check = SERVICES[name]["healthcheck"]
@@ -372,6 +375,28 @@ def test_volumes_secrets_and_health_checks() -> None:
     for name, variable in secret_env.items():
         mounted = [m for m in secrets_of(SERVICES[name]) if not m.startswith("kafka_")]
         assert [env(SERVICES[name])[variable]] == [f"/run/secrets/{m}" for m in mounted]
+
+
+def test_prometheus_sends_its_alerts_to_the_composed_alertmanager() -> None:
+    am = SERVICES["alertmanager"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in am["volumes"] if m.startswith("./")}
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in am["command"]
+    assert (ROOT / mounts["/etc/alertmanager/alertmanager.yml"]).is_file()
+    managers = PROMETHEUS["alerting"]["alertmanagers"]
+    (target,) = [t for a in managers for s in a["static_configs"] for t in s["targets"]]
+    host, port = target.split(":")
+    assert host == "alertmanager" and f"{port}:{port}" in am["ports"]
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool not installed (`make ops-tools`)")
+def test_amtool_accepts_the_shipped_alertmanager_config() -> None:
+    result = subprocess.run(
+        ["amtool", "check-config", str(ROOT / "deploy/alertmanager/alertmanager.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_console_reads_the_explainers_report_store_and_publishes_its_port() -> None:
@@ -422,3 +447,14 @@ def test_every_long_running_container_rotates_its_logs() -> None:
         assert logging is not None, name
         assert logging["driver"] == "json-file" and logging["options"]["max-size"], name
         assert int(logging["options"]["max-file"]) >= 1, name
+
+
+def test_the_claim_check_store_is_written_by_cameras_and_read_by_everyone_who_reads_frames() -> None:
+    claims = "LINEGUARD_CLAIM_CHECK__URL"
+    for name in ("scorer", "explainer", "console", "shadow", "operator"):
+        service = SERVICES[name]
+        assert f"claims:{env(service)[claims]}:ro" in service["volumes"], name
+    for name in ("camera-sim", "claims-gc"):
+        service = SERVICES[name]
+        assert f"claims:{env(service)[claims]}" in service["volumes"], name
+    assert SERVICES["claims-gc"]["command"][:2] == ["claim-check", "gc"]

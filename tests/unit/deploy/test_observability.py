@@ -17,20 +17,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.promql import PromQLSyntaxError, selectors
+from shared.telemetry.metrics import LabelSpec
+from tests.support.metrics import all_service_metrics
+from tests.support.promql import PromQLSyntaxError, Selector, selectors
 
 ROOT = Path(__file__).resolve().parents[3]
 GRAFANA = ROOT / "deploy" / "grafana"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 RUNBOOK = ROOT / "docs" / "operations.md"
-METRIC_MODULES = (
-    "services.scorer.metrics",
-    "services.explainer.metrics",
-    "services.plc_bridge.metrics",
-    "services.alerts.metrics",
-    "services.camera_gateway.metrics",
-    "services.shadow.metrics",
-)
 # Series Prometheus itself makes for every target.
 PROMETHEUS_SERIES: dict[str, set[str] | None] = {"up": set(), "scrape_duration_seconds": set()}
 TARGET_LABELS = {"job", "instance"}
@@ -48,8 +42,8 @@ _SUFFIXES = {
 def exported_series() -> dict[str, set[str] | None]:
     """Sample name -> its label names (None: labels set at run time, as for an Info)."""
     series: dict[str, set[str] | None] = {}
-    for module_name in METRIC_MODULES:
-        registry = importlib.import_module(module_name).REGISTRY
+    for metrics in all_service_metrics():
+        registry = metrics.registry
         label_names: dict[str, tuple[str, ...]] = {}
         # prometheus_client keeps each collector's label names only on the collector itself.
         for collector, names in registry._collector_to_names.items():
@@ -126,6 +120,50 @@ def test_rule_test_series_are_exported_metrics(known: dict[str, set[str] | None]
     assert problems == []
 
 
+def zero_started_specs() -> dict[str, LabelSpec]:
+    """Sample name -> what its labels start at 0 with (``ServiceMetrics`` of every service)."""
+    specs: dict[str, LabelSpec] = {}
+    for metrics in all_service_metrics():
+        specs.update(metrics.specs)
+    return specs
+
+
+def test_rule_tests_start_at_zero_only_series_the_services_export_at_zero() -> None:
+    """A promtool series that starts at 0 proves an alert fires on the first event only if the
+    service really exports that series at 0 before its first event; else the test flatters the rule
+    (the series would appear at 1, and ``increase()`` would see nothing). A label value that comes
+    off the wire (a station in a verdict) is prepared at its first event: that event's own series
+    starts at 1, the others of that value at 0, so such a case needs one series of the value not
+    starting at 0."""
+    specs = zero_started_specs()
+    problems = []
+    checked = 0
+    for path in sorted((PROMETHEUS / "tests").glob("*.yml")):
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            zero_started: list[tuple[str, Selector, LabelSpec]] = []
+            first_events: set[tuple[str, str, str]] = set()  # (metric, label, value) seen at >0 first
+            for series in case["input_series"]:
+                starts_at_zero = re.match(r"^0(\D|$)", str(series["values"]).split()[0]) is not None
+                for selector in selectors(series["series"]):
+                    spec = specs.get(selector.metric)
+                    if spec is None:
+                        continue
+                    if starts_at_zero:
+                        zero_started.append((series["series"], selector, spec))
+                    else:
+                        first_events |= {(selector.metric, k, v) for k, v in selector.matchers.items()}
+            for text, selector, spec in zero_started:
+                checked += 1
+                for label, value in selector.matchers.items():
+                    if label not in spec.declared or spec.starts_at_zero(label, value):
+                        continue
+                    if spec.declared[label] == () and (selector.metric, label, value) in first_events:
+                        continue  # a wire value, prepared by its first event (another series here)
+                    problems.append(f"{case['name']}: {text} ({label}={value})")
+    assert checked > 0
+    assert problems == []
+
+
 def test_the_checker_sees_through_promql() -> None:
     expr = (
         'sum by (product_class) (rate(a_total{decision="reject", x=~"y|z"}[5m] offset 1h)) '
@@ -186,7 +224,20 @@ def test_dashboards_use_the_provisioned_datasource_and_are_well_formed() -> None
                 continue
             assert panel["datasource"]["uid"] == uid and panel["targets"], panel["title"]
             assert panel["gridPos"]["x"] >= 0 and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
-    assert uids == {"lineguard-line", "lineguard-model", "lineguard-explainer"}
+    assert uids == {"lineguard-line", "lineguard-model", "lineguard-explainer", "lineguard-services"}
+
+
+def test_every_exported_metric_is_on_a_dashboard_or_in_a_rule() -> None:
+    used = set()
+    for _, expr in dashboard_expressions() + rule_expressions():
+        used |= {re.sub(r"_(total|bucket|count|sum|info)$", "", s.metric) for s in selectors(expr)}
+    unseen = [
+        family.name
+        for metrics in all_service_metrics()
+        for family in metrics.registry.collect()
+        if not family.name.startswith(("process_", "python_")) and family.name not in used
+    ]
+    assert unseen == []
 
 
 def _slug(heading: str) -> str:

@@ -72,3 +72,14 @@ def test_a_failure_that_is_not_configuration_exits_1_with_one_line(
 def test_a_usage_error_inside_a_command_exits_2(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     assert main(["demo", "--products", "washer", "--workdir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == "lineguard: --products: the demo needs at least two products"
+
+
+def test_version_prints_the_package_version_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+    from pathlib import Path
+
+    declared = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.strip() == f"lineguard {declared['project']['version']}"

@@ -35,12 +35,14 @@ def test_states_survive_a_restart_and_a_line_torn_by_a_crash(tmp_path: Path) -> 
 
 def test_the_ledger_is_capped_and_old_entries_expire(tmp_path: Path) -> None:
     path = tmp_path / "deliveries.jsonl"
-    before = metrics.REGISTRY.get_sample_value("lineguard_alerts_ledger_evictions_total") or 0.0
+    before = metrics.REGISTRY.get_sample_value("lineguard_alerts_evictions_total", {"map": "ledger"}) or 0.0
     small = ledger(path, max_entries=3)
     for n in range(5):
         small.record([alert_event(f"c-{n}", raised_at=n)], DELIVERED, f"k{n}")
     assert [e.alert_id for e in small.entries()] == ["c-2", "c-3", "c-4"]
-    assert metrics.REGISTRY.get_sample_value("lineguard_alerts_ledger_evictions_total") == before + 2
+    assert (
+        metrics.REGISTRY.get_sample_value("lineguard_alerts_evictions_total", {"map": "ledger"}) == before + 2
+    )
     small.close()
     expired = DeliveryLedger(path, retention_s=60, max_entries=3, clock=lambda: 1e12)
     assert list(expired.entries()) == [] and path.read_text() == ""

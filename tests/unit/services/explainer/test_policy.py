@@ -65,12 +65,17 @@ def test_reference_cache_is_capped_for_class_names_off_the_wire(tmp_path: Path) 
     from services.explainer import metrics
     from services.explainer.policy import MAX_REFERENCE_CLASSES
 
-    before = metrics.REGISTRY.get_sample_value("lineguard_explainer_reference_classes_evicted_total") or 0.0
+    before = (
+        metrics.REGISTRY.get_sample_value("lineguard_explainer_evictions_total", {"map": "reference_classes"})
+        or 0.0
+    )
     library = ReferenceLibrary(tmp_path, per_class=1)
     for n in range(MAX_REFERENCE_CLASSES + 10):
         assert library.for_class(f"hostile-{n}") == []
     assert len(library._cache) == MAX_REFERENCE_CLASSES
-    evicted = metrics.REGISTRY.get_sample_value("lineguard_explainer_reference_classes_evicted_total")
+    evicted = metrics.REGISTRY.get_sample_value(
+        "lineguard_explainer_evictions_total", {"map": "reference_classes"}
+    )
     assert evicted == before + 10
 
 

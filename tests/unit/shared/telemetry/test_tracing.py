@@ -33,3 +33,31 @@ def test_malformed_or_missing_trace_headers_give_no_link() -> None:
     assert span_link([("traceparent", b"garbage")]) is None
     assert span_link([("traceparent", b"\xff\xfe")]) is None
     assert span_link([("traceparent", b"0" * 4096)]) is None
+
+
+def test_the_otlp_exporter_sends_spans_to_a_real_otlp_http_receiver() -> None:
+    """``LINEGUARD_OTEL_EXPORTER=otlp`` (the documented setting) in a fresh process: its spans reach
+    an OTLP/HTTP receiver on localhost, flushed when the process exits."""
+    import subprocess
+    import sys
+
+    from tests.support.otlp_receiver import OtlpReceiver
+    from tests.support.processes import process_env
+
+    program = (
+        "from opentelemetry import trace\n"
+        "from shared.telemetry.tracing import setup_tracing\n"
+        "setup_tracing('probe', 'otlp')\n"
+        "with trace.get_tracer('t').start_as_current_span('outer'):\n"
+        "    with trace.get_tracer('t').start_as_current_span('inner'):\n"
+        "        pass\n"
+    )
+    with OtlpReceiver() as receiver:
+        env = process_env({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
+        done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr.decode()
+        spans = {s.name: s for s in receiver.received()}
+    assert set(spans) == {"outer", "inner"}
+    assert {s.service for s in spans.values()} == {"probe"}
+    assert spans["inner"].trace_id == spans["outer"].trace_id
+    assert spans["inner"].parent_span_id == spans["outer"].span_id

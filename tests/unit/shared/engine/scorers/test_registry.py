@@ -57,7 +57,8 @@ def mean_registered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_config_offers_exactly_the_registered_names() -> None:
-    assert SCORER_KINDS == registry.SCORER_NAMES == ("knn", "patchcore", "gaussian")
+    expected = ("knn", "patchcore", "gaussian", "supersimplenet", "uninet")
+    assert SCORER_KINDS == registry.SCORER_NAMES == expected
 
 
 @pytest.mark.parametrize("name", registry.SCORER_NAMES)
@@ -68,7 +69,7 @@ def test_every_registered_scorer_is_importable_and_has_the_protocol(name: str) -
 
 
 def test_an_unregistered_scorer_is_refused() -> None:
-    with pytest.raises(ConfigError, match="choose one of knn, patchcore, gaussian"):
+    with pytest.raises(ConfigError, match="choose one of knn, patchcore, gaussian, supersimplenet, uninet"):
         FitConfig(scorer="padim")
     with pytest.raises(ConfigError, match="unknown scorer 'padim'"):
         scorer_class("padim")
