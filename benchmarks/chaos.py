@@ -539,13 +539,14 @@ def scorer_section(settings: Settings, prefix: str, args: argparse.Namespace) ->
     )
 
 
-async def caught_up(settings: Settings, group_id: str, topic: str, partitions: int) -> int:
-    """Records of ``topic`` past the group's committed offsets (0: it has committed everything)."""
-    behind = 0
-    for partition in range(partitions):
-        committed, end = await committed_and_end(settings, group_id, topic, partition)
-        behind += end - (committed or 0)
-    return behind
+async def behind(settings: Settings, group_id: str, name: str, reader: TopicReader) -> int:
+    """Records of topic ``name`` that ``reader`` has read and the group has not committed yet (0: it
+    has caught up)."""
+    count = 0
+    for partition, next_offset in reader.next_offsets().items():
+        committed, _ = await committed_and_end(settings, group_id, name, partition)
+        count += max(0, next_offset - (committed or 0))
+    return count
 
 
 async def wait_downstream(
@@ -553,21 +554,19 @@ async def wait_downstream(
 ) -> float:
     """Until the explainer reported every reject/review verdict and the bridge committed every
     verdict (its commits follow what the PLC shows), or nothing moved for ``idle_s``."""
-    from shared.kafka.topics import TOPICS
-
-    parts = {spec.name: spec.partitions or args.partitions for spec in TOPICS}
     defective = {v.frame_id for v in verdicts.received.values if v.decision in ("reject", "review")}
     started = time.monotonic()
     last, last_change = None, time.monotonic()
     while time.monotonic() - started < args.drain_limit_s:
         reported = {r.frame_id for r in reports.received.values}
-        bridge = await caught_up(settings, f"{settings.topic_prefix}-plc", "verdicts", parts["verdicts"])
+        bridge = await behind(settings, f"{settings.topic_prefix}-plc", "verdicts", verdicts)
         state = (len(defective - reported), bridge)
         if state == (0, 0):
             break
         if state != last:
             last, last_change = state, time.monotonic()
         elif time.monotonic() - last_change > args.idle_s:
+            print(f"  gave up: {state[0]} reports missing, bridge {state[1]} verdicts behind", flush=True)
             break
         await asyncio.sleep(1.0)
     await asyncio.sleep(3.0)  # a duplicate report would arrive now
