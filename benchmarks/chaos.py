@@ -13,7 +13,10 @@ records at ``--rate`` per second, ``--hostile`` of them from ``tests.support.fuz
 frames: bytes, headers, keys, sizes up to the topic's limit). Meanwhile, at random moments in the
 middle of the stream: ``--scorer-kills`` scorer SIGKILLs (one of them while the group rebalances
 after the previous one), one broker SIGKILLed and restarted, then the leader of frames partition 0
-SIGKILLed and restarted.
+SIGKILLed and restarted. The rest of the line runs too: ``lineguard explainer`` (no VLM: fallback
+reports) and ``lineguard plc-bridge`` (Modbus TCP into the simulated PLC of ``lineguard plc-sim``,
+served from a thread of this process and read every ``--plc-sample-s``), each SIGKILLed once at a
+random moment and restarted at once.
 
 Fuzz-only mode: no faults, ``--brokers 1`` by default. A clean run (``--clean-frames`` good frames)
 and the fuzz run are each put on the topic first and then drained by the scorers; good frames per
@@ -22,8 +25,14 @@ second from the first to the last good verdict, fuzz / clean.
 Afterwards, read with ``read_committed``: every acknowledged record has exactly one verdict (by its
 frame id) or one dead letter (by its partition and offset), never both; no frame id twice on
 verdicts, no record twice on the dead-letter topic; nothing left uncommitted on frames (the
-scorers' committed offsets reach the end of every partition). Latency is capture to the verdict
-being read, for good frames. Prints a summary (``--json FILE`` writes it); exit 1 if any check fails.
+scorers' committed offsets reach the end of every partition). In chaos mode also
+(``benchmarks.chaos_checks``): every reject/review verdict has exactly one defect event and one
+report; no duplicates on ``defects``, ``reports`` or ``alerts``; the PLC never showed ``pass`` for a
+frame without a committed ``pass`` verdict of its station (the sampled decision and last frame id),
+and each station's pass counter at the end does not exceed its committed pass verdicts. Per fault,
+the seconds to the line working again: the next verdict (scorer and broker faults), the next report
+(explainer) or the next PLC heartbeat (bridge). Latency is capture to the verdict being read, for
+good frames. Prints a summary (``--json FILE`` writes it); exit 1 if any check fails.
 """
 
 from __future__ import annotations
