@@ -10,25 +10,38 @@ reported too); then routing + scoring with 1 and with 20 classes.
 The banks are built from the backbone's real patch features of synthetic images, resampled with
 noise to the wanted size (search cost depends on bank size and dimension, not on content).
 Prints one JSON object at the end.
+
+With ``--runtimes``, it compares instead the backbone runtimes on one backbone (efficientnet_lite0
+with its real weights by default), ``score_batch`` at batch 8 with a 10k bank, by ``--workers``
+threads at once (the scorer's model workers) for ``--seconds`` each, in ``--rounds`` rounds; every
+round runs the reference (today's torch path: fp32, NCHW) before and after the others, and each
+candidate's ratio is to the mean of those two, the result the median ratio over the rounds:
+
+    .venv/bin/python benchmarks/engine_latency.py --runtimes torch-nchw torch openvino onnx \
+        --workers 2 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from shared.engine.class_model import ClassModel
-from shared.engine.config import INDEX_KINDS, FitConfig
+from shared.engine.config import INDEX_KINDS, FitConfig, RuntimeOptions
 from shared.engine.fitting import fit_model
 from shared.engine.model import InspectionModel
+from shared.engine.persistence import load_model, save_model
 from shared.engine.scorers.index import KnnBank, build_index, set_search_threads
 from shared.engine.scorers.knn import KnnScorer
 from shared.synthetic import SYNTHETIC_CLASSES, render_sample
@@ -76,6 +89,111 @@ def time_scoring(
     }
 
 
+RUNTIME_VARIANTS = {
+    "torch-nchw": RuntimeOptions(runtime="torch", channels_last=False),  # today's path: the reference
+    "torch": RuntimeOptions(runtime="torch"),  # channels-last
+    "torch-bf16": RuntimeOptions(runtime="torch", precision="bf16"),
+    "openvino": RuntimeOptions(runtime="openvino"),
+    "openvino-bf16": RuntimeOptions(runtime="openvino", precision="bf16"),
+    "onnx": RuntimeOptions(runtime="onnx"),
+}
+
+
+def throughput(
+    model: InspectionModel, images: list[np.ndarray], batch: int, workers: int, seconds: float
+) -> dict[str, float]:
+    """Images/s of ``workers`` threads each scoring whole batches for ``seconds``, and the backbone's
+    share of one image's time."""
+    chunks = [images[i : i + batch] for i in range(0, len(images), batch)]
+    for chunk in chunks[:workers]:
+        model.score_batch(chunk)  # warm-up (each worker's first call initialises lazily)
+    counts = [0] * workers
+    timings = [dict[str, float]() for _ in range(workers)]
+    deadline = time.perf_counter() + seconds
+
+    def work(worker: int) -> None:
+        turn = worker
+        while time.perf_counter() < deadline:
+            chunk = chunks[turn % len(chunks)]
+            model.score_batch(chunk, timings=timings[worker])
+            counts[worker] += len(chunk)
+            turn += workers
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    total = sum(counts)
+    backbone = sum(t.get("backbone", 0.0) for t in timings)
+    return {
+        "images_per_s": total / elapsed,
+        "backbone_ms_per_image": backbone / total * 1000,
+        "knn_ms_per_image": sum(t.get("knn", 0.0) for t in timings) / total * 1000,
+    }
+
+
+def compare_runtimes(args: argparse.Namespace, images: list[np.ndarray], folder: Path) -> dict[str, object]:
+    backbone = args.backbones[0]
+    weights = str(random_weights(backbone, folder)) if backbone in TIMM_NAMES else None
+    rng = np.random.default_rng(1)
+    config = FitConfig(backbone=backbone, weights=weights, input_size=224, bank_size=2000)
+    train = {"fabric": [render_sample("fabric", rng, 224)[0] for _ in range(6)]}
+    fitted = fit_model(train, config, options=RUNTIME_VARIANTS["torch-nchw"], export=True)
+    features, _ = fitted.embed(images[:8])
+    bank = resampled_bank(features.reshape(-1, features.shape[-1]), 10_000, rng)
+    fitted.class_models[0].scorer = KnnScorer(KnnBank(build_index(bank, "flat"), 1))
+    save_model(fitted, folder / "model")
+    options = {"threads": args.threads, "workers": args.workers}
+    models = {
+        name: load_model(folder / "model", options=replace(RUNTIME_VARIANTS[name], **options))
+        for name in ["torch-nchw", *[r for r in args.runtimes if r != "torch-nchw"]]
+    }
+    runs_as = {name: f"{m.extractor.runtime} {m.extractor.backend.precision}" for name, m in models.items()}
+    rounds: list[dict[str, dict[str, float]]] = []
+    for index in range(args.rounds):
+        def run(name: str) -> dict[str, float]:
+            return throughput(models[name], images, 8, args.workers, args.seconds)
+
+        measured = {"torch-nchw before": run("torch-nchw")}
+        for name in models:
+            if name != "torch-nchw":
+                measured[name] = run(name)
+        measured["torch-nchw after"] = run("torch-nchw")
+        measured["load average"] = {"1 min": os.getloadavg()[0]}
+        rounds.append(measured)
+        print(f"round {index + 1}", json.dumps(measured), flush=True)
+    summary: dict[str, object] = {}
+    for name in models:
+        if name == "torch-nchw":
+            continue
+        ratios = [
+            r[name]["images_per_s"]
+            / ((r["torch-nchw before"]["images_per_s"] + r["torch-nchw after"]["images_per_s"]) / 2)
+            for r in rounds
+        ]
+        summary[name] = {
+            "runs_as": runs_as[name],
+            "images_per_s_median": round(float(np.median([r[name]["images_per_s"] for r in rounds])), 1),
+            "backbone_ms_median": round(
+                float(np.median([r[name]["backbone_ms_per_image"] for r in rounds])), 2
+            ),
+            "ratio_to_torch_nchw_per_round": [round(x, 2) for x in ratios],
+            "ratio_to_torch_nchw_median": round(float(np.median(ratios)), 2),
+        }
+    reference = [r[k]["images_per_s"] for r in rounds for k in ("torch-nchw before", "torch-nchw after")]
+    summary["torch-nchw"] = {
+        "runs_as": runs_as["torch-nchw"],
+        "images_per_s_median": round(float(np.median(reference)), 1),
+        "backbone_ms_median": round(
+            float(np.median([r["torch-nchw before"]["backbone_ms_per_image"] for r in rounds])), 2
+        ),
+    }
+    return {"backbone": backbone, "workers": args.workers, "threads": args.threads, "summary": summary}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbones", nargs="+", default=["dinov2_vits14", "dinov2_vitb14"])
@@ -86,7 +204,15 @@ def main() -> int:
     parser.add_argument("--indexes", nargs="+", default=["flat", "pca-refine"], choices=INDEX_KINDS)
     parser.add_argument("--reduced-dims", type=int, default=128, help="pca-refine candidate dims")
     parser.add_argument("--refine-factor", type=int, default=8, help="pca-refine candidates per neighbour")
+    parser.add_argument(
+        "--runtimes", nargs="+", choices=RUNTIME_VARIANTS, help="compare backbone runtimes (see above)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="--runtimes: threads scoring at once")
+    parser.add_argument("--rounds", type=int, default=3, help="--runtimes: bracketed rounds")
+    parser.add_argument("--seconds", type=float, default=8.0, help="--runtimes: per measurement")
     args = parser.parse_args()
+    if args.runtimes and "--backbones" not in sys.argv:
+        args.backbones = ["efficientnet_lite0"]
     torch.set_num_threads(args.threads)
     set_search_threads(args.search_threads)
     rng = np.random.default_rng(0)
@@ -98,6 +224,13 @@ def main() -> int:
         "results": {},
     }
     results: dict[str, object] = {}
+    if args.runtimes:
+        report["load_average_at_start"] = os.getloadavg()[0]
+        with tempfile.TemporaryDirectory() as folder:
+            report["runtimes"] = compare_runtimes(args, images, Path(folder))
+        report["load_average_at_end"] = os.getloadavg()[0]
+        print(json.dumps(report))
+        return 0
     with tempfile.TemporaryDirectory() as folder:
         for backbone in args.backbones:
             weights = random_weights(backbone, Path(folder))

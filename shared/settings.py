@@ -9,6 +9,7 @@ validated when a service starts, so a bad value stops it with a message naming t
 from __future__ import annotations
 
 import json
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.engine.config import Decision
+from shared.engine.config import Decision, Device, Precision, RuntimeChoice, RuntimeOptions
 from shared.errors import ConfigError
 from shared.limits import MAX_FILE_BYTES, MAX_IMAGE_BYTES, MAX_PIXELS, MAX_REFERENCED_PIXELS
 
@@ -151,6 +152,9 @@ class BrokerSettings(BaseModel):
     stop_timeout_s: float = Field(30.0, gt=0)
 
 
+GPU_DEFAULTS = {"max_batch": 32, "model_workers": 1, "search_threads": max(1, min(8, os.cpu_count() or 1))}
+
+
 class ScorerSettings(BaseModel):
     model_dir: Path | None = None
     group_id: str = "lineguard-scorer"
@@ -162,8 +166,14 @@ class ScorerSettings(BaseModel):
     # 48-52 vs 37-42 images/s on 2 cores (docs/benchmarks.md), and work from the Kafka client or
     # the broker then stalls one worker instead of every thread of a parallel region. On a GPU use 1.
     model_workers: int = Field(2, ge=1, le=64)
-    torch_threads: int = Field(1, ge=1, le=256)
+    torch_threads: int = Field(1, ge=1, le=256)  # intra-op threads per worker, whatever the runtime
     search_threads: int = Field(1, ge=1, le=256)
+    # The backbone (docs/operations.md, "Engine runtime"): torch, openvino or onnx; auto = OpenVINO
+    # for a model that carries its backbone export (3-4x torch on 2 CPU cores, docs/benchmarks.md),
+    # torch otherwise. device cuda runs torch on the GPU; precision auto = bf16 where native.
+    runtime: RuntimeChoice = "auto"
+    device: Device = "cpu"
+    precision: Precision = "fp32"
     late_policy: LatePolicy = LatePolicy.REJECT
     max_image_bytes: int = Field(MAX_IMAGE_BYTES, ge=1024)
     max_image_pixels: int = Field(MAX_PIXELS, ge=64)
@@ -194,6 +204,29 @@ class ScorerSettings(BaseModel):
     # each alert-detector map; past the cap they are counted as "other" / the oldest is evicted.
     max_label_values: int = Field(256, ge=1, le=100_000)
     max_alert_keys: int = Field(4096, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _gpu_defaults(self) -> ScorerSettings:
+        # One GPU: one model worker with large batches (the GPU works in parallel within a batch;
+        # more workers would only queue on it), and the CPU's cores for the faiss search meanwhile.
+        # Only where the operator has not set the value.
+        if self.device == "cuda":
+            if self.runtime in ("openvino", "onnx"):
+                raise ValueError(f"runtime {self.runtime} runs on the CPU only; on cuda use torch or auto")
+            for name, value in GPU_DEFAULTS.items():
+                if name not in self.model_fields_set:
+                    setattr(self, name, value)
+        return self
+
+    def runtime_options(self) -> RuntimeOptions:
+        """How each model worker runs the backbone."""
+        return RuntimeOptions(
+            runtime=self.runtime,
+            device=self.device,
+            precision=self.precision,
+            threads=self.torch_threads,
+            workers=self.model_workers,
+        )
 
     @field_validator("trusted_keys", mode="before")
     @classmethod

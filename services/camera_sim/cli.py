@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from services.arguments import positive_int, probability
 from shared.errors import ConfigError, ImageError
 from shared.lifecycle import run_service
+from shared.limits import MAX_DIMENSION
 
 if TYPE_CHECKING:
     from services.camera_sim.core import SimOptions
@@ -34,6 +35,17 @@ def _options_from_args(args: argparse.Namespace) -> SimOptions:
         products=_comma_list(args.products), bad_kinds=_comma_list(args.bad_kinds), count=args.count or None
     )
     return SimOptions(**values)
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    try:
+        size = (int(width), int(height))
+    except ValueError:
+        raise argparse.ArgumentTypeError("frame size is WIDTHxHEIGHT, e.g. 2448x2048") from None
+    if min(size) < 32 or max(size) > MAX_DIMENSION:
+        raise argparse.ArgumentTypeError(f"frame sides must be 32-{MAX_DIMENSION} pixels")
+    return size
 
 
 def _comma_list(text: str | None) -> list[str]:
@@ -74,4 +86,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--hint", action="store_true", help="send the product class as a hint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-id", help="prefix of frame ids (default: random)")
+    parser.add_argument(
+        "--frame-size",
+        type=_frame_size,
+        help="synthetic: scale renders up to WIDTHxHEIGHT with sensor noise, like a camera frame",
+    )
+    parser.add_argument(
+        "--encoding", choices=("jpeg", "png", "raw8"), default="jpeg", help="synthetic frames' encoding"
+    )
+    parser.add_argument("--jpeg-quality", type=positive_int, default=92)
     parser.set_defaults(handler=_command)

@@ -77,6 +77,11 @@ class SimOptions:
     hint: bool = False
     seed: int = 0
     run_id: str | None = None
+    # Synthetic renders as a plant's camera sends them: scaled up to frame_size (width, height) with
+    # sensor noise, encoded as jpeg (at jpeg_quality), png or raw8 (mono8, 1 byte a pixel).
+    frame_size: tuple[int, int] | None = None
+    encoding: str = "jpeg"
+    jpeg_quality: int = 92
 
 
 @dataclass

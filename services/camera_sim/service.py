@@ -39,7 +39,19 @@ async def run_camera_sim(settings: Any, options: SimOptions, stop: asyncio.Event
     samples = load_samples(options)
     cameras = camera_ids(settings.camera_sim.camera_id, options.cameras)
     # Encode every sample before the clock starts, so pacing is not disturbed by rendering.
-    images = await asyncio.to_thread(lambda: [sample_image(s, options.size) for s in samples])
+    images = await asyncio.to_thread(
+        lambda: [
+            sample_image(
+                s,
+                options.size,
+                frame_size=options.frame_size,
+                encoding=options.encoding,
+                jpeg_quality=options.jpeg_quality,
+            )
+            for s in samples
+        ]
+    )
+    raw_size = options.frame_size or (options.size, options.size)  # raw8 frames carry their size
     plan = frame_plan(
         len(samples),
         count=options.count,
@@ -92,6 +104,8 @@ async def run_camera_sim(settings: Any, options: SimOptions, stop: asyncio.Event
                 captured_at=time.time_ns(),
                 encoding=encoding,
                 image=image,
+                width=raw_size[0] if encoding == "raw8" else None,
+                height=raw_size[1] if encoding == "raw8" else None,
                 product=sample.product if options.hint else None,
                 deadline_ms=options.deadline_ms,
             )

@@ -15,7 +15,16 @@ from typing import Any
 from services.arguments import positive_int
 from services.model_tools import report
 from shared.engine.backbones import BACKBONES
-from shared.engine.config import INDEX_KINDS, SCORER_KINDS, FitConfig, FitProgress
+from shared.engine.config import (
+    DEVICES,
+    INDEX_KINDS,
+    PRECISIONS,
+    RUNTIME_CHOICES,
+    SCORER_KINDS,
+    FitConfig,
+    FitProgress,
+    RuntimeOptions,
+)
 from shared.errors import LineguardError
 
 BACKBONE_NAMES = tuple(BACKBONES)
@@ -27,6 +36,33 @@ def _layers(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError("layers are comma-separated integers, e.g. 2,3") from None
+
+
+def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """--runtime, --device, --precision; each defaults to the scorer's setting (LINEGUARD_SCORER__*)."""
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        help="backbone runtime (default: LINEGUARD_SCORER__RUNTIME, auto: openvino when the model has "
+        "its backbone export, else torch)",
+    )
+    parser.add_argument("--device", choices=DEVICES, help="default: LINEGUARD_SCORER__DEVICE (cpu)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, help="default: LINEGUARD_SCORER__PRECISION (fp32)"
+    )
+
+
+def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
+    """The backbone's runtime options: the command's flags over the scorer's settings."""
+    from shared.settings import load_settings
+
+    scorer = load_settings().scorer
+    return RuntimeOptions(
+        runtime=args.runtime or scorer.runtime,
+        device=args.device or scorer.device,
+        precision=args.precision or scorer.precision,
+        threads=args.threads,
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -101,6 +137,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep the calibration images out of the final bank (default: refit the bank on all normals)",
     )
     fit.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
+    fit.add_argument(
+        "--no-export",
+        action="store_true",
+        help="leave out the backbone's ONNX export (then the model runs with the torch runtime only)",
+    )
+    _add_runtime_arguments(fit)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", required=True, help="model directory to write")
     fit.add_argument("--force", action="store_true", help="replace an existing model directory")
@@ -112,6 +154,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--class", dest="classes", action="append", metavar="NAME")
     evaluate.add_argument("--batch-size", type=positive_int, default=1)
     evaluate.add_argument("--threads", type=positive_int)
+    _add_runtime_arguments(evaluate)
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line")
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -121,8 +164,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--hint", help="expected product class (cross-checked)")
     score.add_argument("--overlay-dir", help="write <name>_overlay.png heatmaps here")
     score.add_argument("--threads", type=positive_int)
+    _add_runtime_arguments(score)
     score.add_argument("--json", action="store_true", help="end with one JSON line")
     score.set_defaults(handler=run_score)
+
+    export = subparsers.add_parser(
+        "export",
+        help="add the backbone's ONNX export to a model (for the openvino and onnx runtimes)",
+        description="Load the model with torch, export its backbone to ONNX, check the export against "
+        "torch on probe images, and write the model with the export (hashed in its manifest).",
+    )
+    export.add_argument("--model", required=True, help="model directory")
+    export.add_argument("--out", help="write the exported model here (default: replace --model)")
+    export.add_argument("--weights", help="the backbone weight file (default: found by its sha256)")
+    export.add_argument("--weights-dir", help="folder to find the weight file in by its sha256")
+    export.add_argument("--threads", type=positive_int)
+    export.set_defaults(handler=run_export)
 
 
 def _fail(message: str) -> int:
@@ -195,12 +252,17 @@ def run_fit(args: argparse.Namespace) -> int:
             labelled_per_type=args.labelled_defects,
             labelled_dir=args.labelled_defects_dir,
             progress=progress,
+            options=runtime_options(args),
+            export=not args.no_export,
         )
     except LineguardError as exc:
         return _fail(str(exc))
     finally:
         progress.close()
-    print(f"model {model.version} ({', '.join(model.classes)}) written to {out}")
+    print(
+        f"model {model.version} ({', '.join(model.classes)}) written to {out}; backbone ran in "
+        f"{model.extractor.runtime}{', ' + _export_line(model) if model.extractor.export else ''}"
+    )
     training = model.metadata.get("training_data", {})
     for class_model in model.class_models:
         for line in _fit_lines(
@@ -265,6 +327,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             args.data,
             args.classes,
             batch_size=args.batch_size,
+            options=runtime_options(args),
             on_start=lambda total: bars.append(
                 tqdm(total=total, desc="scoring", unit="img", file=sys.stderr)
             ),
@@ -276,7 +339,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for bar in bars:
             bar.close()
     fit_seconds = model.metadata.get("fit_seconds")
-    print(f"model {model.version}: backbone {model.backbone_name}, fit time {fit_seconds} s")
+    print(
+        f"model {model.version}: backbone {model.backbone_name} ({model.extractor.runtime}, "
+        f"{model.extractor.backend.precision}), fit time {fit_seconds} s"
+    )
     for name, metrics in result["classes"].items():
         for line in report.class_lines(name, metrics):
             print(f"  {line}")
@@ -298,7 +364,7 @@ def run_score(args: argparse.Namespace) -> int:
 
     core.set_threads(args.threads)
     try:
-        model = load_model(args.model)
+        model = load_model(args.model, options=runtime_options(args))
     except LineguardError as exc:
         return _fail(str(exc))
     overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None
@@ -327,3 +393,23 @@ def run_score(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model_version": model.version, "results": entries}))
     return 1 if failed else 0
+
+
+def _export_line(model: Any) -> str:
+    parity = model.extractor.export.facts["parity"]
+    worst = max(parity["max_abs_diff"].values())
+    largest = parity["reference_max_abs"]
+    return f"ONNX export included (largest difference to torch {worst:.2g}, features up to {largest:.3g})"
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from services.model_tools import core
+
+    core.set_threads(args.threads)
+    out = Path(args.out or args.model)
+    try:
+        model = core.export_model(args.model, out, weights=args.weights, weights_dir=args.weights_dir)
+    except LineguardError as exc:
+        return _fail(str(exc))
+    print(f"model {model.version} written to {out} with its backbone export; {_export_line(model)}")
+    return 0

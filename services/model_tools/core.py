@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from shared.engine.config import FitConfig, FitProgress, ScoreResult
+from shared.engine.config import FitConfig, FitProgress, RuntimeOptions, ScoreResult
 from shared.engine.dataset import IMAGE_SUFFIXES, ClassData, discover, labelled_defects
 from shared.engine.evaluation import evaluate
+from shared.engine.export import export_backbone
 from shared.engine.fitting import DefectSample, fit_model, source_sha256
 from shared.engine.images import load_image_file
 from shared.engine.model import InspectionModel
@@ -43,6 +44,8 @@ def fit_folder(
     labelled_per_type: int | None = None,
     labelled_dir: str | Path | None = None,
     progress: FitProgress | None = None,
+    options: RuntimeOptions | None = None,
+    export: bool = True,
 ) -> InspectionModel:
     """Fit a model on the normal training images of an MVTec-layout folder and write it to ``out``.
 
@@ -52,7 +55,8 @@ def fit_folder(
     ``labelled_per_type`` is given), with their masks where present. ``labelled_dir``'s
     ``<class>/train/good/`` images are confirmed normals: they join the class's normal images.
     ``defect_samples`` (a folder of defective images, one subfolder per class when there are
-    several classes) adds an F1-optimal threshold to each class's calibration record.
+    several classes) adds an F1-optimal threshold to each class's calibration record. ``export``:
+    include the backbone's ONNX export (``options`` choose the runtime that computes the features).
     """
     found = discover(data, classes)
     empty = [class_data.name for class_data in found if len(class_data.train) < 2]
@@ -70,7 +74,7 @@ def fit_folder(
                 confirmed[class_data.name] = _add_confirmed_normals(
                     training[class_data.name], class_data.train
                 )
-    model = fit_model(training, config, progress, defects=defects)
+    model = fit_model(training, config, progress, defects=defects, options=options, export=export)
     if labelled_dir is not None:
         model.metadata["training_data"]["confirmed_normals"] = confirmed
     if defect_samples:
@@ -119,6 +123,7 @@ def evaluate_folder(
     classes: list[str] | None,
     *,
     batch_size: int = 1,
+    options: RuntimeOptions | None = None,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> tuple[InspectionModel, dict[str, Any]]:
@@ -126,11 +131,26 @@ def evaluate_folder(
 
     ``on_start`` learns the number of test images before scoring begins (for a progress bar).
     """
-    model = load_model(model_dir)
+    model = load_model(model_dir, options=options)
     found = discover(data, classes)
     if on_start is not None:
         on_start(sum(len(class_data.test) for class_data in found))
     return model, evaluate(model, found, batch_size=batch_size, progress=progress)
+
+
+def export_model(
+    model_dir: str | Path,
+    out: str | Path,
+    *,
+    weights: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+) -> InspectionModel:
+    """The model at ``model_dir`` written to ``out`` (which may be the same directory, replaced
+    atomically) with its backbone's parity-checked ONNX export."""
+    model = load_model(model_dir, weights=weights, weights_dir=weights_dir, options=RuntimeOptions())
+    model.extractor.export = export_backbone(model.extractor)
+    save_model(model, out, overwrite=True)
+    return model
 
 
 @dataclass

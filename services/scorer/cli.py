@@ -156,7 +156,9 @@ def prepare_announcement(model: Path, settings: Any, key: Any | None) -> tuple[s
     root = settings.scorer.models_root
     path = Path(os.path.abspath(model))
     # Refuse to announce what a scorer would refuse to load.
-    serving = load_model_dir(path, root=root, weights_dir=settings.scorer.weights_dir)
+    serving = load_model_dir(
+        path, root=root, weights_dir=settings.scorer.weights_dir, options=settings.scorer.runtime_options()
+    )
     announcement = announcement_for(path, models_root=root)
     if announcement.sha256 != serving.manifest_sha256:
         raise ModelRefused(f"{model} changed while it was being verified", reason="digest_mismatch")

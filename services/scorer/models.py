@@ -26,6 +26,7 @@ from typing import Any
 from services.scorer import metrics
 from services.scorer.metrics import REFUSAL_REASONS
 from services.scorer.trust import AnnouncementGate, load_trusted_keys
+from shared.engine.config import RuntimeOptions
 from shared.errors import ArtifactError, LineguardError, MessageError, ModelRefused
 from shared.messages.codec import decode
 from shared.messages.schemas import ModelAnnouncement
@@ -131,12 +132,14 @@ def load_model_dir(
     expected_sha256: str | None = None,
     expected_version: str | None = None,
     source: str | None = None,
+    options: RuntimeOptions | None = None,
 ) -> ServingModel:
     """Load and verify a model directory (blocking: run it in a worker thread).
 
     ``root``: the directory must lie inside it (announced models); a relative ``path`` is relative to
-    it. ``expected_sha256``: the manifest digest the announcement names. Raises ``ModelRefused`` with
-    a reason from ``REFUSAL_REASONS``.
+    it. ``expected_sha256``: the manifest digest the announcement names. ``options``: the runtime,
+    device and precision of the backbone (``ScorerSettings.runtime_options``). Raises
+    ``ModelRefused`` with a reason from ``REFUSAL_REASONS``.
     """
     from shared.engine.artifacts import read_artifact
     from shared.engine.persistence import model_from_artifact
@@ -145,7 +148,7 @@ def load_model_dir(
         # The announced digest is checked before any file but the manifest is read.
         artifact = read_artifact(path, root=root, manifest_sha256=expected_sha256)
         actual = str(artifact.manifest["manifest_sha256"])
-        model = model_from_artifact(artifact, weights_dir=weights_dir)
+        model = model_from_artifact(artifact, weights_dir=weights_dir, options=options)
     except ArtifactError as exc:
         raise ModelRefused(f"{type(exc).__name__}: {exc}", reason=_artifact_reason(exc)) from exc
     except OSError as exc:
@@ -210,6 +213,7 @@ class ModelWatcher:
         self._loader = loader
         self._models_root: Path = cfg.models_root
         self._weights_dir: Path | None = cfg.weights_dir
+        self._options = cfg.runtime_options()
         self.gate = AnnouncementGate(
             load_trusted_keys(cfg.trusted_keys), max_skew_ns=int(cfg.announcement_max_skew_s * 1e9)
         )
@@ -354,6 +358,7 @@ class ModelWatcher:
                 expected_sha256=announcement.sha256,
                 expected_version=announcement.model_version,
                 source=f"announcement {announcement.model_version}",
+                options=self._options,
             )
         except ModelRefused as exc:
             self._refuse(announcement, exc.reason, str(exc))

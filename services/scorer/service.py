@@ -575,9 +575,22 @@ async def serve(
     """
     holder = ModelHolder()
     if model_dir is not None:
-        serving = await asyncio.to_thread(load_model_dir, model_dir, weights_dir=settings.scorer.weights_dir)
+        serving = await asyncio.to_thread(
+            load_model_dir,
+            model_dir,
+            weights_dir=settings.scorer.weights_dir,
+            options=settings.scorer.runtime_options(),
+        )
         holder = ModelHolder(serving)
-        log_event(log, "model_loaded", version=serving.version, path=str(model_dir))
+        log_event(
+            log,
+            "model_loaded",
+            version=serving.version,
+            path=str(model_dir),
+            runtime=serving.model.extractor.runtime,
+            precision=serving.model.extractor.backend.precision,
+            device=settings.scorer.device,
+        )
     watcher_task: asyncio.Task[None] | None = None
     if settings.scorer.watch_models:
         watcher = ModelWatcher(settings, holder, from_latest=model_dir is None)

@@ -141,6 +141,45 @@ class FitConfig:
             raise ConfigError("epochs must be at least 1")
 
 
+RuntimeName = Literal["torch", "openvino", "onnx"]
+RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
+# "auto": OpenVINO when the model carries a backbone export (the fastest measured on CPUs,
+# docs/benchmarks.md), torch otherwise and always on a GPU.
+RuntimeChoice = Literal["auto", "torch", "openvino", "onnx"]
+RUNTIME_CHOICES: tuple[str, ...] = get_args(RuntimeChoice)
+Device = Literal["cpu", "cuda"]
+DEVICES: tuple[str, ...] = get_args(Device)
+# "auto": bf16 where the hardware computes it natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs
+# with bf16), fp32 elsewhere; emulated bf16 is several times slower than fp32.
+Precision = Literal["fp32", "bf16", "auto"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How the backbone runs: which runtime, on which device, in which precision, with how many
+    threads per call and how many concurrent callers (the scorer's model workers)."""
+
+    runtime: RuntimeChoice = "torch"
+    device: Device = "cpu"
+    precision: Precision = "fp32"
+    threads: int | None = None  # intra-op threads per call; None: torch's current setting
+    workers: int = 1  # callers at once (OpenVINO gets one stream each)
+    channels_last: bool = True  # torch CNNs on CPU: NHWC convolutions (faster; off = the NCHW path)
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIME_CHOICES:
+            raise ConfigError(f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIME_CHOICES)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.device == "cuda" and self.runtime not in ("auto", "torch"):
+            raise ConfigError(f"the {self.runtime} runtime runs on the CPU only; on cuda use torch")
+        if (self.threads is not None and self.threads < 1) or self.workers < 1:
+            raise ConfigError("threads and workers must be at least 1")
+
+
 class FitProgress:
     """Progress hooks for fitting; the CLI draws bars with them. The default does nothing."""
 

@@ -24,7 +24,8 @@ from PIL import Image
 from shared.engine.backbones import file_sha256, get_spec, resolve_weights
 from shared.engine.calibration import f1_optimal_threshold, out_of_fold, threshold_at_frr
 from shared.engine.class_model import ClassModel, raw_maps
-from shared.engine.config import FitConfig, FitProgress, is_valid_class_name
+from shared.engine.config import FitConfig, FitProgress, RuntimeOptions, is_valid_class_name
+from shared.engine.export import export_backbone
 from shared.engine.feature_store import FeatureStore
 from shared.engine.features import FeatureExtractor, make_extractor
 from shared.engine.images import ImageSource, LazyImages, load_image_file, load_source
@@ -345,6 +346,8 @@ def fit_model(
     progress: FitProgress | None = None,
     *,
     defects: Mapping[str, Sequence[DefectInput]] | None = None,
+    options: RuntimeOptions | None = None,
+    export: bool = False,
 ) -> InspectionModel:
     """Fit one model for all classes in ``data`` (class name -> normal training images).
 
@@ -354,6 +357,9 @@ def fit_model(
     and not adopted. The thresholds always come from normal images only: by default out-of-fold
     scores over all of them (``FitConfig.calibration_folds``, ``shared.engine.calibration``).
     Features are kept on disk in a temporary folder while a class is fitted (``feature_store``).
+    ``export``: give the model its backbone's ONNX export (parity-checked, saved with it), which
+    OpenVINO and ONNX Runtime run; also made when ``options`` choose one of them for fitting.
+    ``options``: where and how the backbone runs while fitting (default: torch, CPU, fp32).
     """
     config = config or FitConfig()
     progress = progress or FitProgress()
@@ -370,7 +376,11 @@ def fit_model(
     spec = get_spec(config.backbone)
     weights_path = resolve_weights(spec, config.weights)
     config = replace(config, layers=config.layers or spec.default_layers, weights=str(weights_path))
-    extractor = make_extractor(config, weights_path)
+    options = options or RuntimeOptions()
+    extractor = make_extractor(config, weights_path, options=replace(options, runtime="torch"))
+    if export or options.runtime in ("openvino", "onnx"):
+        extractor.export = export_backbone(extractor)
+        extractor.use_runtime(options)
     scorer_type = scorer_class(config.scorer)
 
     class_models: list[ClassModel] = []

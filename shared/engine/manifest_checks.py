@@ -191,7 +191,29 @@ def _check_backbone(raw: Any, config: FitConfig, where: Path | str) -> dict[str,
     layers = list(config.layers or spec.default_layers)
     if raw.get("layers", layers) != layers:
         raise ArtifactError(f"{where}: backbone.layers differ from config.layers")
+    if "export" in raw:
+        _check_export(raw["export"], config, f"{where}: backbone.export")
     return raw
+
+
+def _check_export(raw: Any, config: FitConfig, what: str) -> None:
+    """The backbone export's entry: an ONNX file of the artifact, for this input size, with the
+    grid and feature size it computes (checked again against the running graph at loading)."""
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{what} is not a mapping")
+    if not isinstance(raw.get("file"), str) or raw.get("format") != "onnx":
+        raise ArtifactError(f"{what} must name its file and have format 'onnx'")
+    if raw.get("input_size") != config.input_size:
+        raise ArtifactError(f"{what}.input_size differs from config.input_size")
+    grid, dim = raw.get("grid"), raw.get("feature_dim")
+    if not (
+        isinstance(grid, list)
+        and len(grid) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= config.input_size for v in grid)
+    ):
+        raise ArtifactError(f"{what}.grid must be two positive integers")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= SETTING_BOUNDS["feature_dim"][1]:
+        raise ArtifactError(f"{what}.feature_dim must be a positive integer")
 
 
 def _check_class(entry: Any, what: str) -> ClassEntry:

@@ -25,10 +25,12 @@ import numpy as np
 from shared.engine.artifacts import VerifiedArtifact, read_artifact, write_artifact
 from shared.engine.backbones import BackboneSpec, WeightBytes, get_spec, resolve_weights
 from shared.engine.class_model import ClassModel
-from shared.engine.config import FitConfig
+from shared.engine.config import FitConfig, RuntimeOptions
+from shared.engine.export import BackboneExport
 from shared.engine.features import FeatureExtractor, make_extractor
 from shared.engine.manifest_checks import ClassEntry, check_manifest
 from shared.engine.model import InspectionModel
+from shared.engine.runtimes import resolve_runtime
 from shared.engine.scorers.base import ArtifactFiles, PatchScorer, ScoreInput, scorer_class
 from shared.errors import ArtifactError, BackboneError, ConfigError
 
@@ -50,6 +52,7 @@ def manifest_of(model: InspectionModel) -> dict[str, Any]:
             "weights_sha256": model.weights_sha256,
             "layers": list(model.extractor.config.layers),
             "input_size": model.input_size,
+            **({"export": model.extractor.export.facts} if model.extractor.export else {}),
         },
         "config": config,
         "classes": [
@@ -92,6 +95,9 @@ def save_model(model: InspectionModel, path: str | Path, *, overwrite: bool = Fa
         for i, class_model in enumerate(model.class_models):
             class_model.scorer.write(files, _slot(i))
         save_file(tensors, str(folder / TENSORS))
+        export = model.extractor.export
+        if export is not None:
+            (folder / export.facts["file"]).write_bytes(export.data)
 
     write_artifact(path, manifest_of(model), write_files, overwrite=overwrite)
 
@@ -102,13 +108,17 @@ def load_model(
     weights: str | Path | None = None,
     weights_dir: str | Path | None = None,
     root: str | Path | None = None,
+    options: RuntimeOptions | None = None,
 ) -> InspectionModel:
     """Load a model directory, verifying everything first; raises ``ArtifactError``.
 
     ``weights``: a weight file to use (it must have the manifest's sha256). ``weights_dir``: where
     weight files are looked up by that sha256. ``root``: the directory must lie inside it.
+    ``options``: where and how the backbone runs (default: torch on the CPU, fp32).
     """
-    return model_from_artifact(read_artifact(path, root=root), weights=weights, weights_dir=weights_dir)
+    return model_from_artifact(
+        read_artifact(path, root=root), weights=weights, weights_dir=weights_dir, options=options
+    )
 
 
 def model_from_artifact(
@@ -116,8 +126,12 @@ def model_from_artifact(
     *,
     weights: str | Path | None = None,
     weights_dir: str | Path | None = None,
+    options: RuntimeOptions | None = None,
 ) -> InspectionModel:
-    """Build the model a verified artifact describes, from its bytes in memory."""
+    """Build the model a verified artifact describes, from its bytes in memory.
+
+    A runtime that runs the backbone export (OpenVINO, ONNX Runtime) needs no weight file; torch
+    needs the one with the manifest's sha256."""
     where = artifact.path
     checked = check_manifest(artifact.manifest, where)
     config = checked.config
@@ -126,14 +140,28 @@ def model_from_artifact(
         scorer_type = scorer_class(config.scorer)
     except (BackboneError, ConfigError) as exc:
         raise ArtifactError(f"{where}: {exc}") from None
-    weight_file = _locate_weights(spec, checked.backbone, weights, weights_dir)
+    options = options or RuntimeOptions()
+    export = _read_export(artifact, checked.backbone)
     try:
-        extractor = make_extractor(config, weight_file)
+        runtime = resolve_runtime(options, export is not None)
+    except BackboneError as exc:
+        raise ArtifactError(f"{where}: {exc}") from None
+    weight_file = None
+    if runtime == "torch":
+        weight_file = _locate_weights(spec, checked.backbone, weights, weights_dir)
+    try:
+        extractor = make_extractor(config, weight_file, options=options, export=export)
     except BackboneError as exc:
         raise ArtifactError(f"backbone of {where} cannot be built: {exc}") from None
     except Exception as exc:  # timm/torch errors from settings that do not describe a buildable model
         raise ArtifactError(f"backbone of {where} cannot be built ({type(exc).__name__}: {exc})") from None
     features, grid = _probe_features(extractor, config, where)
+    declared = (export.facts["grid"], export.facts["feature_dim"]) if export is not None else None
+    if declared is not None and ([*grid], features.shape[2]) != declared:
+        raise ArtifactError(
+            f"{where}: the backbone gives {features.shape[2]}-dimensional features on a {grid[0]}x{grid[1]} "
+            f"grid, its export entry declares {declared[1]} on {declared[0]}"
+        )
     tensors = _read_tensors(artifact)
     prototypes = _checked_prototypes(tensors, len(checked.classes), features.shape[2], where)
     files = ArtifactFiles(artifact.path, tensors, artifact.read)
@@ -154,7 +182,7 @@ def model_from_artifact(
         class_models,
         version=checked.version,
         weights_sha256=checked.backbone.get("weights_sha256"),
-        weights_path=str(weight_file.path) if weight_file else None,
+        weights_path=str(weight_file.path) if weight_file else checked.backbone.get("weights_path"),
         metadata=checked.metadata,
     )
 
@@ -172,6 +200,14 @@ def _probe_features(
             f"the backbone of {where} cannot compute features ({type(exc).__name__}: {exc})"
         ) from None
     return features.numpy(), grid
+
+
+def _read_export(artifact: VerifiedArtifact, backbone: dict[str, Any]) -> BackboneExport | None:
+    """The backbone export the manifest lists (its entry already checked), from the verified bytes."""
+    entry = backbone.get("export")
+    if entry is None:
+        return None
+    return BackboneExport(artifact.read(entry["file"]), dict(entry))
 
 
 def _read_tensors(artifact: VerifiedArtifact) -> dict[str, np.ndarray]:

@@ -63,6 +63,12 @@ class Normaliser:
         return np.asarray(np.interp(raw, xs, ys), dtype=np.float32)
 
 
+def _component_maxima(values: np.ndarray, components: np.ndarray, count: int) -> np.ndarray:
+    maxima = np.full(count, -np.inf, dtype=np.float64)
+    np.maximum.at(maxima, components, values.astype(np.float64, copy=False))
+    return maxima
+
+
 def find_regions(
     normalised_map: np.ndarray,
     frame_height: int,
@@ -80,11 +86,12 @@ def find_regions(
     labels, count = ndimage.label(above)
     size_y, size_x = normalised_map.shape
     scale_y, scale_x = frame_height / size_y, frame_width / size_x
-    peaks = ndimage.maximum(normalised_map, labels, index=np.arange(1, count + 1))
-    order_by = ndimage.maximum(
-        raw_map if raw_map is not None else normalised_map, labels, np.arange(1, count + 1)
-    )
-    areas = ndimage.sum_labels(above, labels, index=np.arange(1, count + 1))
+    # Per-component maxima and areas in one pass over the pixels above the threshold only
+    # (ndimage.maximum sorts the whole map's labels once per call: 8% of a loaded scorer's time).
+    inside = labels[above] - 1
+    peaks = _component_maxima(normalised_map[above], inside, count)
+    order_by = peaks if raw_map is None else _component_maxima(raw_map[above], inside, count)
+    areas = np.bincount(inside, minlength=count)
     regions = []
     for label, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:

@@ -13,7 +13,7 @@ import pytest
 
 from services.camera_sim.service import run_camera_sim
 from services.camera_sim.truth import read_truth
-from shared.messages.schemas import DeadLetter, DefectEvent, Verdict
+from shared.messages.schemas import DeadLetter, DefectEvent, Frame, Verdict
 from shared.settings import LatePolicy, Settings
 from tests.support.line import (
     LineModels,
@@ -218,3 +218,46 @@ async def test_consecutive_rejects_raise_one_operator_alert_in_the_verdicts_tran
     rejected = [v.frame_id for v in got.values]
     assert alert.frame_ids == rejected[:4]
     assert alert.station_id == settings.camera_sim.station_id and alert.severity == "critical"
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "png", "raw8"])
+async def test_camera_sized_frames_are_scored_reduced_and_answered_in_the_frames_size(
+    kafka_settings: Settings, line_models: LineModels, tmp_path: Path, encoding: str
+) -> None:
+    from shared.messages.anomaly_map import decode_anomaly_map
+
+    width, height = 576, 576  # 6x the model's input (renders are square): decoded reduced, answered full size
+    settings = scorer_settings(kafka_settings)
+    truth_path = tmp_path / "truth.jsonl"
+    options = sim_options(
+        count=8, defect_rate=0.5, frame_size=(width, height), encoding=encoding, truth=truth_path, seed=7
+    )
+    async with (
+        TopicReader(settings, "verdicts", Verdict) as verdicts,
+        TopicReader(settings, "defects", DefectEvent) as defects,
+        TopicReader(settings, "dlq", DeadLetter) as dlq,
+        TopicReader(settings, "frames", Frame) as frames,
+        running_scorer(settings, line_models.a),
+    ):
+        await run_camera_sim(settings, options)
+        got = await verdicts.wait_for(8, timeout=90)
+        flagged = [v for v in got.values if v.decision in ("reject", "review")]
+        await defects.wait_for(len(flagged), timeout=30, settle=0.5)
+    assert not dlq.received.values
+    truth = read_truth(truth_path)
+    assert Counter(v.frame_id for v in got.values) == Counter(list(truth))
+    for verdict in got.values:
+        # Scaled-up noisy renders are off the model's training domain (96 px clean renders): routing
+        # may refuse them as unknown, at full-size decoding too; it must not mistake the product.
+        assert verdict.product_class in (truth[verdict.frame_id].product, "unknown")
+        for region in verdict.regions:  # in the camera frame's pixels, not the model's
+            assert region.x >= 0 and region.x + region.width <= width
+            assert region.y >= 0 and region.y + region.height <= height
+    assert any(v.regions for v in flagged), "no flagged frame had a region to check"
+    assert any(r.x + r.width > 96 or r.y + r.height > 96 for v in flagged for r in v.regions)
+    sent = {frame.frame_id: frame for frame in frames.received.values}
+    assert len(defects.received.values) == len(flagged)
+    for event in defects.received.values:
+        assert (event.width, event.height, event.encoding) == (width, height, encoding)
+        assert decode_anomaly_map(event.anomaly_map_png).shape == (height, width)
+        assert event.image == sent[event.verdict.frame_id].image  # the camera's bytes, not a re-encoding

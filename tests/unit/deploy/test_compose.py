@@ -300,7 +300,7 @@ def test_topics_are_made_by_the_code_before_any_service_starts() -> None:
     partitions = int(resolve(topics["command"][topics["command"].index("--frames-partitions") + 1]))
     assert partitions >= SERVICES["scorer"]["deploy"]["replicas"], "more scorers than frames partitions idle"
     for name, service in lineguard_services().items():
-        if name in ("topics", "plc-sim", "kafka-init", "kafka-setup"):
+        if name in ("topics", "plc-sim", "kafka-init", "kafka-setup", "claims-gc"):  # no Kafka
             continue
         assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully", name
         prefix = env(service)["LINEGUARD_TOPIC_PREFIX"]
@@ -447,3 +447,14 @@ def test_every_long_running_container_rotates_its_logs() -> None:
         assert logging is not None, name
         assert logging["driver"] == "json-file" and logging["options"]["max-size"], name
         assert int(logging["options"]["max-file"]) >= 1, name
+
+
+def test_the_claim_check_store_is_written_by_cameras_and_read_by_everyone_who_reads_frames() -> None:
+    claims = "LINEGUARD_CLAIM_CHECK__URL"
+    for name in ("scorer", "explainer", "console", "shadow", "operator"):
+        service = SERVICES[name]
+        assert f"claims:{env(service)[claims]}:ro" in service["volumes"], name
+    for name in ("camera-sim", "claims-gc"):
+        service = SERVICES[name]
+        assert f"claims:{env(service)[claims]}" in service["volumes"], name
+    assert SERVICES["claims-gc"]["command"][:2] == ["claim-check", "gc"]

@@ -40,3 +40,29 @@ def test_invalid_values_name_the_variable(
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=named):
         load_settings()
+
+
+def test_the_backbone_runtime_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = load_settings().scorer.runtime_options()
+    assert (options.runtime, options.device, options.precision) == ("auto", "cpu", "fp32")
+    assert (options.threads, options.workers) == (1, 2)  # one stream per model worker
+    monkeypatch.setenv("LINEGUARD_SCORER__RUNTIME", "onnx")
+    monkeypatch.setenv("LINEGUARD_SCORER__PRECISION", "auto")
+    monkeypatch.setenv("LINEGUARD_SCORER__TORCH_THREADS", "2")
+    options = load_settings().scorer.runtime_options()
+    assert (options.runtime, options.precision, options.threads) == ("onnx", "auto", 2)
+    monkeypatch.setenv("LINEGUARD_SCORER__RUNTIME", "tensorrt")
+    with pytest.raises(ConfigError, match="LINEGUARD_SCORER__RUNTIME"):
+        load_settings()
+
+
+def test_a_gpu_gets_one_worker_and_large_batches_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LINEGUARD_SCORER__DEVICE", "cuda")
+    scorer = load_settings().scorer
+    assert (scorer.max_batch, scorer.model_workers) == (32, 1)
+    assert scorer.search_threads >= 1
+    monkeypatch.setenv("LINEGUARD_SCORER__MAX_BATCH", "12")
+    assert load_settings().scorer.max_batch == 12  # the operator's value wins
+    monkeypatch.setenv("LINEGUARD_SCORER__RUNTIME", "openvino")
+    with pytest.raises(ConfigError, match="CPU only"):
+        load_settings()

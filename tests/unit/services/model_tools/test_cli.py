@@ -66,6 +66,29 @@ def test_fit_writes_a_model(model_dir: Path, capsys: pytest.CaptureFixture[str])
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert [c["name"] for c in manifest["classes"]] == ["fabric", "washer"]
     assert manifest["backbone"]["name"] == "efficientnet_lite0"
+    assert manifest["backbone"]["export"]["file"] in manifest["files"]  # fit includes the export
+
+
+def test_export_adds_the_backbone_export_that_every_runtime_scores_with(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "plain"
+    fit = ["fit", "--data", str(dataset), "--input-size", "96", "--bank-size", "300", "--no-export"]
+    assert main([*fit, "--runtime", "torch", "--out", str(out)]) == 0
+    assert "export" not in json.loads((out / "manifest.json").read_text())["backbone"]
+    assert "backbone ran in torch" in capsys.readouterr().out
+    image = str(dataset / "fabric" / "test" / "good" / "000.png")
+    capsys.readouterr()
+    assert main(["score", "--model", str(out), "--runtime", "onnx", image]) == 2
+    assert "lineguard export" in capsys.readouterr().err
+    assert main(["export", "--model", str(out)]) == 0
+    assert "with its backbone export" in capsys.readouterr().out
+    scores = {}
+    for runtime in ("torch", "openvino", "onnx"):
+        assert main(["score", "--model", str(out), "--runtime", runtime, "--json", image]) == 0
+        scores[runtime] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"][0]["score"]
+    assert scores["openvino"] == pytest.approx(scores["torch"], abs=1e-3)
+    assert scores["onnx"] == pytest.approx(scores["torch"], abs=1e-3)
 
 
 def test_fit_refuses_existing_output_and_bad_data(model_dir: Path, dataset: Path, tmp_path: Path) -> None:

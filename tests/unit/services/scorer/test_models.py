@@ -412,6 +412,28 @@ def test_a_model_loads_from_inside_the_root_with_its_digest(model_root: Path) ->
     assert loaded.version == made.model_version and loaded.manifest_sha256 == made.sha256
 
 
+def test_a_model_loads_in_the_runtime_the_settings_name(
+    model_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.engine.config import RuntimeOptions
+    from shared.engine.export import export_backbone
+    from shared.engine.persistence import load_model, save_model
+
+    plain = load_model_dir(Path("v1"), root=model_root, options=RuntimeOptions(runtime="auto"))
+    assert plain.model.extractor.runtime == "torch"  # no export: auto stays with torch
+    with pytest.raises(ModelRefused, match="lineguard export") as refused:
+        load_model_dir(Path("v1"), root=model_root, options=RuntimeOptions(runtime="openvino"))
+    assert refused.value.reason == "bad_artifact"
+    exported = load_model(model_root / "v1")
+    exported.extractor.export = export_backbone(exported.extractor)
+    save_model(exported, tmp_path / "v1x")
+    monkeypatch.setenv("LINEGUARD_SCORER__RUNTIME", "onnx")
+    served = load_model_dir(tmp_path / "v1x", options=load_settings().scorer.runtime_options())
+    assert served.model.extractor.runtime == "onnx"
+    served = load_model_dir(tmp_path / "v1x", options=RuntimeOptions(runtime="auto", workers=2, threads=1))
+    assert served.model.extractor.runtime == "openvino"
+
+
 def test_a_model_whose_warm_up_scores_are_not_finite_is_refused() -> None:
     class NonFinite:
         input_size = 32
