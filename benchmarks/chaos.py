@@ -57,7 +57,7 @@ import numpy as np
 
 from benchmarks.chaos_checks import (
     PlcSample,
-    changes,
+    changes_after,
     downstream_account,
     downstream_problems,
     fault_timeline,
@@ -246,6 +246,11 @@ class Scorers:
                 self._start(slot)
             await asyncio.sleep(0.5)
 
+    def kill_remaining(self) -> None:
+        for process in self.slots:
+            if process is not None and process.process.poll() is None:
+                process.kill()
+
     async def stop_all(self) -> None:
         for process in self.slots:
             if process is not None and process.process.poll() is None:
@@ -301,6 +306,11 @@ class Sidecars:
             self.killed.add(process.process.pid)
             process.kill()
         self._start(name)  # at once, as a plant's supervisor does
+
+    def kill_remaining(self) -> None:
+        for process in self.processes.values():
+            if process.process.poll() is None:
+                process.kill()
 
     async def supervise(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -474,12 +484,12 @@ def recovery(run: Run, verdicts: TopicReader, reports: TopicReader | None) -> li
     timelines = {
         "verdicts": [t / 1e9 for t in verdicts.received.arrived_ns],
         "reports": [t / 1e9 for t in reports.received.arrived_ns] if reports else [],
-        "plc_heartbeat": changes(run.heartbeats),
     }
     out = []
     for fault in run.faults:
         at = int(fault.at * 1e9)
         timeline = fault_timeline(fault.what)
+        timelines["plc_heartbeat"] = changes_after(fault.at, run.heartbeats)
         window = [
             (t - captured[v.frame_id]) / 1e6
             for v, t in arrivals
@@ -626,6 +636,7 @@ async def one_run(
     stop = asyncio.Event()
     started = time.time()
     async with contextlib.AsyncExitStack() as stack:
+        stack.callback(scorers.kill_remaining)  # after an error: no process left behind
         verdicts = await stack.enter_async_context(TopicReader(settings, "verdicts", Verdict))
         dlq = await stack.enter_async_context(TopicReader(settings, "dlq", DeadLetter))
         if faults:  # the whole line: the explainer's and the PLC's outputs are checked too
@@ -636,6 +647,7 @@ async def one_run(
             plc.start()
             stack.callback(plc.stop)
             sidecars = Sidecars(settings, plc.port, work, run, args.plc_verdict_deadline_ms)
+            stack.callback(sidecars.kill_remaining)  # after an error: no process left behind
             await sidecars.start_all()
             sampler = asyncio.create_task(sample_plc(plc, run, args.plc_sample_s, stop))
             sidecar_supervisor = asyncio.create_task(sidecars.supervise(stop))

@@ -135,12 +135,16 @@ def downstream_problems(name: str, result: Mapping[str, Any]) -> list[str]:
     return [f"{name}: {key}: {list(result[key])[:5]}" for key in DOWNSTREAM_PROBLEMS if result.get(key)]
 
 
-def changes(samples: Iterable[tuple[float, int]]) -> list[float]:
-    """The times at which a sampled value (the PLC's heartbeat) differs from the sample before."""
+def changes_after(at: float, samples: Iterable[tuple[float, int]]) -> list[float]:
+    """The times at which a value sampled after ``at`` (the PLC's heartbeat) differs from the sample
+    before it, counting only pairs of samples both taken after ``at``: a change between a sample
+    before a bridge's kill and one after it may be the killed bridge's last write."""
     times, last = [], None
-    for at, value in samples:
+    for when, value in samples:
+        if when <= at:
+            continue
         if last is not None and value != last:
-            times.append(at)
+            times.append(when)
         last = value
     return times
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from benchmarks.chaos_checks import (
     PlcSample,
-    changes,
+    changes_after,
     downstream_account,
     downstream_problems,
     fault_timeline,
@@ -113,7 +113,11 @@ def test_a_pass_counter_above_the_committed_passes_fails() -> None:
 
 
 def test_heartbeat_changes_and_the_time_to_the_next_output() -> None:
-    assert changes([(1.0, 5), (2.0, 5), (3.0, 6), (4.0, 6), (5.0, 0)]) == [3.0, 5.0]
+    samples = [(1.0, 5), (2.0, 5), (3.0, 6), (4.0, 6), (5.0, 0)]
+    assert changes_after(0.0, samples) == [3.0, 5.0]
+    # Killed at 2.5: 5 -> 6 between the samples at 2.0 and 3.0 may be the dead bridge's last write.
+    assert changes_after(2.5, samples) == [5.0]
+    assert changes_after(5.0, samples) == []
     assert seconds_to_next(2.5, [1.0, 3.0, 4.0]) == 0.5
     assert seconds_to_next(4.5, [1.0, 3.0, 4.0]) is None
 
