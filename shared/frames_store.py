@@ -43,7 +43,7 @@ from PIL import Image, UnidentifiedImageError
 from shared.engine.images import decode_image
 from shared.errors import ClaimCheckError, ConfigError, ImageError
 from shared.limits import MAX_FILE_BYTES, MAX_PIXELS, MAX_REFERENCED_PIXELS
-from shared.messages.pixels import RAW_CHANNELS
+from shared.messages.pixels import RAW_CHANNELS, decode_pixels
 from shared.messages.schemas import DefectEvent, Frame, FrameRef
 
 log = logging.getLogger("lineguard.frames_store")
@@ -339,6 +339,18 @@ class FrameImage:
     data: bytes
     max_bytes: int
     max_pixels: int
+
+    def pixels(self, message: Frame | DefectEvent) -> np.ndarray:
+        """The image as ``HxWx3 uint8`` at the size ``message`` declares, within these bounds
+        (``ImageError`` otherwise)."""
+        return decode_pixels(
+            self.data,
+            message.encoding,
+            message.width,
+            message.height,
+            max_bytes=self.max_bytes,
+            max_pixels=self.max_pixels,
+        )
 
 
 def image_of(

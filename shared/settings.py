@@ -204,6 +204,10 @@ class ScorerSettings(BaseModel):
     # each alert-detector map; past the cap they are counted as "other" / the oldest is evicted.
     max_label_values: int = Field(256, ge=1, le=100_000)
     max_alert_keys: int = Field(4096, ge=1, le=1_000_000)
+    # Cold start (docs/operations.md, "Cold start"): a few-shot class's verdicts are `review` until
+    # this many confirmed normal images have been fitted into its model; None: as many as the model
+    # was fitted with (`lineguard fit --review-until`, in its manifest). 0 turns the gate off.
+    review_until_confirmed: int | None = Field(None, ge=0, le=1_000_000)
 
     @model_validator(mode="after")
     def _gpu_defaults(self) -> ScorerSettings:

@@ -15,7 +15,7 @@ import unicodedata
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.engine.config import DECISIONS, UNKNOWN
 from shared.errors import LineguardError
@@ -40,6 +40,17 @@ class FeedbackRefused(LineguardError):
     """A submitted judgement that cannot be sent; the message says why, for the operator."""
 
     default_reason = "feedback_refused"
+
+
+V = TypeVar("V")
+
+
+def _put_newest(held: OrderedDict[str, V], key: str, value: V, cap: int) -> None:
+    """``value`` under ``key`` as the newest entry; the oldest ones dropped beyond ``cap``."""
+    held.pop(key, None)
+    held[key] = value
+    while len(held) > cap:
+        held.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -154,10 +165,7 @@ class ConsoleState:
         return True
 
     def add_report(self, report: Report) -> None:
-        self._reports.pop(report.frame_id, None)
-        self._reports[report.frame_id] = report
-        while len(self._reports) > self.limits.reports_max:
-            self._reports.popitem(last=False)
+        _put_newest(self._reports, report.frame_id, report, self.limits.reports_max)
         self._record("report", {"frame_id": report.frame_id, "grade": report.grade, "source": report.source})
 
     def add_announcement(self, announcement: ModelAnnouncement) -> None:
@@ -176,18 +184,13 @@ class ConsoleState:
         key = announcement_key(entry.announcement)
         if key in self._history:
             return False
-        self._history[key] = entry
-        while len(self._history) > self.limits.models_history:
-            self._history.popitem(last=False)
+        _put_newest(self._history, key, entry, self.limits.models_history)
         self._record("history", self.model_row(entry.announcement))
         return True
 
     def add_feedback(self, feedback: Feedback) -> None:
         """The latest judgement per frame (the topic is compacted by frame id the same way)."""
-        self._feedback.pop(feedback.frame_id, None)
-        self._feedback[feedback.frame_id] = feedback
-        while len(self._feedback) > self.limits.feedback_max:
-            self._feedback.popitem(last=False)
+        _put_newest(self._feedback, feedback.frame_id, feedback, self.limits.feedback_max)
         self._record("feedback", {"frame_id": feedback.frame_id, "label": feedback.label})
 
     # ---- what pages read --------------------------------------------------------------------

@@ -8,16 +8,15 @@ reads like the explainer's. Rendered on request (in a worker thread), a few kept
 from __future__ import annotations
 
 import io
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from shared.capped import CappedMap
 from shared.frames_store import ClaimStore, image_of
 from shared.limits import MAX_IMAGE_BYTES
 from shared.messages.anomaly_map import decode_anomaly_map, overlay
-from shared.messages.pixels import decode_pixels
 from shared.messages.schemas import DefectEvent
 
 KINDS = ("overlay", "frame")
@@ -34,15 +33,8 @@ class PictureKey:
 def frame_pixels(event: DefectEvent, max_pixels: int, claims: ClaimStore | None = None) -> np.ndarray:
     """The event's frame as ``HxWx3 uint8`` (``ImageError`` when it cannot be decoded within bounds,
     or is claim-checked and cannot be had from ``claims``: ``shared.frames_store.ClaimCheckError``)."""
-    image = image_of(event, claims, max_bytes=MAX_IMAGE_BYTES, max_pixels=max_pixels)
-    return decode_pixels(
-        image.data,
-        event.encoding,
-        event.width,
-        event.height,
-        max_bytes=image.max_bytes,
-        max_pixels=image.max_pixels,  # a claim-checked frame: the store's limit
-    )
+    # A claim-checked frame is decoded within the store's limits, not max_pixels.
+    return image_of(event, claims, max_bytes=MAX_IMAGE_BYTES, max_pixels=max_pixels).pixels(event)
 
 
 def render(
@@ -60,21 +52,11 @@ def render(
     return buffer.getvalue()
 
 
-class PictureCache:
+class PictureCache(CappedMap[PictureKey, bytes]):
     """The last few rendered pictures (the overview asks for the same thumbnails again and again)."""
 
     def __init__(self, max_entries: int = 64) -> None:
-        self.max_entries = max_entries
-        self._items: OrderedDict[PictureKey, bytes] = OrderedDict()
-
-    def get(self, key: PictureKey) -> bytes | None:
-        data = self._items.get(key)
-        if data is not None:
-            self._items.move_to_end(key)
-        return data
+        super().__init__("pictures", max_entries)
 
     def put(self, key: PictureKey, data: bytes) -> None:
-        self._items[key] = data
-        self._items.move_to_end(key)
-        while len(self._items) > self.max_entries:
-            self._items.popitem(last=False)
+        self[key] = data

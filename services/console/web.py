@@ -199,6 +199,18 @@ def build_app(ctx: ConsoleContext) -> ASGIApp:
             )
         return None
 
+    async def writer(request: Request) -> tuple[Operator, dict[str, list[str]]] | Response:
+        """The signed-in operator and the form they sent, or the response that refuses the write."""
+        operator = who(request)
+        try:
+            fields = await form_fields(request)
+        except FeedbackRefused as exc:
+            return message(request, operator, 400, "Refused", str(exc))
+        refusal = writer_refusal(request, operator, fields)
+        if refusal is not None or operator is None:
+            return refusal or message(request, None, 401, "Sign in first", "")
+        return operator, fields
+
     # ---- pages ------------------------------------------------------------------------------
 
     async def index(request: Request) -> Response:
@@ -329,14 +341,10 @@ def build_app(ctx: ConsoleContext) -> ASGIApp:
     # ---- writing ----------------------------------------------------------------------------
 
     async def feedback_post(request: Request) -> Response:
-        operator = who(request)
-        try:
-            fields = await form_fields(request)
-        except FeedbackRefused as exc:
-            return message(request, operator, 400, "Refused", str(exc))
-        refusal = writer_refusal(request, operator, fields)
-        if refusal is not None or operator is None:
-            return refusal or message(request, None, 401, "Sign in first", "")
+        written = await writer(request)
+        if isinstance(written, Response):
+            return written
+        operator, fields = written
         frame_id = request.query_params.get("id", "")
         verdict = ctx.state.verdict(frame_id)
         if verdict is None:
@@ -411,14 +419,9 @@ def build_app(ctx: ConsoleContext) -> ASGIApp:
         return response
 
     async def logout_post(request: Request) -> Response:
-        operator = who(request)
-        try:
-            fields = await form_fields(request)
-        except FeedbackRefused as exc:
-            return message(request, operator, 400, "Refused", str(exc))
-        refusal = writer_refusal(request, operator, fields)
-        if refusal is not None:
-            return refusal
+        written = await writer(request)
+        if isinstance(written, Response):
+            return written
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict", secure=ctx.secure_cookies)
         return response

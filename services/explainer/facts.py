@@ -19,7 +19,6 @@ from shared.errors import ImageError
 from shared.frames_store import FrameImage, image_of
 from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
 from shared.messages.anomaly_map import decode_anomaly_map, resize_levels
-from shared.messages.pixels import decode_pixels
 from shared.messages.schemas import DefectEvent, Verdict
 from shared.telemetry.logging import log_event
 
@@ -55,14 +54,7 @@ def read_facts(
     try:
         if image is None:  # a claim check without its fetched bytes: no_claim_store, a fact
             image = image_of(event, None, max_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS)
-        frame = decode_pixels(
-            image.data,
-            event.encoding,
-            event.width,
-            event.height,
-            max_bytes=image.max_bytes,
-            max_pixels=image.max_pixels,
-        )
+        frame = image.pixels(event)
         levels = decode_anomaly_map(event.anomaly_map_png)
     except ImageError as exc:
         log_event(

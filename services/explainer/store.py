@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from services.explainer.document import ReportDocument
 from services.explainer.pictures import EventPictures
 from services.explainer.render import render_html, render_json, render_markdown
 from shared.errors import LineguardError
+from shared.frames_store import write_atomically
 
 
 class ReportStoreError(LineguardError):
@@ -40,15 +40,6 @@ def safe_component(value: str) -> str:
         return value
     cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", value)[:60].lstrip(".") or "id"
     return f"{cleaned}-{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -86,16 +77,16 @@ class ReportStore:
         base = self.base_path(document.frame_id, document.line_id, document.station_id, document.captured_at)
         base.parent.mkdir(parents=True, exist_ok=True)
         if pictures is not None:
-            _atomic_write(base.with_name(base.name + ".overlay.jpg"), pictures.overlay)
-        _atomic_write(base.with_name(base.name + ".html"), render_html(document, pictures).encode("utf-8"))
-        _atomic_write(base.with_name(base.name + ".md"), render_markdown(document).encode("utf-8"))
+            write_atomically(base.with_name(base.name + ".overlay.jpg"), pictures.overlay)
+        write_atomically(base.with_name(base.name + ".html"), render_html(document, pictures).encode("utf-8"))
+        write_atomically(base.with_name(base.name + ".md"), render_markdown(document).encode("utf-8"))
         json_path = base.with_name(base.name + ".json")
-        _atomic_write(json_path, render_json(document).encode("utf-8"))  # last: marks the report complete
+        write_atomically(json_path, render_json(document).encode("utf-8"))  # last: marks the report complete
         return json_path
 
     def mark_published(self, document: ReportDocument) -> None:
         base = self.base_path(document.frame_id, document.line_id, document.station_id, document.captured_at)
-        _atomic_write(base.with_name(base.name + ".published"), b"")
+        write_atomically(base.with_name(base.name + ".published"), b"")
 
     def reports(self) -> list[Path]:
         """The JSON file of every complete report in the store."""

@@ -27,14 +27,14 @@ def register(subparsers: Any) -> None:
         ("down", _kafka_down, "stop the broker (SIGTERM, then SIGKILL after a timeout)"),
         ("status", _kafka_status, "say whether the broker runs and answers; exit 1 if not"),
     ):
-        action = actions.add_parser(name, help=text, description=text)
-        _add_broker_options(action)
-        action.set_defaults(handler=handler)
+        _add_broker_options(_command(actions, name, handler, text, text))
 
-    init = actions.add_parser(
+    init = _command(
+        actions,
         "init-secrets",
-        help="make a CA, the broker's key store and a password per principal (for a deployment)",
-        description="Make what is missing in DIR: a private CA (ca.pem, ca.key), the broker's PEM key "
+        _init_secrets,
+        "make a CA, the broker's key store and a password per principal (for a deployment)",
+        "Make what is missing in DIR: a private CA (ca.pem, ca.key), the broker's PEM key "
         "store for the given hostnames (broker.pem; renewed when it expires within 30 days or lacks a "
         "hostname) and one random password per principal (passwords/NAME). Never replaces a password.",
     )
@@ -47,23 +47,25 @@ def register(subparsers: Any) -> None:
     )
     init.add_argument("--broker-uid", type=int, help="owner of broker.pem (the broker's user; needs root)")
     init.add_argument("--service-uid", type=int, help="owner of the password files (the services' user)")
-    init.set_defaults(handler=_init_secrets)
 
-    provision = actions.add_parser(
+    provision = _command(
+        actions,
         "provision",
-        help="set every principal's SCRAM credentials and ACLs on a running cluster (idempotent)",
-        description="As the identity of the LINEGUARD_KAFKA__* settings (the broker's certificate or "
+        _provision,
+        "set every principal's SCRAM credentials and ACLs on a running cluster (idempotent)",
+        "As the identity of the LINEGUARD_KAFKA__* settings (the broker's certificate or "
         "admin): set each principal's SCRAM credentials from SECRETS/passwords/NAME, then create the "
         "ACLs of `lineguard kafka acls` for the current topic prefix and group ids.",
     )
     provision.add_argument("--secrets", type=Path, required=True, help="folder made by init-secrets")
     provision.add_argument("--bootstrap", help="bootstrap servers (default: LINEGUARD_KAFKA_BOOTSTRAP)")
-    provision.set_defaults(handler=_provision)
 
-    rotate = actions.add_parser(
+    rotate = _command(
+        actions,
         "rotate-password",
-        help="give a principal a new random password (cluster first, then its password file)",
-        description="Set a new SCRAM password for PRINCIPAL on the cluster, then write it to its "
+        _rotate_password,
+        "give a principal a new random password (cluster first, then its password file)",
+        "Set a new SCRAM password for PRINCIPAL on the cluster, then write it to its "
         "password file. Restart that principal's processes afterwards: new connections need the new "
         "password. With --secure: the local secure broker, acting as its admin principal.",
     )
@@ -72,19 +74,23 @@ def register(subparsers: Any) -> None:
     target.add_argument("--secure", action="store_true", help="the local `kafka up --secure` broker")
     target.add_argument("--password-file", type=Path, help="the principal's password file to replace")
     _add_broker_options(rotate, secure_flag=False)
-    rotate.set_defaults(handler=_rotate_password)
 
-    acls = actions.add_parser(
+    _command(
+        actions,
         "acls",
-        help="print every principal's grants for the current settings",
-        description="The least-privilege table that `kafka up --secure` and `kafka provision` apply.",
+        _print_acls,
+        "print every principal's grants for the current settings",
+        "The least-privilege table that `kafka up --secure` and `kafka provision` apply.",
     )
-    acls.set_defaults(handler=_print_acls)
 
     topics = subparsers.add_parser("topics", help="manage Lineguard's Kafka topics")
     topic_actions = topics.add_subparsers(dest="topics_action", required=True, metavar="ACTION")
-    ensure = topic_actions.add_parser(
-        "ensure", help="create missing topics (idempotent)", description="Create missing topics."
+    ensure = _command(
+        topic_actions,
+        "ensure",
+        _topics_ensure,
+        "create missing topics (idempotent)",
+        "Create missing topics.",
     )
     ensure.add_argument(
         "--frames-partitions",
@@ -93,7 +99,13 @@ def register(subparsers: Any) -> None:
         help="partitions of the frames topic = the most scorers that can share the load (default 4)",
     )
     ensure.add_argument("--bootstrap", help="bootstrap servers (default: LINEGUARD_KAFKA_BOOTSTRAP or local)")
-    ensure.set_defaults(handler=_topics_ensure)
+
+
+def _command(actions: Any, name: str, handler: Any, text: str, description: str) -> argparse.ArgumentParser:
+    """One ``ACTION`` under ``actions``, run by ``handler``; ``text`` is its one-line help."""
+    parser: argparse.ArgumentParser = actions.add_parser(name, help=text, description=description)
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def _add_broker_options(parser: argparse.ArgumentParser, *, secure_flag: bool = True) -> None:

@@ -35,11 +35,11 @@ from services.labels.core import (
     Placement,
     Skipped,
     is_normal_candidate,
-    latest_feedback,
     place,
     region_mask,
     regions_fit,
 )
+from services.labels.feedback_topic import read_latest_feedback
 from shared.errors import ConfigError, ImageError, MessageError
 from shared.frames_store import (
     ClaimStore,
@@ -52,7 +52,6 @@ from shared.frames_store import (
 from shared.kafka.reading import read_topic
 from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
 from shared.messages.codec import decode
-from shared.messages.pixels import decode_pixels
 from shared.messages.schemas import DefectEvent, Feedback, Frame, Verdict
 from shared.settings import Settings
 from shared.telemetry.logging import log_event
@@ -146,19 +145,11 @@ class LabelExport:
         write_atomically(path, json.dumps(body, indent=2).encode())
 
     async def _feedback(self, summary: ExportSummary) -> dict[str, Feedback]:
-        records: list[tuple[bytes | None, Feedback | None]] = []
-        async for record in read_topic(self.settings, "feedback", self.cfg.read_timeout_s):
-            if record.value is None:
-                records.append((record.key, None))
-                continue
-            try:
-                records.append((record.key, decode(record.value, Feedback)))
-            except MessageError as exc:
-                summary.bad_records += 1
-                log_event(
-                    log, "feedback record skipped", logging.WARNING, offset=record.offset, reason=exc.reason
-                )
-        return latest_feedback(records)
+        def skipped(offset: int, exc: MessageError) -> None:
+            summary.bad_records += 1
+            log_event(log, "feedback record skipped", logging.WARNING, offset=offset, reason=exc.reason)
+
+        return await read_latest_feedback(self.settings, self.cfg.read_timeout_s, skipped)
 
     def _from_store(
         self,
@@ -250,14 +241,7 @@ class LabelExport:
         """The message's frame (a claim-checked one fetched and verified), or None (logged)."""
         try:
             image = image_of(message, self.claims, max_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS)
-            return decode_pixels(
-                image.data,
-                message.encoding,
-                message.width,
-                message.height,
-                max_bytes=image.max_bytes,
-                max_pixels=image.max_pixels,
-            )
+            return image.pixels(message)
         except ImageError as exc:
             log_event(log, "frame unreadable", logging.WARNING, frame_id=frame_id, reason=exc.reason)
             return None

@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.arguments import positive_int
+from services.arguments import non_negative_int, positive_int
 from services.model_tools import report
 from shared.engine.backbones import BACKBONES
 from shared.engine.config import (
     DEVICES,
+    FEW_SHOT_IMAGE_SCORE,
+    IMAGE_SCORE_MODES,
     INDEX_KINDS,
     PRECISIONS,
     RUNTIME_CHOICES,
@@ -65,6 +67,16 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
     )
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError("expected a JSON object") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     fit = subparsers.add_parser("fit", help="fit a model from normal images (MVTec AD layout)")
     fit.add_argument("--data", required=True, help="MVTec root or one class folder")
@@ -99,7 +111,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--refine-factor", type=positive_int, default=8, help="pca-refine: candidates per neighbour"
     )
-    fit.add_argument("--image-score", choices=("max", "top1"), default="max")
+    fit.add_argument(
+        "--image-score",
+        choices=IMAGE_SCORE_MODES,
+        help="max (default) or top1; excess: the maximum above the image's own mean (few-shot default)",
+    )
     fit.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate the threshold aims at")
     fit.add_argument(
         "--calibration-folds",
@@ -144,6 +160,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_runtime_arguments(fit)
     fit.add_argument("--seed", type=int, default=0)
+    cold = fit.add_argument_group("cold start: a new product from a few normal images (docs/operations.md)")
+    cold.add_argument(
+        "--shots",
+        type=positive_int,
+        metavar="K",
+        help="few-shot model from K (1-16) normal images of train/good (the first K by name); "
+        "its threshold is approximate and its verdicts are 'review' until --review-until confirmed normals",
+    )
+    cold.add_argument("--shots-seed", type=int, help="choose the K shots at random with this seed instead")
+    cold.add_argument(
+        "--confirmed-normals",
+        metavar="DIR",
+        help="operator-confirmed normal images (MVTec layout, e.g. from 'lineguard labels export'): "
+        "held out for the threshold, then added to the bank, and counted towards --review-until",
+    )
+    cold.add_argument(
+        "--review-until",
+        type=int,
+        default=FitConfig.review_until_confirmed,
+        metavar="N",
+        help="confirmed normal images a few-shot class needs before its verdicts stop being 'review'",
+    )
+    cold.add_argument(
+        "--shot-flips",
+        choices=("none", "horizontal", "both"),
+        default=FitConfig.shot_flips,
+        help="mirror images of each shot in the bank (only where a mirrored good part is a good part)",
+    )
+    cold.add_argument(
+        "--shot-gain-max",
+        type=float,
+        default=FitConfig.shot_gain_max,
+        help="exposure views of each shot, from 1/F to F times the brightness",
+    )
+    cold.add_argument(
+        "--shot-gain-steps",
+        type=positive_int,
+        default=FitConfig.shot_gain_steps,
+        help="number of exposure views",
+    )
+    clip = fit.add_argument_group("WinCLIP (--scorer winclip): CLIP read from a local open_clip checkpoint")
+    clip.add_argument("--clip-weights", metavar="FILE", help="open_clip checkpoint (.safetensors, .bin, .pt)")
+    clip.add_argument("--clip-model", default=FitConfig.clip_model, help="open_clip architecture of the file")
+    clip.add_argument("--clip-object", help="the object named in the prompts (default: the class name)")
+    clip.add_argument(
+        "--clip-overrides",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="bounded size overrides of the architecture (small test models), e.g. '{\"vision_layers\": 2}'",
+    )
+    clip.add_argument("--winclip-scales", type=_layers, default=FitConfig.winclip_scales, help="window sizes")
+    clip.add_argument(
+        "--zero-shot", action="store_true", help="WinCLIP without a visual memory of the normal images"
+    )
     fit.add_argument("--out", required=True, help="model directory to write")
     fit.add_argument("--force", action="store_true", help="replace an existing model directory")
     fit.set_defaults(handler=run_fit)
@@ -156,6 +227,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--threads", type=positive_int)
     _add_runtime_arguments(evaluate)
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line")
+    evaluate.add_argument(
+        "--weights-dir", help="where weight files are found by sha256 (e.g. WinCLIP's CLIP)"
+    )
     evaluate.set_defaults(handler=run_evaluate)
 
     score = subparsers.add_parser("score", help="score image files with a model")
@@ -166,6 +240,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--threads", type=positive_int)
     _add_runtime_arguments(score)
     score.add_argument("--json", action="store_true", help="end with one JSON line")
+    score.add_argument("--weights-dir", help="where weight files are found by sha256 (e.g. WinCLIP's CLIP)")
     score.set_defaults(handler=run_score)
 
     export = subparsers.add_parser(
@@ -180,6 +255,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--weights-dir", help="folder to find the weight file in by its sha256")
     export.add_argument("--threads", type=positive_int)
     export.set_defaults(handler=run_export)
+    refits = subparsers.add_parser(
+        "refit-proposals",
+        help="list the classes whose confirmed normals are enough for a refit",
+        description=(
+            "Counts the confirmed normal images in CONFIRMED/<class>/train/good (lineguard labels export "
+            "--out, or its --collect-normals staging set) for every class of the model, and proposes a "
+            "refit for each class that has enough of them: a cold-start class as many as its verdicts "
+            "wait for (LINEGUARD_SCORER__REVIEW_UNTIL_CONFIRMED, else the model's own), a fully fitted "
+            "class --min-normals. Each proposal is logged as a refit_proposed event. Nothing is refitted "
+            'or served: see docs/operations.md, "Cold start".'
+        ),
+    )
+    refits.add_argument("--model", required=True, help="the serving model's directory")
+    refits.add_argument(
+        "--confirmed-normals", required=True, metavar="CONFIRMED", help="folder of <class>/train/good"
+    )
+    refits.add_argument(
+        "--review-until",
+        type=non_negative_int,
+        help="confirmed normals a cold-start class needs (default: the scorer setting, else the model's)",
+    )
+    refits.add_argument(
+        "--min-normals", type=positive_int, help="confirmed normals a fully fitted class needs"
+    )
+    refits.add_argument("--json", action="store_true", help="print the proposals as JSON")
+    refits.set_defaults(handler=run_refit_proposals)
 
 
 def _fail(message: str) -> int:
@@ -233,13 +334,28 @@ def run_fit(args: argparse.Namespace) -> int:
             refine_factor=args.refine_factor,
             bank_size=args.bank_size,
             bank_ratio=args.bank_ratio,
-            image_score=args.image_score,
+            image_score=args.image_score or (FEW_SHOT_IMAGE_SCORE if args.shots else "max"),
             target_frr=args.target_frr,
             holdout_fraction=args.holdout,
             calibration_folds=folds,
             bank_from_all_normals=not args.bank_from_train_only,
             seed=args.seed,
+            shot_flips=args.shot_flips,
+            shot_gain_max=args.shot_gain_max,
+            shot_gain_steps=args.shot_gain_steps,
+            review_until_confirmed=args.review_until,
+            clip_model=args.clip_model,
+            clip_weights=args.clip_weights,
+            clip_object=args.clip_object,
+            clip_overrides=args.clip_overrides,
+            winclip_scales=args.winclip_scales,
+            winclip_few_shot=not args.zero_shot,
         )
+        if args.shots is None and (args.shots_seed is not None or args.confirmed_normals):
+            return _fail("--shots-seed and --confirmed-normals belong to a few-shot fit (--shots K)")
+        if args.shots is not None and labelled_wanted:
+            # A few-shot model learns from its shots only; its confirmed normals: --confirmed-normals.
+            return _fail("--labelled-defects and --labelled-defects-dir belong to a full fit, not --shots")
         if out.exists() and not args.force:  # before fitting, not after minutes of it
             return _fail(f"{out} already exists; pass --force to replace it")
         model = core.fit_folder(
@@ -254,6 +370,9 @@ def run_fit(args: argparse.Namespace) -> int:
             progress=progress,
             options=runtime_options(args),
             export=not args.no_export,
+            shots=args.shots,
+            shots_seed=args.shots_seed,
+            confirmed_normals=args.confirmed_normals,
         )
     except LineguardError as exc:
         return _fail(str(exc))
@@ -265,6 +384,10 @@ def run_fit(args: argparse.Namespace) -> int:
     )
     training = model.metadata.get("training_data", {})
     for class_model in model.class_models:
+        if "cold_start" in class_model.calibration:
+            cold = _cold_start_line(class_model.threshold, class_model.calibration)
+            print(f"  {class_model.name}: {cold}")
+            continue
         for line in _fit_lines(
             class_model.name, class_model.threshold, class_model.calibration, model.config
         ):
@@ -314,6 +437,28 @@ def _fit_lines(name: str, threshold: float, calibration: dict[str, Any], config:
     return lines
 
 
+def _cold_start_line(threshold: float, calibration: dict[str, Any]) -> str:
+    cold = calibration["cold_start"]
+    if calibration.get("threshold_approximate"):
+        held = calibration["n_holdout"]
+        source = f"{held} confirmed normal images" if held else f"leave-one-out over {cold['shots']} shot(s)"
+        head = (
+            f"{cold['shots']}-shot model, threshold {threshold:.4f} APPROXIMATE (from {source}; "
+            f"aimed at {calibration['target_frr']:.1%} false rejects, the actual rate is unknown)"
+        )
+    else:
+        head = (
+            f"{cold['shots']}-shot model, threshold {threshold:.4f} at {calibration['target_frr']:.1%} false "
+            f"rejects on {calibration['n_holdout']} confirmed normal images"
+        )
+    if cold["confirmed_normals"] < cold["review_until_confirmed"]:
+        return (
+            f"{head}; every verdict is 'review' until {cold['review_until_confirmed']} confirmed normal "
+            f"images are fitted in (now {cold['confirmed_normals']})"
+        )
+    return head
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -328,6 +473,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             args.classes,
             batch_size=args.batch_size,
             options=runtime_options(args),
+            weights_dir=args.weights_dir,
             on_start=lambda total: bars.append(
                 tqdm(total=total, desc="scoring", unit="img", file=sys.stderr)
             ),
@@ -346,6 +492,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for name, metrics in result["classes"].items():
         for line in report.class_lines(name, metrics):
             print(f"  {line}")
+        if metrics.get("threshold_approximate"):
+            print(
+                f"  {name}: few-shot threshold: approximate (not set on held-out normal images); "
+                "the false-reject rate above is measured here, not one the model knew"
+            )
     if len(result["classes"]) > 1:
         for line in report.class_lines("mean", result["mean"]):
             print(f"  {line}")
@@ -364,7 +515,7 @@ def run_score(args: argparse.Namespace) -> int:
 
     core.set_threads(args.threads)
     try:
-        model = load_model(args.model, options=runtime_options(args))
+        model = load_model(args.model, options=runtime_options(args), weights_dir=args.weights_dir)
     except LineguardError as exc:
         return _fail(str(exc))
     overlay_dir = Path(args.overlay_dir) if args.overlay_dir else None
@@ -412,4 +563,49 @@ def run_export(args: argparse.Namespace) -> int:
     except LineguardError as exc:
         return _fail(str(exc))
     print(f"model {model.version} written to {out} with its backbone export; {_export_line(model)}")
+    return 0
+
+
+def run_refit_proposals(args: argparse.Namespace) -> int:
+    import logging
+
+    from services.model_tools.proposals import propose_refits
+    from shared.engine.artifacts import read_manifest
+    from shared.settings import load_settings
+    from shared.telemetry.logging import log_event
+
+    review_until = args.review_until
+    if review_until is None:
+        review_until = load_settings().scorer.review_until_confirmed
+    manifest = read_manifest(args.model)  # verified: every file against its hash
+    proposals = propose_refits(
+        manifest,
+        Path(args.model),
+        Path(args.confirmed_normals),
+        review_until=review_until,
+        min_normals=args.min_normals,
+    )
+    log = logging.getLogger("lineguard.model_tools")
+    for proposal in proposals:
+        if proposal.proposed:
+            log_event(
+                log,
+                "refit_proposed",
+                product_class=proposal.product_class,
+                confirmed_normals=proposal.confirmed_normals,
+                needed=proposal.needed,
+                model_version=manifest.get("model_version"),
+            )
+    if args.json:
+        print(json.dumps([proposal.to_dict() for proposal in proposals], indent=2))
+        return 0
+    wanted = [p for p in proposals if p.proposed]
+    version = manifest.get("model_version")
+    print(f"model {version}: {len(wanted)} of {len(proposals)} classes proposed for a refit")
+    for proposal in proposals:
+        mark = "REFIT" if proposal.proposed else "wait"
+        kind = "cold start" if proposal.cold_start else "fitted"
+        print(f"  {mark:5} {proposal.product_class} ({kind}): {proposal.reason}")
+        if proposal.command:
+            print(f"        {proposal.command}")
     return 0

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from shared.engine.backbones import file_sha256
 from shared.engine.config import FitConfig, FitProgress, RuntimeOptions, ScoreResult
 from shared.engine.dataset import IMAGE_SUFFIXES, ClassData, discover, labelled_defects
 from shared.engine.evaluation import evaluate
 from shared.engine.export import export_backbone
+from shared.engine.fewshot import fit_few_shot, select_shots
 from shared.engine.fitting import DefectSample, fit_model, source_sha256
 from shared.engine.images import load_image_file
 from shared.engine.model import InspectionModel
@@ -46,6 +48,9 @@ def fit_folder(
     progress: FitProgress | None = None,
     options: RuntimeOptions | None = None,
     export: bool = True,
+    shots: int | None = None,
+    shots_seed: int | None = None,
+    confirmed_normals: str | Path | None = None,
 ) -> InspectionModel:
     """Fit a model on the normal training images of an MVTec-layout folder and write it to ``out``.
 
@@ -56,31 +61,59 @@ def fit_folder(
     ``<class>/train/good/`` images are confirmed normals: they join the class's normal images.
     ``defect_samples`` (a folder of defective images, one subfolder per class when there are
     several classes) adds an F1-optimal threshold to each class's calibration record. ``export``:
-    include the backbone's ONNX export (``options`` choose the runtime that computes the features).
+    include the backbone's ONNX export (``options`` choose the runtime that computes the features). ``shots``:
+    a few-shot model from that many of each class's normal images (``shared.engine.fewshot``),
+    with ``confirmed_normals`` (an MVTec-layout folder) held out for its threshold.
     """
     found = discover(data, classes)
-    empty = [class_data.name for class_data in found if len(class_data.train) < 2]
-    if empty:
-        raise DatasetError(f"class(es) {', '.join(empty)} have fewer than 2 images in train/good")
-    training: dict[str, list[Path | np.ndarray]] = {d.name: list(d.train) for d in found}
-    defects: dict[str, list[DefectSample]] = {}
-    confirmed: dict[str, int] = {}
-    if labelled_dir is not None or labelled_per_type is not None:
-        sources = _labelled_sources(found, labelled_dir)
-        for class_data in sources:
-            chosen = labelled_defects(class_data, labelled_per_type, config.seed)
-            defects[class_data.name] = [DefectSample(s.path, s.mask_path, s.defect_type) for s in chosen]
-            if labelled_dir is not None:
-                confirmed[class_data.name] = _add_confirmed_normals(
-                    training[class_data.name], class_data.train
-                )
-    model = fit_model(training, config, progress, defects=defects, options=options, export=export)
-    if labelled_dir is not None:
-        model.metadata["training_data"]["confirmed_normals"] = confirmed
+    if shots is not None:
+        model = fit_few_shot_folder(found, shots, shots_seed, confirmed_normals, config, progress)
+    else:
+        empty = [class_data.name for class_data in found if len(class_data.train) < 2]
+        if empty:
+            raise DatasetError(f"class(es) {', '.join(empty)} have fewer than 2 images in train/good")
+        training: dict[str, list[Path | np.ndarray]] = {d.name: list(d.train) for d in found}
+        defects: dict[str, list[DefectSample]] = {}
+        confirmed: dict[str, int] = {}
+        if labelled_dir is not None or labelled_per_type is not None:
+            sources = _labelled_sources(found, labelled_dir)
+            for class_data in sources:
+                chosen = labelled_defects(class_data, labelled_per_type, config.seed)
+                defects[class_data.name] = [DefectSample(s.path, s.mask_path, s.defect_type) for s in chosen]
+                if labelled_dir is not None:
+                    confirmed[class_data.name] = _add_confirmed_normals(
+                        training[class_data.name], class_data.train
+                    )
+        model = fit_model(training, config, progress, defects=defects, options=options, export=export)
+        if labelled_dir is not None:
+            model.metadata["training_data"]["confirmed_normals"] = confirmed
     if defect_samples:
         offer_f1_thresholds(model, Path(defect_samples))
     save_model(model, out, overwrite=overwrite)
     return model
+
+
+def fit_few_shot_folder(
+    found: list[ClassData],
+    shots: int,
+    shots_seed: int | None,
+    confirmed_normals: str | Path | None,
+    config: FitConfig,
+    progress: FitProgress | None,
+) -> InspectionModel:
+    """A few-shot model from ``shots`` train/good images per class (first by name, or seeded), and
+    the confirmed normals of those classes found under ``confirmed_normals`` (never a shot again)."""
+    training: dict[str, list[Path | np.ndarray]] = {
+        d.name: list(select_shots(d.train, shots, shots_seed)) for d in found
+    }
+    confirmed: dict[str, list[Path | np.ndarray]] = {}
+    if confirmed_normals:
+        names = {d.name for d in found}
+        for extra in discover(confirmed_normals):
+            if extra.name in names and extra.train:
+                used = {file_sha256(Path(p)) for p in training[extra.name] if isinstance(p, Path)}
+                confirmed[extra.name] = [p for p in extra.train if file_sha256(p) not in used]
+    return fit_few_shot(training, config, progress, confirmed=confirmed)
 
 
 def _labelled_sources(found: list[ClassData], labelled_dir: str | Path | None) -> list[ClassData]:
@@ -124,6 +157,7 @@ def evaluate_folder(
     *,
     batch_size: int = 1,
     options: RuntimeOptions | None = None,
+    weights_dir: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> tuple[InspectionModel, dict[str, Any]]:
@@ -131,7 +165,7 @@ def evaluate_folder(
 
     ``on_start`` learns the number of test images before scoring begins (for a progress bar).
     """
-    model = load_model(model_dir, options=options)
+    model = load_model(model_dir, options=options, weights_dir=weights_dir)
     found = discover(data, classes)
     if on_start is not None:
         on_start(sum(len(class_data.test) for class_data in found))

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Generic, TypeVar
 
+from shared.capped import CappedMap
 from shared.engine.config import UNKNOWN, Decision
 from shared.errors import ConfigError
 from shared.messages.schemas import MAX_ALERT_FRAMES, AlertEvent, Verdict
@@ -35,41 +35,6 @@ from shared.settings import AlertsSettings
 
 _NS_PER_S = 1_000_000_000
 DEFAULT_MAX_KEYS = 4096
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class CappedMap(Generic[K, V]):
-    """A dict of at most ``cap`` entries; setting a new key past the cap evicts the least recently
-    used one and calls ``on_evict(name)``."""
-
-    def __init__(self, name: str, cap: int, on_evict: Callable[[str], None] | None = None) -> None:
-        if cap < 1:
-            raise ConfigError(f"{name}: the cap must be at least 1")
-        self.name, self.cap = name, cap
-        self._on_evict = on_evict or (lambda name: None)
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def __setitem__(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.cap:
-            self._items.popitem(last=False)
-            self._on_evict(self.name)
-
-    def pop(self, key: K) -> V | None:
-        return self._items.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 @dataclass(frozen=True)
 class AlertRules:

@@ -133,13 +133,15 @@ def load_model_dir(
     expected_version: str | None = None,
     source: str | None = None,
     options: RuntimeOptions | None = None,
+    review_until_confirmed: int | None = None,
 ) -> ServingModel:
     """Load and verify a model directory (blocking: run it in a worker thread).
 
     ``root``: the directory must lie inside it (announced models); a relative ``path`` is relative to
     it. ``expected_sha256``: the manifest digest the announcement names. ``options``: the runtime,
-    device and precision of the backbone (``ScorerSettings.runtime_options``). Raises
-    ``ModelRefused`` with a reason from ``REFUSAL_REASONS``.
+    device and precision of the backbone (``ScorerSettings.runtime_options``). ``review_until_confirmed``:
+    the scorer's cold-start setting (None: each class's manifest decides). Raises ``ModelRefused``
+    with a reason from ``REFUSAL_REASONS``.
     """
     from shared.engine.artifacts import read_artifact
     from shared.engine.persistence import model_from_artifact
@@ -158,6 +160,7 @@ def load_model_dir(
             f"model at {path} is version {model.version!r}, announced as {expected_version!r}",
             reason="version_mismatch",
         )
+    model.review_until_confirmed = review_until_confirmed
     try:
         warm_up(model)
     except ModelRefused:
@@ -214,6 +217,7 @@ class ModelWatcher:
         self._models_root: Path = cfg.models_root
         self._weights_dir: Path | None = cfg.weights_dir
         self._options = cfg.runtime_options()
+        self._review_until_confirmed: int | None = cfg.review_until_confirmed
         self.gate = AnnouncementGate(
             load_trusted_keys(cfg.trusted_keys), max_skew_ns=int(cfg.announcement_max_skew_s * 1e9)
         )
@@ -359,6 +363,7 @@ class ModelWatcher:
                 expected_version=announcement.model_version,
                 source=f"announcement {announcement.model_version}",
                 options=self._options,
+                review_until_confirmed=self._review_until_confirmed,
             )
         except ModelRefused as exc:
             self._refuse(announcement, exc.reason, str(exc))

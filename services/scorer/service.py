@@ -580,6 +580,7 @@ async def serve(
             model_dir,
             weights_dir=settings.scorer.weights_dir,
             options=settings.scorer.runtime_options(),
+            review_until_confirmed=settings.scorer.review_until_confirmed,
         )
         holder = ModelHolder(serving)
         log_event(

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from services.arguments import positive_int
+from services.arguments import non_negative_int, positive_int
 from shared.errors import ConfigError, ModelRefused
 
 SHADOW_HELP = "score frames with a candidate model beside the serving one, and report the difference"
@@ -64,20 +64,13 @@ def parse_time(text: str) -> int:
     return int(stamp.timestamp() * 1e9)
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
-
-
 def register(subparsers: Any) -> None:
     shadow = subparsers.add_parser("shadow", help=SHADOW_HELP, description=SHADOW_DESCRIPTION)
     shadow.add_argument("--model", type=Path, required=True, help="the candidate model directory")
     start = shadow.add_mutually_exclusive_group(required=True)
     start.add_argument(
         "--from-offset",
-        type=_non_negative_int,
+        type=non_negative_int,
         metavar="N",
         help="replay every frames partition from offset N",
     )

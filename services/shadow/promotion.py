@@ -149,24 +149,19 @@ def check_report(
         agreement is not None and agreement >= criteria.min_agreement,
         f"agreement {_show(agreement)} (at least {criteria.min_agreement:g})",
     )
-    _rate_check(
-        checks,
-        report,
-        "escape_rate",
-        labelled=_number(report, "labels", "defects") or 0.0,
-        min_labelled=criteria.min_labelled_defects,
-        max_increase=criteria.max_escape_rate_increase,
-        what="labelled defects",
-    )
-    _rate_check(
-        checks,
-        report,
-        "false_reject_rate",
-        labelled=_number(report, "labels", "goods") or 0.0,
-        min_labelled=criteria.min_labelled_goods,
-        max_increase=criteria.max_false_reject_rate_increase,
-        what="labelled goods",
-    )
+    for rate, labels, min_labelled, max_increase in (
+        ("escape_rate", "defects", criteria.min_labelled_defects, criteria.max_escape_rate_increase),
+        ("false_reject_rate", "goods", criteria.min_labelled_goods, criteria.max_false_reject_rate_increase),
+    ):
+        _rate_check(
+            checks,
+            report,
+            rate,
+            labelled=_number(report, "labels", labels) or 0.0,
+            min_labelled=min_labelled,
+            max_increase=max_increase,
+            what=f"labelled {labels}",
+        )
     added = _number(report, "added_rejects", "rate", optional=True)
     check(
         "added_rejects",

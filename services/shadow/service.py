@@ -27,14 +27,13 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.labels.core import latest_feedback
+from services.labels.feedback_topic import read_latest_feedback
 from services.scorer.core import DecodedFrame, RawRecord, decode_record, error_verdict, verdict_for
 from services.shadow import metrics
 from services.shadow.core import Candidate, Comparison, iso_time
 from shared.errors import BrokerError, ConfigError, MessageError
 from shared.frames_store import ClaimStore, frame_file_stem
 from shared.kafka.client import make_consumer, make_producer, partition_counts
-from shared.kafka.reading import read_topic
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import Feedback, Verdict
 from shared.settings import LatePolicy, Settings
@@ -404,18 +403,10 @@ class ShadowRun:
             await consumer.stop()
 
     async def _feedback(self) -> dict[str, Feedback]:
-        records: list[tuple[bytes | None, Feedback | None]] = []
-        async for record in read_topic(self.settings, "feedback", self.cfg.read_timeout_s):
-            if record.value is None:
-                records.append((record.key, None))
-                continue
-            try:
-                records.append((record.key, decode(record.value, Feedback)))
-            except MessageError as exc:
-                log_event(
-                    log, "feedback_record_skipped", logging.WARNING, offset=record.offset, reason=exc.reason
-                )
-        return latest_feedback(records)
+        def skipped(offset: int, exc: MessageError) -> None:
+            log_event(log, "feedback_record_skipped", logging.WARNING, offset=offset, reason=exc.reason)
+
+        return await read_latest_feedback(self.settings, self.cfg.read_timeout_s, skipped)
 
 
 def _at(record: RawRecord) -> tuple[int, int]:

@@ -29,12 +29,32 @@ class ClassModel:
     def threshold(self) -> float:
         return self.normaliser.threshold
 
+    def awaiting_confirmation(self, review_until: int | None = None) -> str | None:
+        """Why this class's verdicts go to a person, or None: a cold-start (few-shot or zero-shot)
+        class until enough confirmed normal images have been fitted in. ``review_until``: how many
+        (the scorer's setting); None: as many as the fit was told (the manifest)."""
+        cold = self.calibration.get("cold_start")
+        if not cold:
+            return None
+        needed = cold["review_until_confirmed"] if review_until is None else review_until
+        if cold["confirmed_normals"] >= needed:
+            return None
+        return (
+            f"cold start: {cold['shots']}-shot model with an approximate threshold; "
+            f"{cold['confirmed_normals']} of {needed} confirmed normal images"
+        )
+
 
 def maps_and_scores(patch: PatchScores, config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
     """Anomaly maps (model input resolution, raw scale) and raw image scores from patch scores."""
     maps = anomaly_maps(patch.patch, patch.grid, config.input_size, config.blur_sigma)
-    image_raw = patch.image if patch.image is not None else image_scores(maps, config.image_score)
-    return maps, image_raw
+    if patch.image is not None:
+        return maps, patch.image
+    if config.image_score == "excess":
+        # Each map relative to its own image: a normal part photographed unlike every training image
+        # scores high everywhere, a defect only where it is (docs/benchmarks.md, "Few-shot").
+        maps = maps - maps.mean(axis=(1, 2), keepdims=True)
+    return maps, image_scores(maps, config.image_score)
 
 
 def raw_maps(scorer: PatchScorer, batch: ScoreInput, config: FitConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -38,7 +38,14 @@ DECISIONS: tuple[str, ...] = tuple(d.value for d in Decision)
 SCORER_KINDS: tuple[str, ...] = registry.SCORER_NAMES  # the scorer registry's names
 IndexKind = Literal["flat", "pca-refine", "hnsw", "ivf"]
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
-ImageScoreMode = Literal["max", "top1"]
+# max: the map's maximum; top1: the mean of its top 1%; excess: the maximum of the map taken relative
+# to the image's own mean patch score (the map is centred the same way; see class_model).
+ImageScoreMode = Literal["max", "top1", "excess"]
+IMAGE_SCORE_MODES: tuple[str, ...] = get_args(ImageScoreMode)
+# The image score of a few-shot fit unless one is asked for (`lineguard fit --shots`). To be settled
+# on training images only by `benchmarks.fewshot select` (not yet run to the end: docs/benchmarks.md,
+# "Few-shot").
+FEW_SHOT_IMAGE_SCORE: ImageScoreMode = "excess"
 
 _CLASS_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -118,6 +125,19 @@ class FitConfig:
     unknown_min_distance: float = 0.05  # ...but never closer than this cosine distance
     batch_size: int = 8
     seed: int = 0
+    # Few-shot fitting (shared.engine.fewshot, `lineguard fit --shots K`): the views of each shot in
+    # the bank, and how many confirmed normal images end the review-only cold start.
+    shot_flips: Literal["none", "horizontal", "both"] = "both"
+    shot_gain_max: float = 2.0  # exposure gains from 1/max to max...
+    shot_gain_steps: int = 5  # ...in this many log-spaced steps (1: no exposure views)
+    review_until_confirmed: int = 50
+    # WinCLIP (scorer "winclip"): CLIP is its own backbone, read from a local open_clip checkpoint.
+    clip_model: str = "ViT-B-16-plus-240"  # an open_clip built-in ViT configuration
+    clip_weights: str | None = None  # the checkpoint file (fitting); loading finds it by its sha256
+    clip_overrides: dict[str, Any] = field(default_factory=dict)  # bounded sizes (small test models)
+    clip_object: str | None = None  # the object named in the prompts; None: the class name in words
+    winclip_scales: tuple[int, ...] = (2, 3)  # window sizes in patches (the paper's small and mid)
+    winclip_few_shot: bool = True  # WinCLIP+: the normal images become a visual memory
     epochs: int | None = None  # learned scorers (supersimplenet, uninet): None = the scorer's default
 
     def __post_init__(self) -> None:
@@ -135,6 +155,11 @@ class FitConfig:
             raise ConfigError("holdout_fraction must be between 0 and 1")
         if not 0 < self.target_frr < 1:
             raise ConfigError("target_frr must be between 0 and 1")
+        if self.shot_gain_max < 1.0 or self.shot_gain_steps < 1 or self.review_until_confirmed < 0:
+            raise ConfigError("shot_gain_max >= 1, shot_gain_steps >= 1 and review_until_confirmed >= 0")
+        self.winclip_scales = tuple(int(size) for size in self.winclip_scales)
+        if not self.winclip_scales or any(size < 1 for size in self.winclip_scales):
+            raise ConfigError("winclip_scales must be one or more positive window sizes")
         if self.calibration_folds < 1:
             raise ConfigError("calibration_folds must be at least 1")
         if self.epochs is not None and self.epochs < 1:

@@ -217,6 +217,10 @@ def evaluate(
             float(target) if isinstance(target, int | float) and not isinstance(target, bool) else None
         )
         per_class[data.name] = class_metrics(tally, class_model.threshold, target_frr)
+        # A few-shot threshold was not set on held-out normals: its false-reject rate is this one.
+        per_class[data.name]["threshold_approximate"] = bool(
+            class_model.calibration.get("threshold_approximate", False)
+        )
         del tally
     return {
         "classes": per_class,
@@ -246,4 +250,5 @@ def _mean(per_class: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
     for key in ("n_good", "n_defect", "n_defect_without_mask", "n_excluded_trained_on"):
         mean[key] = sum(m[key] for m in per_class.values())
+    mean["threshold_approximate"] = any(m["threshold_approximate"] for m in per_class.values())
     return mean

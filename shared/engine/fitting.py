@@ -403,7 +403,31 @@ def fit_model(
                     Path(workdir),
                 )
             )
+    return assemble_model(config, extractor, class_models, data, started, weights_path, labelled_input)
 
+
+def set_unknown_thresholds(
+    class_models: list[ClassModel], route_embeddings: list[np.ndarray], config: FitConfig
+) -> None:
+    """Each class's routing threshold from its held-out images' distances to its prototype (the
+    few-shot fit: there is no out-of-fold routing distance there)."""
+    for model, embeddings in zip(class_models, route_embeddings, strict=True):
+        own = 1.0 - l2_normalise(embeddings) @ l2_normalise(model.prototype[None])[0]
+        model.unknown_threshold = float(max(own.max() * config.unknown_factor, config.unknown_min_distance))
+        model.calibration["heldout_route_distance_max"] = float(own.max())
+
+
+def assemble_model(
+    config: FitConfig,
+    extractor: FeatureExtractor,
+    class_models: list[ClassModel],
+    data: Mapping[str, Sequence[ImageSource]],
+    started: float,
+    weights_path: Path,
+    labelled_input: Mapping[str, Sequence[DefectSample]] | None = None,
+) -> InspectionModel:
+    """The finished model: version, training-data fingerprint and fit time around the classes."""
+    labelled_input = labelled_input or {}
     created = datetime.now(UTC)
     # Every image the model learned from, by sha256: ``lineguard evaluate`` leaves them out.
     digests = {name: [source_sha256(source) for source in data[name]] for name in sorted(data)}

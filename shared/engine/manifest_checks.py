@@ -20,6 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from shared.engine.artifacts import is_sha256_hex
 from shared.engine.backbones import check_arch_overrides, get_spec
+from shared.engine.clip_backbone import check_clip_overrides
 from shared.engine.config import FitConfig, is_valid_class_name
 from shared.engine.postprocess import Normaliser
 from shared.errors import ArtifactError, BackboneError, ConfigError
@@ -37,6 +38,7 @@ SETTING_BOUNDS: dict[str, tuple[float, float]] = {
 }
 MAX_LAYERS = 16
 MAX_LAYER_INDEX = 64
+MAX_WINDOW_SCALES = 8
 _METADATA_KEYS = ("created_at", "training_data", "fit_seconds")
 
 
@@ -120,7 +122,13 @@ def _check_config(raw: Any, where: Path | str) -> FitConfig:
         raise ArtifactError(
             f"{where}: config.layers must be 1-{MAX_LAYERS} indices in [0, {MAX_LAYER_INDEX}]"
         )
+    scales = raw.get("winclip_scales")
+    if scales is not None and (
+        not 0 < len(scales) <= MAX_WINDOW_SCALES or not all(0 < size <= 64 for size in scales)
+    ):
+        raise ArtifactError(f"{where}: config.winclip_scales must be 1-{MAX_WINDOW_SCALES} sizes in [1, 64]")
     try:
+        check_clip_overrides(raw.get("clip_overrides", {}))
         check_arch_overrides(raw.get("arch_overrides", {}))
         values = dict(raw)
         if layers is not None:
@@ -254,4 +262,16 @@ def _check_class(entry: Any, what: str) -> ClassEntry:
         raise ArtifactError(f"{what}: calibration.heldout_scores must list 1-{MAX_HELDOUT_SCORES} scores")
     for i, score in enumerate(heldout):
         number(score, f"{what}: calibration.heldout_scores[{i}]")
+    if "cold_start" in calibration:
+        _check_cold_start(calibration["cold_start"], f"{what}: calibration.cold_start")
     return ClassEntry(name, normaliser, unknown_threshold, dict(calibration), entry)
+
+
+def _check_cold_start(raw: Any, what: str) -> None:
+    """The review gate of a few-shot class: counts the scorer compares on every frame."""
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{what} must be a mapping")
+    for key in ("shots", "confirmed_normals", "review_until_confirmed"):
+        value = raw.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ArtifactError(f"{what}.{key} is {_show(value)}, not a count")

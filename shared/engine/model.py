@@ -52,6 +52,9 @@ class InspectionModel:
             np.array([model.unknown_threshold for model in class_models]),
         )
         self._class_index = {name: i for i, name in enumerate(self.classes)}
+        # Confirmed normals a cold-start class needs before its verdicts are pass/reject; None: as
+        # each class's manifest says. The scorer sets it from its settings (review_until_confirmed).
+        self.review_until_confirmed: int | None = None
 
     def embed(self, images: list[np.ndarray]) -> tuple[np.ndarray, tuple[int, int]]:
         """``(B, N, D)`` patch features of ``images`` as float32 numpy."""
@@ -113,6 +116,10 @@ class InspectionModel:
             height, width = image.shape[:2]
             decision = Decision.REJECT if score >= 0.5 else Decision.PASS
             if label == UNKNOWN or (mismatch and decision == Decision.PASS):
+                decision = Decision.REVIEW
+            elif (cold_start := class_model.awaiting_confirmation(self.review_until_confirmed)) is not None:
+                said = f"{cold_start}; the model says {decision}"
+                reason = f"{reason}; {said}" if reason else said
                 decision = Decision.REVIEW
             results.append(
                 ScoreResult(

@@ -164,7 +164,12 @@ def model_from_artifact(
         )
     tensors = _read_tensors(artifact)
     prototypes = _checked_prototypes(tensors, len(checked.classes), features.shape[2], where)
-    files = ArtifactFiles(artifact.path, tensors, artifact.read)
+    files = ArtifactFiles(
+        artifact.path,
+        tensors,
+        artifact.read,
+        find_weights=lambda digest, name: _scorer_weights(digest, name, weights_dir),
+    )
     class_models = [
         ClassModel(
             name=entry.name,
@@ -250,7 +255,7 @@ def _read_scorer(
     try:
         scorer = scorer_type.read(files, _slot(index), config)
         facts = scorer.manifest_facts()
-        patch = scorer.score(ScoreInput(features, grid, [frame])).patch
+        patch = scorer.score(ScoreInput(features, grid, [frame]))  # a scorer may have its own grid
     except ArtifactError as exc:
         raise ArtifactError(f"{what}: {exc}") from None
     except Exception as exc:  # faiss, torch and numpy raise their own types for mismatched shapes
@@ -258,7 +263,7 @@ def _read_scorer(
             f"{what}: its {config.scorer} state does not fit the backbone's {features.shape[2]}-dimensional "
             f"features on a {grid[0]}x{grid[1]} grid ({type(exc).__name__}: {exc})"
         ) from None
-    if np.shape(patch) != (1, grid[0] * grid[1]) or not np.isfinite(patch).all():
+    if np.shape(patch.patch) != (1, patch.grid[0] * patch.grid[1]) or not np.isfinite(patch.patch).all():
         raise ArtifactError(f"{what}: its {config.scorer} state gives non-finite or misshapen patch scores")
     for key, value in facts.items():
         if entry.facts.get(key) != value:
@@ -285,6 +290,28 @@ def _verified_weights(path: Path, expected: str) -> WeightBytes | None:
         return None
     data = read_weight_file(path)
     return WeightBytes(path, data) if hashlib.sha256(data).hexdigest() == expected else None
+
+
+def _scorer_weights(digest: str, recorded: str, weights_dir: str | Path | None) -> WeightBytes:
+    """A weight file a scorer needs besides the backbone (e.g. WinCLIP's CLIP checkpoint), found in
+    ``weights_dir`` under its recorded bare name or named by its sha256, and verified."""
+    name = Path(recorded).name  # a bare name: it cannot leave the folder
+    if weights_dir is not None:
+        folder = Path(weights_dir)
+        candidates = [folder / name] if name not in ("", ".", "..") else []
+        candidates.extend(sorted(folder.glob(f"{digest}*")))
+        for candidate in candidates:
+            found = _verified_weights(candidate, digest)
+            if found is not None:
+                return found
+    place = (
+        f"the weights directory {weights_dir}" if weights_dir else "a weights directory (none is configured)"
+    )
+    named = f"as {name} or " if name not in ("", ".", "..") else "as "
+    raise ArtifactError(
+        f"the model needs the weight file with sha256 {digest}; "
+        f"put it in {place} {named}{digest}.safetensors (or .pt)"
+    )
 
 
 def _locate_weights(

@@ -37,7 +37,7 @@ def anomaly_maps(patch_scores: np.ndarray, grid: tuple[int, int], size: int, sig
 
 def image_scores(maps: np.ndarray, mode: ImageScoreMode) -> np.ndarray:
     flat = maps.reshape(len(maps), -1)
-    if mode == "max":
+    if mode in ("max", "excess"):  # excess maps arrive centred (class_model.maps_and_scores)
         return flat.max(axis=1)
     count = max(1, flat.shape[1] // 100)  # mean of the top 1% of the map
     return np.partition(flat, -count, axis=1)[:, -count:].mean(axis=1)

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.explainer.service import run_explainer
 from shared.frames_store import ClaimStore
 from shared.kafka.client import make_producer
 from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
@@ -27,8 +26,9 @@ from tests.support.gateway import cameras, gateway_line, gateway_settings
 from tests.support.images import write_atomically
 from tests.support.line import LineModels, running_scorer, scorer_settings
 from tests.support.messages import defect_event
-from tests.support.openai_server import FakeOpenAIServer, ReceivedRequest, Reply
-from tests.support.reports import answer_json
+from tests.support.openai_server import FakeOpenAIServer
+from tests.support.reports import valid_answer
+from tests.support.services import running_explainer
 from tests.support.topics import TopicReader, read_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -50,10 +50,7 @@ def twenty_megapixels() -> bytes:
 
 @pytest.fixture
 def vlm_server() -> Iterator[FakeOpenAIServer]:
-    def always_valid(_: ReceivedRequest) -> Reply:
-        return Reply(content=answer_json())
-
-    with FakeOpenAIServer(responder=always_valid) as server:
+    with FakeOpenAIServer(responder=valid_answer) as server:
         yield server
 
 
@@ -93,21 +90,16 @@ async def test_a_20_megapixel_png_goes_by_reference_to_one_verdict_and_a_report(
         {"camera_id": "big-1", "station_id": "station-1", "product": "washer",
          "folder": {"path": str(hot), "settle_s": 0.3, "rescan_s": 1.0}}
     )  # fmt: skip
-    stop = asyncio.Event()
-    explainer = asyncio.create_task(run_explainer(settings, stop))
-    try:
-        async with (
-            TopicReader(settings, "defects", DefectEvent) as defects,
-            TopicReader(settings, "dlq", DeadLetter) as dead,
-            gateway_line(settings, line_models.a, config) as (verdicts, frames),
-        ):
-            write_atomically(hot / "big.png", data)
-            got = await verdicts.wait_for(1, timeout=180, settle=3.0)
-            reports = await read_records(settings, "reports", 1, timeout_s=120)
-            await asyncio.sleep(1.0)
-    finally:
-        stop.set()
-        await asyncio.wait_for(explainer, timeout=60)
+    async with (
+        running_explainer(settings),
+        TopicReader(settings, "defects", DefectEvent) as defects,
+        TopicReader(settings, "dlq", DeadLetter) as dead,
+        gateway_line(settings, line_models.a, config) as (verdicts, frames),
+    ):
+        write_atomically(hot / "big.png", data)
+        got = await verdicts.wait_for(1, timeout=180, settle=3.0)
+        reports = await read_records(settings, "reports", 1, timeout_s=120)
+        await asyncio.sleep(1.0)
     (verdict,) = got.values
     assert isinstance(verdict, Verdict) and verdict.decision == "reject"
     (frame,) = frames.received.values
@@ -159,19 +151,14 @@ async def test_a_missing_or_altered_frame_is_one_dead_letter_for_scorer_and_expl
             await producer.send_and_wait(settings.topic("frames"), encode(frame), key=b"cam-1")
         await producer.send_and_wait(settings.topic("defects"), encode(event_ref), key=b"station-1")
     settings = with_explainer(settings, tmp_path / "reports")
-    stop = asyncio.Event()
-    explainer = asyncio.create_task(run_explainer(settings, stop))
-    try:
-        async with (
-            TopicReader(settings, "verdicts", Verdict) as verdicts,
-            TopicReader(settings, "dlq", DeadLetter) as dead,
-            running_scorer(settings, line_models.a),
-        ):
-            letters = await dead.wait_for(3, timeout=90, settle=3.0)
-            assert len(verdicts) == 0
-    finally:
-        stop.set()
-        await asyncio.wait_for(explainer, timeout=60)
+    async with (
+        running_explainer(settings),
+        TopicReader(settings, "verdicts", Verdict) as verdicts,
+        TopicReader(settings, "dlq", DeadLetter) as dead,
+        running_scorer(settings, line_models.a),
+    ):
+        letters = await dead.wait_for(3, timeout=90, settle=3.0)
+        assert len(verdicts) == 0
     by_service = sorted((d.service, d.reason) for d in letters.values)
     assert by_service == [
         ("explainer", "frame_missing"),

@@ -20,7 +20,7 @@ from shared.messages.schemas import DeadLetter, DefectEvent, Report
 from shared.settings import ExplainerSettings, Settings
 from tests.support.messages import defect_event
 from tests.support.openai_server import FakeOpenAIServer, ReceivedRequest, Reply
-from tests.support.reports import answer_json
+from tests.support.reports import answer_json, valid_answer
 from tests.support.topics import read_records
 from tests.support.waiting import wait_until
 
@@ -31,10 +31,7 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 @pytest.fixture
 def vlm_server() -> Iterator[FakeOpenAIServer]:
-    def always_valid(_: ReceivedRequest) -> Reply:
-        return Reply(content=answer_json())
-
-    with FakeOpenAIServer(responder=always_valid) as server:
+    with FakeOpenAIServer(responder=valid_answer) as server:
         yield server
 
 

@@ -8,8 +8,11 @@ import time
 import numpy as np
 from PIL import Image, ImageFilter
 
+from services.console.core import FeedbackForm, build_feedback
+from shared.engine.config import Region
 from shared.messages.schemas import DefectEvent, Feedback, Frame, RegionMsg, Verdict
 from shared.synthetic import render_sample
+from tests.support import messages
 from tests.support.images import png_bytes
 
 
@@ -23,43 +26,24 @@ def judgement(
     operator: str = "Ana",
     **changes: object,
 ) -> Feedback:
-    """An operator's judgement of ``verdict``'s frame, as the console would send it."""
-    width, height = size if size is not None else (None, None)
-    feedback = Feedback(
-        frame_id=verdict.frame_id,
-        line_id=verdict.line_id,
-        station_id=verdict.station_id,
-        camera_id=verdict.camera_id,
-        product_class=verdict.product_class,
-        label=label,
-        defect_type=defect_type,
-        regions=regions or [],
-        width=width,
-        height=height,
-        decision=verdict.decision,
-        score=verdict.score,
-        model_version=verdict.model_version,
-        captured_at=verdict.captured_at,
-        operator=operator,
-        authenticated_by="token",
-        submitted_at=time.time_ns(),
-        comment="",
+    """An operator's judgement of ``verdict``'s frame, as the console would send it (built by the
+    console's own ``build_feedback``); ``regions`` are set as given, ``changes`` set any field."""
+    form = FeedbackForm(label=label, defect_type=defect_type)
+    types = [defect_type] if defect_type else []
+    feedback = build_feedback(
+        form, verdict, size, types, operator=operator, authenticated_by="token", submitted_at=time.time_ns()
     )
-    return dataclasses.replace(feedback, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(feedback, regions=regions or [], **changes)  # type: ignore[arg-type]
 
 
 def frame_of(verdict: Verdict, pixels: object) -> Frame:
     """The camera frame a verdict was about (PNG), with the verdict's identity."""
+    identity = {
+        name: getattr(verdict, name) for name in ("line_id", "station_id", "camera_id", "captured_at")
+    }
     image = png_bytes(pixels)  # type: ignore[arg-type]
-    return Frame(
-        frame_id=verdict.frame_id,
-        line_id=verdict.line_id,
-        station_id=verdict.station_id,
-        camera_id=verdict.camera_id,
-        captured_at=verdict.captured_at,
-        encoding="png",
-        image=image,
-        product=verdict.product_class,
+    return messages.frame(
+        verdict.frame_id, encoding="png", image=image, product=verdict.product_class, **identity
     )
 
 
@@ -81,30 +65,22 @@ def synthetic_event(
     levels = np.clip(30 + rng.normal(0, 6, heat.shape) + heat * 1.4, 0, 255).astype(np.uint8)
     ys, xs = np.nonzero(mask)
     regions = []
-    if len(xs):
+    if len(xs) and decision != "pass":
         x, y = int(xs.min()), int(ys.min())
         w, h = int(xs.max()) - x + 1, int(ys.max()) - y + 1
-        regions = [RegionMsg(x=x, y=y, width=w, height=h, score=0.83, area_fraction=(w * h) / 224**2)]
-    now = time.time_ns()
+        regions = [Region(x=x, y=y, width=w, height=h, score=0.83, area_fraction=(w * h) / 224**2)]
     score = 0.83 if decision != "pass" else float(rng.uniform(0.05, 0.3))
-    verdict = Verdict(
-        frame_id=frame_id,
-        line_id="line-1",
-        station_id=station_id,
-        camera_id="cam-1",
-        product_class=product,
-        route_confidence=0.98,
-        decision=decision,
+    verdict = messages.verdict(
+        frame_id,
+        decision,
         score=score,
-        raw_score=score * 2,
         threshold=1.0,
-        regions=regions if decision != "pass" else [],
+        product=product,
+        route_confidence=0.98,
+        regions=regions,
         model_version=model_version,
-        captured_at=now,
-        decided_at=now + 40_000_000,
         latency_ms=40.0,
-        late=False,
-        reason="",
+        station_id=station_id,
     )
     event = DefectEvent(
         verdict=verdict,

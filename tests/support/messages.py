@@ -76,14 +76,13 @@ def verdict(
     source = frame(
         frame_id, captured_at=captured_at, line_id=line_id, station_id=station_id, camera_id=camera_id
     )
-    result = ScoreResult(
+    result = score_result(
+        decision,
         product_class=product,
         route_confidence=route_confidence,
-        hint_mismatch=False,
         raw_score=2 * score if raw_score is None else raw_score,
         score=score,
         threshold=threshold,
-        decision=Decision(decision),
         reason=reason,
         regions=list(regions),
         anomaly_map=np.zeros((1, 1), np.float32),
@@ -97,6 +96,25 @@ def verdict(
         decided_at=captured_at + round(latency_ms * 1e6),
         late=late,
     )
+
+
+def score_result(decision: str = "pass", **changes: Any) -> ScoreResult:
+    """The engine's answer for one 24x32 image of a washer: ``decision`` with a normalised score of
+    0.3 (raw 1.0 against a threshold of 2.0), no regions and a flat anomaly map at 0.5; ``changes``
+    set any other field."""
+    values: dict[str, Any] = {
+        "product_class": "washer",
+        "route_confidence": 0.9,
+        "hint_mismatch": False,
+        "raw_score": 1.0,
+        "score": 0.3,
+        "threshold": 2.0,
+        "reason": "",
+        "regions": [],
+        "anomaly_map": np.full((24, 32), 0.5, np.float32),
+        **changes,
+    }
+    return ScoreResult(decision=Decision(decision), **values)
 
 
 def defect_event(

@@ -11,6 +11,7 @@ from services.explainer.answer import parse_answer
 from services.explainer.document import ReportDocument
 from services.explainer.facts import EventFacts
 from services.explainer.report import build_fallback_report, build_vlm_report
+from tests.support.openai_server import ReceivedRequest, Reply
 
 SEVERITY_BANDS = (0.6, 0.8)
 
@@ -46,6 +47,11 @@ def answer_json(
     }
     answer.update(overrides)
     return json.dumps(answer)
+
+
+def valid_answer(_: ReceivedRequest) -> Reply:
+    """A ``FakeOpenAIServer`` responder that gives every request ``answer_json()``."""
+    return Reply(content=answer_json())
 
 
 def fallback_document(

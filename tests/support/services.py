@@ -8,6 +8,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, Protocol, TypeVar
 
+from shared.settings import Settings
+
 
 class Service(Protocol):
     """A service object with a ``run(stop)`` coroutine and a ``ready`` event (alerts, PLC bridge)."""
@@ -38,3 +40,18 @@ async def running_service(service: S, ready_timeout_s: float = 30.0) -> AsyncIte
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
+
+
+@contextlib.asynccontextmanager
+async def running_explainer(settings: Settings, stop_timeout_s: float = 60.0) -> AsyncIterator[None]:
+    """The explainer (``run_explainer``) in a task for the block; on exit it is stopped and awaited,
+    so what it raised is raised here."""
+    from services.explainer.service import run_explainer
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_explainer(settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, stop_timeout_s)

@@ -19,6 +19,7 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
+from shared.engine.backbones import WeightBytes
 from shared.engine.config import FitConfig, FitProgress
 from shared.engine.scorers import registry
 from shared.errors import ArtifactError, ConfigError
@@ -90,10 +91,18 @@ class ArtifactFiles:
     folder: Path  # files of the scorer's own format (e.g. faiss indexes) go here
     tensors: dict[str, np.ndarray]  # collected into the model's one safetensors file
     read_bytes: Callable[[str], bytes] = field(default=lambda name: _not_loading(name))
+    # A weight file a scorer needs besides the model's backbone (e.g. WinCLIP's CLIP checkpoint), by
+    # its sha256 and the bare file name recorded at fitting: read and verified by the loader, from
+    # the configured weights directory, never from a path the manifest records.
+    find_weights: Callable[[str, str], WeightBytes] = field(default=lambda digest, name: _no_weights(digest))
 
 
 def _not_loading(name: str) -> bytes:
     raise ArtifactError(f"{name}: a model's files are read only while loading a verified artifact")
+
+
+def _no_weights(digest: str) -> WeightBytes:
+    raise ArtifactError(f"weight file {digest}: weights are looked up only while loading a verified artifact")
 
 
 class PatchScorer(Protocol):

@@ -19,6 +19,7 @@ SCORERS: Mapping[str, str] = MappingProxyType(
         "knn": "shared.engine.scorers.knn:KnnScorer",
         "patchcore": "shared.engine.scorers.knn:PatchCoreScorer",
         "gaussian": "shared.engine.scorers.gaussian:GaussianScorer",
+        "winclip": "shared.engine.scorers.winclip:WinClipScorer",
         "supersimplenet": "shared.engine.scorers.supersimplenet:SuperSimpleNetScorer",
         "uninet": "shared.engine.scorers.uninet:UniNetScorer",
     }

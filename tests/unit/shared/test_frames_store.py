@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from shared.errors import ImageError
-from shared.frames_store import FrameStore, frame_file_stem
+from shared.frames_store import FrameImage, FrameStore, frame_file_stem
+from tests.support.images import png_bytes
+from tests.support.messages import frame
 
 
 def test_file_names_are_the_id_only_when_harmless() -> None:
@@ -30,3 +32,13 @@ def test_a_saved_frame_loads_back_and_a_missing_one_is_none(tmp_path: Path) -> N
     store.path("f-3").write_bytes(b"not an image")
     with pytest.raises(ImageError):
         store.load("f-3")
+
+
+def test_a_frame_image_decodes_at_the_declared_size_within_its_own_bounds() -> None:
+    pixels = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
+    message = frame(encoding="png", image=png_bytes(pixels), width=12, height=10)
+    assert np.array_equal(FrameImage(png_bytes(pixels), 1 << 20, 120).pixels(message), pixels)
+    with pytest.raises(ImageError):
+        FrameImage(png_bytes(pixels), 1 << 20, 119).pixels(message)  # over its pixel bound
+    with pytest.raises(ImageError):
+        FrameImage(png_bytes(pixels), 1 << 20, 120).pixels(frame(encoding="png", width=13, height=10))

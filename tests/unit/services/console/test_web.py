@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -54,6 +55,13 @@ async def sign_in(app: object, name: str = "Ana") -> dict[str, str]:
     return {SESSION_COOKIE: response.cookies[SESSION_COOKIE]}
 
 
+async def post_feedback(
+    app: object, form: dict[str, str] | None, frame_id: str = "frame-7", **options: Any
+) -> AsgiResponse:
+    """A feedback form for ``frame_id``; ``options`` are ``request``'s (cookies, headers, body)."""
+    return await request(app, "POST", "/frame/feedback", query={"id": frame_id}, form=form, **options)
+
+
 def csrf_of(page: AsgiResponse) -> str:
     marker = 'name="csrf" value="'
     start = page.text.index(marker) + len(marker)
@@ -95,35 +103,21 @@ async def test_failed_sign_ins_are_throttled_per_address(sent: Sent) -> None:
 async def test_feedback_is_sent_only_by_a_signed_in_operator_with_the_csrf_token(sent: Sent) -> None:
     app = build_app(make_ctx(sent))
     form = {"label": "defect", "defect_type": "scratch", "scorer_region": "0", "drawn_regions": "5,6,10,4"}
-    anonymous = await request(app, "POST", "/frame/feedback", query={"id": "frame-7"}, form=form)
+    anonymous = await post_feedback(app, form)
     assert anonymous.status == 401
     cookies = await sign_in(app)
-    no_csrf = await request(
-        app, "POST", "/frame/feedback", query={"id": "frame-7"}, form=form, cookies=cookies
-    )
+    no_csrf = await post_feedback(app, form, cookies=cookies)
     assert no_csrf.status == 403
     page = await request(app, "GET", "/frame", query={"id": "frame-7"}, cookies=cookies)
     assert page.status == 200 and "scratch" in page.text and "missing part" in page.text
     csrf = csrf_of(page)
-    cross_site = await request(
-        app,
-        "POST",
-        "/frame/feedback",
-        query={"id": "frame-7"},
-        form={**form, "csrf": csrf},
-        cookies=cookies,
-        headers={"origin": "http://evil.example"},
+    cross_site = await post_feedback(
+        app, {**form, "csrf": csrf}, cookies=cookies, headers={"origin": "http://evil.example"}
     )
     assert cross_site.status == 403
     assert sent.feedback == []
-    ok = await request(
-        app,
-        "POST",
-        "/frame/feedback",
-        query={"id": "frame-7"},
-        form={**form, "csrf": csrf},
-        cookies=cookies,
-        headers={"origin": "http://console.test"},
+    ok = await post_feedback(
+        app, {**form, "csrf": csrf}, cookies=cookies, headers={"origin": "http://console.test"}
     )
     assert ok.status == 303 and ok.headers["location"] == "/frame?id=frame-7&saved=1"
     (feedback,) = sent.feedback
@@ -138,12 +132,8 @@ async def test_a_csrf_token_of_another_session_is_refused(sent: Sent) -> None:
     ana, bo = await sign_in(app, "Ana"), await sign_in(app, "Bo")
     csrf_ana = csrf_of(await request(app, "GET", "/frame", query={"id": "frame-7"}, cookies=ana))
     form = {"label": "good", "csrf": csrf_ana}
-    assert (
-        await request(app, "POST", "/frame/feedback", query={"id": "frame-7"}, form=form, cookies=bo)
-    ).status == 403
-    assert (
-        await request(app, "POST", "/frame/feedback", query={"id": "frame-7"}, form=form, cookies=ana)
-    ).status == 303
+    assert (await post_feedback(app, form, cookies=bo)).status == 403
+    assert (await post_feedback(app, form, cookies=ana)).status == 303
     assert [f.label for f in sent.feedback] == ["good"]
 
 
@@ -162,29 +152,13 @@ async def test_invalid_feedback_is_refused_with_a_reason(sent: Sent) -> None:
         ({"label": "good", "defect_type": "scratch"}, "good frame"),
     ]
     for form, reason in cases:
-        response = await request(
-            app,
-            "POST",
-            "/frame/feedback",
-            query={"id": "frame-7"},
-            form={**form, "csrf": csrf},
-            cookies=cookies,
-        )
+        response = await post_feedback(app, {**form, "csrf": csrf}, cookies=cookies)
         assert response.status == 422 and reason in response.text, (form, response.text)
-    unknown = await request(
-        app,
-        "POST",
-        "/frame/feedback",
-        query={"id": "nope"},
-        form={"label": "good", "csrf": csrf},
-        cookies=cookies,
-    )
+    unknown = await post_feedback(app, {"label": "good", "csrf": csrf}, "nope", cookies=cookies)
     assert unknown.status == 404
-    too_big = await request(
+    too_big = await post_feedback(
         app,
-        "POST",
-        "/frame/feedback",
-        query={"id": "frame-7"},
+        None,
         body=b"comment=" + b"x" * (70 << 10),
         headers={"content-type": "application/x-www-form-urlencoded"},
         cookies=cookies,
@@ -202,24 +176,13 @@ async def test_pictures_are_jpegs_of_the_frame_and_its_heatmap(sent: Sent) -> No
         assert response.status == 200 and response.headers["content-type"] == "image/jpeg"
         image = Image.open(io.BytesIO(response.body))
         assert image.size == (160, 120)  # a thumbnail is never larger than the frame
-    overlay = Image.open(
-        io.BytesIO(
-            (
-                await request(
-                    app, "GET", "/frame/picture", query={"id": "frame-7", "kind": "overlay"}, cookies=cookies
-                )
-            ).body
-        )
-    ).convert("RGB")
-    plain = Image.open(
-        io.BytesIO(
-            (
-                await request(
-                    app, "GET", "/frame/picture", query={"id": "frame-7", "kind": "frame"}, cookies=cookies
-                )
-            ).body
-        )
-    ).convert("RGB")
+
+    async def picture(kind: str) -> Image.Image:
+        query = {"id": "frame-7", "kind": kind}
+        response = await request(app, "GET", "/frame/picture", query=query, cookies=cookies)
+        return Image.open(io.BytesIO(response.body)).convert("RGB")
+
+    overlay, plain = await picture("overlay"), await picture("frame")
     assert overlay.getpixel((5, 100)) != plain.getpixel((5, 100))  # the heatmap is drawn
     missing = await request(app, "GET", "/frame/picture", query={"id": "nope"}, cookies=cookies)
     assert missing.status == 404
@@ -294,3 +257,14 @@ async def test_the_line_page_shows_the_announcement_history(sent: Sent) -> None:
     assert body.index("m-new") < body.index("m-old")  # newest first
     assert "<td>promote</td>" in body and "<td>ana</td>" in body and "&lt;b&gt;run&lt;/b&gt;" in body
     assert 'id="serving-version">m-new<' in page.text
+
+
+async def test_sign_out_needs_the_csrf_token_and_ends_the_session(sent: Sent) -> None:
+    app = build_app(make_ctx(sent))
+    cookies = await sign_in(app)
+    csrf = csrf_of(await request(app, "GET", "/", cookies=cookies))
+    assert (await request(app, "POST", "/logout", form={}, cookies=cookies)).status == 403
+    assert (await request(app, "POST", "/logout", form={"csrf": csrf})).status == 401
+    out = await request(app, "POST", "/logout", form={"csrf": csrf}, cookies=cookies)
+    assert out.status == 303 and out.headers["location"] == "/login"
+    assert out.cookies.get(SESSION_COOKIE, "") == ""  # the browser is told to drop the session

@@ -7,27 +7,23 @@ from collections import Counter
 from services.scorer.alerts import AlertDetector, AlertRules
 from services.scorer.labels import INVALID, OTHER, LabelValues
 from shared.messages.schemas import Verdict
+from tests.support import messages
 
 
 def verdict(station: str, product: str = "washer", decision: str = "reject", t: int = 0) -> Verdict:
-    return Verdict(
-        frame_id=f"f-{station}-{t}",
-        line_id="line",
-        station_id=station,
-        camera_id="cam",
-        product_class=product,
-        route_confidence=0.9,
-        decision=decision,
+    return messages.verdict(
+        f"f-{station}-{t}",
+        decision,
         score=0.7,
         raw_score=3.0,
         threshold=2.0,
-        regions=[],
+        product=product,
         model_version="v",
         captured_at=t,
-        decided_at=t,
-        latency_ms=1.0,
-        late=False,
-        reason="",
+        latency_ms=0.0,  # decided at t
+        line_id="line",
+        station_id=station,
+        camera_id="cam",
     )
 
 

@@ -14,7 +14,7 @@ from shared.frames_store import ClaimStore
 from shared.messages.codec import encode
 from shared.messages.schemas import Frame
 from shared.settings import LatePolicy
-from tests.support.messages import frame
+from tests.support.messages import frame, score_result
 
 MAX_BYTES = 8 << 20
 SIZE = (5472, 3648)  # 20 megapixels: over the wire's pixel limit, so only by reference
@@ -53,13 +53,8 @@ def test_a_referenced_20_megapixel_png_is_scored_at_its_own_size(tmp_path: Path,
     assert max(item.pixels.shape[:2]) < SIZE[0]  # decoded only as far as the model needs
     amap = np.zeros(item.pixels.shape[:2], np.float32)
     amap[10:20, 10:20] = 1.0
-
-    class Result:
-        decision, product_class, route_confidence = "reject", "washer", 0.9
-        raw_score, score, threshold, reason, regions = 3.0, 0.9, 2.0, "", []
-        anomaly_map = amap
-
-    (outcome,) = build_outcomes([item], [Result()], model_version="v", late_policy=LatePolicy.REJECT)
+    result = score_result("reject", raw_score=3.0, score=0.9, anomaly_map=amap)
+    (outcome,) = build_outcomes([item], [result], model_version="v", late_policy=LatePolicy.REJECT)
     assert outcome.defect is not None and outcome.defect.image is None
     assert (
         outcome.defect.image_ref == sent.image_ref and (outcome.defect.width, outcome.defect.height) == SIZE

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -24,24 +23,9 @@ from shared.messages.anomaly_map import THRESHOLD_LEVEL, decode_anomaly_map, enc
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import DeadLetter, DefectEvent, Frame, Verdict
 from shared.settings import LatePolicy
-from tests.support.messages import frame
+from tests.support.messages import frame, score_result
 
 MAX_BYTES = 8 << 20
-
-
-@dataclass
-class Result:
-    """The fields of an engine ScoreResult that verdicts are built from."""
-
-    decision: str = "pass"
-    product_class: str = "washer"
-    route_confidence: float = 0.9
-    raw_score: float = 1.0
-    score: float = 0.3
-    threshold: float = 2.0
-    reason: str = ""
-    regions: list = field(default_factory=list)
-    anomaly_map: np.ndarray = field(default_factory=lambda: np.full((24, 32), 0.5, np.float32))
 
 
 def _frame(**changes) -> Frame:
@@ -121,9 +105,9 @@ def test_verdicts_carry_the_score_and_only_reject_and_review_make_defect_events(
     frames = [_decoded(_frame(frame_id=f"f{i}"), i) for i in range(3)]
     region = Region(x=3, y=4, width=5, height=6, score=0.9, area_fraction=0.04)
     results = [
-        Result("pass"),
-        Result("reject", regions=[region], score=0.8),
-        Result("review", product_class="unknown", reason="unknown product"),
+        score_result("pass"),
+        score_result("reject", regions=[region], score=0.8),
+        score_result("review", product_class="unknown", reason="unknown product"),
     ]
     now = time.time_ns()
     outcomes = build_outcomes(frames, results, model_version="v1", late_policy=LatePolicy.REJECT, now_ns=now)
@@ -145,7 +129,7 @@ def test_the_defect_event_map_is_the_wire_encoding_at_the_frame_size_and_nan_is_
     amap[0, 0] = np.nan  # a model fault must show as anomalous (255), never as a clean 0
     (outcome,) = build_outcomes(
         [_decoded(_frame())],
-        [Result("reject", anomaly_map=amap)],
+        [score_result("reject", anomaly_map=amap)],
         model_version="v",
         late_policy=LatePolicy.REJECT,
     )
@@ -168,7 +152,7 @@ def test_a_large_frame_is_decoded_for_the_model_and_its_event_keeps_the_frames_s
     region = Region(x=700, y=500, width=80, height=60, score=0.9, area_fraction=0.0025)
     (outcome,) = build_outcomes(
         [decoded],
-        [Result("reject", anomaly_map=amap, regions=[region])],
+        [score_result("reject", anomaly_map=amap, regions=[region])],
         model_version="v",
         late_policy=LatePolicy.REJECT,
     )
@@ -195,7 +179,7 @@ def test_late_frame_gets_the_fail_safe_decision_and_is_marked(
     on_time = _decoded(_frame(captured_at=captured, deadline_ms=10_000), 1)
     outcomes = build_outcomes(
         [late, on_time],
-        [Result(model_decision), Result(model_decision)],
+        [score_result(model_decision), score_result(model_decision)],
         model_version="v",
         late_policy=policy,
     )

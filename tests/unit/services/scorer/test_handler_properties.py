@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any
 
 import msgpack
@@ -25,29 +24,17 @@ from services.scorer.outputs import prepare
 from shared.engine.config import Decision, Region, ScoreResult
 from shared.limits import KAFKA_MAX_MESSAGE_BYTES, MAX_HEADERS
 from shared.messages.codec import decode, encode
-from shared.messages.schemas import DeadLetter, DefectEvent, Frame, Verdict
+from shared.messages.schemas import DeadLetter, DefectEvent, Verdict
 from shared.settings import LatePolicy, NonFinitePolicy
+from tests.support.messages import frame
 
 TOPIC = "lineguard.frames"
-_GOOD = encode(
-    Frame(
-        frame_id="f-1",
-        line_id="line",
-        station_id="st",
-        camera_id="cam",
-        captured_at=time.time_ns(),
-        encoding="jpeg",
-        image=encode_jpeg(np.full((12, 16, 3), 90, np.uint8)),
-        deadline_ms=60_000,
-    )
-)
+_GOOD = encode(frame(image=encode_jpeg(np.full((12, 16, 3), 90, np.uint8)), deadline_ms=60_000))
 _RAW = encode(
-    Frame(
-        frame_id="r-1",
-        line_id="line",
-        station_id="st" * 100,
-        camera_id="cam",
+    frame(
+        "r-1",
         captured_at=1,
+        station_id="st" * 100,
         encoding="raw8",
         image=bytes(range(6)),
         width=3,

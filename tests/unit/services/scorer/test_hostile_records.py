@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import time
 
 import numpy as np
 import pytest
@@ -14,23 +13,14 @@ from services.camera_sim.images import encode_jpeg
 from services.scorer.core import RawRecord, RecordOutcome, decode_record
 from shared.limits import DEAD_LETTER_MAX_BYTES, KAFKA_MAX_MESSAGE_BYTES, MAX_HEADERS, MAX_MESSAGE_BYTES
 from shared.messages.codec import decode, encode
-from shared.messages.schemas import DeadLetter, Frame
+from shared.messages.schemas import DeadLetter
+from tests.support.messages import frame
 
 TOPIC = "lineguard.frames"
 
 
 def _frame_bytes() -> bytes:
-    image = encode_jpeg(np.full((24, 32, 3), 120, np.uint8))
-    frame = Frame(
-        frame_id="f-1",
-        line_id="line",
-        station_id="st",
-        camera_id="cam",
-        captured_at=time.time_ns(),
-        encoding="jpeg",
-        image=image,
-    )
-    return encode(frame)
+    return encode(frame(image=encode_jpeg(np.full((24, 32, 3), 120, np.uint8))))
 
 
 def _letter(record: RawRecord) -> DeadLetter:

@@ -39,7 +39,7 @@ from services.scorer.trust import (
     sign_announcement,
     verify_signature,
 )
-from shared.engine.config import Decision, ScoreResult
+from shared.engine.config import Decision, FitConfig, ScoreResult
 from shared.errors import ConfigError, ModelRefused
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import ModelAnnouncement
@@ -432,6 +432,48 @@ def test_a_model_loads_in_the_runtime_the_settings_name(
     assert served.model.extractor.runtime == "onnx"
     served = load_model_dir(tmp_path / "v1x", options=RuntimeOptions(runtime="auto", workers=2, threads=1))
     assert served.model.extractor.runtime == "openvino"
+
+
+def test_the_scorer_setting_decides_how_many_confirmed_normals_a_cold_start_class_needs(
+    model_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.engine.fewshot import fit_few_shot
+    from shared.engine.persistence import save_model
+    from shared.synthetic import render_sample
+
+    rng = np.random.default_rng(1)
+    shots = [render_sample("washer", rng, 64)[0] for _ in range(3)]
+    config = FitConfig(input_size=64, bank_size=200, shot_gain_steps=1, review_until_confirmed=5)
+    save_model(fit_few_shot({"washer": shots}, config), model_root / "cold")
+    frame = [render_sample("washer", rng, 64)[0]]
+
+    as_fitted = load_model_dir(Path("cold"), root=model_root)
+    assert as_fitted.model.score_batch(frame)[0].decision == Decision.REVIEW
+    stricter = load_model_dir(Path("cold"), root=model_root, review_until_confirmed=100)
+    assert "0 of 100 confirmed normal" in stricter.model.score_batch(frame)[0].reason
+    gate_off = load_model_dir(Path("cold"), root=model_root, review_until_confirmed=0)
+    assert gate_off.model.score_batch(frame)[0].decision in (Decision.PASS, Decision.REJECT)
+    # A model fitted on many normals has no cold start: the setting changes nothing.
+    plain = load_model_dir(Path("v1"), root=model_root, review_until_confirmed=100)
+    assert plain.model.score_batch(frame)[0].decision != Decision.REVIEW
+
+    # From the environment to the settings every load takes.
+    monkeypatch.setenv("LINEGUARD_SCORER__REVIEW_UNTIL_CONFIRMED", "20")
+    assert load_settings().scorer.review_until_confirmed == 20
+    monkeypatch.setenv("LINEGUARD_SCORER__REVIEW_UNTIL_CONFIRMED", "-1")
+    with pytest.raises(ConfigError):
+        load_settings()
+
+
+async def test_the_watcher_loads_announced_models_with_the_cold_start_setting(tmp_path: Path) -> None:
+    settings = watcher_settings(tmp_path, [])
+    settings = settings.model_copy(
+        update={"scorer": settings.scorer.model_copy(update={"review_until_confirmed": 20})}
+    )
+    loader = RecordingLoader()
+    watcher = ModelWatcher(settings, ModelHolder(serving("m1")), from_latest=False, loader=loader)
+    await watcher.consider([encode(announcement(announced_at=time.time_ns()))])
+    assert [kwargs["review_until_confirmed"] for _, kwargs in loader.calls] == [20]
 
 
 def test_a_model_whose_warm_up_scores_are_not_finite_is_refused() -> None:

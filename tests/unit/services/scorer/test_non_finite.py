@@ -3,10 +3,8 @@ score gives the configured fail-safe decision with a reason, never ``pass``."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -14,35 +12,14 @@ import pytest
 from services.camera_sim.images import encode_jpeg
 from services.scorer.core import DecodedFrame, RawRecord, build_outcomes, decode_record
 from shared.messages.codec import decode, encode
-from shared.messages.schemas import DefectEvent, Frame, Verdict
+from shared.messages.schemas import DefectEvent, Verdict
 from shared.settings import LatePolicy, NonFinitePolicy
-
-
-@dataclass
-class Result:
-    decision: str = "pass"
-    product_class: str = "washer"
-    route_confidence: float = 0.9
-    raw_score: float = 1.0
-    score: float = 0.3
-    threshold: float = 2.0
-    reason: str = ""
-    regions: list = field(default_factory=list)
-    anomaly_map: np.ndarray = field(default_factory=lambda: np.full((24, 32), 0.3, np.float32))
+from tests.support.messages import frame, score_result
 
 
 def _decoded(**changes: object) -> DecodedFrame:
-    frame = Frame(
-        frame_id="f-1",
-        line_id="line",
-        station_id="st",
-        camera_id="cam",
-        captured_at=time.time_ns(),
-        encoding="jpeg",
-        image=encode_jpeg(np.full((24, 32, 3), 120, np.uint8)),
-    )
-    frame = dataclasses.replace(frame, **changes)  # type: ignore[arg-type]
-    decoded = decode_record(RawRecord("frames", 0, 0, None, encode(frame), ()), max_image_bytes=8 << 20)
+    source = frame(image=encode_jpeg(np.full((24, 32, 3), 120, np.uint8)), **changes)
+    decoded = decode_record(RawRecord("frames", 0, 0, None, encode(source), ()), max_image_bytes=8 << 20)
     assert isinstance(decoded, DecodedFrame)
     return decoded
 
@@ -50,7 +27,7 @@ def _decoded(**changes: object) -> DecodedFrame:
 @pytest.mark.parametrize("name", ["raw_score", "score", "threshold"])
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_a_non_finite_number_gives_the_default_fail_safe_reject(name: str, value: float) -> None:
-    result = Result(**{name: value})  # the engine compared NaN >= 0.5, got False, and said "pass"
+    result = score_result(**{name: value})  # the engine compared NaN >= 0.5, got False, and said "pass"
     (outcome,) = build_outcomes([_decoded()], [result], model_version="v", late_policy=LatePolicy.SCORE)
     verdict = outcome.verdict
     assert verdict is not None and verdict.decision == "reject"
@@ -64,7 +41,7 @@ def test_a_non_finite_number_gives_the_default_fail_safe_reject(name: str, value
 def test_the_fail_safe_decision_is_a_setting() -> None:
     (outcome,) = build_outcomes(
         [_decoded()],
-        [Result(score=math.nan)],
+        [score_result(score=math.nan)],
         model_version="v",
         late_policy=LatePolicy.SCORE,
         non_finite_policy=NonFinitePolicy.REVIEW,
@@ -73,13 +50,14 @@ def test_the_fail_safe_decision_is_a_setting() -> None:
 
 
 def test_finite_numbers_are_left_alone() -> None:
-    (outcome,) = build_outcomes([_decoded()], [Result()], model_version="v", late_policy=LatePolicy.SCORE)
+    result = score_result()
+    (outcome,) = build_outcomes([_decoded()], [result], model_version="v", late_policy=LatePolicy.SCORE)
     assert outcome.verdict is not None and outcome.verdict.decision == "pass" and not outcome.non_finite
 
 
 def test_a_late_frame_with_a_nan_score_is_still_not_passed() -> None:
     late = _decoded(captured_at=time.time_ns() - 10**9, deadline_ms=10)
     (outcome,) = build_outcomes(
-        [late], [Result(raw_score=math.nan)], model_version="v", late_policy=LatePolicy.SCORE
+        [late], [score_result(raw_score=math.nan)], model_version="v", late_policy=LatePolicy.SCORE
     )
     assert outcome.verdict is not None and outcome.verdict.decision == "reject" and outcome.verdict.late

@@ -4,6 +4,7 @@ tests/integration/test_scorer_faults.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from services.scorer.publish import PartitionPublisher
 from shared.messages.codec import decode
 from shared.messages.schemas import DeadLetter, Verdict
 from shared.settings import Settings
+from tests.support import messages
 from tests.support.fake_kafka import HANG, FakeBroker, FakeConsumer, FakeProducer, Faults
 
 TOPIC = "lineguard.frames"
@@ -42,25 +44,19 @@ def settings(**scorer: Any) -> Settings:
 
 
 def verdict(offset: int, decision: str = "pass", station: str = "st") -> Verdict:
-    return Verdict(
-        frame_id=f"f{offset}",
+    made = messages.verdict(
+        f"f{offset}",
+        decision,
+        raw_score=1.0,
+        threshold=2.0,
+        model_version="v",
+        captured_at=1,
+        latency_ms=1.0,
         line_id="line",
         station_id=station,
         camera_id="cam",
-        product_class="washer",
-        route_confidence=0.9,
-        decision=decision,
-        score=0.2,
-        raw_score=1.0,
-        threshold=2.0,
-        regions=[],
-        model_version="v",
-        captured_at=1,
-        decided_at=2 + offset,
-        latency_ms=1.0,
-        late=False,
-        reason="",
     )
+    return dataclasses.replace(made, decided_at=2 + offset)  # one nanosecond apart, in offset order
 
 
 def outcomes(offsets: range, decision: str = "pass") -> list[RecordOutcome]:

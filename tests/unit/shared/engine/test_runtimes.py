@@ -20,7 +20,7 @@ from shared.engine.metrics import auroc
 from shared.engine.model import InspectionModel
 from shared.engine.persistence import load_model, save_model
 from shared.errors import ArtifactError, BackboneError, ConfigError
-from tests.support.engine import VIT_ARCH, synthetic_split, synthetic_test
+from tests.support.engine import synthetic_split, synthetic_test, tiny_vit_config
 
 SIZE = 96
 CPU_RUNTIMES = ("torch", "openvino", "onnx")
@@ -96,14 +96,7 @@ def test_auto_runs_openvino_with_an_export_and_torch_without(exported_dir: Path,
 def test_the_export_runs_without_the_weight_file(tiny_vit_weights: Path, tmp_path: Path) -> None:
     weights = tmp_path / "tiny.safetensors"
     weights.write_bytes(tiny_vit_weights.read_bytes())
-    config = FitConfig(
-        backbone="dinov2_vits14",
-        weights=str(weights),
-        input_size=56,
-        layers=(0, 1),
-        arch_overrides=VIT_ARCH,
-        bank_size=100,
-    )
+    config = tiny_vit_config(weights, input_size=56, bank_size=100)
     model = fit_model(synthetic_split(("fabric",), 4, 56), config, options=RuntimeOptions(runtime="onnx"))
     assert model.extractor.runtime == "onnx"
     save_model(model, tmp_path / "vit")
@@ -186,13 +179,7 @@ def test_precision_is_bf16_only_where_native_or_asked(monkeypatch: pytest.Monkey
 
 
 def test_bf16_autocast_stays_close_to_fp32(tiny_vit_weights: Path) -> None:
-    config = FitConfig(
-        backbone="dinov2_vits14",
-        weights=str(tiny_vit_weights),
-        input_size=56,
-        layers=(0, 1),
-        arch_overrides=VIT_ARCH,
-    )
+    config = tiny_vit_config(tiny_vit_weights, input_size=56)  # the features only: no bank is built
     from shared.engine.features import make_extractor
 
     extractor = make_extractor(config, tiny_vit_weights, options=RuntimeOptions(runtime="torch"))

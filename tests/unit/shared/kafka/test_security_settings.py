@@ -17,6 +17,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+SASL_USER = {"SASL_USERNAME": "u", "SASL_PASSWORD_FILE": "/p"}  # a complete SASL identity
+
+
 def _load(monkeypatch: pytest.MonkeyPatch, **variables: str):  # type: ignore[no-untyped-def]
     for name, value in variables.items():
         monkeypatch.setenv(f"LINEGUARD_KAFKA__{name}", value)
@@ -74,18 +77,10 @@ def test_complete_combinations_load(monkeypatch: pytest.MonkeyPatch, variables: 
             {"SECURITY_PROTOCOL": "SASL_PLAINTEXT", "SASL_PASSWORD_FILE": "/p"},
             "needs LINEGUARD_KAFKA__SASL_USERNAME",
         ),
-        ({"SASL_USERNAME": "u", "SASL_PASSWORD_FILE": "/p"}, "SASL_USERNAME is set but"),
+        (SASL_USER, "SASL_USERNAME is set but"),
         ({"SECURITY_PROTOCOL": "SSL", "SASL_USERNAME": "u"}, "does not authenticate with SASL"),
         ({"SSL_CA_FILE": "/ca.pem"}, "SSL_CA_FILE is set but LINEGUARD_KAFKA__SECURITY_PROTOCOL=PLAINTEXT"),
-        (
-            {
-                "SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-                "SASL_USERNAME": "u",
-                "SASL_PASSWORD_FILE": "/p",
-                "SSL_CERT_FILE": "/c.pem",
-            },
-            "does not use TLS",
-        ),
+        ({**SASL_USER, "SECURITY_PROTOCOL": "SASL_PLAINTEXT", "SSL_CERT_FILE": "/c.pem"}, "does not use TLS"),
         (
             {"SECURITY_PROTOCOL": "SSL", "SSL_KEY_FILE": "/k.pem"},
             "SSL_KEY_FILE needs LINEGUARD_KAFKA__SSL_CERT_FILE",
@@ -93,12 +88,7 @@ def test_complete_combinations_load(monkeypatch: pytest.MonkeyPatch, variables: 
         ({"SECURITY_PROTOCOL": "SSL", "SSL_KEY_PASSWORD_FILE": "/kp"}, "SSL_KEY_PASSWORD_FILE needs"),
         ({"SECURITY_PROTOCOL": "TLS"}, "LINEGUARD_KAFKA__SECURITY_PROTOCOL"),
         (
-            {
-                "SECURITY_PROTOCOL": "SASL_SSL",
-                "SASL_MECHANISM": "GSSAPI",
-                "SASL_USERNAME": "u",
-                "SASL_PASSWORD_FILE": "/p",
-            },
+            {**SASL_USER, "SECURITY_PROTOCOL": "SASL_SSL", "SASL_MECHANISM": "GSSAPI"},
             "LINEGUARD_KAFKA__SASL_MECHANISM",
         ),
         ({"REPLICATION_FACTOR": "2", "MIN_INSYNC_REPLICAS": "3"}, "no write could succeed"),

@@ -57,7 +57,7 @@ def mean_registered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_config_offers_exactly_the_registered_names() -> None:
-    expected = ("knn", "patchcore", "gaussian", "supersimplenet", "uninet")
+    expected = ("knn", "patchcore", "gaussian", "winclip", "supersimplenet", "uninet")
     assert SCORER_KINDS == registry.SCORER_NAMES == expected
 
 
@@ -69,7 +69,8 @@ def test_every_registered_scorer_is_importable_and_has_the_protocol(name: str) -
 
 
 def test_an_unregistered_scorer_is_refused() -> None:
-    with pytest.raises(ConfigError, match="choose one of knn, patchcore, gaussian, supersimplenet, uninet"):
+    names = "knn, patchcore, gaussian, winclip, supersimplenet, uninet"
+    with pytest.raises(ConfigError, match=f"choose one of {names}"):
         FitConfig(scorer="padim")
     with pytest.raises(ConfigError, match="unknown scorer 'padim'"):
         scorer_class("padim")

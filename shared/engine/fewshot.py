@@ -1,0 +1,273 @@
+"""Few-shot fitting: a model for a new product from 1-16 normal images (``lineguard fit --shots K``).
+
+Memory: every shot becomes several views (``shot_views``: mirror images and exposure changes, as
+``FitConfig.shot_*`` says), so that the bank holds variation a handful of photographs from one
+session do not show; which views help is to be measured on training images only
+(``benchmarks.fewshot select``; docs/benchmarks.md, "Few-shot": not yet run to the end).
+
+Threshold: with no held-out normal image the threshold is estimated, and marked approximate:
+
+- two shots or more: leave-one-out. Each shot is scored by a scorer that has not seen it: for the
+  memory-bank scorers an exact search among the other shots' view patches (the bank before its
+  coreset), for scorers that can drop references (WinCLIP+) their memory without the shot, for
+  any other scorer one refitted on the other shots;
+- one shot: leave-one-view-out over its views, which only measures how the views differ from each
+  other, not how parts differ: the least trustworthy threshold of all.
+
+The scores then go through ``threshold_at_frr`` (a Gaussian tail from five scores up). Nothing here
+knows the false-reject rate this threshold will give; ``lineguard evaluate`` measures it.
+
+Confirmed normals (normal images an operator confirmed as good, e.g. exported from the console's
+feedback by ``lineguard labels export``) are real held-out images: when given, the threshold comes
+from their scores instead, and they then join the bank.
+
+Review gate: each class's calibration carries ``cold_start`` = ``{shots, confirmed_normals,
+review_until_confirmed}``, and every verdict of the class is ``review`` while confirmed_normals <
+review_until_confirmed (``ClassModel.awaiting_confirmation``). The counts live in the signed and
+hashed manifest, so they grow only by a refit with more confirmed normals, which clears the gate
+once enough are in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from shared.engine.backbones import get_spec, resolve_weights
+from shared.engine.calibration import threshold_at_frr
+from shared.engine.class_model import ClassModel, maps_and_scores, raw_maps
+from shared.engine.config import FitConfig, FitProgress, is_valid_class_name
+from shared.engine.features import FeatureExtractor, make_extractor
+from shared.engine.fitting import assemble_model, embed_sources, set_unknown_thresholds
+from shared.engine.images import ImageSource, LazyImages, load_source
+from shared.engine.model import InspectionModel
+from shared.engine.postprocess import Normaliser
+from shared.engine.routing import l2_normalise
+from shared.engine.scorers.base import FitContext, PatchScorer, PatchScores, ScoreInput, scorer_class
+from shared.engine.scorers.index import KnnBank, build_index
+from shared.engine.scorers.knn import KnnScorer
+from shared.errors import ConfigError, DatasetError
+
+MAX_SHOTS = 16
+
+
+def select_shots(sources: Sequence[ImageSource], shots: int, seed: int | None = None) -> list[ImageSource]:
+    """``shots`` images: the first ones in the given (sorted-by-name) order, or a seeded choice."""
+    if not 1 <= shots <= MAX_SHOTS:
+        raise ConfigError(f"--shots must be 1 to {MAX_SHOTS}, got {shots}")
+    if len(sources) < shots:
+        raise DatasetError(f"{shots} shots asked for, but only {len(sources)} normal images were found")
+    if seed is None:
+        return list(sources[:shots])
+    chosen = np.sort(np.random.default_rng(seed).choice(len(sources), shots, replace=False))
+    return [sources[i] for i in chosen]
+
+
+def exposure_gains(config: FitConfig) -> list[float]:
+    """The exposure factors of the views: ``shot_gain_steps`` values spaced evenly in log between
+    1 / ``shot_gain_max`` and ``shot_gain_max`` (always including 1)."""
+    steps = config.shot_gain_steps
+    if steps <= 1 or config.shot_gain_max <= 1.0:
+        return [1.0]
+    gains = np.exp(np.linspace(-np.log(config.shot_gain_max), np.log(config.shot_gain_max), steps))
+    if steps % 2 == 0:  # an even count has no middle value: add the original exposure
+        gains = np.sort(np.r_[gains, 1.0])
+    return [float(g) for g in gains]
+
+
+def shot_views(image: np.ndarray, config: FitConfig) -> list[np.ndarray]:
+    """The views of one shot, the original first: mirror images x exposure gains.
+
+    A mirror image of a normal part is assumed to be normal too (``shot_flips``: none, horizontal,
+    or both axes); an exposure gain multiplies the pixel values (clipped at 255), as a brighter or
+    darker lamp or a longer or shorter exposure would.
+    """
+    mirrored = [image]
+    if config.shot_flips in ("horizontal", "both"):
+        mirrored.append(image[:, ::-1])
+    if config.shot_flips == "both":
+        mirrored.extend([image[::-1], image[::-1, ::-1]])
+    views = []
+    for gain in sorted(exposure_gains(config), key=lambda g: abs(np.log(g))):  # 1.0 first
+        for base in mirrored:
+            if gain == 1.0:
+                views.append(np.ascontiguousarray(base))
+            else:
+                scaled = np.clip(base.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+                views.append(np.ascontiguousarray(scaled))
+    return views
+
+
+def _resized(image: np.ndarray, size: int) -> np.ndarray:
+    """Views are kept at model resolution: the extractor would resize them anyway."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def fit_few_shot(
+    data: Mapping[str, Sequence[ImageSource]],
+    config: FitConfig | None = None,
+    progress: FitProgress | None = None,
+    *,
+    confirmed: Mapping[str, Sequence[ImageSource]] | None = None,
+) -> InspectionModel:
+    """A cold-start model: per class the given shots (1-16 normal images) and, optionally, confirmed
+    normal images held out for the threshold."""
+    config = config or FitConfig()
+    progress = progress or FitProgress()
+    confirmed = confirmed or {}
+    _check(data, confirmed)
+    started = time.perf_counter()
+    spec = get_spec(config.backbone)
+    weights_path = resolve_weights(spec, config.weights)
+    config = replace(config, layers=config.layers or spec.default_layers, weights=str(weights_path))
+    extractor = make_extractor(config, weights_path)
+    scorer_type = scorer_class(config.scorer)
+    class_models: list[ClassModel] = []
+    route_embeddings: list[np.ndarray] = []
+    for name in sorted(data):
+        model, embeddings = _fit_class(
+            name, list(data[name]), list(confirmed.get(name, ())), config, extractor, scorer_type, progress
+        )
+        class_models.append(model)
+        route_embeddings.append(embeddings)
+    set_unknown_thresholds(class_models, route_embeddings, config)
+    every = {name: [*data[name], *confirmed.get(name, ())] for name in data}
+    return assemble_model(config, extractor, class_models, every, started, weights_path)
+
+
+def _check(data: Mapping[str, Sequence[ImageSource]], confirmed: Mapping[str, Sequence[ImageSource]]) -> None:
+    if not data:
+        raise DatasetError("no classes to fit")
+    for name, shots in data.items():
+        if not is_valid_class_name(name):
+            raise ConfigError(f"invalid class name {name!r}: 1-64 letters, digits, '.', '_' or '-'")
+        if not 1 <= len(shots) <= MAX_SHOTS:
+            raise DatasetError(
+                f"class {name!r} has {len(shots)} shots; a few-shot model takes 1 to {MAX_SHOTS}"
+            )
+    foreign = sorted(set(confirmed) - set(data))
+    if foreign:
+        raise DatasetError(f"confirmed normals for class(es) {', '.join(foreign)} that are not being fitted")
+
+
+def _fit_class(
+    name: str,
+    shots: list[ImageSource],
+    confirmed: list[ImageSource],
+    config: FitConfig,
+    extractor: FeatureExtractor,
+    scorer_type: type[PatchScorer],
+    progress: FitProgress,
+) -> tuple[ClassModel, np.ndarray]:
+    views: list[np.ndarray] = []
+    owners: list[int] = []
+    for shot_index, source in enumerate(shots):
+        for view in shot_views(load_source(source), config):
+            views.append(_resized(view, config.input_size))
+            owners.append(shot_index)
+    owner = np.asarray(owners)
+    progress.stage(f"{name}: features of {len(shots)} shots x {len(views) // len(shots)} views", len(views))
+    features, grid = embed_sources(extractor, views, config.batch_size, progress)
+    context = FitContext(name, features, grid, config, progress, views)
+    scorer = scorer_type.fit(context)
+    originals = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])  # each shot's first view
+    calibration: dict[str, Any] = {
+        "n_train": len(shots),
+        "n_views": len(views),
+        "target_frr": config.target_frr,
+        "cold_start": {
+            "shots": len(shots),
+            "confirmed_normals": len(confirmed),
+            "review_until_confirmed": config.review_until_confirmed,
+        },
+    }
+    if confirmed:
+        progress.stage(f"{name}: calibration on {len(confirmed)} confirmed normals", len(confirmed))
+        held, _ = embed_sources(extractor, confirmed, config.batch_size, progress)
+        _, raw = raw_maps(scorer, ScoreInput(held, grid, LazyImages(confirmed)), config)
+        calibration.update(
+            n_holdout=len(confirmed),
+            threshold_rule="quantile(confirmed normal scores, 1 - target_frr), Gaussian tail if few",
+            threshold_approximate=len(confirmed) < config.review_until_confirmed,
+            bank_includes_holdout=True,
+        )
+        # The threshold came from images the scorer had not seen; the final scorer also covers them.
+        everything = FitContext(
+            name,
+            np.concatenate([features, held]),
+            grid,
+            config,
+            progress,
+            [*views, *LazyImages(confirmed)],
+        )
+        scorer = scorer_type.fit(everything)
+        route = np.concatenate([features[originals], held]).mean(axis=1)
+    else:
+        progress.stage(f"{name}: leave-one-out calibration", len(shots))
+        raw = _leave_one_out(scorer, scorer_type, context, owner, originals, progress)
+        rule = (
+            "leave-one-out over the shots (each scored without its own views), Gaussian tail"
+            if len(shots) > 1
+            else "leave-one-view-out over the views of the only shot"
+        )
+        calibration.update(
+            n_holdout=0,
+            threshold_rule=f"{rule}; approximate: the false-reject rate is unknown until measured",
+            threshold_approximate=True,
+            bank_includes_holdout=True,
+        )
+        route = features.mean(axis=1)
+    threshold = threshold_at_frr(raw, config.target_frr)
+    calibration["heldout_scores"] = [float(score) for score in raw]
+    prototype = l2_normalise(l2_normalise(features.mean(axis=1)).mean(axis=0))
+    normaliser = Normaliser(float(raw.min()), float(np.median(raw)), threshold)
+    return ClassModel(name, scorer, normaliser, 0.0, prototype, calibration), route
+
+
+def _leave_one_out(
+    scorer: PatchScorer,
+    scorer_type: type[PatchScorer],
+    context: FitContext,
+    owner: np.ndarray,
+    originals: np.ndarray,
+    progress: FitProgress,
+) -> np.ndarray:
+    """Raw image scores of each shot's original view by a scorer that did not see that shot (one
+    shot: of each view by one that did not see that view)."""
+    config = context.config
+    groups = owner if len(originals) > 1 else np.arange(len(owner))
+    held_rows = originals if len(originals) > 1 else np.arange(len(owner))
+    scores = []
+    for row in (int(r) for r in held_rows):
+        others = np.flatnonzero(groups != groups[row])
+        query = ScoreInput(context.features[row : row + 1], context.grid, [context.images[row]])
+        patch = _score_without(scorer, scorer_type, context, others, query)
+        scores.append(maps_and_scores(patch, config)[1][0])
+        progress.advance(1)
+    return np.asarray(scores, dtype=np.float64)
+
+
+def _score_without(
+    scorer: PatchScorer,
+    scorer_type: type[PatchScorer],
+    context: FitContext,
+    others: np.ndarray,
+    query: ScoreInput,
+) -> PatchScores:
+    """``query`` scored by ``scorer`` as if it had been fitted on the views ``others`` only."""
+    if isinstance(scorer, KnnScorer):
+        # The other views' patches, searched exactly: the same scores as the bank before its coreset.
+        patches = context.features[others].reshape(-1, context.features.shape[-1])
+        return type(scorer)(KnnBank(build_index(patches, "flat"), context.config.k)).score(query)
+    keep_only = getattr(scorer, "with_references", None)
+    if keep_only is not None:  # a memory of reference images (WinCLIP+): keep the others' rows
+        return keep_only([int(i) for i in others]).score(query)
+    subset = replace(context, features=context.features[others], images=[context.images[i] for i in others])
+    return scorer_type.fit(subset).score(query)
