@@ -13,7 +13,10 @@ records at ``--rate`` per second, ``--hostile`` of them from ``tests.support.fuz
 frames: bytes, headers, keys, sizes up to the topic's limit). Meanwhile, at random moments in the
 middle of the stream: ``--scorer-kills`` scorer SIGKILLs (one of them while the group rebalances
 after the previous one), one broker SIGKILLed and restarted, then the leader of frames partition 0
-SIGKILLed and restarted.
+SIGKILLed and restarted. The rest of the line runs too: ``lineguard explainer`` (no VLM: fallback
+reports) and ``lineguard plc-bridge`` (Modbus TCP into the simulated PLC of ``lineguard plc-sim``,
+served from a thread of this process and read every ``--plc-sample-s``), each SIGKILLed once at a
+random moment and restarted at once.
 
 Fuzz-only mode: no faults, ``--brokers 1`` by default. A clean run (``--clean-frames`` good frames)
 and the fuzz run are each put on the topic first and then drained by the scorers; good frames per
@@ -22,14 +25,21 @@ second from the first to the last good verdict, fuzz / clean.
 Afterwards, read with ``read_committed``: every acknowledged record has exactly one verdict (by its
 frame id) or one dead letter (by its partition and offset), never both; no frame id twice on
 verdicts, no record twice on the dead-letter topic; nothing left uncommitted on frames (the
-scorers' committed offsets reach the end of every partition). Latency is capture to the verdict
-being read, for good frames. Prints a summary (``--json FILE`` writes it); exit 1 if any check fails.
+scorers' committed offsets reach the end of every partition). In chaos mode also
+(``benchmarks.chaos_checks``): every reject/review verdict has exactly one defect event and one
+report; no duplicates on ``defects``, ``reports`` or ``alerts``; the PLC never showed ``pass`` for a
+frame without a committed ``pass`` verdict of its station (the sampled decision and last frame id),
+and each station's pass counter at the end does not exceed its committed pass verdicts. Per fault,
+the seconds to the line working again: the next verdict (scorer and broker faults), the next report
+(explainer) or the next PLC heartbeat (bridge). Latency is capture to the verdict being read, for
+good frames. Prints a summary (``--json FILE`` writes it); exit 1 if any check fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -45,20 +55,31 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.chaos_checks import (
+    PlcSample,
+    changes_after,
+    downstream_account,
+    downstream_problems,
+    fault_timeline,
+    plc_account,
+    seconds_to_next,
+)
 from services.camera_sim.core import SimOptions, load_samples
 from services.camera_sim.images import sample_image
 from services.camera_sim.truth import FRAME_ID_HEADER
+from services.demo.plc import PlcOnThread
+from shared.kafka.broker import free_port
 from shared.kafka.client import ensure_topics, make_consumer, make_producer
 from shared.kafka.cluster import KafkaCluster
 from shared.messages.codec import encode
-from shared.messages.schemas import DeadLetter, Frame, Verdict
+from shared.messages.schemas import AlertEvent, DeadLetter, DefectEvent, Frame, Report, Verdict
 from shared.settings import Settings
 from tests.support.broker import throwaway_cluster
 from tests.support.fuzz import BIG_KINDS, HOSTILE_KINDS, hostile_record
 from tests.support.line import scorer_process
 from tests.support.models import PRODUCTS, fit_synthetic_model
-from tests.support.processes import ServiceProcess
-from tests.support.topics import TopicReader, partition_leaders
+from tests.support.processes import ServiceProcess, service_env
+from tests.support.topics import TopicReader, committed_and_end, partition_leaders
 
 SIZE = 96  # frame and model input size: small, so two cores score many
 CAMERAS = 4
@@ -89,6 +110,9 @@ class Run:
     send_failures: int = 0
     faults: list[Fault] = field(default_factory=list)
     scorer_exits: list[str] = field(default_factory=list)  # exits nobody asked for
+    sidecar_exits: list[str] = field(default_factory=list)  # explainer / bridge exits nobody asked for
+    plc_samples: list[PlcSample] = field(default_factory=list)
+    heartbeats: list[tuple[float, int]] = field(default_factory=list)  # (time.time(), PLC heartbeat)
 
 
 # ---- records ------------------------------------------------------------------------------------
@@ -222,6 +246,11 @@ class Scorers:
                 self._start(slot)
             await asyncio.sleep(0.5)
 
+    def kill_remaining(self) -> None:
+        for process in self.slots:
+            if process is not None and process.process.poll() is None:
+                process.kill()
+
     async def stop_all(self) -> None:
         for process in self.slots:
             if process is not None and process.process.poll() is None:
@@ -229,6 +258,117 @@ class Scorers:
                     await process.terminate(60)
                 except AssertionError as error:
                     self.run.scorer_exits.append(f"did not stop on SIGTERM: {error}")
+
+
+STATIONS = [f"st-{i}" for i in range(CAMERAS)]
+SIDECAR_READY = {"explainer": "explainer_started", "plc-bridge": "plc bridge ready"}
+
+
+class Sidecars:
+    """``lineguard explainer`` (no VLM: fallback reports) and ``lineguard plc-bridge`` (Modbus, into
+    the simulated PLC this process serves), each kept running like the scorers."""
+
+    def __init__(self, settings: Settings, plc_port: int, work: Path, run: Run, deadline_ms: int) -> None:
+        prefix = settings.topic_prefix
+        explainer = {"group_id": f"{prefix}-explainer", "report_dir": str(work / f"{prefix}-reports")}
+        plc = {
+            "stations": STATIONS,
+            "modbus_host": "127.0.0.1",
+            "modbus_port": plc_port,
+            "group_id": f"{prefix}-plc",
+            "verdict_deadline_ms": deadline_ms,
+        }
+        self.envs = {
+            "explainer": service_env(settings, explainer=explainer),
+            "plc-bridge": service_env(settings, plc_bridge=plc),
+        }
+        self.work, self.prefix, self.run = work, prefix, run
+        self.processes: dict[str, ServiceProcess] = {}
+        self.killed: set[int] = set()
+        self.starts = 0
+
+    def _start(self, name: str) -> ServiceProcess:
+        self.starts += 1
+        log = self.work / f"{self.prefix}-{name}-{self.starts}.log"
+        process = ServiceProcess([name], self.envs[name], log)
+        self.processes[name] = process
+        return process
+
+    async def start_all(self) -> None:
+        for name in SIDECAR_READY:
+            self._start(name)
+        for name, event in SIDECAR_READY.items():
+            await self.processes[name].wait_for_log(event, 300)
+
+    def kill(self, name: str) -> None:
+        process = self.processes[name]
+        if process.process.poll() is None:
+            self.killed.add(process.process.pid)
+            process.kill()
+        self._start(name)  # at once, as a plant's supervisor does
+
+    def kill_remaining(self) -> None:
+        for process in self.processes.values():
+            if process.process.poll() is None:
+                process.kill()
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            for name, process in list(self.processes.items()):
+                if process.process.poll() is None or process.process.pid in self.killed:
+                    continue
+                code = process.process.returncode
+                self.run.sidecar_exits.append(f"{name} exited {code}: {process.log_tail(600)}")
+                print(f"  {name} exited by itself ({code})", flush=True)
+                self._start(name)
+            await asyncio.sleep(0.5)
+
+    async def stop_all(self) -> None:
+        for name, process in self.processes.items():
+            if process.process.poll() is None:
+                try:
+                    await process.terminate(60)
+                except AssertionError as error:
+                    self.run.sidecar_exits.append(f"{name} did not stop on SIGTERM: {error}")
+
+
+async def sample_plc(plc: PlcOnThread, run: Run, every_s: float, stop: asyncio.Event) -> None:
+    """Each station's decision and last frame id every ``every_s``: kept where two reads 50 ms apart
+    agree (the bridge writes a station in several requests); the line's heartbeat each time."""
+    while not stop.is_set():
+        for index, station in enumerate(STATIONS):
+            first = await asyncio.to_thread(plc.station, index)
+            await asyncio.sleep(0.05)
+            second = await asyncio.to_thread(plc.station, index)
+            if first == second:
+                run.plc_samples.append(
+                    PlcSample(
+                        time.time(),
+                        station,
+                        int(second["last_decision"]),
+                        str(second["last_frame_id"]),
+                        int(second["pass_count"]),
+                    )
+                )
+        line = await asyncio.to_thread(plc.line)
+        run.heartbeats.append((time.time(), int(line["heartbeat"])))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
+async def kill_sidecars(args: argparse.Namespace, sidecars: Sidecars, run: Run) -> None:
+    """The explainer and the PLC bridge SIGKILLed once each (restarted at once), at random moments
+    between 10 % and 80 % of the sending time (their own random stream: the scorer and broker
+    faults fall where they did before these were added)."""
+    span = args.frames / args.rate
+    rng = random.Random(args.seed + 1)
+    plan = sorted((rng.uniform(0.1, 0.8) * span, name) for name in ("explainer", "plc bridge"))
+    started = time.monotonic()
+    for moment, what in plan:
+        await asyncio.sleep(max(0.0, started + moment - time.monotonic()))
+        run.faults.append(Fault(f"{what} SIGKILL", time.time(), "restarted at once"))
+        print(f"  fault: {what} SIGKILL", flush=True)
+        sidecars.kill(what.replace(" ", "-"))
 
 
 async def chaos(
@@ -335,15 +475,21 @@ def good_throughput(run: Run, verdicts: TopicReader) -> float:
     return (len(times) - 1 - skip) / ((times[-1] - times[skip]) / 1e9)
 
 
-def recovery(run: Run, verdicts: TopicReader) -> list[dict[str, Any]]:
-    """Per fault: the first verdict read after it, and the worst latency of frames captured within
-    10 s after it (how long the line took to score them)."""
+def recovery(run: Run, verdicts: TopicReader, reports: TopicReader | None) -> list[dict[str, Any]]:
+    """Per fault: the first output after it that shows its part of the line working again (a
+    verdict after a scorer or broker fault, a report after an explainer kill, a PLC heartbeat after
+    a bridge kill), and the worst latency of frames captured within 10 s after it."""
     captured = {s.frame_id: s.captured_at for s in run.sent if s.kind == "good"}
     arrivals = list(zip(verdicts.received.values, verdicts.received.arrived_ns, strict=True))
+    timelines = {
+        "verdicts": [t / 1e9 for t in verdicts.received.arrived_ns],
+        "reports": [t / 1e9 for t in reports.received.arrived_ns] if reports else [],
+    }
     out = []
     for fault in run.faults:
         at = int(fault.at * 1e9)
-        after = [t for _, t in arrivals if t > at]
+        timeline = fault_timeline(fault.what)
+        timelines["plc_heartbeat"] = changes_after(fault.at, run.heartbeats)
         window = [
             (t - captured[v.frame_id]) / 1e6
             for v, t in arrivals
@@ -353,7 +499,8 @@ def recovery(run: Run, verdicts: TopicReader) -> list[dict[str, Any]]:
             {
                 "fault": fault.what,
                 "detail": fault.detail,
-                "first_verdict_after_s": round((min(after) - at) / 1e9, 2) if after else None,
+                "line_again": timeline,
+                "first_output_after_s": seconds_to_next(fault.at, timelines[timeline]),
                 "worst_latency_next_10s_ms": round(max(window), 1) if window else None,
             }
         )
@@ -411,6 +558,63 @@ def scorer_section(settings: Settings, prefix: str, args: argparse.Namespace) ->
     )
 
 
+async def behind(settings: Settings, group_id: str, name: str, reader: TopicReader) -> int:
+    """Records of topic ``name`` that ``reader`` has read and the group has not committed yet (0: it
+    has caught up)."""
+    count = 0
+    for partition, next_offset in reader.next_offsets().items():
+        committed, _ = await committed_and_end(settings, group_id, name, partition)
+        count += max(0, next_offset - (committed or 0))
+    return count
+
+
+async def wait_downstream(
+    settings: Settings, run: Run, verdicts: TopicReader, reports: TopicReader, args: argparse.Namespace
+) -> float:
+    """Until the explainer reported every reject/review verdict and the bridge committed every
+    verdict (its commits follow what the PLC shows), or nothing moved for ``idle_s``."""
+    defective = {v.frame_id for v in verdicts.received.values if v.decision in ("reject", "review")}
+    started = time.monotonic()
+    last, last_change = None, time.monotonic()
+    while time.monotonic() - started < args.drain_limit_s:
+        reported = {r.frame_id for r in reports.received.values}
+        bridge = await behind(settings, f"{settings.topic_prefix}-plc", "verdicts", verdicts)
+        state = (len(defective - reported), bridge)
+        if state == (0, 0):
+            break
+        if state != last:
+            last, last_change = state, time.monotonic()
+        elif time.monotonic() - last_change > args.idle_s:
+            print(f"  gave up: {state[0]} reports missing, bridge {state[1]} verdicts behind", flush=True)
+            break
+        await asyncio.sleep(1.0)
+    await asyncio.sleep(3.0)  # a duplicate report would arrive now
+    return time.monotonic() - started
+
+
+def downstream(
+    run: Run,
+    verdicts: TopicReader,
+    defects: TopicReader,
+    reports: TopicReader,
+    alerts: TopicReader,
+    final: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The explainer's and the PLC's accounts (``benchmarks.chaos_checks``)."""
+    by_frame = {v.frame_id: (v.station_id, str(v.decision)) for v in verdicts.received.values}
+    return {
+        **downstream_account(
+            {f: d for f, (_, d) in by_frame.items()},
+            (e.verdict.frame_id for e in defects.received.values),
+            (r.frame_id for r in reports.received.values),
+            (a.alert_id for a in alerts.received.values),
+        ),
+        "report_sources": dict(Counter(r.source for r in reports.received.values)),
+        **plc_account(by_frame, run.plc_samples, {s: int(v["pass_count"]) for s, v in final.items()}),
+        "plc_final": final,
+    }
+
+
 async def one_run(
     args: argparse.Namespace,
     cluster: KafkaCluster,
@@ -431,26 +635,53 @@ async def one_run(
     scorers = Scorers(settings, model_dir, work, args.scorers, run)
     stop = asyncio.Event()
     started = time.time()
-    async with (
-        TopicReader(settings, "verdicts", Verdict) as verdicts,
-        TopicReader(settings, "dlq", DeadLetter) as dlq,
-    ):
-        if faults:
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(scorers.kill_remaining)  # after an error: no process left behind
+        verdicts = await stack.enter_async_context(TopicReader(settings, "verdicts", Verdict))
+        dlq = await stack.enter_async_context(TopicReader(settings, "dlq", DeadLetter))
+        if faults:  # the whole line: the explainer's and the PLC's outputs are checked too
+            defects = await stack.enter_async_context(TopicReader(settings, "defects", DefectEvent))
+            reports = await stack.enter_async_context(TopicReader(settings, "reports", Report))
+            alerts = await stack.enter_async_context(TopicReader(settings, "alerts", AlertEvent))
+            plc = PlcOnThread(free_port())
+            plc.start()
+            stack.callback(plc.stop)
+            sidecars = Sidecars(settings, plc.port, work, run, args.plc_verdict_deadline_ms)
+            stack.callback(sidecars.kill_remaining)  # after an error: no process left behind
+            await sidecars.start_all()
+            sampler = asyncio.create_task(sample_plc(plc, run, args.plc_sample_s, stop))
+            sidecar_supervisor = asyncio.create_task(sidecars.supervise(stop))
             await scorers.start_all()
             supervisor = asyncio.create_task(scorers.supervise(stop))
             sender = asyncio.create_task(
                 send_records(settings, records, count, args.rate, args.partitions, run)
             )
-            await asyncio.gather(sender, chaos(args, cluster, settings, scorers, run))
+            await asyncio.gather(
+                sender, chaos(args, cluster, settings, scorers, run), kill_sidecars(args, sidecars, run)
+            )
         else:  # a backlog first, then drained: throughput
             await send_records(settings, records, count, None, args.partitions, run)
             await scorers.start_all()
             supervisor = asyncio.create_task(scorers.supervise(stop))
         print(f"  {name}: {len(run.sent)} records sent; waiting for every output", flush=True)
         waited = await wait_accounted(run, verdicts, dlq, args.idle_s, args.drain_limit_s)
+        extra: dict[str, Any] = {}
+        if faults:
+            print(f"  {name}: waiting for the explainer's reports and the bridge's commits", flush=True)
+            extra["downstream_wait_s"] = round(
+                await wait_downstream(settings, run, verdicts, reports, args), 1
+            )
+            final = {s: await asyncio.to_thread(plc.station, i) for i, s in enumerate(STATIONS)}
+            extra.update(downstream(run, verdicts, defects, reports, alerts, final))
+            extra["sidecar_processes_started"] = sidecars.starts
+            extra["sidecar_exits_unasked"] = len(run.sidecar_exits)
+            extra["sidecar_exit_details"] = run.sidecar_exits[:5]
         stop.set()
         await supervisor
         await scorers.stop_all()
+        if faults:
+            await asyncio.gather(sidecar_supervisor, sampler)
+            await sidecars.stop_all()
         result = {
             "name": name,
             "sent_kinds": dict(sorted(Counter(s.kind for s in run.sent).items())),
@@ -464,7 +695,8 @@ async def one_run(
             "good_frames_per_s": round(good_throughput(run, verdicts), 1),
             "drain_wait_s": round(waited, 1),
             "wall_s": round(time.time() - started, 1),
-            "faults": recovery(run, verdicts),
+            **extra,
+            "faults": recovery(run, verdicts, reports if faults else None),
         }
     return result
 
@@ -486,6 +718,11 @@ def failures(result: dict[str, Any]) -> list[str]:
         problems.append(f"{result['name']}: {result['uncommitted_frames']} frames never committed (stalled)")
     if result["scorer_exits_unasked"]:
         problems.append(f"{result['name']}: {result['scorer_exits_unasked']} scorer exits nobody caused")
+    if result.get("sidecar_exits_unasked"):
+        problems.append(
+            f"{result['name']}: {result['sidecar_exits_unasked']} explainer/bridge exits nobody caused"
+        )
+    problems += downstream_problems(result["name"], result)
     return problems
 
 
@@ -562,6 +799,16 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--broker-down-s", type=float, default=10.0, help="how long a killed broker stays down"
+    )
+    parser.add_argument(
+        "--plc-verdict-deadline-ms",
+        type=int,
+        default=2000,
+        help="the bridge's verdict deadline (its default, 2000; 0: only verdicts the scorer marked late "
+        "fail safe, so that passes reach the PLC on a machine too loaded to score within 2 s)",
+    )
+    parser.add_argument(
+        "--plc-sample-s", type=float, default=0.5, help="seconds between reads of the simulated PLC"
     )
     parser.add_argument("--max-big", type=int, default=40, help="most records of the megabyte kinds")
     parser.add_argument(

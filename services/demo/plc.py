@@ -32,6 +32,10 @@ class PlcOnThread:
         """The bridge's outputs for station ``index``: counters, last decision, last frame id."""
         return dict(self._call(self._simulator.station(index)))
 
+    def line(self) -> dict[str, Any]:
+        """The bridge's line outputs: heartbeat, status, stop-line and scorer-ok."""
+        return dict(self._call(self._simulator.line()))
+
     def stop(self) -> None:
         if self._thread.is_alive():
             self._call(self._simulator.stop())

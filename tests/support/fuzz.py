@@ -104,6 +104,7 @@ def _value(kind: str, frame: Frame, rng: np.random.Generator) -> tuple[bytes | N
     if kind == "null_value":
         return key, None, []
     if kind == "image_bit_flips":
+        assert frame.image is not None, "the fuzzer mutates frames that carry their image"
         flipped = _flip(frame.image, rng, int(rng.integers(1, 32)))
         return key, encode(dataclasses.replace(frame, image=flipped), validate=False), []
     if kind == "record_bit_flips":

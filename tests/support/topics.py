@@ -160,6 +160,15 @@ class TopicReader:
     def __len__(self) -> int:
         return len(self.received.items)
 
+    def next_offsets(self) -> dict[int, int]:
+        """Per partition, the offset after the last record read (what a consumer group that has
+        handled everything read so far has committed; the end offset can be past it by a
+        transaction's commit marker)."""
+        offsets: dict[int, int] = {}
+        for partition, offset in self._seen:
+            offsets[partition] = max(offsets.get(partition, 0), offset + 1)
+        return offsets
+
     async def wait_for(self, count: int, timeout: float, settle: float = 1.5) -> Received:
         """Wait until ``count`` messages arrived, then ``settle`` seconds more to catch any extra."""
         deadline = time.monotonic() + timeout
