@@ -84,7 +84,13 @@ class Gateway:
             inline_max = min(inline_max, settings.claim_check.inline_max_bytes)
         large_frames = large_frames or RefuseLargeFrames()
         for camera in config.cameras:
-            sink = FrameSink(camera.identity(gateway.line_id), self.buffers, inline_max, large_frames)
+            sink = FrameSink(
+                camera.identity(gateway.line_id),
+                self.buffers,
+                inline_max,
+                large_frames,
+                frames_topic=settings.topic("frames"),
+            )
             if camera.folder is not None:
                 policy = OverflowPolicy.BLOCK  # the folder is the buffer
                 self.folders[camera.camera_id] = HotFolder(camera.folder, sink)

@@ -21,6 +21,7 @@ log = logging.getLogger("lineguard.camera_sim")
 async def run_camera_sim(settings: Any, options: SimOptions, stop: asyncio.Event | None = None) -> SimStats:
     """Send the planned frames; returns when all are delivered or ``stop`` is set."""
     import numpy as np
+    from opentelemetry import trace
 
     from services.camera_sim.badframes import bad_record_value
     from services.camera_sim.core import BAD_KINDS, camera_ids, frame_plan, tick_time
@@ -31,7 +32,7 @@ async def run_camera_sim(settings: Any, options: SimOptions, stop: asyncio.Event
     from shared.messages.codec import encode
     from shared.messages.schemas import Frame
     from shared.telemetry.logging import log_event
-    from shared.telemetry.tracing import get_tracer, inject_headers
+    from shared.telemetry.tracing import get_tracer, inject_headers, set_messaging_attributes
 
     if options.rate <= 0:
         raise ConfigError("--rate must be positive")
@@ -113,18 +114,18 @@ async def run_camera_sim(settings: Any, options: SimOptions, stop: asyncio.Event
                 len(image), None, None, settings.claim_check.inline_max_bytes
             ):
                 frame = await asyncio.to_thread(claims.claim_check, frame)
-            with tracer.start_as_current_span("capture") as span:
-                span.set_attribute("lineguard.frame_id", planned.frame_id)
-                headers = inject_headers([(FRAME_ID_HEADER, planned.frame_id.encode())])
             if planned.bad_kind is None:
                 value = encode(frame)
             else:
                 value = bad_record_value(planned.bad_kind, frame, rng)
                 stats.bad += 1
                 stats.by_kind[planned.bad_kind] = stats.by_kind.get(planned.bad_kind, 0) + 1
-            delivery = await producer.send(
-                topic, value=value, key=planned.camera_id.encode(), headers=headers
-            )
+            key = planned.camera_id.encode()
+            with tracer.start_as_current_span("capture", kind=trace.SpanKind.PRODUCER) as span:
+                set_messaging_attributes(span, "publish", topic, key=key)
+                span.set_attribute("lineguard.frame_id", planned.frame_id)
+                headers = inject_headers([(FRAME_ID_HEADER, planned.frame_id.encode())])
+                delivery = await producer.send(topic, value=value, key=key, headers=headers)
             in_flight.add(delivery)
             delivery.add_done_callback(in_flight.discard)
             stats.sent += 1

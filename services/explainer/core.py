@@ -37,7 +37,13 @@ from shared.frames_store import FrameImage
 from shared.messages.schemas import TEXT_MAX, DefectEvent, FindingMsg, Report
 from shared.settings import EgressPolicy, ExplainerSettings, UnavailablePolicy
 from shared.telemetry.logging import log_event
-from shared.telemetry.tracing import extract_context, get_tracer, inject_headers
+from shared.telemetry.tracing import (
+    ConsumedMessage,
+    extract_context,
+    get_tracer,
+    inject_headers,
+    set_consumed_attributes,
+)
 
 log = logging.getLogger("lineguard.explainer")
 Publish = Callable[[Report, list[tuple[str, bytes]]], Awaitable[None]]
@@ -154,6 +160,7 @@ class Explainer:
         fallback_reason: str = "",
         on_topic: OnTopic | None = None,
         image: FrameImage | None = None,
+        consumed: ConsumedMessage | None = None,
     ) -> EventResult:
         """Report on ``event``, or say it is a duplicate, or that it must be held.
 
@@ -168,6 +175,8 @@ class Explainer:
         before the crash; then it is only marked, so the topic gets it exactly once.
         Events for the same frame are handled one at a time, so a duplicate arriving while the
         original is in flight waits for it and then finds its report.
+        ``headers``: the record's; its trace context is the parent of this event's span (the frame's
+        trace continues). ``consumed``: where the record was, for that span's attributes.
         """
         v = event.verdict
         key = (v.frame_id, v.line_id, v.station_id, v.captured_at)
@@ -176,7 +185,7 @@ class Explainer:
         try:
             async with entry[0]:
                 return await self._traced(
-                    event, headers, first_seen, publish, fallback_reason, on_topic, image
+                    event, headers, first_seen, publish, fallback_reason, on_topic, image, consumed
                 )
         finally:
             entry[1] -= 1
@@ -192,10 +201,13 @@ class Explainer:
         fallback_reason: str,
         on_topic: OnTopic | None,
         image: FrameImage | None,
+        consumed: ConsumedMessage | None,
     ) -> EventResult:
         with tracer.start_as_current_span(
             "explainer.report", context=extract_context(headers), kind=trace.SpanKind.CONSUMER
         ) as span:
+            if consumed is not None:
+                set_consumed_attributes(span, consumed)
             span.set_attribute("lineguard.frame_id", event.verdict.frame_id)
             seen = first_seen if first_seen is not None else self.clock()
             result = await self.explain(event, seen, fallback_reason, image)

@@ -23,6 +23,7 @@ from shared.frames_store import ClaimStore, image_of
 from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
 from shared.settings import Settings
 from shared.telemetry.logging import log_event
+from shared.telemetry.tracing import ConsumedMessage
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -212,6 +213,7 @@ class _Service:
                 # Failed until its report was due: the fallback, without the VLM (issue 9).
                 fallback_reason="internal_error" if overdue and failed_before else "",
                 image=image,
+                consumed=ConsumedMessage(record.topic, record.partition, record.offset, record.key),
             )
         except Exception as exc:  # never lose the event: hold it and try again later
             log_event(

@@ -16,13 +16,21 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+from opentelemetry import trace
+
 from services.scorer.core import SERVICE, OutRecord, RawRecord, RecordOutcome, dead_letter, describe
 from shared.errors import MessageError
 from shared.limits import ID_MAX
 from shared.messages.codec import encode
 from shared.messages.schemas import AlertEvent, DeadLetter
 from shared.telemetry.logging import log_event
-from shared.telemetry.tracing import extract_context, get_tracer, inject_headers
+from shared.telemetry.tracing import (
+    ConsumedMessage,
+    extract_context,
+    get_tracer,
+    inject_headers,
+    set_consumed_attributes,
+)
 
 log = logging.getLogger("lineguard.scorer.outputs")
 tracer = get_tracer("lineguard.scorer")
@@ -32,11 +40,15 @@ tracer = get_tracer("lineguard.scorer")
 WHOLE, TRUNCATED, BARE = 0, 1, 2
 
 
-def prepare(outcome: RecordOutcome) -> RecordOutcome:
+def prepare(outcome: RecordOutcome, started_ns: int | None = None) -> RecordOutcome:
     """The outcome with its ``outputs`` encoded; never raises.
 
     A verdict or defect event the codec refuses (a bug, or a value no message may carry) turns the
     record into a dead letter with the reason, instead of failing its batch.
+
+    A verdict gets the frame's own span, a child of the camera's (the frame's trace continues),
+    from ``started_ns`` (when its batch began) to now; its records carry that span's context, so
+    the explainer's span for the defect event is in the frame's trace too.
     """
     record = outcome.record
     letter = outcome.dead_letter
@@ -49,7 +61,15 @@ def prepare(outcome: RecordOutcome) -> RecordOutcome:
     verdict = outcome.verdict
     try:
         assert verdict is not None, "an outcome holds a verdict or a dead letter"
-        with tracer.start_as_current_span("verdict", context=extract_context(record.headers)) as span:
+        with tracer.start_as_current_span(
+            f"process {record.topic}",
+            context=extract_context(record.headers),
+            kind=trace.SpanKind.CONSUMER,
+            start_time=started_ns,
+        ) as span:
+            set_consumed_attributes(
+                span, ConsumedMessage(record.topic, record.partition, record.offset, record.key)
+            )
             span.set_attribute("lineguard.frame_id", verdict.frame_id)
             span.set_attribute("lineguard.decision", verdict.decision)
             headers = tuple(inject_headers([]))

@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from opentelemetry import trace
+
 from services.scorer import metrics
 from services.scorer.alerts import AlertDetector, AlertRules
 from services.scorer.core import (
@@ -59,7 +61,7 @@ from shared.engine.config import Decision
 from shared.frames_store import ClaimStore
 from shared.messages.schemas import AlertEvent
 from shared.telemetry.logging import log_event
-from shared.telemetry.tracing import get_tracer, span_link
+from shared.telemetry.tracing import get_tracer, set_messaging_attributes, span_link
 
 log = logging.getLogger("lineguard.scorer")
 tracer = get_tracer("lineguard.scorer")
@@ -319,7 +321,11 @@ class ScorerService:
         metrics.BATCH_FRAMES.observe(len(records))
         links = [link for link in (span_link(r.headers) for r in records) if link is not None]
         serving = self.holder.current()  # the only place a new model is swapped in: between batches
-        with tracer.start_as_current_span("score_batch", links=links) as span:
+        started_ns = time.time_ns()
+        with tracer.start_as_current_span(
+            "score_batch", links=links, kind=trace.SpanKind.CONSUMER, start_time=started_ns
+        ) as span:
+            set_messaging_attributes(span, "process", self.frames_topic, batch_size=len(records))
             span.set_attribute("lineguard.batch_size", len(records))
             span.set_attribute("lineguard.model_version", serving.version)
             started = time.perf_counter()
@@ -333,7 +339,9 @@ class ScorerService:
                 outcomes.extend(await self._run_model(serving, good))
             # Every output built and encoded here, before any transaction: what cannot be sent becomes
             # its record's dead letter now, not an error in the middle of a transaction.
-            prepared = await loop.run_in_executor(self._decode_pool, lambda: [prepare(o) for o in outcomes])
+            prepared = await loop.run_in_executor(
+                self._decode_pool, lambda: [prepare(o, started_ns) for o in outcomes]
+            )
         ordered = order_by_record(prepared)
         fetched_in = [epochs[(o.record.topic, o.record.partition, o.record.offset)] for o in ordered]
         return ScoredBatch(ordered, fetched_in, links)
@@ -464,7 +472,11 @@ class ScorerService:
             metrics.TRANSACTIONS.labels("stale").inc()
         if not outcomes:
             return
-        with tracer.start_as_current_span("publish", links=batch.links) as span:
+        with tracer.start_as_current_span("publish", links=batch.links, kind=trace.SpanKind.PRODUCER) as span:
+            # One transaction per input partition; its verdicts (and defects, dead letters) go out.
+            set_messaging_attributes(
+                span, "publish", self.settings.topic("verdicts"), batch_size=len(outcomes)
+            )
             span.set_attribute("lineguard.partition", key[1])
             if await self.publisher.publish(state, outcomes):
                 self.committed_batches += 1

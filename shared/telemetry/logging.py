@@ -1,7 +1,9 @@
 """Structured logs: one JSON object per line on stderr, one line per event.
 
 Values are rendered with ``repr``-free JSON; bytes are never written (only their length), and keys
-that look like secrets are masked, so an accidental ``api_key=...`` never reaches a log file.
+that look like secrets are masked, so an accidental ``api_key=...`` never reaches a log file. A line
+written inside a span carries its ``trace_id`` and ``span_id`` (hex, as trace back ends show them),
+so a log line leads to its frame's trace.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from opentelemetry import trace
 
 _SECRET_MARKERS = ("key", "secret", "password", "token", "authorization", "credential")
 _service = "lineguard"
@@ -26,6 +30,10 @@ class JsonLineFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            line["trace_id"] = format(span.trace_id, "032x")
+            line["span_id"] = format(span.span_id, "016x")
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             line.update(safe_fields(fields))

@@ -1,12 +1,15 @@
 """OpenTelemetry tracing with W3C trace context carried in Kafka headers.
 
 A frame's producer injects ``traceparent``; each consumer continues that trace (one span per
-message) or links to it (one span per micro-batch, linked to every frame it holds).
+message) or links to it (one span per micro-batch, linked to every frame it holds). Kafka spans carry
+the OpenTelemetry messaging semantic conventions, set in one place: ``set_messaging_attributes``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -78,3 +81,68 @@ def span_link(headers: Sequence[tuple[str, bytes | None]] | None) -> trace.Link 
     """A link to the span that produced a message, for batch spans that cover many messages."""
     span_context = trace.get_current_span(extract_context(headers)).get_span_context()
     return trace.Link(span_context) if span_context.is_valid else None
+
+
+MessagingOperation = Literal["publish", "receive", "process"]
+# A key longer than this, or not printable text, is not an id: it is left out of the span.
+_MAX_KEY_CHARS = 256
+
+
+@dataclass(frozen=True)
+class ConsumedMessage:
+    """Where a consumed record was, for its span's attributes (no Kafka types: cores take it too)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+
+
+def set_messaging_attributes(
+    span: trace.Span,
+    operation: MessagingOperation,
+    destination: str,
+    *,
+    key: bytes | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    batch_size: int | None = None,
+) -> None:
+    """The messaging semantic-convention attributes of a Kafka span (its kind, PRODUCER for
+    ``publish`` and CONSUMER otherwise, is given when the span starts). The key is recorded only
+    when it is a short printable id (camera, station); a record's value never is."""
+    span.set_attribute("messaging.system", "kafka")
+    span.set_attribute("messaging.operation.type", operation)
+    span.set_attribute("messaging.operation.name", operation)
+    span.set_attribute("messaging.destination.name", destination)
+    text = _printable_key(key)
+    if text is not None:
+        span.set_attribute("messaging.kafka.message.key", text)
+    if partition is not None:
+        span.set_attribute("messaging.destination.partition.id", str(partition))
+    if offset is not None:
+        span.set_attribute("messaging.kafka.offset", offset)
+    if batch_size is not None:
+        span.set_attribute("messaging.batch.message_count", batch_size)
+
+
+def set_consumed_attributes(span: trace.Span, message: ConsumedMessage) -> None:
+    """``set_messaging_attributes`` for processing one consumed record."""
+    set_messaging_attributes(
+        span,
+        "process",
+        message.topic,
+        key=message.key,
+        partition=message.partition,
+        offset=message.offset,
+    )
+
+
+def _printable_key(key: bytes | None) -> str | None:
+    if key is None or len(key) > _MAX_KEY_CHARS:
+        return None
+    try:
+        text = bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text if text.isprintable() else None

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from opentelemetry import trace
+
 from services.camera_gateway import metrics
 from services.camera_gateway.buffer import BufferClosed, BufferSet
 from services.camera_gateway.core import (
@@ -32,7 +34,7 @@ from shared.errors import ClaimCheckError, MessageError
 from shared.frames_store import goes_by_reference
 from shared.messages.codec import encode
 from shared.telemetry.logging import log_event
-from shared.telemetry.tracing import get_tracer, inject_headers
+from shared.telemetry.tracing import get_tracer, inject_headers, set_messaging_attributes
 
 if TYPE_CHECKING:
     from shared.messages.schemas import Frame
@@ -42,9 +44,16 @@ log = logging.getLogger("lineguard.camera_gateway.sources")
 
 class FrameSink:
     def __init__(
-        self, camera: CameraIdentity, buffers: BufferSet, max_image_bytes: int, large_frames: LargeFrames
+        self,
+        camera: CameraIdentity,
+        buffers: BufferSet,
+        max_image_bytes: int,
+        large_frames: LargeFrames,
+        *,
+        frames_topic: str | None = None,  # for the capture span's attributes; None: not known
     ) -> None:
         self.camera = camera
+        self.frames_topic = frames_topic
         self.buffers = buffers
         self.max_image_bytes = max_image_bytes
         self.large_frames = large_frames
@@ -69,7 +78,9 @@ class FrameSink:
                 )
                 return None
             frame = handled
-        with self._tracer.start_as_current_span("capture") as span:
+        with self._tracer.start_as_current_span("capture", kind=trace.SpanKind.PRODUCER) as span:
+            if self.frames_topic is not None:
+                set_messaging_attributes(span, "publish", self.frames_topic, key=camera_id.encode())
             span.set_attribute("lineguard.frame_id", frame.frame_id)
             span.set_attribute("lineguard.camera_id", camera_id)
             headers = inject_headers([])

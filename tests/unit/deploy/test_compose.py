@@ -458,3 +458,22 @@ def test_the_claim_check_store_is_written_by_cameras_and_read_by_everyone_who_re
         service = SERVICES[name]
         assert f"claims:{env(service)[claims]}" in service["volumes"], name
     assert SERVICES["claims-gc"]["command"][:2] == ["claim-check", "gc"]
+
+
+def test_every_service_sends_its_traces_to_the_composed_collector_whose_pipeline_is_whole() -> None:
+    collector = SERVICES["otel-collector"]
+    image, tag = collector["image"].rsplit(":", 1)
+    assert image == "otel/opentelemetry-collector-contrib" and re.fullmatch(r"\d+\.\d+\.\d+", tag)
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in collector["volumes"]}
+    (config_arg,) = [a for a in collector["command"] if a.startswith("--config=")]
+    config = yaml.safe_load((ROOT / mounts[config_arg.removeprefix("--config=")]).read_text())
+    pipeline = config["service"]["pipelines"]["traces"]
+    for part in ("receivers", "processors", "exporters"):
+        assert pipeline[part] and set(pipeline[part]) <= set(config[part]), part
+    assert pipeline["receivers"] == ["otlp"] and "batch" in pipeline["processors"]
+    assert set(config["service"]["extensions"]) <= set(config["extensions"])
+    port = config["receivers"]["otlp"]["protocols"]["http"]["endpoint"].rsplit(":", 1)[1]
+    for name, service in lineguard_services().items():
+        variables = env(service)
+        assert variables["LINEGUARD_OTEL_EXPORTER"] == "otlp", name
+        assert variables["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{port}", name

@@ -25,3 +25,20 @@ def test_one_json_line_per_event_without_secrets_or_bytes(capsys: pytest.Capture
     assert record["api_key"] == "***"
     assert record["prompt_tokens"] == 5
     assert "sk-123" not in lines[0]
+
+
+def test_a_line_inside_a_span_carries_its_trace_and_span_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    from opentelemetry import trace
+
+    from shared.telemetry.tracing import setup_tracing
+
+    setup_tracing("scorer", "none")
+    setup_logging("scorer", "INFO")
+    with trace.get_tracer("t").start_as_current_span("frame") as span:
+        log_event(logging.getLogger("t"), "inside")
+        context = span.get_span_context()
+    log_event(logging.getLogger("t"), "outside")
+    inside, outside = (json.loads(line) for line in capsys.readouterr().err.strip().splitlines())
+    assert inside["trace_id"] == format(context.trace_id, "032x") and len(inside["trace_id"]) == 32
+    assert inside["span_id"] == format(context.span_id, "016x") and len(inside["span_id"]) == 16
+    assert "trace_id" not in outside and "span_id" not in outside

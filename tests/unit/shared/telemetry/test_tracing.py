@@ -61,3 +61,42 @@ def test_the_otlp_exporter_sends_spans_to_a_real_otlp_http_receiver() -> None:
     assert {s.service for s in spans.values()} == {"probe"}
     assert spans["inner"].trace_id == spans["outer"].trace_id
     assert spans["inner"].parent_span_id == spans["outer"].span_id
+
+
+def _finished_span(**attributes: object) -> dict[str, object]:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from shared.telemetry.tracing import set_messaging_attributes
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("t").start_as_current_span("send", kind=trace.SpanKind.PRODUCER) as span:
+        set_messaging_attributes(span, **attributes)  # type: ignore[arg-type]
+    (finished,) = exporter.get_finished_spans()
+    return dict(finished.attributes or {})
+
+
+def test_messaging_attributes_follow_the_semantic_conventions() -> None:
+    got = _finished_span(
+        operation="process", destination="lg.frames", key=b"cam-1", partition=3, offset=42, batch_size=None
+    )
+    assert got == {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": "lg.frames",
+        "messaging.kafka.message.key": "cam-1",
+        "messaging.destination.partition.id": "3",
+        "messaging.kafka.offset": 42,
+    }
+    batch = _finished_span(operation="publish", destination="lg.verdicts", batch_size=8)
+    assert batch["messaging.batch.message_count"] == 8 and "messaging.kafka.offset" not in batch
+
+
+def test_a_key_that_is_not_a_short_printable_id_stays_out_of_the_span() -> None:
+    for key in (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, b"\xff\xfe", b"a" * 257, b"line\nbreak"):
+        got = _finished_span(operation="publish", destination="lg.frames", key=key)
+        assert "messaging.kafka.message.key" not in got, key
