@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ from shared.errors import LineguardError
 
 BACKBONE_NAMES = tuple(BACKBONES)
 INDEX_CHOICES = INDEX_KINDS
+
+
+JSON_HELP = "print the report as one JSON document on stdout (the readable lines go to stderr)"
 
 
 def _layers(text: str) -> tuple[int, ...]:
@@ -226,7 +230,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=positive_int, default=1)
     evaluate.add_argument("--threads", type=positive_int)
     _add_runtime_arguments(evaluate)
-    evaluate.add_argument("--json", action="store_true", help="end with one JSON line")
+    evaluate.add_argument("--json", action="store_true", help=JSON_HELP)
     evaluate.add_argument(
         "--weights-dir", help="where weight files are found by sha256 (e.g. WinCLIP's CLIP)"
     )
@@ -239,7 +243,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--overlay-dir", help="write <name>_overlay.png heatmaps here")
     score.add_argument("--threads", type=positive_int)
     _add_runtime_arguments(score)
-    score.add_argument("--json", action="store_true", help="end with one JSON line")
+    score.add_argument("--json", action="store_true", help=JSON_HELP)
     score.add_argument("--weights-dir", help="where weight files are found by sha256 (e.g. WinCLIP's CLIP)")
     score.set_defaults(handler=run_score)
 
@@ -485,28 +489,36 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for bar in bars:
             bar.close()
     fit_seconds = model.metadata.get("fit_seconds")
-    print(
+    say = _reporter(args.json)
+    say(
         f"model {model.version}: backbone {model.backbone_name} ({model.extractor.runtime}, "
         f"{model.extractor.backend.precision}), fit time {fit_seconds} s"
     )
     for name, metrics in result["classes"].items():
         for line in report.class_lines(name, metrics):
-            print(f"  {line}")
+            say(f"  {line}")
         if metrics.get("threshold_approximate"):
-            print(
+            say(
                 f"  {name}: few-shot threshold: approximate (not set on held-out normal images); "
                 "the false-reject rate above is measured here, not one the model knew"
             )
     if len(result["classes"]) > 1:
         for line in report.class_lines("mean", result["mean"]):
-            print(f"  {line}")
+            say(f"  {line}")
     if not result["training_images_recorded"]:
-        print("  (this model's manifest records no training images: none could be left out)")
-    print(f"  routing accuracy {_fmt(result['routing_accuracy'])}, latency ms {result['latency_ms']}")
-    print(f"  pixel metrics: {result['pixel_metrics']['method']}, on the {result['pixel_metrics']['maps']}")
+        say("  (this model's manifest records no training images: none could be left out)")
+    say(f"  routing accuracy {_fmt(result['routing_accuracy'])}, latency ms {result['latency_ms']}")
+    say(f"  pixel metrics: {result['pixel_metrics']['method']}, on the {result['pixel_metrics']['maps']}")
     if args.json:
         print(json.dumps(result, sort_keys=False))
     return 0
+
+
+def _reporter(json_out: bool) -> Callable[[str], None]:
+    """Where the readable lines go: stdout, or stderr when stdout carries the JSON alone (``--json``
+    output pipes into ``jq``)."""
+    stream = sys.stderr if json_out else sys.stdout
+    return lambda line: print(line, file=stream)
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -523,19 +535,20 @@ def run_score(args: argparse.Namespace) -> int:
         overlay_dir.mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, Any]] = []
     failed = False
+    say = _reporter(args.json)
     for name in args.images:
         scored = core.score_file(model, name, args.hint, overlay_dir)
         entries.append(scored.entry)
         result = scored.result
         if result is None:
             failed = True
-            print(f"{name}: error: {scored.entry['error']}")
+            say(f"{name}: error: {scored.entry['error']}")
             continue
         regions = "; ".join(
             f"{r['x']},{r['y']} {r['width']}x{r['height']} ({r['score']:.2f})"
             for r in scored.entry["regions"]
         )
-        print(
+        say(
             f"{name}: class {result.product_class} (confidence {result.route_confidence:.2f}), "
             f"score {result.score:.3f} (raw {result.raw_score:.4f}, threshold {result.threshold:.4f}), "
             f"{result.decision}{' - ' + result.reason if result.reason else ''}"

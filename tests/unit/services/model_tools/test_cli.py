@@ -88,7 +88,7 @@ def test_export_adds_the_backbone_export_that_every_runtime_scores_with(
     scores = {}
     for runtime in ("torch", "openvino", "onnx"):
         assert main(["score", "--model", str(out), "--runtime", runtime, "--json", image]) == 0
-        scores[runtime] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"][0]["score"]
+        scores[runtime] = json.loads(capsys.readouterr().out)["results"][0]["score"]  # JSON alone
     assert scores["openvino"] == pytest.approx(scores["torch"], abs=1e-3)
     assert scores["onnx"] == pytest.approx(scores["torch"], abs=1e-3)
 
@@ -104,8 +104,9 @@ def test_evaluate_json_has_exactly_the_agreed_keys(
 ) -> None:
     capsys.readouterr()
     assert main(["evaluate", "--model", str(model_dir), "--data", str(dataset), "--json"]) == 0
-    last_line = capsys.readouterr().out.strip().splitlines()[-1]
-    report = json.loads(last_line)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # stdout is the JSON alone (it pipes into jq) ...
+    assert "image AUROC" in captured.err  # ... and the readable report goes to stderr
     assert set(report) == {
         "classes",
         "mean",
@@ -144,7 +145,7 @@ def test_evaluate_a_single_class_folder(
 ) -> None:
     capsys.readouterr()
     assert main(["evaluate", "--model", str(model_dir), "--data", str(dataset / "washer"), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads(capsys.readouterr().out)
     assert list(report["classes"]) == ["washer"] and report["routing_accuracy"] is None
 
 
@@ -170,7 +171,7 @@ def test_score_prints_results_and_writes_overlays(
         ]
     )
     assert code == 1  # one image could not be read; the others were still scored
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads(capsys.readouterr().out)
     first, second, third = report["results"]
     assert first["product_class"] == "fabric" and first["decision"] in ("pass", "reject")
     assert second["product_class"] == "washer" and second["decision"] == "reject" and second["regions"]
@@ -212,7 +213,7 @@ def test_fit_with_the_pca_refine_index_records_it_and_evaluates(
     assert (config["index"], config["reduced_dims"], config["refine_factor"]) == ("pca-refine", 32, 4)
     capsys.readouterr()
     assert main(["evaluate", "--model", str(out), "--data", str(dataset), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = json.loads(capsys.readouterr().out)
     assert set(result["classes"]) == {"fabric", "washer"}
 
 
