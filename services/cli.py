@@ -16,6 +16,7 @@ import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from shared.errors import ConfigError, LineguardError
 
@@ -50,8 +51,27 @@ def version() -> str:
         return str(tomllib.loads(pyproject.read_text())["project"]["version"])
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that names each option's default, unless its text already does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS, [], {})
+        if shown and action.option_strings and "default" not in text and "%(default)" not in text:
+            return f"{text} (default: %(default)s)"
+        return action.help
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every ``lineguard`` command's parser (sub-commands inherit it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsShown)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lineguard", description="Kafka-native visual inspection.")
+    parser = _Parser(prog="lineguard", description="Kafka-native visual inspection.")
     parser.add_argument("--version", action="version", version=f"lineguard {version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -84,7 +84,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--truth", type=Path, help="write the ground truth here (JSON lines)")
     parser.add_argument("--deadline-ms", type=int, help="verdict deadline after capture, in ms")
     parser.add_argument("--hint", action="store_true", help="send the product class as a hint")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the frame plan and bad frames")
     parser.add_argument("--run-id", help="prefix of frame ids (default: random)")
     parser.add_argument(
         "--frame-size",
@@ -94,5 +94,5 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--encoding", choices=("jpeg", "png", "raw8"), default="jpeg", help="synthetic frames' encoding"
     )
-    parser.add_argument("--jpeg-quality", type=positive_int, default=92)
+    parser.add_argument("--jpeg-quality", type=positive_int, default=92, help="with --encoding jpeg")
     parser.set_defaults(handler=_command)

@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--train", type=int, default=40, help="training images per product")
     parser.add_argument("--bank", type=int, default=1000, help="memory bank size per product")
     parser.add_argument("--frames", type=int, default=200, help="frames to send in all")
-    parser.add_argument("--cameras", type=int, default=2)
+    parser.add_argument("--cameras", type=int, default=2, help="simulated cameras")
     parser.add_argument("--rate", type=float, default=6.0, help="frames per second per camera")
     parser.add_argument("--bad-rate", type=float, default=0.05, help="share of bad frames injected")
     parser.add_argument("--max-seconds", type=float, default=110.0, help="overall time budget")

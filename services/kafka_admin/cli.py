@@ -69,7 +69,7 @@ def register(subparsers: Any) -> None:
         "password file. Restart that principal's processes afterwards: new connections need the new "
         "password. With --secure: the local secure broker, acting as its admin principal.",
     )
-    rotate.add_argument("principal", choices=PRINCIPAL_NAMES)
+    rotate.add_argument("principal", choices=PRINCIPAL_NAMES, help="whose password to renew")
     target = rotate.add_mutually_exclusive_group(required=True)
     target.add_argument("--secure", action="store_true", help="the local `kafka up --secure` broker")
     target.add_argument("--password-file", type=Path, help="the principal's password file to replace")

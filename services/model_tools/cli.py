@@ -87,7 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--class", dest="classes", action="append", metavar="NAME", help="class to fit (repeatable)"
     )
-    fit.add_argument("--backbone", default="efficientnet_lite0", choices=BACKBONE_NAMES)
+    fit.add_argument(
+        "--backbone", default="efficientnet_lite0", choices=BACKBONE_NAMES, help="feature extractor"
+    )
     fit.add_argument("--weights", help="backbone weight file (safetensors or .pth); default: local source")
     fit.add_argument(
         "--input-size",
@@ -95,12 +97,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="model input size in pixels (default: the backbone's own, e.g. 224 lite0, 260 lite2)",
     )
     fit.add_argument("--layers", type=_layers, help="ViT blocks or CNN stages, e.g. 2,3")
-    fit.add_argument("--vit-combine", choices=("mean", "concat"), default="mean")
+    fit.add_argument(
+        "--vit-combine", choices=("mean", "concat"), default="mean", help="how ViT blocks are combined"
+    )
     fit.add_argument("--bank-size", type=positive_int, default=10_000, help="coreset size per class")
     fit.add_argument(
         "--bank-ratio", type=float, help="coreset as a share of all patches (overrides --bank-size)"
     )
-    fit.add_argument("--scorer", choices=SCORER_KINDS, default="knn")
+    fit.add_argument(
+        "--scorer", choices=SCORER_KINDS, default="knn", help="patch scorer (README: which when)"
+    )
     fit.add_argument("--k", type=positive_int, default=1, help="neighbours averaged per patch")
     fit.add_argument(
         "--index",
@@ -163,7 +169,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="leave out the backbone's ONNX export (then the model runs with the torch runtime only)",
     )
     _add_runtime_arguments(fit)
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument(
+        "--seed", type=int, default=0, help="seed of every random choice (coreset, folds, shots)"
+    )
     cold = fit.add_argument_group("cold start: a new product from a few normal images (docs/operations.md)")
     cold.add_argument(
         "--shots",
@@ -226,9 +234,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser("evaluate", help="evaluate a model on MVTec-layout test data")
     evaluate.add_argument("--model", required=True, help="model directory")
     evaluate.add_argument("--data", required=True, help="MVTec root or one class folder")
-    evaluate.add_argument("--class", dest="classes", action="append", metavar="NAME")
-    evaluate.add_argument("--batch-size", type=positive_int, default=1)
-    evaluate.add_argument("--threads", type=positive_int)
+    evaluate.add_argument(
+        "--class", dest="classes", action="append", metavar="NAME", help="class to evaluate (repeatable)"
+    )
+    evaluate.add_argument("--batch-size", type=positive_int, default=1, help="images scored per batch")
+    evaluate.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     _add_runtime_arguments(evaluate)
     evaluate.add_argument("--json", action="store_true", help=JSON_HELP)
     evaluate.add_argument(
@@ -238,10 +248,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     score = subparsers.add_parser("score", help="score image files with a model")
     score.add_argument("--model", required=True, help="model directory")
-    score.add_argument("images", nargs="+", metavar="IMAGE")
+    score.add_argument("images", nargs="+", metavar="IMAGE", help="image files to score")
     score.add_argument("--hint", help="expected product class (cross-checked)")
     score.add_argument("--overlay-dir", help="write <name>_overlay.png heatmaps here")
-    score.add_argument("--threads", type=positive_int)
+    score.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     _add_runtime_arguments(score)
     score.add_argument("--json", action="store_true", help=JSON_HELP)
     score.add_argument("--weights-dir", help="where weight files are found by sha256 (e.g. WinCLIP's CLIP)")
@@ -257,7 +267,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", help="write the exported model here (default: replace --model)")
     export.add_argument("--weights", help="the backbone weight file (default: found by its sha256)")
     export.add_argument("--weights-dir", help="folder to find the weight file in by its sha256")
-    export.add_argument("--threads", type=positive_int)
+    export.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     export.set_defaults(handler=run_export)
     refits = subparsers.add_parser(
         "refit-proposals",

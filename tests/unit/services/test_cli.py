@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import pytest
@@ -83,3 +84,34 @@ def test_version_prints_the_package_version_and_exits_0(capsys: pytest.CaptureFi
         main(["--version"])
     assert stopped.value.code == 0
     assert capsys.readouterr().out.strip() == f"lineguard {declared['project']['version']}"
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """Every (command path, parser) below ``parser``, itself included."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+
+
+def test_every_option_has_help_and_its_help_shows_its_default() -> None:
+    from services.cli import build_parser
+
+    no_help, no_default = [], []
+    for path, parser in _commands(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            skipped = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+            if isinstance(action, skipped):
+                continue
+            where = (" ".join(path), action.option_strings or action.dest)
+            if not action.help:
+                no_help.append(where)
+            elif (
+                action.default not in (None, False, argparse.SUPPRESS, [], {})
+                and action.option_strings
+                and "default" not in formatter._get_help_string(action)
+            ):
+                no_default.append(where)
+    assert no_help == [] and no_default == []
