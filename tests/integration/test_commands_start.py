@@ -247,10 +247,19 @@ async def test_alerts_starts_as_composed_with_or_without_a_webhook(
 async def test_scorer_starts_as_composed(
     kafka_settings: Settings, line_models: LineModels, tmp_path: Path
 ) -> None:
-    service, env, _ = composed("scorer", kafka_settings, LINEGUARD_SCORER__MODEL_DIR=str(line_models.a))
+    from services.scorer.trust import generate_signing_key
+
+    # compose's secret model_signing_key_pub: the public half of the operator's signing key
+    keys = generate_signing_key(tmp_path / "keys", "model_signing_key")
+    service, env, _ = composed(
+        "scorer",
+        kafka_settings,
+        LINEGUARD_SCORER__MODEL_DIR=str(line_models.a),
+        LINEGUARD_SCORER__TRUSTED_KEYS=str(keys.public),
+    )
     env.update(own_groups(kafka_settings))
-    async with started(service, env, tmp_path / "scorer.log", "partitions_assigned"):
-        pass
+    async with started(service, env, tmp_path / "scorer.log", "partitions_assigned") as scorer:
+        assert keys.key_id in scorer.log_text(), "the scorer names the key it trusts at start"
 
 
 async def test_camera_sim_starts_as_composed(kafka_settings: Settings, tmp_path: Path) -> None:

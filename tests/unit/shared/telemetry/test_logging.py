@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from shared.telemetry.logging import log_event, setup_logging
+from shared.telemetry.logging import JsonLineFormatter, log_event, setup_logging
 
 
 def test_one_json_line_per_event_without_secrets_or_bytes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -27,18 +27,24 @@ def test_one_json_line_per_event_without_secrets_or_bytes(capsys: pytest.Capture
     assert "sk-123" not in lines[0]
 
 
-def test_a_line_inside_a_span_carries_its_trace_and_span_ids(capsys: pytest.CaptureFixture[str]) -> None:
-    from opentelemetry import trace
+def test_a_line_inside_a_span_carries_its_trace_and_span_ids() -> None:
+    import io
 
-    from shared.telemetry.tracing import setup_tracing
+    from opentelemetry.sdk.trace import TracerProvider
 
-    setup_tracing("scorer", "none")
-    setup_logging("scorer", "INFO")
-    with trace.get_tracer("t").start_as_current_span("frame") as span:
-        log_event(logging.getLogger("t"), "inside")
+    # Its own provider, logger and stream: whatever tracing or logging earlier tests set up globally.
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonLineFormatter())
+    logger = logging.getLogger("lineguard.test.trace_ids")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    with TracerProvider().get_tracer("t").start_as_current_span("frame") as span:
+        log_event(logger, "inside")
         context = span.get_span_context()
-    log_event(logging.getLogger("t"), "outside")
-    inside, outside = (json.loads(line) for line in capsys.readouterr().err.strip().splitlines())
+    log_event(logger, "outside")
+    inside, outside = (json.loads(line) for line in stream.getvalue().strip().splitlines())
     assert inside["trace_id"] == format(context.trace_id, "032x") and len(inside["trace_id"]) == 32
     assert inside["span_id"] == format(context.span_id, "016x") and len(inside["span_id"]) == 16
     assert "trace_id" not in outside and "span_id" not in outside
