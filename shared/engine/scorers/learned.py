@@ -8,21 +8,41 @@ reuses them, so training costs only the networks' own work.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.engine.config import FitConfig
 from shared.engine.coreset import greedy_coreset
 from shared.engine.scorers.base import ArtifactFiles, FitContext
 from shared.engine.scorers.index import KnnBank, build_index
 from shared.errors import ArtifactError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+TrainingSettings = TypeVar("TrainingSettings", bound="DataclassInstance")
+
 # Leave-one-image-out search depth: a training patch's score is its distance to the nearest bank
 # patch of another image, looked for among this many neighbours (the k-th distance if all are its own).
 _LOO_NEIGHBOURS = 16
+
+
+def with_fit_epochs(settings: TrainingSettings, config: FitConfig) -> TrainingSettings:
+    """A learned scorer's training settings, with the fit's ``epochs`` when it sets them."""
+    return replace(settings, epochs=config.epochs) if config.epochs is not None else settings
+
+
+class LearnedScorer:
+    """What every learned scorer tells the fitting: it trains on labelled defects (with masks or
+    without), and its threshold belongs to the network it calibrated (see ``fitting._fit_class``)."""
+
+    learns_from_defects = True
+    refit_on_all_normals = False
 
 
 def masks_on_grid(masks: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:

@@ -26,7 +26,7 @@ convolution before its 3x3 one; the k-NN prior channel is an addition.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -38,12 +38,14 @@ from shared.engine.config import FitConfig, FitProgress
 from shared.engine.scorers.base import ArtifactFiles, FitContext, PatchScores, ScoreInput
 from shared.engine.scorers.learned import (
     KnnPrior,
+    LearnedScorer,
     log_distance,
     masks_on_grid,
     scalar,
     to_maps,
     weights_from_tensors,
     weights_to_tensors,
+    with_fit_epochs,
 )
 from shared.errors import ArtifactError
 
@@ -319,16 +321,8 @@ def _step_loss(
     return loss
 
 
-def settings_for(config: FitConfig, base: SSNSettings | None = None) -> SSNSettings:
-    base = base or SSNSettings()
-    return replace(base, epochs=config.epochs) if config.epochs is not None else base
-
-
-class SuperSimpleNetScorer:
+class SuperSimpleNetScorer(LearnedScorer):
     """The trained network, the feature statistics it standardises with, and its k-NN prior."""
-
-    learns_from_defects = True  # labelled defects (with masks or without) join the training
-    refit_on_all_normals = False  # the threshold belongs to this network (see fitting.fit_model)
 
     def __init__(
         self,
@@ -348,7 +342,7 @@ class SuperSimpleNetScorer:
 
     @classmethod
     def fit(cls, context: FitContext) -> Self:
-        return cls.fit_with(context, settings_for(context.config))
+        return cls.fit_with(context, with_fit_epochs(SSNSettings(), context.config))
 
     @classmethod
     def fit_with(cls, context: FitContext, settings: SSNSettings) -> Self:

@@ -30,7 +30,7 @@ softmax and no learning signal; training runs on the cached features for more ep
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
@@ -42,11 +42,13 @@ from shared.engine.config import FitConfig, FitProgress
 from shared.engine.postprocess import anomaly_maps
 from shared.engine.scorers.base import ArtifactFiles, FitContext, PatchScores, ScoreInput
 from shared.engine.scorers.learned import (
+    LearnedScorer,
     masks_on_grid,
     scalar,
     to_maps,
     weights_from_tensors,
     weights_to_tensors,
+    with_fit_epochs,
 )
 from shared.errors import ArtifactError
 
@@ -291,16 +293,8 @@ def _step_loss(
     return loss
 
 
-def settings_for(config: FitConfig, base: UniNetSettings | None = None) -> UniNetSettings:
-    base = base or UniNetSettings()
-    return replace(base, epochs=config.epochs) if config.epochs is not None else base
-
-
-class UniNetScorer:
+class UniNetScorer(LearnedScorer):
     """The trained teacher-student pair and the feature statistics it standardises with."""
-
-    learns_from_defects = True  # labelled defects (with masks or without) join the training
-    refit_on_all_normals = False  # the threshold belongs to this network (see fitting.fit_model)
 
     def __init__(
         self,
@@ -320,7 +314,7 @@ class UniNetScorer:
 
     @classmethod
     def fit(cls, context: FitContext) -> Self:
-        return cls.fit_with(context, settings_for(context.config))
+        return cls.fit_with(context, with_fit_epochs(UniNetSettings(), context.config))
 
     @classmethod
     def fit_with(cls, context: FitContext, settings: UniNetSettings) -> Self:
