@@ -292,26 +292,45 @@ def _verified_weights(path: Path, expected: str) -> WeightBytes | None:
     return WeightBytes(path, data) if hashlib.sha256(data).hexdigest() == expected else None
 
 
+def _in_weights_dir(
+    digest: str, recorded: str, weights_dir: str | Path | None, elsewhere: list[Path] | None = None
+) -> WeightBytes | None:
+    """The file with sha256 ``digest``: in ``weights_dir`` under the recorded bare name (it cannot
+    leave the folder) or named by the digest itself, else in ``elsewhere``; verified, or None."""
+    candidates: list[Path] = []
+    if weights_dir is not None:
+        folder = Path(weights_dir)
+        if recorded not in ("", ".", ".."):
+            candidates.append(folder / recorded)
+        candidates.extend(sorted(folder.glob(f"{digest}*")))
+    for candidate in [*candidates, *(elsewhere or [])]:
+        found = _verified_weights(candidate, digest)
+        if found is not None:
+            return found
+    return None
+
+
+def _weights_missing(
+    what: str, digest: str, recorded: str, weights_dir: str | Path | None, other_suffix: str
+) -> ArtifactError:
+    place = (
+        f"the weights directory {weights_dir}" if weights_dir else "a weights directory (none is configured)"
+    )
+    named = f"as {recorded} or " if recorded not in ("", ".", "..") else "as "
+    return ArtifactError(
+        f"the model needs the {what}weight file with sha256 {digest}; "
+        f"put it in {place} {named}{digest}.safetensors (or {other_suffix})"
+    )
+
+
 def _scorer_weights(digest: str, recorded: str, weights_dir: str | Path | None) -> WeightBytes:
     """A weight file a scorer needs besides the backbone (e.g. WinCLIP's CLIP checkpoint), found in
     ``weights_dir`` under its recorded bare name or named by its sha256, and verified."""
     name = Path(recorded).name  # a bare name: it cannot leave the folder
-    if weights_dir is not None:
-        folder = Path(weights_dir)
-        candidates = [folder / name] if name not in ("", ".", "..") else []
-        candidates.extend(sorted(folder.glob(f"{digest}*")))
-        for candidate in candidates:
-            found = _verified_weights(candidate, digest)
-            if found is not None:
-                return found
-    place = (
-        f"the weights directory {weights_dir}" if weights_dir else "a weights directory (none is configured)"
-    )
-    named = f"as {name} or " if name not in ("", ".", "..") else "as "
-    raise ArtifactError(
-        f"the model needs the weight file with sha256 {digest}; "
-        f"put it in {place} {named}{digest}.safetensors (or .pt)"
-    )
+    found = _in_weights_dir(digest, name, weights_dir)
+    if found is None:
+        raise _weights_missing("", digest, name, weights_dir, ".pt")
+    return found
 
 
 def _locate_weights(
@@ -335,23 +354,10 @@ def _locate_weights(
             )
         return found
     recorded = Path(str(backbone.get("weights_path") or "")).name  # a bare name: it cannot leave the folder
-    candidates: list[Path] = []
-    if weights_dir is not None:
-        folder = Path(weights_dir)
-        if recorded not in ("", ".", ".."):
-            candidates.append(folder / recorded)
-        candidates.extend(sorted(folder.glob(f"{expected}*")))
+    elsewhere: list[Path] = []
     with contextlib.suppress(BackboneError):  # no default source for this backbone
-        candidates.append(resolve_weights(spec, None))
-    for candidate in candidates:
-        found = _verified_weights(candidate, expected)
-        if found is not None:
-            return found
-    place = (
-        f"the weights directory {weights_dir}" if weights_dir else "a weights directory (none is configured)"
-    )
-    named = f"as {recorded} or " if recorded not in ("", ".", "..") else "as "
-    raise ArtifactError(
-        f"the model needs the {spec.name} weight file with sha256 {expected}; "
-        f"put it in {place} {named}{expected}.safetensors (or .pth)"
-    )
+        elsewhere.append(resolve_weights(spec, None))
+    found = _in_weights_dir(expected, recorded, weights_dir, elsewhere)
+    if found is None:
+        raise _weights_missing(f"{spec.name} ", expected, recorded, weights_dir, ".pth")
+    return found
