@@ -47,12 +47,23 @@ async def test_one_frames_spans_from_camera_scorer_and_explainer_share_one_trace
         processes.append(process)
         return process
 
+    def batch_spans(spans: list[ReceivedSpan], trace_id: str) -> list[ReceivedSpan]:
+        """The scorer's batch-level spans that link to (not continue) the frame's trace."""
+        return [s for s in spans if s.service == "scorer" and trace_id in s.links]
+
     def reported() -> list[tuple[str, dict[str, ReceivedSpan]]]:
-        """Frames whose explainer span has arrived, with their spans from every service."""
+        """Frames whose explainer span and the scorer's batch spans have arrived, with their spans
+        from every service. Each process exports on its own schedule, so the scorer's ``publish``
+        span can reach the receiver after the explainer's span for the same frame."""
         spans = receiver.received()
         frames = {s.attributes["lineguard.frame_id"] for s in spans if s.service == "explainer"}
         found = [(f, frame_spans(spans, str(f))) for f in sorted(frames)]
-        return [(str(f), by) for f, by in found if {"camera-sim", "scorer", "explainer"} <= set(by)]
+        complete = [(str(f), by) for f, by in found if {"camera-sim", "scorer", "explainer"} <= set(by)]
+        return [
+            (f, by)
+            for f, by in complete
+            if {"score_batch", "publish"} <= {s.name for s in batch_spans(spans, by["camera-sim"].trace_id)}
+        ]
 
     try:
         with OtlpReceiver() as receiver:
@@ -109,9 +120,9 @@ async def test_one_frames_spans_from_camera_scorer_and_explainer_share_one_trace
         assert span.attributes["messaging.kafka.offset"] >= 0
         assert int(span.attributes["messaging.destination.partition.id"]) >= 0
     # The scorer's batch and publish spans link to the frame's trace instead of continuing it.
-    batch_spans = [s for s in all_spans if s.service == "scorer" and camera.trace_id in s.links]
-    assert {s.name for s in batch_spans} == {"score_batch", "publish"}
-    kinds = {s.name: s.kind for s in batch_spans}
+    linked = batch_spans(all_spans, camera.trace_id)
+    assert {s.name for s in linked} == {"score_batch", "publish"}
+    kinds = {s.name: s.kind for s in linked}
     assert kinds == {"score_batch": CONSUMER, "publish": PRODUCER}
     # The explainer's log line for this frame's report names the trace and its span.
     (written,) = [
