@@ -130,6 +130,10 @@ class FitConfig:
     shot_flips: Literal["none", "horizontal", "both"] = "both"
     shot_gain_max: float = 2.0  # exposure gains from 1/max to max...
     shot_gain_steps: int = 5  # ...in this many log-spaced steps (1: no exposure views)
+    # The few-shot bank: as many views of each shot as fit in this many patches, every patch kept
+    # and searched exactly (no coreset); a coreset of bank_size only if the shots alone overflow it.
+    # 0: every view and a coreset (slow: 16 shots x 20 views are 250k patches). docs/benchmarks.md.
+    shot_bank_patches: int = 32_768
     review_until_confirmed: int = 50
     # WinCLIP (scorer "winclip"): CLIP is its own backbone, read from a local open_clip checkpoint.
     clip_model: str = "ViT-B-16-plus-240"  # an open_clip built-in ViT configuration
@@ -157,6 +161,8 @@ class FitConfig:
             raise ConfigError("target_frr must be between 0 and 1")
         if self.shot_gain_max < 1.0 or self.shot_gain_steps < 1 or self.review_until_confirmed < 0:
             raise ConfigError("shot_gain_max >= 1, shot_gain_steps >= 1 and review_until_confirmed >= 0")
+        if self.shot_bank_patches < 0:
+            raise ConfigError("shot_bank_patches must be 0 (no budget) or more")
         self.winclip_scales = tuple(int(size) for size in self.winclip_scales)
         if not self.winclip_scales or any(size < 1 for size in self.winclip_scales):
             raise ConfigError("winclip_scales must be one or more positive window sizes")

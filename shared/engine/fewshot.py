@@ -166,21 +166,15 @@ def _fit_class(
     scorer_type: type[PatchScorer],
     progress: FitProgress,
 ) -> tuple[ClassModel, np.ndarray]:
-    views: list[np.ndarray] = []
-    owners: list[int] = []
-    for shot_index, source in enumerate(shots):
-        for view in shot_views(load_source(source), config):
-            views.append(_resized(view, config.input_size))
-            owners.append(shot_index)
-    owner = np.asarray(owners)
-    progress.stage(f"{name}: features of {len(shots)} shots x {len(views) // len(shots)} views", len(views))
-    features, grid = embed_sources(extractor, views, config.batch_size, progress)
-    context = FitContext(name, features, grid, config, progress, views)
+    features, grid, views, per_shot = _embedded_views(name, shots, config, extractor, progress)
+    owner = np.repeat(np.arange(len(shots)), per_shot)
+    context = FitContext(name, features, grid, _bank_config(config, features), progress, views)
     scorer = scorer_type.fit(context)
-    originals = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])  # each shot's first view
+    originals = np.arange(0, len(views), per_shot)  # each shot's first view
     calibration: dict[str, Any] = {
         "n_train": len(shots),
         "n_views": len(views),
+        "bank": _bank_facts(config, features, per_shot),
         "target_frr": config.target_frr,
         "cold_start": {
             "shots": len(shots),
@@ -199,15 +193,17 @@ def _fit_class(
             bank_includes_holdout=True,
         )
         # The threshold came from images the scorer had not seen; the final scorer also covers them.
+        every_feature = np.concatenate([features, held])
         everything = FitContext(
             name,
-            np.concatenate([features, held]),
+            every_feature,
             grid,
-            config,
+            _bank_config(config, every_feature),
             progress,
             [*views, *LazyImages(confirmed)],
         )
         scorer = scorer_type.fit(everything)
+        calibration["bank"] = _bank_facts(config, every_feature, per_shot)
         route = np.concatenate([features[originals], held]).mean(axis=1)
     else:
         progress.stage(f"{name}: leave-one-out calibration", len(shots))
@@ -229,6 +225,54 @@ def _fit_class(
     prototype = l2_normalise(l2_normalise(features.mean(axis=1)).mean(axis=0))
     normaliser = Normaliser(float(raw.min()), float(np.median(raw)), threshold)
     return ClassModel(name, scorer, normaliser, 0.0, prototype, calibration), route
+
+
+def views_per_shot(shots: int, patches_per_view: int, views_of_a_shot: int, budget: int) -> int:
+    """How many views of each shot the bank takes: as many as fit in ``budget`` patches (0: every
+    view), and never fewer than one, the shot itself."""
+    if budget <= 0:
+        return views_of_a_shot
+    return max(1, min(views_of_a_shot, budget // (shots * patches_per_view)))
+
+
+def _embedded_views(
+    name: str, shots: list[ImageSource], config: FitConfig, extractor: FeatureExtractor, progress: FitProgress
+) -> tuple[np.ndarray, tuple[int, int], list[np.ndarray], int]:
+    """Patch features of the views the bank takes, shot by shot (each shot's original first), their
+    grid, the views, and how many views of each shot were taken.
+
+    The originals are embedded first: their patch count says how many views fit the budget, and
+    only those are embedded (16 shots x 20 views would be 250k patches and a slow coreset)."""
+    every_view = [
+        [_resized(view, config.input_size) for view in shot_views(load_source(s), config)] for s in shots
+    ]
+    progress.stage(f"{name}: features of {len(shots)} shots", len(shots))
+    first, grid = embed_sources(extractor, [group[0] for group in every_view], config.batch_size, progress)
+    per_shot = views_per_shot(len(shots), first.shape[1], len(every_view[0]), config.shot_bank_patches)
+    views = [view for group in every_view for view in group[:per_shot]]
+    if per_shot == 1:
+        return first, grid, views, 1
+    more = [view for group in every_view for view in group[1:per_shot]]
+    progress.stage(f"{name}: features of {per_shot - 1} more views of each shot", len(more))
+    rest, _ = embed_sources(extractor, more, config.batch_size, progress)
+    rest = rest.reshape(len(shots), per_shot - 1, *first.shape[1:])
+    features = np.concatenate([first[:, None], rest], axis=1).reshape(-1, *first.shape[1:])
+    return features, grid, views, per_shot
+
+
+def _bank_config(config: FitConfig, features: np.ndarray) -> FitConfig:
+    """Within the budget the bank keeps every patch (a coreset target of all of them is no coreset);
+    over it, the coreset of ``bank_size`` as in a plain fit."""
+    patches = features.shape[0] * features.shape[1]
+    if 0 < patches <= config.shot_bank_patches:
+        return replace(config, bank_size=patches, bank_ratio=None)
+    return config
+
+
+def _bank_facts(config: FitConfig, features: np.ndarray, per_shot: int) -> dict[str, Any]:
+    patches = features.shape[0] * features.shape[1]
+    kept = "all" if 0 < patches <= config.shot_bank_patches else "coreset"
+    return {"views_per_shot": per_shot, "patches": patches, "kept": kept}
 
 
 def _leave_one_out(

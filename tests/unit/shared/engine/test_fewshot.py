@@ -12,7 +12,7 @@ import pytest
 
 from shared.engine.class_model import maps_and_scores
 from shared.engine.config import Decision, FitConfig
-from shared.engine.fewshot import exposure_gains, fit_few_shot, select_shots, shot_views
+from shared.engine.fewshot import exposure_gains, fit_few_shot, select_shots, shot_views, views_per_shot
 from shared.engine.manifest_checks import check_manifest
 from shared.engine.metrics import auroc
 from shared.engine.persistence import load_model, save_model
@@ -203,3 +203,45 @@ def test_the_scorer_can_ask_for_more_or_fewer_confirmed_normals_than_the_fit(few
     finally:
         few_model.review_until_confirmed = None
     assert few_model.score_batch(frames[:1])[0].decision == Decision.REVIEW  # back to the manifest's 5
+
+
+def test_views_per_shot_fill_the_bank_budget_and_never_drop_an_original() -> None:
+    # 224 px: 784 patches a view, 20 views a shot by default.
+    assert views_per_shot(1, 784, 20, 32_768) == 20
+    assert views_per_shot(2, 784, 20, 32_768) == 20
+    assert views_per_shot(4, 784, 20, 32_768) == 10
+    assert views_per_shot(16, 784, 20, 32_768) == 2
+    assert views_per_shot(16, 784, 20, 1_000) == 1  # the originals alone overflow: still every shot
+    assert views_per_shot(16, 784, 20, 0) == 20  # 0: no budget, every view (and a coreset)
+
+
+def test_views_beyond_the_budget_are_left_out_and_the_bank_keeps_every_patch(shots) -> None:
+    patches_per_view = 64  # 64 px input: an 8 x 8 grid
+    model = fit_few_shot({"fabric": shots}, few_config(shot_bank_patches=4 * 3 * patches_per_view))
+    calibration = model.class_models[0].calibration
+    assert calibration["n_views"] == 4 * 3  # 3 of the 6 views of each shot
+    assert calibration["bank"] == {"views_per_shot": 3, "patches": 12 * 64, "kept": "all"}
+    assert model.class_models[0].scorer.bank.size == 12 * patches_per_view  # no coreset
+    # Leave-one-out scores each shot by the first 3 views of the other shots, exactly.
+    config = model.config
+    views = [shot_views(shot, config)[:3] for shot in shots]
+    features = [model.embed(group)[0] for group in views]
+    grid = model.embed(views[0][:1])[1]
+    others = np.concatenate(features[1:]).reshape(-1, features[0].shape[-1])
+    scorer = KnnScorer(KnnBank(build_index(others, "flat"), 1))
+    expected = maps_and_scores(scorer.score(ScoreInput(features[0][:1], grid)), config)[1][0]
+    assert calibration["heldout_scores"][0] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_bank_over_the_budget_is_a_coreset(shots) -> None:
+    # No budget: every view, and the coreset of bank_size (the behaviour before the budget).
+    unbounded = fit_few_shot({"fabric": shots}, few_config(shot_bank_patches=0, bank_size=500))
+    calibration = unbounded.class_models[0].calibration
+    assert calibration["n_views"] == 4 * 6 and unbounded.class_models[0].scorer.bank.size == 500
+    assert calibration["bank"] == {"views_per_shot": 6, "patches": 24 * 64, "kept": "coreset"}
+    # The originals alone overflow the budget: one view a shot, and a coreset of bank_size.
+    tight = fit_few_shot({"fabric": shots}, few_config(shot_bank_patches=100, bank_size=150))
+    assert tight.class_models[0].calibration["n_views"] == 4
+    assert tight.class_models[0].scorer.bank.size == 150
+    with pytest.raises(ConfigError, match="shot_bank_patches"):
+        few_config(shot_bank_patches=-1)
