@@ -212,6 +212,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=FitConfig.shot_gain_steps,
         help="number of exposure views",
     )
+    cold.add_argument(
+        "--shot-bank-patches",
+        type=int,
+        default=FitConfig.shot_bank_patches,
+        metavar="N",
+        help="few-shot bank: as many views per shot as fit in N patches, all kept (0: every view, coreset)",
+    )
     clip = fit.add_argument_group("WinCLIP (--scorer winclip): CLIP read from a local open_clip checkpoint")
     clip.add_argument("--clip-weights", metavar="FILE", help="open_clip checkpoint (.safetensors, .bin, .pt)")
     clip.add_argument("--clip-model", default=FitConfig.clip_model, help="open_clip architecture of the file")
@@ -357,6 +364,7 @@ def run_fit(args: argparse.Namespace) -> int:
             shot_flips=args.shot_flips,
             shot_gain_max=args.shot_gain_max,
             shot_gain_steps=args.shot_gain_steps,
+            shot_bank_patches=args.shot_bank_patches,
             review_until_confirmed=args.review_until,
             clip_model=args.clip_model,
             clip_weights=args.clip_weights,

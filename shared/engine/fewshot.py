@@ -271,7 +271,9 @@ def _bank_config(config: FitConfig, features: np.ndarray) -> FitConfig:
 
 def _bank_facts(config: FitConfig, features: np.ndarray, per_shot: int) -> dict[str, Any]:
     patches = features.shape[0] * features.shape[1]
-    kept = "all" if 0 < patches <= config.shot_bank_patches else "coreset"
+    bank = _bank_config(config, features)
+    target = bank.bank_size if bank.bank_ratio is None else max(1, int(bank.bank_ratio * patches))
+    kept = "all" if target >= patches else "coreset"
     return {"views_per_shot": per_shot, "patches": patches, "kept": kept}
 
 

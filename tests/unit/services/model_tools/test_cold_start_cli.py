@@ -46,6 +46,9 @@ def test_a_few_shot_fit_takes_the_first_shots_and_says_its_threshold_is_approxim
     assert (
         manifest["config"]["shot_flips"] == "horizontal" and manifest["config"]["review_until_confirmed"] == 4
     )
+    # Within the bank budget (the default): every view, every patch kept, no coreset.
+    assert manifest["config"]["shot_bank_patches"] == 32_768
+    assert entry["calibration"]["bank"] == {"views_per_shot": 6, "patches": 3 * 6 * 64, "kept": "all"}
 
 
 def test_the_fit_report_says_approximate_and_review(dataset: Path, tmp_path: Path, capsys) -> None:
@@ -60,6 +63,8 @@ def test_the_fit_report_says_approximate_and_review(dataset: Path, tmp_path: Pat
                 "--shots-seed",
                 "3",
                 *FEW,
+                "--shot-bank-patches",
+                "0",
                 "--out",
                 str(tmp_path / "m"),
             ]
@@ -69,6 +74,13 @@ def test_the_fit_report_says_approximate_and_review(dataset: Path, tmp_path: Pat
     out = capsys.readouterr().out
     assert "2-shot model" in out and "APPROXIMATE" in out and "leave-one-out over 2 shot(s)" in out
     assert "the actual rate is unknown" in out and "'review' until 50 confirmed normal images" in out
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["config"]["shot_bank_patches"] == 0  # no budget: every view and a coreset
+    assert manifest["classes"][0]["calibration"]["bank"] == {
+        "views_per_shot": 6,
+        "patches": 2 * 6 * 64,
+        "kept": "coreset",
+    }
 
 
 def test_evaluate_marks_the_few_shot_threshold_approximate(
