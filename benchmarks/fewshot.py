@@ -146,9 +146,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
     "defaults, image score max": {"image_score": "max"},
     "defaults, image score excess": {"image_score": "excess"},
-    # The few-shot bank's budget (defaults: 32,768 patches, every patch kept): 16 shots take 1, 2 or
-    # 5 views each within 16k, 32k or 64k.
+    # The few-shot bank's budget (every patch of the views that fit is kept): 16 shots take 1, 2 or
+    # 5 views each within 16k (the default), 32k or 64k.
     "bank budget 16k patches, excess": {"shot_bank_patches": 16_384, "image_score": "excess"},
+    "bank budget 32k patches, excess": {"shot_bank_patches": 32_768, "image_score": "excess"},
+    "bank budget 32k patches, max": {"shot_bank_patches": 32_768, "image_score": "max"},
     "bank budget 64k patches, excess": {"shot_bank_patches": 65_536, "image_score": "excess"},
 }
 

@@ -132,8 +132,9 @@ class FitConfig:
     shot_gain_steps: int = 5  # ...in this many log-spaced steps (1: no exposure views)
     # The few-shot bank: as many views of each shot as fit in this many patches, every patch kept
     # and searched exactly (no coreset); a coreset of bank_size only if the shots alone overflow it.
-    # 0: every view and a coreset (slow: 16 shots x 20 views are 250k patches). docs/benchmarks.md.
-    shot_bank_patches: int = 32_768
+    # 0: every view and a coreset (slow: 16 shots x 20 views are 250k patches). 16k: at 16 shots on
+    # validation as good as 32k or 64k (more views), and the cheapest search. docs/benchmarks.md.
+    shot_bank_patches: int = 16_384
     review_until_confirmed: int = 50
     # WinCLIP (scorer "winclip"): CLIP is its own backbone, read from a local open_clip checkpoint.
     clip_model: str = "ViT-B-16-plus-240"  # an open_clip built-in ViT configuration

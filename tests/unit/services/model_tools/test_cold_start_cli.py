@@ -47,7 +47,7 @@ def test_a_few_shot_fit_takes_the_first_shots_and_says_its_threshold_is_approxim
         manifest["config"]["shot_flips"] == "horizontal" and manifest["config"]["review_until_confirmed"] == 4
     )
     # Within the bank budget (the default): every view, every patch kept, no coreset.
-    assert manifest["config"]["shot_bank_patches"] == 32_768
+    assert manifest["config"]["shot_bank_patches"] == 16_384
     assert entry["calibration"]["bank"] == {"views_per_shot": 6, "patches": 3 * 6 * 64, "kept": "all"}
 
 
