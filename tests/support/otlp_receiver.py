@@ -67,6 +67,14 @@ class OtlpReceiver(LocalHttpServer):
         """For ``OTEL_EXPORTER_OTLP_ENDPOINT`` (the exporter appends ``/v1/traces``)."""
         return self.origin
 
+    def exporter_env(self, schedule_delay_ms: int) -> dict[str, str]:
+        """A service's variables to export its spans here, a batch every ``schedule_delay_ms``."""
+        return {
+            "LINEGUARD_OTEL_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": str(schedule_delay_ms),
+        }
+
     def _take(self, request: ExportTraceServiceRequest) -> None:
         found = []
         for resource_spans in request.resource_spans:
