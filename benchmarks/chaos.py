@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiokafka.errors import KafkaTimeoutError
 
 from benchmarks.chaos_checks import (
     PlcSample,
@@ -109,6 +110,7 @@ class Fault:
 class Run:
     sent: list[Sent] = field(default_factory=list)
     send_failures: int = 0
+    enqueue_retries: int = 0  # records the producer could not queue in time, queued again
     faults: list[Fault] = field(default_factory=list)
     scorer_exits: list[str] = field(default_factory=list)  # exits nobody asked for
     sidecar_exits: list[str] = field(default_factory=list)  # explainer / bridge exits nobody asked for
@@ -161,6 +163,9 @@ class Records:
 
 _SEND_WINDOW_RECORDS = 256
 _SEND_WINDOW_BYTES = 64 << 20  # a few maximal records: more only waits in the producer and times out
+# The producer gives up queueing a record after its request timeout when the partition's previous
+# batch is still on its way (a slow broker on loaded cores): such a record was never sent.
+_ENQUEUE_TRIES = 5
 
 
 async def send_records(
@@ -180,13 +185,16 @@ async def send_records(
             kind, key, value, headers, frame_id = record
             captured = time.time_ns()
             try:
-                future = await producer.send(
-                    topic,
-                    value,
-                    key=key,
-                    headers=headers,
-                    partition=index % partitions,
-                )
+                for attempt in range(1, _ENQUEUE_TRIES + 1):
+                    try:
+                        future = await producer.send(
+                            topic, value, key=key, headers=headers, partition=index % partitions
+                        )
+                        break
+                    except KafkaTimeoutError:  # never queued, so never written: safe to try again
+                        run.enqueue_retries += 1
+                        if attempt == _ENQUEUE_TRIES:
+                            raise
                 meta = await future
                 run.sent.append(Sent(index, kind, frame_id, meta.partition, meta.offset, captured))
             except Exception as exc:  # a send the broker never acknowledged: reported, not counted
@@ -710,6 +718,7 @@ async def one_run(
             "name": name,
             "sent_kinds": dict(sorted(Counter(s.kind for s in run.sent).items())),
             "send_failures": run.send_failures,
+            "enqueue_retries": run.enqueue_retries,
             "scorer_processes_started": scorers.starts,
             "scorer_exits_unasked": len(run.scorer_exits),
             "scorer_exit_details": run.scorer_exits[:5],
