@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 import uuid
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,6 +41,7 @@ def verdict(frame_id: str, station: str, decision: str, *, age_s: float = 0.005)
 def bridge_settings(base: Settings, stations: list[str], modbus_port: int, **plc: Any) -> Settings:
     """A bridge of ``stations`` with a Modbus PLC on this machine (and whatever else ``plc`` sets)."""
     group_id = f"plc-{uuid.uuid4().hex[:8]}"
+    plc.setdefault("ledger_path", Path(tempfile.mkdtemp(prefix="lineguard-plc-ledger-")) / "ledger.jsonl")
     return base.model_copy(
         update={
             "plc_bridge": PlcBridgeSettings(
