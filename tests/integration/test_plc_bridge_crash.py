@@ -4,6 +4,7 @@ the real ``lineguard plc-bridge`` process, the real broker, a simulated Modbus P
 The bridge commits at most every ``commit_interval_ms``; set to ten minutes, every verdict the PLC
 shows before the kill is still uncommitted, so the restarted bridge reads them all again. Part
 tracking is on: a replayed verdict must neither count twice nor be taken for a new part's result.
+Then it is killed again and the PLC replaced by a blank one, which shows none of those verdicts.
 """
 
 from __future__ import annotations
@@ -139,9 +140,27 @@ async def test_sigkill_after_the_plc_showed_uncommitted_verdicts_applies_them_on
             await wait_until(lambda: shows(modbus, last_frame_id="p3"), 30, "the PLC to show p3")
             after = await modbus.station(0)
             assert (after["pass_count"], after["reject_count"], after["fail_safe_count"]) == (2, 1, 1)
-            assert await restarted.terminate() == 0  # a clean stop commits what the PLC shows
+            assert await committed_and_end(kafka_settings, group_id, "verdicts", partition) == (0, 3)
         finally:
             restarted.kill()
+
+        # Killed again, and the PLC replaced by a blank one: it shows none of the ledger's verdicts,
+        # so the replays are applied to it, once each, and still judge no new part.
+        await modbus.stop()
+        modbus = ModbusPlcSimulator(port=modbus.port)
+        await modbus.start()
+        replaced = ServiceProcess(["plc-bridge"], env, tmp_path / "third.log")
+        try:
+            await replaced.wait_for_log("plc bridge ready", 60)
+            await modbus.trigger_part(0, 1)
+            await wait_until(lambda: shows(modbus, fail_safe_count=1), 20, "the new part failed safe")
+            after = await modbus.station(0)
+            assert (after["pass_count"], after["reject_count"], after["last_frame_id"]) == (2, 1, "p3")
+            assert metric(metrics_port, replayed, action="reapplied") == 3
+            assert metric(metrics_port, replayed, action="skipped") == 0
+            assert await replaced.terminate() == 0  # a clean stop commits what the PLC shows
+        finally:
+            replaced.kill()
         assert await committed_and_end(kafka_settings, group_id, "verdicts", partition) == (3, 3)
     finally:
         await modbus.stop()
