@@ -16,6 +16,10 @@ Bounded: the last ``per_station`` frame ids of each configured station are kept 
 counted by ``take_evicted``); the file is rewritten (atomically: a temporary file, fsync, rename,
 fsync of the directory) at start and whenever it holds twice the live entries.
 
+One bridge per file: ``<path>.lock`` is held (``flock``) while the ledger is open, so a second
+bridge given the same path refuses to start instead of mixing its entries in. The kernel drops the
+lock when the process dies, SIGKILL included.
+
 Read back strictly (never unpickled): a last line without its newline is a write the crash cut
 short (its fsync never finished, so the PLC never showed it) and is dropped; any other line that is
 not a valid entry makes the ledger unreadable, a ``LedgerError`` that stops the bridge at start. A
@@ -26,6 +30,8 @@ aside is the operator's decision (docs/operations.md, "Replays after a crash").
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 from collections import deque
@@ -62,14 +68,19 @@ class AppliedLedger:
         self._lines = 0  # entries in the file
         self._evicted = 0
         self.dropped_torn = False  # the file ended in a line the crash cut short
+        self._lock: int | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = self._take_lock()
             self._load()
             self._unwritten.clear()  # what was read is on disk already
             self._rewrite(self._snapshot())
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        except OSError as exc:
-            raise LedgerError(f"PLC bridge ledger {self.path}: {exc}") from exc
+        except BaseException as exc:
+            self._release_lock()
+            if isinstance(exc, OSError):
+                raise LedgerError(f"PLC bridge ledger {self.path}: {exc}") from exc
+            raise
         self._evicted = 0  # what the start-up rewrite dropped was never live in this process
 
     # ---- what the bridge asks ---------------------------------------------------------------
@@ -115,8 +126,28 @@ class AppliedLedger:
 
     def close(self) -> None:
         self._file.close()
+        self._release_lock()
 
     # ---- the file ---------------------------------------------------------------------------
+
+    def _take_lock(self) -> int:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LedgerError(
+                f"PLC bridge ledger {self.path} is in use by another process (another bridge with the "
+                "same LINEGUARD_PLC_BRIDGE__LEDGER_PATH?): each bridge needs its own"
+            ) from None
+        return fd
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock)  # closing the descriptor drops the flock
+            self._lock = None
 
     def _snapshot(self) -> list[str]:
         return [_line({"s": s, "f": f}) for s, applied in self._applied.items() for f in applied]

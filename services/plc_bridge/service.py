@@ -102,6 +102,12 @@ class PlcBridge:
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._run(stop)
+        finally:
+            self.ledger.close()  # after the outputs' last write, the only user of the ledger
+
+    async def _run(self, stop: asyncio.Event) -> None:
         await self._connect_and_seed(stop)
         if stop.is_set():
             return
@@ -120,7 +126,6 @@ class PlcBridge:
                 await outputs  # its last write (e.g. a fail-safe) reaches the PLC if it can
             finally:
                 log_event(log, "plc outputs stopped", seconds=round(self.clock() - started, 3))
-                self.ledger.close()
                 if kafka is not None:
                     await self._commit(kafka.consumer, SHUTDOWN_TIMEOUT_S)  # what the PLC shows now
                     await self._close_kafka(kafka)

@@ -220,12 +220,12 @@ async def test_tracked_part_missing_its_deadline_is_rejected(kafka_settings: Set
             await asyncio.sleep(0.2)  # the bridge has read the trigger baseline
             await modbus.trigger_part(0)  # a part enters; no verdict comes in time
 
-            async def rejected() -> bool:
-                return (await modbus.station(0))["fail_safe_count"] == 1
+            async def rejected() -> bool:  # the station's result, then the line's status (written after it)
+                failed = (await modbus.station(0))["fail_safe_count"] == 1
+                return failed and bool((await modbus.line())["status"] & reg.STATUS_FAIL_SAFE)
 
             await wait_until(rejected, timeout=5)
-            st = await modbus.station(0)
-            assert st["reject"] and (await modbus.line())["status"] & reg.STATUS_FAIL_SAFE
+            assert (await modbus.station(0))["reject"]
 
             await publish(settings, verdict("late-1", "st-a", "pass"))  # its late verdict
             await wait_until(lambda: _frame_is(modbus, 0, "late-1"))

@@ -166,3 +166,12 @@ def test_the_bridge_has_a_verdict_on_disk_before_the_plc_write_that_shows_it(tmp
         ("b", [HEADER, {"s": "s1", "f": "a"}, {"s": "s1", "f": "b"}]),
         ("c", [HEADER, {"s": "s1", "f": "a"}, {"s": "s1", "f": "b"}, {"s": "s1", "f": "c"}]),
     ]
+
+
+def test_one_bridge_per_ledger_file(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    first = AppliedLedger(path, ["s1"], per_station=16)
+    with pytest.raises(LedgerError, match="in use by another process"):
+        AppliedLedger(path, ["s1"], per_station=16)
+    first.close()
+    AppliedLedger(path, ["s1"], per_station=16).close()  # free again once the first is closed
