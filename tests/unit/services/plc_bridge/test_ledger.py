@@ -175,3 +175,46 @@ def test_one_bridge_per_ledger_file(tmp_path: Path) -> None:
         AppliedLedger(path, ["s1"], per_station=16)
     first.close()
     AppliedLedger(path, ["s1"], per_station=16).close()  # free again once the first is closed
+
+
+class AssigningConsumer:
+    """A consumer whose first fetch brings the assignment together with two records (aiokafka can
+    return records from the very call during which the partitions were assigned)."""
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+        self.assigned: set[str] = set()
+        self.commits: list[dict[str, int]] = []
+
+    def assignment(self) -> set[str]:
+        return self.assigned
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[str, list[Record]]:
+        if self.assigned:
+            return {}
+        self.assigned = {"tp"}
+        return {"tp": self.records}
+
+    async def position(self, tp: str) -> int:
+        return self.records[-1].offset + 1  # past the records already fetched
+
+    async def commit(self, offsets: dict[str, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+def test_records_fetched_while_waiting_for_the_assignment_are_applied_not_committed_away(
+    tmp_path: Path,
+) -> None:
+    cfg = PlcBridgeSettings(stations=["s1"], ledger_path=tmp_path / "ledger.jsonl", verdict_deadline_ms=0)
+    records = [Record(encode(build.verdict(f, "pass", station_id="s1")), o) for o, f in ((7, "a"), (8, "b"))]
+
+    async def run() -> tuple[dict[str, list[Record]], list[dict[str, int]]]:
+        bridge = PlcBridge(Settings(plc_bridge=cfg), targets=[RecordingPlc(cfg.ledger_path)])
+        consumer = AssigningConsumer(records)
+        early = await bridge._await_assignment(consumer, asyncio.Event())
+        bridge.ledger.close()
+        return early, consumer.commits
+
+    early, commits = asyncio.run(run())
+    assert early == {"tp": records}  # handed to intake, which applies them first
+    assert commits == [{"tp": 7}]  # the starting offset is the first of them, not past them
