@@ -40,7 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
+import functools
 import logging
 import os
 import platform
@@ -64,6 +64,7 @@ from benchmarks.chaos_checks import (
     plc_account,
     seconds_to_next,
 )
+from benchmarks.harness import print_results
 from services.camera_sim.core import SimOptions, load_samples
 from services.camera_sim.images import sample_image
 from services.camera_sim.truth import FRAME_ID_HEADER
@@ -739,47 +740,16 @@ async def main_async(args: argparse.Namespace, cluster: KafkaCluster, work: Path
         "load_average": os.getloadavg(),
         "args": vars(args),
     }
+    run = functools.partial(one_run, args, cluster, base, model_dir, work)
     if args.fuzz_only:
-        clean = await one_run(
-            args,
-            cluster,
-            base,
-            model_dir,
-            work,
-            name="clean",
-            count=args.clean_frames,
-            hostile=0.0,
-            faults=False,
-        )
-        fuzz = await one_run(
-            args,
-            cluster,
-            base,
-            model_dir,
-            work,
-            name="fuzz",
-            count=args.frames,
-            hostile=args.hostile,
-            faults=False,
-        )
+        clean = await run(name="clean", count=args.clean_frames, hostile=0.0, faults=False)
+        fuzz = await run(name="fuzz", count=args.frames, hostile=args.hostile, faults=False)
         summary["runs"] = [clean, fuzz]
         summary["fuzz_over_clean_throughput"] = round(
             fuzz["good_frames_per_s"] / clean["good_frames_per_s"], 3
         )
     else:
-        summary["runs"] = [
-            await one_run(
-                args,
-                cluster,
-                base,
-                model_dir,
-                work,
-                name="chaos",
-                count=args.frames,
-                hostile=args.hostile,
-                faults=True,
-            )
-        ]
+        summary["runs"] = [await run(name="chaos", count=args.frames, hostile=args.hostile, faults=True)]
     summary["failures"] = [p for r in summary["runs"] for p in failures(r)]
     return summary
 
@@ -839,10 +809,7 @@ def main() -> int:
         print(f"starting a {args.brokers}-node cluster", flush=True)
         with throwaway_cluster(work / "cluster", nodes=args.brokers) as cluster:
             summary = asyncio.run(main_async(args, cluster, work))
-    text = json.dumps(summary, indent=2, default=str)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_results(summary, args.json)
     for problem in summary["failures"]:
         print(f"FAILED: {problem}")
     print("OK: every record exactly one verdict or one dead letter" if not summary["failures"] else "")

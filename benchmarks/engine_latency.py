@@ -29,7 +29,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import timed_threads
 from shared.engine.class_model import ClassModel
 from shared.engine.config import INDEX_KINDS, FitConfig, RuntimeOptions
 from shared.engine.fitting import fit_model
@@ -119,13 +119,7 @@ def throughput(
             counts[worker] += len(chunk)
             turn += workers
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
-    began = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
+    elapsed = timed_threads(work, range(workers))
     total = sum(counts)
     backbone = sum(t.get("backbone", 0.0) for t in timings)
     return {

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shutil
@@ -44,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.harness import print_results, timed_threads
 from services.camera_sim.core import SimOptions
 from services.camera_sim.service import run_camera_sim
 from shared.engine.config import RUNTIME_CHOICES, RuntimeOptions
@@ -118,8 +118,6 @@ def bare_engine(
     """Images/s of score_batch on decoded frames (the frames the line gets, decoded once), with
     ``workers`` threads each scoring whole batches on ``threads`` torch and faiss threads, as the
     scorer's model workers do."""
-    import threading
-
     import torch
 
     from services.camera_sim.core import load_samples
@@ -161,13 +159,7 @@ def bare_engine(
             times.append(time.perf_counter() - began)
 
     shares = [batches // workers + (1 if w < batches % workers else 0) for w in range(workers)]
-    pool = [threading.Thread(target=worker, args=(n,)) for n in shares]
-    began = time.perf_counter()
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    elapsed = time.perf_counter() - began
+    elapsed = timed_threads(worker, shares)
     return {"fps": batch * batches / elapsed, "batch_s_median": float(np.median(times))}
 
 
@@ -380,9 +372,7 @@ def main() -> int:
     # Against the quickest single batch either split achieves (a stricter yardstick for latency).
     quickest_batch_ms = min(results["engine_batch_ms_median"], engine_alternative["batch_s_median"] * 1000)
     results["p99_vs_quickest_engine_batch"] = results["e2e_consumed_ms_p99"] / quickest_batch_ms
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print_results(results, args.json)
     return 0
 
 

@@ -27,6 +27,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from benchmarks.harness import print_results
+
 TICKS = os.sysconf("SC_CLK_TCK")
 SHORT_RUN = ["--frames", "1600", "--rounds", "1", "--warmup-frames", "200", "--latency-seconds", "4"]
 
@@ -193,9 +195,7 @@ def main() -> int:
         "scorer_stages": fold(raw) if raw.exists() else {"py-spy failed": spy.stderr[-500:]},
         "line": json.loads((work / "line.json").read_text()) if (work / "line.json").exists() else None,
     }
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print_results(results, args.json)
     return 0
 
 

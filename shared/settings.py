@@ -8,11 +8,12 @@ validated when a service starts, so a bad value stops it with a message naming t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -612,6 +613,18 @@ class Settings(BaseSettings):
     def bootstrap(self) -> str:
         """The bootstrap servers: the configured ones, else the local broker's."""
         return self.kafka_bootstrap or f"localhost:{self.broker.port}"
+
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+CoreOptions = TypeVar("CoreOptions", bound="DataclassInstance")
+
+
+def from_section(cls: type[CoreOptions], section: BaseModel) -> CoreOptions:
+    """A service core's options (a dataclass) from its settings section: every field the section has
+    under the same name; the dataclass's other fields keep their defaults."""
+    return cls(**section.model_dump(include={f.name for f in dataclasses.fields(cls)}))
 
 
 def load_settings() -> Settings:

@@ -40,7 +40,7 @@ from shared.messages.schemas import (
     Report,
     Verdict,
 )
-from shared.settings import Settings
+from shared.settings import Settings, from_section
 from shared.telemetry.logging import log_event
 
 log = logging.getLogger("lineguard.console")
@@ -58,17 +58,7 @@ READS: dict[str, tuple[type, bool]] = {
 
 
 def state_limits(settings: Settings) -> StateLimits:
-    cfg = settings.console
-    return StateLimits(
-        stations_max=cfg.stations_max,
-        verdicts_per_station=cfg.verdicts_per_station,
-        classes_max=cfg.classes_max,
-        evidence_max=cfg.evidence_max,
-        evidence_max_bytes=cfg.evidence_max_bytes,
-        reports_max=cfg.reports_max,
-        feedback_max=cfg.feedback_max,
-        models_history=cfg.models_history,
-    )
+    return from_section(StateLimits, settings.console)
 
 
 class ConsoleService:

@@ -25,13 +25,13 @@ import math
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from shared.capped import CappedMap
 from shared.engine.config import UNKNOWN, Decision
 from shared.errors import ConfigError
 from shared.messages.schemas import MAX_ALERT_FRAMES, AlertEvent, Verdict
-from shared.settings import AlertsSettings
+from shared.settings import AlertsSettings, from_section
 
 _NS_PER_S = 1_000_000_000
 DEFAULT_MAX_KEYS = 4096
@@ -55,7 +55,7 @@ class AlertRules:
     @classmethod
     def from_settings(cls, settings: AlertsSettings) -> AlertRules:
         """From ``Settings().alerts``, whose detection fields have these names."""
-        return cls(**settings.model_dump(include={f.name for f in fields(cls)}))
+        return from_section(cls, settings)
 
 
 def _new_id() -> str:

@@ -23,6 +23,7 @@ from services.shadow.core import REPORT_FORMAT
 from shared.engine.config import is_valid_class_name
 from shared.errors import LineguardError
 from shared.messages.schemas import Feedback, ModelHistoryEntry
+from shared.settings import PromotionSettings, from_section
 
 
 class PromotionRefused(LineguardError):
@@ -52,8 +53,8 @@ class Criteria:
     max_report_age_h: float = 72.0
 
     @classmethod
-    def from_settings(cls, promotion: Any) -> Criteria:
-        return cls(**{name: getattr(promotion, name) for name in cls.__dataclass_fields__})
+    def from_settings(cls, promotion: PromotionSettings) -> Criteria:
+        return from_section(cls, promotion)
 
 
 def _get(report: Mapping[str, Any], *path: str) -> Any:

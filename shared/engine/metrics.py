@@ -64,6 +64,12 @@ def aupro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], fpr_limit: fl
     last_of_tie = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
     fpr = np.r_[0.0, fpr[last_of_tie]]
     pro = np.r_[0.0, pro[last_of_tie]]
+    return _area_up_to(fpr, pro, fpr_limit)
+
+
+def _area_up_to(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
+    """Area under the PRO curve ``(fpr, pro)`` (rising, from 0) up to ``fpr_limit``, divided by
+    ``fpr_limit``: the curve is cut at the limit, with PRO interpolated there."""
     if fpr[-1] > fpr_limit:
         cut = int(np.searchsorted(fpr, fpr_limit, side="right"))
         pro_at_limit = np.interp(fpr_limit, fpr[cut - 1 : cut + 1], pro[cut - 1 : cut + 1])
@@ -202,9 +208,4 @@ class PixelHistograms:
         occupied = np.flatnonzero((self.normal + self.defect)[::-1] > 0)  # thresholds, highest first
         fpr = np.r_[0.0, (np.cumsum(self.normal[::-1]) / n_normal)[occupied]]
         pro = np.r_[0.0, (np.cumsum(self.region_weight[::-1]) / self.n_regions)[occupied]]
-        if fpr[-1] > fpr_limit:
-            cut = int(np.searchsorted(fpr, fpr_limit, side="right"))
-            pro_at_limit = np.interp(fpr_limit, fpr[cut - 1 : cut + 1], pro[cut - 1 : cut + 1])
-            fpr = np.r_[fpr[:cut], fpr_limit]
-            pro = np.r_[pro[:cut], pro_at_limit]
-        return float(np.trapezoid(pro, fpr) / fpr_limit)
+        return _area_up_to(fpr, pro, fpr_limit)

@@ -25,6 +25,7 @@ from shared.messages.codec import encode
 from shared.messages.schemas import DefectEvent, Report
 from shared.settings import ExplainerSettings, Settings
 from tests.support import topics
+from tests.support.line import offline_explainer_env
 from tests.support.messages import defect_event
 from tests.support.openai_server import FakeOpenAIServer, ReceivedRequest, Reply
 from tests.support.processes import ServiceProcess, service_env
@@ -178,15 +179,7 @@ async def test_the_documented_compose_start_without_a_vlm_writes_fallback_report
     start in its fallback mode, not exit and restart forever (issue 12)."""
     empty = tmp_path / "vlm_api_key"
     empty.write_text("")
-    env = service_env(
-        kafka_settings,
-        explainer={
-            "base_url": "",
-            "api_key_file": str(empty),
-            "report_dir": str(tmp_path / "reports"),
-            "group_id": f"{kafka_settings.topic_prefix}-explainer",
-        },
-    )
+    env = offline_explainer_env(kafka_settings, tmp_path / "reports", api_key_file=str(empty))
     async with TopicReader(kafka_settings, "reports", Report) as reports:
         process = ServiceProcess(["explainer"], env, tmp_path / "explainer.log")
         try:

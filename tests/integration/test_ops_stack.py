@@ -22,7 +22,7 @@ import pytest
 from services.plc_bridge.simulators import ModbusPlcSimulator
 from shared.kafka.broker import free_ports
 from shared.settings import Settings
-from tests.support.line import LineModels, camera_sim_args, scorer_settings
+from tests.support.line import LineModels, camera_sim_args, offline_explainer_env, scorer_settings
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.processes import REPO_ROOT, ServiceProcess, service_env
 from tests.support.prometheus_stack import ops_stack
@@ -86,12 +86,7 @@ async def test_prometheus_scrapes_the_line_and_an_alert_reaches_the_webhook_thro
     def start(
         args: list[str], job: str | None, env: dict[str, str], receiver: OtlpReceiver
     ) -> ServiceProcess:
-        env = {
-            **env,
-            "LINEGUARD_OTEL_EXPORTER": "otlp",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_BSP_SCHEDULE_DELAY": "500",
-        }
+        env = {**env, **receiver.exporter_env(500)}
         if job is not None:
             env["LINEGUARD_METRICS_PORT"] = str(ports[job])
         process = ServiceProcess(args, env, tmp_path / f"{args[0]}.log")
@@ -104,17 +99,7 @@ async def test_prometheus_scrapes_the_line_and_an_alert_reaches_the_webhook_thro
                 ["scorer", "--model", str(line_models.a)], "scorer", service_env(settings, "scorer"), receiver
             )
             explainer = start(
-                ["explainer"],
-                "explainer",
-                service_env(
-                    settings,
-                    explainer={
-                        "base_url": "",
-                        "report_dir": str(tmp_path / "reports"),
-                        "group_id": f"{prefix}-explainer",
-                    },
-                ),
-                receiver,
+                ["explainer"], "explainer", offline_explainer_env(settings, tmp_path / "reports"), receiver
             )
             bridge = start(
                 ["plc-bridge"],

@@ -13,7 +13,7 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from shared.settings import Settings
-from tests.support.line import LineModels, camera_sim_args, scorer_settings
+from tests.support.line import LineModels, camera_sim_args, offline_explainer_env, scorer_settings
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.support.processes import ServiceProcess, service_env
 from tests.support.waiting import wait_until
@@ -33,17 +33,10 @@ async def test_one_frames_spans_from_camera_scorer_and_explainer_share_one_trace
     kafka_settings: Settings, line_models: LineModels, tmp_path: Path
 ) -> None:
     settings = scorer_settings(kafka_settings)
-    prefix = settings.topic_prefix
     processes: list[ServiceProcess] = []
 
     def start(args: list[str], env: dict[str, str], receiver: OtlpReceiver) -> ServiceProcess:
-        env = {
-            **env,
-            "LINEGUARD_OTEL_EXPORTER": "otlp",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_BSP_SCHEDULE_DELAY": "200",
-        }
-        process = ServiceProcess(args, env, tmp_path / f"{args[0]}.log")
+        process = ServiceProcess(args, {**env, **receiver.exporter_env(200)}, tmp_path / f"{args[0]}.log")
         processes.append(process)
         return process
 
@@ -70,18 +63,7 @@ async def test_one_frames_spans_from_camera_scorer_and_explainer_share_one_trace
             scorer = start(
                 ["scorer", "--model", str(line_models.a)], service_env(settings, "scorer"), receiver
             )
-            explainer = start(
-                ["explainer"],
-                service_env(
-                    settings,
-                    explainer={
-                        "base_url": "",
-                        "report_dir": str(tmp_path / "reports"),
-                        "group_id": f"{prefix}-explainer",
-                    },
-                ),
-                receiver,
-            )
+            explainer = start(["explainer"], offline_explainer_env(settings, tmp_path / "reports"), receiver)
             await scorer.wait_for_event("partitions_assigned", READY_S)
             await explainer.wait_for_event("explainer_started", READY_S)
             start(

@@ -72,6 +72,18 @@ def scorer_settings(settings: Settings, **scorer: Any) -> Settings:
     return settings.model_copy(update={"scorer": settings.scorer.model_copy(update=values)})
 
 
+def offline_explainer_env(settings: Settings, report_dir: Path, **explainer: Any) -> dict[str, str]:
+    """``lineguard explainer``'s environment with no VLM endpoint (it writes its rule-based fallback
+    reports, into ``report_dir``), in the test's own consumer group, then ``explainer``'s values."""
+    values = {
+        "base_url": "",
+        "report_dir": str(report_dir),
+        "group_id": f"{settings.topic_prefix}-explainer",
+        **explainer,
+    }
+    return service_env(settings, explainer=values)
+
+
 def frame_id_of(headers: list[tuple[str, bytes]]) -> str | None:
     value = header(headers, FRAME_ID_HEADER)
     return None if value is None else value.decode()

@@ -15,13 +15,14 @@ import contextlib
 import json
 import socket
 import ssl
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.support.local_http import LocalHttpServer
 
 MAX_BODY_BYTES = 64 << 20
 
@@ -122,7 +123,7 @@ def request_problem(body: Any) -> str | None:
 Responder = Callable[[ReceivedRequest], Reply]
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LocalHttpServer):
     """``with FakeOpenAIServer() as server: server.script(Reply(content=...)); ... server.requests``.
 
     Replies are taken from the script in order; when it is empty, ``responder`` (if set) makes one,
@@ -139,24 +140,14 @@ class FakeOpenAIServer:
     ) -> None:
         """``tls``: a server-side context; the server then speaks HTTPS only."""
         self.responder = responder
-        self.tls = tls
         self.supports_json_schema = supports_json_schema
         self.requests: list[ReceivedRequest] = []
         self._script: deque[Reply] = deque()
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        if tls is not None:
-            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
-        )
+        super().__init__(self._handler_class(), tls=tls, wait_for_handlers=False)
 
     @property
     def base_url(self) -> str:
-        port = self._server.server_address[1]
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{port}/v1"
+        return f"{self.origin}/v1"
 
     def script(self, *replies: Reply) -> None:
         with self._lock:
@@ -165,22 +156,6 @@ class FakeOpenAIServer:
     def chat_requests(self) -> list[ReceivedRequest]:
         with self._lock:
             return [r for r in self.requests if r.path.endswith("/chat/completions")]
-
-    def start(self) -> FakeOpenAIServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes handlers sleeping on a delay
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _next_reply(self, request: ReceivedRequest) -> Reply:
         with self._lock:
@@ -234,7 +209,7 @@ class FakeOpenAIServer:
                     self._send(400, {"error": {"message": problem, "type": "invalid_request_error"}})
                     return
                 reply = server._next_reply(request)
-                if reply.delay_s and server._stopping.wait(reply.delay_s):
+                if reply.delay_s and server.stopping.wait(reply.delay_s):
                     return
                 if reply.drop:
                     self.close_connection = True

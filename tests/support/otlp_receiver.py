@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 import gzip
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+
+from tests.support.local_http import LocalHttpServer
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,10 @@ def _value(any_value: Any) -> Any:
     return getattr(any_value, field) if field else None
 
 
-class OtlpReceiver:
+class OtlpReceiver(LocalHttpServer):
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
         self.posts = 0
-        self._lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -60,13 +60,20 @@ class OtlpReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def endpoint(self) -> str:
         """For ``OTEL_EXPORTER_OTLP_ENDPOINT`` (the exporter appends ``/v1/traces``)."""
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return self.origin
+
+    def exporter_env(self, schedule_delay_ms: int) -> dict[str, str]:
+        """A service's variables to export its spans here, a batch every ``schedule_delay_ms``."""
+        return {
+            "LINEGUARD_OTEL_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": str(schedule_delay_ms),
+        }
 
     def _take(self, request: ExportTraceServiceRequest) -> None:
         found = []
@@ -93,11 +100,3 @@ class OtlpReceiver:
     def received(self) -> list[ReceivedSpan]:
         with self._lock:
             return list(self.spans)
-
-    def __enter__(self) -> OtlpReceiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()

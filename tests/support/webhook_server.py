@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from tests.support.local_http import LocalHttpServer
 
-class WebhookServer:
+
+class WebhookServer(LocalHttpServer):
     """Answers POSTs with the scripted statuses (then 200), recording every request body.
 
     ``received`` has every POST as it arrived (headers, body), answered or not; ``delays`` makes
@@ -19,15 +20,12 @@ class WebhookServer:
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         """``tls``: a server-side context; the server then speaks HTTPS only."""
-        self.tls = tls
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.script: deque[tuple[int, dict[str, str]]] = deque()
         self.received: list[tuple[dict[str, str], Any]] = []
         self.delays: deque[float] = deque()
         self.default_status = 200
-        self._closing = threading.Event()
-        self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,7 +35,7 @@ class WebhookServer:
                 with server._lock:
                     server.received.append((dict(self.headers.items()), body))
                     delay = server.delays.popleft() if server.delays else 0.0
-                if delay and server._closing.wait(delay):
+                if delay and server.stopping.wait(delay):
                     return
                 with server._lock:
                     status, extra = server.script.popleft() if server.script else (server.default_status, {})
@@ -57,25 +55,12 @@ class WebhookServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if tls is not None:
-            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        super().__init__(Handler, tls=tls)
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.tls else "http"
-        return f"{scheme}://127.0.0.1:{self._httpd.server_address[1]}/hook"
+        return f"{self.origin}/hook"
 
     def delivered(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.requests)
-
-    def __enter__(self) -> WebhookServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._closing.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()

@@ -47,6 +47,7 @@ from services.camera_gateway.core import (
     is_complete,
 )
 from services.camera_gateway.sources.base import FrameSink
+from services.camera_gateway.sources.watching import observing, wake_or_tick
 from shared.errors import ConfigError, ImageError
 from shared.limits import MAX_FILE_BYTES
 from shared.messages.schemas import CameraLedger
@@ -120,26 +121,22 @@ class HotFolder:
         loop = asyncio.get_running_loop()
         observer = PollingObserver(timeout=1.0) if self.config.polling else Observer()
         observer.schedule(_Events(self, loop), str(self.folder), recursive=False)
-        observer.start()
-        metrics.SOURCE_UP.labels(camera_id=self.camera_id).set(1)
-        log_event(log, "hot_folder_watching", camera_id=self.camera_id, folder=str(self.folder))
         try:
-            next_scan = 0.0
-            while not stop.is_set():
-                now = time.monotonic()
-                if now >= next_scan:
-                    await self._scan()
-                    next_scan = now + self.config.rescan_s
-                try:
-                    await self._step(stop)
-                except BufferClosed:  # stopping: a file read but not buffered stays in the folder
-                    return
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), TICK_S)
+            async with observing(observer):
+                metrics.SOURCE_UP.labels(camera_id=self.camera_id).set(1)
+                log_event(log, "hot_folder_watching", camera_id=self.camera_id, folder=str(self.folder))
+                next_scan = 0.0
+                while not stop.is_set():
+                    now = time.monotonic()
+                    if now >= next_scan:
+                        await self._scan()
+                        next_scan = now + self.config.rescan_s
+                    try:
+                        await self._step(stop)
+                    except BufferClosed:  # stopping: a file read but not buffered stays in the folder
+                        return
+                    await wake_or_tick(self._wake, TICK_S)
         finally:
-            observer.stop()
-            await asyncio.to_thread(observer.join, 5.0)
             metrics.SOURCE_UP.labels(camera_id=self.camera_id).set(0)
 
     def seen(self, path: Path, closed: bool = False) -> None:

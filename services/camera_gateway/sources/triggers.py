@@ -25,6 +25,7 @@ from watchdog.observers import Observer
 
 from services.camera_gateway import metrics
 from services.camera_gateway.core import Sampler
+from services.camera_gateway.sources.watching import observing, wake_or_tick
 from shared.kafka.client import make_consumer
 from shared.settings import Settings
 from shared.telemetry.logging import log_event
@@ -56,17 +57,11 @@ class TriggerFile:
         loop = asyncio.get_running_loop()
         observer = Observer()
         observer.schedule(_Wake(self.path, loop, self._wake), str(self.path.parent), recursive=False)
-        observer.start()
-        try:
+        async with observing(observer):
             while not stop.is_set():
                 if self._consume():
                     fire(self.camera_id, self.sampler)
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), FILE_POLL_S)
-        finally:
-            observer.stop()
-            await asyncio.to_thread(observer.join, 5.0)
+                await wake_or_tick(self._wake, FILE_POLL_S)
 
     def _consume(self) -> bool:
         """Delete the trigger file; True if it was there."""

@@ -9,14 +9,13 @@ reuses them, so training costs only the networks' own work.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.engine.config import FitConfig
 from shared.engine.coreset import greedy_coreset
 from shared.engine.scorers.base import ArtifactFiles, FitContext
 from shared.engine.scorers.index import KnnBank, build_index
@@ -32,17 +31,29 @@ TrainingSettings = TypeVar("TrainingSettings", bound="DataclassInstance")
 _LOO_NEIGHBOURS = 16
 
 
-def with_fit_epochs(settings: TrainingSettings, config: FitConfig) -> TrainingSettings:
-    """A learned scorer's training settings, with the fit's ``epochs`` when it sets them."""
-    return replace(settings, epochs=config.epochs) if config.epochs is not None else settings
-
-
-class LearnedScorer:
+class LearnedScorer(Generic[TrainingSettings]):
     """What every learned scorer tells the fitting: it trains on labelled defects (with masks or
-    without), and its threshold belongs to the network it calibrated (see ``fitting._fit_class``)."""
+    without), and its threshold belongs to the network it calibrated (see ``fitting._fit_class``).
+
+    A subclass names its training settings (``settings_type``, a dataclass with an ``epochs``
+    field and a default for every field) and trains in ``fit_with``.
+    """
 
     learns_from_defects = True
     refit_on_all_normals = False
+    settings_type: type[TrainingSettings]
+
+    @classmethod
+    def fit(cls, context: FitContext) -> Self:
+        """Train with the default settings, for the fit's ``epochs`` when it sets them."""
+        settings = cls.settings_type()
+        if context.config.epochs is not None:
+            settings = replace(settings, epochs=context.config.epochs)
+        return cls.fit_with(context, settings)
+
+    @classmethod
+    def fit_with(cls, context: FitContext, settings: TrainingSettings) -> Self:
+        raise NotImplementedError
 
 
 def masks_on_grid(masks: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
@@ -117,6 +128,34 @@ class KnnPrior:
     @classmethod
     def read(cls, files: ArtifactFiles, name: str) -> KnnPrior:
         return cls(KnnBank.from_bytes(files.read_bytes(name), 1))
+
+
+def channel_stats(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std ``(1, C, 1, 1)`` of the normal maps ``(B, C, h, w)`` that
+    standardise the networks' input (the std floored, so a constant channel does not divide by 0)."""
+    return maps.mean((0, 2, 3), keepdim=True), maps.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+
+
+def write_channel_stats(
+    tensors: dict[str, np.ndarray], prefix: str, mean: torch.Tensor, std: torch.Tensor
+) -> None:
+    """The statistics of ``channel_stats`` into ``tensors`` as ``{prefix}.mean`` and ``{prefix}.std``."""
+    tensors[f"{prefix}.mean"] = mean.numpy().reshape(-1).copy()
+    tensors[f"{prefix}.std"] = std.numpy().reshape(-1).copy()
+
+
+def read_channel_stats(tensors: dict[str, np.ndarray], prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The statistics ``write_channel_stats`` stored, checked (same length, finite, std > 0), as
+    ``(1, C, 1, 1)`` float32 tensors."""
+    mean, std = tensors.get(f"{prefix}.mean"), tensors.get(f"{prefix}.std")
+    if mean is None or std is None or mean.ndim != 1 or mean.shape != std.shape:
+        raise ArtifactError(f"{prefix}: feature statistics missing or misshapen")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        raise ArtifactError(f"{prefix}: feature statistics are not finite and positive")
+    return (
+        torch.from_numpy(mean.astype(np.float32)).view(1, -1, 1, 1),
+        torch.from_numpy(std.astype(np.float32)).view(1, -1, 1, 1),
+    )
 
 
 def log_distance(distances: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@ segmentation head and an image classification head, on the frozen backbone's pat
 
 Per class, on the engine's patch features (the backbone's stages upsampled to the finest one and
 concatenated), plus one channel: the log distance of each patch to a k-NN memory bank of the
-class's normal patches (``KnnPrior``; the training images' own distances are taken leaving their
+class's normal patches (``learned.KnnPrior``; the training images' own distances are taken leaving their
 own patches out). The channels are standardised with the normal images' statistics, then
 
 - a feature adaptor (1x1 convolution);
@@ -35,18 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.engine.config import FitConfig, FitProgress
+from shared.engine.scorers import learned
 from shared.engine.scorers.base import ArtifactFiles, FitContext, PatchScores, ScoreInput
-from shared.engine.scorers.learned import (
-    KnnPrior,
-    LearnedScorer,
-    log_distance,
-    masks_on_grid,
-    scalar,
-    to_maps,
-    weights_from_tensors,
-    weights_to_tensors,
-    with_fit_epochs,
-)
 from shared.errors import ArtifactError
 
 ImageRule = Literal["cls", "seg"]
@@ -321,15 +311,17 @@ def _step_loss(
     return loss
 
 
-class SuperSimpleNetScorer(LearnedScorer):
+class SuperSimpleNetScorer(learned.LearnedScorer[SSNSettings]):
     """The trained network, the feature statistics it standardises with, and its k-NN prior."""
+
+    settings_type = SSNSettings
 
     def __init__(
         self,
         net: SSNNet,
         mean: torch.Tensor,
         std: torch.Tensor,
-        prior: KnnPrior | None,
+        prior: learned.KnnPrior | None,
         image_rule: ImageRule,
         n_labelled: int,
     ) -> None:
@@ -341,23 +333,20 @@ class SuperSimpleNetScorer(LearnedScorer):
         self.n_labelled = n_labelled
 
     @classmethod
-    def fit(cls, context: FitContext) -> Self:
-        return cls.fit_with(context, with_fit_epochs(SSNSettings(), context.config))
-
-    @classmethod
     def fit_with(cls, context: FitContext, settings: SSNSettings) -> Self:
         features = context.features
-        prior: KnnPrior | None = None
-        normal = to_maps(features, context.grid)
+        prior: learned.KnnPrior | None = None
+        normal = learned.to_maps(features, context.grid)
         defects = masks = None
         if settings.knn_prior:
-            prior, own = KnnPrior.fit(context, features)
-            normal = torch.cat([normal, to_maps(log_distance(own)[..., None], context.grid)], 1)
+            prior, own = learned.KnnPrior.fit(context, features)
+            normal = torch.cat(
+                [normal, learned.to_maps(learned.log_distance(own)[..., None], context.grid)], 1
+            )
         if context.defects is not None and len(context.defects.features):
             defects = cls._with_prior(context.defects.features, context.grid, prior)
-            masks = masks_on_grid(context.defects.masks, context.grid)
-        mean = normal.mean((0, 2, 3), keepdim=True)
-        std = normal.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+            masks = learned.masks_on_grid(context.defects.masks, context.grid)
+        mean, std = learned.channel_stats(normal)
         data = TrainingSet((normal - mean) / std, None if defects is None else (defects - mean) / std, masks)
         del normal
         net = train(data, settings, context.seed, context.progress)
@@ -366,11 +355,15 @@ class SuperSimpleNetScorer(LearnedScorer):
         return cls(net, mean, std, prior, rule, n_labelled)
 
     @staticmethod
-    def _with_prior(features: np.ndarray, grid: tuple[int, int], prior: KnnPrior | None) -> torch.Tensor:
-        maps = to_maps(features, grid)
+    def _with_prior(
+        features: np.ndarray, grid: tuple[int, int], prior: learned.KnnPrior | None
+    ) -> torch.Tensor:
+        maps = learned.to_maps(features, grid)
         if prior is None:
             return maps
-        return torch.cat([maps, to_maps(log_distance(prior.scores(features))[..., None], grid)], 1)
+        return torch.cat(
+            [maps, learned.to_maps(learned.log_distance(prior.scores(features))[..., None], grid)], 1
+        )
 
     @torch.inference_mode()
     def heads(self, features: np.ndarray, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,9 +386,8 @@ class SuperSimpleNetScorer(LearnedScorer):
 
     def write(self, files: ArtifactFiles, key: str) -> None:
         prefix = f"supersimplenet_{key}"
-        weights_to_tensors(self.net, f"{prefix}.net", files.tensors)
-        files.tensors[f"{prefix}.mean"] = self.mean.numpy().reshape(-1).copy()
-        files.tensors[f"{prefix}.std"] = self.std.numpy().reshape(-1).copy()
+        learned.weights_to_tensors(self.net, f"{prefix}.net", files.tensors)
+        learned.write_channel_stats(files.tensors, prefix, self.mean, self.std)
         files.tensors[f"{prefix}.hidden"] = np.array([self.net.seg[0].out_channels], dtype=np.int64)
         files.tensors[f"{prefix}.dec_channels"] = np.array([self.net.fc.in_features // 2 - 1], dtype=np.int64)
         files.tensors[f"{prefix}.image_rule_cls"] = np.array([self.image_rule == "cls"], dtype=np.int64)
@@ -408,28 +400,19 @@ class SuperSimpleNetScorer(LearnedScorer):
     def read(cls, files: ArtifactFiles, key: str, config: FitConfig) -> Self:
         prefix = f"supersimplenet_{key}"
         tensors = files.tensors
-        mean, std = tensors.get(f"{prefix}.mean"), tensors.get(f"{prefix}.std")
-        if mean is None or std is None or mean.ndim != 1 or mean.shape != std.shape:
-            raise ArtifactError(f"{prefix}: feature statistics missing or misshapen")
-        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
-            raise ArtifactError(f"{prefix}: feature statistics are not finite and positive")
-        channels = len(mean)
-        hidden = int(scalar(tensors, f"{prefix}.hidden"))
-        dec_channels = int(scalar(tensors, f"{prefix}.dec_channels"))
+        mean, std = learned.read_channel_stats(tensors, prefix)
+        channels = mean.shape[1]
+        hidden = int(learned.scalar(tensors, f"{prefix}.hidden"))
+        dec_channels = int(learned.scalar(tensors, f"{prefix}.dec_channels"))
         if not (0 < channels <= 1 << 16 and 0 < hidden <= 4096 and 0 < dec_channels <= 4096):
             raise ArtifactError(f"{prefix}: network sizes out of bounds")
         net = SSNNet(channels, hidden, dec_channels)
-        weights_from_tensors(net, f"{prefix}.net", tensors)
+        learned.weights_from_tensors(net, f"{prefix}.net", tensors)
         prior = (
-            KnnPrior.read(files, f"{prefix}_prior.faiss") if scalar(tensors, f"{prefix}.knn_prior") else None
+            learned.KnnPrior.read(files, f"{prefix}_prior.faiss")
+            if learned.scalar(tensors, f"{prefix}.knn_prior")
+            else None
         )
-        rule: ImageRule = "cls" if scalar(tensors, f"{prefix}.image_rule_cls") else "seg"
-        n_labelled = int(scalar(tensors, f"{prefix}.labelled_defects"))
-        return cls(
-            net,
-            torch.from_numpy(mean.astype(np.float32)).view(1, -1, 1, 1),
-            torch.from_numpy(std.astype(np.float32)).view(1, -1, 1, 1),
-            prior,
-            rule,
-            n_labelled,
-        )
+        rule: ImageRule = "cls" if learned.scalar(tensors, f"{prefix}.image_rule_cls") else "seg"
+        n_labelled = int(learned.scalar(tensors, f"{prefix}.labelled_defects"))
+        return cls(net, mean, std, prior, rule, n_labelled)

@@ -40,16 +40,8 @@ from torch import nn
 
 from shared.engine.config import FitConfig, FitProgress
 from shared.engine.postprocess import anomaly_maps
+from shared.engine.scorers import learned
 from shared.engine.scorers.base import ArtifactFiles, FitContext, PatchScores, ScoreInput
-from shared.engine.scorers.learned import (
-    LearnedScorer,
-    masks_on_grid,
-    scalar,
-    to_maps,
-    weights_from_tensors,
-    weights_to_tensors,
-    with_fit_epochs,
-)
 from shared.errors import ArtifactError
 
 SCALES = 3
@@ -293,8 +285,10 @@ def _step_loss(
     return loss
 
 
-class UniNetScorer(LearnedScorer):
+class UniNetScorer(learned.LearnedScorer[UniNetSettings]):
     """The trained teacher-student pair and the feature statistics it standardises with."""
+
+    settings_type = UniNetSettings
 
     def __init__(
         self,
@@ -313,18 +307,13 @@ class UniNetScorer(LearnedScorer):
         self.n_labelled = n_labelled
 
     @classmethod
-    def fit(cls, context: FitContext) -> Self:
-        return cls.fit_with(context, with_fit_epochs(UniNetSettings(), context.config))
-
-    @classmethod
     def fit_with(cls, context: FitContext, settings: UniNetSettings) -> Self:
-        normal = to_maps(context.features, context.grid)
-        mean = normal.mean((0, 2, 3), keepdim=True)
-        std = normal.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+        normal = learned.to_maps(context.features, context.grid)
+        mean, std = learned.channel_stats(normal)
         defects = masks = None
         if context.defects is not None and len(context.defects.features):
-            defects = (to_maps(context.defects.features, context.grid) - mean) / std
-            masks = masks_on_grid(context.defects.masks, context.grid)
+            defects = (learned.to_maps(context.defects.features, context.grid) - mean) / std
+            masks = learned.masks_on_grid(context.defects.masks, context.grid)
         net = train(
             TrainingSet((normal - mean) / std, defects, masks), settings, context.seed, context.progress
         )
@@ -334,7 +323,7 @@ class UniNetScorer(LearnedScorer):
     @torch.inference_mode()
     def pair_maps(self, features: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
         """``(B, N, D)`` -> ``(6, B, h, w)``: 1 - cos(teacher, student) of each pair on the finest grid."""
-        x = (to_maps(features, grid) - self.mean) / self.std
+        x = (learned.to_maps(features, grid) - self.mean) / self.std
         teachers, students = self.net(x)
         maps = [
             F.interpolate(
@@ -371,9 +360,8 @@ class UniNetScorer(LearnedScorer):
 
     def write(self, files: ArtifactFiles, key: str) -> None:
         prefix = f"uninet_{key}"
-        weights_to_tensors(self.net, f"{prefix}.net", files.tensors)
-        files.tensors[f"{prefix}.mean"] = self.mean.numpy().reshape(-1).copy()
-        files.tensors[f"{prefix}.std"] = self.std.numpy().reshape(-1).copy()
+        learned.weights_to_tensors(self.net, f"{prefix}.net", files.tensors)
+        learned.write_channel_stats(files.tensors, prefix, self.mean, self.std)
         files.tensors[f"{prefix}.embed"] = np.array([self.net.embed], dtype=np.int64)
         files.tensors[f"{prefix}.width"] = np.array([self.net.width], dtype=np.int64)
         files.tensors[f"{prefix}.alpha_beta"] = np.array([self.alpha, self.beta], dtype=np.float64)
@@ -383,30 +371,21 @@ class UniNetScorer(LearnedScorer):
     def read(cls, files: ArtifactFiles, key: str, config: FitConfig) -> Self:
         prefix = f"uninet_{key}"
         tensors = files.tensors
-        mean, std = tensors.get(f"{prefix}.mean"), tensors.get(f"{prefix}.std")
-        if mean is None or std is None or mean.ndim != 1 or mean.shape != std.shape:
-            raise ArtifactError(f"{prefix}: feature statistics missing or misshapen")
-        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
-            raise ArtifactError(f"{prefix}: feature statistics are not finite and positive")
-        embed = int(scalar(tensors, f"{prefix}.embed"))
-        width = int(scalar(tensors, f"{prefix}.width"))
-        if not (0 < len(mean) <= 1 << 16 and 0 < embed <= 4096 and 0 < width <= 4096):
+        mean, std = learned.read_channel_stats(tensors, prefix)
+        embed = int(learned.scalar(tensors, f"{prefix}.embed"))
+        width = int(learned.scalar(tensors, f"{prefix}.width"))
+        if not (0 < mean.shape[1] <= 1 << 16 and 0 < embed <= 4096 and 0 < width <= 4096):
             raise ArtifactError(f"{prefix}: network sizes out of bounds")
         alpha_beta = tensors.get(f"{prefix}.alpha_beta")
         if alpha_beta is None or alpha_beta.shape != (2,) or not np.isfinite(alpha_beta).all():
             raise ArtifactError(f"{prefix}: alpha_beta missing or not two finite numbers")
         if not (0 < alpha_beta[0] <= 1 and 0 < alpha_beta[1] <= 1):
             raise ArtifactError(f"{prefix}: alpha and beta must lie in (0, 1]")
-        net = UniNetNet(len(mean), embed, width)
-        weights_from_tensors(net, f"{prefix}.net", tensors)
+        net = UniNetNet(mean.shape[1], embed, width)
+        learned.weights_from_tensors(net, f"{prefix}.net", tensors)
         settings = UniNetSettings(
             embed=embed, width=width, alpha=float(alpha_beta[0]), beta=float(alpha_beta[1])
         )
         return cls(
-            net,
-            torch.from_numpy(mean.astype(np.float32)).view(1, -1, 1, 1),
-            torch.from_numpy(std.astype(np.float32)).view(1, -1, 1, 1),
-            settings,
-            config,
-            int(scalar(tensors, f"{prefix}.labelled_defects")),
+            net, mean, std, settings, config, int(learned.scalar(tensors, f"{prefix}.labelled_defects"))
         )

@@ -66,3 +66,16 @@ def test_a_gpu_gets_one_worker_and_large_batches_unless_set(monkeypatch: pytest.
     monkeypatch.setenv("LINEGUARD_SCORER__RUNTIME", "openvino")
     with pytest.raises(ConfigError, match="CPU only"):
         load_settings()
+
+
+def test_a_core_dataclass_takes_its_sections_fields_of_the_same_names() -> None:
+    from services.console.core import StateLimits
+    from services.console.service import state_limits
+    from shared.settings import ConsoleSettings, Settings, from_section
+
+    section = ConsoleSettings(stations_max=7, evidence_max_bytes=2 << 20, models_history=3)
+    limits = from_section(StateLimits, section)
+    assert (limits.stations_max, limits.evidence_max_bytes, limits.models_history) == (7, 2 << 20, 3)
+    assert limits.verdicts_per_station == section.verdicts_per_station
+    assert limits.changes_kept == StateLimits().changes_kept  # not a setting: the dataclass's default
+    assert state_limits(Settings(console=section)) == limits

@@ -12,6 +12,7 @@ from services.cli import main
 from services.model_tools.cli import INDEX_CHOICES, register
 from shared.engine.config import INDEX_KINDS, SCORER_KINDS
 from shared.synthetic import write_mvtec_dataset
+from tests.support.cli import json_of
 
 CLASS_KEYS = {
     "image_auroc",
@@ -87,8 +88,8 @@ def test_export_adds_the_backbone_export_that_every_runtime_scores_with(
     assert "with its backbone export" in capsys.readouterr().out
     scores = {}
     for runtime in ("torch", "openvino", "onnx"):
-        assert main(["score", "--model", str(out), "--runtime", runtime, "--json", image]) == 0
-        scores[runtime] = json.loads(capsys.readouterr().out)["results"][0]["score"]  # JSON alone
+        result, _ = json_of(capsys, "score", "--model", str(out), "--runtime", runtime, "--json", image)
+        scores[runtime] = result["results"][0]["score"]
     assert scores["openvino"] == pytest.approx(scores["torch"], abs=1e-3)
     assert scores["onnx"] == pytest.approx(scores["torch"], abs=1e-3)
 
@@ -102,11 +103,8 @@ def test_fit_refuses_existing_output_and_bad_data(model_dir: Path, dataset: Path
 def test_evaluate_json_has_exactly_the_agreed_keys(
     model_dir: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    capsys.readouterr()
-    assert main(["evaluate", "--model", str(model_dir), "--data", str(dataset), "--json"]) == 0
-    captured = capsys.readouterr()
-    report = json.loads(captured.out)  # stdout is the JSON alone (it pipes into jq) ...
-    assert "image AUROC" in captured.err  # ... and the readable report goes to stderr
+    report, err = json_of(capsys, "evaluate", "--model", str(model_dir), "--data", str(dataset), "--json")
+    assert "image AUROC" in err  # the readable report goes to stderr, the JSON alone to stdout
     assert set(report) == {
         "classes",
         "mean",
@@ -143,9 +141,9 @@ def test_evaluate_json_has_exactly_the_agreed_keys(
 def test_evaluate_a_single_class_folder(
     model_dir: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    capsys.readouterr()
-    assert main(["evaluate", "--model", str(model_dir), "--data", str(dataset / "washer"), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    report, _ = json_of(
+        capsys, "evaluate", "--model", str(model_dir), "--data", str(dataset / "washer"), "--json"
+    )
     assert list(report["classes"]) == ["washer"] and report["routing_accuracy"] is None
 
 
@@ -211,9 +209,7 @@ def test_fit_with_the_pca_refine_index_records_it_and_evaluates(
     )
     config = json.loads((out / "manifest.json").read_text())["config"]
     assert (config["index"], config["reduced_dims"], config["refine_factor"]) == ("pca-refine", 32, 4)
-    capsys.readouterr()
-    assert main(["evaluate", "--model", str(out), "--data", str(dataset), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    result, _ = json_of(capsys, "evaluate", "--model", str(out), "--data", str(dataset), "--json")
     assert set(result["classes"]) == {"fabric", "washer"}
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from services.cli import main
 from shared.synthetic import write_mvtec_dataset
+from tests.support.cli import json_of
 from tests.support.clip import TINY_CLIP, save_tiny_clip
 
 FEW = ["--input-size", "64", "--bank-size", "500", "--shot-flips", "horizontal", "--shot-gain-steps", "3"]
@@ -74,20 +75,15 @@ def test_the_fit_report_says_approximate_and_review(dataset: Path, tmp_path: Pat
 def test_evaluate_marks_the_few_shot_threshold_approximate(
     few_dir: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    capsys.readouterr()
-    assert main(["evaluate", "--model", str(few_dir), "--data", str(dataset), "--json"]) == 0
-    captured = capsys.readouterr()
-    report = json.loads(captured.out)
+    report, err = json_of(capsys, "evaluate", "--model", str(few_dir), "--data", str(dataset), "--json")
     assert report["classes"]["fabric"]["threshold_approximate"] is True
     assert report["mean"]["threshold_approximate"] is True
-    assert "few-shot threshold: approximate" in captured.err
+    assert "few-shot threshold: approximate" in err
 
 
 def test_score_gives_review_with_the_reason(few_dir: Path, dataset: Path, capsys) -> None:
     image = dataset / "fabric" / "test" / "good" / "000.png"
-    capsys.readouterr()
-    assert main(["score", "--model", str(few_dir), str(image), "--json"]) == 0
-    (result,) = json.loads(capsys.readouterr().out)["results"]
+    (result,) = json_of(capsys, "score", "--model", str(few_dir), str(image), "--json")[0]["results"]
     assert result["decision"] == "review" and "0 of 4 confirmed normal images" in result["reason"]
 
 
@@ -106,9 +102,7 @@ def test_a_refit_with_enough_confirmed_normals_ends_the_review(
     calibration = json.loads((out / "manifest.json").read_text())["classes"][0]["calibration"]
     assert calibration["cold_start"]["confirmed_normals"] == 4  # train[2] is the third shot
     assert calibration["threshold_approximate"] is False and calibration["n_holdout"] == 4
-    capsys.readouterr()
-    assert main(["score", "--model", str(out), str(train[9]), "--json"]) == 0
-    (result,) = json.loads(capsys.readouterr().out)["results"]
+    (result,) = json_of(capsys, "score", "--model", str(out), str(train[9]), "--json")[0]["results"]
     assert result["decision"] in ("pass", "reject") and "cold start" not in result["reason"]
 
 

@@ -5,7 +5,6 @@ view."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -16,22 +15,20 @@ from shared.engine.class_model import raw_maps
 from shared.engine.config import FitConfig
 from shared.engine.feature_store import FeatureStore
 from shared.engine.fitting import fit_model
-from shared.engine.scorers import registry
-from shared.engine.scorers.base import ArtifactFiles, FitContext, PatchScores, ScoreInput
+from shared.engine.scorers.base import FitContext, PatchScores, ScoreInput
 from shared.errors import ConfigError
 from shared.synthetic import render_sample
+from tests.support.scorers import ArrayScorer, register_scorer
 
 SIZE = 64
 
 
-class NearestImageScorer:
+class NearestImageScorer(ArrayScorer):
     """Patch score = distance to the same grid cell of the nearest training image (a test entry
-    that remembers which images it was fitted on)."""
+    that remembers which images it was fitted on); its array is the training features, (n, N, D)."""
 
+    tensor_name = "nearest"
     fitted: ClassVar[list[tuple[np.ndarray, list[bytes]]]] = []
-
-    def __init__(self, bank: np.ndarray) -> None:
-        self.bank = bank  # (n, N, D)
 
     @classmethod
     def fit(cls, context: FitContext) -> Self:
@@ -40,24 +37,16 @@ class NearestImageScorer:
         return cls(bank)
 
     def score(self, batch: ScoreInput) -> PatchScores:
-        distances = np.linalg.norm(batch.features[:, None] - self.bank[None], axis=3)  # (B, n, N)
+        distances = np.linalg.norm(batch.features[:, None] - self.array[None], axis=3)  # (B, n, N)
         return PatchScores(distances.min(axis=1), batch.grid)
 
     def manifest_facts(self) -> dict[str, Any]:
         return {}
 
-    def write(self, files: ArtifactFiles, key: str) -> None:
-        files.tensors[f"nearest_{key}"] = self.bank
-
-    @classmethod
-    def read(cls, files: ArtifactFiles, key: str, config: FitConfig) -> Self:
-        return cls(files.tensors[f"nearest_{key}"])
-
 
 @pytest.fixture
 def nearest_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    entries = {**registry.SCORERS, "nearest": f"{__name__}:NearestImageScorer"}
-    monkeypatch.setattr(registry, "SCORERS", MappingProxyType(entries))
+    register_scorer(monkeypatch, "nearest", NearestImageScorer)
     NearestImageScorer.fitted.clear()
 
 

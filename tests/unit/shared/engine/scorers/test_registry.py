@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -15,20 +14,20 @@ from shared.engine.config import SCORER_KINDS, Decision, FitConfig
 from shared.engine.fitting import DefectSample, fit_model
 from shared.engine.persistence import load_model, save_model
 from shared.engine.scorers import registry
-from shared.engine.scorers.base import ArtifactFiles, FitContext, PatchScores, ScoreInput, scorer_class
+from shared.engine.scorers.base import FitContext, PatchScores, ScoreInput, scorer_class
 from shared.errors import ConfigError, DatasetError
 from shared.synthetic import render_sample
+from tests.support.scorers import ArrayScorer, register_scorer
 
 SIZE = 64
 
 
-class MeanScorer:
-    """Distance of each patch to the mean normal feature at its grid position (a test entry)."""
+class MeanScorer(ArrayScorer):
+    """Distance of each patch to the mean normal feature at its grid position (a test entry); its
+    array is that mean, (N, D)."""
 
+    tensor_name = "mean"
     contexts: ClassVar[list[FitContext]] = []
-
-    def __init__(self, mean: np.ndarray) -> None:
-        self.mean = mean  # (N, D)
 
     @classmethod
     def fit(cls, context: FitContext) -> Self:
@@ -36,23 +35,15 @@ class MeanScorer:
         return cls(context.features.mean(axis=0))
 
     def score(self, batch: ScoreInput) -> PatchScores:
-        return PatchScores(np.linalg.norm(batch.features - self.mean, axis=2), batch.grid)
+        return PatchScores(np.linalg.norm(batch.features - self.array, axis=2), batch.grid)
 
     def manifest_facts(self) -> dict[str, Any]:
-        return {"mean_patches": len(self.mean)}
-
-    def write(self, files: ArtifactFiles, key: str) -> None:
-        files.tensors[f"mean_{key}"] = self.mean
-
-    @classmethod
-    def read(cls, files: ArtifactFiles, key: str, config: FitConfig) -> Self:
-        return cls(files.tensors[f"mean_{key}"])
+        return {"mean_patches": len(self.array)}
 
 
 @pytest.fixture
 def mean_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    entries = {**registry.SCORERS, "mean": f"{__name__}:MeanScorer"}
-    monkeypatch.setattr(registry, "SCORERS", MappingProxyType(entries))
+    register_scorer(monkeypatch, "mean", MeanScorer)
     MeanScorer.contexts.clear()
 
 
