@@ -97,6 +97,7 @@ async def test_sigkill_after_the_plc_showed_uncommitted_verdicts_applies_them_on
     group_id = f"plc-{uuid.uuid4().hex[:8]}"
     metrics_port = free_port()
     env = bridge_env(kafka_settings, group_id, modbus.port, tmp_path / "state" / "ledger.jsonl", metrics_port)
+    replayed = "lineguard_plc_bridge_replayed_verdicts_total"
     try:
         killed = ServiceProcess(["plc-bridge"], env, tmp_path / "first.log")
         try:
@@ -108,6 +109,8 @@ async def test_sigkill_after_the_plc_showed_uncommitted_verdicts_applies_them_on
             (partition,) = [p for p in range(4) if await end_offset(kafka_settings, "verdicts", p)]
             # Shown, not committed: the restart reads both verdicts again.
             assert await committed_and_end(kafka_settings, group_id, "verdicts", partition) == (0, 2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{killed} log:\n{killed.log_tail()}") from exc
         finally:
             killed.kill()
         before = await modbus.station(0)
@@ -121,6 +124,7 @@ async def test_sigkill_after_the_plc_showed_uncommitted_verdicts_applies_them_on
 
             # The replays are acknowledged without touching the PLC, so the new part is not "judged"
             # by a replayed verdict: it misses its deadline and is failed safe.
+            await wait_until(lambda: metric(metrics_port, replayed, action="skipped") == 2, 30, "2 skipped")
             await wait_until(
                 lambda: shows(modbus, fail_safe_count=1),
                 PART_DEADLINE_MS / 1000 + 15,
@@ -129,8 +133,6 @@ async def test_sigkill_after_the_plc_showed_uncommitted_verdicts_applies_them_on
             after = await modbus.station(0)
             assert (after["pass_count"], after["reject_count"], after["last_frame_id"]) == (1, 1, "p2")
             assert after["reject"] and after["last_decision"] == reg.DECISION_CODES["fail_safe"]
-            replayed = "lineguard_plc_bridge_replayed_verdicts_total"
-            assert metric(metrics_port, replayed, action="skipped") == 2
             assert metric(metrics_port, replayed, action="reapplied") == 0
             assert metric(metrics_port, "lineguard_plc_bridge_verdicts_total", outcome="replayed") == 2
 
@@ -141,6 +143,8 @@ async def test_sigkill_after_the_plc_showed_uncommitted_verdicts_applies_them_on
             after = await modbus.station(0)
             assert (after["pass_count"], after["reject_count"], after["fail_safe_count"]) == (2, 1, 1)
             assert await committed_and_end(kafka_settings, group_id, "verdicts", partition) == (0, 3)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{restarted} log:\n{restarted.log_tail()}") from exc
         finally:
             restarted.kill()
 
@@ -153,12 +157,18 @@ async def test_sigkill_after_the_plc_showed_uncommitted_verdicts_applies_them_on
         try:
             await replaced.wait_for_log("plc bridge ready", 60)
             await modbus.trigger_part(0, 1)
-            await wait_until(lambda: shows(modbus, fail_safe_count=1), 20, "the new part failed safe")
-            after = await modbus.station(0)
-            assert (after["pass_count"], after["reject_count"], after["last_frame_id"]) == (2, 1, "p3")
-            assert metric(metrics_port, replayed, action="reapplied") == 3
+            await wait_until(
+                lambda: metric(metrics_port, replayed, action="reapplied") == 3, 30, "3 reapplied"
+            )
+            await wait_until(
+                lambda: shows(modbus, pass_count=2, reject_count=1, last_frame_id="p3", fail_safe_count=1),
+                PART_DEADLINE_MS / 1000 + 15,
+                "the replays shown and the new part failed safe",
+            )
             assert metric(metrics_port, replayed, action="skipped") == 0
             assert await replaced.terminate() == 0  # a clean stop commits what the PLC shows
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{replaced} log:\n{replaced.log_tail()}") from exc
         finally:
             replaced.kill()
         assert await committed_and_end(kafka_settings, group_id, "verdicts", partition) == (3, 3)
