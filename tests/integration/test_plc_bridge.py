@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -38,10 +41,19 @@ def verdict(frame_id: str, station: str, decision: str, *, age_s: float = 0.005)
     )
 
 
+LEDGERS = Path(tempfile.gettempdir()) / f"lineguard-plc-ledgers-{os.getpid()}"  # made by the bridges
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _remove_ledgers() -> Iterator[None]:
+    yield
+    shutil.rmtree(LEDGERS, ignore_errors=True)
+
+
 def bridge_settings(base: Settings, stations: list[str], modbus_port: int, **plc: Any) -> Settings:
     """A bridge of ``stations`` with a Modbus PLC on this machine (and whatever else ``plc`` sets)."""
     group_id = f"plc-{uuid.uuid4().hex[:8]}"
-    plc.setdefault("ledger_path", Path(tempfile.mkdtemp(prefix="lineguard-plc-ledger-")) / "ledger.jsonl")
+    plc.setdefault("ledger_path", LEDGERS / f"{group_id}.jsonl")  # the bridge's own, across its restarts
     return base.model_copy(
         update={
             "plc_bridge": PlcBridgeSettings(
