@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiokafka.errors import KafkaTimeoutError
 
 from benchmarks.chaos_checks import (
     PlcSample,
@@ -109,6 +110,7 @@ class Fault:
 class Run:
     sent: list[Sent] = field(default_factory=list)
     send_failures: int = 0
+    enqueue_retries: int = 0  # records the producer could not queue in time, queued again
     faults: list[Fault] = field(default_factory=list)
     scorer_exits: list[str] = field(default_factory=list)  # exits nobody asked for
     sidecar_exits: list[str] = field(default_factory=list)  # explainer / bridge exits nobody asked for
@@ -159,43 +161,72 @@ class Records:
         return kind, record.key, record.value, record.headers, record.frame_id
 
 
+_SEND_WINDOW_RECORDS = 256
+_SEND_WINDOW_BYTES = 64 << 20  # a few maximal records: more only waits in the producer and times out
+# The producer gives up queueing a record after its request timeout when the partition's previous
+# batch is still on its way (a slow broker on loaded cores): such a record was never sent.
+_ENQUEUE_TRIES = 5
+
+
 async def send_records(
     settings: Settings, records: Records, count: int, rate: float | None, partitions: int, run: Run
 ) -> None:
     """``count`` records, paced at ``rate`` per second (None: as fast as the broker takes them),
-    round-robin over the partitions; each acknowledged one goes into ``run.sent``."""
+    round-robin over the partitions; each acknowledged one goes into ``run.sent``. At most
+    ``_SEND_WINDOW_RECORDS`` records and ``_SEND_WINDOW_BYTES`` bytes wait for acknowledgement."""
     topic = settings.topic("frames")
-    window = asyncio.Semaphore(256)
+    window = asyncio.Condition()
+    in_flight = {"records": 0, "bytes": 0}
     pending: set[asyncio.Task[None]] = set()
     started = time.monotonic()
     async with make_producer(settings, linger_ms=5) as producer:
 
-        async def one(index: int) -> None:
-            kind, key, value, headers, frame_id = records.make(index)
+        async def one(index: int, record: tuple[str, Any, Any, Any, str | None], size: int) -> None:
+            kind, key, value, headers, frame_id = record
             captured = time.time_ns()
             try:
-                future = await producer.send(
-                    topic,
-                    value,
-                    key=key,
-                    headers=headers,
-                    partition=index % partitions,
-                )
+                for attempt in range(1, _ENQUEUE_TRIES + 1):
+                    try:
+                        future = await producer.send(
+                            topic, value, key=key, headers=headers, partition=index % partitions
+                        )
+                        break
+                    except KafkaTimeoutError:  # never queued, so never written: safe to try again
+                        run.enqueue_retries += 1
+                        if attempt == _ENQUEUE_TRIES:
+                            raise
                 meta = await future
                 run.sent.append(Sent(index, kind, frame_id, meta.partition, meta.offset, captured))
             except Exception as exc:  # a send the broker never acknowledged: reported, not counted
                 run.send_failures += 1
                 print(f"  send {index} ({kind}) failed: {type(exc).__name__}: {exc}", flush=True)
             finally:
-                window.release()
+                async with window:
+                    in_flight["records"] -= 1
+                    in_flight["bytes"] -= size
+                    window.notify_all()
+
+        def room_for(size: int) -> bool:
+            if in_flight["records"] == 0:
+                return True  # one record always goes, however large
+            return (
+                in_flight["records"] < _SEND_WINDOW_RECORDS
+                and in_flight["bytes"] + size <= _SEND_WINDOW_BYTES
+            )
 
         for index in range(count):
             if rate is not None:
                 delay = started + index / rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            await window.acquire()
-            task = asyncio.create_task(one(index))
+            record = records.make(index)
+            _, key, value, headers, _ = record
+            size = len(key or b"") + len(value or b"") + sum(len(k) + len(v or b"") for k, v in headers)
+            async with window:
+                await window.wait_for(functools.partial(room_for, size))
+                in_flight["records"] += 1
+                in_flight["bytes"] += size
+            task = asyncio.create_task(one(index, record, size))
             pending.add(task)
             task.add_done_callback(pending.discard)
         await asyncio.gather(*pending)
@@ -688,6 +719,7 @@ async def one_run(
             "name": name,
             "sent_kinds": dict(sorted(Counter(s.kind for s in run.sent).items())),
             "send_failures": run.send_failures,
+            "enqueue_retries": run.enqueue_retries,
             "scorer_processes_started": scorers.starts,
             "scorer_exits_unasked": len(run.scorer_exits),
             "scorer_exit_details": run.scorer_exits[:5],

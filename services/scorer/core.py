@@ -366,3 +366,17 @@ def split_for_idle_workers(records: list[RawRecord], idle_workers: int) -> list[
     size, extra = divmod(len(records), parts)
     bounds = [i * size + min(i, extra) for i in range(parts + 1)]
     return [records[bounds[i] : bounds[i + 1]] for i in range(parts)]
+
+
+def in_turn(partitions: Sequence[Any], turn: int) -> list[Any]:
+    """``partitions`` in a stable order, starting ``turn`` places along (wrapping round).
+
+    The consumer hands out what it buffered one partition at a time, and with a backlog one
+    partition's buffer holds a whole fetch (thousands of small frames); asking each partition in
+    turn, from a different first one each batch, keeps every partition moving.
+    """
+    ordered = sorted(partitions)
+    if not ordered:
+        return []
+    start = turn % len(ordered)
+    return ordered[start:] + ordered[:start]

@@ -47,6 +47,7 @@ from services.scorer.core import (
     describe,
     failed,
     fresh_outcomes,
+    in_turn,
     merge_batches,
     order_by_record,
     split_for_idle_workers,
@@ -111,6 +112,7 @@ class ScorerService:
         self.committed_batches = 0
         self.committed_records = 0  # frames whose outputs and offset this instance committed
         self._scoring = 0  # batches between intake and the end of their model run
+        self._turn = 0  # which partition intake asks first (see ``in_turn``)
         self._hung = {"decode": 0, "model": 0}  # threads still busy past their timeout
         self.failure: BaseException | None = None
         self._failed = asyncio.Event()
@@ -289,20 +291,34 @@ class ScorerService:
                     state.fetched_next = max(state.fetched_next, r.offset + 1)
             return got
 
-        records = tagged(await consumer.getmany(timeout_ms=_POLL_MS, max_records=self.cfg.max_batch))
+        async def buffered(limit: int) -> list[Any]:
+            """Up to ``limit`` records the consumer already holds, asking each partition in turn."""
+            got: list[Any] = []
+            self._turn += 1
+            for tp in in_turn(list(consumer.assignment()), self._turn):
+                if len(got) >= limit:
+                    break
+                got += tagged(await consumer.getmany(tp, timeout_ms=0, max_records=limit - len(got)))
+            return got
+
+        records = await buffered(self.cfg.max_batch)
         if not records:
-            return [], epochs
+            records = tagged(await consumer.getmany(timeout_ms=_POLL_MS, max_records=self.cfg.max_batch))
+            if not records:
+                return [], epochs
         deadline = time.monotonic() + self.cfg.max_wait_ms / 1000
         while len(records) < self.cfg.max_batch and not stop.is_set():
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
-                break
-            more = await consumer.getmany(
-                timeout_ms=remaining_ms, max_records=self.cfg.max_batch - len(records)
-            )
-            got = tagged(more)
+            got = await buffered(self.cfg.max_batch - len(records))
             if not got:
-                break
+                remaining_ms = int((deadline - time.monotonic()) * 1000)
+                if remaining_ms <= 0:
+                    break
+                more = await consumer.getmany(
+                    timeout_ms=remaining_ms, max_records=self.cfg.max_batch - len(records)
+                )
+                got = tagged(more)
+                if not got:
+                    break
             records.extend(got)
         raw = [
             RawRecord(r.topic, r.partition, r.offset, r.key, r.value, tuple(r.headers or ())) for r in records

@@ -329,3 +329,43 @@ async def test_a_partition_that_stops_making_progress_fails_the_scorer(
             scorer.task.result()
         healthy, body = scorer.health.report()
         assert not healthy and body["status"] == "failed"
+
+
+async def test_a_backlog_on_one_partition_does_not_starve_the_others(
+    kafka_settings: Settings, line_models: LineModels
+) -> None:
+    """Found by the fuzz campaign: with a backlog, the consumer buffers a whole fetch per partition
+    (up to a maximal record's size, thousands of small frames) and hands out one partition's buffer
+    before the next. Drained eight at a time, the second partition waited minutes, long enough for
+    the progress watchdog to fail a healthy scorer. Batches must take turns between partitions."""
+    settings = scorer_settings(kafka_settings, **FAST_FAULTS)
+    rng = np.random.default_rng(11)
+    image = _png(Image.fromarray(render_sample("washer", rng, IMAGE_SIZE)[0]))
+    per_partition = 300
+    producer = make_producer(settings, linger_ms=20)
+    await producer.start()
+    try:
+        sends = [
+            await producer.send(
+                settings.topic("frames"),
+                _frame(f"p{p}-{i}", image),
+                key=b"cam-1",
+                headers=[(FRAME_ID_HEADER, f"p{p}-{i}".encode())],
+                partition=p,
+            )
+            for i in range(per_partition)
+            for p in (0, 1)
+        ]
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+    async with (
+        TopicReader(settings, "verdicts", Verdict) as verdicts,
+        scorer_task(settings, line_models.a) as scorer,
+    ):
+        got = await verdicts.wait_for(2 * per_partition, timeout=240, settle=0.5)
+        assert not scorer.task.done(), scorer.task
+    order = [v.frame_id.split("-")[0] for v in got.values]
+    assert Counter(order) == {"p0": per_partition, "p1": per_partition}
+    first_quarter = Counter(order[: per_partition // 2])
+    assert min(first_quarter["p0"], first_quarter["p1"]) >= per_partition // 10, first_quarter

@@ -68,3 +68,15 @@ def test_an_offset_repeated_within_an_epoch_is_published_once() -> None:
     repeated = [RecordOutcome(r) for r in records(2)] * 2
     fresh = fresh_outcomes([(o, 5) for o in repeated], epoch=5, next_offset=0)
     assert [o.record.offset for o in fresh] == [0, 1]
+
+
+def test_partitions_take_turns_starting_one_further_each_time() -> None:
+    from aiokafka import TopicPartition
+
+    from services.scorer.core import in_turn
+
+    parts = [TopicPartition("frames", p) for p in (2, 0, 1)]
+    firsts = [in_turn(parts, turn)[0].partition for turn in range(6)]
+    assert firsts == [0, 1, 2, 0, 1, 2]
+    assert [tp.partition for tp in in_turn(parts, 1)] == [1, 2, 0]
+    assert in_turn([], 3) == []
