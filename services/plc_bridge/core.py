@@ -40,19 +40,20 @@ verdict applied up to X and none after it):
   are applied as in the case before (counted on this PLC, matched to no part).
 
 Memory is bounded whatever arrives: only configured stations have state, de-duplication keeps at
-most ``dedup_window`` 16-byte digests of (station, frame id), and the part queues hold at most
-``max_tracked_parts`` each. When a bound drops something it is counted (``take_capped``).
+most ``dedup_window`` 16-byte digests of (station, frame id) in a window allocated in full at start
+(``dedup.DigestWindow``: flat memory, not a dict that grows until full), and the part queues hold
+at most ``max_tracked_parts`` each. When a bound drops something it is counted (``take_capped``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from services.plc_bridge.dedup import DigestWindow, digest
 from services.plc_bridge.registers import (
     DECISION_CODES,
     FAIL_SAFE,
@@ -178,10 +179,6 @@ class FramesWatch:
         )
 
 
-def _dedup_key(station: str, frame_id: str) -> bytes:
-    return hashlib.blake2b(f"{station}\0{frame_id}".encode(), digest_size=16).digest()
-
-
 def _as_plc_shows(frame_id: str) -> str:
     """The frame id as the PLC's register holds it (UTF-8, cut at its 40 bytes)."""
     return decode_frame_id(encode_frame_id(frame_id))
@@ -227,7 +224,7 @@ class BridgeCore:
         self.line = LineState()
         self.dirty: set[str] = set(stations)  # stations whose outputs must be (re)written
         self.line_dirty = True
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._seen = DigestWindow(dedup_window)
         # From the ledger at start (``recover``): True if the PLC showed it, False if not. Bounded by
         # the ledger; each entry goes when its replay comes.
         self._replays: dict[bytes, bool] = {}
@@ -261,7 +258,7 @@ class BridgeCore:
                     shown = i + 1
                     break
         for i, frame_id in enumerate(applied):
-            self._replays[_dedup_key(station, frame_id)] = i < shown
+            self._replays[digest(station, frame_id)] = i < shown
         return shown, len(applied) - shown
 
     def watching_from(self, now: float) -> None:
@@ -278,7 +275,7 @@ class BridgeCore:
         station = verdict.station_id
         if station not in self.state:
             return VerdictOutcome.UNKNOWN_STATION
-        replay = self._replays.pop(_dedup_key(station, verdict.frame_id), None) if self._replays else None
+        replay = self._replays.pop(digest(station, verdict.frame_id), None) if self._replays else None
         if replay:  # the PLC showed it before the restart: only its offset is left to commit
             self._remember(station, verdict.frame_id)  # a further copy is a duplicate
             self._replayed["skipped"] += 1
@@ -333,15 +330,10 @@ class BridgeCore:
 
     def _remember(self, station: str, frame_id: str) -> bool:
         """Remember (station, frame_id); False if it was already remembered."""
-        key = _dedup_key(station, frame_id)
-        if key in self._seen:
-            self._seen.move_to_end(key)
-            return False
-        self._seen[key] = None
-        while len(self._seen) > self.dedup_window:
-            self._seen.popitem(last=False)
+        added, evicted = self._seen.add(digest(station, frame_id))
+        if evicted:
             self._capped["dedup"] += 1
-        return True
+        return added
 
     def _consume_part(self, station: str, now: float) -> bool:
         """Match a verdict to the oldest tracked part; True if that part was already failed safe."""
