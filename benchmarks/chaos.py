@@ -309,6 +309,7 @@ class Sidecars:
             "modbus_port": plc_port,
             "group_id": f"{prefix}-plc",
             "verdict_deadline_ms": deadline_ms,
+            "ledger_path": str(work / f"{prefix}-plc-ledger.jsonl"),  # this run's, across its bridge kill
         }
         self.envs = {
             "explainer": service_env(settings, explainer=explainer),

@@ -62,6 +62,7 @@ def start_line(settings: Settings, model_dir: Path, work: Path) -> dict[str, Ser
         "modbus_host": "127.0.0.1",
         "modbus_port": modbus,
         "group_id": f"{settings.topic_prefix}-plc",
+        "ledger_path": str(work / "plc-ledger.jsonl"),
     }
     explainer = {"group_id": f"{settings.topic_prefix}-explainer", "report_dir": str(work / "reports")}
     return {

@@ -403,6 +403,12 @@ class PlcBridgeSettings(BaseModel):
     max_tracked_parts: int = Field(default=1000, ge=1, le=100_000)
     dedup_window: int = Field(default=100_000, ge=1, le=10_000_000)  # (station, frame id)s remembered
     io_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    # Offsets of verdicts the PLC shows are committed at most this often (0: as soon as shown). A
+    # restart replays what is not committed; the ledger keeps those replays off the PLC.
+    commit_interval_ms: int = Field(default=0, ge=0, le=600_000)
+    # The applied-verdicts ledger (docs/operations.md, "Replays after a crash"): kept across restarts.
+    ledger_path: Path = Path("var/plc-bridge/applied-verdicts.jsonl")
+    ledger_per_station: int = Field(default=4096, ge=16, le=1_000_000)  # the last applied, per station
 
 
 class WebhookFormat(StrEnum):

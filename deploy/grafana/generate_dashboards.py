@@ -741,7 +741,13 @@ def services_view() -> dict[str, Any]:
                             (f"max({plc}frames_stalled_partitions)", "stalled partitions"),
                         ],
                     ),
-                    _ts("Memory bounds: entries dropped / s", "ops", [_by(f"{plc}evictions", "map")], w=24),
+                    _ts("Memory bounds: entries dropped / s", "ops", [_by(f"{plc}evictions", "map")], w=12),
+                    _ts(
+                        "Verdicts replayed after a restart (ledger)",
+                        "none",
+                        [(f"sum by (action) (increase({plc}replayed_verdicts_total[15m]))", "{{action}}")],
+                        w=12,
+                    ),
                 ],
             ),
             (

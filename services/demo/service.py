@@ -134,6 +134,8 @@ def run_demo(args: argparse.Namespace) -> int:
             **env,
             "LINEGUARD_PLC_BRIDGE__MODBUS_HOST": "127.0.0.1",
             "LINEGUARD_PLC_BRIDGE__MODBUS_PORT": str(plc.port),
+            # this run's applied-verdicts ledger: a fresh PLC, a fresh ledger, beside the run's logs
+            "LINEGUARD_PLC_BRIDGE__LEDGER_PATH": str(work / "plc-bridge" / f"{run_id}-ledger.jsonl"),
         }
         bridge = children.start("plc-bridge", [*cli, "plc-bridge"], bridge_env, bridge_log)
         wait_for_log(bridge_log, "plc bridge ready", bridge, 60)

@@ -25,21 +25,42 @@ deadline; verdicts are matched to parts first-in first-out (a station's verdicts
 key = station id). A part whose deadline passes gets the fail-safe result at once; its verdict,
 when it finally comes, is counted but does not release the reject already asserted.
 
+Replays after a crash: offsets are committed after the PLC shows a verdict, so a restarted bridge
+is given again what the PLC showed since the last commit. ``recover`` takes, per station, the frame
+ids the applied-verdicts ledger (``ledger``) says were applied, oldest first, and compares them with
+the frame id the PLC shows (every write is the whole state, so the PLC showing frame X shows every
+verdict applied up to X and none after it):
+
+- up to and including X: shown. Their replays are acknowledged and change nothing (``REPLAYED``):
+  no counter, no output, no part matched;
+- after X: applied but never shown (the bridge died between its ledger write and the PLC write).
+  Their replays are applied, but matched to no tracked part: their parts went by before this start
+  (the trigger counter read at start is a baseline), and a new part must not take their result;
+- X not among them (a blank or replaced PLC, or a ledger that lost it): none counts as shown, all
+  are applied as in the case before (counted on this PLC, matched to no part).
+
 Memory is bounded whatever arrives: only configured stations have state, de-duplication keeps at
-most ``dedup_window`` 16-byte digests of (station, frame id), and the part queues hold at most
-``max_tracked_parts`` each. When a bound drops something it is counted (``take_capped``).
+most ``dedup_window`` 16-byte digests of (station, frame id) in a window allocated in full at start
+(``dedup.DigestWindow``: flat memory, not a dict that grows until full), and the part queues hold
+at most ``max_tracked_parts`` each. When a bound drops something it is counted (``take_capped``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from services.plc_bridge.registers import DECISION_CODES, FAIL_SAFE, MAX_STATIONS
+from services.plc_bridge.dedup import DigestWindow, digest
+from services.plc_bridge.registers import (
+    DECISION_CODES,
+    FAIL_SAFE,
+    MAX_STATIONS,
+    decode_frame_id,
+    encode_frame_id,
+)
 from shared.engine.config import DECISIONS, Decision
 from shared.errors import ConfigError
 from shared.settings import FailSafeAction, Settings, config_error
@@ -58,6 +79,7 @@ class VerdictOutcome(StrEnum):
     UNKNOWN_STATION = "unknown_station"  # not in the configured station list
     AFTER_FAIL_SAFE = "after_fail_safe"  # its part had already been failed safe, or the line is
     LATE = "late"  # past its deadline on arrival: the station was failed safe instead
+    REPLAYED = "replayed"  # the PLC showed it before a restart (ledger): acknowledged, not applied
 
 
 class FailSafeCause(StrEnum):
@@ -157,6 +179,11 @@ class FramesWatch:
         )
 
 
+def _as_plc_shows(frame_id: str) -> str:
+    """The frame id as the PLC's register holds it (UTF-8, cut at its 40 bytes)."""
+    return decode_frame_id(encode_frame_id(frame_id))
+
+
 def check_station_ids(stations: list[str]) -> None:
     if not stations or len(set(stations)) != len(stations):
         raise ConfigError("stations must be a non-empty list of distinct station ids")
@@ -197,7 +224,11 @@ class BridgeCore:
         self.line = LineState()
         self.dirty: set[str] = set(stations)  # stations whose outputs must be (re)written
         self.line_dirty = True
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._seen = DigestWindow(dedup_window)
+        # From the ledger at start (``recover``): True if the PLC showed it, False if not. Bounded by
+        # the ledger; each entry goes when its replay comes.
+        self._replays: dict[bytes, bool] = {}
+        self._replayed: Counter[str] = Counter()
         self._tracking = {s: _Tracking() for s in stations}
         self._frames = FramesWatch()
         self._scorer_seen_at = now
@@ -216,6 +247,20 @@ class BridgeCore:
             self._remember(station, state.last_frame_id)
         self.dirty.add(station)
 
+    def recover(self, station: str, applied: list[str]) -> tuple[int, int]:
+        """After ``seed``: the station's frame ids the ledger says were applied, oldest first.
+        Returns how many the PLC shows and how many it does not (see the module's docstring)."""
+        shown_id = self.state[station].last_frame_id
+        shown = 0
+        if shown_id:
+            for i in range(len(applied) - 1, -1, -1):  # the last one applied is the one shown
+                if _as_plc_shows(applied[i]) == shown_id:
+                    shown = i + 1
+                    break
+        for i, frame_id in enumerate(applied):
+            self._replays[digest(station, frame_id)] = i < shown
+        return shown, len(applied) - shown
+
     def watching_from(self, now: float) -> None:
         """Liveness is measured from ``now``: the bridge has just started watching (connecting the
         PLC may have taken long; that is no sign of a silent scorer)."""
@@ -230,9 +275,17 @@ class BridgeCore:
         station = verdict.station_id
         if station not in self.state:
             return VerdictOutcome.UNKNOWN_STATION
+        replay = self._replays.pop(digest(station, verdict.frame_id), None) if self._replays else None
+        if replay:  # the PLC showed it before the restart: only its offset is left to commit
+            self._remember(station, verdict.frame_id)  # a further copy is a duplicate
+            self._replayed["skipped"] += 1
+            self.kafka_ok(now)  # an old verdict proves Kafka answers, not that a scorer works now
+            return VerdictOutcome.REPLAYED
         self.scorer_alive(now)  # a verdict is the best proof of life
         if not self._remember(station, verdict.frame_id):
             return VerdictOutcome.DUPLICATE
+        if replay is not None:
+            self._replayed["reapplied"] += 1
         st = self.state[station]
         rejected = verdict.decision in self.reject_decisions
         if rejected:
@@ -241,7 +294,8 @@ class BridgeCore:
             st.pass_count += 1
         st.last_frame_id = verdict.frame_id
         self.dirty.add(station)
-        if self._consume_part(station, now):  # the part was already failed safe: keep the reject
+        # A replay's part went by before this start: it must not take a new part's place.
+        if replay is None and self._consume_part(station, now):  # its part was failed safe: keep it
             self._update_fail_safe_flags()
             return VerdictOutcome.AFTER_FAIL_SAFE
         if self._is_late(verdict, wall_ns):
@@ -276,15 +330,10 @@ class BridgeCore:
 
     def _remember(self, station: str, frame_id: str) -> bool:
         """Remember (station, frame_id); False if it was already remembered."""
-        key = hashlib.blake2b(f"{station}\0{frame_id}".encode(), digest_size=16).digest()
-        if key in self._seen:
-            self._seen.move_to_end(key)
-            return False
-        self._seen[key] = None
-        while len(self._seen) > self.dedup_window:
-            self._seen.popitem(last=False)
+        added, evicted = self._seen.add(digest(station, frame_id))
+        if evicted:
             self._capped["dedup"] += 1
-        return True
+        return added
 
     def _consume_part(self, station: str, now: float) -> bool:
         """Match a verdict to the oldest tracked part; True if that part was already failed safe."""
@@ -429,6 +478,11 @@ class BridgeCore:
         """What each bound dropped since the last call (dedup, credits, tracked_parts)."""
         capped, self._capped = dict(self._capped), Counter()
         return capped
+
+    def take_replays(self) -> dict[str, int]:
+        """Replays since the last call: skipped (the PLC showed them) and reapplied (it did not)."""
+        replayed, self._replayed = dict(self._replayed), Counter()
+        return replayed
 
     def take_dirty(self) -> tuple[dict[str, StationState], LineState | None]:
         """What changed since the last write (copies), clearing the marks."""

@@ -18,12 +18,18 @@ REGISTRY = METRICS.registry
 
 FAIL_SAFE_CAUSES = tuple(c.value for c in FailSafeCause)
 LINE_CAUSES = ("scorer_silent", "frames_stalled", "kafka_unreachable")
-BOUNDED_MAPS = ("dedup", "credits", "tracked_parts", "unknown_stations", "decided_at")
+BOUNDED_MAPS = ("dedup", "credits", "tracked_parts", "unknown_stations", "decided_at", "ledger")
 
 VERDICTS = METRICS.counter(
     "verdicts",
-    "Verdicts read, by outcome (applied, duplicate, unknown_station, after_fail_safe, late)",
+    "Verdicts read, by outcome (applied, duplicate, unknown_station, after_fail_safe, late, replayed)",
     {"outcome": tuple(o.value for o in VerdictOutcome)},
+)
+REPLAYED_VERDICTS = METRICS.counter(
+    "replayed_verdicts",
+    "Verdicts read again after a restart that the applied-verdicts ledger knew, by action: skipped "
+    "(the PLC showed them: only committed), reapplied (applied before the crash but never shown)",
+    {"action": ("skipped", "reapplied")},
 )
 DEAD_LETTERS = METRICS.dead_letters(
     (*CODEC_REASONS, "other", "dead_letter_failed"),

@@ -7,12 +7,14 @@ never wait for Kafka:
   the PLC's part triggers, let the core expire deadlines and check the line, count the heartbeat,
   and write what changed to every PLC target. It starts before Kafka is reached and runs while
   Kafka is away, so the heartbeat keeps counting and the fail-safe is asserted on time.
-- **intake**: read verdicts and apply them to the core; an undecodable record fails its station
-  safe and goes to the DLQ.
+- **intake**: read verdicts and apply them to the core, noting each applied one in the ledger
+  (``ledger``: on disk before the PLC write that shows it, so a restart does not apply the
+  verdicts Kafka replays again); an undecodable record fails its station safe and goes to the DLQ.
 - **watch**: about once a second ask Kafka for the scorer group's members and committed offsets
   and the ``frames`` end offsets (the core's proof that a scorer works; see ``core``).
-- **commit**: commit the offsets of verdicts the PLC already shows. A PLC that cannot be written
-  holds the commit; the state is written again (absolute values) until it lands.
+- **commit**: commit the offsets of verdicts the PLC already shows (at most every
+  ``commit_interval_ms``). A PLC that cannot be written holds the commit; the state is written
+  again (absolute values) until it lands.
 
 Every Kafka call the outputs depend on is bounded by a timeout; none is awaited by the outputs.
 """
@@ -29,6 +31,7 @@ from typing import Any
 
 from services.plc_bridge import metrics
 from services.plc_bridge.core import FailSafeCause, VerdictOutcome, core_from_settings
+from services.plc_bridge.ledger import AppliedLedger
 from services.plc_bridge.plc import ModbusPlc, OpcUaPlc, PlcError, PlcTarget
 from shared.errors import ConfigError
 from shared.settings import Settings
@@ -36,6 +39,7 @@ from shared.telemetry.logging import log_event
 
 log = logging.getLogger("lineguard.plc_bridge")
 SERVICE = "plc-bridge"
+APPLIED_OUTCOMES = (VerdictOutcome.APPLIED, VerdictOutcome.AFTER_FAIL_SAFE, VerdictOutcome.LATE)
 LINE_CAUSES = (FailSafeCause.SCORER_SILENT, FailSafeCause.FRAMES_STALLED, FailSafeCause.KAFKA_UNREACHABLE)
 MAX_UNKNOWN_STATIONS_LOGGED = 64  # distinct unknown station ids logged once each, then only counted
 MAX_DECIDED_AT = 10_000  # decision times awaiting their PLC write (histogram samples)
@@ -78,6 +82,7 @@ class PlcBridge:
         self.wall_clock_ns = wall_clock_ns
         self.core = core_from_settings(settings, clock())
         metrics.prepare(self.core.stations, [target.name for target in self.targets])
+        self.ledger = AppliedLedger(self.cfg.ledger_path, self.core.stations, self.cfg.ledger_per_station)
         self.ready = asyncio.Event()
         # One Kafka call's limit. A slow answer inside the scorer timeout still counts as proof; a
         # call that hangs (a frozen broker) is given up so the next one can be asked.
@@ -97,6 +102,12 @@ class PlcBridge:
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._run(stop)
+        finally:
+            self.ledger.close()  # after the outputs' last write, the only user of the ledger
+
+    async def _run(self, stop: asyncio.Event) -> None:
         await self._connect_and_seed(stop)
         if stop.is_set():
             return
@@ -133,6 +144,7 @@ class PlcBridge:
                 primary = self.targets[0]
                 for i, station in enumerate(self.core.stations):
                     self.core.seed(station, await primary.read_station(i, station))
+                self._recover()
                 for target in self.targets:
                     metrics.PLC_CONNECTED.labels(target.name).set(1)
                 return
@@ -141,6 +153,20 @@ class PlcBridge:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 delay = min(delay * 2, 5.0)
+
+    def _recover(self) -> None:
+        """Which of the ledger's applied verdicts the PLC shows: their replays are only committed."""
+        shown, unshown = {}, {}
+        for station in self.core.stations:
+            shown[station], unshown[station] = self.core.recover(station, self.ledger.frame_ids(station))
+        log_event(
+            log,
+            "applied-verdicts ledger read",
+            path=str(self.ledger.path),
+            shown=shown,
+            not_shown=unshown,
+            torn_line_dropped=self.ledger.dropped_torn,
+        )
 
     async def _start_kafka(self, stop: asyncio.Event, outputs: asyncio.Task[None]) -> _Kafka | None:
         """Start the Kafka clients, retrying while Kafka is away (the outputs run meanwhile)."""
@@ -247,6 +273,10 @@ class PlcBridge:
             log_event(log, "fail-safe reject asserted", logging.WARNING, cause=cause.value, stations=stations)
         for name, dropped in self.core.take_capped().items():
             metrics.EVICTIONS.labels(name).inc(dropped)
+        if evicted := self.ledger.take_evicted():
+            metrics.EVICTIONS.labels("ledger").inc(evicted)
+        for action, count in self.core.take_replays().items():
+            metrics.REPLAYED_VERDICTS.labels(action).inc(count)
         metrics.SCORER_OK.set(1 if self.core.line.scorer_ok else 0)
         for cause in LINE_CAUSES:
             metrics.LINE_FAIL_SAFE.labels(cause.value).set(1 if self.core.line_cause is cause else 0)
@@ -274,6 +304,8 @@ class PlcBridge:
         stations, line = self.core.take_dirty()
         if not stations and line is None:
             return True
+        # Every verdict in this state was noted before take_dirty: on disk before the PLC shows it.
+        await self.ledger.sync()
         ok = True
         for target in self.targets:
             if last and target.name in self._failing:
@@ -309,35 +341,46 @@ class PlcBridge:
 
     async def _intake(self, kafka: _Kafka, stop: asyncio.Event) -> None:
         consumer = kafka.consumer
-        await self._await_assignment(consumer, stop)
+        batch = await self._await_assignment(consumer, stop)
         self.ready.set()
         log_event(
             log, "plc bridge ready", stations=len(self.core.stations), targets=[t.name for t in self.targets]
         )
         while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=self.cfg.poll_interval_ms, max_records=500)
+            if not batch:
+                batch = await consumer.getmany(timeout_ms=self.cfg.poll_interval_ms, max_records=500)
             for tp, records in batch.items():
                 for record in records:
                     await self._handle(record, tp, kafka.producer)
                     self._handled[tp] = record.offset + 1
             if batch:
                 self._wake.set()
+            batch = {}
 
-    async def _await_assignment(self, consumer: Any, stop: asyncio.Event) -> None:
+    async def _await_assignment(self, consumer: Any, stop: asyncio.Event) -> dict[Any, list[Any]]:
+        """Until partitions are assigned; returns the records fetched meanwhile (to apply first)."""
+        early: dict[Any, list[Any]] = {}
         while not consumer.assignment() and not stop.is_set():
-            await consumer.getmany(timeout_ms=100)
+            for tp, records in (await consumer.getmany(timeout_ms=100)).items():
+                early.setdefault(tp, []).extend(records)
         # Resolve "latest" now and make it durable, so nothing produced after ready is missed, also
-        # by a bridge that stops before its first commit. Kafka may be away: retry, bounded.
+        # by a bridge that stops before its first commit; never past a record not yet applied.
+        # Kafka may be away: retry, bounded.
         while not stop.is_set():
             try:
+                starts = {}
                 for tp in consumer.assignment():
-                    await asyncio.wait_for(consumer.position(tp), self.call_timeout_s)
-                await asyncio.wait_for(consumer.commit(), self.call_timeout_s)
-                return
+                    if early.get(tp):
+                        starts[tp] = early[tp][0].offset
+                    else:
+                        starts[tp] = await asyncio.wait_for(consumer.position(tp), self.call_timeout_s)
+                await asyncio.wait_for(consumer.commit(starts), self.call_timeout_s)
+                return early
             except Exception as exc:  # any aiokafka error or timeout: not yet
                 log_event(log, "starting offsets not committed yet", logging.WARNING, error=repr(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
+        return early
 
     async def _handle(self, record: Any, tp: Any, producer: Any) -> None:
         from shared.messages.codec import REASONS, MessageError, decode
@@ -364,7 +407,8 @@ class PlcBridge:
             return
         outcome = self.core.apply_verdict(verdict, self.clock(), wall_ns=self.wall_clock_ns())
         metrics.VERDICTS.labels(outcome.value).inc()
-        if outcome in (VerdictOutcome.APPLIED, VerdictOutcome.AFTER_FAIL_SAFE, VerdictOutcome.LATE):
+        if outcome in APPLIED_OUTCOMES:
+            self.ledger.note(verdict.station_id, verdict.frame_id)  # before any await: see _flush
             if len(self._decided_at) < MAX_DECIDED_AT:
                 self._decided_at.append(verdict.decided_at)
             else:  # the PLC has been away long: the latency histogram can do without these
@@ -471,8 +515,11 @@ class PlcBridge:
     # ---- commit ---------------------------------------------------------------------------
 
     async def _commit_loop(self, consumer: Any) -> None:
+        interval_s = self.cfg.commit_interval_ms / 1000
         while True:
             await self._commit_wanted.wait()
+            if interval_s > 0:  # one commit for what the PLC showed during the interval
+                await asyncio.sleep(interval_s)
             self._commit_wanted.clear()
             if not await self._commit(consumer):
                 await asyncio.sleep(1.0)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,9 +41,19 @@ def verdict(frame_id: str, station: str, decision: str, *, age_s: float = 0.005)
     )
 
 
+LEDGERS = Path(tempfile.gettempdir()) / f"lineguard-plc-ledgers-{os.getpid()}"  # made by the bridges
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _remove_ledgers() -> Iterator[None]:
+    yield
+    shutil.rmtree(LEDGERS, ignore_errors=True)
+
+
 def bridge_settings(base: Settings, stations: list[str], modbus_port: int, **plc: Any) -> Settings:
     """A bridge of ``stations`` with a Modbus PLC on this machine (and whatever else ``plc`` sets)."""
     group_id = f"plc-{uuid.uuid4().hex[:8]}"
+    plc.setdefault("ledger_path", LEDGERS / f"{group_id}.jsonl")  # the bridge's own, across its restarts
     return base.model_copy(
         update={
             "plc_bridge": PlcBridgeSettings(
@@ -217,12 +232,12 @@ async def test_tracked_part_missing_its_deadline_is_rejected(kafka_settings: Set
             await asyncio.sleep(0.2)  # the bridge has read the trigger baseline
             await modbus.trigger_part(0)  # a part enters; no verdict comes in time
 
-            async def rejected() -> bool:
-                return (await modbus.station(0))["fail_safe_count"] == 1
+            async def rejected() -> bool:  # the station's result, then the line's status (written after it)
+                failed = (await modbus.station(0))["fail_safe_count"] == 1
+                return failed and bool((await modbus.line())["status"] & reg.STATUS_FAIL_SAFE)
 
             await wait_until(rejected, timeout=5)
-            st = await modbus.station(0)
-            assert st["reject"] and (await modbus.line())["status"] & reg.STATUS_FAIL_SAFE
+            assert (await modbus.station(0))["reject"]
 
             await publish(settings, verdict("late-1", "st-a", "pass"))  # its late verdict
             await wait_until(lambda: _frame_is(modbus, 0, "late-1"))

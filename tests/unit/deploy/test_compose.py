@@ -6,7 +6,7 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from services.cli import build_parser
 from shared.kafka.topics import KAFKA_MAX_MESSAGE_BYTES
-from shared.settings import ENV_PREFIX, Settings, load_settings
+from shared.settings import ENV_PREFIX, PlcBridgeSettings, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -319,6 +319,15 @@ def test_plc_bridge_points_at_the_simulated_plc() -> None:
     stations = command[command.index("--stations") + 1].split(",")
     assert yaml.safe_load(bridge["LINEGUARD_PLC_BRIDGE__STATIONS"]) == stations
     assert sim["profiles"] == ["plc-sim"] and SERVICES["camera-sim"]["profiles"] == ["camera"]
+
+
+def test_the_plc_bridges_ledger_outlives_its_container() -> None:
+    ledger_path = PlcBridgeSettings().ledger_path  # relative: under the image's WORKDIR
+    assert not ledger_path.is_absolute()
+    assert "LINEGUARD_PLC_BRIDGE__LEDGER_PATH" not in env(SERVICES["plc-bridge"])
+    (workdir,) = re.findall(r"^WORKDIR (\S+)", DOCKERFILE, re.MULTILINE)
+    (mount,) = [v for v in SERVICES["plc-bridge"]["volumes"] if v.startswith("plc-bridge-state:")]
+    assert PurePosixPath(mount.split(":")[1]) in (PurePosixPath(workdir) / ledger_path).parents
 
 
 def test_prometheus_and_grafana_are_provisioned_from_the_repository() -> None:

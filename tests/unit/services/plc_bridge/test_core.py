@@ -182,7 +182,7 @@ def test_dedup_memory_is_bounded_in_entries_and_bytes_and_counts_evictions():
     for i in range(10):
         c.apply_verdict(verdict("x" * 200 + str(i)), 0)
     assert len(c._seen) == 3
-    assert all(len(key) <= 16 for key in c._seen)  # a digest, not the wire's (up to 256-char) ids
+    assert c._seen.capacity == 3  # fixed at start; it holds 16-byte digests, not the wire's ids
     assert c.take_capped() == {"dedup": 7}
     assert c.take_capped() == {}
 
@@ -308,3 +308,80 @@ def test_liveness_is_measured_from_when_the_bridge_starts_watching():
     assert c.take_fail_safes() == [] and c.line.scorer_ok
     c.tick(65.5)
     assert {cause for _, cause in c.take_fail_safes()} == {FailSafeCause.KAFKA_UNREACHABLE}
+
+
+# ---- replays after a crash: what the applied-verdicts ledger says against what the PLC shows ----
+
+
+def restarted(shows: str, applied: list[str], **kw) -> BridgeCore:
+    """A core after a restart: the PLC shows ``shows`` at s1 (with one pass and two rejects), the
+    ledger says ``applied`` were applied there."""
+    c = core(**kw)
+    c.seed("s1", StationState(reject=True, pass_count=1, reject_count=2, last_frame_id=shows, sequence=3))
+    c.recover("s2", [])
+    assert c.take_dirty()  # the seed's write
+    return c
+
+
+def test_replays_the_plc_showed_are_acknowledged_and_change_nothing():
+    c = restarted("c", ["a", "b", "c"])
+    assert c.recover("s1", ["a", "b", "c"]) == (3, 0)
+    before = StationState(**vars(c.state["s1"]))
+    for fid in ("a", "b", "c"):
+        assert c.apply_verdict(verdict(fid, decision="pass"), 1.0) is VerdictOutcome.REPLAYED
+    assert c.state["s1"] == before and c.take_dirty() == ({}, None)
+    assert c.take_replays() == {"skipped": 3}
+    # a further copy is a plain duplicate; the next new verdict is applied as ever
+    assert c.apply_verdict(verdict("c"), 1.0) is VerdictOutcome.DUPLICATE
+    assert c.apply_verdict(verdict("d", decision="pass"), 1.0) is VerdictOutcome.APPLIED
+    assert c.state["s1"].pass_count == 2 and c.take_replays() == {}
+
+
+def test_a_replay_does_not_count_as_proof_of_a_working_scorer():
+    c = restarted("a", ["a"], scorer_timeout_s=5.0)
+    c.recover("s1", ["a"])
+    c.apply_verdict(verdict("a"), 6.0)  # a replay at 6 s: Kafka answers, no scorer seen since 0 s
+    assert c.line_cause is FailSafeCause.SCORER_SILENT
+
+
+def test_replays_applied_but_never_shown_are_applied_without_taking_a_new_part():
+    # The bridge died after noting b and c in the ledger, before the PLC write that would show them.
+    c = restarted("a", ["a", "b", "c"], part_deadline_s=1.0)
+    assert c.recover("s1", ["a", "b", "c"]) == (1, 2)
+    c.part_trigger("s1", 10, 1.0)  # the baseline
+    c.part_trigger("s1", 11, 1.1)  # a new part, which no verdict has judged yet
+    assert c.apply_verdict(verdict("a", decision="pass"), 1.2) is VerdictOutcome.REPLAYED
+    assert c.apply_verdict(verdict("b", decision="pass"), 1.2) is VerdictOutcome.APPLIED
+    assert c.apply_verdict(verdict("c", decision="reject"), 1.2) is VerdictOutcome.APPLIED
+    st = c.state["s1"]
+    assert (st.pass_count, st.reject_count, st.last_frame_id, st.reject) == (2, 3, "c", True)
+    assert c.pending_parts("s1") == 1  # still waiting for its own verdict
+    assert c.take_replays() == {"skipped": 1, "reapplied": 2}
+    c.tick(2.5)  # ... which never comes: failed safe, not "judged" by b or c
+    assert c.take_fail_safes() == [("s1", FailSafeCause.PART_DEADLINE)]
+    assert c.apply_verdict(verdict("c"), 3.0) is VerdictOutcome.DUPLICATE
+
+
+def test_a_plc_showing_no_ledger_entry_shows_none_of_them():
+    for shows in ("", "x"):  # a blank (replaced) PLC, or one showing a frame the ledger lost
+        c = restarted(shows, ["a", "b"])
+        assert c.recover("s1", ["a", "b"]) == (0, 2)
+        assert c.apply_verdict(verdict("a"), 1.0) is VerdictOutcome.APPLIED
+        assert c.take_replays() == {"reapplied": 1}
+
+
+def test_the_last_ledger_entry_the_plc_shows_decides_even_with_a_truncated_frame_id():
+    long_id = "f" * 30 + "é" * 10  # 50 bytes of UTF-8: the PLC holds the first 40
+    shown = reg.decode_frame_id(reg.encode_frame_id(long_id))
+    assert shown != long_id
+    c = restarted(shown, [])
+    assert c.recover("s1", ["a", long_id, "b"]) == (2, 1)
+    assert c.apply_verdict(verdict(long_id), 1.0) is VerdictOutcome.REPLAYED
+    assert c.apply_verdict(verdict("b"), 1.0) is VerdictOutcome.APPLIED
+
+
+def test_replays_are_per_station():
+    c = restarted("a", [])
+    c.recover("s1", ["a"])
+    assert c.apply_verdict(verdict("a", station_id="s2"), 1.0) is VerdictOutcome.APPLIED
+    assert c.apply_verdict(verdict("a", station_id="s1"), 1.0) is VerdictOutcome.REPLAYED
