@@ -45,9 +45,9 @@ from PIL import Image
 from shared.engine.backbones import get_spec, resolve_weights
 from shared.engine.calibration import threshold_at_frr
 from shared.engine.class_model import ClassModel, maps_and_scores, raw_maps
-from shared.engine.config import FitConfig, FitProgress, is_valid_class_name
+from shared.engine.config import FitConfig, FitProgress
 from shared.engine.features import FeatureExtractor, make_extractor
-from shared.engine.fitting import assemble_model, embed_sources, set_unknown_thresholds
+from shared.engine.fitting import assemble_model, check_classes, embed_sources, set_unknown_thresholds
 from shared.engine.images import ImageSource, LazyImages, load_source
 from shared.engine.model import InspectionModel
 from shared.engine.postprocess import Normaliser
@@ -147,18 +147,12 @@ def fit_few_shot(
 
 
 def _check(data: Mapping[str, Sequence[ImageSource]], confirmed: Mapping[str, Sequence[ImageSource]]) -> None:
-    if not data:
-        raise DatasetError("no classes to fit")
+    check_classes(data, confirmed, "confirmed normals")
     for name, shots in data.items():
-        if not is_valid_class_name(name):
-            raise ConfigError(f"invalid class name {name!r}: 1-64 letters, digits, '.', '_' or '-'")
         if not 1 <= len(shots) <= MAX_SHOTS:
             raise DatasetError(
                 f"class {name!r} has {len(shots)} shots; a few-shot model takes 1 to {MAX_SHOTS}"
             )
-    foreign = sorted(set(confirmed) - set(data))
-    if foreign:
-        raise DatasetError(f"confirmed normals for class(es) {', '.join(foreign)} that are not being fitted")
 
 
 def _fit_class(

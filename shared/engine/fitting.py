@@ -132,17 +132,24 @@ def _as_defect(sample: DefectInput) -> DefectSample:
     return DefectSample(image, mask)
 
 
-def _check(data: Mapping[str, Sequence[ImageSource]], defects: Mapping[str, Sequence[DefectSample]]) -> None:
-    if not data:
+def check_classes(fitted: Mapping[str, object], extra: Mapping[str, object], what: str) -> None:
+    """At least one class to fit, each validly named, and ``extra`` (``what``: labelled defects,
+    confirmed normals) only for classes being fitted."""
+    if not fitted:
         raise DatasetError("no classes to fit")
-    for name, sources in data.items():
+    for name in fitted:
         if not is_valid_class_name(name):
             raise ConfigError(f"invalid class name {name!r}: 1-64 letters, digits, '.', '_' or '-'")
+    foreign = sorted(set(extra) - set(fitted))
+    if foreign:
+        raise DatasetError(f"{what} for class(es) {', '.join(foreign)} that are not being fitted")
+
+
+def _check(data: Mapping[str, Sequence[ImageSource]], defects: Mapping[str, Sequence[DefectSample]]) -> None:
+    check_classes(data, defects, "defective samples")
+    for name, sources in data.items():
         if len(sources) < 2:
             raise DatasetError(f"class {name!r} has {len(sources)} normal images; at least 2 are needed")
-    foreign = sorted(set(defects) - set(data))
-    if foreign:
-        raise DatasetError(f"defective samples for class(es) {', '.join(foreign)} that are not being fitted")
 
 
 class _FoldProgress(FitProgress):
