@@ -331,7 +331,13 @@ async def test_late_and_undecodable_verdicts_fail_their_station_safe_and_duplica
             await publish(settings, b"\x93garbage", key=b"st-a")
 
             async def st_a_failed_safe_again() -> bool:
-                return (await modbus.station(0))["fail_safe_count"] == 2
+                """Counted, and the result written whole (counters come before the reject coil and
+                the sequence: read the same twice in a row, as ``_frame_is`` does)."""
+                first = await modbus.station(0)
+                if first["fail_safe_count"] != 2:
+                    return False
+                await asyncio.sleep(0.1)
+                return await modbus.station(0) == first
 
             await wait_until(st_a_failed_safe_again)
             a, b = await modbus.station(0), await modbus.station(1)
