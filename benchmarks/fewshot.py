@@ -152,6 +152,21 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "bank budget 32k patches, excess": {"shot_bank_patches": 32_768, "image_score": "excess"},
     "bank budget 32k patches, max": {"shot_bank_patches": 32_768, "image_score": "max"},
     "bank budget 64k patches, excess": {"shot_bank_patches": 65_536, "image_score": "excess"},
+    # Candidates beyond the bank (issue 13: 16 shots below 0.90): k > 1, finer features (a larger
+    # input: more, smaller patches), the stronger efficientnet_lite2 at its own 260 px. The budgets
+    # keep every patch of the 16 shots themselves (40x40 and 33x33 grids).
+    "k 3, excess": {"k": 3, "image_score": "excess"},
+    "input 320 px, budget 32k, excess": {
+        "input_size": 320,
+        "shot_bank_patches": 32_768,
+        "image_score": "excess",
+    },
+    "efficientnet_lite2 260 px, budget 32k, excess": {
+        "backbone": "efficientnet_lite2",
+        "input_size": 260,
+        "shot_bank_patches": 32_768,
+        "image_score": "excess",
+    },
 }
 
 
