@@ -155,7 +155,21 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # Candidates beyond the bank (issue 13: 16 shots below 0.90): k > 1, finer features (a larger
     # input: more, smaller patches), the stronger efficientnet_lite2 at its own 260 px. The budgets
     # keep every patch of the 16 shots themselves (40x40 and 33x33 grids).
+    "exposure views only, budget 64k, excess": {
+        "shot_flips": "none",
+        "shot_gain_max": 2.0,
+        "shot_gain_steps": 5,
+        "shot_bank_patches": 65_536,
+        "image_score": "excess",
+    },
     "k 3, excess": {"k": 3, "image_score": "excess"},
+    "image score top1": {"image_score": "top1"},
+    "stages 2-4 (strides 8-32), excess": {"layers": (2, 3, 4), "image_score": "excess"},
+    "stages 1-2 (strides 4-8), budget 64k, excess": {
+        "layers": (1, 2),
+        "shot_bank_patches": 65_536,
+        "image_score": "excess",
+    },
     "input 320 px, budget 32k, excess": {
         "input_size": 320,
         "shot_bank_patches": 32_768,
