@@ -36,7 +36,7 @@ from shared.engine.config import FEW_SHOT_IMAGE_SCORE, FitConfig
 from shared.engine.dataset import ClassData, discover
 from shared.engine.fewshot import fit_few_shot, select_shots
 from shared.engine.fitting import fit_model
-from shared.engine.images import load_image_file
+from shared.engine.images import load_image_file, load_source
 from shared.engine.metrics import auroc, rates_at_threshold
 from shared.engine.model import InspectionModel
 
@@ -184,13 +184,38 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+def letterbox(image: np.ndarray, size: int, fill: str) -> np.ndarray:
+    """``image`` scaled to fit a ``size`` square with its aspect ratio kept, centred, the rest filled
+    (``reflect``: mirrored image, ``edge``: its border pixels repeated, ``mean``: its mean grey).
+
+    A preprocessing tried on the input side only (issue 13: every image is otherwise stretched to
+    the square, and this data's aspect ratios range from 0.4 to 2.6); the padding is scored too."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
+    small = np.asarray(Image.fromarray(image).resize((inner_w, inner_h), Image.Resampling.BILINEAR))
+    top, left = (size - inner_h) // 2, (size - inner_w) // 2
+    pad = ((top, size - inner_h - top), (left, size - inner_w - left), (0, 0))
+    if fill == "reflect":
+        return np.pad(small, pad, mode="symmetric")
+    if fill == "edge":
+        return np.pad(small, pad, mode="edge")
+    return np.pad(small, pad, mode="constant", constant_values=int(small.mean()))
+
+
 def run_select(args: argparse.Namespace, data: ClassData) -> dict[str, Any]:
-    images, labels = validation_set(data, max(args.shots), args.validation, args.seed)
-    report: dict[str, Any] = {"validation_images": len(images), "settings": {}}
+    as_given, labels = validation_set(data, max(args.shots), args.validation, args.seed)
+    report: dict[str, Any] = {"validation_images": len(as_given), "letterbox": args.letterbox, "settings": {}}
     for k in args.shots:
-        shots = select_shots(data.train, k)
+        shot_files = select_shots(data.train, k)
         for name in args.settings or list(SETTINGS):
             config = replace(FitConfig(), **SETTINGS[name])
+            shots: list[Any] = list(shot_files)
+            images = as_given
+            if args.letterbox != "none":
+                size, fill = config.input_size, args.letterbox
+                shots = [letterbox(load_source(path), size, fill) for path in shot_files]
+                images = [letterbox(image, size, fill) for image in as_given]
             began = time.perf_counter()
             model = fit_few_shot({data.name: shots}, config)
             fit_seconds = time.perf_counter() - began
@@ -306,6 +331,12 @@ def main() -> int:
         "--validation", type=int, default=150, help="select: normal and defective images each"
     )
     parser.add_argument("--seed", type=int, default=123, help="select: validation images and defects")
+    parser.add_argument(
+        "--letterbox",
+        choices=("none", "reflect", "edge", "mean"),
+        default="none",
+        help="select: shots and validation images letterboxed to the square first (aspect kept)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clip-model", default="ViT-B-16-plus-240", help="winclip-speed: architecture")
     parser.add_argument("--frames", type=int, default=8, help="winclip-speed: frames timed")
