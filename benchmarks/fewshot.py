@@ -254,8 +254,13 @@ def _evaluated(model: InspectionModel, data: ClassData, fit_seconds: float, ever
 
 
 def run_table(args: argparse.Namespace, data: ClassData) -> dict[str, Any]:
-    report: dict[str, Any] = {"rows": []}
+    report: dict[str, Any] = {"rows": [], "few_shot_setting": None}
     choices = [("first", None)] + [("seeded", seed) for seed in args.seeds]
+    few_shot_config = FitConfig(image_score=FEW_SHOT_IMAGE_SCORE)
+    if args.settings:  # the few-shot rows with one setting chosen by ``select`` (on validation)
+        (name,) = args.settings
+        few_shot_config = replace(few_shot_config, **SETTINGS[name])
+        report["few_shot_setting"] = name
     for k in args.shots:
         for protocol, seed in choices:
             shots = select_shots(data.train, k, seed)
@@ -264,7 +269,7 @@ def run_table(args: argparse.Namespace, data: ClassData) -> dict[str, Any]:
                     continue
                 began = time.perf_counter()
                 if method == "few-shot":
-                    model = fit_few_shot({data.name: shots}, FitConfig(image_score=FEW_SHOT_IMAGE_SCORE))
+                    model = fit_few_shot({data.name: shots}, few_shot_config)
                 else:
                     model = fit_model({data.name: shots}, FitConfig())
                 row = {"shots": k, "choice": protocol, "seed": seed, "method": method}
@@ -326,7 +331,12 @@ def main() -> int:
     )
     parser.add_argument("--skip-plain", action="store_true", help="table: no plain fit on the shots")
     parser.add_argument("--skip-all", action="store_true", help="table: no model on all normals")
-    parser.add_argument("--settings", nargs="*", choices=list(SETTINGS), help="select: settings to compare")
+    parser.add_argument(
+        "--settings",
+        nargs="*",
+        choices=list(SETTINGS),
+        help="select: settings to compare; table: the one setting of the few-shot rows",
+    )
     parser.add_argument(
         "--validation", type=int, default=150, help="select: normal and defective images each"
     )
