@@ -164,6 +164,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
     "k 3, excess": {"k": 3, "image_score": "excess"},
     "image score top1": {"image_score": "top1"},
+    # efficientnet_lite0's few-shot layers are strides 8-32 now (backbones.py); the settings above
+    # that name no layers were measured with strides 8-16, which this one keeps.
+    "stages 2-3 (strides 8-16), excess": {"layers": (2, 3), "image_score": "excess"},
     "stages 2-4 (strides 8-32), excess": {"layers": (2, 3, 4), "image_score": "excess"},
     "stages 1-2 (strides 4-8), budget 64k, excess": {
         "layers": (1, 2),
