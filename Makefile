@@ -27,7 +27,7 @@ $(KAFKA_STAMP): deploy/kafka/pom.xml
 	touch $(KAFKA_STAMP)
 
 lint: setup
-	$(VENV)/bin/ruff check shared services tests benchmarks
+	$(VENV)/bin/ruff check shared services tests benchmarks deploy
 	$(VENV)/bin/mypy
 
 # Unit and integration tests; the integration suite starts its own broker unless

@@ -10,13 +10,12 @@ and camera simulator) are stopped the same way, by ``stop_process``.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import os
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shared.malloc import limit_malloc_arenas, trim_malloc_periodically
 from shared.settings import Settings, load_settings
 from shared.telemetry.logging import setup_logging
 from shared.telemetry.metrics import start_metrics_server
@@ -27,24 +26,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# glibc malloc arenas a service process may use. glibc gives each new thread an arena of its own (up
-# to eight per core), and memory freed into one arena is not reused by the others, so a process that
-# lives for weeks with short-lived threads (the metrics server starts one per scrape; the PLC
-# bridge's ledger writes in a worker) grows in steps. Two keep allocation from threads uncontended.
-MALLOC_ARENAS = 2
-_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
-
-
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc arenas for this process, before its threads start; False where the C
-    library is not glibc or ``MALLOC_ARENA_MAX`` is set (the operator's choice is kept)."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to cap
-        return False
-    return bool(mallopt(_M_ARENA_MAX, arenas))
 
 
 def start_service(
@@ -90,14 +71,19 @@ def run_service(
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     """Run ``main(stop)`` to completion; SIGTERM and SIGINT set ``stop`` instead of killing the
-    process, so the service finishes the work in flight, commits and returns."""
+    process, so the service finishes the work in flight, commits and returns. Meanwhile the memory
+    malloc holds free goes back to the system once a minute (``shared.malloc``)."""
 
     async def runner() -> T:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await main(stop)
+        trimming = asyncio.create_task(trim_malloc_periodically())
+        try:
+            return await main(stop)
+        finally:
+            trimming.cancel()
 
     return asyncio.run(runner())
 

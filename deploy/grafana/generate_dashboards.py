@@ -224,7 +224,9 @@ def line_overview() -> dict[str, Any]:
                             (_q("0.99", "lineguard_scorer_end_to_end_seconds"), "p99"),
                         ],
                         threshold=0.5,
-                        description="Red line: 500 ms, a typical frame deadline (each frame carries its own).",
+                        description=(
+                            "Red line: 500 ms, a typical frame deadline (each frame carries its own)."
+                        ),
                     ),
                     _ts(
                         "Late verdicts / s (fail-safe policy applied)",

@@ -26,6 +26,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from shared.capped import CappedMap
 from shared.engine.config import UNKNOWN, Decision
@@ -35,6 +36,9 @@ from shared.settings import AlertsSettings, from_section
 
 _NS_PER_S = 1_000_000_000
 DEFAULT_MAX_KEYS = 4096
+K = TypeVar("K")
+V = TypeVar("V")
+
 
 @dataclass(frozen=True)
 class AlertRules:
@@ -60,6 +64,19 @@ class AlertRules:
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class DetectorOptions:
+    """What every detector is given alike: how alert ids are made, and the cap (with its eviction
+    callback) on each of its maps keyed by values off the wire."""
+
+    make_id: Callable[[], str] = _new_id
+    max_keys: int = DEFAULT_MAX_KEYS
+    on_evict: Callable[[str], None] | None = None
+
+    def capped_map(self, name: str) -> CappedMap[K, V]:
+        return CappedMap(name, self.max_keys, self.on_evict)
 
 
 def _alert(
@@ -89,18 +106,11 @@ def _alert(
 class ConsecutiveRejectDetector:
     """N rejects in a row at one station, raised once per streak."""
 
-    def __init__(
-        self,
-        limit: int,
-        make_id: Callable[[], str] = _new_id,
-        *,
-        max_keys: int = DEFAULT_MAX_KEYS,
-        on_evict: Callable[[str], None] | None = None,
-    ) -> None:
+    def __init__(self, limit: int, options: DetectorOptions | None = None) -> None:
         self.limit = limit
-        self._make_id = make_id
+        self.options = options or DetectorOptions()
         # (line, station) -> frame ids of the current streak
-        self._streaks: CappedMap[tuple[str, str], list[str]] = CappedMap("reject_streaks", max_keys, on_evict)
+        self._streaks: CappedMap[tuple[str, str], list[str]] = self.options.capped_map("reject_streaks")
 
     def observe(self, verdict: Verdict) -> list[AlertEvent]:
         key = (verdict.line_id, verdict.station_id)
@@ -122,7 +132,7 @@ class ConsecutiveRejectDetector:
                 f"{self.limit} consecutive rejects at {verdict.line_id}/{verdict.station_id}",
                 list(streak),
                 {"count": str(self.limit), "last_class": verdict.product_class},
-                self._make_id,
+                self.options.make_id,
                 product_class=verdict.product_class,
             )
         ]
@@ -131,19 +141,12 @@ class ConsecutiveRejectDetector:
 class UnknownProductDetector:
     """Parts no trained class recognises; one alert per station per cooldown."""
 
-    def __init__(
-        self,
-        cooldown_s: float,
-        make_id: Callable[[], str] = _new_id,
-        *,
-        max_keys: int = DEFAULT_MAX_KEYS,
-        on_evict: Callable[[str], None] | None = None,
-    ) -> None:
+    def __init__(self, cooldown_s: float, options: DetectorOptions | None = None) -> None:
         self.cooldown_ns = int(cooldown_s * _NS_PER_S)
-        self._make_id = make_id
+        self.options = options or DetectorOptions()
         # (line, station) -> when last raised, and the unknown frames seen since (not yet reported)
-        self._stations: CappedMap[tuple[str, str], _UnknownState] = CappedMap(
-            "unknown_products", max_keys, on_evict
+        self._stations: CappedMap[tuple[str, str], _UnknownState] = self.options.capped_map(
+            "unknown_products"
         )
 
     def observe(self, verdict: Verdict) -> list[AlertEvent]:
@@ -171,7 +174,7 @@ class UnknownProductDetector:
                 f"unknown product at {verdict.line_id}/{verdict.station_id} ({count} since last alert)",
                 frames,
                 {"count": str(count), "decision": verdict.decision},
-                self._make_id,
+                self.options.make_id,
             )
         ]
 
@@ -209,15 +212,13 @@ class ScoreDriftDetector:
     recent_size: int
     baseline_size: int
     threshold: float
-    make_id: Callable[[], str] = _new_id
+    options: DetectorOptions = DetectorOptions()
     # A perfectly constant baseline would make any change infinite drift: floor the deviation.
     min_std: float = 0.01
-    max_keys: int = DEFAULT_MAX_KEYS
-    on_evict: Callable[[str], None] | None = None
     _states: CappedMap[tuple[str, str, str], _DriftState] = field(init=False)
 
     def __post_init__(self) -> None:
-        self._states = CappedMap("score_drift", self.max_keys, self.on_evict)
+        self._states = self.options.capped_map("score_drift")
 
     def observe(self, verdict: Verdict) -> list[AlertEvent]:
         if verdict.decision == Decision.ERROR or verdict.product_class == UNKNOWN:
@@ -262,7 +263,7 @@ class ScoreDriftDetector:
                     "recent_n": str(len(state.recent)),
                     "baseline_n": str(len(state.baseline)),
                 },
-                self.make_id,
+                self.options.make_id,
                 product_class=verdict.product_class,
             )
         ]
@@ -302,20 +303,12 @@ class AlertDetector:
     ) -> None:
         """``max_keys``: entries per detector map (stations, or station and class pairs)."""
         self.rules = rules or AlertRules()
+        options = DetectorOptions(make_id, max_keys, on_evict)
         self.detectors: list[ConsecutiveRejectDetector | UnknownProductDetector | ScoreDriftDetector] = [
-            ConsecutiveRejectDetector(
-                self.rules.consecutive_rejects, make_id, max_keys=max_keys, on_evict=on_evict
-            ),
-            UnknownProductDetector(
-                self.rules.unknown_product_cooldown_s, make_id, max_keys=max_keys, on_evict=on_evict
-            ),
+            ConsecutiveRejectDetector(self.rules.consecutive_rejects, options),
+            UnknownProductDetector(self.rules.unknown_product_cooldown_s, options),
             ScoreDriftDetector(
-                self.rules.drift_recent,
-                self.rules.drift_baseline,
-                self.rules.drift_threshold,
-                make_id,
-                max_keys=max_keys,
-                on_evict=on_evict,
+                self.rules.drift_recent, self.rules.drift_baseline, self.rules.drift_threshold, options
             ),
         ]
 

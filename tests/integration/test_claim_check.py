@@ -21,10 +21,10 @@ from shared.kafka.client import make_producer
 from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import DeadLetter, DefectEvent, Frame, Report, Verdict
-from shared.settings import ExplainerSettings, Settings
+from shared.settings import Settings
 from tests.support.gateway import cameras, gateway_line, gateway_settings
 from tests.support.images import write_atomically
-from tests.support.line import LineModels, running_scorer, scorer_settings
+from tests.support.line import LineModels, running_scorer, scorer_settings, with_explainer
 from tests.support.messages import defect_event
 from tests.support.openai_server import FakeOpenAIServer
 from tests.support.reports import valid_answer
@@ -58,23 +58,6 @@ def with_claims(settings: Settings, root: Path) -> Settings:
     return settings.model_copy(
         update={"claim_check": settings.claim_check.model_copy(update={"url": str(root)})}
     )
-
-
-def with_explainer(settings: Settings, report_dir: Path, vlm: FakeOpenAIServer | None = None) -> Settings:
-    """An explainer asking ``vlm`` (None: fallback reports only)."""
-    explainer = ExplainerSettings(
-        base_url=vlm.base_url if vlm else None,
-        api_key="sk-it" if vlm else None,
-        report_dir=report_dir,
-        max_attempts=2,
-        backoff_base_s=0.01,
-        backoff_max_s=0.05,
-        requests_per_minute=60_000,
-        follow_up_below=0.0,
-        request_timeout_s=30.0,
-        group_id=f"{settings.topic_prefix}-explainer",
-    )
-    return settings.model_copy(update={"explainer": explainer})
 
 
 async def test_a_20_megapixel_png_goes_by_reference_to_one_verdict_and_a_report(

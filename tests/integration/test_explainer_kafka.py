@@ -17,7 +17,8 @@ from services.explainer.store import ReportStore
 from shared.kafka.client import header, make_producer
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import DeadLetter, DefectEvent, Report
-from shared.settings import ExplainerSettings, Settings
+from shared.settings import Settings
+from tests.support.line import with_explainer
 from tests.support.messages import defect_event
 from tests.support.openai_server import FakeOpenAIServer, ReceivedRequest, Reply
 from tests.support.reports import answer_json, valid_answer
@@ -33,24 +34,6 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 def vlm_server() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer(responder=valid_answer) as server:
         yield server
-
-
-def with_explainer(settings: Settings, vlm: FakeOpenAIServer, report_dir: Path, **values: object) -> Settings:
-    """``settings`` with an explainer that calls ``vlm`` and stores reports in ``report_dir``."""
-    base: dict[str, object] = {
-        "base_url": vlm.base_url,
-        "api_key": "sk-it",
-        "report_dir": report_dir,
-        "backoff_base_s": 0.01,
-        "backoff_max_s": 0.05,
-        "max_attempts": 2,
-        "requests_per_minute": 60_000,
-        "follow_up_below": 0.0,
-        "request_timeout_s": 5.0,
-        "group_id": f"{settings.topic_prefix}-explainer",
-    }
-    base.update(values)
-    return settings.model_copy(update={"explainer": ExplainerSettings(**base)})
 
 
 async def publish(settings: Settings, events: list[DefectEvent], garbage: int = 0) -> None:
@@ -72,7 +55,7 @@ async def publish(settings: Settings, events: list[DefectEvent], garbage: int = 
 async def test_defect_events_become_reports_on_the_topic_and_on_disk(
     kafka_settings: Settings, vlm_server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
-    settings = with_explainer(kafka_settings, vlm_server, tmp_path)
+    settings = with_explainer(kafka_settings, tmp_path, vlm_server)
     events = [defect_event(f"it-{i}", seed=i, station_id=f"station-{i % 2}") for i in range(4)]
     await publish(settings, [*events, events[1]], garbage=1)  # one re-delivery, one bad record
 
@@ -114,7 +97,7 @@ async def test_held_events_stay_uncommitted_and_are_reported_after_a_restart(
     await publish(kafka_settings, events)
 
     with FakeOpenAIServer() as down:  # answers 500 to everything
-        settings = with_explainer(kafka_settings, down, tmp_path, when_endpoint_down="hold", hold_retry_s=60)
+        settings = with_explainer(kafka_settings, tmp_path, down, when_endpoint_down="hold", hold_retry_s=60)
         stop = asyncio.Event()
         service = asyncio.create_task(run_explainer(settings, stop))
         await wait_until(
@@ -131,7 +114,7 @@ async def test_held_events_stay_uncommitted_and_are_reported_after_a_restart(
         return Reply(content=answer_json())
 
     with FakeOpenAIServer(responder=valid) as up:
-        settings = with_explainer(kafka_settings, up, tmp_path, when_endpoint_down="hold")
+        settings = with_explainer(kafka_settings, tmp_path, up, when_endpoint_down="hold")
         stop = asyncio.Event()
         service = asyncio.create_task(run_explainer(settings, stop, max_events=len(events)))
         try:

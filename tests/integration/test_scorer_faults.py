@@ -289,6 +289,17 @@ async def test_an_output_the_topic_refuses_is_never_committed_away(
     assert await _committed_offsets(settings) == {0: 3, 1: 3}
 
 
+async def _ends_failed(scorer: Any, reason: str, stuck: str) -> None:
+    """The scorer's task ends within 90 s, raising ``ScorerFailure`` (matching ``reason``), and its
+    health says failed; ``stuck`` says what it did instead when it does not end."""
+    done, _ = await asyncio.wait({scorer.task}, timeout=90)
+    assert done, stuck
+    with pytest.raises(ScorerFailure, match=reason):
+        scorer.task.result()
+    healthy, body = scorer.health.report()
+    assert not healthy and body["status"] == "failed"
+
+
 async def test_a_rebalance_listener_error_ends_the_scorer_instead_of_stalling_it(
     kafka_settings: Settings, line_models: LineModels
 ) -> None:
@@ -301,12 +312,7 @@ async def test_a_rebalance_listener_error_ends_the_scorer_instead_of_stalling_it
         return make_producer(unreachable, request_timeout_ms=2000, **options)
 
     async with scorer_task(settings, line_models.a, make_producer=producer_elsewhere) as scorer:
-        done, _ = await asyncio.wait({scorer.task}, timeout=90)
-        assert done, "the scorer sat with a failed rebalance instead of failing"
-        with pytest.raises(ScorerFailure, match="partitions assigned"):
-            scorer.task.result()
-        healthy, body = scorer.health.report()
-        assert not healthy and body["status"] == "failed"
+        await _ends_failed(scorer, "partitions assigned", "the scorer sat with a failed rebalance")
 
 
 async def test_a_partition_that_stops_making_progress_fails_the_scorer(
@@ -322,13 +328,8 @@ async def test_a_partition_that_stops_making_progress_fails_the_scorer(
         scorer.consumer.pause(*scorer.consumer.assignment())
         started = time.monotonic()
         await run_camera_sim(settings, sim_options(count=4, cameras=2, rate=20.0, run_id="stall"))
-        done, _ = await asyncio.wait({scorer.task}, timeout=90)
-        assert done, "the scorer stayed up without progress"
+        await _ends_failed(scorer, "no progress", "the scorer stayed up without progress")
         assert time.monotonic() - started >= 30
-        with pytest.raises(ScorerFailure, match="no progress"):
-            scorer.task.result()
-        healthy, body = scorer.health.report()
-        assert not healthy and body["status"] == "failed"
 
 
 async def test_a_backlog_on_one_partition_does_not_starve_the_others(

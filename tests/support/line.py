@@ -18,8 +18,9 @@ from typing import Any
 from services.camera_sim.core import SimOptions
 from services.camera_sim.truth import FRAME_ID_HEADER
 from shared.kafka.client import header
-from shared.settings import Settings
+from shared.settings import ExplainerSettings, Settings
 from tests.support.models import PRODUCTS, fit_synthetic_model
+from tests.support.openai_server import FakeOpenAIServer
 from tests.support.processes import ServiceProcess, service_env
 
 IMAGE_SIZE = 96  # frames and model input: small keeps two cores fast
@@ -82,6 +83,28 @@ def offline_explainer_env(settings: Settings, report_dir: Path, **explainer: Any
         **explainer,
     }
     return service_env(settings, explainer=values)
+
+
+def with_explainer(
+    settings: Settings, report_dir: Path, vlm: FakeOpenAIServer | None = None, **explainer: Any
+) -> Settings:
+    """``settings`` with an explainer in the test's own consumer group that asks ``vlm`` (None: no
+    endpoint, fallback reports only) with fast retries and no follow-up question, and stores its
+    reports in ``report_dir``; then ``explainer``'s values."""
+    values = {
+        "base_url": vlm.base_url if vlm else None,
+        "api_key": "sk-it" if vlm else None,
+        "report_dir": report_dir,
+        "max_attempts": 2,
+        "backoff_base_s": 0.01,
+        "backoff_max_s": 0.05,
+        "requests_per_minute": 60_000,
+        "follow_up_below": 0.0,
+        "request_timeout_s": 30.0,
+        "group_id": f"{settings.topic_prefix}-explainer",
+        **explainer,
+    }
+    return settings.model_copy(update={"explainer": ExplainerSettings(**values)})
 
 
 def frame_id_of(headers: list[tuple[str, bytes]]) -> str | None:

@@ -8,7 +8,7 @@ reuses them, so training costs only the networks' own work.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import numpy as np
@@ -130,32 +130,44 @@ class KnnPrior:
         return cls(KnnBank.from_bytes(files.read_bytes(name), 1))
 
 
-def channel_stats(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std ``(1, C, 1, 1)`` of the normal maps ``(B, C, h, w)`` that
-    standardise the networks' input (the std floored, so a constant channel does not divide by 0)."""
-    return maps.mean((0, 2, 3), keepdim=True), maps.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel mean and std ``(1, C, 1, 1)`` of a class's normal feature maps, which
+    standardise the networks' input."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
 
-def write_channel_stats(
-    tensors: dict[str, np.ndarray], prefix: str, mean: torch.Tensor, std: torch.Tensor
-) -> None:
-    """The statistics of ``channel_stats`` into ``tensors`` as ``{prefix}.mean`` and ``{prefix}.std``."""
-    tensors[f"{prefix}.mean"] = mean.numpy().reshape(-1).copy()
-    tensors[f"{prefix}.std"] = std.numpy().reshape(-1).copy()
+    @classmethod
+    def of(cls, maps: torch.Tensor) -> ChannelStats:
+        """The statistics of the normal maps ``(B, C, h, w)`` (the std floored, so a constant
+        channel does not divide by 0)."""
+        return cls(maps.mean((0, 2, 3), keepdim=True), maps.std((0, 2, 3), keepdim=True).clamp_min(1e-6))
 
+    @property
+    def channels(self) -> int:
+        return int(self.mean.shape[1])
 
-def read_channel_stats(tensors: dict[str, np.ndarray], prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The statistics ``write_channel_stats`` stored, checked (same length, finite, std > 0), as
-    ``(1, C, 1, 1)`` float32 tensors."""
-    mean, std = tensors.get(f"{prefix}.mean"), tensors.get(f"{prefix}.std")
-    if mean is None or std is None or mean.ndim != 1 or mean.shape != std.shape:
-        raise ArtifactError(f"{prefix}: feature statistics missing or misshapen")
-    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
-        raise ArtifactError(f"{prefix}: feature statistics are not finite and positive")
-    return (
-        torch.from_numpy(mean.astype(np.float32)).view(1, -1, 1, 1),
-        torch.from_numpy(std.astype(np.float32)).view(1, -1, 1, 1),
-    )
+    def standardise(self, maps: torch.Tensor) -> torch.Tensor:
+        return (maps - self.mean) / self.std
+
+    def write(self, tensors: dict[str, np.ndarray], prefix: str) -> None:
+        """Into ``tensors`` as ``{prefix}.mean`` and ``{prefix}.std``."""
+        tensors[f"{prefix}.mean"] = self.mean.numpy().reshape(-1).copy()
+        tensors[f"{prefix}.std"] = self.std.numpy().reshape(-1).copy()
+
+    @classmethod
+    def read(cls, tensors: dict[str, np.ndarray], prefix: str) -> ChannelStats:
+        """The statistics ``write`` stored, checked (same length, finite, std > 0)."""
+        mean, std = tensors.get(f"{prefix}.mean"), tensors.get(f"{prefix}.std")
+        if mean is None or std is None or mean.ndim != 1 or mean.shape != std.shape:
+            raise ArtifactError(f"{prefix}: feature statistics missing or misshapen")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+            raise ArtifactError(f"{prefix}: feature statistics are not finite and positive")
+        return cls(
+            torch.from_numpy(mean.astype(np.float32)).view(1, -1, 1, 1),
+            torch.from_numpy(std.astype(np.float32)).view(1, -1, 1, 1),
+        )
 
 
 def log_distance(distances: np.ndarray | torch.Tensor) -> torch.Tensor:

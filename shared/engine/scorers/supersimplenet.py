@@ -319,15 +319,13 @@ class SuperSimpleNetScorer(learned.LearnedScorer[SSNSettings]):
     def __init__(
         self,
         net: SSNNet,
-        mean: torch.Tensor,
-        std: torch.Tensor,
+        stats: learned.ChannelStats,
         prior: learned.KnnPrior | None,
         image_rule: ImageRule,
         n_labelled: int,
     ) -> None:
         self.net = net.eval()
-        self.mean = mean  # (1, C, 1, 1)
-        self.std = std
+        self.stats = stats
         self.prior = prior
         self.image_rule: ImageRule = image_rule
         self.n_labelled = n_labelled
@@ -346,13 +344,15 @@ class SuperSimpleNetScorer(learned.LearnedScorer[SSNSettings]):
         if context.defects is not None and len(context.defects.features):
             defects = cls._with_prior(context.defects.features, context.grid, prior)
             masks = learned.masks_on_grid(context.defects.masks, context.grid)
-        mean, std = learned.channel_stats(normal)
-        data = TrainingSet((normal - mean) / std, None if defects is None else (defects - mean) / std, masks)
+        stats = learned.ChannelStats.of(normal)
+        data = TrainingSet(
+            stats.standardise(normal), None if defects is None else stats.standardise(defects), masks
+        )
         del normal
         net = train(data, settings, context.seed, context.progress)
         n_labelled = 0 if defects is None else len(defects)
         rule = settings.image_rule_labelled if n_labelled else settings.image_rule
-        return cls(net, mean, std, prior, rule, n_labelled)
+        return cls(net, stats, prior, rule, n_labelled)
 
     @staticmethod
     def _with_prior(
@@ -368,7 +368,7 @@ class SuperSimpleNetScorer(learned.LearnedScorer[SSNSettings]):
     @torch.inference_mode()
     def heads(self, features: np.ndarray, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Map logits ``(B, h, w)`` and image logits ``(B,)`` of ``(B, N, D)`` patch features."""
-        x = (self._with_prior(features, grid, self.prior) - self.mean) / self.std
+        x = self.stats.standardise(self._with_prior(features, grid, self.prior))
         return self.net(x)
 
     def score(self, batch: ScoreInput) -> PatchScores:
@@ -387,7 +387,7 @@ class SuperSimpleNetScorer(learned.LearnedScorer[SSNSettings]):
     def write(self, files: ArtifactFiles, key: str) -> None:
         prefix = f"supersimplenet_{key}"
         learned.weights_to_tensors(self.net, f"{prefix}.net", files.tensors)
-        learned.write_channel_stats(files.tensors, prefix, self.mean, self.std)
+        self.stats.write(files.tensors, prefix)
         files.tensors[f"{prefix}.hidden"] = np.array([self.net.seg[0].out_channels], dtype=np.int64)
         files.tensors[f"{prefix}.dec_channels"] = np.array([self.net.fc.in_features // 2 - 1], dtype=np.int64)
         files.tensors[f"{prefix}.image_rule_cls"] = np.array([self.image_rule == "cls"], dtype=np.int64)
@@ -400,8 +400,8 @@ class SuperSimpleNetScorer(learned.LearnedScorer[SSNSettings]):
     def read(cls, files: ArtifactFiles, key: str, config: FitConfig) -> Self:
         prefix = f"supersimplenet_{key}"
         tensors = files.tensors
-        mean, std = learned.read_channel_stats(tensors, prefix)
-        channels = mean.shape[1]
+        stats = learned.ChannelStats.read(tensors, prefix)
+        channels = stats.channels
         hidden = int(learned.scalar(tensors, f"{prefix}.hidden"))
         dec_channels = int(learned.scalar(tensors, f"{prefix}.dec_channels"))
         if not (0 < channels <= 1 << 16 and 0 < hidden <= 4096 and 0 < dec_channels <= 4096):
@@ -415,4 +415,4 @@ class SuperSimpleNetScorer(learned.LearnedScorer[SSNSettings]):
         )
         rule: ImageRule = "cls" if learned.scalar(tensors, f"{prefix}.image_rule_cls") else "seg"
         n_labelled = int(learned.scalar(tensors, f"{prefix}.labelled_defects"))
-        return cls(net, mean, std, prior, rule, n_labelled)
+        return cls(net, stats, prior, rule, n_labelled)

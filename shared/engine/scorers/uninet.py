@@ -293,15 +293,13 @@ class UniNetScorer(learned.LearnedScorer[UniNetSettings]):
     def __init__(
         self,
         net: UniNetNet,
-        mean: torch.Tensor,
-        std: torch.Tensor,
+        stats: learned.ChannelStats,
         settings: UniNetSettings,
         config: FitConfig,
         n_labelled: int,
     ) -> None:
         self.net = net.eval()
-        self.mean = mean
-        self.std = std
+        self.stats = stats
         self.alpha, self.beta = settings.alpha, settings.beta
         self.input_size, self.blur_sigma = config.input_size, config.blur_sigma
         self.n_labelled = n_labelled
@@ -309,21 +307,21 @@ class UniNetScorer(learned.LearnedScorer[UniNetSettings]):
     @classmethod
     def fit_with(cls, context: FitContext, settings: UniNetSettings) -> Self:
         normal = learned.to_maps(context.features, context.grid)
-        mean, std = learned.channel_stats(normal)
+        stats = learned.ChannelStats.of(normal)
         defects = masks = None
         if context.defects is not None and len(context.defects.features):
-            defects = (learned.to_maps(context.defects.features, context.grid) - mean) / std
+            defects = stats.standardise(learned.to_maps(context.defects.features, context.grid))
             masks = learned.masks_on_grid(context.defects.masks, context.grid)
         net = train(
-            TrainingSet((normal - mean) / std, defects, masks), settings, context.seed, context.progress
+            TrainingSet(stats.standardise(normal), defects, masks), settings, context.seed, context.progress
         )
         n_labelled = 0 if defects is None else len(defects)
-        return cls(net, mean, std, settings, context.config, n_labelled)
+        return cls(net, stats, settings, context.config, n_labelled)
 
     @torch.inference_mode()
     def pair_maps(self, features: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
         """``(B, N, D)`` -> ``(6, B, h, w)``: 1 - cos(teacher, student) of each pair on the finest grid."""
-        x = (learned.to_maps(features, grid) - self.mean) / self.std
+        x = self.stats.standardise(learned.to_maps(features, grid))
         teachers, students = self.net(x)
         maps = [
             F.interpolate(
@@ -361,7 +359,7 @@ class UniNetScorer(learned.LearnedScorer[UniNetSettings]):
     def write(self, files: ArtifactFiles, key: str) -> None:
         prefix = f"uninet_{key}"
         learned.weights_to_tensors(self.net, f"{prefix}.net", files.tensors)
-        learned.write_channel_stats(files.tensors, prefix, self.mean, self.std)
+        self.stats.write(files.tensors, prefix)
         files.tensors[f"{prefix}.embed"] = np.array([self.net.embed], dtype=np.int64)
         files.tensors[f"{prefix}.width"] = np.array([self.net.width], dtype=np.int64)
         files.tensors[f"{prefix}.alpha_beta"] = np.array([self.alpha, self.beta], dtype=np.float64)
@@ -371,21 +369,21 @@ class UniNetScorer(learned.LearnedScorer[UniNetSettings]):
     def read(cls, files: ArtifactFiles, key: str, config: FitConfig) -> Self:
         prefix = f"uninet_{key}"
         tensors = files.tensors
-        mean, std = learned.read_channel_stats(tensors, prefix)
+        stats = learned.ChannelStats.read(tensors, prefix)
         embed = int(learned.scalar(tensors, f"{prefix}.embed"))
         width = int(learned.scalar(tensors, f"{prefix}.width"))
-        if not (0 < mean.shape[1] <= 1 << 16 and 0 < embed <= 4096 and 0 < width <= 4096):
+        if not (0 < stats.channels <= 1 << 16 and 0 < embed <= 4096 and 0 < width <= 4096):
             raise ArtifactError(f"{prefix}: network sizes out of bounds")
         alpha_beta = tensors.get(f"{prefix}.alpha_beta")
         if alpha_beta is None or alpha_beta.shape != (2,) or not np.isfinite(alpha_beta).all():
             raise ArtifactError(f"{prefix}: alpha_beta missing or not two finite numbers")
         if not (0 < alpha_beta[0] <= 1 and 0 < alpha_beta[1] <= 1):
             raise ArtifactError(f"{prefix}: alpha and beta must lie in (0, 1]")
-        net = UniNetNet(mean.shape[1], embed, width)
+        net = UniNetNet(stats.channels, embed, width)
         learned.weights_from_tensors(net, f"{prefix}.net", tensors)
         settings = UniNetSettings(
             embed=embed, width=width, alpha=float(alpha_beta[0]), beta=float(alpha_beta[1])
         )
         return cls(
-            net, mean, std, settings, config, int(learned.scalar(tensors, f"{prefix}.labelled_defects"))
+            net, stats, settings, config, int(learned.scalar(tensors, f"{prefix}.labelled_defects"))
         )
