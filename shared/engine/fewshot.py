@@ -130,7 +130,8 @@ def fit_few_shot(
     started = time.perf_counter()
     spec = get_spec(config.backbone)
     weights_path = resolve_weights(spec, config.weights)
-    config = replace(config, layers=config.layers or spec.default_layers, weights=str(weights_path))
+    layers = config.layers or spec.few_shot_layers or spec.default_layers
+    config = replace(config, layers=layers, weights=str(weights_path))
     extractor = make_extractor(config, weights_path)
     scorer_type = scorer_class(config.scorer)
     class_models: list[ClassModel] = []

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared.engine.backbones import get_spec
 from shared.engine.class_model import maps_and_scores
 from shared.engine.config import Decision, FitConfig
 from shared.engine.fewshot import exposure_gains, fit_few_shot, select_shots, shot_views, views_per_shot
@@ -252,3 +253,15 @@ def test_a_bank_over_the_budget_is_a_coreset(shots) -> None:
     assert bank_size(tight) == 150
     with pytest.raises(ConfigError, match="shot_bank_patches"):
         few_config(shot_bank_patches=-1)
+
+
+def test_a_few_shot_fit_takes_the_backbones_few_shot_layers_unless_layers_are_asked_for(
+    few_model, shots
+) -> None:
+    spec = get_spec(few_model.config.backbone)
+    assert spec.few_shot_layers == (2, 3, 4) and spec.default_layers == (2, 3)
+    assert few_model.config.layers == (2, 3, 4)  # recorded in the manifest as fitted
+    features, _ = few_model.embed(shots[:1])
+    assert features.shape[-1] == 40 + 112 + 320  # efficientnet_lite0's stages at strides 8, 16, 32
+    asked = fit_few_shot({"fabric": shots[:2]}, few_config(layers=(2, 3)))
+    assert asked.config.layers == (2, 3) and asked.embed(shots[:1])[0].shape[-1] == 40 + 112
