@@ -173,7 +173,6 @@ def _fit_class(
     calibration: dict[str, Any] = {
         "n_train": len(shots),
         "n_views": len(views),
-        "bank": _bank_facts(config, features, per_shot),
         "target_frr": config.target_frr,
         "cold_start": {
             "shots": len(shots),
@@ -181,6 +180,7 @@ def _fit_class(
             "review_until_confirmed": config.review_until_confirmed,
         },
     }
+    bank_features = features  # what the final scorer's bank was built from
     if confirmed:
         progress.stage(f"{name}: calibration on {len(confirmed)} confirmed normals", len(confirmed))
         held, _ = embed_sources(extractor, confirmed, config.batch_size, progress)
@@ -192,17 +192,16 @@ def _fit_class(
             bank_includes_holdout=True,
         )
         # The threshold came from images the scorer had not seen; the final scorer also covers them.
-        every_feature = np.concatenate([features, held])
+        bank_features = np.concatenate([features, held])
         everything = FitContext(
             name,
-            every_feature,
+            bank_features,
             grid,
-            _bank_config(config, every_feature),
+            _bank_config(config, bank_features),
             progress,
             [*views, *LazyImages(confirmed)],
         )
         scorer = scorer_type.fit(everything)
-        calibration["bank"] = _bank_facts(config, every_feature, per_shot)
         route = np.concatenate([features[originals], held]).mean(axis=1)
     else:
         progress.stage(f"{name}: leave-one-out calibration", len(shots))
@@ -219,6 +218,7 @@ def _fit_class(
             bank_includes_holdout=True,
         )
         route = features.mean(axis=1)
+    calibration["bank"] = _bank_facts(config, bank_features, per_shot)
     threshold = threshold_at_frr(raw, config.target_frr)
     calibration["heldout_scores"] = [float(score) for score in raw]
     prototype = l2_normalise(l2_normalise(features.mean(axis=1)).mean(axis=0))
