@@ -15,7 +15,8 @@
 4. Line, latency: the camera simulator sends at half the engine's median rate; end-to-end latency
    from capture to the verdict being read by a read_committed consumer, p50/p90/p99/max, and the
    p99 of the frames captured after the first 2 s (the steady state) with its ratio to one engine
-   batch. ``--latency-only`` runs just this half-load measurement (one engine run sets the rate).
+   batch. ``--latency-only`` runs just this half-load measurement (after the broker's warm-up run;
+   one engine run sets the rate). ``--latency-trace FILE`` writes its frames, one CSV row each.
 
 Frames: by default the simulator's small JPEGs (``--size`` px). Realistic frames, as a plant's
 cameras send them: ``--frame-size 2448x2048`` (5 MP; renders scaled up with sensor noise),
@@ -219,7 +220,7 @@ async def line_run(
     # The broker is fresh: its JIT compiles for the first minute or two (a C2 compiler thread took
     # 0.05 of the 2 cores in a first run). A plant's broker runs for months, so the measured runs
     # come after a warm-up run of the same kind; the warm-up's rate is reported too.
-    if args.warmup_frames and not args.latency_only:
+    if args.warmup_frames:
         results["line_fps_warmup_run"], _ = await drain_backlog(args, settings_base, model_dir, work, "warm")
     # The machine's speed drifts by +-10% over minutes, so every line run is bracketed by two engine
     # runs and compared with their mean; the result is the median of the rounds' ratios.
@@ -267,6 +268,15 @@ async def line_run(
     first_capture = min(v.captured_at for v, _ in got)
     settled = np.array([v.captured_at - first_capture > 2e9 for v, _ in got])
     decided_ms = np.array([v.latency_ms for v, _ in got])
+    if args.latency_trace:  # one row per frame, in capture order: where in the run the tail sits
+        rows = sorted(
+            ((v.captured_at - first_capture) / 1e9, e2e, v.latency_ms, v.camera_id)
+            for (v, _), e2e in zip(got, e2e_ms, strict=True)
+        )
+        args.latency_trace.write_text(
+            "captured_s,e2e_ms,capture_to_decision_ms,camera_id\n"
+            + "".join(f"{c:.4f},{e:.1f},{d:.1f},{cam}\n" for c, e, d, cam in rows)
+        )
     results.update(
         {
             "latency_rate_fps": rate,
@@ -319,6 +329,7 @@ def main() -> int:
     parser.add_argument("--jpeg-quality", type=int, help="default: 90 with --frame-size, else 92")
     parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help="backbone runtime")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--latency-trace", type=Path, help="write the half-load run's frames here (CSV)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (model, scorer logs)")
     args = parser.parse_args()
     if args.jpeg_quality is None:

@@ -295,9 +295,11 @@ def _scored_outcome(
     defect = None
     if Decision(verdict.decision).is_defect:
         height, width = item.frame_size
-        # A claim-checked frame's map stays at the resolution it was scored at: at the frame's size
-        # it could be over the wire's limit, and encoding it would cost seconds on the verdict path.
-        map_height, map_width = result.anomaly_map.shape[:2] if item.frame.image_ref else (height, width)
+        # The map goes at the frame's size or at the resolution it was scored at, whichever is smaller:
+        # scaled up it says nothing more, and a camera-sized PNG costs the verdict path ~0.3 s at 5 MP
+        # (and could pass the wire's limit). Readers scale it to width x height.
+        scored = result.anomaly_map.shape[:2]
+        map_height, map_width = scored if scored[0] * scored[1] < height * width else (height, width)
         defect = DefectEvent(
             verdict=verdict,
             image=item.frame.image,

@@ -237,8 +237,8 @@ class DefectEvent:
     encoding: str = field(metadata=limits(choices=ENCODINGS))
     width: int = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))  # the frame's size
     height: int = field(metadata=limits(minimum=1, maximum=MAX_DIMENSION))
-    # 8-bit grayscale PNG, 128 = the class threshold: width x height, or for a referenced frame the
-    # resolution it was scored at (consumers scale it to width x height).
+    # 8-bit grayscale PNG, 128 = the class threshold: width x height, or the resolution the frame was
+    # scored at where that is smaller (large frames; consumers scale it to width x height).
     anomaly_map_png: bytes = field(metadata=limits(min_len=8, max_len=MAX_IMAGE_BYTES))
     image_ref: FrameRef | None = field(default=None, metadata=limits())  # the frame in the frames store
 

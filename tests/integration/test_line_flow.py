@@ -259,5 +259,8 @@ async def test_camera_sized_frames_are_scored_reduced_and_answered_in_the_frames
     assert len(defects.received.values) == len(flagged)
     for event in defects.received.values:
         assert (event.width, event.height, event.encoding) == (width, height, encoding)
-        assert decode_anomaly_map(event.anomaly_map_png).shape == (height, width)
+        map_height, map_width = decode_anomaly_map(event.anomaly_map_png).shape
+        # Scored reduced, so the map comes at the scored resolution, with the frame's aspect ratio.
+        assert map_width < width and map_height < height
+        assert abs(map_width / map_height - width / height) < 0.05
         assert event.image == sent[event.verdict.frame_id].image  # the camera's bytes, not a re-encoding

@@ -124,7 +124,7 @@ def test_verdicts_carry_the_score_and_only_reject_and_review_make_defect_events(
     assert decode(encode(event), DefectEvent) == event
 
 
-def test_the_defect_event_map_is_the_wire_encoding_at_the_frame_size_and_nan_is_not_hidden() -> None:
+def test_the_defect_event_map_is_the_wire_encoding_and_nan_is_not_hidden() -> None:
     amap = np.full((12, 16), 0.5, np.float32)
     amap[0, 0] = np.nan  # a model fault must show as anomalous (255), never as a clean 0
     (outcome,) = build_outcomes(
@@ -134,12 +134,12 @@ def test_the_defect_event_map_is_the_wire_encoding_at_the_frame_size_and_nan_is_
         late_policy=LatePolicy.REJECT,
     )
     assert outcome.defect is not None
-    assert outcome.defect.anomaly_map_png == encode_anomaly_map(amap, 32, 24)
+    assert outcome.defect.anomaly_map_png == encode_anomaly_map(amap, 16, 12)  # as scored: the smaller
     levels = decode_anomaly_map(outcome.defect.anomaly_map_png)
-    assert levels.shape == (24, 32) and levels[0, 0] == 255 and levels[23, 31] == THRESHOLD_LEVEL
+    assert levels.shape == (12, 16) and levels[0, 0] == 255 and levels[11, 15] == THRESHOLD_LEVEL
 
 
-def test_a_large_frame_is_decoded_for_the_model_and_its_event_keeps_the_frames_size() -> None:
+def test_a_large_frame_is_decoded_for_the_model_and_its_event_keeps_the_frames_size_and_scored_map() -> None:
     camera = np.full((1200, 1600, 3), 120, np.uint8)
     camera[500:560, 700:780] = 20
     large = _frame(image=encode_jpeg(camera), width=1600, height=1200)
@@ -158,8 +158,20 @@ def test_a_large_frame_is_decoded_for_the_model_and_its_event_keeps_the_frames_s
     )
     assert outcome.defect is not None and (outcome.defect.width, outcome.defect.height) == (1600, 1200)
     assert outcome.defect.image == large.image  # the explainer gets the bytes the camera sent
-    assert decode_anomaly_map(outcome.defect.anomaly_map_png).shape == (1200, 1600)
+    # The map stays at the resolution it was scored at: scaled up to 1600 x 1200 it would say nothing
+    # more, and a camera-sized PNG costs the verdict path hundreds of ms; readers scale it.
+    assert outcome.defect.anomaly_map_png == encode_anomaly_map(amap, 400, 300)
     assert outcome.verdict is not None and outcome.verdict.regions[0].x == 700
+
+
+def test_a_map_larger_than_its_frame_is_sent_at_the_frames_size() -> None:
+    amap = np.full((48, 64), 0.7, np.float32)  # scored larger than the camera's 32 x 24 frame
+    (outcome,) = build_outcomes(
+        [_decoded(_frame())], [score_result("reject", anomaly_map=amap)], model_version="v",
+        late_policy=LatePolicy.REJECT,
+    )  # fmt: skip
+    assert outcome.defect is not None
+    assert decode_anomaly_map(outcome.defect.anomaly_map_png).shape == (24, 32)
 
 
 @pytest.mark.parametrize(
