@@ -50,7 +50,7 @@ from services.camera_sim.service import run_camera_sim
 from shared.engine.config import RUNTIME_CHOICES, RuntimeOptions
 from shared.kafka.client import ensure_topics
 from shared.messages.schemas import Verdict
-from shared.settings import Settings
+from shared.settings import ClaimCheckSettings, Settings
 from tests.support.broker import kafka_bootstrap
 from tests.support.line import scorer_process
 from tests.support.models import PRODUCTS
@@ -296,6 +296,16 @@ async def line_run(
     return results
 
 
+def line_settings(bootstrap: str, args: argparse.Namespace, work: Path) -> Settings:
+    """The line's settings: with ``--claim-check``, frames over its inline limit go by reference to a
+    folder store in the work directory (camera simulator and scorer both)."""
+    settings = Settings(kafka_bootstrap=bootstrap)
+    if args.claim_check is None:
+        return settings
+    claims = ClaimCheckSettings(url=str(work / "frames-store"), inline_max_bytes=args.claim_check)
+    return settings.model_copy(update={"claim_check": claims})
+
+
 def _frame_size(text: str) -> tuple[int, int]:
     width, _, height = text.lower().partition("x")
     return int(width), int(height)
@@ -327,6 +337,12 @@ def main() -> int:
     )
     parser.add_argument("--encoding", choices=("jpeg", "png", "raw8"), default="jpeg")
     parser.add_argument("--jpeg-quality", type=int, help="default: 90 with --frame-size, else 92")
+    parser.add_argument(
+        "--claim-check",
+        type=int,
+        metavar="INLINE_MAX_BYTES",
+        help="frames of more bytes go by reference to a folder store (claim check), not inline",
+    )
     parser.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto", help="backbone runtime")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--latency-trace", type=Path, help="write the half-load run's frames here (CSV)")
@@ -356,7 +372,7 @@ def main() -> int:
                 return bare_engine(model, args, args.engine_batches, args.workers, args.threads)
 
             line = asyncio.run(
-                line_run(args, Settings(kafka_bootstrap=bootstrap), work / "model", measure_engine, work)
+                line_run(args, line_settings(bootstrap, args, work), work / "model", measure_engine, work)
             )
     finally:
         if not args.keep:

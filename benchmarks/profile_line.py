@@ -130,6 +130,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="sampling window")
     parser.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--stacks", type=Path, help="also keep py-spy's raw stacks here (for a flame graph)")
     args, passed_on = parser.parse_known_args()
     work = Path(tempfile.mkdtemp(prefix="lineguard-profile-"))
     bench = subprocess.Popen(
@@ -195,6 +196,8 @@ def main() -> int:
         "scorer_stages": fold(raw) if raw.exists() else {"py-spy failed": spy.stderr[-500:]},
         "line": json.loads((work / "line.json").read_text()) if (work / "line.json").exists() else None,
     }
+    if args.stacks and raw.exists():
+        args.stacks.write_bytes(raw.read_bytes())
     print_results(results, args.json)
     return 0
 

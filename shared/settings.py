@@ -553,7 +553,9 @@ class ClaimCheckSettings(BaseModel):
     # credentials belong in the environment the plug-in reads (AWS_ACCESS_KEY_ID, ...), not here.
     options: dict[str, Any] = {}
     # An image of more bytes than this (or more pixels than the wire's MAX_PIXELS) goes by reference.
-    inline_max_bytes: int = Field(4 << 20, ge=1024, le=MAX_IMAGE_BYTES)
+    # 1 MiB: every inline MiB costs the scorer's event loop ~4 ms of Kafka reads and copies, a
+    # referenced one ~1 ms of file read and sha256 (docs/benchmarks.md, "Camera-sized frames").
+    inline_max_bytes: int = Field(1 << 20, ge=1024, le=MAX_IMAGE_BYTES)
     # The largest stored frame written or read, and the largest a reader decodes (the scorer decodes it
     # reduced to its model's input: JPEG DCT-scaled; PNG and raw whole, then box-reduced).
     max_frame_bytes: int = Field(MAX_FILE_BYTES, ge=1024, le=MAX_FILE_BYTES)
