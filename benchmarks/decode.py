@@ -1,6 +1,6 @@
 """Decoding camera frames for a model: the whole frame (before) against only what the model needs.
 
-    .venv/bin/python benchmarks/decode.py [--input-size 224] [--repeats 7]
+    .venv/bin/python -m benchmarks.decode [--input-size 224] [--repeats 7]
 
 Frames of 0.3, 2, 5 and 12 megapixels (640x480, 1600x1200, 2448x2048, 4000x3000): synthetic
 products rendered, scaled up and given sensor noise as a camera frame would have them

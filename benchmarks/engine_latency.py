@@ -17,7 +17,7 @@ threads at once (the scorer's model workers) for ``--seconds`` each, in ``--roun
 round runs the reference (today's torch path: fp32, NCHW) before and after the others, and each
 candidate's ratio is to the mean of those two, the result the median ratio over the rounds:
 
-    .venv/bin/python benchmarks/engine_latency.py --runtimes torch-nchw torch openvino onnx \
+    .venv/bin/python -m benchmarks.engine_latency --runtimes torch-nchw torch openvino onnx \
         --workers 2 --threads 1
 """
 

@@ -1,6 +1,6 @@
 """Do the faster backbone runtimes give the same verdicts? Parity with fp32 torch on real data.
 
-    .venv/bin/python benchmarks/runtime_parity.py --data ../shared/datasets/magnetic_tile
+    .venv/bin/python -m benchmarks.runtime_parity --data ../shared/datasets/magnetic_tile
 
 Fits one model the way `lineguard fit` does (efficientnet_lite0, real weights, 224 px, its default
 bank), with today's torch path as the reference (fp32, NCHW), and includes its ONNX export. Then
