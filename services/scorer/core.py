@@ -296,7 +296,7 @@ def _scored_outcome(
     if Decision(verdict.decision).is_defect:
         height, width = item.frame_size
         # The map goes at the frame's size or at the resolution it was scored at, whichever is smaller:
-        # scaled up it says nothing more, and a camera-sized PNG costs the verdict path ~0.3 s at 5 MP
+        # scaled up it says nothing more, and a camera-sized PNG costs the verdict path ~70 ms at 5 MP
         # (and could pass the wire's limit). Readers scale it to width x height.
         scored = result.anomaly_map.shape[:2]
         map_height, map_width = scored if scored[0] * scored[1] < height * width else (height, width)

@@ -154,10 +154,13 @@ async def running_scorer(settings: Settings, model_dir: Path) -> AsyncIterator[R
 def scorer_process(
     settings: Settings, model_dir: Path, log_path: Path, log_level: str = "INFO"
 ) -> ServiceProcess:
-    """``lineguard scorer`` as a real subprocess with ``settings`` (its scorer and claim-check sections
-    included)."""
-    env = service_env(settings, "scorer", "claim_check", log_level=log_level)
-    return ServiceProcess(["scorer", "--model", str(model_dir)], env, log_path)
+    """``lineguard scorer`` as a real subprocess with ``settings`` (see ``scorer_env``)."""
+    return ServiceProcess(["scorer", "--model", str(model_dir)], scorer_env(settings, log_level), log_path)
+
+
+def scorer_env(settings: Settings, log_level: str = "INFO") -> dict[str, str]:
+    """A scorer subprocess's ``LINEGUARD_*`` variables: its scorer and claim-check sections."""
+    return service_env(settings, "scorer", "claim_check", log_level=log_level)
 
 
 def tampered_copy(model_dir: Path, target: Path) -> Path:
