@@ -34,7 +34,7 @@ from shared.errors import ImageError
 from shared.frames_store import ClaimStore
 from shared.limits import MAX_DIMENSION, MAX_REFERENCED_PIXELS, TEXT_MAX
 from shared.messages.codec import PNG_SIGNATURE
-from shared.messages.schemas import CameraLedger, Frame, LedgerFile
+from shared.messages.schemas import CameraLedger, Frame, FrameKeyArgs, LedgerFile
 
 JPEG_SOI = b"\xff\xd8\xff"
 JPEG_EOI = b"\xff\xd9"
@@ -54,6 +54,12 @@ class CameraIdentity:
     line_id: str
     product: str | None = None  # a product class hint for the scorer
     deadline_ms: int | None = None  # the verdict's deadline after capture
+
+    def frame_keys(self, frame_id: str) -> FrameKeyArgs:
+        """The ids of this camera's frame ``frame_id``."""
+        return FrameKeyArgs(
+            frame_id=frame_id, line_id=self.line_id, station_id=self.station_id, camera_id=self.camera_id
+        )
 
 
 # ---- hot-folder files -------------------------------------------------------------------------
@@ -171,10 +177,7 @@ def file_frame(camera: CameraIdentity, snapshot: FileSnapshot) -> Frame:
     info = image_info(snapshot.data)
     image, encoding = wire_image(snapshot.data, info)
     return Frame(
-        frame_id=file_frame_id(camera.camera_id, snapshot.identity),
-        line_id=camera.line_id,
-        station_id=camera.station_id,
-        camera_id=camera.camera_id,
+        **camera.frame_keys(file_frame_id(camera.camera_id, snapshot.identity)),
         captured_at=snapshot.mtime_ns,
         encoding=encoding,
         image=image,
@@ -227,10 +230,7 @@ def picture_frame(
     attributes: dict[str, str],
 ) -> Frame:
     return Frame(
-        frame_id=frame_id,
-        line_id=camera.line_id,
-        station_id=camera.station_id,
-        camera_id=camera.camera_id,
+        **camera.frame_keys(frame_id),
         captured_at=captured_at,
         encoding=encoding,
         image=image,

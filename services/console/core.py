@@ -30,6 +30,7 @@ from shared.messages.schemas import (
     RegionMsg,
     Report,
     Verdict,
+    frame_keys,
 )
 
 OTHER_CLASSES = "(other)"  # where classes past ``classes_max`` are counted
@@ -371,10 +372,7 @@ def build_feedback(
         raise FeedbackRefused(f"a comment is at most {TEXT_MAX} printable characters")
     width, height = frame_size if frame_size is not None else (None, None)
     return Feedback(
-        frame_id=verdict.frame_id,
-        line_id=verdict.line_id,
-        station_id=verdict.station_id,
-        camera_id=verdict.camera_id,
+        **frame_keys(verdict),
         product_class=verdict.product_class or UNKNOWN,
         label=form.label,
         defect_type=form.defect_type[:ID_MAX],

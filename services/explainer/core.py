@@ -34,7 +34,7 @@ from services.explainer.report import build_fallback_report, build_vlm_report
 from services.explainer.store import ReportStore, StoredReport
 from services.explainer.vlm import VlmClient, VlmExchange, VlmFailure, make_openai_client
 from shared.frames_store import FrameImage
-from shared.messages.schemas import TEXT_MAX, DefectEvent, FindingMsg, Report
+from shared.messages.schemas import TEXT_MAX, DefectEvent, FindingMsg, Report, frame_keys
 from shared.settings import EgressPolicy, ExplainerSettings, UnavailablePolicy
 from shared.telemetry.logging import log_event
 from shared.telemetry.tracing import (
@@ -90,10 +90,7 @@ def summary_with_quote(doc: ReportDocument) -> str:
 def report_message(doc: ReportDocument, report_path: str) -> Report:
     """The compact ``Report`` message for the topic (long texts clipped; the files have them whole)."""
     return Report(
-        frame_id=doc.frame_id,
-        line_id=doc.line_id,
-        station_id=doc.station_id,
-        camera_id=doc.camera_id,
+        **frame_keys(doc),
         product_class=doc.product_class,
         decision=doc.decision,
         score=doc.score,

@@ -18,7 +18,7 @@ from services.explainer.document import UNCLASSIFIED, Finding, ReportDocument
 from services.explainer.facts import EventFacts
 from services.explainer.geometry import LocationCheck, check_location, elongation
 from shared.engine.config import Decision
-from shared.messages.schemas import RegionMsg
+from shared.messages.schemas import RegionMsg, frame_keys
 
 LARGE_AREA = 0.05  # a region covering this share of the image counts as extensive
 
@@ -119,10 +119,7 @@ def region_findings(facts: EventFacts, severity: str, language: str) -> list[Fin
 def _common(facts: EventFacts, language: str, created_at: int, egress: str) -> dict[str, Any]:
     v = facts.verdict
     return {
-        "frame_id": v.frame_id,
-        "line_id": v.line_id,
-        "station_id": v.station_id,
-        "camera_id": v.camera_id,
+        **frame_keys(v),
         "product_class": v.product_class,
         "decision": facts.decision,
         "score": v.score,

@@ -51,7 +51,6 @@ import re
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
 
 from services.plc_bridge.dedup import DigestWindow, digest
 from services.plc_bridge.registers import (
@@ -63,6 +62,7 @@ from services.plc_bridge.registers import (
 )
 from shared.engine.config import DECISIONS, Decision
 from shared.errors import ConfigError
+from shared.messages.schemas import Verdict
 from shared.settings import FailSafeAction, Settings, config_error
 
 DEFAULT_REJECT_DECISIONS = frozenset({Decision.REJECT, Decision.REVIEW, Decision.ERROR})
@@ -91,21 +91,6 @@ class FailSafeCause(StrEnum):
     KAFKA_UNREACHABLE = "kafka_unreachable"
     VERDICT_LATE = "verdict_late"
     VERDICT_UNDECODABLE = "verdict_undecodable"
-
-
-class VerdictLike(Protocol):
-    """What the core reads of a ``Verdict``."""
-
-    @property
-    def frame_id(self) -> str: ...
-    @property
-    def station_id(self) -> str: ...
-    @property
-    def decision(self) -> str: ...
-    @property
-    def captured_at(self) -> int: ...  # ns since the epoch
-    @property
-    def late(self) -> bool: ...  # the scorer decided after the frame's deadline
 
 
 @dataclass
@@ -269,7 +254,7 @@ class BridgeCore:
     # ---- verdicts -------------------------------------------------------------------------
 
     def apply_verdict(
-        self, verdict: VerdictLike, now: float, *, wall_ns: int | None = None
+        self, verdict: Verdict, now: float, *, wall_ns: int | None = None
     ) -> VerdictOutcome:
         """Apply one decoded verdict at monotonic ``now``; ``wall_ns`` (epoch ns) for its age."""
         station = verdict.station_id
@@ -309,7 +294,7 @@ class BridgeCore:
         st.sequence = (st.sequence + 1) & 0xFFFF
         return VerdictOutcome.APPLIED
 
-    def _is_late(self, verdict: VerdictLike, wall_ns: int | None) -> bool:
+    def _is_late(self, verdict: Verdict, wall_ns: int | None) -> bool:
         if verdict.late:  # the scorer decided after the frame's own deadline
             return True
         if self.verdict_deadline_ns <= 0 or wall_ns is None:

@@ -9,6 +9,7 @@ small per-frame post-processing. Fitting (``shared.engine.fitting``) and saving/
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,18 @@ from shared.engine.routing import RouteDecision, Router
 from shared.engine.scorers.base import PatchScores, ScoreInput
 from shared.errors import ConfigError
 from shared.limits import CLASS_NAME_MAX
+
+
+@dataclass(frozen=True)
+class ClassTarget:
+    """Which class a frame is scored against (``index``) and what the verdict reports: the class
+    (or ``UNKNOWN``), the route's confidence, whether the camera's hint disagreed, and why."""
+
+    index: int
+    product_class: str
+    confidence: float
+    hint_mismatch: bool
+    reason: str
 
 
 class InspectionModel:
@@ -93,8 +106,8 @@ class InspectionModel:
         routes = self.router.route(features.mean(axis=1))
         targets = [self._resolve_class(route, hint) for route, hint in zip(routes, hints, strict=True)]
         groups: list[tuple[list[int], PatchScores]] = []
-        for class_index in sorted({target[0] for target in targets}):
-            rows = [i for i, target in enumerate(targets) if target[0] == class_index]
+        for class_index in sorted({target.index for target in targets}):
+            rows = [i for i, target in enumerate(targets) if target.index == class_index]
             batch = ScoreInput(features[rows], grid, [images[i] for i in rows])
             groups.append((rows, self.class_models[class_index].scorer.score(batch)))
         after_knn = time.perf_counter()
@@ -104,18 +117,17 @@ class InspectionModel:
         for rows, patch in groups:
             maps[rows], raw_scores[rows] = maps_and_scores(patch, self.config)
         results = []
-        for i, (
-            image,
-            (frame_height, frame_width),
-            (class_index, label, confidence, mismatch, reason),
-        ) in enumerate(zip(images, frame_sizes, targets, strict=True)):
-            class_model = self.class_models[class_index]
+        for i, (image, (frame_height, frame_width), target) in enumerate(
+            zip(images, frame_sizes, targets, strict=True)
+        ):
+            class_model = self.class_models[target.index]
+            reason = target.reason
             raw = float(raw_scores[i])
             score = float(class_model.normaliser(raw))
             normalised_map = class_model.normaliser(maps[i])
             height, width = image.shape[:2]
             decision = Decision.REJECT if score >= 0.5 else Decision.PASS
-            if label == UNKNOWN or (mismatch and decision == Decision.PASS):
+            if target.product_class == UNKNOWN or (target.hint_mismatch and decision == Decision.PASS):
                 decision = Decision.REVIEW
             elif (cold_start := class_model.awaiting_confirmation(self.review_until_confirmed)) is not None:
                 said = f"{cold_start}; the model says {decision}"
@@ -123,9 +135,9 @@ class InspectionModel:
                 decision = Decision.REVIEW
             results.append(
                 ScoreResult(
-                    product_class=label,
-                    route_confidence=confidence,
-                    hint_mismatch=mismatch,
+                    product_class=target.product_class,
+                    route_confidence=target.confidence,
+                    hint_mismatch=target.hint_mismatch,
                     raw_score=raw,
                     score=score,
                     threshold=class_model.threshold,
@@ -146,26 +158,27 @@ class InspectionModel:
                 timings[key] = timings.get(key, 0.0) + seconds
         return results
 
-    def _resolve_class(self, route: RouteDecision, hint: str | None) -> tuple[int, str, float, bool, str]:
-        """``(class index to score against, reported class, confidence, hint mismatch, reason)``."""
+    def _resolve_class(self, route: RouteDecision, hint: str | None) -> ClassTarget:
+        """The class a frame is scored against and reported as, from its route and hint."""
         nearest_name = self.classes[route.nearest]
         # Hints come off the wire: quote at most a class name's length of one.
         shown = hint if hint is None or len(hint) <= CLASS_NAME_MAX else hint[:CLASS_NAME_MAX] + "..."
         if hint is not None and hint in self._class_index:
             hinted = self._class_index[hint]
             if route.unknown:
-                return hinted, hint, 0.0, True, f"hint '{hint}' but the image matches no known class"
+                reason = f"hint '{hint}' but the image matches no known class"
+                return ClassTarget(hinted, hint, 0.0, True, reason)
             if route.nearest != hinted:
-                return hinted, hint, 0.0, True, f"hint '{hint}' but routed to '{nearest_name}'"
-            return hinted, hint, route.confidence, False, ""
+                return ClassTarget(hinted, hint, 0.0, True, f"hint '{hint}' but routed to '{nearest_name}'")
+            return ClassTarget(hinted, hint, route.confidence, False, "")
         mismatch = hint is not None
         prefix = f"hint '{shown}' is not a class of this model; " if mismatch else ""
         if route.unknown:
             reason = (
                 f"{prefix}unknown product (nearest class '{nearest_name}' at distance {route.distance:.3f})"
             )
-            return route.nearest, UNKNOWN, route.confidence, mismatch, reason
-        return route.nearest, nearest_name, route.confidence, mismatch, prefix.rstrip("; ")
+            return ClassTarget(route.nearest, UNKNOWN, route.confidence, mismatch, reason)
+        return ClassTarget(route.nearest, nearest_name, route.confidence, mismatch, prefix.rstrip("; "))
 
     def offer_f1_threshold(
         self, class_name: str, defect_images: list[np.ndarray], *, adopt: bool = False

@@ -87,17 +87,11 @@ def _new_cluster_id() -> str:
             return cluster_id
 
 
-def free_ports_settings(data_dir: Path, libs_dir: Path, heap: str = "512m") -> BrokerSettings:
-    """Broker settings on free ports (client, controller, internal): for tests and benchmarks."""
-    port, controller_port, internal_port = free_ports(3)
-    return BrokerSettings(
-        port=port,
-        controller_port=controller_port,
-        internal_port=internal_port,
-        data_dir=data_dir,
-        libs_dir=libs_dir,
-        heap=heap,
-    )
+def with_free_ports(settings: BrokerSettings) -> BrokerSettings:
+    """``settings`` moved to free ports (client, controller, internal): for tests and benchmarks."""
+    client, controller, internal = free_ports(3)
+    ports = {"port": client, "controller_port": controller, "internal_port": internal}
+    return settings.model_copy(update=ports)
 
 
 def free_port() -> int:
@@ -120,7 +114,7 @@ class LocalBroker:
     @classmethod
     def on_free_ports(cls, data_dir: Path, libs_dir: Path, heap: str = "512m") -> LocalBroker:
         """A throw-away broker for tests and benchmarks: free client and controller ports."""
-        return cls(free_ports_settings(data_dir, libs_dir, heap))
+        return cls(with_free_ports(BrokerSettings(data_dir=data_dir, libs_dir=libs_dir, heap=heap)))
 
     def __init__(
         self, settings: BrokerSettings, libs_dir: Path | None = None, *, tls: BrokerTls | None = None

@@ -30,35 +30,23 @@ MAX_NODES = 9
 
 
 class ClusterNode(LocalBroker):
-    """One node of a ``KafkaCluster``: a ``LocalBroker`` with its node id, the cluster's voters and
-    cluster id, and the cluster's replication for internal topics."""
+    """One node of a ``KafkaCluster``: a ``LocalBroker`` with its node id, that reads the cluster's
+    voters, cluster id and replication for internal topics from the cluster."""
 
-    def __init__(
-        self,
-        settings: BrokerSettings,
-        *,
-        node_id: int,
-        voters: str,
-        cluster_id_file: Path,
-        replication: int,
-        min_insync: int,
-    ) -> None:
+    def __init__(self, cluster: KafkaCluster, node_id: int, settings: BrokerSettings) -> None:
         super().__init__(settings)
+        self.cluster = cluster
         self.node_id = node_id
-        self.voters = voters
-        self.cluster_id_file = cluster_id_file
-        self.replication = replication
-        self.min_insync = min_insync
 
     def _node_properties(self) -> dict[str, str]:
         return {
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
-            "controller.quorum.voters": self.voters,
+            "controller.quorum.voters": self.cluster.voters,
         }
 
     def _storage_properties(self) -> dict[str, str]:
-        replicas, in_sync = str(self.replication), str(self.min_insync)
+        replicas, in_sync = str(self.cluster.replication), str(self.cluster.min_insync)
         return {
             **super()._storage_properties(),
             "offsets.topic.replication.factor": replicas,
@@ -73,7 +61,7 @@ class ClusterNode(LocalBroker):
         }
 
     def _cluster_id(self) -> str:
-        return self.cluster_id_file.read_text().strip()
+        return self.cluster.cluster_id_file.read_text().strip()
 
 
 class KafkaCluster:
@@ -101,29 +89,20 @@ class KafkaCluster:
         ports = list(ports)
         if len(ports) != nodes:
             raise BrokerError(f"{nodes} nodes need {nodes} port pairs, got {len(ports)}")
+        if any(not 1 <= port <= 65535 for pair in ports for port in pair):
+            raise BrokerError(f"ports must be 1 to 65535: {ports}")
         self.data_dir = Path(data_dir).resolve()
         self.replication = nodes
         self.min_insync = min_insync if min_insync is not None else max(1, nodes - 1)
-        voters = ",".join(f"{n}@localhost:{controller}" for n, (_, controller) in enumerate(ports, 1))
-        self.nodes = [
-            ClusterNode(
-                BrokerSettings(
-                    port=client,
-                    controller_port=controller,
-                    data_dir=self.data_dir / f"node-{n}",
-                    libs_dir=libs_dir,
-                    heap=heap,
-                    start_timeout_s=start_timeout_s,
-                    stop_timeout_s=stop_timeout_s,
-                ),
-                node_id=n,
-                voters=voters,
-                cluster_id_file=self.cluster_id_file,
-                replication=self.replication,
-                min_insync=self.min_insync,
-            )
-            for n, (client, controller) in enumerate(ports, 1)
-        ]
+        self.voters = ",".join(f"{n}@localhost:{controller}" for n, (_, controller) in enumerate(ports, 1))
+        # What every node's settings share; each node has its own ports and data folder.
+        shared = BrokerSettings(
+            libs_dir=libs_dir, heap=heap, start_timeout_s=start_timeout_s, stop_timeout_s=stop_timeout_s
+        )
+        self.nodes: list[ClusterNode] = []
+        for n, (client, controller) in enumerate(ports, 1):
+            own = {"port": client, "controller_port": controller, "data_dir": self.data_dir / f"node-{n}"}
+            self.nodes.append(ClusterNode(self, n, shared.model_copy(update=own)))
 
     @classmethod
     def from_settings(cls, settings: BrokerSettings, nodes: int) -> KafkaCluster:

@@ -19,7 +19,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, TypedDict
 
 from shared.engine.config import DECISIONS, UNKNOWN, Decision, Region, ScoreResult
 from shared.limits import (
@@ -83,8 +83,49 @@ class FrameRef:
     sha256: str = field(metadata=limits(min_len=SHA256_HEX, max_len=SHA256_HEX))  # lowercase hex
 
 
+class FrameKeyArgs(TypedDict):
+    frame_id: str
+    line_id: str
+    station_id: str
+    camera_id: str
+
+
+class FrameKeyed(Protocol):
+    """Anything that names a frame by the four ids: the messages below, the explainer's report."""
+
+    @property
+    def frame_id(self) -> str: ...
+    @property
+    def line_id(self) -> str: ...
+    @property
+    def station_id(self) -> str: ...
+    @property
+    def camera_id(self) -> str: ...
+
+
+def frame_keys(source: FrameKeyed) -> FrameKeyArgs:
+    """``source``'s four ids as keyword arguments, to build another message about the same frame."""
+    return FrameKeyArgs(
+        frame_id=source.frame_id,
+        line_id=source.line_id,
+        station_id=source.station_id,
+        camera_id=source.camera_id,
+    )
+
+
 @dataclass(frozen=True)
-class Frame:
+class FrameKeys:
+    """Which frame a message is about: the four ids that every per-frame message (frame, verdict,
+    report, feedback) starts with, declared once. A subclass's own fields follow them on the wire."""
+
+    frame_id: str = field(metadata=_ID)
+    line_id: str = field(metadata=_ID)
+    station_id: str = field(metadata=_ID)
+    camera_id: str = field(metadata=_ID)
+
+
+@dataclass(frozen=True)
+class Frame(FrameKeys):
     """One camera image. Key on the ``frames`` topic: ``camera_id``.
 
     The image travels in ``image``, or (version 2) as a claim check in ``image_ref`` when it is too
@@ -96,10 +137,6 @@ class Frame:
     OLDEST_VERSION: ClassVar[int] = 1
     ADDED_IN: ClassVar[dict[str, int]] = {"image_ref": 2}
 
-    frame_id: str = field(metadata=_ID)
-    line_id: str = field(metadata=_ID)
-    station_id: str = field(metadata=_ID)
-    camera_id: str = field(metadata=_ID)
     captured_at: int = field(metadata=_TIMESTAMP)  # ns since the epoch
     encoding: str = field(metadata=limits(choices=ENCODINGS))
     image: bytes | None = field(metadata=limits(min_len=1, max_len=MAX_IMAGE_BYTES))  # None: image_ref
@@ -147,16 +184,12 @@ def _finite(value: float) -> float:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Verdict(FrameKeys):
     """The decision for one frame. Key on the ``verdicts`` (PLC) topic: ``station_id``."""
 
     SCHEMA: ClassVar[str] = "lineguard.Verdict"
     VERSION: ClassVar[int] = 1
 
-    frame_id: str = field(metadata=_ID)
-    line_id: str = field(metadata=_ID)
-    station_id: str = field(metadata=_ID)
-    camera_id: str = field(metadata=_ID)
     product_class: str = field(metadata=_ID)  # routed (or hinted) class, or "unknown"
     route_confidence: float = field(metadata=limits(minimum=0.0, maximum=1.0))
     decision: str = field(metadata=limits(choices=DECISIONS))
@@ -199,10 +232,7 @@ class Verdict:
             score, raw_score, threshold = map(_finite, (result.score, result.raw_score, result.threshold))
             regions = [RegionMsg.from_region(r) for r in result.regions]
         return cls(
-            frame_id=frame.frame_id,
-            line_id=frame.line_id,
-            station_id=frame.station_id,
-            camera_id=frame.camera_id,
+            **frame_keys(frame),
             product_class=product_class,
             route_confidence=route_confidence,
             decision=decision,
@@ -443,7 +473,7 @@ class FindingMsg:
 
 
 @dataclass(frozen=True)
-class Report:
+class Report(FrameKeys):
     """The explainer's defect report for one DefectEvent (``reports`` topic; key: ``station_id``).
 
     The full report (evidence, images, HTML) is in the report store at ``report_path``. Grade,
@@ -455,10 +485,6 @@ class Report:
     SCHEMA: ClassVar[str] = "lineguard.Report"
     VERSION: ClassVar[int] = 2
 
-    frame_id: str = field(metadata=_ID)
-    line_id: str = field(metadata=_ID)
-    station_id: str = field(metadata=_ID)
-    camera_id: str = field(metadata=_ID)
     product_class: str = field(metadata=_ID)
     decision: str = field(metadata=limits(choices=DECISIONS))
     score: float = field(metadata=limits())
@@ -518,7 +544,7 @@ MAX_FEEDBACK_REGIONS = 16
 
 
 @dataclass(frozen=True)
-class Feedback:
+class Feedback(FrameKeys):
     """An operator's judgement of one frame, from the console (``feedback`` topic, compacted; key:
     ``frame_id``, so the latest judgement of a frame is the one that counts).
 
@@ -531,10 +557,6 @@ class Feedback:
     SCHEMA: ClassVar[str] = "lineguard.Feedback"
     VERSION: ClassVar[int] = 1
 
-    frame_id: str = field(metadata=_ID)
-    line_id: str = field(metadata=_ID)
-    station_id: str = field(metadata=_ID)
-    camera_id: str = field(metadata=_ID)
     product_class: str = field(metadata=_ID)  # the verdict's class, or "unknown"
     label: str = field(metadata=limits(choices=FEEDBACK_LABELS))
     defect_type: str = field(metadata=limits(max_len=ID_MAX))  # "" for good, or a defect of no stated type

@@ -26,7 +26,7 @@ from PIL import Image
 from shared.kafka.broker import free_port
 from shared.kafka.client import make_consumer, make_producer
 from shared.messages.codec import decode, encode
-from shared.messages.schemas import Feedback, FindingMsg, ModelAnnouncement, Report, Verdict
+from shared.messages.schemas import Feedback, FindingMsg, ModelAnnouncement, Report, Verdict, frame_keys
 from shared.settings import Settings
 from tests.support.browser import chromium, save_small_png
 from tests.support.feedback import synthetic_event
@@ -66,8 +66,7 @@ def vlm_report(verdict: Verdict) -> Report:
     finding = FindingMsg("scratch", "lower left", "moderate", "A bright diagonal scratch across the ring.",
                          "Contact with a fixture edge.", True)  # fmt: skip
     return Report(
-        frame_id=verdict.frame_id, line_id=verdict.line_id, station_id=verdict.station_id,
-        camera_id=verdict.camera_id, product_class=verdict.product_class, decision=verdict.decision,
+        **frame_keys(verdict), product_class=verdict.product_class, decision=verdict.decision,
         score=verdict.score, source="vlm", fallback_reason="", vlm_model="gpt-4o-mini", language="en",
         grade="C", anomalous=True, confidence=0.9, summary="Reject: one moderate scratch on the ring.",
         findings=[finding], recommended_actions=["Inspect the transfer fixture for burrs."],

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shared.errors import BrokerError
-from shared.kafka.broker import LocalBroker, api_versions_ok, free_ports_settings
+from shared.kafka.broker import LocalBroker, api_versions_ok, with_free_ports
 from shared.kafka.cluster import KafkaCluster
 from shared.kafka.secure_broker import SecureLocalBroker
 from shared.settings import BrokerSettings, Settings
@@ -78,9 +78,8 @@ def secure_throwaway_broker(
     """``lineguard kafka up --secure``'s broker of its own in ``data_dir/secure``, on free ports: SASL_SSL,
     a SCRAM user per principal, the ACLs and the topics for ``topic_prefix``; stopped on exit."""
     libs_dir = Path(os.environ.get("LINEGUARD_BROKER__LIBS_DIR", BrokerSettings().libs_dir))
-    broker = SecureLocalBroker(
-        Settings(broker=free_ports_settings(data_dir, libs_dir), topic_prefix=topic_prefix)
-    )
+    broker_settings = with_free_ports(BrokerSettings(data_dir=data_dir, libs_dir=libs_dir))
+    broker = SecureLocalBroker(Settings(broker=broker_settings, topic_prefix=topic_prefix))
     try:
         broker.start()
         broker.authorize(broker.settings, frames_partitions)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import fields
 
 import msgpack
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from shared.errors import MessageError
 from shared.messages.codec import decode, decode_any, encode
-from shared.messages.schemas import MESSAGE_TYPES, DeadLetter, Frame, RegionMsg, Verdict
+from shared.messages.schemas import MESSAGE_TYPES, DeadLetter, Frame, FrameKeys, RegionMsg, Verdict
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ints = st.integers(-(1 << 63), (1 << 64) - 1)
@@ -51,34 +52,24 @@ def test_arbitrary_maps_claiming_a_schema_decode_or_are_refused(cls: type, field
 
 text = st.text(max_size=300)  # any unicode, including characters of 4 UTF-8 bytes
 names = st.text(min_size=1, max_size=300)
+frame_keys = {f.name: names for f in fields(FrameKeys)}
+# Any number the wire can carry in each of a region's fields, whatever its limits say.
+wire_numbers = {"int": ints, "float": any_float}
+regions = st.builds(RegionMsg, **{f.name: wire_numbers[f.type] for f in fields(RegionMsg)})
 
 
 @FAST
 @given(
     st.builds(
         Verdict,
-        frame_id=names,
-        line_id=names,
-        station_id=names,
-        camera_id=names,
+        **frame_keys,
         product_class=names,
         route_confidence=any_float,
         decision=st.text(max_size=8) | st.sampled_from(["pass", "reject", "review", "error"]),
         score=any_float,
         raw_score=any_float,
         threshold=any_float,
-        regions=st.lists(
-            st.builds(
-                RegionMsg,
-                x=ints,
-                y=ints,
-                width=ints,
-                height=ints,
-                score=any_float,
-                area_fraction=any_float,
-            ),
-            max_size=3,
-        ),
+        regions=st.lists(regions, max_size=3),
         model_version=text,
         captured_at=ints,
         decided_at=ints,
@@ -95,10 +86,7 @@ def test_what_encode_accepts_decode_gives_back(verdict: Verdict) -> None:
 @given(
     st.builds(
         Frame,
-        frame_id=names,
-        line_id=names,
-        station_id=names,
-        camera_id=names,
+        **frame_keys,
         captured_at=ints,
         encoding=st.sampled_from(["jpeg", "png", "raw8", "raw-rgb", "gif"]),
         image=st.binary(max_size=64),
