@@ -140,7 +140,7 @@ def compare_runtimes(args: argparse.Namespace, images: list[np.ndarray], folder:
     bank = resampled_bank(features.reshape(-1, features.shape[-1]), 10_000, rng)
     fitted.class_models[0].scorer = KnnScorer(KnnBank(build_index(bank, "flat"), 1))
     save_model(fitted, folder / "model")
-    options = {"threads": args.threads, "workers": args.workers}
+    options = {"torch_threads": args.threads, "model_workers": args.workers}
     models = {
         name: load_model(folder / "model", options=replace(RUNTIME_VARIANTS[name], **options))
         for name in ["torch-nchw", *[r for r in args.runtimes if r != "torch-nchw"]]

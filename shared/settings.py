@@ -225,13 +225,7 @@ class ScorerSettings(BaseModel):
 
     def runtime_options(self) -> RuntimeOptions:
         """How each model worker runs the backbone."""
-        return RuntimeOptions(
-            runtime=self.runtime,
-            device=self.device,
-            precision=self.precision,
-            threads=self.torch_threads,
-            workers=self.model_workers,
-        )
+        return from_section(RuntimeOptions, self)
 
     @field_validator("trusted_keys", mode="before")
     @classmethod

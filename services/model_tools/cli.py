@@ -67,7 +67,7 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
         runtime=args.runtime or scorer.runtime,
         device=args.device or scorer.device,
         precision=args.precision or scorer.precision,
-        threads=args.threads,
+        torch_threads=args.threads,
     )
 
 

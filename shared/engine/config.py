@@ -195,8 +195,9 @@ class RuntimeOptions:
     runtime: RuntimeChoice = "torch"
     device: Device = "cpu"
     precision: Precision = "fp32"
-    threads: int | None = None  # intra-op threads per call; None: torch's current setting
-    workers: int = 1  # callers at once (OpenVINO gets one stream each)
+    # Named as the scorer's settings name them (``ScorerSettings``), which fill them by name.
+    torch_threads: int | None = None  # intra-op threads per call, whatever the runtime; None: torch's
+    model_workers: int = 1  # callers at once (OpenVINO gets one stream each)
     channels_last: bool = True  # torch CNNs on CPU: NHWC convolutions (faster; off = the NCHW path)
 
     def __post_init__(self) -> None:
@@ -208,8 +209,8 @@ class RuntimeOptions:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.device == "cuda" and self.runtime not in ("auto", "torch"):
             raise ConfigError(f"the {self.runtime} runtime runs on the CPU only; on cuda use torch")
-        if (self.threads is not None and self.threads < 1) or self.workers < 1:
-            raise ConfigError("threads and workers must be at least 1")
+        if (self.torch_threads is not None and self.torch_threads < 1) or self.model_workers < 1:
+            raise ConfigError("torch_threads and model_workers must be at least 1")
 
 
 class FitProgress:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -97,11 +97,11 @@ def export_backbone(extractor: FeatureExtractor) -> BackboneExport:
     with torch.inference_mode():
         reference = graph(torch.from_numpy(pixels)).numpy()
     scale = float(np.abs(reference).max()) or 1.0
-    options = RuntimeOptions(runtime="onnx", threads=torch.get_num_threads())
+    options = RuntimeOptions(runtime="onnx", torch_threads=torch.get_num_threads())
     differences: dict[str, float] = {}
     for name, backend in (
         ("onnx", OnnxBackend(data, options)),
-        ("openvino", OpenVinoBackend(data, RuntimeOptions(runtime="openvino", threads=options.threads))),
+        ("openvino", OpenVinoBackend(data, replace(options, runtime="openvino"))),
     ):
         features = backend(pixels)
         if features.shape != reference.shape:

@@ -82,7 +82,7 @@ def resolve_precision(options: RuntimeOptions, runtime: RuntimeName) -> str:
 
 
 def threads_of(options: RuntimeOptions) -> int:
-    return options.threads or torch.get_num_threads()
+    return options.torch_threads or torch.get_num_threads()
 
 
 class TorchBackend:
@@ -153,8 +153,8 @@ class OpenVinoBackend:
         precision = resolve_precision(options, "openvino")
         threads = threads_of(options)
         config: dict[str, Any] = {
-            "NUM_STREAMS": options.workers,
-            "INFERENCE_NUM_THREADS": threads * options.workers,
+            "NUM_STREAMS": options.model_workers,
+            "INFERENCE_NUM_THREADS": threads * options.model_workers,
             # Set either way: on CPUs with bf16 OpenVINO would otherwise pick bf16 by itself.
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             # Shared cores: let the OS place threads, as for torch, instead of pinning them.
@@ -169,7 +169,7 @@ class OpenVinoBackend:
         computes = compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = "bf16" if computes == ov.Type.bf16 else "fp32"
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        for _ in range(options.workers):
+        for _ in range(options.model_workers):
             self._requests.put(compiled.create_infer_request())
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:

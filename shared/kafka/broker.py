@@ -122,6 +122,10 @@ class LocalBroker:
         self.settings = settings
         self.libs_dir = Path(libs_dir if libs_dir is not None else settings.libs_dir).resolve()
         self.data_dir = Path(settings.data_dir).resolve()
+        self.pid_file = self.data_dir / "broker.pid"
+        self.log_file = self.data_dir / "broker.log"
+        self.properties_file = self.data_dir / "server.properties"
+        self.log_dirs = self.data_dir / "kraft"
         self.host = "localhost"
         self.tls = tls
         self._process: subprocess.Popen[bytes] | None = None  # kept to reap it when we started it
@@ -139,22 +143,6 @@ class LocalBroker:
     def _ports(self) -> tuple[int, ...]:
         s = self.settings
         return (s.port, s.controller_port, s.internal_port) if self.tls else (s.port, s.controller_port)
-
-    @property
-    def pid_file(self) -> Path:
-        return self.data_dir / "broker.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "broker.log"
-
-    @property
-    def properties_file(self) -> Path:
-        return self.data_dir / "server.properties"
-
-    @property
-    def log_dirs(self) -> Path:
-        return self.data_dir / "kraft"
 
     # ---- lifecycle ----
     def start(self, *, wait: bool = True) -> BrokerStatus:

@@ -114,35 +114,11 @@ class _Clients:
         from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
         from aiokafka.admin import AIOKafkaAdminClient
 
-        class Producer(AIOKafkaProducer):
-            lineguard_settings: Settings
-
-            async def start(self) -> None:
-                await _start_or_explain(self.lineguard_settings, super().start, self.stop)
-
-        class Consumer(AIOKafkaConsumer):
-            lineguard_settings: Settings
-
-            async def start(self) -> None:
-                await _start_or_explain(self.lineguard_settings, super().start, self.stop)
-
-        class Admin(AIOKafkaAdminClient):
-            lineguard_settings: Settings
-
-            async def start(self) -> None:
-                await _start_or_explain(self.lineguard_settings, super().start, self.close)
-
-        class Protocol(AIOKafkaClient):
-            lineguard_settings: Settings
-
-            async def bootstrap(self) -> None:
-                await _start_or_explain(self.lineguard_settings, super().bootstrap, self.close)
-
-        self._classes: dict[str, Any] = {
-            "producer": Producer,
-            "consumer": Consumer,
-            "admin": Admin,
-            "protocol": Protocol,
+        self._classes: dict[str, type] = {
+            "producer": _explaining(AIOKafkaProducer, "start", "stop"),
+            "consumer": _explaining(AIOKafkaConsumer, "start", "stop"),
+            "admin": _explaining(AIOKafkaAdminClient, "start", "close"),
+            "protocol": _explaining(AIOKafkaClient, "bootstrap", "close"),
         }
 
     def _make(self, kind: str, settings: Settings, *args: Any, **config: Any) -> Any:
@@ -161,6 +137,19 @@ class _Clients:
 
     def protocol(self, settings: Settings, **config: Any) -> Any:
         return self._make("protocol", settings, **config)
+
+
+def _explaining(base: type, start: str, stop: str) -> type:
+    """A subclass of the aiokafka client class ``base`` whose ``start`` method (named so in ``base``)
+    explains a refused connection, closing the half-open client with its ``stop`` method first.
+    The client's ``lineguard_settings`` (set by ``_Clients._make``) say what it tried to reach."""
+
+    async def explained_start(self: Any) -> None:
+        base_start = getattr(super(client, self), start)
+        await _start_or_explain(self.lineguard_settings, base_start, getattr(self, stop))
+
+    client = type(base.__name__, (base,), {start: explained_start})
+    return client
 
 
 async def _start_or_explain(

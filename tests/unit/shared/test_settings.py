@@ -45,12 +45,12 @@ def test_invalid_values_name_the_variable(
 def test_the_backbone_runtime_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     options = load_settings().scorer.runtime_options()
     assert (options.runtime, options.device, options.precision) == ("auto", "cpu", "fp32")
-    assert (options.threads, options.workers) == (1, 2)  # one stream per model worker
+    assert (options.torch_threads, options.model_workers) == (1, 2)  # one stream per model worker
     monkeypatch.setenv("LINEGUARD_SCORER__RUNTIME", "onnx")
     monkeypatch.setenv("LINEGUARD_SCORER__PRECISION", "auto")
     monkeypatch.setenv("LINEGUARD_SCORER__TORCH_THREADS", "2")
     options = load_settings().scorer.runtime_options()
-    assert (options.runtime, options.precision, options.threads) == ("onnx", "auto", 2)
+    assert (options.runtime, options.precision, options.torch_threads) == ("onnx", "auto", 2)
     monkeypatch.setenv("LINEGUARD_SCORER__RUNTIME", "tensorrt")
     with pytest.raises(ConfigError, match="LINEGUARD_SCORER__RUNTIME"):
         load_settings()

@@ -430,7 +430,8 @@ def test_a_model_loads_in_the_runtime_the_settings_name(
     monkeypatch.setenv("LINEGUARD_SCORER__RUNTIME", "onnx")
     served = load_model_dir(tmp_path / "v1x", options=load_settings().scorer.runtime_options())
     assert served.model.extractor.runtime == "onnx"
-    served = load_model_dir(tmp_path / "v1x", options=RuntimeOptions(runtime="auto", workers=2, threads=1))
+    two_workers = RuntimeOptions(runtime="auto", model_workers=2, torch_threads=1)
+    served = load_model_dir(tmp_path / "v1x", options=two_workers)
     assert served.model.extractor.runtime == "openvino"
 
 

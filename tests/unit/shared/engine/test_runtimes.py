@@ -148,7 +148,8 @@ def test_a_tampered_export_is_refused_before_it_is_parsed(exported_dir: Path, tm
 def test_the_runtimes_serve_several_workers_at_once(exported_dir: Path) -> None:
     images = [image for image in probe_images(SIZE)]
     for runtime in ("openvino", "onnx"):
-        model = load_model(exported_dir, options=RuntimeOptions(runtime=runtime, threads=1, workers=2))
+        two_workers = RuntimeOptions(runtime=runtime, torch_threads=1, model_workers=2)
+        model = load_model(exported_dir, options=two_workers)
         expected = [r.raw_score for r in model.score_batch(images)]
         outcomes: list[list[float]] = []
 
