@@ -148,6 +148,21 @@ def headline(alert: AlertEvent) -> str:
     return f"[{alert.severity.upper()}] {alert.summary}"
 
 
+def log_fields(alert: AlertEvent) -> dict[str, Any]:
+    """The alert as the fields of its log line: the delivery when no webhook is configured. Its
+    frames by count (the ids are on the ``alerts`` topic), its details left out."""
+    return {
+        "alert_id": alert.alert_id,
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "line_id": alert.line_id,
+        "station_id": alert.station_id,
+        "product_class": alert.product_class,
+        "summary": alert.summary,
+        "frames": len(alert.frame_ids),
+    }
+
+
 def _facts(alert: AlertEvent) -> list[tuple[str, str]]:
     facts = [("kind", alert.kind), ("line", alert.line_id), ("station", alert.station_id)]
     if alert.product_class:

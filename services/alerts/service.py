@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from services.alerts import metrics
-from services.alerts.core import Admission, Forwarder, RetryPolicy, payload, webhook_url
+from services.alerts.core import Admission, Forwarder, RetryPolicy, log_fields, payload, webhook_url
 from services.alerts.ledger import DEAD_LETTERED, DELIVERED, SENDING, DeliveryLedger
 from services.alerts.webhook import DeliveryResult, post_json
 from shared.settings import Settings
@@ -174,19 +174,7 @@ class AlertsService:
         key = key or hashlib.sha256(ids.encode()).hexdigest()[:32]
         if self.url is None:
             for alert in alerts:
-                log_event(
-                    log,
-                    "alert",
-                    logging.WARNING,
-                    alert_id=alert.alert_id,
-                    kind=alert.kind,
-                    severity=alert.severity,
-                    line_id=alert.line_id,
-                    station_id=alert.station_id,
-                    product_class=alert.product_class,
-                    summary=alert.summary,
-                    frames=len(alert.frame_ids),
-                )
+                log_event(log, "alert", logging.WARNING, **log_fields(alert))
             metrics.DELIVERIES.labels("logged").inc()
             self.ledger.record(alerts, DELIVERED, key)
             return

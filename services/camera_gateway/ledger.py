@@ -22,7 +22,7 @@ from shared.kafka.client import make_consumer
 from shared.messages.codec import decode
 from shared.messages.schemas import CameraLedger
 from shared.settings import Settings
-from shared.telemetry.logging import log_event
+from shared.telemetry.logging import log_event, record_position
 
 log = logging.getLogger("lineguard.camera_gateway.ledger")
 
@@ -76,7 +76,7 @@ async def read_ledger(
                         log,
                         "ledger_record_unreadable",
                         logging.ERROR,
-                        offset=record.offset,
+                        **record_position(record),
                         reason=exc.reason,
                     )
                     continue

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,6 +93,16 @@ class SimStats:
     started: float = 0.0
     finished: float = 0.0
     by_kind: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The run in figures, as its ``camera_sim_finished`` line gives them."""
+        return {
+            "sent": self.sent,
+            "bad": self.bad,
+            "bad_by_kind": self.by_kind,
+            "seconds": round(self.finished - self.started, 3),
+            "max_behind_s": round(self.max_behind_s, 4),
+        }
 
 
 def load_samples(options: SimOptions) -> list[SampleSpec]:

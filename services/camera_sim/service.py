@@ -139,13 +139,5 @@ async def run_camera_sim(settings: Any, options: SimOptions, stop: asyncio.Event
         if truth_file is not None:
             truth_file.close()
         stats.finished = asyncio.get_running_loop().time()
-    log_event(
-        log,
-        "camera_sim_finished",
-        sent=stats.sent,
-        bad=stats.bad,
-        bad_by_kind=stats.by_kind,
-        seconds=round(stats.finished - stats.started, 3),
-        max_behind_s=round(stats.max_behind_s, 4),
-    )
+    log_event(log, "camera_sim_finished", **stats.summary())
     return stats

@@ -41,7 +41,7 @@ from shared.messages.schemas import (
     Verdict,
 )
 from shared.settings import Settings, from_section
-from shared.telemetry.logging import log_event
+from shared.telemetry.logging import log_event, record_position
 
 log = logging.getLogger("lineguard.console")
 SERVICE = "console"
@@ -180,9 +180,7 @@ class ConsoleService:
                 log,
                 "record skipped",
                 logging.WARNING,
-                topic=topic,
-                partition=record.partition,
-                offset=record.offset,
+                **record_position(record),
                 reason=exc.reason,
                 detail=str(exc)[:300],
             )

@@ -377,16 +377,7 @@ class Explainer:
                 score=round(document.score, 4),
             )
         metrics.REPORT_SECONDS.observe(max(0.0, (document.created_at - document.decided_at) / 1e9))
-        log_event(
-            log,
-            "report_written",
-            frame_id=document.frame_id,
-            source=document.source,
-            grade=document.grade,
-            fallback_reason=document.fallback_reason,
-            cost_usd=round(document.cost_usd, 6),
-            path=self.store.relative(json_path),
-        )
+        log_event(log, "report_written", **document.log_fields(), path=self.store.relative(json_path))
 
 
 def build_explainer(settings: ExplainerSettings) -> Explainer:

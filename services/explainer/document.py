@@ -90,6 +90,17 @@ class ReportDocument:
         ]
         return data
 
+    def log_fields(self) -> dict[str, Any]:
+        """What a log line says of a written report: which frame, who wrote it (and why a fallback),
+        its grade and what it cost."""
+        return {
+            "frame_id": self.frame_id,
+            "source": self.source,
+            "grade": self.grade,
+            "fallback_reason": self.fallback_reason,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReportDocument:
         values = dict(data)

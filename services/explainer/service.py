@@ -22,7 +22,7 @@ from shared.errors import ClaimCheckError
 from shared.frames_store import ClaimStore, image_of
 from shared.limits import MAX_IMAGE_BYTES, MAX_PIXELS
 from shared.settings import Settings
-from shared.telemetry.logging import log_event
+from shared.telemetry.logging import log_event, record_position
 from shared.telemetry.tracing import ConsumedMessage
 
 if TYPE_CHECKING:
@@ -291,14 +291,7 @@ class _Service:
         metrics.DEAD_LETTERS.labels(metrics.code_label(reason)).inc()
         letter = DeadLetter.for_record(record, reason=reason, detail=detail, service=SERVICE)
         await producer.send_and_wait(self.settings.topic("dlq"), encode(letter), key=record.key)
-        log_event(
-            log,
-            "dead_letter",
-            logging.WARNING,
-            reason=reason,
-            partition=record.partition,
-            offset=record.offset,
-        )
+        log_event(log, "dead_letter", logging.WARNING, reason=reason, **record_position(record))
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         positions = self.tracker.committable()

@@ -617,21 +617,14 @@ def run_refit_proposals(args: argparse.Namespace) -> int:
         min_normals=args.min_normals,
     )
     log = logging.getLogger("lineguard.model_tools")
+    version = manifest.get("model_version")
     for proposal in proposals:
         if proposal.proposed:
-            log_event(
-                log,
-                "refit_proposed",
-                product_class=proposal.product_class,
-                confirmed_normals=proposal.confirmed_normals,
-                needed=proposal.needed,
-                model_version=manifest.get("model_version"),
-            )
+            log_event(log, "refit_proposed", **proposal.log_fields(), model_version=version)
     if args.json:
         print(json.dumps([proposal.to_dict() for proposal in proposals], indent=2))
         return 0
     wanted = [p for p in proposals if p.proposed]
-    version = manifest.get("model_version")
     print(f"model {version}: {len(wanted)} of {len(proposals)} classes proposed for a refit")
     for proposal in proposals:
         mark = "REFIT" if proposal.proposed else "wait"

@@ -36,6 +36,14 @@ class RefitProposal:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def log_fields(self) -> dict[str, Any]:
+        """The class and its counts, as a ``refit_proposed`` line gives them."""
+        return {
+            "product_class": self.product_class,
+            "confirmed_normals": self.confirmed_normals,
+            "needed": self.needed,
+        }
+
 
 def confirmed_normal_files(folder: Path, product_class: str) -> list[Path]:
     """The distinct (by content) images in ``folder/<class>/train/good/``."""

@@ -35,7 +35,7 @@ from services.plc_bridge.ledger import AppliedLedger
 from services.plc_bridge.plc import ModbusPlc, OpcUaPlc, PlcError, PlcTarget
 from shared.errors import ConfigError
 from shared.settings import Settings
-from shared.telemetry.logging import log_event
+from shared.telemetry.logging import log_event, record_position
 
 log = logging.getLogger("lineguard.plc_bridge")
 SERVICE = "plc-bridge"
@@ -399,8 +399,7 @@ class PlcBridge:
                 "undecodable verdict: fail-safe, and to the dlq",
                 logging.WARNING,
                 reason=reason,
-                partition=tp.partition,
-                offset=record.offset,
+                **record_position(record),
                 stations=failed,
             )
             await self._dead_letter(record, exc, producer)
@@ -438,8 +437,7 @@ class PlcBridge:
                 log,
                 "dead letter could not be built",
                 logging.ERROR,
-                partition=record.partition,
-                offset=record.offset,
+                **record_position(record),
                 error=repr(exc)[:500],
             )
             return
@@ -454,7 +452,7 @@ class PlcBridge:
                     log,
                     "dead letter not delivered" + (", retrying" if retriable else ""),
                     logging.WARNING if retriable else logging.ERROR,
-                    offset=record.offset,
+                    **record_position(record),
                     error=repr(exc),
                 )
                 if not retriable:

@@ -23,7 +23,7 @@ from shared.kafka.topics import MODEL_ANNOUNCEMENT_KEY
 from shared.limits import ID_MAX, TEXT_MAX
 from shared.messages.codec import decode, encode
 from shared.messages.schemas import ModelAnnouncement, ModelHistoryEntry
-from shared.telemetry.logging import log_event
+from shared.telemetry.logging import log_event, record_position
 
 log = logging.getLogger("lineguard.scorer.history")
 
@@ -99,7 +99,9 @@ async def read_history(settings: Any) -> list[ModelHistoryEntry]:
         try:
             entries.append(decode(record.value or b"", ModelHistoryEntry))
         except MessageError as exc:
-            log_event(log, "history_record_skipped", logging.WARNING, offset=record.offset, reason=exc.reason)
+            log_event(
+                log, "history_record_skipped", logging.WARNING, **record_position(record), reason=exc.reason
+            )
     return entries
 
 

@@ -137,17 +137,19 @@ class ShadowRun:
         self.progress = _Progress()
         self.positioned = asyncio.Event()  # set once every frames partition is at the window's start
 
+    def _log(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
+        """A log line of this run: each carries the run id, so one run's lines can be picked out."""
+        log_event(log, event, level, run=self.run_id, **fields)
+
     async def run(self, stop: asyncio.Event) -> dict[str, Any]:
-        log_event(
-            log,
+        self._log(
             "shadow_started",
-            run=self.run_id,
             candidate=self.candidate.model_version,
             group=self.cfg.group_id,
             **self.window.describe(),
         )
         await self._score_frames(stop)
-        log_event(log, "shadow_scored", run=self.run_id, frames=self.progress.scored)
+        self._log("shadow_scored", frames=self.progress.scored)
         if self.progress.first_timestamp_ms is not None:
             # Also after a stop: the frames scored so far still get their serving verdicts (bounded).
             await self._join_serving(self.progress.first_timestamp_ms - int(self.cfg.join_slack_s * 1000))
@@ -174,10 +176,8 @@ class ShadowRun:
             excluded=[f for f in self.comparison.candidate if frame_file_stem(f) in self.trained],
             live=self.window.live,
         )
-        log_event(
-            log,
+        self._log(
             "shadow_report",
-            run=self.run_id,
             compared=report["frames"]["compared"],
             agreement=report["agreement"],
             serving_escape_rate=report["outcomes"]["serving"]["escape_rate"],
@@ -298,7 +298,7 @@ class ShadowRun:
         before = self.progress.scored
         self.progress.scored += len(scored)
         if self.progress.scored // _PROGRESS_EVERY > before // _PROGRESS_EVERY:
-            log_event(log, "shadow_progress", run=self.run_id, frames=self.progress.scored)
+            self._log("shadow_progress", frames=self.progress.scored)
 
     def _score(self, records: list[RawRecord]) -> tuple[dict[tuple[int, int], Verdict | None], float]:
         """Decode, score and build verdicts exactly as the scorer does (blocking: a worker thread);
@@ -326,7 +326,7 @@ class ShadowRun:
                     frame_sizes=[d.frame_size for d in good],
                 )
             except Exception as exc:  # as the scorer: the frames get error verdicts, the run goes on
-                log_event(log, "model_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+                self._log("model_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
                 now = time.time_ns()
                 reason = f"model failed: {type(exc).__name__}"
                 for item in good:
@@ -388,23 +388,21 @@ class ShadowRun:
                 ) or now > deadline:
                     break
             if self.comparison.missing_serving:
-                log_event(
-                    log,
+                self._log(
                     "serving_verdicts_missing",
                     logging.WARNING,
-                    run=self.run_id,
                     missing=self.comparison.missing_serving,
                     detail="no serving verdict found for these frames (the scorer is behind, or its "
                     "verdicts expired)",
                 )
             if bad:
-                log_event(log, "verdict_records_skipped", logging.WARNING, run=self.run_id, records=bad)
+                self._log("verdict_records_skipped", logging.WARNING, records=bad)
         finally:
             await consumer.stop()
 
     async def _feedback(self) -> dict[str, Feedback]:
         def skipped(offset: int, exc: MessageError) -> None:
-            log_event(log, "feedback_record_skipped", logging.WARNING, offset=offset, reason=exc.reason)
+            self._log("feedback_record_skipped", logging.WARNING, offset=offset, reason=exc.reason)
 
         return await read_latest_feedback(self.settings, self.cfg.read_timeout_s, skipped)
 

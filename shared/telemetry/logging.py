@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import trace
 
@@ -66,6 +66,20 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # aiokafka is chatty at INFO about every group join; keep its warnings.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+
+
+class _KafkaRecord(Protocol):
+    """What ``record_position`` reads of a consumed record (aiokafka's ``ConsumerRecord``)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def record_position(record: _KafkaRecord) -> dict[str, Any]:
+    """Where a Kafka record is (topic, partition, offset), as the fields of a log line about it: enough
+    to find it again, and never its key or value."""
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.alerts.core import Admission, Forwarder, RetryPolicy, TokenBucket, payload
+from services.alerts.core import Admission, Forwarder, RetryPolicy, TokenBucket, log_fields, payload
 from services.alerts.webhook import post_json
 from shared.messages.schemas import AlertEvent
 from shared.settings import WebhookFormat
@@ -97,3 +97,17 @@ def test_post_json_classifies_answers_from_a_real_server():
         url = server.url
     down = post_json(url, {"a": 1}, 1.0)  # server gone: no answer, retry later
     assert (down.ok, down.retryable, down.status) == (False, True, None)
+
+
+def test_an_alert_logged_without_a_webhook_names_its_frames_by_count():
+    alert = alert_event("a1", raised_at=1, frame_ids=("f1", "f2", "f3"))
+    assert log_fields(alert) == {
+        "alert_id": "a1",
+        "kind": "consecutive_rejects",
+        "severity": "critical",
+        "line_id": "line-1",
+        "station_id": "st-1",
+        "product_class": "washer",
+        "summary": alert.summary,
+        "frames": 3,
+    }

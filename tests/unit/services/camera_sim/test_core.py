@@ -14,6 +14,7 @@ from services.camera_sim.core import (
     BAD_KINDS,
     DEFECT,
     NORMAL,
+    SimStats,
     camera_ids,
     frame_plan,
     scan_mvtec,
@@ -111,3 +112,15 @@ def test_scan_mvtec_reads_one_class_or_a_folder_of_classes(tmp_path: Path) -> No
         scan_mvtec(tmp_path / "missing")
     with pytest.raises(FileNotFoundError):
         scan_mvtec(tmp_path / "tile" / "train")
+
+
+def test_run_stats_summary_is_what_the_finished_line_says() -> None:
+    stats = SimStats(sent=10, bad=2, max_behind_s=0.123456, started=5.0, finished=7.50049)
+    stats.by_kind["truncated"] = 2
+    assert stats.summary() == {
+        "sent": 10,
+        "bad": 2,
+        "bad_by_kind": {"truncated": 2},
+        "seconds": 2.5,
+        "max_behind_s": 0.1235,
+    }

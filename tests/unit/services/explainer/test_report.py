@@ -163,3 +163,15 @@ def test_crop_caption_without_a_region_names_the_heatmap_peak_where_it_is() -> N
     lower_left = EventPictures(b"\xff\xd8f", b"\xff\xd8o", b"\xff\xd8c", Box(0, 80, 40, 120), 160, 120)
     caption = _captions(render_html(doc, lower_left))[-1]
     assert "peak" in caption and "lower left" in caption
+
+
+def test_a_written_report_logs_its_source_grade_and_rounded_cost() -> None:
+    doc = fallback_document(facts(0.85), vocabulary=VOCABULARY)
+    doc.cost_usd = 0.00123456789
+    assert doc.log_fields() == {
+        "frame_id": "f-1",
+        "source": "fallback",
+        "grade": "E",
+        "fallback_reason": "no_endpoint",
+        "cost_usd": 0.001235,
+    }

@@ -63,3 +63,9 @@ def test_the_scorer_setting_and_min_normals_set_the_bar(tmp_path: Path) -> None:
         propose_refits(classes, tmp_path, tmp_path, review_until=-1)
     with pytest.raises(ConfigError):
         propose_refits(classes, tmp_path, tmp_path / "absent")
+
+
+def test_a_proposal_logs_its_class_and_counts(tmp_path: Path) -> None:
+    confirmed(tmp_path, "washer", 5)
+    (proposal,) = propose_refits(manifest(cold("washer", 0, 5)), tmp_path / "v7", tmp_path)
+    assert proposal.log_fields() == {"product_class": "washer", "confirmed_normals": 5, "needed": 5}

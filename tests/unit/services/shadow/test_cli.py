@@ -11,9 +11,11 @@ import pytest
 
 from services.cli import main
 from services.shadow.cli import _trained_stems, parse_time
-from services.shadow.service import Window
+from services.shadow.core import Candidate
+from services.shadow.service import ShadowRun, Window
 from shared.errors import ConfigError
 from shared.frames_store import frame_file_stem
+from shared.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -97,3 +99,12 @@ def test_promote_needs_a_key_or_unsigned_and_a_report(
     assert "is not JSON" in capsys.readouterr().err
     assert main(["rollback"]) == 2
     assert "no signing key" in capsys.readouterr().err
+
+
+def test_every_line_of_a_run_carries_its_run_id(caplog: pytest.LogCaptureFixture) -> None:
+    run = ShadowRun(Settings(), None, Candidate("v2", "", ""), Window(from_offset=0), run_id="r-1")
+    with caplog.at_level("INFO", logger="lineguard.shadow"):
+        run._log("shadow_progress", frames=3)
+    (line,) = caplog.records
+    assert line.getMessage() == "shadow_progress"
+    assert line.fields == {"run": "r-1", "frames": 3}  # type: ignore[attr-defined]

@@ -2,8 +2,9 @@ import json
 import logging
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 
-from shared.telemetry.logging import JsonLineFormatter, log_event, setup_logging
+from shared.telemetry.logging import JsonLineFormatter, log_event, record_position, setup_logging
 
 
 def test_one_json_line_per_event_without_secrets_or_bytes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -48,3 +49,8 @@ def test_a_line_inside_a_span_carries_its_trace_and_span_ids() -> None:
     assert inside["trace_id"] == format(context.trace_id, "032x") and len(inside["trace_id"]) == 32
     assert inside["span_id"] == format(context.span_id, "016x") and len(inside["span_id"]) == 16
     assert "trace_id" not in outside and "span_id" not in outside
+
+
+def test_a_record_is_logged_by_its_position_never_its_key_or_value() -> None:
+    record = ConsumerRecord("lg.frames", 3, 41, 0, 0, b"cam-1", b"pixels", None, 5, 6, ())
+    assert record_position(record) == {"topic": "lg.frames", "partition": 3, "offset": 41}
