@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -50,28 +50,24 @@ def seconds_to_next_day(now: float) -> float:
     return 86400.0 - (now % 86400.0)
 
 
+@dataclass(eq=False)
 class DailyBudget:
-    def __init__(
-        self,
-        limit_usd: float,
-        prices: dict[str, ModelPrice],
-        default_price: ModelPrice,
-        *,
-        max_output_tokens: int,
-        state_dir: Path | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.limit_usd = limit_usd
-        self.prices = prices
-        self.default_price = default_price
-        self.max_output_tokens = max_output_tokens
-        self.state_dir = state_dir
-        self.clock = clock
-        self._day = ""
-        self.spent_usd = 0.0
-        self.calls = 0
-        self.usage = Usage()
-        self._recent_costs: list[float] = []
+    """Today's VLM spending against ``limit_usd`` (UTC days; kept in ``state_dir`` when given)."""
+
+    limit_usd: float
+    prices: dict[str, ModelPrice]
+    default_price: ModelPrice
+    _: KW_ONLY
+    max_output_tokens: int
+    state_dir: Path | None = None
+    clock: Callable[[], float] = time.time
+    spent_usd: float = field(default=0.0, init=False)
+    calls: int = field(default=0, init=False)
+    usage: Usage = field(default_factory=Usage, init=False)
+    _day: str = field(default="", init=False)
+    _recent_costs: list[float] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
         self._roll()
 
     def price(self, model: str) -> ModelPrice:
