@@ -117,13 +117,11 @@ def _legend(by: str) -> str:
 
 def _quantiles(metric: str, *pcts: str, by: str = "") -> list[tuple[str, str]]:
     """A histogram's quantiles (p50 and p99 unless named), per value of ``by`` if given."""
-    series = []
-    for pct in pcts or ("0.5", "0.99"):
-        name = f"p{round(float(pct) * 100)}"
-        series.append(
-            (_q(pct, metric, f"le, {by}"), f"{name} {_legend(by)}") if by else (_q(pct, metric), name)
-        )
-    return series
+    grouping = f"le, {by}" if by else "le"
+    suffix = f" {_legend(by)}" if by else ""
+    return [
+        (_q(pct, metric, grouping), f"p{round(float(pct) * 100)}{suffix}") for pct in pcts or ("0.5", "0.99")
+    ]
 
 
 def _rate(metric: str, by: str = "") -> str:
@@ -151,6 +149,7 @@ def _share_by(metric: str, selector: str, by: str, window: str) -> tuple[str, st
 
 
 def _lag_by_partition(metric: str) -> tuple[str, str]:
+    """A service's consumer lag (a gauge per partition), legend the partition."""
     return (f"sum by (partition) ({metric})", "partition {{partition}}")
 
 
