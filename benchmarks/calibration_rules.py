@@ -17,13 +17,13 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from statistics import NormalDist
 
 import numpy as np
 import torch
 
+from benchmarks.harness import print_report
 from shared.engine.backbones import file_sha256
 from shared.engine.calibration import out_of_fold, threshold_at_frr
 from shared.engine.dataset import discover
@@ -105,8 +105,7 @@ def main() -> int:
         "test_defects": len(defect),
         "rules": table,
     }
-    print(json.dumps(report))
-    return 0
+    return print_report(report)
 
 
 if __name__ == "__main__":

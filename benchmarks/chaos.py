@@ -56,15 +56,7 @@ from typing import Any
 import numpy as np
 from aiokafka.errors import KafkaTimeoutError
 
-from benchmarks.chaos_checks import (
-    PlcSample,
-    changes_after,
-    downstream_account,
-    downstream_problems,
-    fault_timeline,
-    plc_account,
-    seconds_to_next,
-)
+from benchmarks import chaos_checks
 from benchmarks.harness import print_results
 from services.camera_sim.core import SimOptions, load_samples
 from services.camera_sim.images import sample_image
@@ -114,7 +106,7 @@ class Run:
     faults: list[Fault] = field(default_factory=list)
     scorer_exits: list[str] = field(default_factory=list)  # exits nobody asked for
     sidecar_exits: list[str] = field(default_factory=list)  # explainer / bridge exits nobody asked for
-    plc_samples: list[PlcSample] = field(default_factory=list)
+    plc_samples: list[chaos_checks.PlcSample] = field(default_factory=list)
     heartbeats: list[tuple[float, int]] = field(default_factory=list)  # (time.time(), PLC heartbeat)
 
 
@@ -378,7 +370,7 @@ async def sample_plc(plc: PlcOnThread, run: Run, every_s: float, stop: asyncio.E
             second = await asyncio.to_thread(plc.station, index)
             if first == second:
                 run.plc_samples.append(
-                    PlcSample(
+                    chaos_checks.PlcSample(
                         time.time(),
                         station,
                         int(second["last_decision"]),
@@ -524,8 +516,8 @@ def recovery(run: Run, verdicts: TopicReader, reports: TopicReader | None) -> li
     out = []
     for fault in run.faults:
         at = int(fault.at * 1e9)
-        timeline = fault_timeline(fault.what)
-        timelines["plc_heartbeat"] = changes_after(fault.at, run.heartbeats)
+        timeline = chaos_checks.fault_timeline(fault.what)
+        timelines["plc_heartbeat"] = chaos_checks.changes_after(fault.at, run.heartbeats)
         window = [
             (t - captured[v.frame_id]) / 1e6
             for v, t in arrivals
@@ -536,7 +528,7 @@ def recovery(run: Run, verdicts: TopicReader, reports: TopicReader | None) -> li
                 "fault": fault.what,
                 "detail": fault.detail,
                 "line_again": timeline,
-                "first_output_after_s": seconds_to_next(fault.at, timelines[timeline]),
+                "first_output_after_s": chaos_checks.seconds_to_next(fault.at, timelines[timeline]),
                 "worst_latency_next_10s_ms": round(max(window), 1) if window else None,
             }
         )
@@ -639,14 +631,16 @@ def downstream(
     """The explainer's and the PLC's accounts (``benchmarks.chaos_checks``)."""
     by_frame = {v.frame_id: (v.station_id, str(v.decision)) for v in verdicts.received.values}
     return {
-        **downstream_account(
+        **chaos_checks.downstream_account(
             {f: d for f, (_, d) in by_frame.items()},
             (e.verdict.frame_id for e in defects.received.values),
             (r.frame_id for r in reports.received.values),
             (a.alert_id for a in alerts.received.values),
         ),
         "report_sources": dict(Counter(r.source for r in reports.received.values)),
-        **plc_account(by_frame, run.plc_samples, {s: int(v["pass_count"]) for s, v in final.items()}),
+        **chaos_checks.plc_account(
+            by_frame, run.plc_samples, {s: int(v["pass_count"]) for s, v in final.items()}
+        ),
         "plc_final": final,
     }
 
@@ -759,7 +753,7 @@ def failures(result: dict[str, Any]) -> list[str]:
         problems.append(
             f"{result['name']}: {result['sidecar_exits_unasked']} explainer/bridge exits nobody caused"
         )
-    problems += downstream_problems(result["name"], result)
+    problems += chaos_checks.downstream_problems(result["name"], result)
     return problems
 
 

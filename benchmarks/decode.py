@@ -16,7 +16,6 @@ box reduction), each alone and followed by the model's resize to its input (the 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,6 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import print_report, print_row
 from services.camera_sim.images import camera_frame, encode_frame
 from shared.messages.pixels import decode_frame, decode_pixels
 from shared.synthetic import render_sample
@@ -93,15 +93,14 @@ def main() -> int:
             data = encode_frame(pixels, encoding, jpeg_quality=90)
             entry = measure(data, encoding, (width, height), size, args.repeats)
             results[f"{label} {encoding}"] = entry
-            print(f"{label} {encoding}", json.dumps(entry), flush=True)
+            print_row(f"{label} {encoding}", entry)
     report = {
         "machine": f"{platform.machine()}, one core, Pillow {Image.__version__}, "
         f"load average {os.getloadavg()[0]:.1f}",
         "input_size": size,
         "results": results,
     }
-    print(json.dumps(report))
-    return 0
+    return print_report(report)
 
 
 if __name__ == "__main__":

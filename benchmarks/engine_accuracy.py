@@ -14,7 +14,6 @@ to), and its thresholds come from those only. Prints one JSON object at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -24,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.harness import fit_config, print_report
 from shared.engine.backbones import build_timm_model, get_spec, resolve_weights
-from shared.engine.config import INDEX_KINDS, FitConfig
+from shared.engine.config import INDEX_KINDS
 from shared.engine.coreset import greedy_coreset
 from shared.engine.dataset import discover
 from shared.engine.evaluation import evaluate, load_mask
@@ -129,15 +129,9 @@ def main() -> int:
     }
     for k in args.k:
         began = time.perf_counter()
-        config = FitConfig(
-            backbone="efficientnet_lite0",
-            input_size=args.input_size,
-            bank_size=args.bank_size,
-            k=k,
-            index=args.index,
-            reduced_dims=args.reduced_dims,
-            refine_factor=args.refine_factor,
-            bank_from_all_normals=not args.bank_from_train_only,
+        # input size, bank size, index, reduced dims and refine factor: the options of those names
+        config = fit_config(
+            args, backbone="efficientnet_lite0", k=k, bank_from_all_normals=not args.bank_from_train_only
         )
         model = fit_model({data.name: list(data.train)}, config)
         fit_seconds = time.perf_counter() - began
@@ -170,8 +164,7 @@ def main() -> int:
             "fit_seconds": round(fit_seconds, 1),
         }
         print(f"plain PatchCore: {report['plain_patchcore']}", flush=True)
-    print(json.dumps(report))
-    return 0
+    return print_report(report)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ candidate's ratio is to the mean of those two, the result the median ratio over 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import timed_threads
+from benchmarks.harness import print_report, print_row, timed_threads
 from shared.engine.class_model import ClassModel
 from shared.engine.config import INDEX_KINDS, FitConfig, RuntimeOptions
 from shared.engine.fitting import fit_model
@@ -158,7 +157,7 @@ def compare_runtimes(args: argparse.Namespace, images: list[np.ndarray], folder:
         measured["torch-nchw after"] = run("torch-nchw")
         measured["load average"] = {"1 min": os.getloadavg()[0]}
         rounds.append(measured)
-        print(f"round {index + 1}", json.dumps(measured), flush=True)
+        print_row(f"round {index + 1}", measured)
     summary: dict[str, object] = {}
     for name in models:
         if name == "torch-nchw":
@@ -223,8 +222,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as folder:
             report["runtimes"] = compare_runtimes(args, images, Path(folder))
         report["load_average_at_end"] = os.getloadavg()[0]
-        print(json.dumps(report))
-        return 0
+        return print_report(report)
     with tempfile.TemporaryDirectory() as folder:
         for backbone in args.backbones:
             weights = random_weights(backbone, Path(folder))
@@ -263,7 +261,7 @@ def main() -> int:
                         entry["held_out_score_error_mean"] = round(float(relative.mean()), 5)
                         entry["held_out_score_error_max"] = round(float(relative.max()), 4)
                     results[f"{backbone} bank {bank_size} {kind}"] = entry
-                    print(backbone, bank_size, kind, json.dumps(entry), flush=True)
+                    print_row(f"{backbone} {bank_size} {kind}", entry)
             if backbone == args.backbones[0]:
                 # Routing cost vs number of classes: 20 classes, each with its own 10k bank.
                 base = model.class_models[0]
@@ -308,10 +306,9 @@ def main() -> int:
                         "routed_to": sorted(routed),
                     }
                     results[f"{backbone} routing {name}"] = routing_entry
-                    print(backbone, name, json.dumps(routing_entry), flush=True)
+                    print_row(f"{backbone} {name}", routing_entry)
     report["results"] = results
-    print(json.dumps(report))
-    return 0
+    return print_report(report)
 
 
 if __name__ == "__main__":

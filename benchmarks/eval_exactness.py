@@ -12,7 +12,6 @@ longer side of 256 px (the other way to bound memory). Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import sys
@@ -21,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.harness import print_report
 from shared.engine.backbones import file_sha256
 from shared.engine.dataset import discover
 from shared.engine.evaluation import load_mask, trained_on
@@ -107,8 +107,7 @@ def main() -> int:
         "peak_rss_mib_with_every_pixel_held": round(peak_rss_mib()),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
     }
-    print(json.dumps(report))
-    return 0
+    return print_report(report)
 
 
 if __name__ == "__main__":

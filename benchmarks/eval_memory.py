@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.harness import print_report
+
 CLASS = "frames"
 
 
@@ -145,8 +147,7 @@ def main() -> int:
     args = parser.parse_args()
     data = args.work / f"data-{args.images}-{args.size}"
     if args.measure is not None:
-        print(json.dumps(measure(args.measure, data, args.trace_every)))
-        return 0
+        return print_report(measure(args.measure, data, args.trace_every))
     began = time.perf_counter()
     generate(data, args.images, args.train, args.size)
     generate_s = time.perf_counter() - began
@@ -174,8 +175,7 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "load_average_at_end": round(os.getloadavg()[0], 1),
     }
-    print(json.dumps(report))
-    return 0
+    return print_report(report)
 
 
 if __name__ == "__main__":

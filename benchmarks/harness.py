@@ -1,14 +1,28 @@
-"""What several benchmarks do alike: time worker threads from the first start to the last finish,
-and print the results (also writing them to ``--json`` when asked)."""
+"""What several benchmarks do alike: build the engine's FitConfig from their options, time worker
+threads from the first start to the last finish, print each measurement as it is made, and print
+the results (as one JSON line, or indented and
+also written to ``--json`` when asked)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from shared.engine.config import FitConfig
+
+
+def fit_config(args: argparse.Namespace, **fixed: Any) -> FitConfig:
+    """A FitConfig from the options named after its fields (--bank-size: bank_size), with ``fixed``
+    over them (a value the benchmark sets itself, or one it sweeps)."""
+    fields = {field.name for field in dataclasses.fields(FitConfig)}
+    given = {name: value for name, value in vars(args).items() if name in fields}
+    return FitConfig(**{**given, **fixed})
 
 
 def timed_threads(work: Callable[[Any], None], shares: Sequence[Any]) -> float:
@@ -28,3 +42,14 @@ def print_results(results: dict[str, Any], json_path: Path | None) -> None:
     print(text)
     if json_path:
         json_path.write_text(text + "\n")
+
+
+def print_row(name: str, row: dict[str, Any]) -> None:
+    """One measurement as it is made: its name and compact JSON, flushed (a long run shows progress)."""
+    print(name, json.dumps(row), flush=True)
+
+
+def print_report(report: dict[str, Any]) -> int:
+    """The report as one JSON line, the last on stdout; returns the benchmark's exit status, 0."""
+    print(json.dumps(report))
+    return 0

@@ -13,7 +13,6 @@ Prints one JSON object at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import print_report, print_row
 from shared.engine.backbones import get_spec, resolve_weights
 from shared.engine.config import FitConfig
 from shared.engine.coreset import greedy_coreset
@@ -95,7 +95,7 @@ def main() -> int:
             "us_per_query": round(us, 2),
             "speedup": round(exact_us / us, 2),
         }
-        print(name, json.dumps(results[name]), flush=True)
+        print_row(name, results[name])
     report = {
         "machine": f"{platform.machine()}, {args.threads} threads",
         "backbone": config.backbone,
@@ -105,8 +105,7 @@ def main() -> int:
         "test_images": n_images,
         "results": results,
     }
-    print(json.dumps(report))
-    return 0
+    return print_report(report)
 
 
 if __name__ == "__main__":

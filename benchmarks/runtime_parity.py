@@ -15,7 +15,6 @@ they give are the ones native bf16 gives. Prints one JSON object at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness import print_report, print_row
 from shared.engine.config import FitConfig, RuntimeOptions
 from shared.engine.dataset import discover
 from shared.engine.fitting import fit_model
@@ -131,12 +131,11 @@ def main() -> int:
             "max_raw_score_diff": float(np.abs(outcome["raw"] - reference["raw"]).max()),
             "images_per_s": round(outcome["images_per_s"], 1),
         }
-        print(name, json.dumps(results[name]), flush=True)
+        print_row(name, results[name])
     report["reference"] = REFERENCE
     report["results"] = results
     report["load_average_at_end"] = round(os.getloadavg()[0], 1)
-    print(json.dumps(report))
-    return 0
+    return print_report(report)
 
 
 if __name__ == "__main__":

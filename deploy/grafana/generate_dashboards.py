@@ -101,14 +101,56 @@ def _ts(
     return (title, "timeseries", unit, queries, w, h, extra)
 
 
-def _stat(
-    title: str, unit: str, queries: list[tuple[str, str]], w: int = 4, h: int = 4, **extra: Any
-) -> Panel:
-    return (title, "stat", unit, queries, w, h, extra)
+def _stat(title: str, unit: str, expr: str, legend: str = "", w: int = 4, h: int = 4, **extra: Any) -> Panel:
+    """A stat panel shows one number: one query."""
+    return (title, "stat", unit, [(expr, legend)], w, h, extra)
 
 
 def _q(pct: str, metric: str, by: str = "le") -> str:
     return f"histogram_quantile({pct}, sum by ({by}) (rate({metric}_bucket[{RI}])))"
+
+
+def _legend(by: str) -> str:
+    """The legend naming each value of the labels in ``by`` ("product_class, decision")."""
+    return " ".join("{{" + label.strip() + "}}" for label in by.split(","))
+
+
+def _quantiles(metric: str, *pcts: str, by: str = "") -> list[tuple[str, str]]:
+    """A histogram's quantiles (p50 and p99 unless named), per value of ``by`` if given."""
+    grouping = f"le, {by}" if by else "le"
+    suffix = f" {_legend(by)}" if by else ""
+    return [
+        (_q(pct, metric, grouping), f"p{round(float(pct) * 100)}{suffix}") for pct in pcts or ("0.5", "0.99")
+    ]
+
+
+def _rate(metric: str, by: str = "") -> str:
+    grouping = f"sum by ({by}) " if by else "sum "
+    return f"{grouping}(rate({metric}_total[{RI}]))"
+
+
+def _by(metric: str, by: str) -> tuple[str, str]:
+    """A counter's rate per value of ``by``, legend the value."""
+    return (_rate(metric, by), _legend(by))
+
+
+def _increase_by(metric: str, by: str, window: str) -> tuple[str, str]:
+    """A counter's increase over ``window`` per value of ``by``, legend the value."""
+    return (f"sum by ({by}) (increase({metric}_total[{window}]))", _legend(by))
+
+
+def _share_by(metric: str, selector: str, by: str, window: str) -> tuple[str, str]:
+    """The share of a counter's rate that matches ``selector``, per value of ``by``."""
+    return (
+        f"sum by ({by}) (rate({metric}_total{{{selector}}}[{window}])) "
+        f"/ sum by ({by}) (rate({metric}_total[{window}]))",
+        _legend(by),
+    )
+
+
+def _lag_by_partition(metric: str) -> tuple[str, str]:
+    """A service's consumer lag (a gauge per partition), legend the partition."""
+    return (f"sum by (partition) ({metric})", "partition {{partition}}")
 
 
 def line_overview() -> dict[str, Any]:
@@ -121,33 +163,21 @@ def line_overview() -> dict[str, Any]:
             (
                 "Now",
                 [
-                    _stat(
-                        "Frames / s",
-                        "ops",
-                        [(f"sum(rate(lineguard_scorer_frames_consumed_total[{RI}]))", "")],
-                    ),
+                    _stat("Frames / s", "ops", f"sum(rate(lineguard_scorer_frames_consumed_total[{RI}]))"),
                     _stat(
                         "Reject share (15 min)",
                         "percentunit",
-                        [
-                            (
-                                f'sum(rate({verdicts}{{decision="reject"}}[15m]))'
-                                f" / sum(rate({verdicts}[15m]))",
-                                "",
-                            )
-                        ],
+                        f'sum(rate({verdicts}{{decision="reject"}}[15m])) / sum(rate({verdicts}[15m]))',
                     ),
                     _stat(
                         "p99 capture → verdict",
                         "s",
-                        [(_q("0.99", "lineguard_scorer_end_to_end_seconds"), "")],
+                        _q("0.99", "lineguard_scorer_end_to_end_seconds"),
                         threshold=0.5,
                     ),
-                    _stat("Scorers up", "none", [('sum(up{job="lineguard-scorer"})', "")]),
-                    _stat("Frames behind", "none", [("sum(lineguard_scorer_consumer_lag)", "")]),
-                    _stat(
-                        "PLC scorer heartbeat", "bool_on_off", [("min(lineguard_plc_bridge_scorer_ok)", "")]
-                    ),
+                    _stat("Scorers up", "none", 'sum(up{job="lineguard-scorer"})'),
+                    _stat("Frames behind", "none", "sum(lineguard_scorer_consumer_lag)"),
+                    _stat("PLC scorer heartbeat", "bool_on_off", "min(lineguard_plc_bridge_scorer_ok)"),
                 ],
             ),
             (
@@ -164,21 +194,14 @@ def line_overview() -> dict[str, Any]:
                     _ts(
                         "Verdicts / s by class and decision",
                         "ops",
-                        [
-                            (
-                                f"sum by (product_class, decision) (rate({verdicts}[{RI}]))",
-                                "{{product_class}} {{decision}}",
-                            ),
-                        ],
+                        [_by("lineguard_scorer_verdicts", "product_class, decision")],
                     ),
                     _ts(
                         "Defect (reject) rate by class",
                         "percentunit",
                         [
-                            (
-                                f'sum by (product_class) (rate({verdicts}{{decision="reject"}}[5m])) '
-                                f"/ sum by (product_class) (rate({verdicts}[5m]))",
-                                "{{product_class}}",
+                            _share_by(
+                                "lineguard_scorer_verdicts", 'decision="reject"', "product_class", "5m"
                             ),
                             ("lineguard:defect_rate:6h", "{{product_class}} 6 h baseline"),
                         ],
@@ -186,30 +209,17 @@ def line_overview() -> dict[str, Any]:
                     _ts(
                         "Defect events to the explainer / s",
                         "ops",
-                        [
-                            (f"sum(rate(lineguard_scorer_defect_events_total[{RI}]))", "defect events"),
-                        ],
+                        [(f"sum(rate(lineguard_scorer_defect_events_total[{RI}]))", "defect events")],
                     ),
                     _ts(
                         "Verdicts / s by station and decision",
                         "ops",
-                        [
-                            (
-                                f"sum by (station_id, decision) (rate({verdicts}[{RI}]))",
-                                "{{station_id}} {{decision}}",
-                            ),
-                        ],
+                        [_by("lineguard_scorer_verdicts", "station_id, decision")],
                     ),
                     _ts(
                         "Reject rate by station",
                         "percentunit",
-                        [
-                            (
-                                f'sum by (station_id) (rate({verdicts}{{decision="reject"}}[5m])) '
-                                f"/ sum by (station_id) (rate({verdicts}[5m]))",
-                                "{{station_id}}",
-                            ),
-                        ],
+                        [_share_by("lineguard_scorer_verdicts", 'decision="reject"', "station_id", "5m")],
                     ),
                 ],
             ),
@@ -219,10 +229,7 @@ def line_overview() -> dict[str, Any]:
                     _ts(
                         "Capture → verdict latency",
                         "s",
-                        [
-                            (_q("0.5", "lineguard_scorer_end_to_end_seconds"), "p50"),
-                            (_q("0.99", "lineguard_scorer_end_to_end_seconds"), "p99"),
-                        ],
+                        _quantiles("lineguard_scorer_end_to_end_seconds"),
                         threshold=0.5,
                         description=(
                             "Red line: 500 ms, a typical frame deadline (each frame carries its own)."
@@ -231,25 +238,14 @@ def line_overview() -> dict[str, Any]:
                     _ts(
                         "Late verdicts / s (fail-safe policy applied)",
                         "ops",
-                        [
-                            (f"sum(rate(lineguard_scorer_late_verdicts_total[{RI}]))", "late"),
-                        ],
+                        [(f"sum(rate(lineguard_scorer_late_verdicts_total[{RI}]))", "late")],
                     ),
                     _ts(
                         "Stage seconds per batch (p99)",
                         "s",
-                        [
-                            (_q("0.99", "lineguard_scorer_stage_seconds", "le, stage"), "{{stage}}"),
-                        ],
+                        [(_q("0.99", "lineguard_scorer_stage_seconds", "le, stage"), "{{stage}}")],
                     ),
-                    _ts(
-                        "Batch size (p50 / p99)",
-                        "none",
-                        [
-                            (_q("0.5", "lineguard_scorer_batch_frames"), "p50"),
-                            (_q("0.99", "lineguard_scorer_batch_frames"), "p99"),
-                        ],
-                    ),
+                    _ts("Batch size (p50 / p99)", "none", _quantiles("lineguard_scorer_batch_frames")),
                 ],
             ),
             (
@@ -258,43 +254,28 @@ def line_overview() -> dict[str, Any]:
                     _ts(
                         "Consumer lag by frames partition",
                         "none",
-                        [
-                            ("sum by (partition) (lineguard_scorer_consumer_lag)", "partition {{partition}}"),
-                        ],
+                        [_lag_by_partition("lineguard_scorer_consumer_lag")],
                     ),
                     _ts(
                         "Partitions per scorer",
                         "none",
-                        [
-                            ("sum by (instance) (lineguard_scorer_assigned_partitions)", "{{instance}}"),
-                        ],
+                        [("sum by (instance) (lineguard_scorer_assigned_partitions)", "{{instance}}")],
                     ),
                     _ts(
                         "Transactions / s by outcome",
                         "ops",
-                        [
-                            (
-                                f"sum by (outcome) (rate(lineguard_scorer_transactions_total[{RI}]))",
-                                "{{outcome}}",
-                            ),
-                        ],
+                        [_by("lineguard_scorer_transactions", "outcome")],
                     ),
                     _ts(
                         "Dead letters / s by reason",
                         "ops",
                         [
-                            (
-                                f"sum by (reason) (rate(lineguard_scorer_dead_letters_total[{RI}]))",
-                                "scorer: {{reason}}",
-                            ),
-                            (
-                                f"sum by (reason) (rate(lineguard_plc_bridge_dead_letters_total[{RI}]))",
-                                "plc bridge: {{reason}}",
-                            ),
-                            (
-                                f"sum by (reason) (rate(lineguard_alerts_dead_letters_total[{RI}]))",
-                                "alerts: {{reason}}",
-                            ),
+                            (_rate(f"lineguard_{service}_dead_letters", "reason"), name + ": {{reason}}")
+                            for service, name in (
+                                ("scorer", "scorer"),
+                                ("plc_bridge", "plc bridge"),
+                                ("alerts", "alerts"),
+                            )
                         ],
                     ),
                 ],
@@ -305,21 +286,13 @@ def line_overview() -> dict[str, Any]:
                     _ts(
                         "Fail-safe rejects by station",
                         "none",
-                        [
-                            (
-                                "sum by (station_id, cause) "
-                                "(increase(lineguard_plc_bridge_fail_safes_total[5m]))",
-                                "{{station_id}} {{cause}}",
-                            ),
-                        ],
+                        [_increase_by("lineguard_plc_bridge_fail_safes", "station_id, cause", "5m")],
                         w=8,
                     ),
                     _ts(
                         "Verdict → PLC write (p99)",
                         "s",
-                        [
-                            (_q("0.99", "lineguard_plc_bridge_verdict_to_plc_seconds"), "p99"),
-                        ],
+                        _quantiles("lineguard_plc_bridge_verdict_to_plc_seconds", "0.99"),
                         w=8,
                     ),
                     _ts(
@@ -334,34 +307,19 @@ def line_overview() -> dict[str, Any]:
                     _ts(
                         "Bridge verdicts / s by outcome",
                         "ops",
-                        [
-                            (
-                                f"sum by (outcome) (rate(lineguard_plc_bridge_verdicts_total[{RI}]))",
-                                "{{outcome}}",
-                            ),
-                        ],
+                        [_by("lineguard_plc_bridge_verdicts", "outcome")],
                         w=8,
                     ),
                     _ts(
                         "Operator alerts by kind",
                         "none",
-                        [
-                            (
-                                "sum by (kind) (increase(lineguard_alerts_events_consumed_total[15m]))",
-                                "{{kind}}",
-                            ),
-                        ],
+                        [_increase_by("lineguard_alerts_events_consumed", "kind", "15m")],
                         w=8,
                     ),
                     _ts(
                         "Webhook deliveries by outcome",
                         "none",
-                        [
-                            (
-                                "sum by (outcome) (increase(lineguard_alerts_deliveries_total[15m]))",
-                                "{{outcome}}",
-                            ),
-                        ],
+                        [_increase_by("lineguard_alerts_deliveries", "outcome", "15m")],
                         w=8,
                     ),
                 ],
@@ -383,30 +341,23 @@ def model_view() -> dict[str, Any]:
                     _stat(
                         "Model version",
                         "none",
-                        [("count by (version) (lineguard_scorer_model_info)", "{{version}}")],
+                        "count by (version) (lineguard_scorer_model_info)",
+                        legend="{{version}}",
                         w=8,
                         description="One series per version; two during a rolling swap.",
                     ),
                     _stat(
-                        "Model swaps (24 h)",
-                        "none",
-                        [("sum(increase(lineguard_scorer_model_swaps_total[24h]))", "")],
+                        "Model swaps (24 h)", "none", "sum(increase(lineguard_scorer_model_swaps_total[24h]))"
                     ),
                     _stat(
                         "Refused models (24 h)",
                         "none",
-                        [("sum(increase(lineguard_scorer_model_load_failures_total[24h]))", "")],
+                        "sum(increase(lineguard_scorer_model_load_failures_total[24h]))",
                     ),
                     _stat(
                         "Unknown products (1 h)",
                         "percentunit",
-                        [
-                            (
-                                f'sum(rate({verdicts}{{product_class="unknown"}}[1h]))'
-                                f" / sum(rate({verdicts}[1h]))",
-                                "",
-                            )
-                        ],
+                        f'sum(rate({verdicts}{{product_class="unknown"}}[1h])) / sum(rate({verdicts}[1h]))',
                         w=8,
                     ),
                 ],
@@ -464,16 +415,7 @@ def model_view() -> dict[str, Any]:
                     _ts(
                         "Normalised score by class (p50 / p99; 0.5 is the threshold)",
                         "none",
-                        [
-                            (
-                                _q("0.5", "lineguard_scorer_score", "le, product_class"),
-                                "p50 {{product_class}}",
-                            ),
-                            (
-                                _q("0.99", "lineguard_scorer_score", "le, product_class"),
-                                "p99 {{product_class}}",
-                            ),
-                        ],
+                        _quantiles("lineguard_scorer_score", by="product_class"),
                         threshold=0.5,
                     ),
                     _ts(
@@ -484,21 +426,10 @@ def model_view() -> dict[str, Any]:
                     _ts(
                         "Routing confidence by class (p10 / p50)",
                         "percentunit",
-                        [
-                            (
-                                _q("0.1", "lineguard_scorer_route_confidence", "le, product_class"),
-                                "p10 {{product_class}}",
-                            ),
-                            (
-                                _q("0.5", "lineguard_scorer_route_confidence", "le, product_class"),
-                                "p50 {{product_class}}",
-                            ),
-                        ],
+                        _quantiles("lineguard_scorer_route_confidence", "0.1", "0.5", by="product_class"),
                     ),
                     _ts(
-                        "Operator alerts raised / s by kind",
-                        "ops",
-                        [(f"sum by (kind) (rate(lineguard_scorer_alerts_total[{RI}]))", "{{kind}}")],
+                        "Operator alerts raised / s by kind", "ops", [_by("lineguard_scorer_alerts", "kind")]
                     ),
                 ],
             ),
@@ -508,10 +439,7 @@ def model_view() -> dict[str, Any]:
                     _ts(
                         "Model and k-NN seconds per batch (p50 / p99)",
                         "s",
-                        [
-                            (_q("0.5", "lineguard_scorer_stage_seconds", "le, stage"), "p50 {{stage}}"),
-                            (_q("0.99", "lineguard_scorer_stage_seconds", "le, stage"), "p99 {{stage}}"),
-                        ],
+                        _quantiles("lineguard_scorer_stage_seconds", by="stage"),
                         w=24,
                     ),
                 ],
@@ -521,7 +449,6 @@ def model_view() -> dict[str, Any]:
 
 
 def explainer_view() -> dict[str, Any]:
-    requests = "lineguard_explainer_vlm_requests_total"
     return dashboard(
         "lineguard-explainer",
         "Lineguard · Explainer",
@@ -531,75 +458,40 @@ def explainer_view() -> dict[str, Any]:
                 "Now",
                 [
                     _stat(
-                        "Budget left (USD)",
-                        "currencyUSD",
-                        [("min(lineguard_explainer_budget_remaining_usd)", "")],
+                        "Budget left (USD)", "currencyUSD", "min(lineguard_explainer_budget_remaining_usd)"
                     ),
                     _stat(
                         "Cost today (USD, 24 h)",
                         "currencyUSD",
-                        [("sum(increase(lineguard_explainer_vlm_cost_usd_total[24h]))", "")],
+                        "sum(increase(lineguard_explainer_vlm_cost_usd_total[24h]))",
                     ),
-                    _stat(
-                        "Reports (1 h)",
-                        "none",
-                        [("sum(increase(lineguard_explainer_reports_total[1h]))", "")],
-                    ),
+                    _stat("Reports (1 h)", "none", "sum(increase(lineguard_explainer_reports_total[1h]))"),
                     _stat(
                         "Fallback share (1 h)",
                         "percentunit",
-                        [
-                            (
-                                'sum(increase(lineguard_explainer_reports_total{source="fallback"}[1h])) '
-                                "/ sum(increase(lineguard_explainer_reports_total[1h]))",
-                                "",
-                            )
-                        ],
+                        (
+                            'sum(increase(lineguard_explainer_reports_total{source="fallback"}[1h])) '
+                            "/ sum(increase(lineguard_explainer_reports_total[1h]))"
+                        ),
                     ),
-                    _stat("Circuit breaker", "bool_on_off", [("max(lineguard_explainer_circuit_open)", "")]),
-                    _stat("Events held", "none", [("sum(lineguard_explainer_held_events)", "")]),
+                    _stat("Circuit breaker", "bool_on_off", "max(lineguard_explainer_circuit_open)"),
+                    _stat("Events held", "none", "sum(lineguard_explainer_held_events)"),
                 ],
             ),
             (
                 "Reports",
                 [
-                    _ts(
-                        "Reports / s by source",
-                        "ops",
-                        [
-                            (
-                                f"sum by (source) (rate(lineguard_explainer_reports_total[{RI}]))",
-                                "{{source}}",
-                            ),
-                        ],
-                    ),
+                    _ts("Reports / s by source", "ops", [_by("lineguard_explainer_reports", "source")]),
                     _ts(
                         "Fallback reports by reason",
                         "none",
-                        [
-                            (
-                                "sum by (reason) (increase(lineguard_explainer_fallback_reports_total[15m]))",
-                                "{{reason}}",
-                            ),
-                        ],
+                        [_increase_by("lineguard_explainer_fallback_reports", "reason", "15m")],
                     ),
-                    _ts(
-                        "Verdict → report latency",
-                        "s",
-                        [
-                            (_q("0.5", "lineguard_explainer_report_seconds"), "p50"),
-                            (_q("0.99", "lineguard_explainer_report_seconds"), "p99"),
-                        ],
-                    ),
+                    _ts("Verdict → report latency", "s", _quantiles("lineguard_explainer_report_seconds")),
                     _ts(
                         "Defects lag (events behind)",
                         "none",
-                        [
-                            (
-                                "sum by (partition) (lineguard_explainer_consumer_lag)",
-                                "partition {{partition}}",
-                            ),
-                        ],
+                        [_lag_by_partition("lineguard_explainer_consumer_lag")],
                     ),
                 ],
             ),
@@ -609,18 +501,9 @@ def explainer_view() -> dict[str, Any]:
                     _ts(
                         "VLM requests / s by outcome",
                         "ops",
-                        [
-                            (f"sum by (outcome) (rate({requests}[{RI}]))", "{{outcome}}"),
-                        ],
+                        [_by("lineguard_explainer_vlm_requests", "outcome")],
                     ),
-                    _ts(
-                        "VLM request latency",
-                        "s",
-                        [
-                            (_q("0.5", "lineguard_explainer_vlm_request_seconds"), "p50"),
-                            (_q("0.99", "lineguard_explainer_vlm_request_seconds"), "p99"),
-                        ],
-                    ),
+                    _ts("VLM request latency", "s", _quantiles("lineguard_explainer_vlm_request_seconds")),
                     _ts(
                         "Tokens / min by type",
                         "none",
@@ -658,16 +541,6 @@ def explainer_view() -> dict[str, Any]:
     )
 
 
-def _rate(metric: str, by: str = "") -> str:
-    grouping = f"sum by ({by}) " if by else "sum "
-    return f"{grouping}(rate({metric}_total[{RI}]))"
-
-
-def _by(metric: str, by: str) -> tuple[str, str]:
-    """A counter's rate per value of ``by``, legend the value."""
-    return (_rate(metric, by), "{{" + by + "}}")
-
-
 def services_view() -> dict[str, Any]:
     """What each service does inside: scorer faults, explainer and alerts plumbing, the PLC
     bridge's writes and commits, the camera gateway's cameras and buffers, the console."""
@@ -683,7 +556,7 @@ def services_view() -> dict[str, Any]:
             (
                 "Scorer faults",
                 [
-                    _stat("Healthy", "none", [(f"min({sc}healthy)", "")]),
+                    _stat("Healthy", "none", f"min({sc}healthy)"),
                     _ts("Stalls / s by what stopped", "ops", [_by(f"{sc}stalls", "stall")], w=10),
                     _ts(
                         "Timeouts and rebalance failures / s",
@@ -724,11 +597,7 @@ def services_view() -> dict[str, Any]:
             (
                 "PLC bridge",
                 [
-                    _ts(
-                        "PLC writes / s",
-                        "ops",
-                        [(_rate(f"{plc}plc_writes", "target, outcome"), "{{target}} {{outcome}}")],
-                    ),
+                    _ts("PLC writes / s", "ops", [_by(f"{plc}plc_writes", "target, outcome")]),
                     _ts("Offset commits / s", "ops", [_by(f"{plc}commits", "outcome")]),
                     _ts(
                         "Parts awaiting a verdict",
@@ -755,30 +624,23 @@ def services_view() -> dict[str, Any]:
             (
                 "Operator alerts",
                 [
-                    _stat("Webhook configured", "none", [(f"min({al}webhook_configured)", "")]),
-                    _stat("Retrying", "none", [(f"max({al}retrying)", "")]),
-                    _stat("Ledger entries", "none", [(f"sum({al}ledger_entries)", "")]),
+                    _stat("Webhook configured", "none", f"min({al}webhook_configured)"),
+                    _stat("Retrying", "none", f"max({al}retrying)"),
+                    _stat("Ledger entries", "none", f"sum({al}ledger_entries)"),
                     _ts(
                         "Suppressed, rate-limited / s",
                         "ops",
                         [_by(f"{al}suppressed", "kind"), (_rate(f"{al}rate_limited"), "rate limited")],
                         w=12,
                     ),
-                    _ts(
-                        "Raised to delivered (p50 / p99)",
-                        "s",
-                        [
-                            (_q("0.5", f"{al}delivery_seconds"), "p50"),
-                            (_q("0.99", f"{al}delivery_seconds"), "p99"),
-                        ],
-                    ),
+                    _ts("Raised to delivered (p50 / p99)", "s", _quantiles(f"{al}delivery_seconds")),
                     _ts("Ledger and de-duplication evictions / s", "ops", [_by(f"{al}evictions", "map")]),
                 ],
             ),
             (
                 "Camera gateway",
                 [
-                    _stat("Kafka up", "none", [(f"min({gw}kafka_up)", "")]),
+                    _stat("Kafka up", "none", f"min({gw}kafka_up)"),
                     _ts(
                         "Sources up", "none", [(f"max by (camera_id) ({gw}source_up)", "{{camera_id}}")], w=10
                     ),
@@ -791,11 +653,7 @@ def services_view() -> dict[str, Any]:
                             (_rate(f"{gw}frames_sent", "camera_id"), "{{camera_id}} sent"),
                         ],
                     ),
-                    _ts(
-                        "Frames dropped / s",
-                        "ops",
-                        [(_rate(f"{gw}frames_dropped", "camera_id, reason"), "{{camera_id}} {{reason}}")],
-                    ),
+                    _ts("Frames dropped / s", "ops", [_by(f"{gw}frames_dropped", "camera_id, reason")]),
                     _ts(
                         "Buffered frames and bytes",
                         "none",
@@ -817,21 +675,12 @@ def services_view() -> dict[str, Any]:
                             (_rate(f"{gw}files_reconciled", "camera_id"), "{{camera_id}} reconciled"),
                         ],
                     ),
-                    _ts(
-                        "Triggers / s",
-                        "ops",
-                        [(_rate(f"{gw}triggers", "camera_id, outcome"), "{{camera_id}} {{outcome}}")],
-                    ),
+                    _ts("Triggers / s", "ops", [_by(f"{gw}triggers", "camera_id, outcome")]),
                     _ts("Transactions / s", "ops", [_by(f"{gw}transactions", "outcome")], w=8),
                     _ts(
-                        "Transaction seconds (p99)",
-                        "s",
-                        [(_q("0.99", f"{gw}transaction_seconds"), "p99")],
-                        w=8,
+                        "Transaction seconds (p99)", "s", _quantiles(f"{gw}transaction_seconds", "0.99"), w=8
                     ),
-                    _ts(
-                        "Frames per transaction (p50)", "none", [(_q("0.5", f"{gw}batch_frames"), "p50")], w=8
-                    ),
+                    _ts("Frames per transaction (p50)", "none", _quantiles(f"{gw}batch_frames", "0.5"), w=8),
                 ],
             ),
             (
@@ -865,14 +714,9 @@ def services_view() -> dict[str, Any]:
             (
                 "Operator console",
                 [
-                    _stat("Live pages", "none", [(f"sum({co}live_pages)", "")]),
+                    _stat("Live pages", "none", f"sum({co}live_pages)"),
                     _ts("Records read / s", "ops", [_by(f"{co}records_consumed", "topic")], w=10),
-                    _ts(
-                        "Bad records / s",
-                        "ops",
-                        [(_rate(f"{co}bad_records", "topic, reason"), "{{topic}} {{reason}}")],
-                        w=10,
-                    ),
+                    _ts("Bad records / s", "ops", [_by(f"{co}bad_records", "topic, reason")], w=10),
                     _ts(
                         "Judgements, frames saved / s",
                         "ops",

@@ -67,6 +67,16 @@ def _command(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
 
 
+def add_stream_arguments(
+    parser: argparse.ArgumentParser, *, rate: float = 5.0, cameras: int = 1, bad_rate: float = 0.0
+) -> None:
+    """How the simulated cameras stream; ``lineguard demo`` declares these too (its own defaults) and
+    passes them on to the camera-sim it starts, so both check them the same way."""
+    parser.add_argument("--rate", type=float, default=rate, help="frames per second per camera")
+    parser.add_argument("--cameras", type=positive_int, default=cameras, help="number of cameras")
+    parser.add_argument("--bad-rate", type=probability, default=bad_rate, help="share of bad frames")
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("camera-sim", help=HELP, description=DESCRIPTION)
     source = parser.add_mutually_exclusive_group()
@@ -76,10 +86,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--defect-rate", type=probability, default=0.3, help="synthetic defect share")
     parser.add_argument("--pool", type=positive_int, default=48, help="synthetic samples to cycle through")
     parser.add_argument("--size", type=positive_int, default=224, help="synthetic image side in pixels")
-    parser.add_argument("--rate", type=float, default=5.0, help="frames per second per camera")
+    add_stream_arguments(parser)
     parser.add_argument("--count", type=int, default=100, help="frames in all (0: until stopped)")
-    parser.add_argument("--cameras", type=positive_int, default=1, help="number of cameras")
-    parser.add_argument("--bad-rate", type=probability, default=0.0, help="share of bad frames")
     parser.add_argument("--bad-kinds", help="bad frame kinds, comma separated (default: all)")
     parser.add_argument("--truth", type=Path, help="write the ground truth here (JSON lines)")
     parser.add_argument("--deadline-ms", type=int, help="verdict deadline after capture, in ms")

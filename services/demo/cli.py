@@ -6,6 +6,7 @@ import argparse
 import signal
 from typing import Any
 
+from services.camera_sim.cli import add_stream_arguments
 from shared.errors import LineguardError
 
 
@@ -39,8 +40,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--train", type=int, default=40, help="training images per product")
     parser.add_argument("--bank", type=int, default=1000, help="memory bank size per product")
     parser.add_argument("--frames", type=int, default=200, help="frames to send in all")
-    parser.add_argument("--cameras", type=int, default=2, help="simulated cameras")
-    parser.add_argument("--rate", type=float, default=6.0, help="frames per second per camera")
-    parser.add_argument("--bad-rate", type=float, default=0.05, help="share of bad frames injected")
+    add_stream_arguments(parser, rate=6.0, cameras=2, bad_rate=0.05)
     parser.add_argument("--max-seconds", type=float, default=110.0, help="overall time budget")
     parser.set_defaults(handler=_command)

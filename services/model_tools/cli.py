@@ -81,6 +81,16 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _add_config_option(
+    parser: argparse._ActionsContainer, field: str, help_text: str, **options: Any
+) -> None:
+    """An option that sets the FitConfig field of its name (--shot-gain-max: shot_gain_max), with
+    FitConfig's default, so that the default has one home."""
+    parser.add_argument(
+        "--" + field.replace("_", "-"), default=getattr(FitConfig, field), help=help_text, **options
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     fit = subparsers.add_parser("fit", help="fit a model from normal images (MVTec AD layout)")
     fit.add_argument("--data", required=True, help="MVTec root or one class folder")
@@ -100,14 +110,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--vit-combine", choices=("mean", "concat"), default="mean", help="how ViT blocks are combined"
     )
-    fit.add_argument("--bank-size", type=positive_int, default=10_000, help="coreset size per class")
-    fit.add_argument(
-        "--bank-ratio", type=float, help="coreset as a share of all patches (overrides --bank-size)"
+    _add_config_option(fit, "bank_size", "coreset size per class", type=positive_int)
+    _add_config_option(
+        fit, "bank_ratio", "coreset as a share of all patches (overrides --bank-size)", type=float
     )
     fit.add_argument(
         "--scorer", choices=SCORER_KINDS, default="knn", help="patch scorer (README: which when)"
     )
-    fit.add_argument("--k", type=positive_int, default=1, help="neighbours averaged per patch")
+    _add_config_option(fit, "k", "neighbours averaged per patch", type=positive_int)
     fit.add_argument(
         "--index",
         choices=INDEX_CHOICES,
@@ -115,18 +125,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="flat: exact; pca-refine: PCA candidates re-ranked exactly (faster for ViT features); "
         "hnsw/ivf: approximate, for very large banks",
     )
-    fit.add_argument(
-        "--reduced-dims", type=positive_int, default=128, help="pca-refine: candidate search dims"
-    )
-    fit.add_argument(
-        "--refine-factor", type=positive_int, default=8, help="pca-refine: candidates per neighbour"
-    )
+    _add_config_option(fit, "reduced_dims", "pca-refine: candidate search dims", type=positive_int)
+    _add_config_option(fit, "refine_factor", "pca-refine: candidates per neighbour", type=positive_int)
     fit.add_argument(
         "--image-score",
         choices=IMAGE_SCORE_MODES,
         help="max (default) or top1; excess: the maximum above the image's own mean (few-shot default)",
     )
-    fit.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate the threshold aims at")
+    _add_config_option(fit, "target_frr", "false-reject rate the threshold aims at", type=float)
     fit.add_argument(
         "--calibration-folds",
         type=positive_int,
@@ -194,34 +200,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="confirmed normal images a few-shot class needs before its verdicts stop being 'review'",
     )
-    cold.add_argument(
-        "--shot-flips",
+    _add_config_option(
+        cold,
+        "shot_flips",
+        "mirror images of each shot in the bank (only where a mirrored good part is a good part)",
         choices=("none", "horizontal", "both"),
-        default=FitConfig.shot_flips,
-        help="mirror images of each shot in the bank (only where a mirrored good part is a good part)",
     )
-    cold.add_argument(
-        "--shot-gain-max",
-        type=float,
-        default=FitConfig.shot_gain_max,
-        help="exposure views of each shot, from 1/F to F times the brightness",
+    _add_config_option(
+        cold, "shot_gain_max", "exposure views of each shot, from 1/F to F times the brightness", type=float
     )
-    cold.add_argument(
-        "--shot-gain-steps",
-        type=positive_int,
-        default=FitConfig.shot_gain_steps,
-        help="number of exposure views",
-    )
-    cold.add_argument(
-        "--shot-bank-patches",
+    _add_config_option(cold, "shot_gain_steps", "number of exposure views", type=positive_int)
+    _add_config_option(
+        cold,
+        "shot_bank_patches",
+        "few-shot bank: as many views per shot as fit in N patches, all kept (0: every view, coreset)",
         type=int,
-        default=FitConfig.shot_bank_patches,
         metavar="N",
-        help="few-shot bank: as many views per shot as fit in N patches, all kept (0: every view, coreset)",
     )
     clip = fit.add_argument_group("WinCLIP (--scorer winclip): CLIP read from a local open_clip checkpoint")
     clip.add_argument("--clip-weights", metavar="FILE", help="open_clip checkpoint (.safetensors, .bin, .pt)")
-    clip.add_argument("--clip-model", default=FitConfig.clip_model, help="open_clip architecture of the file")
+    _add_config_option(clip, "clip_model", "open_clip architecture of the file")
     clip.add_argument("--clip-object", help="the object named in the prompts (default: the class name)")
     clip.add_argument(
         "--clip-overrides",

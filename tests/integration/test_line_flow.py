@@ -6,8 +6,10 @@ import asyncio
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -37,19 +39,36 @@ BAD_REASONS = {
 }
 
 
+class LineReaders(NamedTuple):
+    verdicts: TopicReader
+    dlq: TopicReader
+    defects: TopicReader
+    frames: TopicReader
+
+
+@asynccontextmanager
+async def scored_line(
+    settings: Settings, model_dir: Path, frame_type: type | None
+) -> AsyncIterator[LineReaders]:
+    """A scorer on ``model_dir``, and a reader on each topic it reads or writes, started before it
+    (``frame_type`` None: raw frames, for runs that send bad ones)."""
+    async with (
+        TopicReader(settings, "verdicts", Verdict) as verdicts,
+        TopicReader(settings, "dlq", DeadLetter) as dlq,
+        TopicReader(settings, "defects", DefectEvent) as defects,
+        TopicReader(settings, "frames", frame_type) as frames,
+        running_scorer(settings, model_dir),
+    ):
+        yield LineReaders(verdicts, dlq, defects, frames)
+
+
 async def test_each_good_frame_gets_one_verdict_and_each_bad_frame_one_dead_letter(
     kafka_settings: Settings, line_models: LineModels, tmp_path: Path
 ) -> None:
     settings = scorer_settings(kafka_settings)
     truth_path = tmp_path / "truth.jsonl"
     options = sim_options(count=40, cameras=2, rate=20.0, bad_rate=0.25, truth=truth_path, seed=3)
-    async with (
-        TopicReader(settings, "verdicts", Verdict) as verdicts,
-        TopicReader(settings, "dlq", DeadLetter) as dlq,
-        TopicReader(settings, "defects", DefectEvent) as defects,
-        TopicReader(settings, "frames", None) as frames,
-        running_scorer(settings, line_models.a),
-    ):
+    async with scored_line(settings, line_models.a, frame_type=None) as (verdicts, dlq, defects, frames):
         stats = await run_camera_sim(settings, options)
         truth = read_truth(truth_path)
         good = {f for f, r in truth.items() if r.bad is None}
@@ -232,13 +251,7 @@ async def test_camera_sized_frames_are_scored_reduced_and_answered_in_the_frames
     options = sim_options(
         count=8, defect_rate=0.5, frame_size=(width, height), encoding=encoding, truth=truth_path, seed=7
     )
-    async with (
-        TopicReader(settings, "verdicts", Verdict) as verdicts,
-        TopicReader(settings, "defects", DefectEvent) as defects,
-        TopicReader(settings, "dlq", DeadLetter) as dlq,
-        TopicReader(settings, "frames", Frame) as frames,
-        running_scorer(settings, line_models.a),
-    ):
+    async with scored_line(settings, line_models.a, frame_type=Frame) as (verdicts, dlq, defects, frames):
         await run_camera_sim(settings, options)
         got = await verdicts.wait_for(8, timeout=90)
         flagged = [v for v in got.values if v.decision in ("reject", "review")]

@@ -3,6 +3,7 @@ and written alike."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 import time
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness import print_results, timed_threads
+from benchmarks.harness import fit_config, print_report, print_results, print_row, timed_threads
+from shared.engine.config import FitConfig
 
 
 def test_timed_threads_runs_every_share_at_once_and_times_the_slowest() -> None:
@@ -39,3 +41,22 @@ def test_print_results_prints_and_writes_the_same_json(
     assert (tmp_path / "out.json").read_text() == printed
     print_results(results, None)
     assert json.loads(capsys.readouterr().out)["fps"] == 12.5
+
+
+def test_print_row_names_one_compact_json_measurement(capsys: pytest.CaptureFixture[str]) -> None:
+    print_row("washer jpeg", {"ms": 1.5, "n": 2})
+    assert capsys.readouterr().out == 'washer jpeg {"ms": 1.5, "n": 2}\n'
+
+
+def test_print_report_prints_one_json_line_and_gives_the_exit_status(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert print_report({"machine": "x86_64", "results": {"a": 1}}) == 0
+    assert capsys.readouterr().out == '{"machine": "x86_64", "results": {"a": 1}}\n'
+
+
+def test_fit_config_takes_the_options_named_after_its_fields_and_the_fixed_values_over_them() -> None:
+    args = argparse.Namespace(data="x", bank_size=500, k=[1, 3], reduced_dims=50, threads=2)
+    config = fit_config(args, k=3, backbone="efficientnet_lite0")
+    assert (config.bank_size, config.k, config.reduced_dims) == (500, 3, 50)
+    assert config.refine_factor == FitConfig.refine_factor  # not an option: FitConfig's default
