@@ -21,12 +21,9 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.harness import print_report, print_row
 from services.camera_sim.images import camera_frame, encode_frame

@@ -25,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from benchmarks.harness import print_report, print_row
 from shared.engine.config import FitConfig, RuntimeOptions
 from shared.engine.dataset import discover

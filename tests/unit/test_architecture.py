@@ -138,6 +138,22 @@ def test_the_engine_knows_nothing_of_kafka_or_the_wire() -> None:
     assert "shared.engine.model" in graph  # the graph did find the engine
 
 
+def test_nothing_edits_the_import_path() -> None:
+    """Benchmarks and tests import the installed package (``python -m benchmarks.X`` from the
+    repository root): a ``sys.path`` edit would let a script run code other than what is installed."""
+    editing = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for folder in ("benchmarks", "tests", "services", "shared")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "path"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "sys"
+    ]
+    assert editing == []
+
+
 def test_a_cycle_closed_by_a_deferred_import_is_found(tmp_path: Path) -> None:
     """The shape the engine once had: fitting imports the model inside a function, the model
     imports fitting inside a method; a TYPE_CHECKING import alone is no cycle."""
