@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from services.camera_gateway import metrics
 from services.camera_gateway.core import Outgoing
+from shared.errors import LineguardError
 from shared.settings import OverflowPolicy
 
 
@@ -38,7 +39,7 @@ class _CameraQueue:
         return len(self.items) >= self.max_frames or self.bytes + item.size > self.max_bytes
 
 
-class BufferClosed(Exception):
+class BufferClosed(LineguardError):
     """The gateway is stopping: no more frames are accepted."""
 
 

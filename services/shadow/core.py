@@ -96,7 +96,7 @@ class Scored:
 
 
 @dataclass
-class Outcome:
+class LabelledResults:
     """One model's results on the labelled frames."""
 
     escapes: int = 0
@@ -180,7 +180,7 @@ class Comparison:
     ) -> dict[str, Any]:
         """The comparison as the report's JSON-ready dict (``REPORT_FORMAT``)."""
         left_out = set(excluded)
-        serving_out, candidate_out = Outcome(), Outcome()
+        serving_out, candidate_out = LabelledResults(), LabelledResults()
         changes: Counter[str] = Counter()
         by_class: dict[str, dict[str, Any]] = {}
         changed: list[dict[str, Any]] = []
