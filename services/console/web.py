@@ -46,6 +46,7 @@ from services.console.core import (
 from services.console.pictures import KINDS, PictureCache, PictureKey, render
 from shared.errors import ImageError
 from shared.frames_store import ClaimStore
+from shared.limits import MAX_PIXELS
 from shared.messages.schemas import Feedback
 from shared.telemetry.logging import log_event
 
@@ -79,7 +80,7 @@ class ConsoleContext:
     report_dir: Path | None
     public_read: bool = False
     secure_cookies: bool = False
-    max_image_pixels: int = 4096 * 4096
+    max_image_pixels: int = MAX_PIXELS
     claims: ClaimStore | None = None  # where claim-checked frames are fetched from
     max_report_bytes: int = 16 << 20
     sign_ins_per_minute: int = 10
