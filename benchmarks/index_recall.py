@@ -81,7 +81,7 @@ def main() -> int:
         for d in (dim // 4, dim // 3, dim // 2)
         for f in (4, 8, 16)
     ] + [("hnsw", {"kind": "hnsw"}), ("ivf", {"kind": "ivf"})]
-    results: dict[str, object] = {"flat (exact)": {"us_per_query": round(exact_us, 2)}}
+    results: dict[str, dict[str, float]] = {"flat (exact)": {"us_per_query": round(exact_us, 2)}}
     for name, options in variants:
         index = build_index(bank, **options)  # type: ignore[arg-type]
         dist, ids, us = timed_search(KnnBank(index, 1), queries)

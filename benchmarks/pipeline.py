@@ -94,7 +94,7 @@ def fit_model(args: argparse.Namespace, out: Path) -> None:
 def load_as_the_scorer_does(model_dir: Path, args: argparse.Namespace, workers: int, threads: int) -> Any:
     from shared.engine.persistence import load_model
 
-    options = RuntimeOptions(runtime=args.runtime, threads=threads, workers=workers)
+    options = RuntimeOptions(runtime=args.runtime, torch_threads=threads, model_workers=workers)
     return load_model(model_dir, options=options)
 
 
