@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.harness import fit_config
+from services.model_tools.cli import fit_config_from
 from shared.engine.config import FitConfig, FitProgress
 from shared.engine.dataset import ClassData, TestSample, discover
 from shared.engine.evaluation import load_mask
@@ -123,7 +123,7 @@ def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> float:
 def run_row(data: ClassData, scorer_row: str, labelled: int, backbone: str, args: argparse.Namespace) -> dict:
     scorer, changes = SCORER_ROWS[scorer_row]
     # epochs and bank size: the options of those names
-    config = fit_config(
+    config = fit_config_from(
         args, backbone=backbone, input_size=INPUT_SIZES.get(backbone, 224), scorer=scorer, **changes
     )
     chosen = labelled_choice(data.test, labelled) if labelled else []

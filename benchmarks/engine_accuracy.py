@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import fit_config, print_report
+from benchmarks.harness import print_report
+from services.model_tools.cli import fit_config_from
 from shared.engine.backbones import build_timm_model, get_spec, resolve_weights
 from shared.engine.config import INDEX_KINDS
 from shared.engine.coreset import greedy_coreset
@@ -130,7 +131,7 @@ def main() -> int:
     for k in args.k:
         began = time.perf_counter()
         # input size, bank size, index, reduced dims and refine factor: the options of those names
-        config = fit_config(
+        config = fit_config_from(
             args, backbone="efficientnet_lite0", k=k, bank_from_all_normals=not args.bank_from_train_only
         )
         model = fit_model({data.name: list(data.train)}, config)

@@ -1,28 +1,15 @@
-"""What several benchmarks do alike: build the engine's FitConfig from their options, time worker
-threads from the first start to the last finish, print each measurement as it is made, and print
-the results (as one JSON line, or indented and
+"""What several benchmarks do alike: time worker threads from the first start to the last finish,
+print each measurement as it is made, and print the results (as one JSON line, or indented and
 also written to ``--json`` when asked)."""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-from shared.engine.config import FitConfig
-
-
-def fit_config(args: argparse.Namespace, **fixed: Any) -> FitConfig:
-    """A FitConfig from the options named after its fields (--bank-size: bank_size), with ``fixed``
-    over them (a value the benchmark sets itself, or one it sweeps)."""
-    fields = {field.name for field in dataclasses.fields(FitConfig)}
-    given = {name: value for name, value in vars(args).items() if name in fields}
-    return FitConfig(**{**given, **fixed})
 
 
 def timed_threads(work: Callable[[Any], None], shares: Sequence[Any]) -> float:

@@ -7,6 +7,7 @@ handlers, when one of these commands runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -79,6 +80,14 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return value
+
+
+def fit_config_from(args: argparse.Namespace, **fixed: Any) -> FitConfig:
+    """A FitConfig from the options named after its fields (--bank-size: bank_size), with ``fixed``
+    over them (what the command derives, or a value a benchmark sets or sweeps)."""
+    fields = {field.name for field in dataclasses.fields(FitConfig)}
+    given = {name: value for name, value in vars(args).items() if name in fields}
+    return FitConfig(**{**given, **fixed})
 
 
 def _add_config_option(
@@ -340,35 +349,14 @@ def run_fit(args: argparse.Namespace) -> int:
     if folds is None:
         folds = 1 if args.bank_from_train_only else FitConfig.calibration_folds
     try:
-        config = FitConfig(
-            backbone=args.backbone,
-            weights=args.weights,
+        config = fit_config_from(
+            args,
             input_size=args.input_size or BACKBONES[args.backbone].input_size,
-            layers=args.layers,
-            vit_combine=args.vit_combine,
-            scorer=args.scorer,
-            k=args.k,
-            index=args.index,
-            reduced_dims=args.reduced_dims,
-            refine_factor=args.refine_factor,
-            bank_size=args.bank_size,
-            bank_ratio=args.bank_ratio,
             image_score=args.image_score or (FEW_SHOT_IMAGE_SCORE if args.shots else "max"),
-            target_frr=args.target_frr,
             holdout_fraction=args.holdout,
             calibration_folds=folds,
             bank_from_all_normals=not args.bank_from_train_only,
-            seed=args.seed,
-            shot_flips=args.shot_flips,
-            shot_gain_max=args.shot_gain_max,
-            shot_gain_steps=args.shot_gain_steps,
-            shot_bank_patches=args.shot_bank_patches,
             review_until_confirmed=args.review_until,
-            clip_model=args.clip_model,
-            clip_weights=args.clip_weights,
-            clip_object=args.clip_object,
-            clip_overrides=args.clip_overrides,
-            winclip_scales=args.winclip_scales,
             winclip_few_shot=not args.zero_shot,
         )
         if args.shots is None and (args.shots_seed is not None or args.confirmed_normals):

@@ -3,7 +3,6 @@ and written alike."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
@@ -11,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness import fit_config, print_report, print_results, print_row, timed_threads
-from shared.engine.config import FitConfig
+from benchmarks.harness import print_report, print_results, print_row, timed_threads
 
 
 def test_timed_threads_runs_every_share_at_once_and_times_the_slowest() -> None:
@@ -53,10 +51,3 @@ def test_print_report_prints_one_json_line_and_gives_the_exit_status(
 ) -> None:
     assert print_report({"machine": "x86_64", "results": {"a": 1}}) == 0
     assert capsys.readouterr().out == '{"machine": "x86_64", "results": {"a": 1}}\n'
-
-
-def test_fit_config_takes_the_options_named_after_its_fields_and_the_fixed_values_over_them() -> None:
-    args = argparse.Namespace(data="x", bank_size=500, k=[1, 3], reduced_dims=50, threads=2)
-    config = fit_config(args, k=3, backbone="efficientnet_lite0")
-    assert (config.bank_size, config.k, config.reduced_dims) == (500, 3, 50)
-    assert config.refine_factor == FitConfig.refine_factor  # not an option: FitConfig's default

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from services.cli import main
-from services.model_tools.cli import INDEX_CHOICES, register
-from shared.engine.config import INDEX_KINDS, SCORER_KINDS
+from services.model_tools.cli import INDEX_CHOICES, fit_config_from, register
+from shared.engine.config import INDEX_KINDS, SCORER_KINDS, FitConfig
 from shared.synthetic import write_mvtec_dataset
 from tests.support.cli import json_of
 
@@ -229,3 +229,10 @@ def test_the_cli_offers_exactly_the_registered_scorers_and_index_kinds() -> None
             )
     with pytest.raises(SystemExit):
         parser.parse_args(["fit", "--data", "d", "--out", "o", "--scorer", "padim"])
+
+
+def test_fit_config_from_takes_the_options_named_after_its_fields_and_the_fixed_values_over_them() -> None:
+    args = argparse.Namespace(data="x", bank_size=500, k=[1, 3], reduced_dims=50, threads=2)
+    config = fit_config_from(args, k=3, backbone="efficientnet_lite0")
+    assert (config.bank_size, config.k, config.reduced_dims) == (500, 3, 50)
+    assert config.refine_factor == FitConfig.refine_factor  # not an option: FitConfig's default
