@@ -620,7 +620,12 @@ CoreOptions = TypeVar("CoreOptions", bound="DataclassInstance")
 def from_section(cls: type[CoreOptions], section: BaseModel) -> CoreOptions:
     """A service core's options (a dataclass) from its settings section: every field the section has
     under the same name; the dataclass's other fields keep their defaults."""
-    return cls(**section.model_dump(include={f.name for f in dataclasses.fields(cls)}))
+    return cls(**section_fields(section, cls))
+
+
+def section_fields(section: BaseModel, cls: type) -> dict[str, Any]:
+    """The values of ``section``'s fields that the dataclass ``cls`` has under the same names."""
+    return section.model_dump(include={f.name for f in dataclasses.fields(cls)})
 
 
 def load_settings() -> Settings:

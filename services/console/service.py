@@ -40,7 +40,7 @@ from shared.messages.schemas import (
     Report,
     Verdict,
 )
-from shared.settings import Settings, from_section
+from shared.settings import Settings, from_section, section_fields
 from shared.telemetry.logging import log_event, record_position
 
 log = logging.getLogger("lineguard.console")
@@ -83,12 +83,8 @@ class ConsoleService:
             vocabulary=settings.explainer.vocabulary,
             default_vocabulary=settings.explainer.default_vocabulary,
             report_dir=settings.explainer.report_dir,
-            public_read=cfg.public_read,
-            secure_cookies=cfg.secure_cookies,
-            max_image_pixels=cfg.max_image_pixels,
             claims=self.claims,
-            max_report_bytes=cfg.max_report_bytes,
-            sign_ins_per_minute=cfg.sign_ins_per_minute,
+            **section_fields(cfg, ConsoleContext),  # public_read, secure_cookies, the limits
         )
         self.ready = asyncio.Event()
 
