@@ -131,6 +131,62 @@ class KnnPrior:
 
 
 @dataclass(frozen=True)
+class PriorFusion:
+    """One image score from a network's image logit and the k-NN prior's image score (the largest
+    log distance of the image's patches): each standardised with its mean and std over the class's
+    training normals, then added with equal weights.
+
+    The two disagree on different defects (CV over the labelled defects, docs/benchmarks.md), so
+    their sum ranks defects above normals more often than either. The prior's training scores are
+    leave-one-image-out, the network's are on images it trained on; the calibration threshold comes
+    from held-out normals in any case.
+    """
+
+    logit_mean: float
+    logit_std: float
+    prior_mean: float
+    prior_std: float
+
+    @classmethod
+    def of(cls, logits: torch.Tensor, prior_scores: torch.Tensor) -> PriorFusion:
+        """From the training normals' image logits ``(n,)`` and prior image scores ``(n,)``."""
+        logit, prior = logits.double(), prior_scores.double()
+        floor = 1e-6  # a constant score (one training image, or a degenerate network) divides by it
+        return cls(
+            float(logit.mean()),
+            max(float(logit.std(unbiased=False)), floor),
+            float(prior.mean()),
+            max(float(prior.std(unbiased=False)), floor),
+        )
+
+    def combine(self, logits: torch.Tensor, prior_scores: torch.Tensor) -> torch.Tensor:
+        logit = (logits.double() - self.logit_mean) / self.logit_std
+        return logit + (prior_scores.double() - self.prior_mean) / self.prior_std
+
+    def write(self, tensors: dict[str, np.ndarray], name: str) -> None:
+        tensors[name] = np.array(
+            [self.logit_mean, self.logit_std, self.prior_mean, self.prior_std], dtype=np.float64
+        )
+
+    @classmethod
+    def read(cls, tensors: dict[str, np.ndarray], name: str) -> PriorFusion | None:
+        """The fusion ``write`` stored, checked (four finite numbers, both stds > 0); None if absent."""
+        value = tensors.get(name)
+        if value is None:
+            return None
+        if value.shape != (4,) or value.dtype.kind != "f" or not np.isfinite(value).all():
+            raise ArtifactError(f"{name}: not four finite numbers")
+        if value[1] <= 0 or value[3] <= 0:
+            raise ArtifactError(f"{name}: standard deviations must be positive")
+        return cls(*(float(v) for v in value))
+
+
+def prior_image_scores(log_distances: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` or ``(B, 1, h, w)`` log k-NN distances -> ``(B,)``: each image's largest."""
+    return log_distances.flatten(1).amax(1)
+
+
+@dataclass(frozen=True)
 class ChannelStats:
     """Per-channel mean and std ``(1, C, 1, 1)`` of a class's normal feature maps, which
     standardise the networks' input."""

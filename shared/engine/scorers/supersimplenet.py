@@ -39,7 +39,10 @@ from shared.engine.scorers import learned
 from shared.engine.scorers.base import ArtifactFiles, FitContext, PatchScores, ScoreInput
 from shared.errors import ArtifactError
 
-ImageRule = Literal["cls", "seg"]
+# "seg": max of the blurred map; "cls": the classification head's logit; "cls+knn": that logit and
+# the k-NN prior's image score, each standardised on the training normals, summed
+# (``learned.PriorFusion``; needs the prior, else "cls").
+ImageRule = Literal["cls", "seg", "cls+knn"]
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,8 @@ class SSNSettings:
     # a random place (flipped at random): real defect features in new positions and surroundings
     paste_share: float = 0.0
     knn_prior: bool = True
-    image_rule: ImageRule = "seg"  # normal-only image score: "seg" = max of the blurred map
-    image_rule_labelled: ImageRule = "cls"  # with labelled defects: the classification head
+    image_rule: ImageRule = "seg"  # normal-only image score
+    image_rule_labelled: ImageRule = "cls+knn"  # with labelled defects
 
 
 def _init(module: nn.Module) -> None:
@@ -247,6 +250,12 @@ def train(
     return net.eval()
 
 
+@torch.inference_mode()
+def _image_logits(net: SSNNet, maps: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """The image logits ``(n,)`` of standardised maps ``(n, C, h, w)``, in chunks."""
+    return torch.cat([net(maps[start : start + chunk])[1] for start in range(0, len(maps), chunk)])
+
+
 def _paste(
     x: torch.Tensor,
     mask: torch.Tensor,
@@ -323,12 +332,16 @@ class SuperSimpleNetScorer(learned.LearnedScorer[SSNSettings]):
         prior: learned.KnnPrior | None,
         image_rule: ImageRule,
         n_labelled: int,
+        fusion: learned.PriorFusion | None = None,
     ) -> None:
+        if (image_rule == "cls+knn") != (fusion is not None and prior is not None):
+            raise ArtifactError('supersimplenet: the "cls+knn" image rule needs its k-NN prior and fusion')
         self.net = net.eval()
         self.stats = stats
         self.prior = prior
         self.image_rule: ImageRule = image_rule
         self.n_labelled = n_labelled
+        self.fusion = fusion
 
     @classmethod
     def fit_with(cls, context: FitContext, settings: SSNSettings) -> Self:
@@ -352,12 +365,21 @@ class SuperSimpleNetScorer(learned.LearnedScorer[SSNSettings]):
         net = train(data, settings, context.seed, context.progress)
         n_labelled = 0 if defects is None else len(defects)
         rule = settings.image_rule_labelled if n_labelled else settings.image_rule
-        return cls(net, stats, prior, rule, n_labelled)
+        fusion = None
+        if rule == "cls+knn" and prior is None:
+            rule = "cls"
+        elif rule == "cls+knn":
+            fusion = learned.PriorFusion.of(
+                _image_logits(net, data.normal), learned.prior_image_scores(learned.log_distance(own))
+            )
+        return cls(net, stats, prior, rule, n_labelled, fusion)
 
     @staticmethod
     def _with_prior(
         features: np.ndarray, grid: tuple[int, int], prior: learned.KnnPrior | None
     ) -> torch.Tensor:
+        """``(B, N, D)`` patch features -> ``(B, C, h, w)`` maps; with a prior, its log distance is
+        the last channel."""
         maps = learned.to_maps(features, grid)
         if prior is None:
             return maps
@@ -366,16 +388,16 @@ class SuperSimpleNetScorer(learned.LearnedScorer[SSNSettings]):
         )
 
     @torch.inference_mode()
-    def heads(self, features: np.ndarray, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Map logits ``(B, h, w)`` and image logits ``(B,)`` of ``(B, N, D)`` patch features."""
-        x = self.stats.standardise(self._with_prior(features, grid, self.prior))
-        return self.net(x)
-
     def score(self, batch: ScoreInput) -> PatchScores:
-        amap, image = self.heads(batch.features, batch.grid)
+        inputs = self._with_prior(batch.features, batch.grid, self.prior)
+        amap, logits = self.net(self.stats.standardise(inputs))
         patch = amap.reshape(len(amap), -1).numpy().astype(np.float32)
-        image_scores = image.numpy().astype(np.float64) if self.image_rule == "cls" else None
-        return PatchScores(patch, batch.grid, image_scores)
+        image: torch.Tensor | None = None
+        if self.image_rule == "cls":
+            image = logits
+        elif self.fusion is not None:
+            image = self.fusion.combine(logits, learned.prior_image_scores(inputs[:, -1]))
+        return PatchScores(patch, batch.grid, None if image is None else image.numpy().astype(np.float64))
 
     def manifest_facts(self) -> dict[str, Any]:
         return {
@@ -390,7 +412,10 @@ class SuperSimpleNetScorer(learned.LearnedScorer[SSNSettings]):
         self.stats.write(files.tensors, prefix)
         files.tensors[f"{prefix}.hidden"] = np.array([self.net.seg[0].out_channels], dtype=np.int64)
         files.tensors[f"{prefix}.dec_channels"] = np.array([self.net.fc.in_features // 2 - 1], dtype=np.int64)
-        files.tensors[f"{prefix}.image_rule_cls"] = np.array([self.image_rule == "cls"], dtype=np.int64)
+        # "cls+knn" models also answer 1 here: the stored fusion tells the two apart.
+        files.tensors[f"{prefix}.image_rule_cls"] = np.array([self.image_rule != "seg"], dtype=np.int64)
+        if self.fusion is not None:
+            self.fusion.write(files.tensors, f"{prefix}.fusion")
         files.tensors[f"{prefix}.labelled_defects"] = np.array([self.n_labelled], dtype=np.int64)
         files.tensors[f"{prefix}.knn_prior"] = np.array([self.prior is not None], dtype=np.int64)
         if self.prior is not None:
@@ -413,6 +438,11 @@ class SuperSimpleNetScorer(learned.LearnedScorer[SSNSettings]):
             if learned.scalar(tensors, f"{prefix}.knn_prior")
             else None
         )
+        fusion = learned.PriorFusion.read(tensors, f"{prefix}.fusion")
         rule: ImageRule = "cls" if learned.scalar(tensors, f"{prefix}.image_rule_cls") else "seg"
+        if fusion is not None:
+            if rule != "cls":
+                raise ArtifactError(f"{prefix}: a score fusion is stored for the map's image rule")
+            rule = "cls+knn"
         n_labelled = int(learned.scalar(tensors, f"{prefix}.labelled_defects"))
-        return cls(net, stats, prior, rule, n_labelled)
+        return cls(net, stats, prior, rule, n_labelled, fusion)

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from shared.engine.config import Decision, FitConfig, FitProgress
 from shared.engine.fitting import fit_model, split_holdout
 from shared.engine.model import InspectionModel
 from shared.engine.persistence import TENSORS, load_model, save_model
 from shared.engine.scorers.base import ArtifactFiles, FitContext, scorer_class
-from shared.engine.scorers.learned import KnnPrior, masks_on_grid
+from shared.engine.scorers.learned import KnnPrior, PriorFusion, log_distance, masks_on_grid, to_maps
+from shared.engine.scorers.supersimplenet import SuperSimpleNetScorer
 from shared.errors import ArtifactError
 from shared.synthetic import render_sample
 
@@ -181,3 +183,56 @@ def test_the_knn_prior_scores_training_images_without_their_own_patches() -> Non
         others = flat[image != i]
         expected = np.linalg.norm(features[i][:, None, :] - others[None], axis=2).min(axis=1)
         assert own[i] == pytest.approx(expected, rel=1e-4)
+
+
+def test_labelled_supersimplenet_scores_images_by_its_head_and_its_prior_together(
+    fitted: dict, data: dict[str, list]
+) -> None:
+    """With labelled defects the image score is the classification logit plus the k-NN prior's
+    largest log distance, each standardised on the training normals; without, the map decides."""
+    model = fitted["supersimplenet", "masks"]
+    scorer = model.class_models[0].scorer
+    assert isinstance(scorer, SuperSimpleNetScorer) and scorer.image_rule == "cls+knn"
+    fusion, prior = scorer.fusion, scorer.prior
+    assert fusion is not None and prior is not None
+    probe = data["probe"]
+    features, grid = model.embed(probe)
+    distances = log_distance(prior.scores(features))
+    inputs = scorer.stats.standardise(
+        torch.cat([to_maps(features, grid), to_maps(distances[..., None], grid)], 1)
+    )
+    _, logits = scorer.net(inputs)
+    largest = distances.amax(1)
+    expected = (logits.double() - fusion.logit_mean) / fusion.logit_std + (
+        largest.double() - fusion.prior_mean
+    ) / fusion.prior_std
+    assert _raw(model, probe) == pytest.approx(expected.tolist(), rel=1e-5, abs=1e-5)
+    assert scorer.manifest_facts()["image_rule"] == "cls+knn"
+    assert fitted["supersimplenet", "normal"].class_models[0].scorer.image_rule == "seg"
+
+
+def test_a_prior_fusion_is_stored_exactly_and_refused_when_broken() -> None:
+    fusion = PriorFusion.of(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 0.5, 2.0]))
+    assert fusion.combine(torch.tensor([2.0]), torch.tensor([1.0])).item() == pytest.approx(0.0, abs=1e-12)
+    tensors: dict[str, np.ndarray] = {}
+    fusion.write(tensors, "f")
+    assert PriorFusion.read(tensors, "f") == fusion
+    assert PriorFusion.read({}, "f") is None
+    for broken in ([1.0, 0.0, 1.0, 1.0], [1.0, 1.0, np.inf, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0, -2.0]):
+        with pytest.raises(ArtifactError):
+            PriorFusion.read({"f": np.array(broken)}, "f")
+    constant = PriorFusion.of(torch.tensor([4.0]), torch.tensor([1.0]))  # one image: no spread
+    assert constant.logit_std > 0 and constant.prior_std > 0
+
+
+def test_a_stored_fusion_needs_the_classification_rule(fitted: dict, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    model = fitted["supersimplenet", "masks"]
+    save_model(model, tmp_path / "m")
+    tensors = load_file(str(tmp_path / "m" / TENSORS))
+    files = ArtifactFiles(tmp_path / "m", dict(tensors), lambda name: (tmp_path / "m" / name).read_bytes())
+    assert SuperSimpleNetScorer.read(files, "000", model.config).image_rule == "cls+knn"
+    as_map = {**tensors, "supersimplenet_000.image_rule_cls": np.array([0], dtype=np.int64)}
+    with pytest.raises(ArtifactError):
+        SuperSimpleNetScorer.read(ArtifactFiles(files.folder, as_map, files.read_bytes), "000", model.config)
