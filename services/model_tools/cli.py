@@ -141,6 +141,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=IMAGE_SCORE_MODES,
         help="max (default) or top1; excess: the maximum above the image's own mean (few-shot default)",
     )
+    _add_config_option(
+        fit, "blur_sigma", "Gaussian blur of the anomaly map, in model-input pixels", type=float
+    )
     _add_config_option(fit, "target_frr", "false-reject rate the threshold aims at", type=float)
     fit.add_argument(
         "--calibration-folds",
