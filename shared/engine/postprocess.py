@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -20,19 +21,32 @@ def _gaussian_kernel(sigma: float) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
+@functools.lru_cache(maxsize=64)
+def _axis_operator(cells: int, size: int, sigma: float) -> torch.Tensor:
+    """``(size, cells)``: bilinear upsampling of ``cells`` values to ``size`` pixels, then the
+    Gaussian blur over replicated edges, along one axis.
+
+    Both steps are linear and separable, so one small matrix per axis does them together: applied
+    to a 28 x 28 grid it costs a fraction of blurring the 224 x 224 map, whatever the sigma. The
+    matrix is the two steps applied to each unit vector, so it is the same operator.
+    """
+    units = torch.eye(cells, dtype=torch.float64).view(cells, 1, 1, cells)
+    rows = F.interpolate(units, size=(1, size), mode="bilinear", align_corners=False)
+    if sigma > 0:
+        kernel = _gaussian_kernel(sigma).double()
+        pad = len(kernel) // 2
+        rows = F.conv2d(F.pad(rows, (pad, pad, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    return rows.view(cells, size).T.float().contiguous()
+
+
 def anomaly_maps(patch_scores: np.ndarray, grid: tuple[int, int], size: int, sigma: float) -> np.ndarray:
     """``(B, h*w)`` patch scores -> ``(B, size, size)`` maps: bilinear upsampling, Gaussian blur.
 
     The blur's sigma is in model-input pixels, so it means the same for every frame size.
     """
-    maps = torch.from_numpy(np.ascontiguousarray(patch_scores, dtype=np.float32)).view(-1, 1, *grid)
-    maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
-    if sigma > 0:
-        kernel = _gaussian_kernel(sigma)
-        pad = len(kernel) // 2
-        maps = F.conv2d(F.pad(maps, (pad, pad, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-        maps = F.conv2d(F.pad(maps, (0, 0, pad, pad), mode="replicate"), kernel.view(1, 1, -1, 1))
-    return maps[:, 0].numpy()
+    maps = torch.from_numpy(np.ascontiguousarray(patch_scores, dtype=np.float32)).view(-1, *grid)
+    down, across = _axis_operator(grid[0], size, sigma), _axis_operator(grid[1], size, sigma)
+    return torch.matmul(torch.matmul(down, maps), across.T).numpy()
 
 
 def image_scores(maps: np.ndarray, mode: ImageScoreMode) -> np.ndarray:
