@@ -19,6 +19,7 @@ from services.model_tools import report
 from shared.engine.backbones import BACKBONES
 from shared.engine.config import (
     DEVICES,
+    FEW_SHOT_BLUR_SIGMA,
     FEW_SHOT_IMAGE_SCORE,
     IMAGE_SCORE_MODES,
     INDEX_KINDS,
@@ -141,8 +142,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=IMAGE_SCORE_MODES,
         help="max (default) or top1; excess: the maximum above the image's own mean (few-shot default)",
     )
-    _add_config_option(
-        fit, "blur_sigma", "Gaussian blur of the anomaly map, in model-input pixels", type=float
+    fit.add_argument(
+        "--blur-sigma",
+        type=float,
+        help=f"Gaussian blur of the anomaly map, in model-input pixels (default {FitConfig.blur_sigma:g}; "
+        f"{FEW_SHOT_BLUR_SIGMA:g} with --shots)",
     )
     _add_config_option(fit, "target_frr", "false-reject rate the threshold aims at", type=float)
     fit.add_argument(
@@ -356,6 +360,9 @@ def run_fit(args: argparse.Namespace) -> int:
             args,
             input_size=args.input_size or BACKBONES[args.backbone].input_size,
             image_score=args.image_score or (FEW_SHOT_IMAGE_SCORE if args.shots else "max"),
+            blur_sigma=args.blur_sigma
+            if args.blur_sigma is not None
+            else (FEW_SHOT_BLUR_SIGMA if args.shots else FitConfig.blur_sigma),
             holdout_fraction=args.holdout,
             calibration_folds=folds,
             bank_from_all_normals=not args.bank_from_train_only,

@@ -10,7 +10,7 @@ import pytest
 
 from services.cli import main
 from services.model_tools.cli import INDEX_CHOICES, fit_config_from, register
-from shared.engine.config import INDEX_KINDS, SCORER_KINDS, FitConfig
+from shared.engine.config import FEW_SHOT_BLUR_SIGMA, INDEX_KINDS, SCORER_KINDS, FitConfig
 from shared.synthetic import write_mvtec_dataset
 from tests.support.cli import json_of
 
@@ -236,3 +236,17 @@ def test_fit_config_from_takes_the_options_named_after_its_fields_and_the_fixed_
     config = fit_config_from(args, k=3, backbone="efficientnet_lite0")
     assert (config.bank_size, config.k, config.reduced_dims) == (500, 3, 50)
     assert config.refine_factor == FitConfig.refine_factor  # not an option: FitConfig's default
+
+
+def test_the_map_blur_is_the_validated_one_for_plain_and_few_shot_fits_unless_given(
+    model_dir: Path, dataset: Path, tmp_path: Path
+) -> None:
+    def blur_of(model: Path) -> float:
+        return float(json.loads((model / "manifest.json").read_text())["config"]["blur_sigma"])
+
+    assert blur_of(model_dir) == FitConfig.blur_sigma == 8.0
+    common = ["fit", "--data", str(dataset), "--class", "fabric", "--input-size", "96", "--shots", "2"]
+    assert main([*common, "--out", str(tmp_path / "few")]) == 0
+    assert blur_of(tmp_path / "few") == FEW_SHOT_BLUR_SIGMA == 4.0
+    assert main([*common, "--blur-sigma", "6", "--out", str(tmp_path / "given")]) == 0
+    assert blur_of(tmp_path / "given") == 6.0
