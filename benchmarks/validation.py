@@ -72,14 +72,17 @@ def validate(args: argparse.Namespace) -> list[dict]:
             images = [load_image_file(s.path) for s in chunk]
             features, grid = model.embed(images)
             patch = scorer.score(ScoreInput(features, grid, images))
+            # Each mask once per image, whatever the number of blurs (None: a defect without one).
+            masks = [
+                None if s.is_defect and s.mask_path is None else load_mask(s, image.shape[:2])
+                for s, image in zip(chunk, images, strict=True)
+            ]
             for blur, result in results.items():
                 maps, scores = maps_and_scores(patch, replace(config, blur_sigma=blur))
                 result.scores.extend(float(s) for s in scores)
-                for sample, image, amap in zip(chunk, images, maps, strict=True):
-                    height, width = image.shape[:2]
-                    if sample.is_defect and sample.mask_path is None:
-                        continue
-                    result.curves.add(load_mask(sample, (height, width)), resize_map(amap, height, width))
+                for mask, amap in zip(masks, maps, strict=True):
+                    if mask is not None:
+                        result.curves.add(mask, resize_map(amap, *mask.shape))
         labels = np.array([s.is_defect for s in samples])
         for blur, result in results.items():
             scores = np.array(result.scores)
