@@ -9,13 +9,16 @@ products rendered, scaled up and given sensor noise as a camera frame would have
 (``decode_pixels``, what the scorer did before) and to decode it reduced for a model of
 ``--input-size`` px (``decode_frame``: JPEG by DCT-domain scaling, PNG and raw frames by an early
 box reduction), each alone and followed by the model's resize to its input (the part of
-``FeatureExtractor.preprocess`` that depends on the frame size). Pinned to one core, median of
+``FeatureExtractor.preprocess`` that depends on the frame size). JPEG frames also: the same reduced
+decode through PIL alone (``draft``), the reference for libjpeg-turbo's own API that
+``decode_frame`` now uses (checked to give the same pixels). Pinned to one core, median of
 ``--repeats``. Prints one JSON object at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import sys
@@ -27,6 +30,7 @@ from PIL import Image
 
 from benchmarks.harness import print_report, print_row
 from services.camera_sim.images import camera_frame, encode_frame
+from shared.engine.images import reduction_factor
 from shared.messages.pixels import decode_frame, decode_pixels
 from shared.synthetic import render_sample
 
@@ -50,6 +54,16 @@ def to_input(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
 
 
+def pil_reduced(data: bytes, size: int) -> np.ndarray:
+    """The reduced decode through PIL alone (the scorer's JPEG path before libjpeg-turbo's own
+    API): DCT-scaled ``draft``, then the box reduction; the same pixels as ``decode_frame``."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft(image.mode, (size, size))
+        image.load()
+        factor = reduction_factor(*image.size, size)
+        return np.asarray((image.reduce(factor) if factor > 1 else image).convert("RGB"))
+
+
 def measure(data: bytes, encoding: str, frame: tuple[int, int], size: int, repeats: int) -> dict[str, object]:
     width, height = frame
 
@@ -61,7 +75,7 @@ def measure(data: bytes, encoding: str, frame: tuple[int, int], size: int, repea
 
     whole_ms = median_ms(lambda: to_input(before(), size), repeats)
     reduced_ms = median_ms(lambda: to_input(after(), size), repeats)
-    return {
+    row: dict[str, object] = {
         "bytes": len(data),
         "decoded_to": "x".join(map(str, after().shape[1::-1])),
         "before_decode_ms": median_ms(before, repeats),
@@ -70,6 +84,11 @@ def measure(data: bytes, encoding: str, frame: tuple[int, int], size: int, repea
         "after_decode_and_resize_ms": reduced_ms,
         "speedup_decode_and_resize": round(whole_ms / reduced_ms, 1),
     }
+    if encoding == "jpeg":
+        if not np.array_equal(pil_reduced(data, size), after()):
+            raise SystemExit("decode_frame and PIL's reduced decode disagree")
+        row["after_pil_decode_ms"] = median_ms(lambda: pil_reduced(data, size), repeats)
+    return row
 
 
 def main() -> int:

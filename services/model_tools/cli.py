@@ -428,7 +428,8 @@ def _fit_lines(name: str, threshold: float, calibration: dict[str, Any], config:
     if calibration.get("folds", 1) > 1:
         source = (
             f"out-of-fold scores of all {calibration['n_holdout']} normal images "
-            f"({calibration['folds']} folds, each scored by a scorer fitted on the others)"
+            f"({calibration['folds']} folds, each scored by a scorer fitted on the others"
+            + ("; the first fold's network serves)" if "served_fold" in calibration else ")")
         )
     else:
         source = f"{calibration['n_holdout']} held-out normal images"

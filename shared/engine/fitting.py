@@ -219,6 +219,15 @@ def _calibration_split(n_images: int, config: FitConfig) -> tuple[list[np.ndarra
     return [holdout_idx, train_idx], False
 
 
+def _pools_fold_scores(
+    scorer_type: type[PatchScorer], config: FitConfig, labelled: LabelledSamples | None
+) -> bool:
+    """Whether a scorer that is not refitted on all normal images scores on one scale across fits,
+    so that its fold scorers' out-of-fold scores can set one threshold together."""
+    pools = getattr(scorer_type, "pools_fold_scores", None)
+    return bool(pools(config, labelled is not None)) if pools is not None else False
+
+
 def _fit_class(
     name: str,
     sources: Sequence[ImageSource],
@@ -233,11 +242,14 @@ def _fit_class(
     """One class: features stored once, a threshold from scores of images their scorer never saw,
     the final scorer, routing prototype and distance."""
     # A trained network's scores are on a scale of its own: one trained again on more images would
-    # not match a threshold set on the fold networks' scores. Learned scorers therefore keep the
-    # network calibrated on a single held-out share, and serve it.
+    # not match a threshold set on the fold networks' scores. Learned scorers therefore serve a
+    # network they calibrated: on a single held-out share, or, where their scores share one scale
+    # across fits (``pools_fold_scores``), on the pooled out-of-fold scores of all K fold networks,
+    # the first of which serves.
     refits = getattr(scorer_type, "refit_on_all_normals", True)
+    pools = not refits and config.calibration_folds >= 2 and _pools_fold_scores(scorer_type, config, labelled)
     parts, cross_fitted = _calibration_split(
-        len(sources), config if refits else replace(config, calibration_folds=1)
+        len(sources), config if refits or pools else replace(config, calibration_folds=1)
     )
     store = FeatureStore(workdir / f"{name}.features", parts, cyclic=cross_fitted)
     try:
@@ -247,6 +259,7 @@ def _fit_class(
         scores = np.full(len(sources), np.nan)
         route_distances = np.full(len(sources), np.nan)
         scorer: PatchScorer | None = None
+        served: PatchScorer | None = None
         for k in held_folds:
             fold = f"fold {k + 1}/{len(held_folds)}"
             train_features, train_idx = store.rest(k)
@@ -260,6 +273,8 @@ def _fit_class(
                 labelled,
             )
             scorer = scorer_type.fit(context)
+            if k == 0:
+                served = scorer
             held_features, held_idx = store.part(k)
             progress.stage(
                 f"{name}: calibration ({fold})" if cross_fitted else f"{name}: calibration", len(held_idx)
@@ -294,8 +309,11 @@ def _fit_class(
             prototype = _prototype(embeddings)
             n_train = len(sources)
         else:
-            prototype = _prototype(embeddings[parts[1]])
-            n_train = len(parts[1])
+            # The first fold's scorer serves: trained on every normal image outside ``parts[0]``.
+            scorer = served
+            served_idx = np.setdiff1d(np.arange(len(sources)), parts[0])
+            prototype = _prototype(embeddings[served_idx])
+            n_train = len(served_idx)
         assert scorer is not None
     finally:
         store.close()
@@ -313,6 +331,7 @@ def _fit_class(
             else "quantile(held-out normal scores, 1 - target_frr), Gaussian tail if few"
         ),
         "bank_includes_holdout": final_on_all,
+        **({"served_fold": 1} if pools else {}),
         # Normal images of one product sit close together; defects move an image only a little,
         # another product moves it far. The floor keeps tightly clustered classes from calling
         # their own defective images unknown.

@@ -24,6 +24,8 @@ from shared.errors import ArtifactError
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+    from shared.engine.config import FitConfig
+
 TrainingSettings = TypeVar("TrainingSettings", bound="DataclassInstance")
 
 # Leave-one-image-out search depth: a training patch's score is its distance to the nearest bank
@@ -44,12 +46,23 @@ class LearnedScorer(Generic[TrainingSettings]):
     settings_type: type[TrainingSettings]
 
     @classmethod
-    def fit(cls, context: FitContext) -> Self:
-        """Train with the default settings, for the fit's ``epochs`` when it sets them."""
+    def settings(cls, config: FitConfig) -> TrainingSettings:
+        """The default settings, for the fit's ``epochs`` when it sets them."""
         settings = cls.settings_type()
-        if context.config.epochs is not None:
-            settings = replace(settings, epochs=context.config.epochs)
-        return cls.fit_with(context, settings)
+        if config.epochs is not None:
+            settings = replace(settings, epochs=config.epochs)
+        return settings
+
+    @classmethod
+    def fit(cls, context: FitContext) -> Self:
+        return cls.fit_with(context, cls.settings(context.config))
+
+    @classmethod
+    def pools_fold_scores(cls, config: FitConfig, labelled: bool) -> bool:
+        """Whether the image scores of networks trained on different folds share one scale (the
+        fitting then pools their out-of-fold scores for the threshold). A raw logit or map maximum
+        does not: each network has a scale of its own."""
+        return False
 
     @classmethod
     def fit_with(cls, context: FitContext, settings: TrainingSettings) -> Self:

@@ -344,6 +344,13 @@ class SuperSimpleNetScorer(learned.LearnedScorer[SSNSettings]):
         self.fusion = fusion
 
     @classmethod
+    def pools_fold_scores(cls, config: FitConfig, labelled: bool) -> bool:
+        """The fused image score (``cls+knn``) is standardised on each network's own training
+        normals, so fold networks score on one scale; a raw logit or map maximum is not."""
+        settings = cls.settings(config)
+        return labelled and settings.knn_prior and settings.image_rule_labelled == "cls+knn"
+
+    @classmethod
     def fit_with(cls, context: FitContext, settings: SSNSettings) -> Self:
         features = context.features
         prior: learned.KnnPrior | None = None

@@ -91,6 +91,45 @@ def test_every_normal_is_scored_by_a_scorer_that_never_saw_it(nearest_registered
     assert model.score_batch([normals[0]])[0].raw_score < 1e-3 * min(expected)
 
 
+class ServedFoldScorer(NearestImageScorer):
+    """Like a learned scorer whose scores share one scale across fits (a standardised network):
+    never refitted on all normal images, its fold scorers' out-of-fold scores are pooled."""
+
+    tensor_name = "served"
+    refit_on_all_normals = False
+
+    @classmethod
+    def pools_fold_scores(cls, config: FitConfig, labelled: bool) -> bool:
+        return True
+
+
+def test_a_scorer_that_is_not_refitted_can_pool_its_folds_and_serve_the_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    register_scorer(monkeypatch, "served", ServedFoldScorer)
+    NearestImageScorer.fitted.clear()
+    rng = np.random.default_rng(5)
+    normals = [render_sample("washer", rng, SIZE)[0] for _ in range(10)]
+    config = FitConfig(scorer="served", input_size=SIZE, calibration_folds=5)
+    model = fit_model({"washer": normals}, config)
+    calibration = model.class_models[0].calibration
+    assert len(NearestImageScorer.fitted) == 5  # the K fold scorers and no final one
+    assert calibration["folds"] == 5 and calibration["n_holdout"] == 10
+    assert calibration["served_fold"] == 1 and calibration["bank_includes_holdout"] is False
+    first = out_of_fold(10, 5, config.seed)[0]
+    assert calibration["n_train"] == 10 - len(first)
+    served_bank, served_images = NearestImageScorer.fitted[0]
+    assert not {normals[i].tobytes() for i in first} & set(served_images)
+    np.testing.assert_array_equal(model.class_models[0].scorer.array, served_bank)
+    # Every recorded score is out of fold, and the served scorer gives its own fold the same scores.
+    assert min(calibration["heldout_scores"]) > 0
+    rescored = [result.raw_score for result in model.score_batch([normals[i] for i in first])]
+    recorded = np.array(calibration["heldout_scores"])[first]
+    assert rescored == pytest.approx(recorded.tolist(), rel=1e-5)
+    pooled = np.array(calibration["heldout_scores"])
+    assert model.class_models[0].threshold == threshold_at_frr(pooled, config.target_frr)
+
+
 def test_a_train_only_bank_cannot_be_cross_fitted() -> None:
     normals = [render_sample("washer", np.random.default_rng(i), SIZE)[0] for i in range(4)]
     with pytest.raises(ConfigError, match="calibration_folds 1"):

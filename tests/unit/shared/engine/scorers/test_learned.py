@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from shared.engine.calibration import out_of_fold, threshold_at_frr
 from shared.engine.config import Decision, FitConfig, FitProgress
 from shared.engine.fitting import fit_model, split_holdout
 from shared.engine.model import InspectionModel
@@ -93,14 +94,29 @@ def test_a_learned_model_scores_like_any_model(
 def test_the_threshold_belongs_to_the_network_that_is_served(
     fitted: dict, data: dict[str, list], scorer: str
 ) -> None:
-    """A trained network is not refitted after calibration: the served model gives the held-out
-    images exactly the scores its threshold was set on."""
+    """A trained network is not refitted after calibration: the served model gives the images it
+    held out exactly the scores its threshold was set on. Labelled SuperSimpleNet's fused score is
+    standardised per network, so all K fold networks' out-of-fold scores set its threshold and the
+    first fold's network serves; the other scores (UniNet, a map maximum) come from one held-out share."""
     model = fitted[scorer, "masks"]
     calibration = model.class_models[0].calibration
+    normals = data["normals"]
     assert calibration["bank_includes_holdout"] is False
-    _, holdout = split_holdout(len(data["normals"]), model.config)
-    rescored = _raw(model, [data["normals"][i] for i in holdout])
-    assert rescored == pytest.approx(calibration["heldout_scores"], rel=1e-5, abs=1e-5)
+    recorded = np.array(calibration["heldout_scores"])
+    if scorer == "supersimplenet":
+        assert calibration["folds"] == model.config.calibration_folds == 5
+        assert calibration["n_holdout"] == len(normals) and calibration["served_fold"] == 1
+        own = out_of_fold(len(normals), 5, model.config.seed)[0]
+        recorded = recorded[own]
+    else:
+        assert calibration["folds"] == 1 and "served_fold" not in calibration
+        _, own = split_holdout(len(normals), model.config)
+    assert fitted[scorer, "normal"].class_models[0].calibration["folds"] == 1
+    rescored = _raw(model, [normals[i] for i in own])
+    assert rescored == pytest.approx(recorded.tolist(), rel=1e-5, abs=1e-5)
+    assert model.class_models[0].threshold == threshold_at_frr(
+        np.array(calibration["heldout_scores"]), model.config.target_frr
+    )
 
 
 @pytest.mark.parametrize("scorer", SCORERS)
