@@ -154,7 +154,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=positive_int,
         metavar="K",
         help=f"threshold from out-of-fold scores of all normal images, K folds (default "
-        f"{FitConfig.calibration_folds}; K more fits); 1: one held-out share (--holdout)",
+        f"{FitConfig.calibration_folds}; K more fits; labelled supersimplenet: K networks, the "
+        "first serves); 1: one held-out share (--holdout)",
     )
     fit.add_argument(
         "--holdout",

@@ -8,7 +8,10 @@ normal images put the threshold closer to where 1 % of new normal images are rej
 holdout did (114 images): escapes 0.508 -> 0.424 at the same false-reject rate on the test normals
 (docs/benchmarks.md). A fitted tail (generalised Pareto over the top 10 %, or a log-normal body)
 did not beat the order statistic there (0.454 and an over-shoot to 1.6 % false rejects), so the
-rule stays the plain quantile, with the Gaussian guard below for very few images.
+rule stays the plain quantile, with the Gaussian guard below for very few images. A trained network
+is not refitted on all images afterwards: where networks score on one scale (labelled
+SuperSimpleNet's standardised score) the K fold networks' scores are pooled and the first fold's
+network serves; otherwise one held-out share calibrates the network that serves.
 """
 
 from __future__ import annotations

@@ -122,6 +122,8 @@ class FitConfig:
     target_frr: float = 0.01
     # The threshold's normal scores: out-of-fold over all normal images, each scored by a scorer
     # fitted on the other folds (K fits more; docs/benchmarks.md). 1: one held-out share instead.
+    # Learned scorers pool their K fold networks' scores only where these share one scale
+    # (labelled SuperSimpleNet); the others keep one held-out share whatever K is.
     calibration_folds: int = 5
     # Refit the bank on all normal images after calibrating on the held-out share (one more coreset):
     # on magnetic tile this took image AUROC from 0.959 to 0.968 (docs/benchmarks.md).
