@@ -111,3 +111,18 @@ def test_a_truncated_or_oversized_jpeg_is_refused() -> None:
     with pytest.raises(ImageError) as excinfo:
         decode_image(_jpeg(_noise(64, 80)), max_pixels=64 * 79)
     assert excinfo.value.reason == "too_large"
+
+
+def test_a_multi_picture_jpeg_decodes_as_its_first_picture(turbo_calls: list) -> None:
+    """MPO (a JPEG with more pictures appended, as some cameras write): PIL named it MPO and the
+    engine refused it; it is a JPEG whose first picture is the frame."""
+    first = _noise(32, 48)
+    buffer = io.BytesIO()
+    Image.fromarray(first).save(
+        buffer, "MPO", save_all=True, append_images=[Image.fromarray(_noise(32, 48, seed=1))]
+    )
+    pixels = decode_image(buffer.getvalue())
+    assert len(turbo_calls) == 1
+    with Image.open(io.BytesIO(buffer.getvalue())) as image:
+        assert image.format == "MPO"
+        np.testing.assert_array_equal(pixels, np.asarray(image.convert("RGB")))
