@@ -54,11 +54,13 @@ def to_input(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def pil_reduced(data: bytes, size: int) -> np.ndarray:
+def pil_reduced(data: bytes, size: int | None) -> np.ndarray:
     """The reduced decode through PIL alone (the scorer's JPEG path before libjpeg-turbo's own
-    API): DCT-scaled ``draft``, then the box reduction; the same pixels as ``decode_frame``."""
+    API): DCT-scaled ``draft``, then the box reduction; the same pixels as ``decode_frame``.
+    ``None``: the whole image."""
     with Image.open(io.BytesIO(data)) as image:
-        image.draft(image.mode, (size, size))
+        if size is not None:
+            image.draft(image.mode, (size, size))
         image.load()
         factor = reduction_factor(*image.size, size)
         return np.asarray((image.reduce(factor) if factor > 1 else image).convert("RGB"))

@@ -260,6 +260,7 @@ def _fit_class(
         route_distances = np.full(len(sources), np.nan)
         scorer: PatchScorer | None = None
         served: PatchScorer | None = None
+        served_idx = np.arange(0)
         for k in held_folds:
             fold = f"fold {k + 1}/{len(held_folds)}"
             train_features, train_idx = store.rest(k)
@@ -274,7 +275,7 @@ def _fit_class(
             )
             scorer = scorer_type.fit(context)
             if k == 0:
-                served = scorer
+                served, served_idx = scorer, train_idx
             held_features, held_idx = store.part(k)
             progress.stage(
                 f"{name}: calibration ({fold})" if cross_fitted else f"{name}: calibration", len(held_idx)
@@ -311,7 +312,6 @@ def _fit_class(
         else:
             # The first fold's scorer serves: trained on every normal image outside ``parts[0]``.
             scorer = served
-            served_idx = np.setdiff1d(np.arange(len(sources)), parts[0])
             prototype = _prototype(embeddings[served_idx])
             n_train = len(served_idx)
         assert scorer is not None

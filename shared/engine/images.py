@@ -132,7 +132,8 @@ def _decode_jpeg_turbo(
     """A JPEG through libjpeg-turbo's own API, which decodes a 5 MP frame DCT-scaled in about 2/3
     of the time PIL takes with the same library (docs/benchmarks.md), to the same pixels: the same
     power-of-two scale as PIL's ``draft``, then the same box reduction. None when PIL must decide:
-    not a JPEG, CMYK or YCCK, or anything libjpeg merely warns about (PIL decodes those)."""
+    not a JPEG, CMYK or YCCK, or anything libjpeg merely warns about (PIL decodes those; such a
+    frame is parsed twice, within the same per-record decode timeout)."""
     if not data.startswith(_JPEG_START):
         return None
     try:

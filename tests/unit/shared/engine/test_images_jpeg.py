@@ -11,6 +11,7 @@ import pytest
 import simplejpeg
 from PIL import Image
 
+from benchmarks.decode import pil_reduced  # what the engine decoded before: PIL alone
 from shared.engine import images
 from shared.engine.images import decode_image, decode_image_reduced
 from shared.errors import ImageError
@@ -28,17 +29,6 @@ def _jpeg(pixels: np.ndarray, mode: str | None = None, quality: int = 90) -> byt
 def _noise(height: int, width: int, seed: int = 0) -> np.ndarray:
     base = np.random.default_rng(seed).integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
     return np.ascontiguousarray(np.kron(base, np.ones((8, 8, 1), dtype=np.uint8))[:height, :width])
-
-
-def _pil_reduced(data: bytes, min_side: int | None) -> np.ndarray:
-    """What the engine decoded before: PIL's DCT-scaled ``draft``, then a box reduction."""
-    with Image.open(io.BytesIO(data)) as image:
-        if min_side is not None:
-            image.draft(image.mode, (min_side, min_side))
-        image.load()
-        factor = images.reduction_factor(*image.size, min_side)
-        reduced = image.reduce(factor) if factor > 1 else image
-        return np.asarray(reduced.convert("RGB"))
 
 
 @pytest.fixture
@@ -73,7 +63,7 @@ def test_scaled_decoding_matches_pil_pixel_for_pixel(
     data = _jpeg(_noise(height, width))
     pixels, original = decode_image_reduced(data, min_side)
     assert original == (width, height) and len(turbo_calls) == 1
-    np.testing.assert_array_equal(pixels, _pil_reduced(data, min_side))
+    np.testing.assert_array_equal(pixels, pil_reduced(data, min_side))
 
 
 def test_grayscale_jpeg_becomes_three_equal_channels(turbo_calls: list) -> None:
@@ -81,14 +71,14 @@ def test_grayscale_jpeg_becomes_three_equal_channels(turbo_calls: list) -> None:
     pixels = decode_image(data)
     assert pixels.shape == (300, 260, 3) and len(turbo_calls) == 1
     assert (pixels == pixels[:, :, :1]).all()
-    np.testing.assert_array_equal(pixels, _pil_reduced(data, None))
+    np.testing.assert_array_equal(pixels, pil_reduced(data, None))
 
 
 def test_cmyk_jpeg_is_left_to_pil(turbo_calls: list) -> None:
     data = _jpeg(_noise(64, 48), "CMYK")
     pixels, _ = decode_image_reduced(data, 16)
     assert turbo_calls == []
-    np.testing.assert_array_equal(pixels, _pil_reduced(data, 16))
+    np.testing.assert_array_equal(pixels, pil_reduced(data, 16))
 
 
 def test_recoverable_warnings_are_decoded_as_pil_decodes_them() -> None:
@@ -100,7 +90,7 @@ def test_recoverable_warnings_are_decoded_as_pil_decodes_them() -> None:
     for warned in (extraneous, cut_short):
         with pytest.raises(ValueError):
             simplejpeg.decode_jpeg(warned)  # strict: libjpeg's warning is an error there
-        np.testing.assert_array_equal(decode_image(warned), _pil_reduced(warned, None))
+        np.testing.assert_array_equal(decode_image(warned), pil_reduced(warned, None))
 
 
 def test_a_truncated_or_oversized_jpeg_is_refused() -> None:
