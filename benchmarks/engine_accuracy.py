@@ -34,6 +34,7 @@ from shared.engine.fitting import fit_model
 from shared.engine.images import load_image_file
 from shared.engine.metrics import aupro, auroc, pixel_auroc
 from shared.engine.postprocess import anomaly_maps, resize_map
+from shared.engine.scorers.index import faiss_module
 
 
 class PlainPatchCore:
@@ -64,7 +65,7 @@ class PlainPatchCore:
         return combined.permute(0, 2, 3, 1).reshape(b, h * w, c), (h, w)
 
     def fit(self, paths: list[Path]) -> None:
-        import faiss
+        faiss = faiss_module()  # the engine's faiss (its OpenBLAS kernel chosen as for the engine)
 
         chunks = []
         for start in range(0, len(paths), 8):
@@ -72,7 +73,6 @@ class PlainPatchCore:
         patches = torch.cat(chunks).reshape(-1, chunks[0].shape[-1])
         chosen = greedy_coreset(patches, min(self.bank_size, len(patches)), projection_dim=128, seed=0)
         self.bank = patches[torch.from_numpy(np.sort(chosen))].numpy()
-        faiss.cvar.distance_compute_blas_threshold = 0
         self.index = faiss.IndexFlatL2(self.bank.shape[1])
         self.index.add(self.bank)
 

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from shared.engine.config import INDEX_KINDS, IndexKind
+from shared.engine.runtimes import cpu_flags
 from shared.errors import ConfigError
 
-_FAISS_READY = False
+_FAISS: Any = None
+_FAISS_IMPORT = threading.Lock()
+# faiss-cpu's wheel bundles its own OpenBLAS (0.3.15), which falls back to its generic SSE3 kernel
+# ("Prescott") on CPUs newer than itself, e.g. Sapphire Rapids: an exact search of 784 patches
+# against a 2,000-patch bank then took 31.6 ms instead of 4.9 ms (docs/benchmarks.md). OpenBLAS
+# takes the kernel from OPENBLAS_CORETYPE when set, so it is set from the CPU's own flags before
+# faiss loads (never to a kernel the CPU cannot run); a value the user set is kept.
+OPENBLAS_CORE_ENV = "OPENBLAS_CORETYPE"
+_AVX512_KERNEL_FLAGS = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
 # faiss's OpenMP threads for searches. One unless the caller says otherwise: on an oversubscribed
 # machine two OpenMP threads spin against each other (a 256-query search took 366 ms instead of
 # 65 ms with one). On a dedicated 2-core machine two halve it (12 vs 23 ms); the scorer sets
@@ -25,14 +37,48 @@ def set_search_threads(threads: int) -> None:
     _SEARCH_THREADS = threads
 
 
-def _faiss() -> object:
-    """faiss, configured once: the BLAS path for every query count (3-8x faster at ~1k queries)."""
-    global _FAISS_READY
-    import faiss
+def openblas_core_for(cpu_flags: frozenset[str]) -> str | None:
+    """The OpenBLAS kernel for a CPU with these ``/proc/cpuinfo`` flags, or None to let OpenBLAS
+    choose (CPUs without AVX2 and FMA, and other architectures)."""
+    if cpu_flags >= _AVX512_KERNEL_FLAGS:
+        return "SkylakeX"
+    if cpu_flags >= {"avx2", "fma"}:
+        return "Haswell"
+    return None
 
-    if not _FAISS_READY:
-        faiss.cvar.distance_compute_blas_threshold = 0
-        _FAISS_READY = True
+
+def _import_faiss() -> Any:
+    """``import faiss`` (once), its OpenBLAS told which kernel this CPU runs (see OPENBLAS_CORE_ENV)."""
+    global _FAISS
+    if _FAISS is None:
+        with _FAISS_IMPORT:
+            if _FAISS is None:
+                core = openblas_core_for(cpu_flags())
+                if core is not None and not os.environ.get(OPENBLAS_CORE_ENV):
+                    # Left set: an OpenBLAS loaded later gets the same kernel, which this CPU runs.
+                    os.environ[OPENBLAS_CORE_ENV] = core
+                import faiss
+
+                faiss.cvar.distance_compute_blas_threshold = 0
+                _FAISS = faiss
+    return _FAISS
+
+
+def faiss_blas_kernel() -> str | None:
+    """The kernel faiss's own OpenBLAS runs (e.g. "SkylakeX"), None if it reports none."""
+    from threadpoolctl import threadpool_info
+
+    faiss_module()
+    for library in threadpool_info():
+        if library.get("internal_api") == "openblas" and "faiss" in str(library.get("filepath", "")):
+            return str(library.get("architecture"))
+    return None
+
+
+def faiss_module() -> Any:
+    """faiss, configured once: the BLAS path for every query count (3-8x faster at ~1k queries);
+    this thread's OpenMP threads set on every call (OpenMP keeps the count per thread)."""
+    faiss = _import_faiss()
     faiss.omp_set_num_threads(_SEARCH_THREADS)
     return faiss
 
@@ -52,7 +98,7 @@ def build_index(
     it is among the candidates (recall measured in docs/benchmarks.md). ``hnsw``/``ivf``:
     approximate, for banks of hundreds of thousands of patches.
     """
-    faiss: object = _faiss()
+    faiss: object = faiss_module()
     bank = np.ascontiguousarray(bank, dtype=np.float32)
     dim = bank.shape[1]
     if kind == "flat":
@@ -107,7 +153,7 @@ class KnnBank:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Euclidean distances and ids of the ``k`` nearest bank vectors of each query."""
-        _faiss()
+        faiss_module()
         sq_dist, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)  # type: ignore[attr-defined]
         return np.sqrt(np.maximum(sq_dist, 0.0)), ids
 
@@ -123,12 +169,12 @@ class KnnBank:
         return self._vectors
 
     def write(self, path: Path) -> None:
-        faiss: object = _faiss()
+        faiss: object = faiss_module()
         faiss.write_index(self.index, str(path))  # type: ignore[attr-defined]
 
     @classmethod
     def from_bytes(cls, data: bytes, k: int) -> KnnBank:
         """The index serialised in ``data`` (a verified file's bytes; faiss parses them in memory)."""
-        faiss: object = _faiss()
+        faiss: object = faiss_module()
         buffer = np.frombuffer(data, dtype=np.uint8)
         return cls(faiss.deserialize_index(buffer), k)  # type: ignore[attr-defined]

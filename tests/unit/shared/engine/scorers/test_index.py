@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from shared.engine.scorers.index import KnnBank, build_index
+from shared.engine.runtimes import cpu_flags
+from shared.engine.scorers.index import OPENBLAS_CORE_ENV, KnnBank, build_index, openblas_core_for
 
 DIM = 96
 
@@ -99,3 +103,42 @@ def test_pca_refine_needs_a_bank_at_least_as_large_as_the_dimension() -> None:
 def test_unknown_index_kind_is_refused(bank: np.ndarray) -> None:
     with pytest.raises(ValueError, match="choose one of flat, pca-refine, hnsw, ivf"):
         build_index(bank, "annoy")  # type: ignore[arg-type]
+
+
+# -- faiss's own OpenBLAS: the kernel this CPU runs, not the generic fallback ------------------------
+
+AVX512 = frozenset(
+    {"fpu", "sse2", "avx", "avx2", "fma", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+)
+
+
+def test_the_openblas_kernel_follows_the_cpus_flags() -> None:
+    assert openblas_core_for(AVX512) == "SkylakeX"
+    assert openblas_core_for(AVX512 - {"avx512bw"}) == "Haswell"  # SkylakeX needs all five
+    assert openblas_core_for(frozenset({"sse2", "avx", "avx2", "fma"})) == "Haswell"
+    assert openblas_core_for(frozenset({"sse2", "avx", "avx2"})) is None  # no FMA: OpenBLAS chooses
+    assert openblas_core_for(frozenset()) is None  # not x86, or flags unknown
+
+
+def _kernel_in_a_new_process(env: dict[str, str]) -> str:
+    """faiss's OpenBLAS kernel as a fresh process (a service) gets it: faiss loads once per process."""
+    code = "from shared.engine.scorers.index import faiss_blas_kernel; print(faiss_blas_kernel())"
+    clean = {k: v for k, v in os.environ.items() if k != OPENBLAS_CORE_ENV}
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(openblas_core_for(cpu_flags()) is None, reason="a CPU without AVX2 and FMA")
+def test_faiss_runs_the_kernel_of_this_cpu_unless_the_user_chose_one() -> None:
+    assert _kernel_in_a_new_process({}) == openblas_core_for(cpu_flags())
+    assert _kernel_in_a_new_process({OPENBLAS_CORE_ENV: "Haswell"}) == "Haswell"
+
+
+def test_the_flat_index_finds_the_exact_nearest_patches(bank: np.ndarray, queries: np.ndarray) -> None:
+    dist, ids = KnnBank(build_index(bank, "flat"), 1).search(queries, 2)
+    every = np.sqrt(((queries[:, None, :].astype(np.float64) - bank[None, :, :]) ** 2).sum(-1))
+    nearest = np.sort(every, axis=1)[:, :2]
+    np.testing.assert_allclose(dist, nearest, rtol=1e-4, atol=1e-4)
+    assert (ids[:, 0] == every.argmin(axis=1)).mean() >= 0.999
