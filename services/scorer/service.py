@@ -59,6 +59,7 @@ from services.scorer.partitions import PartitionTransactions
 from services.scorer.publish import PartitionPublisher
 from services.scorer.watchdog import Health, ProgressWatchdog
 from shared.engine.config import Decision
+from shared.engine.scorers.index import faiss_blas_kernel
 from shared.frames_store import ClaimStore
 from shared.messages.schemas import AlertEvent
 from shared.telemetry.logging import log_event
@@ -619,6 +620,9 @@ async def serve(
             runtime=serving.model.extractor.runtime,
             precision=serving.model.extractor.backend.precision,
             device=settings.scorer.device,
+            # faiss's OpenBLAS kernel: a generic one ("Prescott") would make the search several
+            # times slower (see shared.engine.scorers.index).
+            search_blas_kernel=faiss_blas_kernel(),
         )
     watcher_task: asyncio.Task[None] | None = None
     if settings.scorer.watch_models:

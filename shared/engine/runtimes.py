@@ -78,6 +78,10 @@ def resolve_precision(options: RuntimeOptions, runtime: RuntimeName) -> str:
         if not native_bf16(options.device):
             log.warning("bf16 asked for, but %s has no native bf16: emulated, slower", options.device)
         return "bf16"
+    if runtime == "openvino" and options.device == "cpu":
+        # With AVX512-BF16 alone (no AMX) OpenVINO's bf16 backbone ran slower than its fp32
+        # (11.8 against 9.6 ms per image, docs/benchmarks.md): auto takes bf16 there only with AMX.
+        return "bf16" if "amx_bf16" in cpu_flags() else "fp32"
     return "bf16" if native_bf16(options.device) else "fp32"
 
 

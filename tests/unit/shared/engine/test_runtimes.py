@@ -172,8 +172,13 @@ def test_precision_is_bf16_only_where_native_or_asked(monkeypatch: pytest.Monkey
     assert runtimes.resolve_precision(replace(auto, precision="bf16"), "torch") == "bf16"
     monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert runtimes.resolve_precision(auto, "torch") == "bf16"
-    assert runtimes.resolve_precision(auto, "openvino") == "bf16"
+    # OpenVINO's bf16 without AMX was slower than its fp32 (docs/benchmarks.md, backbone runtimes)
+    assert runtimes.resolve_precision(auto, "openvino") == "fp32"
+    assert runtimes.resolve_precision(replace(auto, precision="bf16"), "openvino") == "bf16"
     assert runtimes.resolve_precision(auto, "onnx") == "fp32"
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_bf16"}))
+    assert runtimes.resolve_precision(auto, "openvino") == "bf16"
+    assert runtimes.resolve_precision(auto, "torch") == "bf16"
     assert runtimes.resolve_precision(replace(auto, precision="fp32"), "openvino") == "fp32"
     with pytest.raises(ConfigError, match="fp32 only"):
         runtimes.resolve_precision(replace(auto, precision="bf16"), "onnx")
