@@ -16,8 +16,8 @@ from shared.errors import ConfigError
 _FAISS: Any = None
 _FAISS_IMPORT = threading.Lock()
 # faiss-cpu's wheel bundles its own OpenBLAS (0.3.15), which falls back to its generic SSE3 kernel
-# ("Prescott") on CPUs newer than itself, e.g. Sapphire Rapids: an exact search of 784 patches
-# against a 2,000-patch bank then took 31.6 ms instead of 4.9 ms (docs/benchmarks.md). OpenBLAS
+# ("Prescott") on CPUs newer than itself, e.g. Sapphire Rapids: an image's exact search against a
+# 2,000-patch bank then took 26.3 ms instead of 4.5 ms (benchmarks/knn_search.py). OpenBLAS
 # takes the kernel from OPENBLAS_CORETYPE when set, so it is set from the CPU's own flags before
 # faiss loads (never to a kernel the CPU cannot run); a value the user set is kept.
 OPENBLAS_CORE_ENV = "OPENBLAS_CORETYPE"
