@@ -36,18 +36,11 @@ CHILD_TEMPLATE = r"""
 import json, sys, time
 import numpy as np
 banks, batch, repeats, engine = json.loads(sys.argv[1])
-if engine:
-    from shared.engine.scorers.index import faiss_module, faiss_blas_kernel, set_search_threads
-    set_search_threads(1)
-    faiss = faiss_module()
-    kernel = faiss_blas_kernel()
-else:
-    import faiss
-    from threadpoolctl import threadpool_info
-    faiss.cvar.distance_compute_blas_threshold = 0  # as the engine configures it
-    faiss.omp_set_num_threads(1)
-    kernel = next((str(i.get("architecture")) for i in threadpool_info()
-                   if i.get("internal_api") == "openblas" and "faiss" in str(i.get("filepath", ""))), None)
+if not engine:
+    import faiss  # loaded before the engine sees it: the kernel is faiss's own choice
+from shared.engine.scorers.index import faiss_module, faiss_blas_kernel
+faiss = faiss_module()  # configured as the engine configures it (BLAS path, one thread)
+kernel = faiss_blas_kernel()
 rng = np.random.default_rng(0)
 queries = rng.standard_normal((batch * GRID_PATCHES, PATCH_DIMS)).astype(np.float32)
 rows = []

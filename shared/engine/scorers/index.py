@@ -98,11 +98,11 @@ def build_index(
     it is among the candidates (recall measured in docs/benchmarks.md). ``hnsw``/``ivf``:
     approximate, for banks of hundreds of thousands of patches.
     """
-    faiss: object = faiss_module()
+    faiss = faiss_module()
     bank = np.ascontiguousarray(bank, dtype=np.float32)
     dim = bank.shape[1]
     if kind == "flat":
-        index = faiss.IndexFlatL2(dim)  # type: ignore[attr-defined]
+        index = faiss.IndexFlatL2(dim)
     elif kind == "pca-refine":
         if refine_factor < 1:
             raise ConfigError("refine_factor must be at least 1")
@@ -111,19 +111,19 @@ def build_index(
         # PCA needs at least as many bank vectors as dimensions to estimate the subspace.
         if len(bank) < dim:
             raise ConfigError(f"pca-refine needs a bank of at least {dim} patches, got {len(bank)}")
-        pca = faiss.PCAMatrix(dim, reduced_dims)  # type: ignore[attr-defined]
-        candidates = faiss.IndexPreTransform(pca, faiss.IndexFlatL2(reduced_dims))  # type: ignore[attr-defined]
-        index = faiss.IndexRefineFlat(candidates)  # type: ignore[attr-defined]
+        pca = faiss.PCAMatrix(dim, reduced_dims)
+        candidates = faiss.IndexPreTransform(pca, faiss.IndexFlatL2(reduced_dims))
+        index = faiss.IndexRefineFlat(candidates)
         index.k_factor = float(refine_factor)
         index.train(bank)
     elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, 32)  # type: ignore[attr-defined]
+        index = faiss.IndexHNSWFlat(dim, 32)
         index.hnsw.efConstruction = 80
         index.hnsw.efSearch = 64
     elif kind == "ivf":
         n_lists = max(1, int(np.sqrt(len(bank))))
-        quantizer = faiss.IndexFlatL2(dim)  # type: ignore[attr-defined]
-        index = faiss.IndexIVFFlat(quantizer, dim, n_lists)  # type: ignore[attr-defined]
+        quantizer = faiss.IndexFlatL2(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, n_lists)
         index.cp.seed = seed
         index.train(bank)
         index.nprobe = max(1, n_lists // 8)
@@ -169,12 +169,12 @@ class KnnBank:
         return self._vectors
 
     def write(self, path: Path) -> None:
-        faiss: object = faiss_module()
-        faiss.write_index(self.index, str(path))  # type: ignore[attr-defined]
+        faiss = faiss_module()
+        faiss.write_index(self.index, str(path))
 
     @classmethod
     def from_bytes(cls, data: bytes, k: int) -> KnnBank:
         """The index serialised in ``data`` (a verified file's bytes; faiss parses them in memory)."""
-        faiss: object = faiss_module()
+        faiss = faiss_module()
         buffer = np.frombuffer(data, dtype=np.uint8)
-        return cls(faiss.deserialize_index(buffer), k)  # type: ignore[attr-defined]
+        return cls(faiss.deserialize_index(buffer), k)
